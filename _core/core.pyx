@@ -1,0 +1,3 @@
+# cython: language_level=3
+# Placeholder: the compiled engine is being written; replaced shortly.
+ENGINE = "placeholder"

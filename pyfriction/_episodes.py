@@ -1,0 +1,200 @@
+"""What the engines report: episodes, reasons, per-user state and counters.
+
+Both engines hand the same slot record (``_layout.SLOT_DTYPE``) to these builders, so an
+episode or a state reads the same whichever engine produced it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+import msgspec
+
+from ._layout import (
+    CUSTOM,
+    DEAD_CLICK,
+    DETECTOR_NAMES,
+    EMPTY_SEARCH,
+    ERROR_BURST,
+    F_HAS_EPISODE,
+    F_IN_EPISODE,
+    HELP_SEEKING,
+    RAGE_CLICK,
+    REPEAT_FAILURE,
+    STALL,
+    UTURN,
+)
+from ._rules import Names, Rules
+from .config import RING_SIZE
+
+__all__ = ["Reason", "Episode", "UserState", "Stats"]
+
+
+class Reason(msgspec.Struct, frozen=True):
+    """Why an episode fired: one detector, its share of the pressure, and what it saw."""
+
+    detector: str
+    contribution: float
+    detail: str
+
+
+class Episode(msgspec.Struct, kw_only=True):
+    """A user crossed the friction threshold: fired to ``on_friction`` callbacks.
+
+    ``reasons`` are ordered by contribution, largest first. ``account_id`` is the one of the
+    event that crossed the threshold (None for episodes fired by ``tick()``).
+    """
+
+    episode_id: str
+    user_id: str
+    account_id: Optional[str]
+    ts: float
+    score: float
+    step: Optional[str]
+    target: Optional[str]
+    reasons: list[Reason]
+
+
+class UserState(msgspec.Struct, kw_only=True):
+    """One user's friction state, as of their last event (``Tracker.state``)."""
+
+    user_id: str
+    score: float
+    step: Optional[str]
+    #: Seconds on the current step as of the last event.
+    step_seconds: float
+    #: Pressure of each active detector.
+    detectors: dict[str, float]
+    events: int
+    last_ts: float
+    in_episode: bool
+    episodes: int
+    last_episode_ts: Optional[float]
+    last_episode_score: Optional[float]
+
+
+class Stats(msgspec.Struct, kw_only=True):
+    """Counters of a tracker since it started (or since the snapshot it restored)."""
+
+    engine: str
+    events: int
+    users: int
+    capacity: int
+    episodes: int
+    evictions: int
+    invalid: int
+    unknown: int
+    excluded: int
+    tickets: int
+    callbacks_dropped: int
+    callbacks_failed: int
+    queue_depth: int
+
+
+def _name(names: Names, key: int, fallback: str = "?") -> str:
+    if key == 0:
+        return fallback
+    return names.get(key) or f"#{key:08x}"
+
+
+def _span(rec: Any, ring: str, count: int) -> Optional[float]:
+    """Seconds between the first and last of ``count`` events still in a ring, if they are."""
+    if count > RING_SIZE or count < 2:
+        return None
+    r = rec[ring]
+    return float(r[0]) - float(r[count - 1])
+
+
+def _burst_detail(rec: Any, ring: str, n_field: str, what: str) -> str:
+    n = int(rec[n_field])
+    span = _span(rec, ring, n)
+    if span is None:
+        return f"{n} {what}"
+    return f"{n} {what} within {span:.1f} s"
+
+
+def detail(d: int, rec: Any, names: Names, rules: Rules, stall_limit: float) -> str:
+    """Human-readable account of what detector ``d`` saw, from the slot record."""
+    if d == RAGE_CLICK:
+        return _burst_detail(rec, "click_r", "click_n", "clicks on " + _name(names, int(rec["click_target"])))
+    if d == DEAD_CLICK:
+        return _burst_detail(rec, "dead_r", "dead_n", "dead clicks on " + _name(names, int(rec["dead_target"])))
+    if d == ERROR_BURST:
+        return _burst_detail(rec, "err_r", "err_n", "errors")
+    if d == REPEAT_FAILURE:
+        return f"{_name(names, int(rec['fail_target']))} failed {int(rec['fail_n'])} times in a row"
+    if d == UTURN:
+        a, b = _name(names, int(rec["step"])), _name(names, int(rec["prev_step"]))
+        return f"{int(rec['uturn_n'])} u-turns between {b} and {a}"
+    if d == EMPTY_SEARCH:
+        return f"{int(rec['search_n'])} searches with no results"
+    if d == HELP_SEEKING:
+        return "looked for help or support"
+    if d == STALL:
+        spent = float(rec["last_ts"]) - float(rec["step_ts"])
+        usual = f" (stall after {stall_limit:.0f} s)" if stall_limit >= 0 else ""
+        return f"{spent:.0f} s on {_name(names, int(rec['step']))}{usual}"
+    if d == CUSTOM:
+        i = int(rec["custom"])
+        return rules.custom_names[i] if i < len(rules.custom_names) else "custom event"
+    raise ValueError(d)
+
+
+def reasons(rec: Any, names: Names, rules: Rules, stall_limit: float) -> list[Reason]:
+    pressure = rec["pressure"]
+    active = [(float(pressure[d]), d) for d in range(len(DETECTOR_NAMES)) if pressure[d] > 0.0]
+    active.sort(key=lambda pd: (-pd[0], pd[1]))
+    return [Reason(DETECTOR_NAMES[d], round(p, 6), detail(d, rec, names, rules, stall_limit)) for p, d in active]
+
+
+_TARGETED = {RAGE_CLICK: "click_target", DEAD_CLICK: "dead_target", REPEAT_FAILURE: "fail_target"}
+
+
+def make_episode(rec: Any, user_id: str, account_id: Optional[str], step: Optional[str],
+                 target: Optional[str], ts: float, score: float, names: Names, rules: Rules,
+                 stall_limit: float) -> Episode:  # fmt: skip
+    """The episode an engine fired for slot ``rec`` on an event (or a tick) at ``ts``."""
+    why = reasons(rec, names, rules, stall_limit)
+    if step is None and int(rec["step"]):
+        step = _name(names, int(rec["step"]))
+    if target is None:
+        # The event that crossed (a help view, a tick) names no target: take the one the
+        # strongest targeted detector was looking at.
+        for r in why:
+            d = DETECTOR_NAMES.index(r.detector)
+            if d in _TARGETED and int(rec[_TARGETED[d]]):
+                target = names.get(int(rec[_TARGETED[d]]))
+                break
+    return Episode(
+        episode_id=f"{int(rec['key']):016x}-{int(ts * 1000.0):x}",
+        user_id=user_id,
+        account_id=account_id,
+        ts=ts,
+        score=score,
+        step=step,
+        target=target,
+        reasons=why,
+    )
+
+
+def make_state(rec: Any, user_id: str, names: Names) -> UserState:
+    pressure = rec["pressure"]
+    total = 0.0
+    for p in pressure:
+        total += float(p)
+    flags = int(rec["flags"])
+    has = bool(flags & F_HAS_EPISODE)
+    return UserState(
+        user_id=user_id,
+        score=1.0 - math.exp(-total),
+        step=_name(names, int(rec["step"])) if int(rec["step"]) else None,
+        step_seconds=float(rec["last_ts"]) - float(rec["step_ts"]),
+        detectors={DETECTOR_NAMES[d]: float(pressure[d]) for d in range(len(pressure)) if pressure[d] > 0},
+        events=int(rec["events"]),
+        last_ts=float(rec["last_ts"]),
+        in_episode=bool(flags & F_IN_EPISODE),
+        episodes=int(rec["episodes"]),
+        last_episode_ts=float(rec["episode_ts"]) if has else None,
+        last_episode_score=float(rec["episode_score"]) if has else None,
+    )

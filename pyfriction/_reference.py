@@ -1,0 +1,543 @@
+"""The reference engine: the friction specification in plain Python.
+
+The compiled core (``_core/core.pyx``) implements exactly these steps on C structs; a
+difference between the two is a bug (the hypothesis tests drive both with random streams).
+Per-user state mirrors :data:`~pyfriction._layout.SLOT_DTYPE` field by field, float32 fields
+rounded with :func:`~pyfriction._layout.f32` where the C core stores a ``float``.
+
+Per event, for user ``u`` (see :meth:`ReferenceCore._apply`):
+
+1. validate; unknown types and excluded steps/targets are counted and change nothing;
+2. find or insert the user (inserting first evicts idle users, then the least recently
+   active one when full); ``te = max(ts, u.last_ts)``: a late event counts as happening now;
+3. decay pressures to ``te``; check the stall detector on the current step;
+4. run the event's detectors (each activation adds its weight to its pressure);
+5. ``score = 1 - exp(-sum(pressure))``; fire an episode when it reaches the threshold.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from typing import Any, Callable, Iterable, Mapping, Optional
+
+import numpy as np
+
+from . import events as ev
+from ._hashing import key32, key64
+from ._layout import (
+    CUSTOM,
+    DEAD_CLICK,
+    EMPTY_SEARCH,
+    ERROR_BURST,
+    F_DEAD,
+    F_ERR,
+    F_FAIL,
+    F_HAS_EPISODE,
+    F_IN_EPISODE,
+    F_RAGE,
+    F_SEARCH,
+    F_STALL,
+    F_UTURN,
+    HELP_SEEKING,
+    N_BUCKETS,
+    N_DETECTORS,
+    NEVER,
+    RAGE_CLICK,
+    REBASE_AFTER,
+    REPEAT_FAILURE,
+    SLOT_DTYPE,
+    STALL,
+    STEP_DTYPE,
+    UID_BYTES,
+    UID_LONG,
+    UTURN,
+    bucket_of,
+    f32,
+)
+from ._rules import Names, Rules
+from .config import RING_SIZE
+
+EpisodeSink = Callable[[np.void, str, Optional[str], Optional[str], Optional[str], float, float], None]
+
+_LATCHES = F_RAGE | F_DEAD | F_ERR | F_FAIL | F_UTURN | F_SEARCH
+_U32 = 0xFFFFFFFF
+
+
+class _User:
+    """One tracked user: the fields of a slot (see ``_layout.SLOT_DTYPE``)."""
+
+    __slots__ = (
+        "key", "uid", "last_ts", "p_ts", "episode_ts", "step_ts", "base",
+        "click_r", "dead_r", "err_r", "uturn_t", "fail_t", "search_t",
+        "pressure", "episode_score", "events", "episodes", "step", "prev_step",
+        "click_target", "dead_target", "fail_target", "flags",
+        "click_n", "dead_n", "err_n", "fail_n", "uturn_n", "search_n", "custom",
+    )  # fmt: skip
+
+    def __init__(self, key: int, uid: str, ts: float) -> None:
+        self.key = key
+        self.uid = uid
+        self.last_ts = self.p_ts = self.step_ts = self.base = ts
+        self.episode_ts = 0.0
+        self.click_r = [NEVER] * RING_SIZE
+        self.dead_r = [NEVER] * RING_SIZE
+        self.err_r = [NEVER] * RING_SIZE
+        self.uturn_t = self.fail_t = self.search_t = NEVER
+        self.pressure = [0.0] * N_DETECTORS
+        self.episode_score = 0.0
+        self.events = self.episodes = 0
+        self.step = self.prev_step = 0
+        self.click_target = self.dead_target = self.fail_target = 0
+        self.flags = 0
+        self.click_n = self.dead_n = self.err_n = self.fail_n = self.uturn_n = self.search_n = 0
+        self.custom = 0
+
+    def to_record(self, rec: Any) -> None:
+        """Write this user into a ``SLOT_DTYPE`` record."""
+        for name in self.__slots__:
+            if name != "uid":
+                rec[name] = getattr(self, name)
+        raw = self.uid.encode("utf-8", "surrogatepass")
+        rec["uid"] = raw[:UID_BYTES]
+        rec["uid_len"] = len(raw) if len(raw) <= UID_BYTES else UID_LONG
+
+    @classmethod
+    def from_record(cls, rec: Any, uid: str) -> "_User":
+        u = cls.__new__(cls)
+        u.uid = uid
+        for name in cls.__slots__:
+            if name == "uid":
+                continue
+            value = rec[name]
+            if isinstance(value, np.ndarray):
+                value = [float(x) for x in value]
+            elif isinstance(value, (np.floating,)):
+                value = float(value)
+            else:
+                value = int(value)
+            setattr(u, name, value)
+        return u
+
+
+def _uid_of(rec: Any, long_ids: Mapping[int, str]) -> str:
+    n = int(rec["uid_len"])
+    if n == UID_LONG:
+        return long_ids[int(rec["key"])]
+    return bytes(rec["uid"])[:n].decode("utf-8", "surrogatepass")
+
+
+class ReferenceCore:
+    """The pure-Python engine (``Tracker(engine="reference")``)."""
+
+    engine = "reference"
+
+    def __init__(self, rules: Rules, capacity: int, idle_ttl: Optional[float],
+                 clock: Callable[[], float], names: Names, on_episode: EpisodeSink) -> None:  # fmt: skip
+        self._rules = rules
+        self._cfg = rules.config
+        self._capacity = capacity
+        self._idle_ttl = idle_ttl
+        self._clock = clock
+        self._names = names
+        self._on_episode = on_episode
+        self._users: "OrderedDict[int, _User]" = OrderedDict()  # least recently active first
+        self._steps: dict[int, list[int]] = {}  # step key -> [count, bucket0, ...]
+        self.counters = dict.fromkeys(
+            ("events", "invalid", "unknown", "excluded", "episodes", "evictions", "tickets"), 0
+        )
+
+    # -- public surface (same as the compiled core) ---------------------------------------
+    def observe(self, event: Any) -> float:
+        try:
+            parsed = ev.parse_event(event, self._clock)
+        except ev.InvalidEvent:
+            self.counters["invalid"] += 1
+            raise
+        return self._apply(*parsed)
+
+    def observe_many(self, events: Any) -> np.ndarray:
+        rows = _columns_to_rows(events) if isinstance(events, Mapping) else events
+        out = []
+        for event in rows:
+            try:
+                parsed = ev.parse_event(event, self._clock)
+            except ev.InvalidEvent:
+                self.counters["invalid"] += 1
+                out.append(math.nan)
+                continue
+            out.append(self._apply(*parsed))
+        return np.array(out, dtype=np.float64)
+
+    def score(self, user_id: str, at: Optional[float] = None) -> float:
+        u = self._users.get(key64(user_id))
+        if u is None:
+            return 0.0
+        total = 0.0
+        for p in u.pressure:
+            total += p
+        if at is not None and at > u.p_ts:
+            total *= math.exp(-(at - u.p_ts) * self._rules.decay_rate)
+        return 1.0 - math.exp(-total)
+
+    def record(self, user_id: str) -> Optional[np.void]:
+        u = self._users.get(key64(user_id))
+        return None if u is None else self._record(u)
+
+    def uid_of_record(self, rec: Any) -> str:
+        u = self._users.get(int(rec["key"]))
+        return u.uid if u is not None else _uid_of(rec, {})
+
+    def stall_limit(self, step: int) -> float:
+        counts = self._steps.get(step)
+        return -1.0 if counts is None else self._rules.stall_limit(counts[0], counts[1:])
+
+    def set_counters(self, counters: Mapping[str, int]) -> None:
+        self.counters.update(counters)
+
+    def __len__(self) -> int:
+        return len(self._users)
+
+    def tick(self, now: float) -> int:
+        before = self.counters["episodes"]
+        if self._idle_ttl is not None:
+            self._evict_idle(now)
+        for u in list(self._users.values()):
+            self._decay(u, now)
+            te = now if now > u.last_ts else u.last_ts
+            self._check_stall(u, te)
+            self._check_episode(u, te, 0, None, None, None)
+        return self.counters["episodes"] - before
+
+    # -- snapshots -------------------------------------------------------------------------
+    def export(self) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
+        """Slots least recently active first, step histograms, and ids too long to inline."""
+        slots = np.zeros(len(self._users), dtype=SLOT_DTYPE)
+        long_ids: dict[int, str] = {}
+        for i, u in enumerate(self._users.values()):
+            u.to_record(slots[i])
+            if slots[i]["uid_len"] == UID_LONG:
+                long_ids[u.key] = u.uid
+        steps = np.zeros(len(self._steps), dtype=STEP_DTYPE)
+        for i, (key, counts) in enumerate(self._steps.items()):
+            steps[i]["key"] = key
+            steps[i]["count"] = counts[0]
+            steps[i]["buckets"] = counts[1:]
+        return slots, steps, long_ids
+
+    def load(self, slots: np.ndarray, steps: np.ndarray, long_ids: Mapping[int, str]) -> None:
+        """Replace the state with an export (of either engine); keeps the newest when full."""
+        self._users.clear()
+        self._steps.clear()
+        skip = max(0, len(slots) - self._capacity)
+        self.counters["evictions"] += skip
+        for rec in slots[skip:]:
+            u = _User.from_record(rec, _uid_of(rec, long_ids))
+            self._users[u.key] = u
+        for rec in steps[: self._cfg.max_steps]:
+            self._steps[int(rec["key"])] = [int(rec["count"])] + [int(x) for x in rec["buckets"]]
+
+    # -- the specification -----------------------------------------------------------------
+    def _apply(self, uid: str, kind: str, ts: float, step: Optional[str], target: Optional[str],
+               account: Optional[str], status: int, results: int) -> float:  # fmt: skip
+        rules = self._rules
+        counters = self.counters
+        counters["events"] += 1
+        code = rules.type_codes.get(kind, ev.UNKNOWN)
+        key = key64(uid)
+        u = self._users.get(key)
+        if code == ev.UNKNOWN or rules.excluded_step(step) or rules.excluded_target(target):
+            counters["unknown" if code == ev.UNKNOWN else "excluded"] += 1
+            return 0.0 if u is None else self._current(u)
+        if u is None:
+            u = self._insert(key, uid, ts)
+        else:
+            self._users.move_to_end(key)
+        te = ts if ts > u.last_ts else u.last_ts
+        u.last_ts = te
+        if u.events < _U32:
+            u.events += 1
+        if te - u.base > REBASE_AFTER:
+            self._rebase(u, te)
+        self._decay(u, te)
+        self._check_stall(u, te)
+
+        cfg = self._cfg.detectors
+        if code == ev.PAGE:
+            if step is not None:
+                self._navigate(u, key32(step), step, te)
+        elif code == ev.CLICK:
+            rc = cfg.rage_click
+            if rc.enabled and target is not None:
+                t = key32(target)
+                if t != u.click_target:
+                    u.click_target = t
+                    u.click_r = [NEVER] * RING_SIZE
+                    u.click_n = 0
+                    u.flags &= ~F_RAGE
+                if self._burst(u, "click_r", "click_n", F_RAGE, te, rc.window, rc.min_clicks):
+                    self._names.remember(t, target)
+                    self._activate(u, RAGE_CLICK, rc.weight)
+        elif code == ev.DEAD_CLICK:
+            dc = cfg.dead_click
+            if dc.enabled and target is not None:
+                t = key32(target)
+                if t != u.dead_target:
+                    u.dead_target = t
+                    u.dead_r = [NEVER] * RING_SIZE
+                    u.dead_n = 0
+                    u.flags &= ~F_DEAD
+                if self._burst(u, "dead_r", "dead_n", F_DEAD, te, dc.window, dc.min_clicks):
+                    self._names.remember(t, target)
+                    self._activate(u, DEAD_CLICK, dc.weight)
+        elif code == ev.ERROR or code == ev.API_ERROR or code == ev.FORM_ERROR:
+            eb = cfg.error_burst
+            factor = 1.0
+            if code == ev.API_ERROR and status in rules.ordinary_statuses:
+                factor = eb.ordinary_factor
+            if eb.enabled and self._burst(u, "err_r", "err_n", F_ERR, te, eb.window, eb.min_errors):
+                self._activate(u, ERROR_BURST, eb.weight * factor)
+            rf = cfg.repeat_failure
+            if rf.enabled and target is not None:
+                t = key32(target)
+                if t == u.fail_target and te - (u.base + u.fail_t) <= rf.window:
+                    if u.fail_n < 255:
+                        u.fail_n += 1
+                else:
+                    u.fail_target = t
+                    u.fail_n = 1
+                    u.flags &= ~F_FAIL
+                u.fail_t = f32(te - u.base)
+                if u.fail_n >= rf.min_failures and not u.flags & F_FAIL:
+                    u.flags |= F_FAIL
+                    self._names.remember(t, target)
+                    self._activate(u, REPEAT_FAILURE, rf.weight * factor)
+        elif code == ev.SEARCH:
+            es = cfg.empty_search
+            if es.enabled and results == 0:
+                if te - (u.base + u.search_t) <= es.window:
+                    if u.search_n < 255:
+                        u.search_n += 1
+                else:
+                    u.search_n = 1
+                    u.flags &= ~F_SEARCH
+                u.search_t = f32(te - u.base)
+                if u.search_n >= es.min_searches and not u.flags & F_SEARCH:
+                    u.flags |= F_SEARCH
+                    self._activate(u, EMPTY_SEARCH, es.weight)
+        elif code == ev.HELP or code == ev.CONTACT:
+            hs = cfg.help_seeking
+            if hs.enabled:
+                w = hs.help_weight if code == ev.HELP else hs.contact_weight
+                other = 0.0
+                for i in range(N_DETECTORS):
+                    if i != HELP_SEEKING:
+                        other += u.pressure[i]
+                if other >= hs.after_friction:
+                    w *= hs.boost
+                self._activate(u, HELP_SEEKING, w)
+        elif code == ev.SUCCESS:
+            keep = 1.0 - self._cfg.scoring.success_relief
+            for i in range(N_DETECTORS):
+                u.pressure[i] = f32(u.pressure[i] * keep)
+            u.click_r = [NEVER] * RING_SIZE
+            u.dead_r = [NEVER] * RING_SIZE
+            u.err_r = [NEVER] * RING_SIZE
+            u.uturn_t = u.fail_t = u.search_t = NEVER
+            u.click_n = u.dead_n = u.err_n = u.fail_n = u.uturn_n = u.search_n = 0
+            u.flags &= ~_LATCHES
+        elif code == ev.TICKET:
+            counters["tickets"] += 1
+        elif code >= ev.CUSTOM_BASE:
+            u.custom = code - ev.CUSTOM_BASE
+            self._activate(u, CUSTOM, rules.custom_weights[u.custom])
+        return self._check_episode(u, te, code, account, step, target)
+
+    def _current(self, u: _User) -> float:
+        total = 0.0
+        for p in u.pressure:
+            total += p
+        return 1.0 - math.exp(-total)
+
+    def _insert(self, key: int, uid: str, ts: float) -> _User:
+        if self._idle_ttl is not None:
+            self._evict_idle(ts)
+        if len(self._users) >= self._capacity:
+            self._users.popitem(last=False)
+            self.counters["evictions"] += 1
+        u = self._users[key] = _User(key, uid, ts)
+        return u
+
+    def _evict_idle(self, now: float) -> None:
+        assert self._idle_ttl is not None
+        horizon = now - self._idle_ttl
+        users = self._users
+        while users:
+            oldest = next(iter(users.values()))
+            if oldest.last_ts >= horizon:
+                break
+            users.popitem(last=False)
+            self.counters["evictions"] += 1
+
+    @staticmethod
+    def _rebase(u: _User, te: float) -> None:
+        # Re-express every window offset from the new base. Entries older than any window
+        # lose precision, which cannot matter: they are outside every window either way.
+        shift = u.base
+        for ring in (u.click_r, u.dead_r, u.err_r):
+            for i in range(RING_SIZE):
+                ring[i] = f32((shift + ring[i]) - te)
+        u.uturn_t = f32((shift + u.uturn_t) - te)
+        u.fail_t = f32((shift + u.fail_t) - te)
+        u.search_t = f32((shift + u.search_t) - te)
+        u.base = te
+
+    def _decay(self, u: _User, t: float) -> None:
+        dt = t - u.p_ts
+        if dt > 0.0:
+            f = math.exp(-dt * self._rules.decay_rate)
+            p = u.pressure
+            for i in range(N_DETECTORS):
+                p[i] = f32(p[i] * f)
+            u.p_ts = t
+
+    @staticmethod
+    def _activate(u: _User, detector: int, weight: float) -> None:
+        u.pressure[detector] = f32(u.pressure[detector] + weight)
+
+    @staticmethod
+    def _burst(u: _User, ring_name: str, n_name: str, flag: int, te: float, window: float,
+               need: int) -> bool:  # fmt: skip
+        """Push ``te`` into a ring; True when this event makes ``need`` within ``window`` and
+        the run has not activated yet. A gap longer than ``window`` starts a new run."""
+        ring = getattr(u, ring_name)
+        n = getattr(u, n_name)
+        if te - (u.base + ring[0]) > window:
+            n = 0
+            u.flags &= ~flag
+        within = 1
+        for x in ring:
+            if te - (u.base + x) <= window:
+                within += 1
+            else:
+                break
+        ring.insert(0, f32(te - u.base))
+        ring.pop()
+        setattr(u, n_name, n + 1 if n < 255 else 255)
+        if within >= need and not u.flags & flag:
+            u.flags |= flag
+            return True
+        return False
+
+    def _navigate(self, u: _User, s: int, step: str, te: float) -> None:
+        if s == u.step:
+            return
+        self._names.remember(s, step)
+        if u.step != 0:
+            dur = te - u.step_ts
+            if dur <= self._cfg.detectors.stall.max_duration:
+                self._record_duration(u.step, dur)
+            ut = self._cfg.detectors.uturn
+            if ut.enabled and s == u.prev_step and dur <= ut.bounce:
+                if te - (u.base + u.uturn_t) > ut.window:
+                    u.uturn_n = 1
+                    u.uturn_t = f32(te - u.base)
+                    u.flags &= ~F_UTURN
+                elif u.uturn_n < 255:
+                    u.uturn_n += 1
+                if u.uturn_n >= ut.min_uturns and not u.flags & F_UTURN:
+                    u.flags |= F_UTURN
+                    self._activate(u, UTURN, ut.weight)
+        u.prev_step = u.step
+        u.step = s
+        u.step_ts = te
+        u.flags &= ~F_STALL
+
+    def _record_duration(self, step: int, duration: float) -> None:
+        counts = self._steps.get(step)
+        if counts is None:
+            if len(self._steps) >= self._cfg.max_steps:
+                return
+            counts = self._steps[step] = [0] * (N_BUCKETS + 1)
+        if counts[0] < _U32:
+            counts[0] += 1
+            counts[1 + bucket_of(duration)] += 1
+
+    def _check_stall(self, u: _User, te: float) -> None:
+        st = self._cfg.detectors.stall
+        if not st.enabled or u.step == 0 or u.flags & F_STALL:
+            return
+        limit = self.stall_limit(u.step)
+        if limit >= 0.0 and te - u.step_ts > limit:
+            u.flags |= F_STALL
+            self._activate(u, STALL, st.weight)
+
+    def _check_episode(self, u: _User, te: float, code: int, account: Optional[str],
+                       step: Optional[str], target: Optional[str]) -> float:  # fmt: skip
+        sc = self._cfg.scoring
+        score = self._current(u)
+        if u.flags & F_IN_EPISODE:
+            if score < sc.rearm:
+                u.flags &= ~F_IN_EPISODE
+        elif (
+            score >= sc.threshold
+            and code != ev.TICKET
+            and (not u.flags & F_HAS_EPISODE or te - u.episode_ts >= sc.cooldown)
+        ):
+            u.flags |= F_IN_EPISODE | F_HAS_EPISODE
+            u.episode_ts = te
+            if u.episodes < _U32:
+                u.episodes += 1
+            u.episode_score = f32(score)
+            self.counters["episodes"] += 1
+            self._on_episode(self._record(u), u.uid, account, step, target, te, score)
+        return score
+
+    @staticmethod
+    def _record(u: _User) -> np.void:
+        rec = np.zeros(1, dtype=SLOT_DTYPE)[0]
+        u.to_record(rec)
+        return rec
+
+
+_COLUMNS = ("user_id", "type", "ts", "step", "target", "account_id")
+
+
+def _columns_to_rows(columns: Mapping[str, Any]) -> Iterable[dict[str, Any]]:
+    """Rows of a columnar batch: parallel sequences keyed by event field, plus optional
+    ``status`` and ``results`` columns (integers, -1 for none) standing for properties."""
+    n = check_columns(columns)
+    present = [c for c in _COLUMNS if columns.get(c) is not None]
+    status = columns.get("status")
+    results = columns.get("results")
+    props = columns.get("properties")
+    for i in range(n):
+        row = {c: columns[c][i] for c in present}
+        p: dict[str, Any] = {}
+        if props is not None and props[i] is not None:
+            p = props[i]
+        if status is not None or results is not None:
+            p = dict(p) if isinstance(p, Mapping) else p
+            if status is not None and status[i] is not None and int(status[i]) >= 0:
+                p["status"] = int(status[i])
+            if results is not None and results[i] is not None and int(results[i]) >= 0:
+                p["results"] = int(results[i])
+        if p or props is not None:
+            row["properties"] = p
+        yield row
+
+
+def check_columns(columns: Mapping[str, Any]) -> int:
+    """Validate a columnar batch's shape; returns its length. Raises ``InvalidEvent``."""
+    allowed = set(_COLUMNS) | {"status", "results", "properties"}
+    for name in columns:
+        if name not in allowed:
+            raise ev.InvalidEvent(name, f"is not a column; expected {', '.join(sorted(allowed))}")
+    if columns.get("user_id") is None or columns.get("type") is None:
+        raise ev.InvalidEvent("user_id" if columns.get("user_id") is None else "type",
+                              "column is required")  # fmt: skip
+    n = len(columns["user_id"])
+    for name, col in columns.items():
+        if col is not None and len(col) != n:
+            raise ev.InvalidEvent(name, f"column has {len(col)} rows, user_id has {n}")
+    return n

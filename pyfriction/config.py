@@ -1,0 +1,324 @@
+"""Typed configuration: detector thresholds and weights, scoring, event mapping, capacity.
+
+One :class:`Config` (a tree of msgspec Structs) is loaded from a TOML file, a dict or keyword
+arguments and validated on load; every error names the offending key
+(``pyfriction.ConfigError: Expected `int` >= 2 - at `$.detectors.rage_click.min_clicks```).
+
+The defaults are tuned to fire on real struggles and stay silent on normal use: see the
+per-detector docstrings for the pattern each one looks for.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tomllib
+from typing import Annotated, Any, Mapping, Optional, Union
+
+import msgspec
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "Detectors",
+    "RageClick",
+    "DeadClick",
+    "ErrorBurst",
+    "RepeatFailure",
+    "UTurn",
+    "EmptySearch",
+    "HelpSeeking",
+    "Stall",
+    "Scoring",
+    "EventMapping",
+    "load_config",
+    "RING_SIZE",
+    "MAX_WINDOW",
+]
+
+#: Timestamps kept per windowed detector; a threshold of N events needs N - 1 of them.
+RING_SIZE = 4
+#: Longest window any detector may use (seconds). Window timestamps are stored as float32
+#: offsets from a per-user base that is moved every REBASE_AFTER seconds, so they stay exact
+#: to about a millisecond inside any window.
+MAX_WINDOW = 3600.0
+#: Most event names the config may map onto their own custom detector weight.
+MAX_CUSTOM_EVENTS = 250
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the offending key."""
+
+
+Positive = Annotated[float, msgspec.Meta(gt=0)]
+NonNegative = Annotated[float, msgspec.Meta(ge=0)]
+Window = Annotated[float, msgspec.Meta(gt=0, le=MAX_WINDOW)]
+Weight = Annotated[float, msgspec.Meta(ge=0, le=100)]
+Count = Annotated[int, msgspec.Meta(ge=2, le=RING_SIZE + 1)]
+
+
+class _Base(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class RageClick(_Base):
+    """``min_clicks`` clicks on the same target within ``window`` seconds (default: 3 in 1 s).
+
+    A run of clicks that keeps going is one activation, however long it lasts; a pause longer
+    than ``window`` ends the run. A double click (2) is not a rage click.
+    """
+
+    enabled: bool = True
+    weight: Weight = 1.2
+    min_clicks: Count = 3
+    window: Window = 1.0
+
+
+class DeadClick(_Base):
+    """``min_clicks`` ``dead_click`` events on the same target within ``window`` seconds.
+
+    A single dead click (clicking on plain text) is normal; the same dead target clicked again
+    soon after is not.
+    """
+
+    enabled: bool = True
+    weight: Weight = 0.7
+    min_clicks: Count = 2
+    window: Window = 30.0
+
+
+class ErrorBurst(_Base):
+    """``min_errors`` ``error``/``api_error``/``form_error`` events within ``window`` seconds.
+
+    An ``api_error`` whose ``properties.status`` is in ``ordinary_statuses`` (a 401 asking to
+    sign in, a 404 for a missing record: the user's ordinary business) contributes only
+    ``ordinary_factor`` of the weight when it triggers the activation.
+    """
+
+    enabled: bool = True
+    weight: Weight = 1.0
+    min_errors: Count = 3
+    window: Window = 60.0
+    ordinary_statuses: list[int] = msgspec.field(default_factory=lambda: [401, 404])
+    ordinary_factor: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.3
+
+
+class RepeatFailure(_Base):
+    """The same target failing ``min_failures`` times in a row within ``window`` seconds.
+
+    One validation error that the user fixes at once never repeats; the same field rejected
+    twice is a user who does not understand what it wants.
+    """
+
+    enabled: bool = True
+    weight: Weight = 0.6
+    min_failures: Count = 2
+    window: Window = 120.0
+
+
+class UTurn(_Base):
+    """Navigation loops: going back to the previous step after less than ``bounce`` seconds
+    (A -> B -> A) is a u-turn; ``min_uturns`` u-turns within ``window`` seconds activate.
+
+    Fast navigation forward (A -> B -> C -> D) and a single look back are normal.
+    """
+
+    enabled: bool = True
+    weight: Weight = 0.8
+    min_uturns: Count = 2
+    window: Window = 120.0
+    bounce: Positive = 30.0
+
+
+class EmptySearch(_Base):
+    """``min_searches`` searches with zero results (``properties.results == 0``) within ``window``."""
+
+    enabled: bool = True
+    weight: Weight = 0.5
+    min_searches: Count = 2
+    window: Window = 120.0
+
+
+class HelpSeeking(_Base):
+    """``help`` and ``contact`` views: weak alone, ``boost`` times stronger when the other
+    detectors' pressure is at least ``after_friction`` (the user went looking for help because
+    something went wrong). ``contact`` is the last moment to help before a ticket.
+    """
+
+    enabled: bool = True
+    help_weight: Weight = 0.1
+    contact_weight: Weight = 0.25
+    after_friction: NonNegative = 0.3
+    boost: Annotated[float, msgspec.Meta(ge=1, le=100)] = 4.0
+
+
+class Stall(_Base):
+    """Time on the current step far beyond what the population spends there.
+
+    Durations of finished step visits (up to ``max_duration`` seconds, longer ones are idle
+    tabs, not reading) feed a per-step log-bucket histogram. Once a step has ``min_samples``
+    visits, a user who has been on it for more than ``max(min_seconds, factor * q)``, where
+    ``q`` is the ``quantile`` of those durations, has stalled. Checked on the user's next event
+    and by ``Tracker.tick()``; one activation per visit.
+    """
+
+    enabled: bool = True
+    weight: Weight = 0.7
+    quantile: Annotated[float, msgspec.Meta(gt=0, lt=1)] = 0.9
+    factor: Annotated[float, msgspec.Meta(ge=1)] = 3.0
+    min_seconds: NonNegative = 60.0
+    min_samples: Annotated[int, msgspec.Meta(ge=1)] = 20
+    max_duration: Positive = 3600.0
+
+
+class Detectors(_Base):
+    """Every default detector; switch one off with ``enabled = false``."""
+
+    rage_click: RageClick = msgspec.field(default_factory=RageClick)
+    dead_click: DeadClick = msgspec.field(default_factory=DeadClick)
+    error_burst: ErrorBurst = msgspec.field(default_factory=ErrorBurst)
+    repeat_failure: RepeatFailure = msgspec.field(default_factory=RepeatFailure)
+    uturn: UTurn = msgspec.field(default_factory=UTurn)
+    empty_search: EmptySearch = msgspec.field(default_factory=EmptySearch)
+    help_seeking: HelpSeeking = msgspec.field(default_factory=HelpSeeking)
+    stall: Stall = msgspec.field(default_factory=Stall)
+
+
+class Scoring(_Base):
+    """How activations become a score and an episode.
+
+    Each activation adds its weight to the detector's *pressure*; pressures decay
+    exponentially with ``half_life`` seconds. The score is ``1 - exp(-sum of pressures)``, in
+    [0, 1). An episode fires when the score reaches ``threshold``; the user must then fall
+    below ``rearm`` (hysteresis) and ``cooldown`` seconds must pass before the next one.
+    ``success_relief`` is the share of pressure a ``success`` event removes.
+    """
+
+    half_life: Positive = 180.0
+    threshold: Annotated[float, msgspec.Meta(gt=0, lt=1)] = 0.6
+    rearm: Annotated[float, msgspec.Meta(ge=0, lt=1)] = 0.3
+    cooldown: NonNegative = 600.0
+    success_relief: Annotated[float, msgspec.Meta(ge=0, le=1)] = 1.0
+
+    def __post_init__(self) -> None:
+        if self.rearm > self.threshold:
+            raise ValueError("`rearm` must not exceed `threshold`")
+
+
+class EventMapping(_Base):
+    """Maps a host's own event name onto a canonical type, or onto a custom detector weight.
+
+    ``{"type": "error"}`` makes "Payment Failed" an ``error``; ``{"weight": 0.5}`` makes it a
+    signal of its own (detector ``custom``) that adds 0.5 pressure each time it is seen.
+    """
+
+    type: Optional[str] = None
+    weight: Optional[Weight] = None
+
+    def __post_init__(self) -> None:
+        if (self.type is None) == (self.weight is None):
+            raise ValueError("give exactly one of `type` or `weight`")
+
+
+class Config(_Base):
+    """The whole configuration. Every field has a default that works for a typical SaaS app."""
+
+    detectors: Detectors = msgspec.field(default_factory=Detectors)
+    scoring: Scoring = msgspec.field(default_factory=Scoring)
+    #: Event name -> canonical type name, or an :class:`EventMapping`.
+    event_map: dict[str, Union[str, EventMapping]] = msgspec.field(default_factory=dict)
+    #: Glob patterns (fnmatch) of targets whose events are counted and otherwise ignored.
+    exclude_targets: list[str] = msgspec.field(default_factory=list)
+    #: Glob patterns of steps whose events are counted and otherwise ignored.
+    exclude_steps: list[str] = msgspec.field(default_factory=list)
+    #: Users tracked at once; the least recently active is evicted beyond it.
+    capacity: Annotated[int, msgspec.Meta(ge=1, le=1 << 30)] = 1_000_000
+    #: Users silent for longer than this many seconds are evicted (None: only when full).
+    idle_ttl: Optional[Positive] = None
+    #: Steps with a learned duration baseline (stall detector); later steps get none.
+    max_steps: Annotated[int, msgspec.Meta(ge=1, le=1 << 20)] = 4096
+    #: Episodes waiting for the background dispatcher before new ones are dropped (and counted).
+    queue_size: Annotated[int, msgspec.Meta(ge=1)] = 10_000
+
+    def __post_init__(self) -> None:
+        from .events import CANONICAL_TYPES  # local: events imports config constants
+
+        customs = 0
+        for name, target in self.event_map.items():
+            kind = target if isinstance(target, str) else target.type
+            if kind is not None and kind not in CANONICAL_TYPES:
+                raise ValueError(
+                    f"event_map[{name!r}]: unknown type {kind!r}; "
+                    f"expected one of {', '.join(sorted(CANONICAL_TYPES))}"
+                )
+            if kind is None:
+                customs += 1
+        if customs > MAX_CUSTOM_EVENTS:
+            raise ValueError(f"event_map: at most {MAX_CUSTOM_EVENTS} custom-weight events")
+        for field in ("exclude_targets", "exclude_steps"):
+            for pattern in getattr(self, field):
+                if not pattern:
+                    raise ValueError(f"{field}: empty pattern")
+        for name, value in _floats(self):
+            if not math.isfinite(value):
+                raise ValueError(f"{name}: must be finite")
+
+
+def _floats(obj: Any, prefix: str = "") -> list[tuple[str, float]]:
+    out: list[tuple[str, float]] = []
+    for field in getattr(obj, "__struct_fields__", ()):
+        value = getattr(obj, field)
+        if isinstance(value, float):
+            out.append((prefix + field, value))
+        elif isinstance(value, msgspec.Struct):
+            out.extend(_floats(value, prefix + field + "."))
+    return out
+
+
+def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep-merge keyword overrides (``detectors={"rage_click": {...}}``) into a dict."""
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_config(
+    config: Union[None, Config, Mapping[str, Any], str, os.PathLike[str]] = None, **options: Any
+) -> Config:
+    """Build a validated :class:`Config`.
+
+    ``config`` is ``None`` (defaults), a :class:`Config`, a mapping, or the path of a TOML file.
+    Keyword ``options`` override top-level keys (nested mappings are merged), e.g.
+    ``load_config("app.toml", capacity=10_000, scoring={"threshold": 0.7})``.
+    Raises :class:`ConfigError` naming the offending key.
+    """
+    if isinstance(config, Config):
+        if not options:
+            return config
+        data: dict[str, Any] = msgspec.to_builtins(config)
+    elif config is None:
+        data = {}
+    elif isinstance(config, Mapping):
+        data = dict(config)
+    elif isinstance(config, (str, os.PathLike)):
+        try:
+            with open(config, "rb") as fh:
+                data = tomllib.load(fh)
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {os.fspath(config)!r}: {exc}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{os.fspath(config)}: invalid TOML: {exc}") from None
+    else:
+        raise ConfigError(
+            f"config must be None, a Config, a mapping or a TOML path, not {type(config).__name__}"
+        )
+    if options:
+        data = _merge(data, options)
+    try:
+        return msgspec.convert(data, Config)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(str(exc)) from None
