@@ -4,7 +4,8 @@ This module is the single description of the layout. The compiled core's C struc
 match these numpy dtypes byte for byte (checked at import and in the tests); snapshots store
 records in this form, which is why a snapshot from one engine restores into the other, and a
 later memory-mapped store shares exactly these bytes between processes. Nothing inside is a
-pointer: links between records are slot indices.
+pointer. The recency order (for evicting the least recently active user) is kept by each
+engine beside the records, not in them.
 """
 
 from __future__ import annotations
@@ -63,8 +64,6 @@ NEVER = -math.inf
 SLOT_DTYPE = np.dtype(
     [
         ("key", "<u8"),  # 64-bit hash of the user id
-        ("prev", "<u4"),  # LRU links (slot index + 1; 0 = none); meaningless in snapshots
-        ("next", "<u4"),
         ("last_ts", "<f8"),  # newest effective event time
         ("p_ts", "<f8"),  # time the pressures are valued at
         ("episode_ts", "<f8"),  # time of the last episode (valid with F_HAS_EPISODE)
@@ -97,7 +96,7 @@ SLOT_DTYPE = np.dtype(
         ("uid", "S%d" % UID_BYTES),
     ]
 )
-assert SLOT_DTYPE.itemsize == 240, SLOT_DTYPE.itemsize
+assert SLOT_DTYPE.itemsize == 232, SLOT_DTYPE.itemsize
 
 #: Buckets of a step's duration histogram: bucket 0 holds visits under 1 s, bucket b >= 1
 #: holds [GAMMA**(b-1), GAMMA**b) seconds; the last also takes everything longer.

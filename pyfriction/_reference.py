@@ -157,7 +157,11 @@ class ReferenceCore:
         return self._apply(*parsed)
 
     def observe_many(self, events: Any) -> np.ndarray:
-        rows = _columns_to_rows(events) if isinstance(events, Mapping) else events
+        if isinstance(events, Mapping):
+            n, cols = columns_of(events)
+            rows: Iterable[Any] = columns_to_rows(cols, 0, n)
+        else:
+            rows = events
         out = []
         for event in rows:
             try:
@@ -501,43 +505,66 @@ class ReferenceCore:
 
 
 _COLUMNS = ("user_id", "type", "ts", "step", "target", "account_id")
+_INT_COLUMNS = ("status", "results")
+_ALLOWED = frozenset(_COLUMNS + _INT_COLUMNS + ("properties",))
 
 
-def _columns_to_rows(columns: Mapping[str, Any]) -> Iterable[dict[str, Any]]:
-    """Rows of a columnar batch: parallel sequences keyed by event field, plus optional
-    ``status`` and ``results`` columns (integers, -1 for none) standing for properties."""
-    n = check_columns(columns)
-    present = [c for c in _COLUMNS if columns.get(c) is not None]
-    status = columns.get("status")
-    results = columns.get("results")
-    props = columns.get("properties")
-    for i in range(n):
-        row = {c: columns[c][i] for c in present}
-        p: dict[str, Any] = {}
-        if props is not None and props[i] is not None:
-            p = props[i]
-        if status is not None or results is not None:
-            p = dict(p) if isinstance(p, Mapping) else p
-            if status is not None and status[i] is not None and int(status[i]) >= 0:
-                p["status"] = int(status[i])
-            if results is not None and results[i] is not None and int(results[i]) >= 0:
-                p["results"] = int(results[i])
-        if p or props is not None:
+def columns_of(batch: Mapping[str, Any], keep_ts_array: bool = False) -> tuple[int, dict[str, Any]]:
+    """Validate a columnar batch and normalise its columns; returns ``(rows, columns)``.
+
+    A batch is parallel sequences keyed by event field (``user_id`` and ``type`` required),
+    plus optional integer ``status`` and ``results`` columns (-1 or None for none) standing for
+    those properties. numpy columns become lists of Python values (``ts`` may stay a float64
+    array for the compiled core); integer columns become int64 arrays. Raises ``InvalidEvent``
+    naming the column.
+    """
+    for name in batch:
+        if name not in _ALLOWED:
+            raise ev.InvalidEvent(name, f"is not a column; expected one of {', '.join(sorted(_ALLOWED))}")
+    for name in ("user_id", "type"):
+        if batch.get(name) is None:
+            raise ev.InvalidEvent(name, "column is required")
+    n = len(batch["user_id"])
+    cols: dict[str, Any] = {}
+    for name, col in batch.items():
+        if col is None:
+            continue
+        try:
+            size = len(col)
+        except TypeError:
+            raise ev.InvalidEvent(name, f"column must be a sequence, not {type(col).__name__}") from None
+        if size != n:
+            raise ev.InvalidEvent(name, f"column has {size} rows, user_id has {n}")
+        if name in _INT_COLUMNS:
+            try:
+                col = np.array([-1 if x is None else x for x in col], dtype=np.int64)
+            except (TypeError, ValueError, OverflowError):
+                raise ev.InvalidEvent(name, "column must hold integers or None") from None
+        elif isinstance(col, np.ndarray):
+            if name == "ts" and keep_ts_array and col.dtype.kind in "fiu":
+                col = np.ascontiguousarray(col, dtype=np.float64)
+            else:
+                col = col.tolist()
+        cols[name] = col
+    return n, cols
+
+
+def columns_to_rows(cols: Mapping[str, Any], start: int, stop: int) -> Iterable[dict[str, Any]]:
+    """Event dicts of rows ``start:stop`` of normalised columns (see :func:`columns_of`)."""
+    present = [c for c in _COLUMNS if c in cols]
+    props = cols.get("properties")
+    ints = [c for c in _INT_COLUMNS if c in cols]
+    for i in range(start, stop):
+        row = {}
+        for c in present:
+            value = cols[c][i]
+            row[c] = value.item() if isinstance(value, np.generic) else value
+        if props is not None or ints:
+            p = props[i] if props is not None else None
+            if ints and (p is None or isinstance(p, Mapping)):
+                p = dict(p or {})
+                for c in ints:
+                    if cols[c][i] >= 0:
+                        p[c] = int(cols[c][i])
             row["properties"] = p
         yield row
-
-
-def check_columns(columns: Mapping[str, Any]) -> int:
-    """Validate a columnar batch's shape; returns its length. Raises ``InvalidEvent``."""
-    allowed = set(_COLUMNS) | {"status", "results", "properties"}
-    for name in columns:
-        if name not in allowed:
-            raise ev.InvalidEvent(name, f"is not a column; expected {', '.join(sorted(allowed))}")
-    if columns.get("user_id") is None or columns.get("type") is None:
-        raise ev.InvalidEvent("user_id" if columns.get("user_id") is None else "type",
-                              "column is required")  # fmt: skip
-    n = len(columns["user_id"])
-    for name, col in columns.items():
-        if col is not None and len(col) != n:
-            raise ev.InvalidEvent(name, f"column has {len(col)} rows, user_id has {n}")
-    return n
