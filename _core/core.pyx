@@ -75,6 +75,9 @@ DEF NB = 24
 DEF UID_LONG = 255
 DEF MAX_TEXT = 1024
 DEF MAX_CUSTOM = 256
+DEF LOOKAHEAD = 16
+DEF REBASE = 16384.0
+DEF I31 = 0x7FFFFFFF
 
 # detectors
 DEF D_RAGE = 0
@@ -188,7 +191,7 @@ def _check_layout():
     for name, (_, off) in SLOT_DTYPE.fields.items():
         if offsets.get(name) != off:
             raise ImportError(f"pyfriction._core: field {name} at {offsets.get(name)}, layout says {off}")
-    if (_RING, _NDET, _UIDB, _NB) != (RING, NDET, UIDB, NB):
+    if (_RING, _NDET, _UIDB, _NB, _REBASE) != (RING, NDET, UIDB, NB, REBASE):
         raise ImportError("pyfriction._core was built for other layout constants; rebuild it")
 
 
@@ -402,9 +405,18 @@ cdef class CompiledCore:
         """slot + 1 of ``key``, or 0."""
         cdef uint32_t i = <uint32_t>key & self.mask
         cdef uint32_t e
+        cdef const char* line
         while True:
             e = self.index[i]
-            if e == 0 or self.slots[e - 1].key == key:
+            if e == 0:
+                return 0
+            # The record spans four cache lines: ask for all of them while the first loads.
+            line = <const char*>&self.slots[e - 1]
+            PF_PREFETCH(line + 64)
+            PF_PREFETCH(line + 128)
+            PF_PREFETCH(line + 192)
+            PF_PREFETCH(&self.lru_pos[e - 1])
+            if self.slots[e - 1].key == key:
                 return e
             i = (i + 1) & self.mask
 
@@ -640,11 +652,10 @@ cdef class CompiledCore:
             self.on_episode(self.record_of(u), uid, account, step, target, te, score)
         return score
 
-    cdef double apply(self, object uid, object kind, double ts, object step, object target,
-                      object account, long status, long results) except? -1.0:
+    cdef double apply(self, object uid, uint64_t key, object kind, double ts, object step,
+                      object target, object account, long status, long results) except? -1.0:
         cdef PyObject* code_o
         cdef int code
-        cdef uint64_t key
         cdef uint32_t e, s, t
         cdef Slot* u
         cdef double te, factor, w, other, keep
@@ -652,7 +663,6 @@ cdef class CompiledCore:
         self.c_events += 1
         code_o = PyDict_GetItemWithError(self.type_codes, kind)
         code = T_UNKNOWN if code_o == NULL else <int><object>code_o
-        key = key64(uid)
         e = self.find(key)
         if (code == T_UNKNOWN or (self.has_excl_step and self.excl_step(step))
                 or (self.has_excl_target and self.excl_target(target))):
@@ -671,7 +681,7 @@ cdef class CompiledCore:
         u.last_ts = te
         if u.events < U32MAX:
             u.events += 1
-        if te - u.base > _REBASE:
+        if te - u.base > REBASE:
             rebase(u, te)
         self.decay(u, te)
         self.check_stall(u, te)
@@ -822,7 +832,7 @@ cdef class CompiledCore:
                 return self.observe_slow(d)
             status = int_property(<dict>o, "status")
             results = int_property(<dict>o, "results")
-        return self.apply(uid, kind, ts, step, target, account, status, results)
+        return self.apply(uid, key64(uid), kind, ts, step, target, account, status, results)
 
     cdef double observe_slow(self, object event) except? -1.0:
         try:
@@ -830,7 +840,7 @@ cdef class CompiledCore:
         except _ev.InvalidEvent:
             self.c_invalid += 1
             raise
-        return self.apply(p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7])
+        return self.apply(p[0], key64(p[0]), p[1], p[2], p[3], p[4], p[5], p[6], p[7])
 
     def observe(self, event):
         """Score one event (see ``Tracker.observe``)."""
@@ -870,8 +880,8 @@ cdef class CompiledCore:
                 except _ev.InvalidEvent:
                     out_v[i] = NAN
             return out
-        uid_c = cols["user_id"]
-        type_c = cols["type"]
+        cdef list uid_c = cols["user_id"]
+        cdef list type_c = cols["type"]
         step_c = cols.get("step")
         target_c = cols.get("target")
         account_c = cols.get("account_id")
@@ -888,22 +898,41 @@ cdef class CompiledCore:
         cdef object uid, kind, step, target, account, ts_o
         cdef double ts
         cdef long status, results
+        cdef Py_ssize_t ahead
+        cdef uint32_t e
+        # Keys first: the id strings are read in one sweep whose misses overlap, then the
+        # table entries of rows LOOKAHEAD ahead are prefetched while the current row runs.
+        keys = np.zeros(n, dtype=np.uint64)
+        cdef uint64_t[::1] keys_v = keys
         for i in range(n):
-            uid = uid_c[i]
-            kind = type_c[i]
-            step = None if step_c is None else step_c[i]
-            target = None if target_c is None else target_c[i]
-            account = None if account_c is None else account_c[i]
+            uid = <object>PyList_GET_ITEM(uid_c, i)
+            if PyUnicode_CheckExact(uid):
+                keys_v[i] = key64(uid)
+        for i in range(n):
+            ahead = i + LOOKAHEAD
+            if ahead < n:
+                PF_PREFETCH(&self.index[<uint32_t>keys_v[ahead] & self.mask])
+            ahead = i + LOOKAHEAD // 2
+            if ahead < n:
+                e = self.index[<uint32_t>keys_v[ahead] & self.mask]
+                if e != 0:
+                    PF_PREFETCH(&self.slots[e - 1])
+                    PF_PREFETCH(<const char*>&self.slots[e - 1] + 128)
+            uid = <object>PyList_GET_ITEM(uid_c, i)
+            kind = <object>PyList_GET_ITEM(type_c, i)
+            step = None if step_c is None else <object>PyList_GET_ITEM(step_c, i)
+            target = None if target_c is None else <object>PyList_GET_ITEM(target_c, i)
+            account = None if account_c is None else <object>PyList_GET_ITEM(account_c, i)
             status = -1
             results = -1
-            if have_status and 0 <= status_v[i] < 2147483648:
+            if have_status and 0 <= status_v[i] <= I31:
                 status = <long>status_v[i]
-            if have_results and 0 <= results_v[i] < 2147483648:
+            if have_results and 0 <= results_v[i] <= I31:
                 results = <long>results_v[i]
             if have_ts:
                 ts = ts_v[i]
             else:
-                ts_o = None if ts_c is None else ts_c[i]
+                ts_o = None if ts_c is None else <object>PyList_GET_ITEM(ts_c, i)
                 if ts_o is not None and PyFloat_CheckExact(ts_o):
                     ts = PyFloat_AS_DOUBLE(ts_o)
                 else:
@@ -913,7 +942,7 @@ cdef class CompiledCore:
                     and 0 < PyUnicode_GET_LENGTH(kind) <= MAX_TEXT
                     and Py_IS_FINITE(ts) and ts >= 0.0
                     and text_ok(step) and text_ok(target) and text_ok(account)):
-                out_v[i] = self.apply(uid, kind, ts, nonempty(step), nonempty(target),
+                out_v[i] = self.apply(uid, keys_v[i], kind, ts, nonempty(step), nonempty(target),
                                       nonempty(account), status, results)
             else:
                 try:

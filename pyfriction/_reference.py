@@ -514,7 +514,7 @@ def columns_of(batch: Mapping[str, Any], keep_ts_array: bool = False) -> tuple[i
 
     A batch is parallel sequences keyed by event field (``user_id`` and ``type`` required),
     plus optional integer ``status`` and ``results`` columns (-1 or None for none) standing for
-    those properties. numpy columns become lists of Python values (``ts`` may stay a float64
+    those properties. other columns become lists of Python values (``ts`` may stay a float64
     array for the compiled core); integer columns become int64 arrays. Raises ``InvalidEvent``
     naming the column.
     """
@@ -545,6 +545,8 @@ def columns_of(batch: Mapping[str, Any], keep_ts_array: bool = False) -> tuple[i
                 col = np.ascontiguousarray(col, dtype=np.float64)
             else:
                 col = col.tolist()
+        elif type(col) is not list:
+            col = list(col)
         cols[name] = col
     return n, cols
 
