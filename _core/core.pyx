@@ -22,7 +22,7 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memcpy, memset
 from libc.math cimport exp, log, pow, floor, INFINITY, NAN
-from cpython.dict cimport PyDict_GetItem, PyDict_CheckExact, PyDict_Contains
+from cpython.dict cimport PyDict_GetItem, PyDict_CheckExact, PyDict_Contains, PyDict_Size, PyDict_Clear, PyDict_SetItem
 from cpython.list cimport PyList_GET_ITEM, PyList_CheckExact, PyList_GET_SIZE
 from cpython.float cimport PyFloat_AS_DOUBLE, PyFloat_CheckExact
 from cpython.long cimport PyLong_CheckExact, PyLong_AsLongLong
@@ -41,6 +41,7 @@ from pyfriction._layout import SLOT_DTYPE, STEP_DTYPE, UID_BYTES as _UIDB, N_DET
 from pyfriction._layout import N_BUCKETS as _NB, REBASE_AFTER as _REBASE
 from pyfriction.config import RING_SIZE as _RING
 from pyfriction._reference import columns_of
+from pyfriction._rules import CACHE_MAX as _CACHE_MAX
 
 cdef extern from "Python.h":
     const char* PyUnicode_AsUTF8AndSize(object, Py_ssize_t*)
@@ -76,6 +77,7 @@ DEF UID_LONG = 255
 DEF MAX_TEXT = 1024
 DEF MAX_CUSTOM = 256
 DEF LOOKAHEAD = 16
+DEF NAMES_MAX = 65536
 DEF REBASE = 16384.0
 DEF I31 = 0x7FFFFFFF
 
@@ -191,7 +193,7 @@ def _check_layout():
     for name, (_, off) in SLOT_DTYPE.fields.items():
         if offsets.get(name) != off:
             raise ImportError(f"pyfriction._core: field {name} at {offsets.get(name)}, layout says {off}")
-    if (_RING, _NDET, _UIDB, _NB, _REBASE) != (RING, NDET, UIDB, NB, REBASE):
+    if (_RING, _NDET, _UIDB, _NB, _REBASE, _CACHE_MAX) != (RING, NDET, UIDB, NB, REBASE, NAMES_MAX):
         raise ImportError("pyfriction._core was built for other layout constants; rebuild it")
 
 
@@ -538,6 +540,15 @@ cdef class CompiledCore:
         self.touch(s)
         return s
 
+    cdef inline void remember(self, uint32_t key, object text) except *:
+        """Reference: ``_rules.Names.remember``, in C calls only: no Python code may run (and
+        let another thread in) while a slot pointer is held."""
+        k = key
+        if not PyDict_Contains(self.names, k):
+            if PyDict_Size(self.names) >= NAMES_MAX:
+                PyDict_Clear(self.names)
+            PyDict_SetItem(self.names, k, text)
+
     # -- steps --------------------------------------------------------------------------------
     cdef StepRec* step_rec(self, uint32_t step, bint create) noexcept:
         cdef uint32_t i = mix64(step) & self.step_mask
@@ -601,8 +612,7 @@ cdef class CompiledCore:
         cdef StepRec* r
         if s == u.step:
             return None
-        if not PyDict_Contains(self.names, s):
-            self.names.remember(s, step)
+        self.remember(s, step)
         if u.step != 0:
             dur = te - u.step_ts
             if dur <= self.stall_max_dur:
@@ -663,14 +673,17 @@ cdef class CompiledCore:
         self.c_events += 1
         code_o = PyDict_GetItemWithError(self.type_codes, kind)
         code = T_UNKNOWN if code_o == NULL else <int><object>code_o
-        e = self.find(key)
+        # Python code (the exclusion globs) runs before the slot is looked up: it may let
+        # another thread in, which must not find us holding a slot pointer.
         if (code == T_UNKNOWN or (self.has_excl_step and self.excl_step(step))
                 or (self.has_excl_target and self.excl_target(target))):
             if code == T_UNKNOWN:
                 self.c_unknown += 1
             else:
                 self.c_excluded += 1
+            e = self.find(key)
             return 0.0 if e == 0 else self.current(&self.slots[e - 1])
+        e = self.find(key)
         if e == 0:
             s = self.insert(key, uid, ts)
         else:
@@ -699,7 +712,7 @@ cdef class CompiledCore:
                     u.click_n = 0
                     u.flags &= ~F_RAGE
                 if burst(u, u.click_r, &u.click_n, F_RAGE, te, self.rage_win, self.rage_need):
-                    self.names.remember(t, target)
+                    self.remember(t, target)
                     u.pressure[D_RAGE] = <float>(<double>u.pressure[D_RAGE] + self.rage_w)
         elif code == T_DEAD:
             if self.dead_on and target is not None:
@@ -711,7 +724,7 @@ cdef class CompiledCore:
                     u.dead_n = 0
                     u.flags &= ~F_DEAD
                 if burst(u, u.dead_r, &u.dead_n, F_DEAD, te, self.dead_win, self.dead_need):
-                    self.names.remember(t, target)
+                    self.remember(t, target)
                     u.pressure[D_DEAD] = <float>(<double>u.pressure[D_DEAD] + self.dead_w)
         elif code == T_ERROR or code == T_API_ERROR or code == T_FORM_ERROR:
             factor = 1.0
@@ -731,7 +744,7 @@ cdef class CompiledCore:
                 u.fail_t = <float>(te - u.base)
                 if u.fail_n >= self.fail_need and not u.flags & F_FAIL:
                     u.flags |= F_FAIL
-                    self.names.remember(t, target)
+                    self.remember(t, target)
                     u.pressure[D_FAIL] = <float>(<double>u.pressure[D_FAIL] + self.fail_w * factor)
         elif code == T_SEARCH:
             if self.search_on and results == 0:
@@ -979,12 +992,6 @@ cdef class CompiledCore:
     def record(self, user_id):
         cdef uint32_t e = self.find(key64(user_id))
         return None if e == 0 else self.record_of(&self.slots[e - 1])
-
-    def uid_of_record(self, rec):
-        cdef uint32_t e = self.find(int(rec["key"]))
-        if e == 0:
-            raise KeyError("user no longer tracked")
-        return self.uid_of(&self.slots[e - 1])
 
     def tick(self, double now):
         cdef uint64_t before = self.c_episodes

@@ -18,6 +18,7 @@ Per event, for user ``u`` (see :meth:`ReferenceCore._apply`):
 from __future__ import annotations
 
 import math
+import threading
 from collections import OrderedDict
 from typing import Any, Callable, Iterable, Mapping, Optional
 
@@ -143,18 +144,22 @@ class ReferenceCore:
         self._on_episode = on_episode
         self._users: "OrderedDict[int, _User]" = OrderedDict()  # least recently active first
         self._steps: dict[int, list[int]] = {}  # step key -> [count, bucket0, ...]
+        # The compiled core relies on the GIL (no Python code runs while it holds a slot);
+        # plain Python can switch threads anywhere, so the reference takes a lock.
+        self._lock = threading.RLock()
         self.counters = dict.fromkeys(
             ("events", "invalid", "unknown", "excluded", "episodes", "evictions", "tickets"), 0
         )
 
     # -- public surface (same as the compiled core) ---------------------------------------
     def observe(self, event: Any) -> float:
-        try:
-            parsed = ev.parse_event(event, self._clock)
-        except ev.InvalidEvent:
-            self.counters["invalid"] += 1
-            raise
-        return self._apply(*parsed)
+        with self._lock:
+            try:
+                parsed = ev.parse_event(event, self._clock)
+            except ev.InvalidEvent:
+                self.counters["invalid"] += 1
+                raise
+            return self._apply(*parsed)
 
     def observe_many(self, events: Any) -> np.ndarray:
         if isinstance(events, Mapping):
@@ -163,14 +168,15 @@ class ReferenceCore:
         else:
             rows = events
         out = []
-        for event in rows:
-            try:
-                parsed = ev.parse_event(event, self._clock)
-            except ev.InvalidEvent:
-                self.counters["invalid"] += 1
-                out.append(math.nan)
-                continue
-            out.append(self._apply(*parsed))
+        with self._lock:
+            for event in rows:
+                try:
+                    parsed = ev.parse_event(event, self._clock)
+                except ev.InvalidEvent:
+                    self.counters["invalid"] += 1
+                    out.append(math.nan)
+                    continue
+                out.append(self._apply(*parsed))
         return np.array(out, dtype=np.float64)
 
     def score(self, user_id: str, at: Optional[float] = None) -> float:
@@ -188,10 +194,6 @@ class ReferenceCore:
         u = self._users.get(key64(user_id))
         return None if u is None else self._record(u)
 
-    def uid_of_record(self, rec: Any) -> str:
-        u = self._users.get(int(rec["key"]))
-        return u.uid if u is not None else _uid_of(rec, {})
-
     def stall_limit(self, step: int) -> float:
         counts = self._steps.get(step)
         return -1.0 if counts is None else self._rules.stall_limit(counts[0], counts[1:])
@@ -203,15 +205,19 @@ class ReferenceCore:
         return len(self._users)
 
     def tick(self, now: float) -> int:
-        before = self.counters["episodes"]
-        if self._idle_ttl is not None:
-            self._evict_idle(now)
-        for u in list(self._users.values()):
-            self._decay(u, now)
-            te = now if now > u.last_ts else u.last_ts
-            self._check_stall(u, te)
-            self._check_episode(u, te, 0, None, None, None)
-        return self.counters["episodes"] - before
+        with self._lock:
+            before = self.counters["episodes"]
+            if self._idle_ttl is not None:
+                self._evict_idle(now)
+            for key in list(self._users):
+                u = self._users.get(key)
+                if u is None:  # evicted by a callback's observe
+                    continue
+                self._decay(u, now)
+                te = now if now > u.last_ts else u.last_ts
+                self._check_stall(u, te)
+                self._check_episode(u, te, 0, None, None, None)
+            return self.counters["episodes"] - before
 
     # -- snapshots -------------------------------------------------------------------------
     def export(self) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:

@@ -184,7 +184,7 @@ class Tracker:
     def state(self, user_id: str) -> Optional[UserState]:
         """The user's friction state as of their last event, or None if not tracked."""
         rec = self._core.record(user_id)
-        return None if rec is None else make_state(rec, self._core.uid_of_record(rec), self._names)
+        return None if rec is None else make_state(rec, user_id, self._names)
 
     def tick(self, now: Optional[float] = None) -> int:
         """Run the time-driven checks (stall, rearm, idle eviction) at ``now`` (default: the
