@@ -114,8 +114,8 @@ def _burst_detail(rec: Any, ring: str, n_field: str, what: str) -> str:
     return f"{n} {what} within {span:.1f} s"
 
 
-def detail(d: int, rec: Any, names: Names, rules: Rules, stall_limit: float) -> str:
-    """Human-readable account of what detector ``d`` saw, from the slot record."""
+def detail(d: int, rec: Any, names: Names, rules: Rules, stall_limit: float, now: float) -> str:
+    """Human-readable account of what detector ``d`` saw, from the slot record, at ``now``."""
     if d == RAGE_CLICK:
         return _burst_detail(rec, "click_r", "click_n", "clicks on " + _name(names, int(rec["click_target"])))
     if d == DEAD_CLICK:
@@ -132,7 +132,7 @@ def detail(d: int, rec: Any, names: Names, rules: Rules, stall_limit: float) -> 
     if d == HELP_SEEKING:
         return "looked for help or support"
     if d == STALL:
-        spent = float(rec["last_ts"]) - float(rec["step_ts"])
+        spent = now - float(rec["step_ts"])
         usual = f" (stall after {stall_limit:.0f} s)" if stall_limit >= 0 else ""
         return f"{spent:.0f} s on {_name(names, int(rec['step']))}{usual}"
     if d == CUSTOM:
@@ -141,11 +141,11 @@ def detail(d: int, rec: Any, names: Names, rules: Rules, stall_limit: float) -> 
     raise ValueError(d)
 
 
-def reasons(rec: Any, names: Names, rules: Rules, stall_limit: float) -> list[Reason]:
+def reasons(rec: Any, names: Names, rules: Rules, stall_limit: float, now: float) -> list[Reason]:
     pressure = rec["pressure"]
     active = [(float(pressure[d]), d) for d in range(len(DETECTOR_NAMES)) if pressure[d] > 0.0]
     active.sort(key=lambda pd: (-pd[0], pd[1]))
-    return [Reason(DETECTOR_NAMES[d], round(p, 6), detail(d, rec, names, rules, stall_limit)) for p, d in active]
+    return [Reason(DETECTOR_NAMES[d], round(p, 6), detail(d, rec, names, rules, stall_limit, now)) for p, d in active]
 
 
 _TARGETED = {RAGE_CLICK: "click_target", DEAD_CLICK: "dead_target", REPEAT_FAILURE: "fail_target"}
@@ -155,7 +155,7 @@ def make_episode(rec: Any, user_id: str, account_id: Optional[str], step: Option
                  target: Optional[str], ts: float, score: float, names: Names, rules: Rules,
                  stall_limit: float) -> Episode:  # fmt: skip
     """The episode an engine fired for slot ``rec`` on an event (or a tick) at ``ts``."""
-    why = reasons(rec, names, rules, stall_limit)
+    why = reasons(rec, names, rules, stall_limit, ts)
     if step is None and int(rec["step"]):
         step = _name(names, int(rec["step"]))
     if target is None:

@@ -318,7 +318,26 @@ def load_config(
         )
     if options:
         data = _merge(data, options)
+    _check_event_map(data.get("event_map"))
     try:
         return msgspec.convert(data, Config)
     except msgspec.ValidationError as exc:
         raise ConfigError(str(exc)) from None
+
+
+def _check_event_map(event_map: Any) -> None:
+    """Validate event_map entries one by one: msgspec's own paths elide mapping keys
+    (``$.event_map[...]``), and the user needs to know which event name is wrong."""
+    if not isinstance(event_map, Mapping):
+        return
+    for name, mapped in event_map.items():
+        where = f"$.event_map[{name!r}]"
+        try:
+            msgspec.convert(mapped, Union[str, EventMapping])
+        except msgspec.ValidationError as exc:
+            msg = str(exc)
+            if "- at `$" in msg:
+                msg = msg.replace("- at `$", f"- at `{where}", 1)
+            else:
+                msg = f"{msg} - at `{where}`"
+            raise ConfigError(msg) from None

@@ -103,15 +103,17 @@ class Dispatcher:
     def close(self, timeout: Optional[float] = None) -> bool:
         """Flush, then stop the thread. Later episodes are dropped (and counted)."""
         done = self.flush(timeout)
-        self._closed = True
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
+        with self._lock:
+            self._closed = True
+            thread = self._thread
+            if thread is None or thread is threading.current_thread() or not thread.is_alive():
+                return done
             try:
                 self._queue.put(_STOP, timeout=timeout)
             except queue.Full:
                 return False
-            thread.join(timeout)
-        return done
+        thread.join(timeout)
+        return done and not thread.is_alive()
 
     def _after_fork_in_child(self) -> None:
         # The thread did not survive the fork and the queue's locks may be held by it:
