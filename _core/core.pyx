@@ -46,8 +46,10 @@ from pyfriction._rules import CACHE_MAX as _CACHE_MAX
 cdef extern from "Python.h":
     const char* PyUnicode_AsUTF8AndSize(object, Py_ssize_t*)
     PyObject* PyDict_GetItemWithError(object, object) except? NULL
+    long long PyLong_AsLongLongAndOverflow(object, int*) except? -1
     void PyErr_Clear()
-    double PyLong_AsDouble(object) except? -1.0
+    double PyLong_AsDouble(object)
+    PyObject* PyErr_Occurred()
     int Py_IS_NAN(double)
     int Py_IS_FINITE(double)
 
@@ -610,8 +612,6 @@ cdef class CompiledCore:
     cdef object navigate(self, Slot* u, uint32_t s, object step, double te):
         cdef double dur
         cdef StepRec* r
-        if s == u.step:
-            return None
         self.remember(s, step)
         if u.step != 0:
             dur = te - u.step_ts
@@ -697,11 +697,14 @@ cdef class CompiledCore:
         if te - u.base > REBASE:
             rebase(u, te)
         self.decay(u, te)
-        self.check_stall(u, te)
+        t = key32(step) if code == T_PAGE and step is not None else 0
+        if t != 0 and t != u.step:
+            self.navigate(u, t, step, te)
+        else:
+            self.check_stall(u, te)
 
         if code == T_PAGE:
-            if step is not None:
-                self.navigate(u, key32(step), step, te)
+            pass
         elif code == T_CLICK:
             if self.rage_on and target is not None:
                 t = key32(target)
@@ -817,6 +820,9 @@ cdef class CompiledCore:
             ts = PyFloat_AS_DOUBLE(<object>o)
         elif PyLong_CheckExact(<object>o):
             ts = PyLong_AsDouble(<object>o)
+            if ts == -1.0 and PyErr_Occurred() != NULL:
+                PyErr_Clear()  # too large for a double: the general path says so
+                return self.observe_slow(d)
         else:
             return self.observe_slow(d)
         if not (Py_IS_FINITE(ts) and ts >= 0.0):
@@ -1050,7 +1056,8 @@ cdef class CompiledCore:
         steps = np.ascontiguousarray(steps, dtype=STEP_DTYPE)
         memset(self.index, 0, (self.mask + 1) * sizeof(uint32_t))
         memset(self.step_index, 0, (self.step_mask + 1) * sizeof(uint32_t))
-        memset(self.slots, 0, self.capacity * sizeof(Slot))
+        # Slots are not cleared: insert() clears each one it hands out, and touching all of
+        # them here would make the whole table resident for a handful of users.
         self.n_users = self.n_alloc = self.n_steps = 0
         self.log_head = self.log_tail = 0
         self.free_head = NONE32
@@ -1119,15 +1126,17 @@ cdef inline bint burst(Slot* u, float* ring, uint8_t* n, uint16_t flag, double t
     return False
 
 
-cdef inline long int_property(dict props, str name):
-    """Reference: ``events._int_property``."""
+cdef inline long int_property(dict props, str name) except? -2:
+    """Reference: ``events._int_property``; exact ints here, anything else in Python."""
     cdef PyObject* o = PyDict_GetItemWithError(props, name)
     cdef long long v
-    if o == NULL or not PyLong_CheckExact(<object>o):
+    cdef int overflow = 0
+    if o == NULL:
         return -1
-    if not (0 <= <object>o < 2147483648):
-        return -1
-    return <long>(<object>o)
+    if PyLong_CheckExact(<object>o):
+        v = PyLong_AsLongLongAndOverflow(<object>o, &overflow)
+        return <long>v if overflow == 0 and 0 <= v <= I31 else -1
+    return _ev.int_value(<object>o)
 
 
 cdef inline bint text_ok(object o):

@@ -10,7 +10,8 @@ Per event, for user ``u`` (see :meth:`ReferenceCore._apply`):
 1. validate; unknown types and excluded steps/targets are counted and change nothing;
 2. find or insert the user (inserting first evicts idle users, then the least recently
    active one when full); ``te = max(ts, u.last_ts)``: a late event counts as happening now;
-3. decay pressures to ``te``; check the stall detector on the current step;
+3. decay pressures to ``te``; a page event to another step ends the visit (u-turns, the
+   step's duration baseline), any other event checks the stall detector on the current step;
 4. run the event's detectors (each activation adds its weight to its pressure);
 5. ``score = 1 - exp(-sum(pressure))``; fire an episode when it reaches the threshold.
 """
@@ -121,11 +122,15 @@ class _User:
         return u
 
 
+_UID_AT = SLOT_DTYPE.fields["uid"][1]
+
+
 def _uid_of(rec: Any, long_ids: Mapping[int, str]) -> str:
     n = int(rec["uid_len"])
     if n == UID_LONG:
         return long_ids[int(rec["key"])]
-    return bytes(rec["uid"])[:n].decode("utf-8", "surrogatepass")
+    # Not rec["uid"]: numpy strips trailing NUL bytes from an "S" field, and an id may end in one.
+    return rec.tobytes()[_UID_AT : _UID_AT + n].decode("utf-8", "surrogatepass")
 
 
 class ReferenceCore:
@@ -270,12 +275,17 @@ class ReferenceCore:
         if te - u.base > REBASE_AFTER:
             self._rebase(u, te)
         self._decay(u, te)
-        self._check_stall(u, te)
+        # Stall is judged while the user is still on the step: an event that moves them on
+        # ends the visit instead (its duration feeds the step's baseline).
+        s = key32(step) if code == ev.PAGE and step is not None else 0
+        if s != 0 and s != u.step:
+            self._navigate(u, s, step, te)  # type: ignore[arg-type]
+        else:
+            self._check_stall(u, te)
 
         cfg = self._cfg.detectors
         if code == ev.PAGE:
-            if step is not None:
-                self._navigate(u, key32(step), step, te)
+            pass
         elif code == ev.CLICK:
             rc = cfg.rage_click
             if rc.enabled and target is not None:
@@ -440,8 +450,6 @@ class ReferenceCore:
         return False
 
     def _navigate(self, u: _User, s: int, step: str, te: float) -> None:
-        if s == u.step:
-            return
         self._names.remember(s, step)
         if u.step != 0:
             dur = te - u.step_ts
@@ -542,10 +550,7 @@ def columns_of(batch: Mapping[str, Any], keep_ts_array: bool = False) -> tuple[i
         if size != n:
             raise ev.InvalidEvent(name, f"column has {size} rows, user_id has {n}")
         if name in _INT_COLUMNS:
-            try:
-                col = np.array([-1 if x is None else x for x in col], dtype=np.int64)
-            except (TypeError, ValueError, OverflowError):
-                raise ev.InvalidEvent(name, "column must hold integers or None") from None
+            col = _int_column(col)
         elif isinstance(col, np.ndarray):
             if name == "ts" and keep_ts_array and col.dtype.kind in "fiu":
                 col = np.ascontiguousarray(col, dtype=np.float64)
@@ -555,6 +560,18 @@ def columns_of(batch: Mapping[str, Any], keep_ts_array: bool = False) -> tuple[i
             col = list(col)
         cols[name] = col
     return n, cols
+
+
+def _int_column(col: Any) -> np.ndarray:
+    """A status/results column as int64, -1 where an entry is no value (see ``int_value``)."""
+    if isinstance(col, np.ndarray) and col.dtype.kind in "iu":
+        a = col.astype(np.int64)
+        return np.where((a >= 0) & (a < (1 << 31)), a, -1)
+    if isinstance(col, np.ndarray) and col.dtype.kind == "f":
+        a = col.astype(np.float64)
+        ok = np.isfinite(a) & (np.floor(a) == a) & (a >= 0) & (a < (1 << 31))
+        return np.where(ok, np.where(ok, a, 0).astype(np.int64), -1)
+    return np.array([ev.int_value(x) for x in col], dtype=np.int64)
 
 
 def columns_to_rows(cols: Mapping[str, Any], start: int, stop: int) -> Iterable[dict[str, Any]]:

@@ -51,6 +51,7 @@ class Dispatcher:
         self._lock = threading.Lock()
         self._thread: Optional[threading.Thread] = None
         self._closed = False
+        self._stopping = False
 
     @property
     def depth(self) -> int:
@@ -108,10 +109,12 @@ class Dispatcher:
             thread = self._thread
             if thread is None or thread is threading.current_thread() or not thread.is_alive():
                 return done
-            try:
-                self._queue.put(_STOP, timeout=timeout)
-            except queue.Full:
-                return False
+            if not self._stopping:  # one stop marker, however often close() times out
+                try:
+                    self._queue.put(_STOP, timeout=timeout)
+                except queue.Full:
+                    return False
+                self._stopping = True
         thread.join(timeout)
         return done and not thread.is_alive()
 

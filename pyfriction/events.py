@@ -8,6 +8,7 @@ specification; the compiled core implements the same checks in C and raises the 
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any, Callable, Mapping, Optional, Union
 
 import msgspec
@@ -98,8 +99,10 @@ def _text(value: Any, field: str, required: bool) -> Optional[str]:
         if required:
             raise InvalidEvent(field, "is required")
         return None
-    if type(value) is not str:
+    if not isinstance(value, str):
         raise InvalidEvent(field, f"must be a string, not {type(value).__name__}")
+    if type(value) is not str:
+        value = str.__str__(value)  # numpy.str_ and other subclasses: the plain text
     if not value:
         if required:
             raise InvalidEvent(field, "must not be empty")
@@ -109,14 +112,27 @@ def _text(value: Any, field: str, required: bool) -> Optional[str]:
     return value
 
 
+def int_value(value: Any) -> int:
+    """A count or status: an integer (or integral float) in [0, 2**31), else -1 ("none").
+
+    Properties are free-form, so anything else is no value rather than an error.
+    """
+    if isinstance(value, bool):
+        return -1
+    if isinstance(value, numbers.Integral):
+        v = int(value)
+    elif isinstance(value, float) and value.is_integer():
+        v = int(value)
+    else:
+        return -1
+    return v if 0 <= v < (1 << 31) else -1
+
+
 def _int_property(props: Optional[Mapping[str, Any]], key: str) -> int:
-    """An integer property, or -1 when absent or not an integer (free-form data is not an error)."""
+    """An integer property (see :func:`int_value`), or -1 when absent."""
     if props is None:
         return -1
-    value = props.get(key)
-    if type(value) is int and 0 <= value < (1 << 31):
-        return value
-    return -1
+    return int_value(props.get(key))
 
 
 def parse_event(event: Union[Mapping[str, Any], Event], clock: Callable[[], float]) -> ParsedEvent:
@@ -136,8 +152,11 @@ def parse_event(event: Union[Mapping[str, Any], Event], clock: Callable[[], floa
     raw_ts = get("ts")
     if raw_ts is None:
         ts = float(clock())
-    elif type(raw_ts) is float or type(raw_ts) is int:
-        ts = float(raw_ts)
+    elif isinstance(raw_ts, numbers.Real) and not isinstance(raw_ts, bool):
+        try:
+            ts = float(raw_ts)
+        except (OverflowError, ValueError):
+            raise InvalidEvent("ts", "must be a finite, non-negative number of seconds since the epoch") from None
     else:
         raise InvalidEvent("ts", f"must be a number of seconds, not {type(raw_ts).__name__}")
     if not (math.isfinite(ts) and ts >= 0.0):

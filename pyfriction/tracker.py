@@ -211,18 +211,25 @@ class Tracker:
         The file is replaced atomically; restoring it into either engine loses nothing.
         """
         slots, steps, long_ids = self._core.export()
-        doc = {
-            "format": SNAPSHOT_FORMAT,
-            "version": SNAPSHOT_VERSION,
-            "layout": LAYOUT_HASH,
-            "config": msgspec.to_builtins(self.config),
-            "counters": dict(self._core.counters),
-            "slots": slots.tobytes(),
-            "steps": steps.tobytes(),
-            "names": list(self._names.items()),
-            "long_ids": list(long_ids.items()),
-        }
-        blob = msgspec.msgpack.encode(doc)
+        payload = msgspec.msgpack.encode(
+            {
+                "config": msgspec.to_builtins(self.config),
+                "counters": dict(self._core.counters),
+                "slots": slots.tobytes(),
+                "steps": steps.tobytes(),
+                "names": list(self._names.items()),
+                "long_ids": list(long_ids.items()),
+            }
+        )
+        blob = msgspec.msgpack.encode(
+            {
+                "format": SNAPSHOT_FORMAT,
+                "version": SNAPSHOT_VERSION,
+                "layout": LAYOUT_HASH,
+                "digest": hashlib.blake2b(payload, digest_size=16).hexdigest(),
+                "payload": payload,
+            }
+        )
         target = os.fspath(path)
         fd, tmp = tempfile.mkstemp(prefix=".pyfriction-", dir=os.path.dirname(os.path.abspath(target)))
         try:
@@ -264,7 +271,11 @@ class Tracker:
                 f"{os.fspath(path)}: snapshot version {doc.get('version')} layout {doc.get('layout')}"
                 f" does not match this pyfriction (version {SNAPSHOT_VERSION} layout {LAYOUT_HASH})"
             )
+        payload = doc.get("payload")
+        if not isinstance(payload, bytes) or hashlib.blake2b(payload, digest_size=16).hexdigest() != doc.get("digest"):
+            raise SnapshotError(f"{os.fspath(path)}: damaged snapshot (checksum mismatch)")
         try:
+            doc = msgspec.msgpack.decode(payload)
             slots = np.frombuffer(doc["slots"], dtype=SLOT_DTYPE)
             steps = np.frombuffer(doc["steps"], dtype=STEP_DTYPE)
             tracker = cls(doc["config"] if config is None else config, **kwargs)
@@ -275,6 +286,6 @@ class Tracker:
                 if key in counters:
                     counters[key] += int(value) if key == "evictions" else int(value) - counters[key]
             tracker._core.set_counters(counters)
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, msgspec.DecodeError) as exc:
             raise SnapshotError(f"{os.fspath(path)}: damaged snapshot ({exc})") from None
         return tracker

@@ -1,0 +1,158 @@
+"""The ``pyfriction`` command line.
+
+``pyfriction demo`` replays a JSON Lines event stream (by default the bundled sample) through
+a :class:`pyfriction.Tracker` and prints every friction episode as it fires, then a summary.
+Each subcommand is a ``_cmd_*`` function registered in :func:`build_parser`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+import time
+from importlib import resources
+from typing import IO, Any, Iterator, Optional, Sequence
+
+import msgspec
+
+from pyfriction import Episode, InvalidEvent, Tracker
+
+__all__ = ["main", "build_parser", "format_episode"]
+
+SAMPLE = "sample_events.jsonl"
+
+
+class CliError(Exception):
+    """A user-facing error: printed as ``pyfriction: error: ...`` with exit status 2."""
+
+
+@contextlib.contextmanager
+def _open_events(path: Optional[str]) -> Iterator[IO[bytes]]:
+    """The JSON Lines file at ``path`` (``-`` for stdin), or the bundled sample when ``None``."""
+    if path is None:
+        with (resources.files("pyfriction") / "data" / SAMPLE).open("rb") as fh:
+            yield fh
+    elif path == "-":
+        yield sys.stdin.buffer
+    else:
+        try:
+            fh = open(path, "rb")
+        except OSError as exc:
+            raise CliError(f"cannot read {path}: {exc.strerror}") from None
+        with fh:
+            yield fh
+
+
+def _read_events(fh: IO[bytes], name: str) -> Iterator[tuple[int, Any]]:
+    """Yield ``(line number, decoded object)`` for each non-blank line."""
+    decode = msgspec.json.Decoder().decode
+    for lineno, line in enumerate(fh, 1):
+        if line.strip():
+            try:
+                yield lineno, decode(line)
+            except msgspec.DecodeError as exc:
+                raise CliError(f"{name}:{lineno}: not valid JSON: {exc}") from None
+
+
+def _format_time(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts))
+
+
+def format_episode(episode: Episode) -> str:
+    """One readable line for an episode: time, user, account, step, score and reasons."""
+    reasons = "; ".join(f"{r.detector}: {r.detail}" for r in episode.reasons)
+    return (
+        f"{_format_time(episode.ts)}  {episode.user_id:<8} {episode.account_id or '-':<14} "
+        f"{episode.step or '-':<18} score {episode.score:.2f}  {reasons}"
+    )
+
+
+class _EpisodePrinter:
+    """A sync ``on_friction`` callback printing one line per episode.
+
+    The tracker catches callback errors, so a closed stdout (``pyfriction demo | head``) is
+    recorded here for the replay loop to stop on.
+    """
+
+    def __init__(self) -> None:
+        self.broken_pipe = False
+
+    def __call__(self, episode: Episode) -> None:
+        if not self.broken_pipe:
+            try:
+                print(format_episode(episode), flush=True)
+            except BrokenPipeError:
+                self.broken_pipe = True
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    name = args.events or f"<bundled {SAMPLE}>"
+    with _open_events(args.events) as fh:
+        try:
+            tracker = Tracker(engine=args.engine)
+        except ImportError as exc:  # engine='compiled' without a built core
+            raise CliError(str(exc)) from None
+        try:
+            printer = _EpisodePrinter()
+            tracker.on_friction(printer, sync=True)
+            for lineno, event in _read_events(fh, name):
+                try:
+                    tracker.observe(event)
+                except InvalidEvent as exc:
+                    print(f"{name}:{lineno}: skipped: {exc}", file=sys.stderr)
+                if printer.broken_pipe:
+                    raise BrokenPipeError
+            tracker.flush()
+            stats = tracker.stats()
+        finally:
+            tracker.close()
+    print(
+        f"\n{stats.events} events from {stats.users} users -> {stats.episodes} friction episodes "
+        f"({tracker.engine} engine)"
+    )
+    if stats.invalid or stats.unknown:
+        print(f"{stats.invalid} invalid and {stats.unknown} unknown events ignored")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="pyfriction", description="Detect user friction in SaaS event streams."
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    demo = commands.add_parser(
+        "demo",
+        help="replay an event stream and print friction episodes as they fire",
+        description="Replay a JSON Lines event stream (one event object per line) through a "
+        "Tracker, print each friction episode as it fires, then a summary.",
+    )
+    demo.add_argument(
+        "--events",
+        metavar="FILE",
+        help="JSON Lines file of events, '-' for stdin (default: the bundled sample)",
+    )
+    demo.add_argument(
+        "--engine",
+        choices=("auto", "compiled", "reference"),
+        default="auto",
+        help="engine to run (default: auto, the compiled core when it is available)",
+    )
+    demo.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the command line with ``argv`` (default: ``sys.argv[1:]``); return the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except CliError as exc:
+        parser.exit(2, f"{parser.prog}: error: {exc}\n")
+    except BrokenPipeError:  # e.g. `pyfriction demo | head`: quiet exit, as `cat` does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
