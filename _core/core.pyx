@@ -119,6 +119,7 @@ DEF T_HELP = 8
 DEF T_CONTACT = 9
 DEF T_SUCCESS = 10
 DEF T_TICKET = 11
+DEF T_GUIDANCE_DISMISSED = 14
 DEF T_CUSTOM = 32
 
 DEF NONE32 = 0xFFFFFFFF
@@ -290,7 +291,7 @@ cdef class CompiledCore:
     cdef int rage_need, dead_need, err_need, fail_need, uturn_need, search_need, stall_min_n
     cdef double threshold, rearm, cooldown, keep_after_success
     cdef double custom_w[MAX_CUSTOM]
-    cdef object clock, names, on_episode, type_codes, excl_step, excl_target, ordinary, long_ids
+    cdef object clock, names, on_episode, on_outcome, type_names, type_codes, excl_step, excl_target, ordinary, long_ids
     cdef object rules
 
     engine = "compiled"
@@ -303,7 +304,7 @@ cdef class CompiledCore:
         self.steps = NULL
         self.step_index = NULL
 
-    def __init__(self, rules, capacity, idle_ttl, clock, names, on_episode):
+    def __init__(self, rules, capacity, idle_ttl, clock, names, on_episode, on_outcome):
         cfg = rules.config
         cdef uint32_t size = 1
         capacity = int(capacity)
@@ -333,6 +334,8 @@ cdef class CompiledCore:
         self.clock = clock
         self.names = names
         self.on_episode = on_episode
+        self.on_outcome = on_outcome
+        self.type_names = _ev.TYPE_NAMES
         self.type_codes = rules.type_codes
         self.ordinary = rules.ordinary_statuses
         self.excl_step = rules.excluded_step
@@ -794,7 +797,10 @@ cdef class CompiledCore:
         elif code >= T_CUSTOM:
             u.custom = <uint8_t>(code - T_CUSTOM)
             u.pressure[D_CUSTOM] = <float>(<double>u.pressure[D_CUSTOM] + self.custom_w[code - T_CUSTOM])
-        return self.check_episode(u, te, code, uid, account, step, target)
+        score = self.check_episode(u, te, code, uid, account, step, target)
+        if T_TICKET <= code <= T_GUIDANCE_DISMISSED:
+            self.on_outcome(self.type_names[code], uid, account, step, target, te)
+        return score
 
     # -- event intake -------------------------------------------------------------------------
     cdef double observe_dict(self, dict d) except? -1.0:

@@ -60,6 +60,9 @@ from ._layout import (
 from ._rules import Names, Rules
 from .config import RING_SIZE
 
+#: Called after an outcome event (ticket, guidance feedback) is applied:
+#: ``(type, user_id, account_id, step, target, ts)``.
+OutcomeSink = Callable[[str, str, Optional[str], Optional[str], Optional[str], float], None]
 EpisodeSink = Callable[[np.void, str, Optional[str], Optional[str], Optional[str], float, float], None]
 
 _LATCHES = F_RAGE | F_DEAD | F_ERR | F_FAIL | F_UTURN | F_SEARCH
@@ -139,7 +142,8 @@ class ReferenceCore:
     engine = "reference"
 
     def __init__(self, rules: Rules, capacity: int, idle_ttl: Optional[float],
-                 clock: Callable[[], float], names: Names, on_episode: EpisodeSink) -> None:  # fmt: skip
+                 clock: Callable[[], float], names: Names, on_episode: EpisodeSink,
+                 on_outcome: OutcomeSink) -> None:  # fmt: skip
         self._rules = rules
         self._cfg = rules.config
         self._capacity = capacity
@@ -147,6 +151,7 @@ class ReferenceCore:
         self._clock = clock
         self._names = names
         self._on_episode = on_episode
+        self._on_outcome = on_outcome
         self._users: "OrderedDict[int, _User]" = OrderedDict()  # least recently active first
         self._steps: dict[int, list[int]] = {}  # step key -> [count, bucket0, ...]
         # The compiled core relies on the GIL (no Python code runs while it holds a slot);
@@ -371,7 +376,10 @@ class ReferenceCore:
         elif code >= ev.CUSTOM_BASE:
             u.custom = code - ev.CUSTOM_BASE
             self._activate(u, CUSTOM, rules.custom_weights[u.custom])
-        return self._check_episode(u, te, code, account, step, target)
+        score = self._check_episode(u, te, code, account, step, target)
+        if ev.TICKET <= code <= ev.GUIDANCE_DISMISSED:
+            self._on_outcome(ev.TYPE_NAMES[code], uid, account, step, target, te)
+        return score
 
     def _current(self, u: _User) -> float:
         total = 0.0

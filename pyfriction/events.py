@@ -61,6 +61,7 @@ TYPE_CODES: dict[str, int] = {
     "guidance_dismissed": GUIDANCE_DISMISSED,
 }
 CANONICAL_TYPES = frozenset(TYPE_CODES)
+TYPE_NAMES: dict[int, str] = {code: name for name, code in TYPE_CODES.items()}
 
 
 class InvalidEvent(ValueError):

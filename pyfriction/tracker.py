@@ -92,7 +92,8 @@ class Tracker:
         if engine not in ("auto", "compiled", "reference"):
             raise ValueError(f"engine must be 'auto', 'compiled' or 'reference', not {engine!r}")
         use_compiled = engine == "compiled" or (engine == "auto" and compiled_available())
-        args = (self._rules, self.config.capacity, self.config.idle_ttl, self._clock, self._names, self._emit)
+        args = (self._rules, self.config.capacity, self.config.idle_ttl, self._clock, self._names,
+                self._emit, self._outcome)  # fmt: skip
         if use_compiled:
             try:
                 core = _load_compiled()
@@ -161,6 +162,10 @@ class Tracker:
             self._dispatcher.failed += run_callbacks(self._sync, episode)
         if self._async:
             self._dispatcher.submit(self._async, episode)
+
+    def _outcome(self, kind: str, user_id: str, account_id: Optional[str], step: Optional[str],
+                 target: Optional[str], ts: float) -> None:  # fmt: skip
+        """An outcome event (ticket, guidance feedback) was applied; measurement hooks here."""
 
     def flush(self, timeout: Optional[float] = None) -> bool:
         """Wait until every queued callback has run; False if ``timeout`` (s) ran out."""
