@@ -8,30 +8,42 @@ C structs in flat buffers, with no pointers inside:
 * ``slots``: ``capacity`` records of ``Slot`` (``_layout.SLOT_DTYPE``, 232 bytes);
 * ``index``: open addressing (linear probing, backward-shift deletion) from the user's 64-bit
   key to ``slot + 1``, sized to a power of two at least twice the capacity;
-* ``lru_log`` / ``lru_pos``: recency as an append-only log of slot numbers; a slot's live entry
-  is the one at ``lru_pos[slot]``, older entries are skipped when met. Touching a user is one
-  sequential write, instead of the two random writes of a linked list; the log is compacted
-  when it reaches 1.5 x capacity;
-* ``steps``: per-step duration histograms (``_layout.STEP_DTYPE``), open addressing by step key.
+* ``steps``: per-step duration histograms (``_layout.STEP_DTYPE``), open addressing by step key;
+* ``meta``: user and step counts and the free list; ``ctr``: the counters.
+
+Two stores hold these buffers:
+
+* ``memory://`` (default): private memory of this process. Recency for eviction is exact: an
+  append-only log of slot numbers (``lru_log``/``lru_pos``; a slot's live entry is the one at
+  ``lru_pos[slot]``, older ones are skipped), so touching a user is one sequential write; the
+  log is compacted when it reaches 1.5 x capacity.
+* ``file://PATH``: one memory-mapped file shared by every process that opens it (``_core/
+  pf_sync.h`` has the locks). Each slot has a lock word (the holder's pid); updating a user
+  takes only that lock. Inserting and evicting users take the table lock; the step and name
+  tables have leaf locks of their own (lock order: table, then slot, then leaf). Recency there
+  is each user's last event time, and eviction takes the least recent of a sample of slots
+  (as Redis does): exact LRU across processes would put a shared write on every event.
 
 The per-event path allocates nothing but the returned float; Python is only called on rare
-paths (a new step name, an activation's target name, an episode, a malformed event).
+paths (a new step name, an activation's target name, an episode, a malformed event), and never
+while a slot is held: a callback may re-enter ``observe`` or let another thread in.
 """
 
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free
-from libc.string cimport memcpy, memset
+from libc.string cimport memcpy, memset, memcmp
 from libc.math cimport exp, log, pow, floor, INFINITY, NAN
-from cpython.dict cimport PyDict_GetItem, PyDict_CheckExact, PyDict_Contains, PyDict_Size, PyDict_Clear, PyDict_SetItem
-from cpython.list cimport PyList_GET_ITEM, PyList_CheckExact, PyList_GET_SIZE
+from cpython.dict cimport PyDict_CheckExact, PyDict_Contains, PyDict_Size, PyDict_Clear, PyDict_SetItem
+from cpython.list cimport PyList_GET_ITEM
 from cpython.float cimport PyFloat_AS_DOUBLE, PyFloat_CheckExact
-from cpython.long cimport PyLong_CheckExact, PyLong_AsLongLong
+from cpython.long cimport PyLong_CheckExact
 from cpython.unicode cimport PyUnicode_CheckExact, PyUnicode_GET_LENGTH
 from cpython.object cimport PyObject
 from cpython.bytes cimport PyBytes_FromStringAndSize
-from cpython.mem cimport PyMem_Malloc, PyMem_Free
 
 import math
+import mmap as _mmap
+import os
 from collections.abc import Mapping
 
 import numpy as np
@@ -50,15 +62,24 @@ cdef extern from "Python.h":
     void PyErr_Clear()
     double PyLong_AsDouble(object)
     PyObject* PyErr_Occurred()
-    int Py_IS_NAN(double)
     int Py_IS_FINITE(double)
 
 cdef extern from "sys/mman.h":
     void* mmap(void* addr, size_t length, int prot, int flags, int fd, long offset) nogil
     int munmap(void* addr, size_t length) nogil
     int madvise(void* addr, size_t length, int advice) nogil
-    int PROT_READ, PROT_WRITE, MAP_PRIVATE, MAP_ANONYMOUS, MADV_HUGEPAGE
+    int msync(void* addr, size_t length, int flags) nogil
+    int PROT_READ, PROT_WRITE, MAP_PRIVATE, MAP_SHARED, MAP_ANONYMOUS, MADV_HUGEPAGE
+    int MS_ASYNC, MS_SYNC
     void* MAP_FAILED
+
+cdef extern from "pf_sync.h":
+    int pf_lock(uint32_t* lock, uint32_t me) nogil
+    void pf_unlock(uint32_t* lock) nogil
+    int pf_pid_dead(uint32_t pid) nogil
+    uint32_t pf_load32(const uint32_t* p) nogil
+    void pf_store32(uint32_t* p, uint32_t v) nogil
+    void pf_add32(uint32_t* p, uint32_t v) nogil
 
 cdef extern from *:
     """
@@ -70,10 +91,10 @@ cdef extern from *:
     """
     void PF_PREFETCH(const void*) nogil
 
-# --- the layout (must match pyfriction/_layout.py; checked at import) -----------------------
+# --- the layout (must match pyfriction/_layout.py and store.py; checked at import) ----------
 DEF RING = 4
 DEF NDET = 9
-DEF UIDB = 46
+DEF UIDB = 42
 DEF NB = 24
 DEF UID_LONG = 255
 DEF MAX_TEXT = 1024
@@ -122,8 +143,28 @@ DEF T_TICKET = 11
 DEF T_GUIDANCE_DISMISSED = 14
 DEF T_CUSTOM = 32
 
+# counters (Python order: events, invalid, unknown, excluded, episodes, evictions, tickets)
+DEF C_EVENTS = 0
+DEF C_INVALID = 1
+DEF C_UNKNOWN = 2
+DEF C_EXCLUDED = 3
+DEF C_EPISODES = 4
+DEF C_EVICTIONS = 5
+DEF C_TICKETS = 6
+DEF N_COUNTERS = 7
+COUNTER_NAMES = ("events", "invalid", "unknown", "excluded", "episodes", "evictions", "tickets")
+
 DEF NONE32 = 0xFFFFFFFF
 DEF U32MAX = 0xFFFFFFFF
+
+# shared store
+DEF HEADER_SIZE = 4096
+DEF CONFIG_SIZE = 65536
+DEF N_PROCS = 56
+DEF NAME_TEXT = 123
+DEF N_NAMES = 8192
+DEF SAMPLE = 8
+DEF STORE_VERSION = 1
 
 ctypedef struct Slot:
     uint64_t key
@@ -147,6 +188,7 @@ ctypedef struct Slot:
     uint32_t click_target
     uint32_t dead_target
     uint32_t fail_target
+    uint32_t lock
     uint16_t flags
     uint8_t click_n
     uint8_t dead_n
@@ -163,12 +205,59 @@ ctypedef struct StepRec:
     uint32_t count
     uint32_t buckets[NB]
 
+ctypedef struct Meta:
+    uint32_t table_lock     # inserting and evicting users
+    uint32_t steps_lock     # adding a step (leaf)
+    uint32_t names_lock     # adding a name (leaf)
+    uint32_t n_users
+    uint32_t n_alloc        # slots ever handed out (free ones below are on the free list)
+    uint32_t free_head      # free list, threaded through free slots' ``events``
+    uint32_t n_steps
+    uint32_t n_names
+    uint32_t hand           # where the next eviction sample starts
+    uint32_t dirty          # set while processes are attached; 0 after a clean last close
+    uint32_t pad[6]
+
+ctypedef struct ProcRec:
+    uint32_t pid
+    uint32_t pad
+    uint64_t ctr[N_COUNTERS]
+
+ctypedef struct NameRec:
+    uint32_t key
+    uint8_t len
+    char text[NAME_TEXT]
+
+ctypedef struct Header:
+    char magic[8]
+    uint32_t version
+    uint32_t header_size
+    uint32_t capacity
+    uint32_t index_size
+    uint32_t max_steps
+    uint32_t step_index_size
+    uint32_t n_names
+    uint32_t slot_size
+    char layout[16]
+    char config[16]         # fingerprint of the detector config every process must share
+    uint32_t config_len     # bytes of the config (JSON) stored after the header
+    uint32_t pad0
+    uint64_t checksum       # FNV-1a of every byte before it
+    char pad1[40]
+    Meta meta               # at 128
+    char pad2[64]
+    uint64_t retired[8]     # at 256: counters of processes that have gone
+    char pad3[192]
+    ProcRec procs[N_PROCS]  # at 512: one counter block per attached process
+
 
 def layout():
-    """``(sizeof(Slot), {field: offset}, sizeof(StepRec))``: checked against ``_layout``."""
+    """Sizes and offsets of the C structs, checked against ``_layout`` and ``store``."""
     cdef Slot s
     cdef StepRec r
+    cdef Header h
     cdef char* b = <char*>&s
+    cdef char* hb = <char*>&h
     offsets = {
         "key": <char*>&s.key - b, "last_ts": <char*>&s.last_ts - b, "p_ts": <char*>&s.p_ts - b,
         "episode_ts": <char*>&s.episode_ts - b, "step_ts": <char*>&s.step_ts - b,
@@ -180,17 +269,23 @@ def layout():
         "episodes": <char*>&s.episodes - b, "step": <char*>&s.step - b,
         "prev_step": <char*>&s.prev_step - b, "click_target": <char*>&s.click_target - b,
         "dead_target": <char*>&s.dead_target - b, "fail_target": <char*>&s.fail_target - b,
-        "flags": <char*>&s.flags - b, "click_n": <char*>&s.click_n - b,
+        "lock": <char*>&s.lock - b, "flags": <char*>&s.flags - b, "click_n": <char*>&s.click_n - b,
         "dead_n": <char*>&s.dead_n - b, "err_n": <char*>&s.err_n - b,
         "fail_n": <char*>&s.fail_n - b, "uturn_n": <char*>&s.uturn_n - b,
         "search_n": <char*>&s.search_n - b, "custom": <char*>&s.custom - b,
         "uid_len": <char*>&s.uid_len - b, "uid": <char*>&s.uid[0] - b,
     }
-    return sizeof(Slot), offsets, sizeof(StepRec)
+    header = {
+        "checksum": <char*>&h.checksum - hb, "meta": <char*>&h.meta - hb,
+        "retired": <char*>&h.retired[0] - hb, "procs": <char*>&h.procs[0] - hb,
+        "config_len": <char*>&h.config_len - hb, "size": sizeof(Header),
+        "proc_size": sizeof(ProcRec), "meta_size": sizeof(Meta), "name_size": sizeof(NameRec),
+    }
+    return sizeof(Slot), offsets, sizeof(StepRec), header
 
 
 def _check_layout():
-    size, offsets, step_size = layout()
+    size, offsets, step_size, header = layout()
     if size != SLOT_DTYPE.itemsize or step_size != STEP_DTYPE.itemsize:
         raise ImportError("pyfriction._core was built for another state layout; rebuild it")
     for name, (_, off) in SLOT_DTYPE.fields.items():
@@ -198,6 +293,9 @@ def _check_layout():
             raise ImportError(f"pyfriction._core: field {name} at {offsets.get(name)}, layout says {off}")
     if (_RING, _NDET, _UIDB, _NB, _REBASE, _CACHE_MAX) != (RING, NDET, UIDB, NB, REBASE, NAMES_MAX):
         raise ImportError("pyfriction._core was built for other layout constants; rebuild it")
+    if header["meta"] != 128 or header["retired"] != 256 or header["procs"] != 512 \
+            or header["size"] != HEADER_SIZE or header["name_size"] != 128:
+        raise ImportError(f"pyfriction._core: unexpected store header layout {header}")
 
 
 _check_layout()
@@ -214,12 +312,16 @@ cdef inline uint64_t mix64(uint64_t h) nogil:
     h ^= h >> 31
     return h
 
-cdef inline uint64_t fnv_bytes(const char* p, Py_ssize_t n) nogil:
+cdef inline uint64_t fnv_raw(const char* p, Py_ssize_t n) nogil:
     cdef uint64_t h = FNV_OFFSET
     cdef Py_ssize_t i
     for i in range(n):
         h = (h ^ <uint8_t>p[i]) * <uint64_t>FNV_PRIME
-    return mix64(h)
+    return h
+
+cdef inline uint64_t fnv_bytes(const char* p, Py_ssize_t n) nogil:
+    cdef uint64_t h = mix64(fnv_raw(p, n))
+    return h if h != 0 else 1  # 0 marks a free slot
 
 cdef uint64_t key64(object s) except? 0:
     """key64 of a str: its UTF-8 bytes, or with surrogates passed through, as the reference."""
@@ -263,23 +365,73 @@ cdef void* big_alloc(size_t n) noexcept nogil:
 
 
 cdef void big_free(void* p, size_t n) noexcept nogil:
-    if p != NULL:
+    if p != NULL and n:
         munmap(p, n)
 
 
+cdef inline size_t page_up(size_t n) nogil:
+    return (n + 4095) & ~(<size_t>4095)
+
+
+def store_sections(uint32_t capacity, uint32_t max_steps):
+    """Offsets of a shared store file's sections: ``(sizes dict, total bytes)``."""
+    cdef uint32_t index_size = 1, step_index_size = 1
+    while index_size < 2 * capacity:
+        index_size <<= 1
+    while step_index_size < 2 * max_steps:
+        step_index_size <<= 1
+    cdef size_t config_off = HEADER_SIZE
+    cdef size_t slots_off = config_off + CONFIG_SIZE
+    cdef size_t index_off = page_up(slots_off + <size_t>capacity * sizeof(Slot))
+    cdef size_t steps_off = page_up(index_off + <size_t>index_size * 4)
+    cdef size_t step_index_off = page_up(steps_off + <size_t>max_steps * sizeof(StepRec))
+    cdef size_t names_off = page_up(step_index_off + <size_t>step_index_size * 4)
+    cdef size_t total = page_up(names_off + <size_t>N_NAMES * sizeof(NameRec))
+    return {
+        "index_size": index_size, "step_index_size": step_index_size, "config": config_off,
+        "slots": slots_off, "index": index_off, "steps": steps_off,
+        "step_index": step_index_off, "names": names_off, "n_names": N_NAMES,
+    }, total
+
+
+class StoreError(RuntimeError):
+    """A shared store file cannot be used: wrong kind, version, layout, config or capacity,
+    or damaged. The message says which and what to do."""
+
+
 cdef class CompiledCore:
-    """The compiled engine; same surface and semantics as ``_reference.ReferenceCore``."""
+    """The compiled engine; same surface and semantics as ``_reference.ReferenceCore``.
+
+    ``store`` is None (private memory) or the path of a shared store file (created if absent).
+    """
 
     cdef Slot* slots
     cdef uint32_t* index
     cdef uint32_t* lru_log
     cdef uint32_t* lru_pos
-    cdef uint32_t capacity, mask, n_users, n_alloc, free_head
+    cdef uint32_t capacity, mask
     cdef uint32_t log_size, log_head, log_tail
     cdef StepRec* steps
     cdef uint32_t* step_index
-    cdef uint32_t step_mask, n_steps, max_steps
-    cdef uint64_t c_events, c_invalid, c_unknown, c_excluded, c_episodes, c_evictions, c_tickets
+    cdef uint32_t step_mask, max_steps
+    cdef Meta* meta
+    cdef Meta local_meta
+    cdef uint64_t* ctr
+    cdef uint64_t local_ctr[N_COUNTERS]
+    # shared store
+    cdef bint shared
+    cdef uint32_t pid
+    cdef Header* hdr
+    cdef NameRec* ntab
+    cdef char* map_base
+    cdef size_t map_len
+    cdef object map_file
+    cdef public object path
+    # the episode of the event being applied, copied while its slot was held
+    cdef Slot fired
+    cdef double fired_score
+    cdef double last_te
+    cdef bint did_fire
     cdef bint has_ttl, has_excl_step, has_excl_target
     cdef double idle_ttl, decay_rate
     # detector parameters
@@ -291,8 +443,10 @@ cdef class CompiledCore:
     cdef int rage_need, dead_need, err_need, fail_need, uturn_need, search_need, stall_min_n
     cdef double threshold, rearm, cooldown, keep_after_success
     cdef double custom_w[MAX_CUSTOM]
-    cdef object clock, names, on_episode, on_outcome, type_names, type_codes, excl_step, excl_target, ordinary, long_ids
-    cdef object rules
+    cdef object clock, names, on_episode, on_outcome, type_names, type_codes
+    cdef object excl_step, excl_target, ordinary, long_ids, rules
+    cdef public object names_view
+    cdef object __weakref__
 
     engine = "compiled"
 
@@ -303,8 +457,12 @@ cdef class CompiledCore:
         self.lru_pos = NULL
         self.steps = NULL
         self.step_index = NULL
+        self.map_base = NULL
+        self.map_len = 0
+        self.shared = False
 
-    def __init__(self, rules, capacity, idle_ttl, clock, names, on_episode, on_outcome):
+    def __init__(self, rules, capacity, idle_ttl, clock, names, on_episode, on_outcome,
+                 store=None, config_json=b""):
         cfg = rules.config
         cdef uint32_t size = 1
         capacity = int(capacity)
@@ -314,25 +472,15 @@ cdef class CompiledCore:
         while size < 2 * self.capacity:
             size <<= 1
         self.mask = size - 1
-        self.log_size = self.capacity + self.capacity // 2 + 16
-        self.slots = <Slot*>big_alloc(self.capacity * sizeof(Slot))
-        self.index = <uint32_t*>big_alloc(size * sizeof(uint32_t))
-        self.lru_log = <uint32_t*>big_alloc(self.log_size * sizeof(uint32_t))
-        self.lru_pos = <uint32_t*>big_alloc(self.capacity * sizeof(uint32_t))
         self.max_steps = cfg.max_steps
         size = 1
         while size < 2 * self.max_steps:
             size <<= 1
         self.step_mask = size - 1
-        self.steps = <StepRec*>calloc(self.max_steps, sizeof(StepRec))
-        self.step_index = <uint32_t*>calloc(size, sizeof(uint32_t))
-        if (self.slots == NULL or self.index == NULL or self.lru_log == NULL
-                or self.lru_pos == NULL or self.steps == NULL or self.step_index == NULL):
-            raise MemoryError(f"cannot allocate the state of {capacity} users")
-        self.free_head = NONE32
         self.rules = rules
         self.clock = clock
         self.names = names
+        self.names_view = None
         self.on_episode = on_episode
         self.on_outcome = on_outcome
         self.type_names = _ev.TYPE_NAMES
@@ -377,8 +525,34 @@ cdef class CompiledCore:
             raise ValueError("too many custom-weight events")
         for i, w in enumerate(rules.custom_weights):
             self.custom_w[i] = w
+        self.pid = os.getpid()
+        if store is None:
+            self.alloc_memory()
+        else:
+            self.open_file(os.fspath(store), bytes(config_json))
+
+    cdef alloc_memory(self):
+        self.log_size = self.capacity + self.capacity // 2 + 16
+        self.slots = <Slot*>big_alloc(self.capacity * sizeof(Slot))
+        self.index = <uint32_t*>big_alloc((self.mask + 1) * sizeof(uint32_t))
+        self.lru_log = <uint32_t*>big_alloc(self.log_size * sizeof(uint32_t))
+        self.lru_pos = <uint32_t*>big_alloc(self.capacity * sizeof(uint32_t))
+        self.steps = <StepRec*>calloc(self.max_steps, sizeof(StepRec))
+        self.step_index = <uint32_t*>calloc(self.step_mask + 1, sizeof(uint32_t))
+        if (self.slots == NULL or self.index == NULL or self.lru_log == NULL
+                or self.lru_pos == NULL or self.steps == NULL or self.step_index == NULL):
+            raise MemoryError(f"cannot allocate the state of {self.capacity} users")
+        memset(&self.local_meta, 0, sizeof(Meta))
+        self.meta = &self.local_meta
+        self.meta.free_head = NONE32
+        memset(self.local_ctr, 0, sizeof(self.local_ctr))
+        self.ctr = self.local_ctr
 
     def __dealloc__(self):
+        if self.shared:
+            if self.map_base != NULL:
+                munmap(self.map_base, self.map_len)
+            return
         big_free(self.slots, self.capacity * sizeof(Slot))
         big_free(self.index, (self.mask + 1) * sizeof(uint32_t))
         big_free(self.lru_log, self.log_size * sizeof(uint32_t))
@@ -386,35 +560,209 @@ cdef class CompiledCore:
         free(self.steps)
         free(self.step_index)
 
+    # -- the shared store file ---------------------------------------------------------------
+    cdef open_file(self, str path, bytes config_json):
+        import fcntl
+        sections, total = store_sections(self.capacity, self.max_steps)
+        fingerprint = config_fingerprint(config_json)
+        if len(config_json) > CONFIG_SIZE:
+            raise StoreError("config too large for the store file")
+        f = open(path, "a+b")
+        try:
+            # One process at a time creates, checks and attaches; the hot path takes no flock.
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            size = os.fstat(f.fileno()).st_size
+            if size == 0:
+                os.ftruncate(f.fileno(), total)
+                size = total
+                fresh = True
+            else:
+                fresh = False
+                check_header(path, f, self.capacity, self.max_steps, fingerprint, total, size)
+            base = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_SHARED, f.fileno(), 0)
+            if base == MAP_FAILED:
+                raise StoreError(f"{path}: cannot map the store ({total} bytes)")
+            self.map_base = <char*>base
+            self.map_len = total
+            self.map_file = f
+            self.shared = True
+            self.path = path
+            self.hdr = <Header*>self.map_base
+            self.meta = &self.hdr.meta
+            self.slots = <Slot*>(self.map_base + <size_t>sections["slots"])
+            self.index = <uint32_t*>(self.map_base + <size_t>sections["index"])
+            self.steps = <StepRec*>(self.map_base + <size_t>sections["steps"])
+            self.step_index = <uint32_t*>(self.map_base + <size_t>sections["step_index"])
+            self.ntab = <NameRec*>(self.map_base + <size_t>sections["names"])
+            if fresh:
+                self.write_header(sections, fingerprint, config_json)
+            self.attach()
+            msync(self.map_base, HEADER_SIZE, MS_SYNC)
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+        self.names_view = SharedNames(self)
+
+    cdef write_header(self, dict sections, bytes fingerprint, bytes config_json):
+        cdef Header* h = self.hdr
+        memcpy(h.magic, b"PYFRICT\0", 8)
+        h.version = STORE_VERSION
+        h.header_size = HEADER_SIZE
+        h.capacity = self.capacity
+        h.index_size = sections["index_size"]
+        h.max_steps = self.max_steps
+        h.step_index_size = sections["step_index_size"]
+        h.n_names = N_NAMES
+        h.slot_size = sizeof(Slot)
+        layout_hash = store_layout_hash()
+        memcpy(h.layout, <char*>layout_hash, 16)
+        memcpy(h.config, <char*>fingerprint, 16)
+        h.config_len = len(config_json)
+        if config_json:
+            memcpy(self.map_base + HEADER_SIZE, <char*>config_json, len(config_json))
+        h.meta.free_head = NONE32
+        h.checksum = fnv_raw(<char*>h, <char*>&h.checksum - <char*>h)
+
+    cdef attach(self):
+        """Claim a counter block (the table lock held); check the file after a crash."""
+        cdef int i, mine = -1, others = 0
+        cdef uint32_t p
+        cdef Header* h = self.hdr
+        if pf_lock(&self.meta.table_lock, self.pid):
+            self.repair()
+        try:
+            for i in range(N_PROCS):
+                p = h.procs[i].pid
+                if p != 0 and pf_pid_dead(p):
+                    self.retire(i)
+                    p = 0
+                if p == 0 and mine < 0:
+                    mine = i
+                elif p != 0 and p != self.pid:
+                    others += 1
+            if mine < 0:
+                raise StoreError(f"{self.path}: more than {N_PROCS} processes attached")
+            if others == 0 and self.meta.dirty:
+                # Nobody is attached yet the file was not closed cleanly: the last processes
+                # died (or the machine did). The slots are the truth; rebuild the rest from them.
+                self.repair()
+            h.procs[mine].pid = self.pid
+            memset(h.procs[mine].ctr, 0, sizeof(h.procs[mine].ctr))
+            self.ctr = h.procs[mine].ctr
+            self.meta.dirty = 1
+        finally:
+            pf_unlock(&self.meta.table_lock)
+
+    cdef void retire(self, int i) noexcept:
+        cdef int c
+        for c in range(N_COUNTERS):
+            self.hdr.retired[c] += self.hdr.procs[i].ctr[c]
+            self.hdr.procs[i].ctr[c] = 0
+        self.hdr.procs[i].pid = 0
+
+    cdef repair(self):
+        """Rebuild the index, free list and counts from the slots (table lock held)."""
+        cdef uint32_t s, j, n = 0, free_head = NONE32, top = 0
+        cdef Slot* u
+        cdef bint ok
+        memset(self.index, 0, (self.mask + 1) * sizeof(uint32_t))
+        for s in range(self.capacity):
+            u = &self.slots[s]
+            if u.key == 0:
+                continue
+            top = s + 1
+            ok = (Py_IS_FINITE(u.last_ts) and Py_IS_FINITE(u.p_ts) and Py_IS_FINITE(u.base)
+                  and (u.uid_len <= UIDB or u.uid_len == UID_LONG))
+            j = <uint32_t>u.key & self.mask
+            while ok and self.index[j] != 0:
+                if self.slots[self.index[j] - 1].key == u.key:
+                    ok = False  # the same user twice: keep the first
+                j = (j + 1) & self.mask
+            if not ok:
+                memset(u, 0, sizeof(Slot))
+                continue
+            u.lock = 0
+            self.index[j] = s + 1
+            n += 1
+        for s in range(top):
+            if self.slots[s].key == 0:
+                self.slots[s].events = free_head
+                free_head = s
+        self.meta.n_users = n
+        self.meta.n_alloc = top
+        self.meta.free_head = free_head
+        self.meta.steps_lock = 0
+        self.meta.names_lock = 0
+
+    def after_fork(self):
+        """In a child process: a counter block of its own (the mapping itself is inherited)."""
+        if self.shared:
+            self.pid = os.getpid()
+            self.attach()
+
+    def sync(self, bint wait=False):
+        """Write the shared store's dirty pages back to the file (``msync``)."""
+        if self.shared and self.map_base != NULL:
+            msync(self.map_base, self.map_len, MS_SYNC if wait else MS_ASYNC)
+
+    def close(self):
+        """Detach from the shared store: counters kept, file clean if we were the last."""
+        cdef int i, others = 0
+        if not self.shared or self.ctr == self.local_ctr:
+            return
+        if pf_lock(&self.meta.table_lock, self.pid):
+            self.repair()
+        for i in range(N_PROCS):
+            if self.hdr.procs[i].pid == self.pid:
+                self.retire(i)
+            elif self.hdr.procs[i].pid != 0 and not pf_pid_dead(self.hdr.procs[i].pid):
+                others += 1
+        # Further events of this object count locally; the store's totals are final.
+        memset(self.local_ctr, 0, sizeof(self.local_ctr))
+        self.ctr = self.local_ctr
+        pf_unlock(&self.meta.table_lock)
+        msync(self.map_base, self.map_len, MS_SYNC)
+        if others == 0:
+            self.meta.dirty = 0
+            msync(self.map_base, HEADER_SIZE, MS_SYNC)
+
+    @property
+    def shared_store(self):
+        return self.shared
+
     # -- counters -----------------------------------------------------------------------------
     @property
     def counters(self):
-        return {
-            "events": self.c_events, "invalid": self.c_invalid, "unknown": self.c_unknown,
-            "excluded": self.c_excluded, "episodes": self.c_episodes,
-            "evictions": self.c_evictions, "tickets": self.c_tickets,
-        }
+        cdef int i, c
+        totals = [self.ctr[c] for c in range(N_COUNTERS)]
+        if self.shared:
+            for c in range(N_COUNTERS):
+                totals[c] = self.hdr.retired[c]
+                for i in range(N_PROCS):
+                    if self.hdr.procs[i].pid != 0:
+                        totals[c] += self.hdr.procs[i].ctr[c]
+                if self.ctr == self.local_ctr:
+                    totals[c] += self.local_ctr[c]
+        return dict(zip(COUNTER_NAMES, totals))
 
     def set_counters(self, counters):
-        self.c_events = counters.get("events", self.c_events)
-        self.c_invalid = counters.get("invalid", self.c_invalid)
-        self.c_unknown = counters.get("unknown", self.c_unknown)
-        self.c_excluded = counters.get("excluded", self.c_excluded)
-        self.c_episodes = counters.get("episodes", self.c_episodes)
-        self.c_evictions = counters.get("evictions", self.c_evictions)
-        self.c_tickets = counters.get("tickets", self.c_tickets)
+        cdef int c
+        current = self.counters
+        for c, name in enumerate(COUNTER_NAMES):
+            # In a shared store other processes' counts stay theirs: adjust our own block.
+            self.ctr[c] += int(counters.get(name, current[name])) - current[name]
 
     def __len__(self):
-        return self.n_users
+        return self.meta.n_users
 
     # -- the table ----------------------------------------------------------------------------
     cdef inline uint32_t find(self, uint64_t key) noexcept:
-        """slot + 1 of ``key``, or 0."""
+        """slot + 1 of ``key``, or 0. In a shared store the answer is a hint, to be confirmed
+        under the slot's lock (another process may move or evict it)."""
         cdef uint32_t i = <uint32_t>key & self.mask
         cdef uint32_t e
         cdef const char* line
         while True:
-            e = self.index[i]
+            e = pf_load32(&self.index[i])
             if e == 0:
                 return 0
             # The record spans four cache lines: ask for all of them while the first loads.
@@ -422,13 +770,16 @@ cdef class CompiledCore:
             PF_PREFETCH(line + 64)
             PF_PREFETCH(line + 128)
             PF_PREFETCH(line + 192)
-            PF_PREFETCH(&self.lru_pos[e - 1])
+            if not self.shared:
+                PF_PREFETCH(&self.lru_pos[e - 1])
             if self.slots[e - 1].key == key:
                 return e
             i = (i + 1) & self.mask
 
     cdef inline void touch(self, uint32_t s) noexcept:
         """Make slot ``s`` the most recently active (reference: ``move_to_end``)."""
+        if self.shared:
+            return  # recency in a shared store is the slot's last_ts
         if self.log_tail == self.log_size:
             self.compact_log()
         self.lru_log[self.log_tail] = s
@@ -446,43 +797,70 @@ cdef class CompiledCore:
         self.log_head = 0
         self.log_tail = out
 
-    cdef inline uint32_t oldest(self) noexcept:
-        """The least recently active slot (skipping stale log entries), or NONE32."""
-        cdef uint32_t s
-        while self.log_head < self.log_tail:
-            s = self.lru_log[self.log_head]
-            if self.lru_pos[s] == self.log_head:
-                return s
-            self.log_head += 1
-        return NONE32
+    cdef uint32_t oldest(self) noexcept:
+        """The least recently active slot, or NONE32. Memory: exact, from the log (skipping
+        stale entries). Shared: the least recent of SAMPLE slots from a rotating hand."""
+        cdef uint32_t s, i, n, best = NONE32
+        cdef double best_ts = INFINITY
+        if not self.shared:
+            while self.log_head < self.log_tail:
+                s = self.lru_log[self.log_head]
+                if self.lru_pos[s] == self.log_head:
+                    return s
+                self.log_head += 1
+            return NONE32
+        n = self.meta.n_alloc
+        if n == 0:
+            return NONE32
+        s = self.meta.hand % n
+        for i in range(n if n < 4 * SAMPLE else 4 * SAMPLE):
+            if self.slots[s].key != 0:
+                if self.slots[s].last_ts < best_ts:
+                    best_ts = self.slots[s].last_ts
+                    best = s
+                if i >= SAMPLE and best != NONE32:
+                    break
+            s = s + 1 if s + 1 < n else 0
+        self.meta.hand = s
+        return best
 
-    cdef void evict(self, uint32_t s) except *:
-        cdef Slot* u = &self.slots[s]
-        cdef uint32_t i = <uint32_t>u.key & self.mask
+    cdef void unlink(self, uint32_t s) noexcept:
+        """Remove slot ``s`` from the index (backward-shift deletion: probe chains stay
+        unbroken without tombstones)."""
+        cdef uint32_t i = <uint32_t>self.slots[s].key & self.mask
         cdef uint32_t j, k, e
-        while self.index[i] != s + 1:
+        while pf_load32(&self.index[i]) != s + 1:
             i = (i + 1) & self.mask
-        # Backward-shift deletion keeps every probe chain unbroken without tombstones.
         j = i
         while True:
             j = (j + 1) & self.mask
-            e = self.index[j]
+            e = pf_load32(&self.index[j])
             if e == 0:
                 break
             k = <uint32_t>self.slots[e - 1].key & self.mask
             if (i <= j and i < k <= j) or (i > j and (i < k or k <= j)):
                 continue
-            self.index[i] = e
+            pf_store32(&self.index[i], e)
             i = j
-        self.index[i] = 0
+        pf_store32(&self.index[i], 0)
+
+    cdef void evict(self, uint32_t s) except *:
+        """Forget the user in slot ``s`` (shared: table lock held; the slot is locked here)."""
+        cdef Slot* u = &self.slots[s]
+        if self.shared:
+            pf_lock(&u.lock, self.pid)
+        self.unlink(s)
         if u.uid_len == UID_LONG:
             self.long_ids.pop(u.key, None)
-        self.lru_pos[s] = NONE32
+        if not self.shared:
+            self.lru_pos[s] = NONE32
         memset(u, 0, sizeof(Slot))
-        u.key = self.free_head  # the free list threads through freed slots
-        self.free_head = s
-        self.n_users -= 1
-        self.c_evictions += 1
+        u.events = self.meta.free_head  # the free list threads through freed slots
+        self.meta.free_head = s
+        self.meta.n_users -= 1
+        self.ctr[C_EVICTIONS] += 1
+        if self.shared:
+            pf_unlock(&u.lock)
 
     cdef void evict_idle(self, double now) except *:
         cdef double horizon = now - self.idle_ttl
@@ -492,30 +870,31 @@ cdef class CompiledCore:
             if s == NONE32 or self.slots[s].last_ts >= horizon:
                 return
             self.evict(s)
+            if self.shared:
+                return  # one per insert: a sample is no sweep (tick() sweeps)
 
     cdef uint32_t insert(self, uint64_t key, object uid, double ts) except NONE32:
-        """New user (reference: ``_insert``); returns its slot."""
+        """New user (reference: ``_insert``); returns its slot (shared: table lock held by the
+        caller, and the new slot is returned locked)."""
         cdef uint32_t s, i
         cdef Slot* u
         cdef Py_ssize_t n
         cdef const char* p
         if self.has_ttl:
             self.evict_idle(ts)
-        if self.n_users >= self.capacity:
+        if self.meta.n_users >= self.capacity:
             self.evict(self.oldest())
-        if self.free_head != NONE32:
-            s = self.free_head
-            self.free_head = <uint32_t>self.slots[s].key
+        if self.meta.free_head != NONE32:
+            s = self.meta.free_head
+            self.meta.free_head = self.slots[s].events
         else:
-            s = self.n_alloc
-            self.n_alloc += 1
-        i = <uint32_t>key & self.mask
-        while self.index[i] != 0:
-            i = (i + 1) & self.mask
-        self.index[i] = s + 1
+            s = self.meta.n_alloc
+            self.meta.n_alloc += 1
         u = &self.slots[s]
-        memset(u, 0, sizeof(Slot))
-        u.key = key
+        if self.shared:
+            pf_lock(&u.lock, self.pid)
+        memset(&u.last_ts, 0, sizeof(Slot) - 8)
+        u.lock = self.pid if self.shared else 0
         u.last_ts = ts
         u.p_ts = ts
         u.step_ts = ts
@@ -541,32 +920,129 @@ cdef class CompiledCore:
         else:
             u.uid_len = UID_LONG
             self.long_ids[key] = uid
-        self.n_users += 1
+        u.key = key
+        # Publish: the key is in place before the index entry points at the slot.
+        i = <uint32_t>key & self.mask
+        while pf_load32(&self.index[i]) != 0:
+            i = (i + 1) & self.mask
+        pf_store32(&self.index[i], s + 1)
+        self.meta.n_users += 1
         self.touch(s)
         return s
 
+    cdef uint32_t acquire(self, uint64_t key, object uid, double ts) except NONE32:
+        """Shared store: the slot of ``key`` (inserted if new), locked by this process."""
+        cdef uint32_t e, s
+        while True:
+            e = self.find(key)
+            if e == 0:
+                if pf_lock(&self.meta.table_lock, self.pid):
+                    self.repair()
+                try:
+                    e = self.find(key)
+                    if e == 0:
+                        return self.insert(key, uid, ts)
+                finally:
+                    pf_unlock(&self.meta.table_lock)
+            s = e - 1
+            pf_lock(&self.slots[s].lock, self.pid)
+            if self.slots[s].key == key:
+                return s
+            pf_unlock(&self.slots[s].lock)  # evicted or moved meanwhile: look again
+
+    cdef inline void release(self, uint32_t s) noexcept:
+        if self.shared:
+            pf_unlock(&self.slots[s].lock)
+
+    cdef uint32_t hold(self, uint64_t key) noexcept:
+        """The slot of ``key`` held for reading (shared: locked), or NONE32."""
+        cdef uint32_t e
+        while True:
+            e = self.find(key)
+            if e == 0:
+                return NONE32
+            if not self.shared:
+                return e - 1
+            pf_lock(&self.slots[e - 1].lock, self.pid)
+            if self.slots[e - 1].key == key:
+                return e - 1
+            pf_unlock(&self.slots[e - 1].lock)
+
+    # -- names ------------------------------------------------------------------------------
     cdef inline void remember(self, uint32_t key, object text) except *:
-        """Reference: ``_rules.Names.remember``, in C calls only: no Python code may run (and
-        let another thread in) while a slot pointer is held."""
+        """Reference: ``_rules.Names.remember``. Memory: C calls only on the names dict (no
+        Python code may run while a slot is held). Shared: the file's name table."""
+        if self.shared:
+            self.remember_shared(key, text)
+            return
         k = key
         if not PyDict_Contains(self.names, k):
             if PyDict_Size(self.names) >= NAMES_MAX:
                 PyDict_Clear(self.names)
             PyDict_SetItem(self.names, k, text)
 
+    cdef NameRec* name_rec(self, uint32_t key) noexcept:
+        cdef uint32_t i = <uint32_t>mix64(key) & (N_NAMES - 1)
+        cdef uint32_t k
+        while True:
+            k = pf_load32(&self.ntab[i].key)
+            if k == 0 or k == key:
+                return &self.ntab[i]
+            i = (i + 1) & (N_NAMES - 1)
+
+    cdef void remember_shared(self, uint32_t key, object text) except *:
+        cdef NameRec* r = self.name_rec(key)
+        cdef Py_ssize_t n
+        cdef const char* p
+        if r.key == key:
+            return
+        p = PyUnicode_AsUTF8AndSize(text, &n)
+        if p == NULL:
+            PyErr_Clear()
+            return
+        if n > NAME_TEXT or self.meta.n_names >= N_NAMES * 3 // 4:
+            return  # too long or table full: episodes fall back to the key
+        pf_lock(&self.meta.names_lock, self.pid)
+        r = self.name_rec(key)
+        if r.key == 0:
+            memcpy(r.text, p, n)
+            r.len = <uint8_t>n
+            pf_store32(&r.key, key)
+            self.meta.n_names += 1
+        pf_unlock(&self.meta.names_lock)
+
+    cdef object name_of(self, uint32_t key):
+        cdef NameRec* r = self.name_rec(key)
+        if r.key != key:
+            return None
+        return (<bytes>PyBytes_FromStringAndSize(r.text, r.len)).decode("utf-8", "replace")
+
     # -- steps --------------------------------------------------------------------------------
     cdef StepRec* step_rec(self, uint32_t step, bint create) noexcept:
         cdef uint32_t i = mix64(step) & self.step_mask
         cdef uint32_t e
+        cdef StepRec* r
         while True:
-            e = self.step_index[i]
+            e = pf_load32(&self.step_index[i])
             if e == 0:
-                if not create or self.n_steps >= self.max_steps:
+                if not create or self.meta.n_steps >= self.max_steps:
                     return NULL
-                self.steps[self.n_steps].key = step
-                self.n_steps += 1
-                self.step_index[i] = self.n_steps
-                return &self.steps[self.n_steps - 1]
+                if self.shared:
+                    pf_lock(&self.meta.steps_lock, self.pid)
+                    if pf_load32(&self.step_index[i]) != 0:  # someone else added one: look again
+                        pf_unlock(&self.meta.steps_lock)
+                        continue
+                    if self.meta.n_steps >= self.max_steps:
+                        pf_unlock(&self.meta.steps_lock)
+                        return NULL
+                r = &self.steps[self.meta.n_steps]
+                memset(r, 0, sizeof(StepRec))
+                r.key = step
+                self.meta.n_steps += 1
+                pf_store32(&self.step_index[i], self.meta.n_steps)
+                if self.shared:
+                    pf_unlock(&self.meta.steps_lock)
+                return r
             if self.steps[e - 1].key == step:
                 return &self.steps[e - 1]
             i = (i + 1) & self.step_mask
@@ -576,10 +1052,14 @@ cdef class CompiledCore:
         cdef StepRec* r = self.step_rec(step, False)
         cdef double need, q
         cdef uint64_t seen = 0
+        cdef uint32_t count
         cdef int b
-        if r == NULL or r.count < <uint32_t>self.stall_min_n:
+        if r == NULL:
             return -1.0
-        need = self.stall_q * r.count
+        count = r.count
+        if count < <uint32_t>self.stall_min_n:
+            return -1.0
+        need = self.stall_q * count
         q = bucket_upper(NB - 1)
         for b in range(NB):
             seen += r.buckets[b]
@@ -621,8 +1101,12 @@ cdef class CompiledCore:
             if dur <= self.stall_max_dur:
                 r = self.step_rec(u.step, True)
                 if r != NULL and r.count < U32MAX:
-                    r.count += 1
-                    r.buckets[bucket_of(dur)] += 1
+                    if self.shared:
+                        pf_add32(&r.count, 1)
+                        pf_add32(&r.buckets[bucket_of(dur)], 1)
+                    else:
+                        r.count += 1
+                        r.buckets[bucket_of(dur)] += 1
             if self.uturn_on and s == u.prev_step and dur <= self.uturn_bounce:
                 if te - (u.base + <double>u.uturn_t) > self.uturn_win:
                     u.uturn_n = 1
@@ -646,8 +1130,9 @@ cdef class CompiledCore:
             total += u.pressure[i]
         return 1.0 - exp(-total)
 
-    cdef double check_episode(self, Slot* u, double te, int code, object uid, object account,
-                              object step, object target) except? -1.0:
+    cdef double check_episode(self, Slot* u, double te, int code) noexcept:
+        """Reference: ``_check_episode``. A crossing is copied into ``self.fired`` while the
+        slot is held; ``emit()`` reports it after the slot is released."""
         cdef double score = self.current(u)
         if u.flags & F_IN_EPISODE:
             if score < self.rearm:
@@ -659,42 +1144,74 @@ cdef class CompiledCore:
             if u.episodes < U32MAX:
                 u.episodes += 1
             u.episode_score = <float>score
-            self.c_episodes += 1
-            if uid is None:
-                uid = self.uid_of(u)
-            self.on_episode(self.record_of(u), uid, account, step, target, te, score)
+            self.ctr[C_EPISODES] += 1
+            memcpy(&self.fired, u, sizeof(Slot))
+            self.fired.lock = 0
+            self.fired_score = score
+            self.did_fire = True
         return score
+
+    cdef emit(self, object uid, object account, object step, object target):
+        """Report the episode fired by the last update, if any (no slot held now)."""
+        if not self.did_fire:
+            return
+        self.did_fire = False
+        rec = self.record_of(&self.fired)
+        if uid is None:
+            uid = self.uid_of(&self.fired)
+        self.on_episode(rec, uid, account, step, target, self.fired.episode_ts, self.fired_score)
 
     cdef double apply(self, object uid, uint64_t key, object kind, double ts, object step,
                       object target, object account, long status, long results) except? -1.0:
         cdef PyObject* code_o
         cdef int code
-        cdef uint32_t e, s, t
-        cdef Slot* u
-        cdef double te, factor, w, other, keep
-        cdef int i
-        self.c_events += 1
+        cdef uint32_t s
+        cdef double score
+        self.ctr[C_EVENTS] += 1
         code_o = PyDict_GetItemWithError(self.type_codes, kind)
         code = T_UNKNOWN if code_o == NULL else <int><object>code_o
         # Python code (the exclusion globs) runs before the slot is looked up: it may let
-        # another thread in, which must not find us holding a slot pointer.
+        # another thread in, which must not find us holding a slot.
         if (code == T_UNKNOWN or (self.has_excl_step and self.excl_step(step))
                 or (self.has_excl_target and self.excl_target(target))):
             if code == T_UNKNOWN:
-                self.c_unknown += 1
+                self.ctr[C_UNKNOWN] += 1
             else:
-                self.c_excluded += 1
-            e = self.find(key)
-            return 0.0 if e == 0 else self.current(&self.slots[e - 1])
-        e = self.find(key)
-        if e == 0:
-            s = self.insert(key, uid, ts)
+                self.ctr[C_EXCLUDED] += 1
+            s = self.hold(key)
+            if s == NONE32:
+                return 0.0
+            score = self.current(&self.slots[s])
+            self.release(s)
+            return score
+        if self.shared:
+            s = self.acquire(key, uid, ts)
         else:
-            s = e - 1
-            self.touch(s)
-        u = &self.slots[s]
+            s = self.find(key)
+            if s == 0:
+                s = self.insert(key, uid, ts)
+            else:
+                s -= 1
+                self.touch(s)
+        try:
+            score = self.update(&self.slots[s], code, ts, step, target, status, results)
+        finally:
+            self.release(s)
+        self.emit(uid, account, step, target)
+        if T_TICKET <= code <= T_GUIDANCE_DISMISSED:
+            self.on_outcome(self.type_names[code], uid, account, step, target,
+                            self.last_te)
+        return score
+
+    cdef double update(self, Slot* u, int code, double ts, object step, object target,
+                       long status, long results) except? -1.0:
+        """The event's effect on one user (reference: the body of ``_apply``)."""
+        cdef uint32_t t
+        cdef double te, factor, w, other, keep
+        cdef int i
         te = ts if ts > u.last_ts else u.last_ts
         u.last_ts = te
+        self.last_te = te
         if u.events < U32MAX:
             u.events += 1
         if te - u.base > REBASE:
@@ -793,14 +1310,11 @@ cdef class CompiledCore:
             u.search_n = 0
             u.flags &= ~LATCHES
         elif code == T_TICKET:
-            self.c_tickets += 1
+            self.ctr[C_TICKETS] += 1
         elif code >= T_CUSTOM:
             u.custom = <uint8_t>(code - T_CUSTOM)
             u.pressure[D_CUSTOM] = <float>(<double>u.pressure[D_CUSTOM] + self.custom_w[code - T_CUSTOM])
-        score = self.check_episode(u, te, code, uid, account, step, target)
-        if T_TICKET <= code <= T_GUIDANCE_DISMISSED:
-            self.on_outcome(self.type_names[code], uid, account, step, target, te)
-        return score
+        return self.check_episode(u, te, code)
 
     # -- event intake -------------------------------------------------------------------------
     cdef double observe_dict(self, dict d) except? -1.0:
@@ -863,7 +1377,7 @@ cdef class CompiledCore:
         try:
             p = _ev.parse_event(event, self.clock)
         except _ev.InvalidEvent:
-            self.c_invalid += 1
+            self.ctr[C_INVALID] += 1
             raise
         return self.apply(p[0], key64(p[0]), p[1], p[2], p[3], p[4], p[5], p[6], p[7])
 
@@ -979,75 +1493,139 @@ cdef class CompiledCore:
     # -- reads --------------------------------------------------------------------------------
     cdef object uid_of(self, Slot* u):
         if u.uid_len == UID_LONG:
-            return self.long_ids[u.key]
+            known = self.long_ids.get(u.key)
+            if known is not None:
+                return known
+            # Another process of a shared store saw this long id: its inline prefix is all
+            # this one has.
+            return (<bytes>PyBytes_FromStringAndSize(u.uid, UIDB)).decode("utf-8", "replace")
         return (<bytes>PyBytes_FromStringAndSize(u.uid, u.uid_len)).decode("utf-8", "surrogatepass")
 
     cdef object record_of(self, Slot* u):
         return np.frombuffer(PyBytes_FromStringAndSize(<char*>u, sizeof(Slot)), dtype=SLOT_DTYPE)[0]
 
     def score(self, user_id, at=None):
-        cdef uint32_t e = self.find(key64(user_id))
+        cdef uint32_t s = self.hold(key64(user_id))
         cdef Slot* u
-        cdef double total = 0.0, t
+        cdef double total = 0.0, t, p_ts
         cdef int i
-        if e == 0:
+        if s == NONE32:
             return 0.0
-        u = &self.slots[e - 1]
+        u = &self.slots[s]
         for i in range(NDET):
             total += u.pressure[i]
+        p_ts = u.p_ts
+        self.release(s)
         if at is not None:
             t = at
-            if t > u.p_ts:
-                total *= exp(-(t - u.p_ts) * self.decay_rate)
+            if t > p_ts:
+                total *= exp(-(t - p_ts) * self.decay_rate)
         return 1.0 - exp(-total)
 
     def record(self, user_id):
-        cdef uint32_t e = self.find(key64(user_id))
-        return None if e == 0 else self.record_of(&self.slots[e - 1])
+        cdef uint32_t s = self.hold(key64(user_id))
+        cdef Slot copy
+        if s == NONE32:
+            return None
+        memcpy(&copy, &self.slots[s], sizeof(Slot))
+        self.release(s)
+        copy.lock = 0
+        return self.record_of(&copy)
 
     def tick(self, double now):
-        cdef uint64_t before = self.c_episodes
+        """Reference: ``tick``: idle eviction, then decay, stall and rearm for every user,
+        least recently active first."""
+        cdef uint64_t before = self.ctr[C_EPISODES]
         cdef uint32_t p, s, end
         cdef Slot* u
         cdef double te
+        cdef uint64_t key
         if self.has_ttl:
-            self.evict_idle(now)
-        # Least recently active first, like the reference; episodes fired here call Python,
-        # which cannot touch the log (observe re-entered from a callback appends past `end`).
-        p = self.log_head
-        end = self.log_tail
+            if self.shared:
+                self.sweep_idle(now)
+            else:
+                self.evict_idle(now)
+        # The order is taken first: episodes call Python, which may re-enter observe.
         order = []
-        while p < end:
-            s = self.lru_log[p]
-            if self.lru_pos[s] == p:
-                order.append(self.slots[s].key)
-            p += 1
+        if self.shared:
+            for s in range(self.meta.n_alloc):
+                if self.slots[s].key != 0:
+                    order.append((self.slots[s].last_ts, self.slots[s].key))
+            order.sort()
+            order = [k for _, k in order]
+        else:
+            p = self.log_head
+            end = self.log_tail
+            while p < end:
+                s = self.lru_log[p]
+                if self.lru_pos[s] == p:
+                    order.append(self.slots[s].key)
+                p += 1
         for k in order:
-            s = self.find(k)
-            if s == 0:
+            key = k
+            s = self.hold(key)
+            if s == NONE32:
                 continue
-            u = &self.slots[s - 1]
+            u = &self.slots[s]
             self.decay(u, now)
             te = now if now > u.last_ts else u.last_ts
             self.check_stall(u, te)
-            self.check_episode(u, te, 0, None, None, None, None)
-        return self.c_episodes - before
+            self.check_episode(u, te, 0)
+            self.release(s)
+            self.emit(None, None, None, None)
+        return self.ctr[C_EPISODES] - before
+
+    cdef sweep_idle(self, double now):
+        cdef double horizon = now - self.idle_ttl
+        cdef uint32_t s
+        if pf_lock(&self.meta.table_lock, self.pid):
+            self.repair()
+        try:
+            for s in range(self.meta.n_alloc):
+                if self.slots[s].key != 0 and self.slots[s].last_ts < horizon:
+                    self.evict(s)
+        finally:
+            pf_unlock(&self.meta.table_lock)
 
     # -- snapshots ----------------------------------------------------------------------------
     def export(self):
         """Slots least recently active first, step histograms, and ids too long to inline."""
         cdef uint32_t p, s, n = 0
-        slots = np.zeros(self.n_users, dtype=SLOT_DTYPE)
-        steps = np.zeros(self.n_steps, dtype=STEP_DTYPE)
-        cdef unsigned char[::1] raw = slots.view(np.uint8).reshape(-1)
-        cdef unsigned char[::1] step_raw = steps.view(np.uint8).reshape(-1)
+        cdef unsigned char[::1] raw
+        cdef unsigned char[::1] step_raw
+        if self.shared:
+            return self.export_shared()
+        slots = np.zeros(self.meta.n_users, dtype=SLOT_DTYPE)
+        steps = np.zeros(self.meta.n_steps, dtype=STEP_DTYPE)
+        raw = slots.view(np.uint8).reshape(-1)
+        step_raw = steps.view(np.uint8).reshape(-1)
         for p in range(self.log_head, self.log_tail):
             s = self.lru_log[p]
             if self.lru_pos[s] == p:
                 memcpy(&raw[n * sizeof(Slot)], &self.slots[s], sizeof(Slot))
                 n += 1
-        if self.n_steps:
-            memcpy(&step_raw[0], self.steps, self.n_steps * sizeof(StepRec))
+        if self.meta.n_steps:
+            memcpy(&step_raw[0], self.steps, self.meta.n_steps * sizeof(StepRec))
+        return slots, steps, dict(self.long_ids)
+
+    cdef export_shared(self):
+        cdef uint32_t s, n = 0, top = self.meta.n_alloc
+        cdef unsigned char[::1] raw
+        cdef unsigned char[::1] step_raw
+        slots = np.zeros(top, dtype=SLOT_DTYPE)
+        raw = slots.view(np.uint8).reshape(-1)
+        for s in range(top):
+            if self.hold(self.slots[s].key) == s and self.slots[s].key != 0:
+                memcpy(&raw[n * sizeof(Slot)], &self.slots[s], sizeof(Slot))
+                self.release(s)
+                n += 1
+        slots = slots[:n]
+        slots["lock"] = 0
+        slots = slots[np.argsort(slots["last_ts"], kind="stable")]  # least recent first
+        steps = np.zeros(self.meta.n_steps, dtype=STEP_DTYPE)
+        if self.meta.n_steps:
+            step_raw = steps.view(np.uint8).reshape(-1)
+            memcpy(&step_raw[0], self.steps, self.meta.n_steps * sizeof(StepRec))
         return slots, steps, dict(self.long_ids)
 
     def load(self, slots, steps, long_ids):
@@ -1060,38 +1638,192 @@ cdef class CompiledCore:
         cdef StepRec* r
         slots = np.ascontiguousarray(slots, dtype=SLOT_DTYPE)
         steps = np.ascontiguousarray(steps, dtype=STEP_DTYPE)
-        memset(self.index, 0, (self.mask + 1) * sizeof(uint32_t))
-        memset(self.step_index, 0, (self.step_mask + 1) * sizeof(uint32_t))
-        # Slots are not cleared: insert() clears each one it hands out, and touching all of
-        # them here would make the whole table resident for a handful of users.
-        self.n_users = self.n_alloc = self.n_steps = 0
-        self.log_head = self.log_tail = 0
-        self.free_head = NONE32
-        self.long_ids = {}
-        skip = n - self.capacity if n > self.capacity else 0
-        self.c_evictions += skip
-        if n:
-            raw = slots.view(np.uint8).reshape(-1)
-            for i in range(skip, n):
-                s = self.n_alloc
-                self.n_alloc += 1
-                u = &self.slots[s]
-                memcpy(u, &raw[i * sizeof(Slot)], sizeof(Slot))
-                j = <uint32_t>u.key & self.mask
-                while self.index[j] != 0:
-                    if self.slots[self.index[j] - 1].key == u.key:
-                        raise ValueError("snapshot holds a user twice")
-                    j = (j + 1) & self.mask
-                self.index[j] = s + 1
-                if u.uid_len == UID_LONG:
-                    self.long_ids[u.key] = long_ids[u.key]
-                self.n_users += 1
-                self.touch(s)
-        if len(steps):
-            step_raw = steps.view(np.uint8).reshape(-1)
-            for i in range(min(len(steps), self.max_steps)):
-                r = self.step_rec((<StepRec*>&step_raw[i * sizeof(StepRec)]).key, True)
-                memcpy(r, &step_raw[i * sizeof(StepRec)], sizeof(StepRec))
+        if self.shared and pf_lock(&self.meta.table_lock, self.pid):
+            pass  # everything is rebuilt below anyway
+        try:
+            memset(self.index, 0, (self.mask + 1) * sizeof(uint32_t))
+            memset(self.step_index, 0, (self.step_mask + 1) * sizeof(uint32_t))
+            # Private slots are not cleared: insert() clears each one it hands out, and
+            # touching all of them would make the whole table resident for a few users.
+            if self.shared:
+                memset(self.slots, 0, self.meta.n_alloc * sizeof(Slot))
+            self.meta.n_users = 0
+            self.meta.n_alloc = 0
+            self.meta.n_steps = 0
+            self.meta.free_head = NONE32
+            self.log_head = self.log_tail = 0
+            self.long_ids = {}
+            skip = n - self.capacity if n > self.capacity else 0
+            self.ctr[C_EVICTIONS] += skip
+            if n:
+                raw = slots.view(np.uint8).reshape(-1)
+                for i in range(skip, n):
+                    s = self.meta.n_alloc
+                    self.meta.n_alloc += 1
+                    u = &self.slots[s]
+                    memcpy(u, &raw[i * sizeof(Slot)], sizeof(Slot))
+                    u.lock = 0
+                    if u.key == 0:
+                        raise ValueError("snapshot holds a user with key 0")
+                    j = <uint32_t>u.key & self.mask
+                    while self.index[j] != 0:
+                        if self.slots[self.index[j] - 1].key == u.key:
+                            raise ValueError("snapshot holds a user twice")
+                        j = (j + 1) & self.mask
+                    self.index[j] = s + 1
+                    if u.uid_len == UID_LONG:
+                        self.long_ids[u.key] = long_ids[u.key]
+                    self.meta.n_users += 1
+                    self.touch(s)
+            if len(steps):
+                step_raw = steps.view(np.uint8).reshape(-1)
+                for i in range(min(len(steps), self.max_steps)):
+                    r = self.step_rec((<StepRec*>&step_raw[i * sizeof(StepRec)]).key, True)
+                    memcpy(r, &step_raw[i * sizeof(StepRec)], sizeof(StepRec))
+        finally:
+            if self.shared:
+                pf_unlock(&self.meta.table_lock)
+
+    def info(self):
+        """What ``pyfriction store inspect`` prints, read from this core's state."""
+        cdef uint32_t s, live = 0, i
+        cdef double oldest = INFINITY, newest = -INFINITY
+        for s in range(self.meta.n_alloc):
+            if self.slots[s].key != 0:
+                if self.slots[s].last_ts < oldest:
+                    oldest = self.slots[s].last_ts
+                if self.slots[s].last_ts > newest:
+                    newest = self.slots[s].last_ts
+        procs = []
+        if self.shared:
+            for i in range(N_PROCS):
+                if self.hdr.procs[i].pid != 0 and not pf_pid_dead(self.hdr.procs[i].pid):
+                    procs.append(self.hdr.procs[i].pid)
+        return {
+            "capacity": self.capacity,
+            "users": self.meta.n_users,
+            "fill": self.meta.n_users / <double>self.capacity,
+            "steps": self.meta.n_steps,
+            "names": self.meta.n_names if self.shared else len(self.names),
+            "oldest_activity": oldest if self.meta.n_users else None,
+            "newest_activity": newest if self.meta.n_users else None,
+            "processes": procs,
+            "counters": self.counters,
+            "bytes": self.map_len if self.shared else None,
+        }
+
+
+cdef class SharedNames:
+    """The shared store's name table, read like the ``Names`` dict of a private tracker."""
+
+    cdef CompiledCore core
+
+    def __init__(self, CompiledCore core):
+        self.core = core
+
+    def get(self, key, default=None):
+        k = int(key)
+        if not 0 < k <= U32MAX:
+            return default
+        name = self.core.name_of(k)
+        return default if name is None else name
+
+    def __contains__(self, key):
+        return self.get(key) is not None
+
+    def remember(self, key, text):
+        self.core.remember_shared(int(key), text)
+
+    def update(self, pairs):
+        for key, text in (pairs.items() if hasattr(pairs, "items") else pairs):
+            self.remember(key, text)
+
+    def items(self):
+        cdef uint32_t i
+        out = []
+        for i in range(N_NAMES):
+            if self.core.ntab[i].key != 0:
+                out.append((self.core.ntab[i].key, self.core.name_of(self.core.ntab[i].key)))
+        return out
+
+    def __len__(self):
+        return self.core.meta.n_names
+
+
+# --- the store file's header --------------------------------------------------------------------
+def store_layout_hash():
+    """16 bytes naming the layout of slots, steps and the header this build writes."""
+    import hashlib
+    size, offsets, step_size, header = layout()
+    text = repr((SLOT_DTYPE.descr, STEP_DTYPE.descr, sorted(header.items()), STORE_VERSION, N_PROCS,
+                 N_NAMES, CONFIG_SIZE))
+    return hashlib.sha256(text.encode()).digest()[:16]
+
+
+def config_fingerprint(bytes config_json):
+    import hashlib
+    return hashlib.sha256(config_json).digest()[:16]
+
+
+def read_header(path, f=None):
+    """The fixed fields of a store file's header as a dict (raises StoreError)."""
+    import struct
+    own = f is None
+    if own:
+        try:
+            f = open(path, "rb")
+        except OSError as exc:
+            raise StoreError(f"cannot open store {path!r}: {exc}") from None
+    try:
+        f.seek(0)
+        raw = f.read(HEADER_SIZE)
+    finally:
+        if own:
+            f.close()
+    if len(raw) < HEADER_SIZE or raw[:8] != b"PYFRICT\0":
+        raise StoreError(f"{path}: not a pyfriction store file")
+    fields = struct.unpack_from("<8I16s16sIIQ", raw, 8)
+    version, header_size, capacity, index_size, max_steps, step_index_size, n_names, slot_size = fields[:8]
+    checksum = fields[12]
+    cdef const char* p = raw
+    if fnv_raw(p, 80) != checksum:
+        raise StoreError(f"{path}: the store header is damaged (checksum mismatch); restore it "
+                         f"from a snapshot (`pyfriction store repair {path} --snapshot FILE`)")
+    return {
+        "version": version, "header_size": header_size, "capacity": capacity,
+        "index_size": index_size, "max_steps": max_steps, "step_index_size": step_index_size,
+        "n_names": n_names, "slot_size": slot_size, "layout": fields[8], "config": fields[9],
+        "config_len": fields[10],
+    }
+
+
+cdef check_header(str path, f, uint32_t capacity, uint32_t max_steps, bytes fingerprint,
+                  size_t total, size_t size):
+    h = read_header(path, f)
+    if h["version"] != STORE_VERSION:
+        raise StoreError(f"{path}: store file version {h['version']}, this pyfriction reads "
+                         f"version {STORE_VERSION}")
+    if h["layout"] != store_layout_hash() or h["slot_size"] != sizeof(Slot):
+        raise StoreError(f"{path}: the store file was written with another state layout "
+                         "(another pyfriction build); create a new file or restore a snapshot")
+    if h["config"] != fingerprint:
+        raise StoreError(f"{path}: the store was created with another configuration; every "
+                         "process sharing a store must use the same config")
+    if h["capacity"] != capacity or h["max_steps"] != max_steps:
+        raise StoreError(f"{path}: the store holds capacity {h['capacity']} (max_steps "
+                         f"{h['max_steps']}), the tracker asks for {capacity} ({max_steps}); "
+                         f"change capacity offline with `pyfriction store resize {path} "
+                         f"--capacity N`")
+    if size < total:
+        raise StoreError(f"{path}: the store file is truncated ({size} of {total} bytes)")
+
+
+def read_config(path):
+    """The config JSON a store file was created with."""
+    h = read_header(path)
+    with open(path, "rb") as f:
+        f.seek(HEADER_SIZE)
+        return f.read(h["config_len"])
 
 
 # --- helpers of the specification ---------------------------------------------------------------

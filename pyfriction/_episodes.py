@@ -28,7 +28,7 @@ from ._layout import (
 from ._rules import Names, Rules
 from .config import RING_SIZE
 
-__all__ = ["Reason", "Episode", "UserState", "Stats"]
+__all__ = ["Reason", "Guidance", "Episode", "UserState", "Stats"]
 
 
 class Reason(msgspec.Struct, frozen=True):
@@ -39,11 +39,37 @@ class Reason(msgspec.Struct, frozen=True):
     detail: str
 
 
+class Guidance(msgspec.Struct, frozen=True, kw_only=True):
+    """A guidance item offered to one user for one episode (``Tracker.pending``, ``on_guidance``).
+
+    ``id``, ``kind`` (``tooltip | banner | modal | link``), ``title``, ``body``, ``url``,
+    ``anchor`` and ``locale`` come from the catalog item; ``episode_id``, ``step`` and
+    ``target`` from the episode; the item waits to be shown from ``created_at`` (the
+    episode's time) until ``expires_at``. ``body`` is plain text or a small safe Markdown
+    subset: render it with :func:`pyfriction.guidance.render_body`.
+    """
+
+    id: str
+    kind: str
+    title: str
+    body: str = ""
+    url: Optional[str] = None
+    anchor: Optional[str] = None
+    locale: Optional[str] = None
+    episode_id: str = ""
+    step: Optional[str] = None
+    target: Optional[str] = None
+    created_at: float = 0.0
+    expires_at: float = 0.0
+
+
 class Episode(msgspec.Struct, kw_only=True):
     """A user crossed the friction threshold: fired to ``on_friction`` callbacks.
 
     ``reasons`` are ordered by contribution, largest first. ``account_id`` is the one of the
-    event that crossed the threshold (None for episodes fired by ``tick()``).
+    event that crossed the threshold (None for episodes fired by ``tick()``). ``guidance`` is
+    the item the guidance rules picked for it (None when none matched, the caps held it back
+    or the user is in the holdout); ``holdout`` is True for users in the guidance holdout.
     """
 
     episode_id: str
@@ -54,6 +80,8 @@ class Episode(msgspec.Struct, kw_only=True):
     step: Optional[str]
     target: Optional[str]
     reasons: list[Reason]
+    guidance: Optional[Guidance] = None
+    holdout: bool = False
 
 
 class UserState(msgspec.Struct, kw_only=True):

@@ -25,14 +25,14 @@ def _mix(h: int) -> int:
 
 @lru_cache(maxsize=1 << 16)
 def key64(text: str) -> int:
-    """The 64-bit key of a user id."""
+    """The 64-bit key of a user id; never 0 (0 marks a free slot)."""
     h = FNV_OFFSET
     for byte in text.encode("utf-8", "surrogatepass"):
         h = ((h ^ byte) * FNV_PRIME) & MASK64
-    return _mix(h)
+    return _mix(h) or 1
 
 
 def key32(text: str) -> int:
     """The 32-bit key of a step or target; never 0 (0 means "none")."""
-    h = key64(text)
+    h = key64(text)  # key64's 0 -> 1 folds the same: fold(0) is 0 -> 1, fold(1) is 1
     return ((h ^ (h >> 32)) & 0xFFFFFFFF) or 1

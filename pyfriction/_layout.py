@@ -53,7 +53,7 @@ F_STALL = 1 << 8  # stall already activated during the current step visit
 
 #: Bytes of a user id stored inline; longer ids keep their first UID_BYTES bytes and
 #: ``uid_len == UID_LONG``, the full id lives in a side table bounded by capacity.
-UID_BYTES = 46
+UID_BYTES = 42
 UID_LONG = 255
 #: Window timestamps are float32 offsets from ``base``; ``base`` moves to the event time once
 #: it is this many seconds old, keeping offsets within about 2 ms of exact.
@@ -84,6 +84,7 @@ SLOT_DTYPE = np.dtype(
         ("click_target", "<u4"),
         ("dead_target", "<u4"),
         ("fail_target", "<u4"),
+        ("lock", "<u4"),  # shared store: pid of the process updating the slot (0: free)
         ("flags", "<u2"),
         ("click_n", "u1"),  # events in the current run (saturating at 255)
         ("dead_n", "u1"),

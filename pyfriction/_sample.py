@@ -10,6 +10,11 @@ dead clicks on plain text, API error bursts, or a long stall; many then open hel
 contact page, and some file a ``ticket`` later.
 
 The bundled ``pyfriction/data/sample_events.jsonl`` is ``write_sample(path)`` with the defaults.
+
+``generate(..., guided=True)`` (``pyfriction sample --guided``) also simulates in-app guidance,
+for ``pyfriction report`` to measure: see :func:`simulate_guidance`. The reactions to guidance
+and its effect on tickets there are ASSUMPTIONS of the simulation (:data:`REACTIONS`,
+:data:`TICKETS_KEPT`), not measurements; the report measures them back from the stream.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import os
 import random
 from typing import Any, Callable, Optional
 
-__all__ = ["generate", "write_sample", "PERSONAS"]
+__all__ = ["generate", "write_sample", "write_events", "simulate_guidance", "PERSONAS"]
 
 Event = dict[str, Any]
 
@@ -358,12 +363,15 @@ TICKET_SUBJECTS = {
 }
 
 
-def generate(n_users: int = 200, seed: int = 7, start: float = 1_700_000_000.0) -> list[Event]:
+def generate(n_users: int = 200, seed: int = 7, start: float = 1_700_000_000.0, *, guided: bool = False,
+             config: Any = None) -> list[Event]:  # fmt: skip
     """Simulate ``n_users`` sessions starting over three hours from ``start`` (epoch seconds).
 
     Returns canonical event dicts (``user_id``, ``type``, ``ts``, ``step``, ``target``,
     ``account_id``, ``properties``; absent values are ``None``) ordered by ``ts``. The same
-    arguments always give the same events.
+    arguments always give the same events. ``guided=True`` adds simulated guidance
+    (:func:`simulate_guidance`, with the guidance ``config``, default the bundled
+    ``data/guidance.toml``): identify records, guidance feedback events, and fewer tickets.
     """
     rng = random.Random(seed)
     names = list(PERSONAS)
@@ -382,7 +390,150 @@ def generate(n_users: int = 200, seed: int = 7, start: float = 1_700_000_000.0) 
             session.emit("ticket", gap=(300.0, 2400.0), subject=TICKET_SUBJECTS[persona])
         events.extend((e["ts"], index, seq, e) for seq, e in enumerate(session.events))
     events.sort(key=lambda item: item[:3])
-    return [event for *_, event in events]
+    stream = [event for *_, event in events]
+    return simulate_guidance(stream, seed, config) if guided else stream
+
+
+#: Plans of the sample accounts (a trait of every user in a guided sample).
+ACCOUNT_PLANS = {
+    "acct-acme": "enterprise",
+    "acct-globex": "pro",
+    "acct-initech": "pro",
+    "acct-umbrella": "free",
+    "acct-hooli": "enterprise",
+    "acct-stark": "free",
+    "acct-wayne": "pro",
+    "acct-wonka": "free",
+}
+#: Share of users with a German locale in a guided sample (the others are en-US).
+GERMAN_SHARE = 0.2
+#: SIMULATION ASSUMPTIONS: chance that an offered item reaches the screen, then that the user
+#: clicks it (else dismisses it, else ignores it), and that a click leads to finishing the task.
+REACTIONS = {"shown": 0.9, "clicked": 0.5, "dismissed": 0.3, "completed": 0.7}
+#: SIMULATION ASSUMPTIONS: share of the tickets a user would have filed without guidance that
+#: they still file, by how far they got with it ("offered": never saw it).
+TICKETS_KEPT = {"offered": 1.0, "shown": 0.9, "dismissed": 0.9, "clicked": 0.7, "completed": 0.25}
+
+
+def simulate_guidance(stream: list[Event], seed: int = 7, config: Any = None) -> list[Event]:
+    """Add simulated guidance to a generated ``stream`` (a simulation, clearly not data).
+
+    1. Every user gets traits, sent as an ``{"type": "identify", "user_id", "ts", "traits"}``
+       record before their first event: ``plan`` from their account (:data:`ACCOUNT_PLANS`),
+       ``locale`` ``de-DE`` for :data:`GERMAN_SHARE` of them, else ``en-US``.
+    2. The stream without its tickets is replayed through a :class:`pyfriction.Tracker` with
+       the guidance ``config``: the guidance each episode gets (holdout users get none) is what
+       the real engine picks.
+    3. Each offered item is shown, clicked, dismissed or ignored, and clicks lead to finishing
+       the task (a ``success``), with the chances in :data:`REACTIONS`: ``guidance_shown``,
+       ``guidance_clicked`` and ``guidance_dismissed`` events (target: the item id) follow.
+    4. A ticket the user would have filed anyway (the unguided stream's) is kept with the
+       chance in :data:`TICKETS_KEPT` for the furthest they got with guidance offered before
+       it. Holdout users and users never offered guidance keep their tickets exactly.
+
+    Per-user random draws (seeded by ``seed`` and the user id) keep it deterministic.
+    """
+    from importlib import resources  # noqa: PLC0415  (local: the tracker imports this package)
+
+    from .tracker import Tracker  # noqa: PLC0415
+
+    if config is None:
+        config = str(resources.files("pyfriction") / "data" / "guidance.toml")
+    rngs: dict[str, random.Random] = {}
+    traits: dict[str, dict[str, Any]] = {}
+    tickets: dict[str, Event] = {}
+    base: list[Event] = []
+    records: list[Event] = []
+    for event in stream:
+        user = event["user_id"]
+        if user not in rngs:
+            rng = rngs[user] = random.Random(f"{seed}:{user}")
+            traits[user] = {
+                "plan": ACCOUNT_PLANS.get(event.get("account_id") or "", "free"),
+                "locale": "de-DE" if rng.random() < GERMAN_SHARE else "en-US",
+            }
+            records.append({"type": "identify", "user_id": user, "ts": event["ts"], "traits": traits[user]})
+        if event["type"] == "ticket":
+            tickets[user] = event
+        else:
+            base.append(event)
+        records.append(event)
+
+    now = [0.0]
+    tracker = Tracker(config, clock=lambda: now[0])
+    offered: list[Any] = []
+    tracker.on_friction(lambda ep: offered.append(ep) if ep.guidance is not None else None, sync=True)
+    seen: set[str] = set()
+    try:
+        for event in base:
+            now[0] = event["ts"]
+            if event["user_id"] not in seen:
+                seen.add(event["user_id"])
+                tracker.identify(event["user_id"], traits[event["user_id"]])
+            tracker.observe(event)
+    finally:
+        tracker.close()
+
+    added: list[Event] = []
+    furthest: dict[str, list[tuple[float, str]]] = {}
+    order = ("offered", "shown", "dismissed", "clicked", "completed")
+    for ep in offered:
+        rng, g = rngs[ep.user_id], ep.guidance
+        steps = furthest.setdefault(ep.user_id, [])
+
+        def emit(kind: str, ts: float, target: Optional[str]) -> None:
+            added.append({"user_id": ep.user_id, "type": kind, "ts": round(ts, 3), "step": ep.step,
+                          "target": target, "account_id": ep.account_id, "properties": None})  # fmt: skip
+
+        reached, ts = "offered", ep.ts + rng.uniform(1.0, 3.0)
+        if rng.random() < REACTIONS["shown"]:
+            emit("guidance_shown", ts, g.id)
+            reached = "shown"
+            r = rng.random()
+            if r < REACTIONS["clicked"]:
+                ts += rng.uniform(3.0, 15.0)
+                emit("guidance_clicked", ts, g.id)
+                reached = "clicked"
+                if rng.random() < REACTIONS["completed"]:
+                    ts += rng.uniform(20.0, 90.0)
+                    emit("success", ts, g.anchor)
+                    reached = "completed"
+            elif r < REACTIONS["clicked"] + REACTIONS["dismissed"]:
+                ts += rng.uniform(2.0, 10.0)
+                emit("guidance_dismissed", ts, g.id)
+                reached = "dismissed"
+        steps.append((ep.ts, reached))
+
+    out = []
+    for event in records:
+        if event["type"] == "ticket":
+            user = event["user_id"]
+            before = [reached for ts, reached in furthest.get(user, ()) if ts < event["ts"]]
+            if before:
+                best = max(before, key=order.index)
+                if rngs[user].random() >= TICKETS_KEPT[best]:
+                    continue  # the simulated effect of guidance: this ticket is not filed
+        out.append(event)
+    out.extend(added)
+    out.sort(key=lambda e: e["ts"])  # stable: equal times keep their order
+    return out
+
+
+def write_events(path: str | os.PathLike[str], events: list[Event], *, segment: bool = False) -> int:
+    """Write ``events`` to ``path`` as JSON Lines (Segment-style payloads with ``segment``);
+    returns the count."""
+    if segment:
+        from .segment import from_event  # noqa: PLC0415
+
+        events = [
+            {"type": "identify", "userId": e["user_id"], "timestamp": from_event(e)["timestamp"], "traits": e["traits"]}
+            if e["type"] == "identify" else from_event(e)
+            for e in events
+        ]  # fmt: skip
+    with open(path, "w", encoding="utf-8", newline="\n") as fh:
+        for event in events:
+            fh.write(json.dumps(event, separators=(",", ":"), ensure_ascii=False) + "\n")
+    return len(events)
 
 
 def write_sample(path: str | os.PathLike[str]) -> int:

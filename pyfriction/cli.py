@@ -142,7 +142,41 @@ def build_parser() -> argparse.ArgumentParser:
         help="engine to run (default: auto, the compiled core when it is available)",
     )
     demo.set_defaults(func=_cmd_demo)
+
+    from pyfriction import report  # noqa: PLC0415  (issue 4: report and sample)
+
+    report.add_parser(commands)
+    sample = commands.add_parser(
+        "sample",
+        help="write a simulated event stream (optionally with simulated guidance)",
+        description="Write the sample app's simulated event stream as JSON Lines. --guided also simulates "
+        "guidance (identify records, guidance feedback, fewer tickets for guided users; see "
+        "pyfriction._sample.simulate_guidance: the reactions and effects are assumptions of the simulation).",
+    )
+    sample.add_argument("-o", "--output", metavar="FILE", default="-", help="output file (default: stdout)")
+    sample.add_argument("--users", type=int, default=200, metavar="N", help="simulated users (default 200)")
+    sample.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
+    sample.add_argument("--guided", action="store_true", help="simulate guidance with the bundled guidance config")
+    sample.add_argument("--config", metavar="FILE", help="guidance config for --guided (default: the bundled one)")
+    sample.add_argument("--segment", action="store_true", help="write Segment-style track/page/identify payloads")
+    sample.set_defaults(func=_cmd_sample)
     return parser
+
+
+def _cmd_sample(args: argparse.Namespace) -> int:
+    from pyfriction import _sample  # noqa: PLC0415
+
+    if args.users < 1:
+        raise CliError("--users must be at least 1")
+    events = _sample.generate(args.users, args.seed, guided=args.guided, config=args.config)
+    out = "/dev/stdout" if args.output == "-" else args.output
+    try:
+        n = _sample.write_events(out, events, segment=args.segment)
+    except OSError as exc:
+        raise CliError(f"cannot write {args.output}: {exc.strerror}") from None
+    if args.output != "-":
+        print(f"wrote {n:,} records to {args.output}", file=sys.stderr)
+    return 0
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import os
 import tomllib
-from typing import Annotated, Any, Mapping, Optional, Union
+from typing import Annotated, Any, Literal, Mapping, Optional, Union
 
 import msgspec
 
@@ -31,6 +31,14 @@ __all__ = [
     "Stall",
     "Scoring",
     "EventMapping",
+    "GuidanceItem",
+    "GuidanceRule",
+    "GuidanceCaps",
+    "Holdout",
+    "GuidanceConfig",
+    "Webhook",
+    "Sinks",
+    "SegmentMapping",
     "load_config",
     "RING_SIZE",
     "MAX_WINDOW",
@@ -220,6 +228,169 @@ class EventMapping(_Base):
             raise ValueError("give exactly one of `type` or `weight`")
 
 
+#: Guidance item ids, also used as event targets: letters, digits and ``_ . : -``.
+GUIDANCE_ID = r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$"
+TraitValue = Union[str, int, float, bool, list[Union[str, int, float, bool]]]
+
+
+class GuidanceItem(_Base, kw_only=True):
+    """One piece of help the host can put on the user's screen.
+
+    ``kind`` is how to show it: ``tooltip`` (attached to the element ``anchor``, a CSS
+    selector), ``banner``, ``modal`` or ``link``. ``body`` is plain text or a small safe
+    Markdown subset (``**bold**``, ``*emphasis*``, ``` `code` ```, ``[text](https://...)``,
+    ``- `` lists, blank-line paragraphs; see :func:`pyfriction.guidance.render_body`).
+    ``locale`` (e.g. ``"de"``): the item is only offered to users whose locale matches.
+    """
+
+    id: Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=GUIDANCE_ID)]
+    kind: Literal["tooltip", "banner", "modal", "link"] = "tooltip"
+    title: Annotated[str, msgspec.Meta(min_length=1, max_length=300)]
+    body: Annotated[str, msgspec.Meta(max_length=10_000)] = ""
+    url: Optional[Annotated[str, msgspec.Meta(pattern=r"^(https?://[^\s]+|/[^\s]*)$")]] = None
+    anchor: Optional[Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]] = None
+    locale: Optional[Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z]{2,8}([-_][A-Za-z0-9]{1,8})*$")]] = None
+
+
+class GuidanceRule(_Base, kw_only=True):
+    """When to offer which item: every condition given must hold.
+
+    ``step`` and ``target`` are exact names or glob patterns (``billing.*``, ``#card-*``);
+    ``detectors``: at least one of them is among the episode's reasons; ``traits``: each
+    user trait (from ``Tracker.identify``) equals the value, or is one of a list of values;
+    ``locale``: the user's ``locale`` trait is this language (``"de"`` matches ``de-AT``) or
+    exactly this locale. ``guidance`` is an item id or a list of them: the first one the
+    caps and the user's locale allow is offered.
+
+    The most specific matching rule wins: the one with the most conditions (each trait
+    counts), then the most exact (non-glob) step/target; ties go to the rule declared first.
+    When a rule's items are all capped for the user, the next matching rule is tried.
+    """
+
+    guidance: Union[Annotated[str, msgspec.Meta(min_length=1)], Annotated[list[str], msgspec.Meta(min_length=1)]]
+    step: Optional[Annotated[str, msgspec.Meta(min_length=1)]] = None
+    target: Optional[Annotated[str, msgspec.Meta(min_length=1)]] = None
+    detectors: list[str] = msgspec.field(default_factory=list)
+    traits: dict[str, TraitValue] = msgspec.field(default_factory=dict)
+    locale: Optional[Annotated[str, msgspec.Meta(min_length=1)]] = None
+
+    @property
+    def items(self) -> list[str]:
+        """The candidate item ids, in order."""
+        return [self.guidance] if isinstance(self.guidance, str) else list(self.guidance)
+
+
+class GuidanceCaps(_Base):
+    """Not annoying anyone: limits on the guidance one user is offered.
+
+    At most ``per_day`` items in any rolling 24 hours; the same item not again within
+    ``item_cooldown`` seconds; an item the user dismissed not again for ``dismiss_for``
+    seconds; and nothing new while an earlier item is still pending display.
+    """
+
+    per_day: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 3
+    item_cooldown: NonNegative = 3600.0
+    dismiss_for: NonNegative = 30 * 86400.0
+
+
+class Holdout(_Base):
+    """The users who never get guidance, so its effect can be measured.
+
+    A user is in the holdout when a hash of ``salt`` and their user id falls below ``share``:
+    the same users on every process and after every restart; change ``salt`` to draw anew.
+    """
+
+    share: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.10
+    salt: Annotated[str, msgspec.Meta(max_length=256)] = "pyfriction-holdout"
+
+
+class GuidanceConfig(_Base):
+    """The guidance catalog (``items``), the ``rules`` choosing from it, ``caps`` and ``holdout``.
+
+    A pending item expires ``expire_after`` seconds after its episode. ``default_locale`` is
+    the locale of users with no ``locale`` trait. Insights count a ticket against guidance
+    (deflection) and against an episode (lead time) when it comes within
+    ``attribution_window`` seconds of it.
+    """
+
+    enabled: bool = True
+    items: list[GuidanceItem] = msgspec.field(default_factory=list)
+    rules: list[GuidanceRule] = msgspec.field(default_factory=list)
+    caps: GuidanceCaps = msgspec.field(default_factory=GuidanceCaps)
+    holdout: Holdout = msgspec.field(default_factory=Holdout)
+    expire_after: Positive = 900.0
+    default_locale: Optional[str] = None
+    attribution_window: Positive = 86400.0
+
+    def __post_init__(self) -> None:
+        from ._layout import DETECTOR_NAMES  # local: _layout imports this module
+
+        seen: set[str] = set()
+        for i, item in enumerate(self.items):
+            if item.id in seen:
+                raise ValueError(f"items[{i}].id: duplicate guidance item {item.id!r}")
+            seen.add(item.id)
+        for i, rule in enumerate(self.rules):
+            for item_id in rule.items:
+                if item_id not in seen:
+                    raise ValueError(f"rules[{i}].guidance: unknown guidance item {item_id!r}")
+            for name in rule.detectors:
+                if name not in DETECTOR_NAMES:
+                    raise ValueError(
+                        f"rules[{i}].detectors: unknown detector {name!r}; "
+                        f"expected one of {', '.join(DETECTOR_NAMES)}"
+                    )
+
+
+class Webhook(_Base, kw_only=True):
+    """``[sinks.webhook]``: post episodes as signed JSON to ``url``.
+
+    Each request carries ``Pyfriction-Signature: t=<unix time>,v1=<hex HMAC-SHA256 of
+    "<t>.<body>" keyed with secret>`` (see :func:`pyfriction.sinks.verify`). Only episodes
+    with a score of at least ``min_score``, one of ``detectors`` among their reasons (any
+    when empty) and a step matching one of ``steps`` (globs; any when empty) are sent. A
+    failed delivery (network error, timeout, HTTP 408/429/5xx) is retried ``retries`` times,
+    waiting ``backoff`` seconds, then twice as long each time up to ``max_backoff``.
+    """
+
+    url: Annotated[str, msgspec.Meta(pattern=r"^https?://[^\s]+$")]
+    secret: Annotated[str, msgspec.Meta(min_length=8)]
+    min_score: Annotated[float, msgspec.Meta(ge=0, lt=1)] = 0.0
+    detectors: list[str] = msgspec.field(default_factory=list)
+    steps: list[str] = msgspec.field(default_factory=list)
+    timeout: Positive = 5.0
+    retries: Annotated[int, msgspec.Meta(ge=0, le=20)] = 3
+    backoff: Positive = 1.0
+    max_backoff: Positive = 60.0
+    queue_size: Annotated[int, msgspec.Meta(ge=1)] = 1000
+
+    def __post_init__(self) -> None:
+        from ._layout import DETECTOR_NAMES  # local: _layout imports this module
+
+        for name in self.detectors:
+            if name not in DETECTOR_NAMES:
+                raise ValueError(f"detectors: unknown detector {name!r}; expected one of {', '.join(DETECTOR_NAMES)}")
+
+
+class Sinks(_Base):
+    """Where episodes are sent besides the callbacks."""
+
+    webhook: Optional[Webhook] = None
+
+
+class SegmentMapping(_Base):
+    """How Segment-style ``track``/``page`` payloads map onto events (``pyfriction.segment``).
+
+    Each field is a list of dotted paths into the payload; the first one present wins.
+    The event type is ``page`` for a page call, the event name for a track call (map your own
+    names with ``event_map``).
+    """
+
+    step: list[str] = msgspec.field(default_factory=lambda: ["properties.step", "name", "context.page.path"])
+    target: list[str] = msgspec.field(default_factory=lambda: ["properties.target"])
+    account_id: list[str] = msgspec.field(default_factory=lambda: ["context.groupId", "properties.account_id"])
+
+
 class Config(_Base):
     """The whole configuration. Every field has a default that works for a typical SaaS app."""
 
@@ -239,6 +410,12 @@ class Config(_Base):
     max_steps: Annotated[int, msgspec.Meta(ge=1, le=1 << 20)] = 4096
     #: Episodes waiting for the background dispatcher before new ones are dropped (and counted).
     queue_size: Annotated[int, msgspec.Meta(ge=1)] = 10_000
+    #: The guidance catalog, rules, caps and holdout (see :class:`GuidanceConfig`).
+    guidance: GuidanceConfig = msgspec.field(default_factory=GuidanceConfig)
+    #: Episode sinks: ``[sinks.webhook]``.
+    sinks: Sinks = msgspec.field(default_factory=Sinks)
+    #: Mapping of Segment-style payloads (``pyfriction report``, the sidecar).
+    segment: SegmentMapping = msgspec.field(default_factory=SegmentMapping)
 
     def __post_init__(self) -> None:
         from .events import CANONICAL_TYPES  # local: events imports config constants

@@ -3,21 +3,28 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import tempfile
+import threading
 import time
+import weakref
 from typing import Any, Callable, Iterable, Mapping, Optional, TypeVar, Union, overload
 
 import msgspec
 import numpy as np
 
-from ._episodes import Episode, Stats, UserState, make_episode, make_state
+from ._episodes import Episode, Guidance, Stats, UserState, make_episode, make_state
 from ._layout import SLOT_DTYPE, STEP_DTYPE
 from ._reference import ReferenceCore
 from ._rules import Names, Rules
 from .config import Config, load_config
 from .dispatcher import Callback, Dispatcher, run_callbacks
 from .events import Event
+from .store import StoreError, config_json, parse_store
+from .guidance import EVENT_OUTCOMES, OUTCOMES, GuidanceEngine
+from .insights import Insights, InsightsCollector
+from .sinks import SinkStats, WebhookSink
 
 __all__ = ["Tracker", "Engine", "compiled_available", "LAYOUT_HASH"]
 
@@ -27,7 +34,68 @@ C = TypeVar("C", bound=Callback)
 #: Identifies the state layout; snapshots (and shared stores) of another layout are refused.
 LAYOUT_HASH = hashlib.sha256(repr((SLOT_DTYPE.descr, STEP_DTYPE.descr)).encode()).hexdigest()[:16]
 SNAPSHOT_FORMAT = "pyfriction-snapshot"
-SNAPSHOT_VERSION = 1
+#: 2: the payload carries the guidance state and insights ("guidance"); 1 (without) is still read.
+SNAPSHOT_VERSION = 2
+_READABLE_VERSIONS = (1, 2)
+log = logging.getLogger("pyfriction")
+GuidanceCallback = Callable[[str, Guidance], Any]
+G = TypeVar("G", bound=GuidanceCallback)
+
+
+_shared_cores: "weakref.WeakSet[Any]" = weakref.WeakSet()
+
+
+def _reattach_after_fork() -> None:
+    # A tracker made before fork() (gunicorn --preload) keeps its mapping in the child, which
+    # needs a counter block of its own in the store.
+    for core in list(_shared_cores):
+        core.after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reattach_after_fork)
+
+
+class _Syncer:
+    """Writes a shared store back to its file every ``interval`` seconds (msync), so that an
+    OS crash loses at most that much; close() syncs and waits."""
+
+    def __init__(self, core: Any, interval: float) -> None:
+        if not interval > 0:
+            raise ValueError("sync_interval must be positive")
+        self._core = weakref.ref(core)
+        self._interval = interval
+        self._stop = threading.Event()
+        self._start()
+        _syncers.add(self)
+
+    def _start(self) -> None:
+        self._stop = threading.Event()
+        threading.Thread(target=self._run, name="pyfriction-sync", daemon=True).start()
+
+    def _run(self) -> None:
+        stop = self._stop
+        while not stop.wait(self._interval):
+            core = self._core()
+            if core is None:
+                return
+            core.sync(False)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+_syncers: "weakref.WeakSet[_Syncer]" = weakref.WeakSet()
+
+
+def _restart_syncers() -> None:
+    for syncer in list(_syncers):
+        if not syncer._stop.is_set():
+            syncer._start()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_restart_syncers)
 
 
 class SnapshotError(ValueError):
@@ -59,6 +127,10 @@ class Tracker:
     ``capacity`` (default 1,000,000) bounds the users tracked at once and ``idle_ttl``
     evicts users silent for longer (seconds); both default to the config's values.
     ``clock`` gives the time of events that carry no ``ts`` (default ``time.time``).
+    ``store`` is ``"memory://"`` (state private to this process) or
+    ``"file:///path/friction.state"``: one memory-mapped file shared by every process that
+    opens it (compiled engine only; see :mod:`pyfriction.store`), written back every
+    ``sync_interval`` seconds and on :meth:`close`.
     Further keyword ``options`` override config keys (see :func:`pyfriction.load_config`).
     """
 
@@ -70,6 +142,8 @@ class Tracker:
         capacity: Optional[int] = None,
         idle_ttl: Optional[float] = None,
         clock: Optional[Callable[[], float]] = None,
+        store: Optional[str] = "memory://",
+        sync_interval: float = 1.0,
         **options: Any,
     ) -> None:
         if capacity is not None:
@@ -83,7 +157,20 @@ class Tracker:
         self._dispatcher = Dispatcher(self.config.queue_size)
         self._async: list[Callback] = []
         self._sync: list[Callback] = []
+        gcfg = self.config.guidance
+        self._insights = InsightsCollector(
+            gcfg.attribution_window, self.config.capacity, {i.id: (i.kind, i.title) for i in gcfg.items}
+        )
+        self._guidance = GuidanceEngine(gcfg, self.config.capacity, self._insights.item)
+        self._on_guidance: list[GuidanceCallback] = []
+        hook = self.config.sinks.webhook
+        self._webhook: Optional[WebhookSink] = WebhookSink(hook) if hook is not None else None
+        self._store_path = parse_store(store)
         self._core = self._make_core(engine)
+        if self._store_path is not None:
+            self._names = self._core.names_view  # the store's name table, shared
+            _shared_cores.add(self._core)
+            self._syncer = _Syncer(self._core, sync_interval)
         # The hot path: observe is the engine's own method, with no Python frame in between.
         self.observe = self._core.observe  # type: ignore[method-assign]
         self.observe_many = self._core.observe_many  # type: ignore[method-assign]
@@ -92,6 +179,11 @@ class Tracker:
         if engine not in ("auto", "compiled", "reference"):
             raise ValueError(f"engine must be 'auto', 'compiled' or 'reference', not {engine!r}")
         use_compiled = engine == "compiled" or (engine == "auto" and compiled_available())
+        if self._store_path is not None and not use_compiled:
+            raise StoreError(
+                "the reference engine keeps its state in process memory only: a file:// store "
+                "needs the compiled core (engine='compiled', without PYFRICTION_NO_EXTENSIONS)"
+            )
         args = (self._rules, self.config.capacity, self.config.idle_ttl, self._clock, self._names,
                 self._emit, self._outcome)  # fmt: skip
         if use_compiled:
@@ -102,6 +194,9 @@ class Tracker:
                     "the compiled engine pyfriction._core is not built; reinstall with a C "
                     "compiler available, or use engine='reference'"
                 ) from exc
+            if self._store_path is not None:
+                return core.CompiledCore(*args, store=self._store_path,
+                                         config_json=config_json(self.config))  # fmt: skip
             return core.CompiledCore(*args)
         return ReferenceCore(*args)
 
@@ -158,22 +253,129 @@ class Tracker:
               target: Optional[str], ts: float, score: float) -> None:  # fmt: skip
         episode = make_episode(rec, user_id, account_id, step, target, ts, score, self._names,
                                self._rules, self._core.stall_limit(int(rec["step"])))  # fmt: skip
+        try:  # guidance and measurement never break observe
+            picked = self._guidance.select(episode)
+            episode.guidance, episode.holdout = picked.guidance, picked.holdout
+            self._insights.episode(episode, picked.eligible)
+        except Exception:
+            log.exception("pyfriction: guidance selection failed for episode %s", episode.episode_id)
+        if episode.guidance is not None and self._on_guidance:
+            for cb in self._on_guidance:
+                try:
+                    cb(user_id, episode.guidance)
+                except Exception:
+                    self._dispatcher.failed += 1
+                    log.exception("pyfriction: on_guidance callback %r failed", cb)
         if self._sync:
             self._dispatcher.failed += run_callbacks(self._sync, episode)
         if self._async:
             self._dispatcher.submit(self._async, episode)
+        if self._webhook is not None:
+            self._webhook.submit(episode)
 
     def _outcome(self, kind: str, user_id: str, account_id: Optional[str], step: Optional[str],
                  target: Optional[str], ts: float) -> None:  # fmt: skip
-        """An outcome event (ticket, guidance feedback) was applied; measurement hooks here."""
+        """An outcome event (ticket, guidance feedback) was applied: measurement and caps.
+
+        A ``guidance_shown``/``_clicked``/``_dismissed`` event's ``target`` is the item id."""
+        try:
+            if kind == "ticket":
+                self._insights.ticket(user_id, account_id, ts)
+            elif kind in EVENT_OUTCOMES and target is not None:
+                self._guidance.outcome(user_id, target, EVENT_OUTCOMES[kind], ts)
+        except Exception:
+            log.exception("pyfriction: recording a %s event failed", kind)
+
+    # -- guidance ----------------------------------------------------------------------------
+    def identify(self, user_id: str, traits: Mapping[str, Any]) -> None:
+        """Merge ``traits`` (``plan``, ``locale``, any attribute) into what guidance rules match
+        for ``user_id``; a None value removes a trait. Values are str, int, float or bool
+        (others are ignored). An ``account_id`` trait also files the user under that account
+        in the insights. Bounded like the rest of the per-user state (LRU at capacity)."""
+        if not isinstance(user_id, str) or not user_id:
+            raise TypeError("user_id must be a non-empty string")
+        self._guidance.identify(user_id, traits)
+        account = traits.get("account_id")
+        if isinstance(account, str):
+            self._insights.hint_account(user_id, account)
+
+    def traits(self, user_id: str) -> dict[str, Any]:
+        """A copy of the traits known for ``user_id`` (see :meth:`identify`)."""
+        return self._guidance.traits(user_id)
+
+    def pending(self, user_id: str) -> list[Guidance]:
+        """Guidance waiting to be shown to ``user_id`` (oldest first), marked delivered: the next
+        call does not return it again. Items older than ``guidance.expire_after`` are dropped."""
+        return self._guidance.pending(user_id, float(self._clock()))
+
+    def ack(self, user_id: str, guidance_id: str, outcome: str, *, ts: Optional[float] = None) -> bool:
+        """Record what ``user_id`` did with guidance ``guidance_id``: ``"shown"``, ``"clicked"``,
+        ``"dismissed"`` (not offered again for ``caps.dismiss_for`` seconds) or ``"completed"``
+        (relieves the user's friction like a ``success`` event, observed at ``ts``).
+
+        ``ts`` defaults to the clock. Raises ValueError for another outcome; returns False when
+        that guidance was never offered to that user (or is forgotten)."""
+        if outcome not in OUTCOMES:
+            raise ValueError(f"outcome must be one of {', '.join(OUTCOMES)}, not {outcome!r}")
+        when = float(self._clock() if ts is None else ts)
+        known = self._guidance.outcome(user_id, guidance_id, outcome, when)
+        if known and outcome == "completed":
+            self.observe({"user_id": user_id, "type": "success", "ts": when})
+        return known
+
+    @overload
+    def on_guidance(self, callback: G) -> G: ...
+
+    @overload
+    def on_guidance(self, callback: None = None) -> Callable[[G], G]: ...
+
+    def on_guidance(self, callback: Optional[G] = None) -> Any:
+        """Register ``callback(user_id, guidance)``, run inline the moment an episode picks
+        guidance (before ``on_friction`` callbacks), e.g. to push it to the user's browser.
+        Keep it quick; exceptions are logged and counted (``stats().callbacks_failed``).
+        Also usable as ``@tracker.on_guidance``."""
+
+        def register(cb: G) -> G:
+            if not callable(cb):
+                raise TypeError(f"on_guidance needs a callable, not {type(cb).__name__}")
+            self._on_guidance.append(cb)
+            return cb
+
+        return register if callback is None else register(callback)
+
+    def insights(self, *, limit: Optional[int] = 50) -> Insights:
+        """Hotspots, lead time before tickets, deflection by guidance (with its 95% interval),
+        guidance item rates and accounts, as measured since the tracker started (or since the
+        snapshot it restored); ``limit`` cuts the hotspot and account lists (None: all)."""
+        c = self._core.counters
+        return self._insights.build(engine=self.engine, events=int(c["events"]), users=len(self._core),
+                                    episodes=int(c["episodes"]), tickets=int(c["tickets"]), limit=limit)  # fmt: skip
+
+    def sink_stats(self) -> dict[str, SinkStats]:
+        """Counters of each configured sink by name (``"webhook"``); empty without sinks."""
+        return {} if self._webhook is None else {"webhook": self._webhook.stats()}
 
     def flush(self, timeout: Optional[float] = None) -> bool:
-        """Wait until every queued callback has run; False if ``timeout`` (s) ran out."""
-        return self._dispatcher.flush(timeout)
+        """Wait until every queued callback has run and every queued webhook delivery is done
+        (sent or given up); False if ``timeout`` (s) ran out."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        done = self._dispatcher.flush(timeout)
+        if self._webhook is not None:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            done = self._webhook.flush(left) and done
+        return done
 
     def close(self, timeout: Optional[float] = None) -> bool:
-        """Flush and stop the dispatcher. Scoring keeps working; async callbacks stop."""
-        return self._dispatcher.close(timeout)
+        """Flush and stop the dispatcher and the sinks. Scoring keeps working; async callbacks
+        stop. A sink gets at most ``timeout`` (default: its request timeout) to deliver what it
+        holds; the rest is dropped and counted."""
+        done = self._dispatcher.close(timeout)
+        if self._webhook is not None:
+            done = self._webhook.close(timeout) and done
+        if self._store_path is not None:
+            self._syncer.stop()
+            self._core.close()  # msync, and detach from the shared store
+        return done
 
     def __enter__(self) -> "Tracker":
         return self
@@ -224,6 +426,7 @@ class Tracker:
                 "steps": steps.tobytes(),
                 "names": list(self._names.items()),
                 "long_ids": list(long_ids.items()),
+                "guidance": {"state": self._guidance.export(), "insights": self._insights.export()},
             }
         )
         blob = msgspec.msgpack.encode(
@@ -271,7 +474,8 @@ class Tracker:
             raise SnapshotError(f"{os.fspath(path)}: not a pyfriction snapshot ({exc})") from None
         if not isinstance(doc, dict) or doc.get("format") != SNAPSHOT_FORMAT:
             raise SnapshotError(f"{os.fspath(path)}: not a pyfriction snapshot")
-        if doc.get("version") != SNAPSHOT_VERSION or doc.get("layout") != LAYOUT_HASH:
+        version = doc.get("version")
+        if version not in _READABLE_VERSIONS or doc.get("layout") != LAYOUT_HASH:
             raise SnapshotError(
                 f"{os.fspath(path)}: snapshot version {doc.get('version')} layout {doc.get('layout')}"
                 f" does not match this pyfriction (version {SNAPSHOT_VERSION} layout {LAYOUT_HASH})"
@@ -291,6 +495,10 @@ class Tracker:
                 if key in counters:
                     counters[key] += int(value) if key == "evictions" else int(value) - counters[key]
             tracker._core.set_counters(counters)
+            if version >= 2:  # guidance bookkeeping and insights (absent from version 1)
+                extra = doc["guidance"]
+                tracker._guidance.load(extra["state"], lambda g: msgspec.convert(g, Guidance))
+                tracker._insights.load(extra["insights"])
         except (KeyError, TypeError, ValueError, msgspec.DecodeError) as exc:
             raise SnapshotError(f"{os.fspath(path)}: damaged snapshot ({exc})") from None
         return tracker

@@ -19,40 +19,15 @@ import os
 from typing import Any, Callable, Iterator, Optional
 
 import pytest
+from hypothesis import Phase, settings
 
 import pyfriction
 
-from helpers import T0, ev  # noqa: F401  (re-exported for tests: `from conftest import ev`)
+from helpers import ENGINES, T0, compiled_core_error, ev, require_engine  # noqa: F401
 
-ENGINES = ["compiled", "reference"]
-
-
-def compiled_core_error() -> Optional[str]:
-    """None when the compiled core imports with a ``CompiledCore``, else why not."""
-    try:
-        from pyfriction import _core  # noqa: PLC0415
-
-        _core.CompiledCore  # noqa: B018
-    except (ImportError, AttributeError) as exc:
-        return f"{type(exc).__name__}: {exc}"
-    return None
-
-
-def require_engine(name: str) -> None:
-    """Skip (locally) or fail (under CI) when ``name`` is the compiled engine and it is not built."""
-    if name != "compiled":
-        return
-    error = compiled_core_error()
-    if error is None:
-        return
-    if os.environ.get("CI"):
-        pytest.fail(
-            "compiled core not built: `from pyfriction import _core; _core.CompiledCore` failed "
-            f"({error}). CI must build the extension (pip install . or "
-            "python setup.py build_ext --inplace) before running the tests.",
-            pytrace=False,
-        )
-    pytest.skip("compiled core not built")
+# `pytest --hypothesis-profile=no-shrink`: report the first failing example at once (for
+# mutation runs and quick checks; shrinking the big stream examples can take minutes).
+settings.register_profile("no-shrink", phases=[Phase.explicit, Phase.reuse, Phase.generate])
 
 
 @pytest.fixture(params=ENGINES, ids=ENGINES)

@@ -1,8 +1,12 @@
-"""Small helpers shared by the tests (importable as ``helpers`` or through ``conftest``)."""
+"""Small helpers shared by the tests: import them from ``helpers`` (several test folders have
+a conftest.py of their own, so ``import conftest`` would be ambiguous)."""
 
 from __future__ import annotations
 
+import os
 from typing import Any, Optional
+
+import pytest
 
 #: A round epoch time to start event streams at (2023-11-14T22:13:20Z).
 T0 = 1_700_000_000.0
@@ -33,3 +37,33 @@ def ev(
     if props:
         event["properties"] = props
     return event
+
+
+ENGINES = ["compiled", "reference"]
+
+def compiled_core_error() -> Optional[str]:
+    """None when the compiled core imports with a ``CompiledCore``, else why not."""
+    try:
+        from pyfriction import _core  # noqa: PLC0415
+
+        _core.CompiledCore  # noqa: B018
+    except (ImportError, AttributeError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def require_engine(name: str) -> None:
+    """Skip (locally) or fail (under CI) when ``name`` is the compiled engine and it is not built."""
+    if name != "compiled":
+        return
+    error = compiled_core_error()
+    if error is None:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(
+            "compiled core not built: `from pyfriction import _core; _core.CompiledCore` failed "
+            f"({error}). CI must build the extension (pip install . or "
+            "python setup.py build_ext --inplace) before running the tests.",
+            pytrace=False,
+        )
+    pytest.skip("compiled core not built")

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import pyfriction
-from conftest import T0, ev
+from helpers import T0, ev
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WAIT = 10.0  # upper bound on any wait for another thread; never reached when things work

@@ -13,7 +13,7 @@ import pytest
 import pyfriction
 from pyfriction import Config, ConfigError, load_config
 from pyfriction.config import EventMapping
-from conftest import T0, ev
+from helpers import T0, ev
 
 TOML = """
 capacity = 5000

@@ -15,7 +15,7 @@ import pyfriction
 from pyfriction import SnapshotError
 from pyfriction._sample import generate
 from pyfriction.tracker import LAYOUT_HASH, SNAPSHOT_VERSION
-from conftest import ENGINES, T0, ev, require_engine
+from helpers import ENGINES, T0, ev, require_engine
 
 # Every user id here is longer than the 46 bytes stored inline, non-ASCII, and all share
 # their first 46 bytes: only the full id tells them apart.

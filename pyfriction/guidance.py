@@ -1,0 +1,515 @@
+"""Guidance: from a friction episode to help on the user's screen, without annoying anyone.
+
+The config's ``[guidance]`` section holds a catalog of items (tooltips, banners, modals, links)
+and the rules that pick one for an episode (see :class:`pyfriction.config.GuidanceRule`). When
+an episode fires, :class:`GuidanceEngine` picks the item of the most specific matching rule,
+subject to the caps (:class:`pyfriction.config.GuidanceCaps`), and the tracker sets
+``episode.guidance`` before any callback runs. The host then pulls what is waiting with
+``Tracker.pending(user_id)`` (or receives it from ``Tracker.on_guidance``) and reports what
+the user did with ``Tracker.ack(user_id, guidance_id, outcome)``.
+
+A deterministic share of users, the holdout (:func:`in_holdout`), never gets guidance: their
+episodes carry ``holdout=True`` and the rule that *would* have applied, so ``Tracker.insights``
+can compare ticket rates of guided users against them.
+
+All per-user bookkeeping (traits, offers, caps) lives in a store bounded by the tracker's
+capacity, least recently active users evicted first, and travels in snapshots.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import html
+import math
+import re
+import threading
+from collections import OrderedDict, deque
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
+
+from ._episodes import Episode, Guidance
+from .config import GuidanceConfig, GuidanceItem, GuidanceRule
+from .events import MAX_TEXT
+
+__all__ = [
+    "OUTCOMES",
+    "EVENT_OUTCOMES",
+    "GuidanceEngine",
+    "Selection",
+    "holdout_fraction",
+    "in_holdout",
+    "locale_matches",
+    "render_body",
+]
+
+#: What ``Tracker.ack`` accepts.
+OUTCOMES = ("shown", "clicked", "dismissed", "completed")
+#: Event types that report guidance feedback in an event stream; their ``target`` is the item id.
+EVENT_OUTCOMES = {"guidance_shown": "shown", "guidance_clicked": "clicked", "guidance_dismissed": "dismissed"}
+#: The rolling window of ``caps.per_day``.
+DAY = 86400.0
+#: Offers remembered per user (enough to ack the recent ones; the caps keep their own record).
+MAX_OFFERS = 8
+#: Traits kept per user; string values are cut at MAX_TEXT characters.
+MAX_TRAITS = 64
+
+_GLOB = re.compile(r"[*?\[]")
+
+
+# --- holdout and locales ----------------------------------------------------------------------
+
+
+def holdout_fraction(user_id: str, salt: str) -> float:
+    """A number in [0, 1) fixed by ``salt`` and ``user_id``: the user's place in the holdout draw.
+
+    SHA-256 of ``salt``, a NUL byte and the UTF-8 user id, first 8 bytes as an integer over
+    2**64: the same on every machine, process and Python version.
+    """
+    digest = hashlib.sha256(salt.encode("utf-8", "surrogatepass") + b"\0" + user_id.encode("utf-8", "surrogatepass"))
+    return int.from_bytes(digest.digest()[:8], "big") / 18446744073709551616.0
+
+
+def in_holdout(user_id: str, share: float, salt: str) -> bool:
+    """True when ``user_id`` is in a holdout of ``share`` (0..1) drawn with ``salt``."""
+    return share > 0.0 and holdout_fraction(user_id, salt) < share
+
+
+def _norm_locale(locale: str) -> str:
+    return locale.strip().replace("_", "-").lower()
+
+
+def locale_matches(pattern: str, locale: Optional[str]) -> bool:
+    """True when ``locale`` is ``pattern`` or a variant of it: ``"de"`` matches ``"de-AT"`` and
+    ``"de_at"``, ``"de-AT"`` matches only ``"de-AT"``; case-insensitive. None matches nothing."""
+    if not locale:
+        return False
+    p, loc = _norm_locale(pattern), _norm_locale(locale)
+    return loc == p or loc.startswith(p + "-")
+
+
+# --- the safe Markdown subset -------------------------------------------------------------------
+
+_CODE = re.compile(r"`([^`\n]+)`")
+_STRONG = re.compile(r"\*\*(?=\S)(.+?)(?<=\S)\*\*")
+_EM = re.compile(r"(?<![*\w])\*(?=\S)([^*\n]+?)(?<=\S)\*(?![*\w])")
+_LINK = re.compile(r"\[([^\]\n]+)\]\(((?:https?://|/)[^\s()<>\"']*)\)")
+
+
+def _inline(escaped: str) -> str:
+    parts = _CODE.split(escaped)  # odd indexes: code spans, left verbatim
+    out = []
+    for i, part in enumerate(parts):
+        if i % 2:
+            out.append(f"<code>{part}</code>")
+            continue
+        part = _LINK.sub(lambda m: f'<a href="{m.group(2)}" rel="noopener noreferrer">{m.group(1)}</a>', part)
+        part = _STRONG.sub(r"<strong>\1</strong>", part)
+        part = _EM.sub(r"<em>\1</em>", part)
+        out.append(part)
+    return "".join(out)
+
+
+def render_body(text: str) -> str:
+    """The HTML of a guidance body written in plain text or the safe Markdown subset.
+
+    Everything is HTML-escaped first; then ``**bold**``, ``*emphasis*``, ``` `code` ```,
+    ``[text](https://...)`` (http, https and site-relative ``/...`` links only), lines starting
+    with ``- `` (a list), blank lines (paragraphs) and line breaks are rendered. No raw HTML,
+    no images, no script URLs: the result is safe to insert into a page.
+    """
+    blocks = re.split(r"\n\s*\n", text.replace("\r\n", "\n").strip())
+    out = []
+    for block in blocks:
+        if not block.strip():
+            continue
+        lines = [html.escape(line.strip()) for line in block.split("\n")]
+        if all(line.startswith(("- ", "* ")) for line in lines):
+            items = "".join(f"<li>{_inline(line[2:].strip())}</li>" for line in lines)
+            out.append(f"<ul>{items}</ul>")
+        else:
+            out.append("<p>" + "<br>".join(_inline(line) for line in lines) + "</p>")
+    return "".join(out)
+
+
+# --- rules ----------------------------------------------------------------------------------------
+
+
+class _Matcher:
+    """An exact name or a glob pattern."""
+
+    __slots__ = ("pattern", "glob")
+
+    def __init__(self, pattern: str) -> None:
+        self.pattern = pattern
+        self.glob = bool(_GLOB.search(pattern))
+
+    def __call__(self, value: Optional[str]) -> bool:
+        if value is None:
+            return False
+        return fnmatch.fnmatchcase(value, self.pattern) if self.glob else value == self.pattern
+
+
+def _trait_matches(expected: Any, actual: Any) -> bool:
+    if isinstance(expected, list):
+        return any(_trait_matches(e, actual) for e in expected)
+    if isinstance(expected, bool) or isinstance(actual, bool):
+        return isinstance(expected, bool) and isinstance(actual, bool) and expected == actual
+    if isinstance(expected, str) or isinstance(actual, str):
+        return isinstance(expected, str) and isinstance(actual, str) and expected == actual
+    return bool(expected == actual)
+
+
+class _Rule:
+    """A config rule, compiled: matchers and its specificity."""
+
+    __slots__ = ("index", "items", "step", "target", "detectors", "traits", "locale", "rank")
+
+    def __init__(self, index: int, rule: GuidanceRule) -> None:
+        self.index = index
+        self.items = rule.items
+        self.step = _Matcher(rule.step) if rule.step is not None else None
+        self.target = _Matcher(rule.target) if rule.target is not None else None
+        self.detectors = frozenset(rule.detectors)
+        self.traits = dict(rule.traits)
+        self.locale = rule.locale
+        conditions = (
+            (self.step is not None) + (self.target is not None) + bool(self.detectors)
+            + len(self.traits) + (self.locale is not None)
+        )  # fmt: skip
+        exact = (self.step is not None and not self.step.glob) + (self.target is not None and not self.target.glob)
+        #: Sort key: most conditions first, then most exact patterns, then declared order.
+        self.rank = (-conditions, -exact, index)
+
+    def matches(self, episode: Episode, traits: Mapping[str, Any], locale: Optional[str]) -> bool:
+        if self.step is not None and not self.step(episode.step):
+            return False
+        if self.target is not None and not self.target(episode.target):
+            return False
+        if self.detectors and not any(r.detector in self.detectors for r in episode.reasons):
+            return False
+        for name, expected in self.traits.items():
+            if name not in traits or not _trait_matches(expected, traits[name]):
+                return False
+        if self.locale is not None and not locale_matches(self.locale, locale):
+            return False
+        return True
+
+
+# --- per-user state ------------------------------------------------------------------------------
+
+
+class _Offer:
+    """One item offered to one user, and what became of it (times; 0.0 for not yet)."""
+
+    __slots__ = ("guidance", "delivered", "shown", "clicked", "dismissed", "completed", "expired")
+
+    def __init__(self, guidance: Guidance) -> None:
+        self.guidance = guidance
+        self.delivered = self.shown = self.clicked = self.dismissed = self.completed = 0.0
+        self.expired = False
+
+    def waiting(self, now: float) -> bool:
+        """Still pending display at ``now``: not delivered, shown or expired."""
+        return not (self.delivered or self.shown or self.expired) and now < self.guidance.expires_at
+
+
+class _User:
+    __slots__ = ("traits", "recent", "given", "dismissed", "offers")
+
+    def __init__(self, per_day: int) -> None:
+        self.traits: dict[str, Any] = {}
+        self.recent: deque[float] = deque(maxlen=per_day)  # times of the latest offers
+        self.given: dict[str, float] = {}  # item id -> time last offered
+        self.dismissed: dict[str, float] = {}  # item id -> time dismissed
+        self.offers: "OrderedDict[str, _Offer]" = OrderedDict()  # item id -> latest offer
+
+
+class Selection:
+    """What the engine decided for one episode.
+
+    ``guidance``: the item offered (None when nothing matched, the caps held it back or the
+    user is in the holdout). ``eligible``: the item id the rules pick for this user ignoring
+    the caps (what a holdout user would have got): the exposure that insights measure.
+    ``blocked``: why nothing was offered although a rule matched (``"holdout"``,
+    ``"daily cap"``, ``"pending"``, ``"cooldown"``, ``"disabled"``).
+    """
+
+    __slots__ = ("guidance", "eligible", "holdout", "blocked")
+
+    def __init__(self, guidance: Optional[Guidance], eligible: Optional[str], holdout: bool,
+                 blocked: Optional[str]) -> None:  # fmt: skip
+        self.guidance = guidance
+        self.eligible = eligible
+        self.holdout = holdout
+        self.blocked = blocked
+
+    def __repr__(self) -> str:
+        gid = self.guidance.id if self.guidance else None
+        return f"Selection(guidance={gid!r}, eligible={self.eligible!r}, holdout={self.holdout}, blocked={self.blocked!r})"
+
+
+#: ``listener(item_id, what)`` with what in offered/delivered/shown/clicked/dismissed/completed/expired.
+ItemListener = Callable[[str, str], None]
+
+
+def clean_traits(traits: Mapping[str, Any]) -> dict[str, Any]:
+    """Validated traits: string keys; str, int, float, bool values (None removes a trait)."""
+    if not isinstance(traits, Mapping):
+        raise TypeError(f"traits must be a mapping, not {type(traits).__name__}")
+    out: dict[str, Any] = {}
+    for key, value in traits.items():
+        if not isinstance(key, str) or not key:
+            raise TypeError(f"trait names must be non-empty strings, not {key!r}")
+        if value is None or isinstance(value, (bool, int)):
+            out[key[:MAX_TEXT]] = value
+        elif isinstance(value, float):
+            out[key[:MAX_TEXT]] = value if math.isfinite(value) else None
+        elif isinstance(value, str):
+            out[key[:MAX_TEXT]] = value[:MAX_TEXT]
+        # Other values (lists, dicts, dates) cannot be matched by rules: ignored.
+    return out
+
+
+class GuidanceEngine:
+    """Picks guidance for episodes and keeps the per-user bookkeeping behind the caps.
+
+    Thread-safe. ``capacity`` bounds the users remembered (least recently active evicted
+    first); ``listener`` hears what happens to each item (for insights), called outside the
+    engine's lock.
+    """
+
+    def __init__(self, config: GuidanceConfig, capacity: int, listener: Optional[ItemListener] = None) -> None:
+        self.config = config
+        self._capacity = capacity
+        self._listener = listener
+        self._items: dict[str, GuidanceItem] = {item.id: item for item in config.items}
+        self._rules = sorted((_Rule(i, r) for i, r in enumerate(config.rules)), key=lambda r: r.rank)
+        self._users: "OrderedDict[str, _User]" = OrderedDict()
+        self._lock = threading.Lock()
+        #: Guidance outcomes for items the user was never offered (or that were forgotten).
+        self.unattributed = 0
+
+    @property
+    def active(self) -> bool:
+        """True when guidance is enabled and some rule can pick an item."""
+        return self.config.enabled and bool(self._rules)
+
+    def __len__(self) -> int:
+        return len(self._users)
+
+    # -- users ------------------------------------------------------------------------------
+    def _user(self, user_id: str, create: bool) -> Optional[_User]:
+        u = self._users.get(user_id)
+        if u is not None:
+            self._users.move_to_end(user_id)
+        elif create:
+            u = self._users[user_id] = _User(self.config.caps.per_day)
+            while len(self._users) > self._capacity:
+                self._users.popitem(last=False)
+        return u
+
+    def identify(self, user_id: str, traits: Mapping[str, Any]) -> None:
+        """Merge ``traits`` into the user's (a None value removes that trait)."""
+        clean = clean_traits(traits)
+        with self._lock:
+            u = self._user(user_id, True)
+            assert u is not None
+            for key, value in clean.items():
+                if value is None:
+                    u.traits.pop(key, None)
+                elif key in u.traits or len(u.traits) < MAX_TRAITS:
+                    u.traits[key] = value
+
+    def traits(self, user_id: str) -> dict[str, Any]:
+        """A copy of the user's traits (empty when unknown)."""
+        with self._lock:
+            u = self._users.get(user_id)
+            return dict(u.traits) if u is not None else {}
+
+    def _locale(self, traits: Mapping[str, Any]) -> Optional[str]:
+        loc = traits.get("locale")
+        return loc if isinstance(loc, str) and loc else self.config.default_locale
+
+    def is_holdout(self, user_id: str) -> bool:
+        """True when the user is in the holdout (never gets guidance)."""
+        h = self.config.holdout
+        return in_holdout(user_id, h.share, h.salt)
+
+    # -- selection --------------------------------------------------------------------------
+    def select(self, episode: Episode) -> Selection:
+        """Pick guidance for ``episode`` and record the offer; the episode is not modified."""
+        if not self.active:
+            return Selection(None, None, False, None)
+        user_id, ts = episode.user_id, episode.ts
+        holdout = self.is_holdout(user_id)
+        events: list[tuple[str, str]] = []
+        with self._lock:
+            u = self._user(user_id, True)
+            assert u is not None
+            locale = self._locale(u.traits)
+            candidates = [r for r in self._rules if r.matches(episode, u.traits, locale)]
+            eligible = None
+            for rule in candidates:
+                eligible = next((i for i in rule.items if self._locale_ok(i, locale)), None)
+                if eligible is not None:
+                    break
+            if eligible is None:
+                return Selection(None, None, holdout, None)
+            if holdout:
+                return Selection(None, eligible, True, "holdout")
+            caps = self.config.caps
+            for offer in u.offers.values():  # expire what nobody fetched in time
+                if not offer.expired and not (offer.delivered or offer.shown) and ts >= offer.guidance.expires_at:
+                    offer.expired = True
+                    events.append((offer.guidance.id, "expired"))
+            blocked: Optional[str] = None
+            chosen: Optional[str] = None
+            if caps.per_day == 0 or (len(u.recent) >= caps.per_day and ts - u.recent[0] < DAY):
+                blocked = "daily cap"
+            elif any(offer.waiting(ts) for offer in u.offers.values()):
+                blocked = "pending"
+            else:
+                for rule in candidates:
+                    chosen = next((i for i in rule.items if self._allowed(u, i, locale, ts)), None)
+                    if chosen is not None:
+                        break
+                if chosen is None:
+                    blocked = "cooldown"
+            guidance = None
+            if chosen is not None:
+                guidance = self._offer(u, self._items[chosen], episode)
+                events.append((chosen, "offered"))
+        self._notify(events)
+        return Selection(guidance, eligible, False, blocked)
+
+    def _locale_ok(self, item_id: str, locale: Optional[str]) -> bool:
+        item = self._items[item_id]
+        return item.locale is None or locale_matches(item.locale, locale)
+
+    def _allowed(self, u: _User, item_id: str, locale: Optional[str], ts: float) -> bool:
+        if not self._locale_ok(item_id, locale):
+            return False
+        caps = self.config.caps
+        last = u.given.get(item_id)
+        if last is not None and ts - last < caps.item_cooldown:
+            return False
+        gone = u.dismissed.get(item_id)
+        if gone is not None and ts - gone < caps.dismiss_for:
+            return False
+        return True
+
+    def _offer(self, u: _User, item: GuidanceItem, episode: Episode) -> Guidance:
+        ts = episode.ts
+        guidance = Guidance(
+            id=item.id,
+            kind=item.kind,
+            title=item.title,
+            body=item.body,
+            url=item.url,
+            anchor=item.anchor,
+            locale=item.locale,
+            episode_id=episode.episode_id,
+            step=episode.step,
+            target=episode.target,
+            created_at=ts,
+            expires_at=ts + self.config.expire_after,
+        )
+        u.recent.append(ts)
+        u.given[item.id] = ts
+        u.offers.pop(item.id, None)
+        u.offers[item.id] = _Offer(guidance)
+        while len(u.offers) > MAX_OFFERS:
+            u.offers.popitem(last=False)
+        return guidance
+
+    # -- delivery ---------------------------------------------------------------------------
+    def pending(self, user_id: str, now: float) -> list[Guidance]:
+        """Guidance waiting for ``user_id`` at ``now``, oldest first; marks it delivered."""
+        events: list[tuple[str, str]] = []
+        out: list[Guidance] = []
+        with self._lock:
+            u = self._users.get(user_id)
+            if u is None:
+                return out
+            for offer in u.offers.values():
+                if offer.delivered or offer.shown or offer.expired:
+                    continue
+                if now >= offer.guidance.expires_at:
+                    offer.expired = True
+                    events.append((offer.guidance.id, "expired"))
+                    continue
+                offer.delivered = now
+                events.append((offer.guidance.id, "delivered"))
+                out.append(offer.guidance)
+        self._notify(events)
+        out.sort(key=lambda g: g.created_at)
+        return out
+
+    def outcome(self, user_id: str, item_id: str, outcome: str, ts: float) -> bool:
+        """Record what the user did with an item; False when it was never offered to them.
+
+        ``clicked``, ``dismissed`` and ``completed`` imply ``shown``. Each outcome counts once
+        per offer. A dismissed item is not offered again for ``caps.dismiss_for`` seconds.
+        """
+        if outcome not in OUTCOMES:
+            raise ValueError(f"outcome must be one of {', '.join(OUTCOMES)}, not {outcome!r}")
+        events: list[tuple[str, str]] = []
+        with self._lock:
+            u = self._users.get(user_id)
+            offer = u.offers.get(item_id) if u is not None else None
+            if u is None or offer is None:
+                self.unattributed += 1
+                return False
+            self._users.move_to_end(user_id)
+            if not offer.shown:
+                offer.shown = ts
+                events.append((item_id, "shown"))
+            if outcome != "shown" and not getattr(offer, outcome):
+                setattr(offer, outcome, ts)
+                events.append((item_id, outcome))
+                if outcome == "dismissed":  # the first dismissal of this offer starts the period
+                    u.dismissed[item_id] = ts
+        self._notify(events)
+        return True
+
+    def _notify(self, events: Sequence[tuple[str, str]]) -> None:
+        if self._listener is not None:
+            for item_id, what in events:
+                self._listener(item_id, what)
+
+    # -- snapshots --------------------------------------------------------------------------
+    def export(self) -> dict[str, Any]:
+        """The per-user state as plain data (msgpack-able), least recently active first."""
+        with self._lock:
+            users = []
+            for uid, u in self._users.items():
+                offers = [
+                    [o.guidance, o.delivered, o.shown, o.clicked, o.dismissed, o.completed, o.expired]
+                    for o in u.offers.values()
+                ]
+                users.append([uid, u.traits, list(u.recent), u.given, u.dismissed, offers])
+            return {"users": users, "unattributed": self.unattributed}
+
+    def load(self, data: Mapping[str, Any], convert: Callable[[Any], Guidance]) -> None:
+        """Replace the state with an :meth:`export` (``convert`` turns a decoded offer back into
+        a :class:`Guidance`); keeps the most recently active users when over capacity."""
+        with self._lock:
+            self._users.clear()
+            rows: list[Any] = list(data.get("users", ()))
+            for uid, traits, recent, given, dismissed, offers in rows[max(0, len(rows) - self._capacity):]:
+                u = _User(self.config.caps.per_day)
+                u.traits = {str(k): v for k, v in dict(traits).items()}
+                u.recent.extend(float(t) for t in recent)
+                u.given = {str(k): float(v) for k, v in dict(given).items()}
+                u.dismissed = {str(k): float(v) for k, v in dict(dismissed).items()}
+                for g, delivered, shown, clicked, dismissed_at, completed, expired in offers:
+                    offer = _Offer(convert(g))
+                    offer.delivered, offer.shown, offer.clicked = float(delivered), float(shown), float(clicked)
+                    offer.dismissed, offer.completed, offer.expired = float(dismissed_at), float(completed), bool(expired)
+                    u.offers[offer.guidance.id] = offer
+                self._users[str(uid)] = u
+            self.unattributed = int(data.get("unattributed", 0))
+
+    def known_items(self) -> Iterable[GuidanceItem]:
+        """The catalog, in declared order."""
+        return self._items.values()

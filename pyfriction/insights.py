@@ -1,0 +1,520 @@
+"""Measurement: friction hotspots, lead time before tickets, deflection by guidance, accounts.
+
+:class:`InsightsCollector` hears every episode (with the guidance decision) and every outcome
+event (``ticket``, guidance feedback) from the tracker and keeps running figures;
+``Tracker.insights()`` and ``pyfriction report`` turn them into an :class:`Insights`.
+
+- **Hotspots**: episodes and distinct users per (step, target), with the detector that
+  dominated each episode (its largest reason), and the tickets that followed.
+- **Lead time**: for each ticket, the time since the user's first episode within
+  ``guidance.attribution_window`` before it; the share of tickets preceded by an episode.
+- **Deflection**: a user is *exposed* at their first episode for which the guidance rules pick
+  an item (caps aside). Exposed users outside the holdout are the *guided* group (offered
+  guidance: intention to treat, whether or not they looked at it), exposed holdout users the
+  control. The outcome is a ticket within ``attribution_window`` after exposure. The
+  difference of the two ticket rates comes with a 95% Newcombe (Wilson score) interval.
+- **Items**: per guidance item, offered / delivered / shown / clicked / dismissed /
+  completed / expired, and the click and dismiss rates among those shown.
+- **Accounts**: per ``account_id``, users in friction, episodes, tickets, guided users.
+
+Per-user state is bounded by the tracker's capacity (least recently active evicted first;
+an evicted user who comes back counts as new); tables are bounded by :data:`MAX_KEYS` rows,
+the rest pooled under ``(other)``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import random
+import threading
+from collections import OrderedDict
+from typing import Any, Mapping, Optional
+
+import msgspec
+
+from ._episodes import Episode
+
+__all__ = [
+    "Insights",
+    "Hotspot",
+    "LeadTime",
+    "LeadTimeBucket",
+    "GroupOutcome",
+    "Deflection",
+    "ItemStats",
+    "AccountStats",
+    "InsightsCollector",
+    "wilson_interval",
+    "newcombe_interval",
+    "LEAD_TIME_EDGES",
+    "MAX_KEYS",
+]
+
+#: Rows kept per table (hotspots, accounts, items); further keys are pooled under "(other)".
+MAX_KEYS = 10_000
+OTHER = "(other)"
+#: Lead times kept for the median and 90th percentile (a uniform reservoir sample).
+RESERVOIR = 10_000
+#: Upper edges (seconds) of the lead-time histogram buckets; the last bucket is open.
+LEAD_TIME_EDGES = (60.0, 300.0, 900.0, 1800.0, 3600.0, 4 * 3600.0, 24 * 3600.0)
+_LABELS = ("< 1 min", "1-5 min", "5-15 min", "15-30 min", "30-60 min", "1-4 h", "4-24 h", ">= 24 h")
+#: Hotspots and accounts remembered per user (for distinct-user counts).
+_PER_USER = 16
+Z95 = 1.959963984540054
+
+
+# --- the figures ------------------------------------------------------------------------------
+
+
+class Hotspot(msgspec.Struct, kw_only=True):
+    """Friction at one (step, target): distinct users, episodes, tickets that followed, and how
+    many episodes each detector dominated (largest first)."""
+
+    step: Optional[str]
+    target: Optional[str]
+    users: int
+    episodes: int
+    tickets: int
+    detectors: dict[str, int]
+
+
+class LeadTimeBucket(msgspec.Struct, kw_only=True):
+    """Tickets whose lead time was in [``low``, ``high``) seconds (``high`` None: open)."""
+
+    label: str
+    low: float
+    high: Optional[float]
+    count: int
+
+
+class LeadTime(msgspec.Struct, kw_only=True):
+    """How long before a ticket the user's first episode fired."""
+
+    tickets: int
+    #: Tickets with an episode of the same user within the attribution window before them.
+    preceded: int
+    share: Optional[float]
+    median: Optional[float]
+    p90: Optional[float]
+    buckets: list[LeadTimeBucket]
+
+
+class GroupOutcome(msgspec.Struct, kw_only=True):
+    """Exposed users of one group, those who filed a ticket within the window, and the rate
+    with its 95% Wilson interval."""
+
+    users: int
+    tickets: int
+    rate: Optional[float]
+    low: Optional[float]
+    high: Optional[float]
+
+
+class Deflection(msgspec.Struct, kw_only=True):
+    """Ticket rate of users offered guidance versus the holdout.
+
+    ``difference`` is holdout rate minus guided rate (positive: fewer tickets with guidance),
+    with its 95% interval [``low``, ``high``]; ``relative`` is the difference over the holdout
+    rate; ``significant`` when the interval excludes 0.
+    """
+
+    window: float
+    guided: GroupOutcome
+    holdout: GroupOutcome
+    difference: Optional[float]
+    low: Optional[float]
+    high: Optional[float]
+    relative: Optional[float]
+    significant: bool
+    confidence: float = 0.95
+    method: str = "Newcombe hybrid score (Wilson)"
+
+
+class ItemStats(msgspec.Struct, kw_only=True):
+    """What happened to one guidance item; rates are among offers shown (None before any)."""
+
+    id: str
+    kind: str
+    title: str
+    offered: int
+    delivered: int
+    shown: int
+    clicked: int
+    dismissed: int
+    completed: int
+    expired: int
+    click_rate: Optional[float]
+    dismiss_rate: Optional[float]
+    completion_rate: Optional[float]
+
+
+class AccountStats(msgspec.Struct, kw_only=True):
+    """Friction rolled up per account (the customer-success view)."""
+
+    account_id: str
+    users: int
+    episodes: int
+    tickets: int
+    guided: int
+    last_episode: Optional[float]
+
+
+class Insights(msgspec.Struct, kw_only=True):
+    """Every figure of ``Tracker.insights()`` and ``pyfriction report``.
+
+    ``since``/``until``: the first and last episode or ticket time seen (None before any).
+    ``events``, ``users`` (tracked now), ``episodes``, ``tickets`` are the tracker's counters;
+    ``guided_episodes`` got guidance, ``holdout_episodes`` were of holdout users. Lists are
+    ranked (hotspots and accounts by users, then episodes) and cut at the ``limit`` asked for.
+    """
+
+    since: Optional[float]
+    until: Optional[float]
+    engine: str
+    events: int
+    users: int
+    episodes: int
+    tickets: int
+    guided_episodes: int
+    holdout_episodes: int
+    hotspots: list[Hotspot]
+    lead_time: LeadTime
+    deflection: Deflection
+    items: list[ItemStats]
+    accounts: list[AccountStats]
+
+
+# --- statistics -------------------------------------------------------------------------------
+
+
+def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """The Wilson score interval of ``k`` successes in ``n`` trials (``n`` > 0)."""
+    if n <= 0:
+        raise ValueError("n must be positive")
+    p = k / n
+    z2 = z * z
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def newcombe_interval(k1: int, n1: int, k2: int, n2: int, z: float = Z95) -> tuple[float, float, float]:
+    """``(p1 - p2, low, high)``: the difference of two proportions with Newcombe's hybrid score
+    interval (his method 10, built from the two Wilson intervals)."""
+    p1, p2 = k1 / n1, k2 / n2
+    l1, u1 = wilson_interval(k1, n1, z)
+    l2, u2 = wilson_interval(k2, n2, z)
+    d = p1 - p2
+    return d, d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2), d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)
+
+
+def _quantile(sorted_values: list[float], q: float) -> Optional[float]:
+    if not sorted_values:
+        return None
+    pos = q * (len(sorted_values) - 1)
+    lo = int(math.floor(pos))
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+def _rate(num: int, den: int) -> Optional[float]:
+    return num / den if den else None
+
+
+# --- the collector ----------------------------------------------------------------------------
+
+
+class _UserInsight:
+    __slots__ = ("account", "first_episode", "since_ticket", "hotspots", "accounts", "group", "exposed", "ticketed",
+                 "guided")  # fmt: skip
+
+    def __init__(self) -> None:
+        self.account: Optional[str] = None
+        self.first_episode: Optional[float] = None  # first episode of the current struggle
+        self.since_ticket: list[Any] = []  # hotspot keys since the last ticket
+        self.hotspots: list[Any] = []  # hotspot keys counted for this user (distinct users)
+        self.accounts: list[str] = []  # accounts counted for this user
+        self.group: Optional[str] = None  # "guided" | "holdout" once exposed
+        self.exposed = 0.0
+        self.ticketed = False
+        self.guided = False  # counted as a guided user of their account
+
+
+_ITEM_FIELDS = ("offered", "delivered", "shown", "clicked", "dismissed", "completed", "expired")
+
+
+class InsightsCollector:
+    """Running figures behind :class:`Insights` (thread-safe, bounded)."""
+
+    def __init__(self, window: float, capacity: int, items: Mapping[str, tuple[str, str]]) -> None:
+        """``window``: attribution window (s); ``capacity``: users remembered; ``items``:
+        catalog id -> (kind, title)."""
+        self.window = window
+        self._capacity = capacity
+        self._catalog = dict(items)
+        self._lock = threading.Lock()
+        self._users: "OrderedDict[str, _UserInsight]" = OrderedDict()
+        self._hotspots: dict[tuple[Optional[str], Optional[str]], list[Any]] = {}  # users, episodes, tickets, {det: n}
+        self._accounts: dict[str, list[Any]] = {}  # users, episodes, tickets, guided, last
+        self._items: dict[str, list[int]] = {}
+        self._groups = {"guided": [0, 0], "holdout": [0, 0]}  # users, tickets
+        self._buckets = [0] * len(_LABELS)
+        self._reservoir: list[float] = []
+        self._lead_seen = 0
+        self._rng = random.Random(0x5EED)
+        self.tickets = 0
+        self.preceded = 0
+        self.episodes = 0
+        self.guided_episodes = 0
+        self.holdout_episodes = 0
+        self.since: Optional[float] = None
+        self.until: Optional[float] = None
+
+    # -- input ------------------------------------------------------------------------------
+    def _user(self, user_id: str) -> _UserInsight:
+        u = self._users.get(user_id)
+        if u is None:
+            u = self._users[user_id] = _UserInsight()
+            while len(self._users) > self._capacity:
+                self._users.popitem(last=False)
+        else:
+            self._users.move_to_end(user_id)
+        return u
+
+    def _seen(self, ts: float) -> None:
+        if self.since is None or ts < self.since:
+            self.since = ts
+        if self.until is None or ts > self.until:
+            self.until = ts
+
+    @staticmethod
+    def _row(table: dict[Any, Any], key: Any, fresh: Any) -> Any:
+        row = table.get(key)
+        if row is None:
+            if len(table) >= MAX_KEYS:
+                key = (OTHER, OTHER) if isinstance(key, tuple) else OTHER
+                row = table.get(key)
+                if row is not None:
+                    return row
+            row = table[key] = fresh()
+        return row
+
+    def hint_account(self, user_id: str, account_id: Optional[str]) -> None:
+        """The user belongs to ``account_id`` (e.g. from ``identify`` traits)."""
+        if account_id:
+            with self._lock:
+                self._user(user_id).account = account_id
+
+    def episode(self, episode: Episode, eligible: Optional[str]) -> None:
+        """Count an episode; ``eligible`` is the item the rules picked for it, caps aside."""
+        ts = episode.ts
+        with self._lock:
+            self._seen(ts)
+            self.episodes += 1
+            guided = episode.guidance is not None
+            self.guided_episodes += guided
+            self.holdout_episodes += episode.holdout
+            u = self._user(episode.user_id)
+            if episode.account_id:
+                u.account = episode.account_id
+            key = (episode.step, episode.target)
+            spot = self._row(self._hotspots, key, lambda: [0, 0, 0, {}])
+            spot[1] += 1
+            if episode.reasons:
+                top = episode.reasons[0].detector
+                spot[3][top] = spot[3].get(top, 0) + 1
+            if key not in u.hotspots:
+                spot[0] += 1
+                u.hotspots.append(key)
+                del u.hotspots[:-_PER_USER]
+            if u.first_episode is None or ts - u.first_episode > self.window:
+                u.first_episode = ts
+                u.since_ticket = []
+            if key not in u.since_ticket:
+                u.since_ticket.append(key)
+                del u.since_ticket[:-_PER_USER]
+            if u.account:
+                acct = self._row(self._accounts, u.account, lambda: [0, 0, 0, 0, None])
+                if u.account not in u.accounts:
+                    acct[0] += 1
+                    u.accounts.append(u.account)
+                    del u.accounts[:-_PER_USER]
+                acct[1] += 1
+                if guided and not u.guided:
+                    u.guided = True
+                    acct[3] += 1
+                acct[4] = ts if acct[4] is None else max(acct[4], ts)
+            if eligible is not None and u.group is None:
+                u.group = "holdout" if episode.holdout else "guided"
+                u.exposed = ts
+                self._groups[u.group][0] += 1
+
+    def ticket(self, user_id: str, account_id: Optional[str], ts: float) -> None:
+        """Count a ticket (a ``ticket`` event the engine applied)."""
+        with self._lock:
+            self._seen(ts)
+            self.tickets += 1
+            u = self._users.get(user_id)
+            if u is None and account_id is None:
+                return
+            u = self._user(user_id)
+            if account_id:
+                u.account = account_id
+            if u.account:
+                self._row(self._accounts, u.account, lambda: [0, 0, 0, 0, None])[2] += 1
+            if u.first_episode is not None and 0.0 <= ts - u.first_episode <= self.window:
+                self.preceded += 1
+                lead = ts - u.first_episode
+                self._buckets[bisect.bisect_right(LEAD_TIME_EDGES, lead)] += 1
+                self._lead_seen += 1
+                if len(self._reservoir) < RESERVOIR:
+                    self._reservoir.append(lead)
+                else:
+                    j = self._rng.randrange(self._lead_seen)
+                    if j < RESERVOIR:
+                        self._reservoir[j] = lead
+                for key in u.since_ticket:
+                    spot = self._hotspots.get(key)
+                    if spot is not None:
+                        spot[2] += 1
+            u.first_episode = None
+            u.since_ticket = []
+            if u.group is not None and not u.ticketed and 0.0 <= ts - u.exposed <= self.window:
+                u.ticketed = True
+                self._groups[u.group][1] += 1
+
+    def item(self, item_id: str, what: str) -> None:
+        """Count an item event: offered, delivered, shown, clicked, dismissed, completed, expired."""
+        with self._lock:
+            row = self._row(self._items, item_id, lambda: [0] * len(_ITEM_FIELDS))
+            row[_ITEM_FIELDS.index(what)] += 1
+
+    # -- output -----------------------------------------------------------------------------
+    def build(self, *, engine: str, events: int, users: int, episodes: int, tickets: int,
+              limit: Optional[int] = 50) -> Insights:  # fmt: skip
+        """The :class:`Insights`, with the tracker's counters; lists cut at ``limit`` rows."""
+        with self._lock:
+            spots = [
+                Hotspot(step=k[0], target=k[1], users=v[0], episodes=v[1], tickets=v[2],
+                        detectors=dict(sorted(v[3].items(), key=lambda kv: (-kv[1], kv[0]))))
+                for k, v in self._hotspots.items()
+            ]  # fmt: skip
+            spots.sort(key=lambda h: (-h.users, -h.episodes, h.step or "", h.target or ""))
+            accounts = [
+                AccountStats(account_id=k, users=v[0], episodes=v[1], tickets=v[2], guided=v[3], last_episode=v[4])
+                for k, v in self._accounts.items()
+            ]
+            accounts.sort(key=lambda a: (-a.users, -a.episodes, -a.tickets, a.account_id))
+            items = []
+            ids = list(self._catalog) + [k for k in self._items if k not in self._catalog]
+            for item_id in ids:
+                row = self._items.get(item_id, [0] * len(_ITEM_FIELDS))
+                c = dict(zip(_ITEM_FIELDS, row))
+                kind, title = self._catalog.get(item_id, ("?", item_id))
+                items.append(
+                    ItemStats(id=item_id, kind=kind, title=title, **c,
+                              click_rate=_rate(c["clicked"], c["shown"]),
+                              dismiss_rate=_rate(c["dismissed"], c["shown"]),
+                              completion_rate=_rate(c["completed"], c["shown"]))  # fmt: skip
+                )
+            sample = sorted(self._reservoir)
+            edges = (0.0,) + LEAD_TIME_EDGES
+            buckets = [
+                LeadTimeBucket(label=_LABELS[i], low=edges[i],
+                               high=LEAD_TIME_EDGES[i] if i < len(LEAD_TIME_EDGES) else None, count=n)
+                for i, n in enumerate(self._buckets)
+            ]  # fmt: skip
+            lead = LeadTime(
+                tickets=self.tickets,
+                preceded=self.preceded,
+                share=_rate(self.preceded, self.tickets),
+                median=_quantile(sample, 0.5),
+                p90=_quantile(sample, 0.9),
+                buckets=buckets,
+            )
+            deflection = self._deflection()
+            since, until = self.since, self.until
+            guided_episodes, holdout_episodes = self.guided_episodes, self.holdout_episodes
+        if limit is not None:
+            spots, accounts = spots[:limit], accounts[:limit]
+        return Insights(
+            since=since,
+            until=until,
+            engine=engine,
+            events=events,
+            users=users,
+            episodes=episodes,
+            tickets=tickets,
+            guided_episodes=guided_episodes,
+            holdout_episodes=holdout_episodes,
+            hotspots=spots,
+            lead_time=lead,
+            deflection=deflection,
+            items=items,
+            accounts=accounts,
+        )
+
+    def _deflection(self) -> Deflection:
+        def group(name: str) -> GroupOutcome:
+            n, k = self._groups[name]
+            low, high = wilson_interval(k, n) if n else (None, None)
+            return GroupOutcome(users=n, tickets=k, rate=_rate(k, n), low=low, high=high)
+
+        g, h = group("guided"), group("holdout")
+        diff = low = high = relative = None
+        if g.users and h.users:
+            diff, low, high = newcombe_interval(h.tickets, h.users, g.tickets, g.users)
+            relative = diff / h.rate if h.rate else None
+        significant = low is not None and high is not None and (low > 0.0 or high < 0.0)
+        return Deflection(window=self.window, guided=g, holdout=h, difference=diff, low=low, high=high,
+                          relative=relative, significant=significant)  # fmt: skip
+
+    # -- snapshots --------------------------------------------------------------------------
+    def export(self) -> dict[str, Any]:
+        """The running figures as plain data (msgpack-able)."""
+        with self._lock:
+            users = [
+                [uid, u.account, u.first_episode, [list(k) for k in u.since_ticket], [list(k) for k in u.hotspots],
+                 u.accounts, u.group, u.exposed, u.ticketed, u.guided]
+                for uid, u in self._users.items()
+            ]  # fmt: skip
+            return {
+                "users": users,
+                "hotspots": [[list(k), v] for k, v in self._hotspots.items()],
+                "accounts": self._accounts,
+                "items": self._items,
+                "groups": self._groups,
+                "buckets": self._buckets,
+                "reservoir": self._reservoir,
+                "lead_seen": self._lead_seen,
+                "counts": [self.tickets, self.preceded, self.episodes, self.guided_episodes, self.holdout_episodes],
+                "span": [self.since, self.until],
+            }
+
+    def load(self, data: Mapping[str, Any]) -> None:
+        """Replace the figures with an :meth:`export`."""
+        with self._lock:
+            rows = list(data["users"])
+            self._users.clear()
+            for uid, account, first, since_ticket, hotspots, accounts, group, exposed, ticketed, guided in rows[
+                max(0, len(rows) - self._capacity):
+            ]:
+                u = _UserInsight()
+                u.account, u.first_episode = account, first
+                u.since_ticket = [tuple(k) for k in since_ticket]
+                u.hotspots = [tuple(k) for k in hotspots]
+                u.accounts = list(accounts)
+                u.group, u.exposed, u.ticketed, u.guided = group, float(exposed), bool(ticketed), bool(guided)
+                self._users[str(uid)] = u
+            self._hotspots = {tuple(k): [v[0], v[1], v[2], dict(v[3])] for k, v in data["hotspots"]}
+            self._accounts = {str(k): list(v) for k, v in dict(data["accounts"]).items()}
+            self._items = {str(k): [int(x) for x in v] for k, v in dict(data["items"]).items()}
+            self._groups = {str(k): [int(x) for x in v] for k, v in dict(data["groups"]).items()}
+            self._buckets = [int(x) for x in data["buckets"]]
+            self._reservoir = [float(x) for x in data["reservoir"]]
+            self._lead_seen = int(data["lead_seen"])
+            self.tickets, self.preceded, self.episodes, self.guided_episodes, self.holdout_episodes = (
+                int(x) for x in data["counts"]
+            )
+            self.since, self.until = data["span"]

@@ -1,0 +1,378 @@
+"""``pyfriction report``: replay a recorded event log and report what friction cost and what
+guidance saved.
+
+:func:`replay_log` feeds a JSON Lines log (canonical events, or Segment-style ``track``/
+``page``/``identify`` payloads mapped by the config's ``[segment]`` section) through a
+:class:`pyfriction.Tracker` with the guidance config, and returns its :class:`Insights`
+(hotspots, lead time, deflection with a 95% interval, guidance items, accounts).
+:func:`format_text` renders them as readable tables, :func:`to_json` for machines and
+:func:`pyfriction._report_html.render_html` as a self-contained HTML page with SVG charts.
+
+Without ``--config`` the bundled ``pyfriction/data/guidance.toml`` is used: the guidance of
+the sample app that ``pyfriction sample`` simulates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from importlib import resources
+from typing import IO, Any, Iterator, Optional, Sequence
+
+import msgspec
+
+from .config import Config, load_config
+from .insights import Insights
+from .segment import ReplayCounts, replay
+from .tracker import Tracker
+
+__all__ = ["ReportResult", "Progress", "replay_log", "format_text", "to_json", "default_config_path", "add_parser"]
+
+DEFAULT_CONFIG = "guidance.toml"
+
+
+def default_config_path() -> str:
+    """The bundled guidance config of the sample app."""
+    return str(resources.files("pyfriction") / "data" / DEFAULT_CONFIG)
+
+
+class ReportResult(msgspec.Struct, kw_only=True):
+    """A replay's :class:`Insights` with where they came from."""
+
+    source: str
+    config: str
+    lines: int
+    events: int
+    identified: int
+    skipped: int
+    errors: list[str]
+    seconds: float
+    insights: Insights
+
+
+class Progress:
+    """A one-line progress bar on a terminal stream (``\\r``-redrawn), shown once a replay has
+    run ``delay`` seconds, redrawn at most every ``interval`` seconds."""
+
+    WIDTH = 28
+
+    def __init__(self, stream: IO[str], total: Optional[int], label: str, *, delay: float = 0.5,
+                 interval: float = 0.1) -> None:  # fmt: skip
+        self.stream, self.total, self.label = stream, total, label
+        self.delay, self.interval = delay, interval
+        self.start = time.monotonic()
+        self._next = self.start + delay
+        self.shown = False
+
+    def update(self, done: int, events: int, force: bool = False) -> None:
+        """Redraw with ``done`` bytes (of ``total``) and ``events`` replayed, when due."""
+        now = time.monotonic()
+        if not force and now < self._next:
+            return
+        self._next = now + self.interval
+        elapsed = now - self.start
+        if self.total:
+            frac = min(1.0, done / self.total)
+            filled = int(frac * self.WIDTH)
+            bar = f"[{'#' * filled}{'.' * (self.WIDTH - filled)}] {frac * 100:5.1f}%"
+        else:
+            bar = ""
+        rate = events / elapsed if elapsed > 0 else 0.0
+        line = f"\rreplaying {self.label} {bar} {events:,} events {elapsed:.1f} s ({rate:,.0f}/s)"
+        try:
+            self.stream.write(line)
+            self.stream.flush()
+            self.shown = True
+        except (OSError, ValueError):
+            pass
+
+    def close(self, done: int, events: int) -> None:
+        """Draw the final state (if the bar was shown) and end the line."""
+        if self.shown:
+            self.update(done, events, force=True)
+            try:
+                self.stream.write("\n")
+                self.stream.flush()
+            except (OSError, ValueError):
+                pass
+
+
+def _lines(fh: IO[bytes], progress: Optional[Progress], counts: list[int]) -> Iterator[Any]:
+    decode = msgspec.json.Decoder().decode
+    done = 0
+    for line in fh:
+        done += len(line)
+        counts[0] += 1
+        if progress is not None and counts[0] % 2048 == 0:
+            progress.update(done, counts[0])
+        if not line.strip():
+            continue
+        try:
+            yield decode(line)
+        except msgspec.DecodeError as exc:
+            yield ValueError(f"line {counts[0]}: not valid JSON: {exc}")
+    counts[1] = done
+
+
+def replay_log(path: str, config: Any = None, *, engine: str = "auto", progress: Optional[IO[str]] = None,
+               progress_delay: float = 0.5, limit: Optional[int] = None) -> ReportResult:  # fmt: skip
+    """Replay the JSON Lines log at ``path`` (``-``: stdin) and return its insights.
+
+    ``config`` is a config (path, mapping or :class:`Config`), default the bundled guidance
+    config. The tracker's clock follows the log's timestamps. ``progress`` is a stream to
+    draw a progress bar on (shown after ``progress_delay`` seconds). Lines that are not JSON
+    or not events are skipped and counted. Raises OSError when the log cannot be read.
+    """
+    cfg_name = default_config_path() if config is None else (
+        os.fspath(config) if isinstance(config, (str, os.PathLike)) else "<config>")  # fmt: skip
+    cfg: Config = load_config(default_config_path() if config is None else config)
+    now = [0.0]
+    tracker = Tracker(cfg, engine=engine, clock=lambda: now[0])
+    counts = [0, 0]
+    started = time.monotonic()
+    fh: IO[bytes]
+    if path == "-":
+        fh, total, label, close = sys.stdin.buffer, None, "<stdin>", False
+    else:
+        fh = open(path, "rb")
+        total, label, close = os.fstat(fh.fileno()).st_size, os.path.basename(path), True
+    bar = Progress(progress, total, label, delay=progress_delay) if progress is not None else None
+
+    def observe(event: Any) -> None:
+        ts = event.get("ts") if isinstance(event, dict) else getattr(event, "ts", None)
+        if isinstance(ts, (int, float)) and not isinstance(ts, bool) and ts > now[0]:
+            now[0] = float(ts)
+        tracker.observe(event)
+
+    def records() -> Iterator[Any]:
+        for item in _lines(fh, bar, counts):
+            if isinstance(item, ValueError):
+                bad.skipped += 1
+                if len(bad.errors) < 5:
+                    bad.errors.append(str(item))
+                continue
+            yield item
+
+    bad = ReplayCounts()  # lines that are not JSON
+    try:
+        done = replay(records(), observe, tracker.identify, cfg.segment)
+        tracker.flush(5.0)
+        insights = tracker.insights(limit=limit)
+    finally:
+        tracker.close(1.0)
+        if close:
+            fh.close()
+    if bar is not None:
+        bar.close(counts[1], done.events)
+    return ReportResult(
+        source=path,
+        config=cfg_name,
+        lines=counts[0],
+        events=done.events,
+        identified=done.identified,
+        skipped=done.skipped + bad.skipped,
+        errors=(bad.errors + done.errors)[:5],
+        seconds=time.monotonic() - started,
+        insights=insights,
+    )
+
+
+# --- text ----------------------------------------------------------------------------------------
+
+
+def duration(seconds: Optional[float]) -> str:
+    """``45 s``, ``12 min``, ``1 h 20 min``, ``24 h``, ``2.5 d``; ``-`` for None."""
+    if seconds is None:
+        return "-"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 2 * 86400:
+        h, m = divmod(int(round(seconds / 60)), 60)
+        return f"{h} h {m} min" if m else f"{h} h"
+    return f"{seconds / 86400:.1f} d"
+
+
+def pct(x: Optional[float], digits: int = 1) -> str:
+    """``31.9%``; ``-`` for None."""
+    return "-" if x is None else f"{x * 100:.{digits}f}%"
+
+
+def _utc(ts: Optional[float]) -> str:
+    return "-" if ts is None else time.strftime("%Y-%m-%d %H:%M", time.gmtime(ts))
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]], right: Sequence[bool], indent: str = "  ") -> list[str]:
+    cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    out = []
+    for r in cells:
+        parts = [c.rjust(w) if right[i] else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))]
+        out.append((indent + "  ".join(parts)).rstrip())
+    return out
+
+
+def _cut(text: Optional[str], width: int) -> str:
+    text = text or "-"
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def format_text(result: ReportResult, *, top: int = 10) -> str:
+    """The report as readable plain-text tables (ASCII only)."""
+    ins = result.insights
+    lines: list[str] = []
+    add = lines.append
+    add(f"pyfriction report: {result.source}")
+    add(
+        f"{ins.events:,} events from {ins.users:,} users -> {ins.episodes:,} friction episodes "
+        f"({ins.guided_episodes:,} with guidance, {ins.holdout_episodes:,} in the holdout), {ins.tickets:,} tickets"
+    )
+    add(f"{_utc(ins.since)} to {_utc(ins.until)} UTC; {ins.engine} engine; config {os.path.basename(result.config)}")
+    if result.skipped:
+        add(f"{result.skipped:,} lines skipped (first: {result.errors[0] if result.errors else '?'})")
+
+    add("")
+    add("FRICTION HOTSPOTS (by users affected)")
+    if ins.hotspots:
+        rows = []
+        for i, h in enumerate(ins.hotspots[:top], 1):
+            dom = ", ".join(f"{d} {n}" for d, n in list(h.detectors.items())[:3])
+            rows.append([i, _cut(h.step, 22), _cut(h.target, 24), h.users, h.episodes, h.tickets, dom])
+        lines += _table(["#", "step", "target", "users", "episodes", "tickets", "dominant detectors"], rows,
+                        [True, False, False, True, True, True, False])  # fmt: skip
+        if len(ins.hotspots) > top:
+            add(f"  ... and {len(ins.hotspots) - top} more")
+    else:
+        add("  no episodes")
+
+    lt = ins.lead_time
+    add("")
+    add(f"LEAD TIME (first episode -> ticket, within {duration(ins.deflection.window)})")
+    add(
+        f"  {lt.tickets:,} tickets, {lt.preceded:,} preceded by an episode ({pct(lt.share)}); "
+        f"median {duration(lt.median)}, 90th percentile {duration(lt.p90)}"
+    )
+    peak = max((b.count for b in lt.buckets), default=0)
+    for b in lt.buckets:
+        bar = "#" * (round(30 * b.count / peak) if peak else 0)
+        add(f"  {b.label:>10}  {bar:<30} {b.count:>6,}")
+
+    d = ins.deflection
+    add("")
+    add(f"DEFLECTION (ticket within {duration(d.window)} of the first episode with guidance to offer)")
+    rows = []
+    for name, g in (("offered guidance", d.guided), ("holdout (none)", d.holdout)):
+        ci = "-" if g.low is None else f"{pct(g.low)} - {pct(g.high)}"
+        rows.append([name, g.users, g.tickets, pct(g.rate), ci])
+    lines += _table(["group", "users", "tickets", "rate", "95% CI"], rows, [False, True, True, True, True])
+    if d.difference is None:
+        add("  not enough data: both groups need users (is the holdout share 0, or no rule matching?)")
+    else:
+        fewer = "fewer" if d.difference >= 0 else "more"
+        rel = "" if d.relative is None else f", {-d.relative * 100:+.0f}% relative"
+        verdict = "significant" if d.significant else "not significant at 95%"
+        assert d.low is not None and d.high is not None
+        add(
+            f"  -> {abs(d.difference) * 100:.1f} pts {fewer} tickets with guidance "
+            f"(95% CI {d.low * 100:.1f} to {d.high * 100:.1f} pts{rel}; {verdict})"
+        )
+
+    add("")
+    add("GUIDANCE ITEMS")
+    if ins.items:
+        cols = item_columns(ins)
+        rows = [[_cut(it.id, 22), it.kind] + [getattr(it, c) for c in cols] + [pct(it.click_rate, 0),
+                pct(it.dismiss_rate, 0)] for it in ins.items]  # fmt: skip
+        lines += _table(["item", "kind"] + cols + ["click", "dismiss"], rows, [False, False] + [True] * (len(cols) + 2))
+    else:
+        add("  no guidance configured")
+
+    add("")
+    add("ACCOUNTS (friction per customer)")
+    if ins.accounts:
+        rows = [
+            [_cut(a.account_id, 24), a.users, a.episodes, a.tickets, a.guided, _utc(a.last_episode)]
+            for a in ins.accounts[:top]
+        ]
+        lines += _table(["account", "users in friction", "episodes", "tickets", "guided users", "last episode (UTC)"],
+                        rows, [False, True, True, True, True, False])  # fmt: skip
+        if len(ins.accounts) > top:
+            add(f"  ... and {len(ins.accounts) - top} more")
+    else:
+        add("  no account_id in the episodes")
+    return "\n".join(lines) + "\n"
+
+
+def item_columns(ins: Insights) -> list[str]:
+    """The item counters worth a column: ``completed`` and ``expired`` only when some item has
+    them (a log replay sees neither: completion is reported with ``Tracker.ack``, and nothing
+    fetches pending items)."""
+    cols = ["offered", "delivered", "shown", "clicked", "dismissed", "completed", "expired"]
+    return [c for c in cols if c in ("offered", "shown", "clicked", "dismissed") or any(getattr(i, c) for i in ins.items)]
+
+
+def to_json(result: ReportResult) -> bytes:
+    """The whole result as JSON (the insights under ``"insights"``)."""
+    return msgspec.json.encode(result)
+
+
+# --- the command -----------------------------------------------------------------------------------
+
+
+def add_parser(commands: Any) -> argparse.ArgumentParser:
+    """Add the ``report`` subcommand to an argparse subparsers object."""
+    p = commands.add_parser(
+        "report",
+        help="replay an event log and report hotspots, lead time, deflection and accounts",
+        description="Replay a JSON Lines event log (canonical events or Segment-style track/page/identify "
+        "payloads) through a Tracker with guidance, and report friction hotspots, the lead time before "
+        "tickets, ticket deflection by guidance with its 95%% confidence interval, guidance items and accounts.",
+    )
+    p.add_argument("events", metavar="EVENTS.jsonl", help="the event log, '-' for stdin")
+    p.add_argument("--config", metavar="FILE", help="TOML config with [guidance] (default: the bundled sample's)")
+    p.add_argument("--html", metavar="OUT.html", help="also write a self-contained HTML page with charts")
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    p.add_argument("--top", type=int, default=10, metavar="N", help="rows of hotspots and accounts (default 10)")
+    p.add_argument("--engine", choices=("auto", "compiled", "reference"), default="auto")
+    bar = p.add_mutually_exclusive_group()
+    bar.add_argument("--progress", dest="progress", action="store_true", default=None,
+                     help="always draw a progress bar on stderr (default: on a terminal, for long replays)")  # fmt: skip
+    bar.add_argument("--no-progress", dest="progress", action="store_false")
+    p.set_defaults(func=run)
+    return p  # type: ignore[no-any-return]
+
+
+def run(args: argparse.Namespace) -> int:
+    """The ``report`` command: returns the exit status; raises the CLI's error type for user errors."""
+    from .cli import CliError  # noqa: PLC0415  (the CLI imports this module)
+    from .config import ConfigError  # noqa: PLC0415
+
+    show = sys.stderr.isatty() if args.progress is None else args.progress
+    try:
+        result = replay_log(args.events, args.config, engine=args.engine, progress=sys.stderr if show else None,
+                            progress_delay=0.5 if args.progress is None else 0.0, limit=None)  # fmt: skip
+    except OSError as exc:
+        raise CliError(f"cannot read {exc.filename or args.events}: {exc.strerror or exc}") from None
+    except ConfigError as exc:
+        raise CliError(str(exc)) from None
+    except ImportError as exc:
+        raise CliError(str(exc)) from None
+    if args.html:
+        from ._report_html import render_html  # noqa: PLC0415
+
+        try:
+            with open(args.html, "w", encoding="utf-8") as fh:
+                fh.write(render_html(result))
+        except OSError as exc:
+            raise CliError(f"cannot write {args.html}: {exc.strerror}") from None
+        print(f"wrote {args.html}", file=sys.stderr)
+    if args.json:
+        sys.stdout.buffer.write(to_json(result) + b"\n")
+        sys.stdout.flush()
+    else:
+        sys.stdout.write(format_text(result, top=args.top))
+        sys.stdout.flush()
+    return 0
