@@ -19,7 +19,9 @@ Per event, for user ``u`` (see :meth:`ReferenceCore._apply`):
 from __future__ import annotations
 
 import math
+import os
 import threading
+import weakref
 from collections import OrderedDict
 from typing import Any, Callable, Iterable, Mapping, Optional
 
@@ -136,6 +138,19 @@ def _uid_of(rec: Any, long_ids: Mapping[int, str]) -> str:
     return rec.tobytes()[_UID_AT : _UID_AT + n].decode("utf-8", "surrogatepass")
 
 
+_live: "weakref.WeakSet[ReferenceCore]" = weakref.WeakSet()
+
+
+def _fresh_locks_after_fork() -> None:
+    # A thread of the parent may have held the lock at fork(); it does not exist in the child.
+    for core in list(_live):
+        core._lock = threading.RLock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_fresh_locks_after_fork)
+
+
 class ReferenceCore:
     """The pure-Python engine (``Tracker(engine="reference")``)."""
 
@@ -157,6 +172,7 @@ class ReferenceCore:
         # The compiled core relies on the GIL (no Python code runs while it holds a slot);
         # plain Python can switch threads anywhere, so the reference takes a lock.
         self._lock = threading.RLock()
+        _live.add(self)
         self.counters = dict.fromkeys(
             ("events", "invalid", "unknown", "excluded", "episodes", "evictions", "tickets"), 0
         )

@@ -146,6 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     from pyfriction import report  # noqa: PLC0415  (issue 4: report and sample)
 
     report.add_parser(commands)
+    from pyfriction import store  # noqa: PLC0415  (issue 5: the shared store's tools)
+
+    store.add_parser(commands)
     sample = commands.add_parser(
         "sample",
         help="write a simulated event stream (optionally with simulated guidance)",

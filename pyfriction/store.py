@@ -183,3 +183,64 @@ def repair(path: str, snapshot: Optional[str] = None) -> dict[str, Any]:
     target._core.set_counters(restored._core.counters)
     target.close()
     return inspect(path)
+
+
+# --- `pyfriction store ...` -------------------------------------------------------------------
+def _format_info(info: dict[str, Any]) -> str:
+    def when(ts: Optional[float]) -> str:
+        return "-" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts)) + " UTC"
+
+    c = info["counters"]
+    return "\n".join(
+        [
+            f"store            {info['path']}",
+            f"size             {info['bytes']:,} bytes",
+            f"capacity         {info['capacity']:,} users",
+            f"users            {info['users']:,} ({info['fill']:.1%} full)",
+            f"steps learned    {info['steps']:,}",
+            f"names            {info['names']:,}",
+            f"oldest activity  {when(info['oldest_activity'])}",
+            f"newest activity  {when(info['newest_activity'])}",
+            f"events           {c['events']:,} (invalid {c['invalid']:,}, unknown {c['unknown']:,})",
+            f"episodes         {c['episodes']:,}",
+            f"evictions        {c['evictions']:,}",
+            f"processes        {', '.join(map(str, info['processes'])) or 'none attached'}",
+        ]
+    )
+
+
+def _cmd(args: Any) -> int:
+    import json
+
+    try:
+        if args.store_command == "inspect":
+            info = inspect(args.file)
+        elif args.store_command == "resize":
+            if args.capacity < 1:
+                raise StoreError("--capacity must be at least 1")
+            info = resize(args.file, args.capacity)
+        else:
+            info = repair(args.file, args.snapshot)
+    except StoreError as exc:
+        print(f"pyfriction store: {exc}", file=__import__("sys").stderr)
+        return 2
+    print(json.dumps(info, indent=2) if args.json else _format_info(info))
+    return 0
+
+
+def add_parser(commands: Any) -> None:
+    """Add ``store inspect|resize|repair`` to the command line."""
+    store = commands.add_parser("store", help="inspect, resize or repair a shared file:// store")
+    sub = store.add_subparsers(dest="store_command", metavar="ACTION", required=True)
+    p = sub.add_parser("inspect", help="capacity, users, fill factor, evictions, activity range")
+    p.add_argument("file")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p = sub.add_parser("resize", help="change the capacity (offline: stop the workers first)")
+    p.add_argument("file")
+    p.add_argument("--capacity", type=int, required=True, metavar="N")
+    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("repair", help="check and rebuild after a crash, or recreate from a snapshot")
+    p.add_argument("file")
+    p.add_argument("--snapshot", metavar="SNAP", help="a Tracker.snapshot() file to rebuild from")
+    p.add_argument("--json", action="store_true")
+    store.set_defaults(func=_cmd)

@@ -1,0 +1,66 @@
+"""A minimal Flask app with pyfriction: a sign-up form whose email check trips people up.
+
+Run it (one command, from the repository root)::
+
+    python examples/flask_app/app.py        # http://127.0.0.1:5000/signup
+
+The user comes from ``get_user`` (here an ``X-User`` header or ``?user=`` so you can try it
+with curl; with Flask-Login installed and set up, ``current_user`` is used by default).
+Submit a bad address three times and the page shows help.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from typing import Any, Optional
+
+from flask import Flask, g, request
+
+import pyfriction
+from pyfriction.integrations.flask import PyFriction
+
+CONFIG = {
+    "guidance": {
+        "holdout": {"share": 0.0},
+        "items": [{"id": "signup-email", "kind": "banner", "title": "Use an address like name@example.com",
+                   "body": "We send a confirmation link there."}],
+        "rules": [{"step": "/signup", "guidance": "signup-email"}],
+    }
+}  # fmt: skip
+EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[a-z]{2,}$", re.I)
+
+
+def current_user() -> Optional[str]:
+    return request.headers.get("X-User") or request.args.get("user")
+
+
+def create_app() -> Flask:
+    pyfriction.init(CONFIG)
+    app = Flask(__name__)
+    PyFriction(app, get_user=current_user)
+
+    def form(error: str = "") -> str:
+        help_ = "".join(f'<div class="guidance"><b>{html.escape(x.title)}</b> {html.escape(x.body)}</div>'
+                        for x in g.pyfriction.pending())  # fmt: skip
+        err = f'<p class="error">{html.escape(error)}</p>' if error else ""
+        return f"""<!doctype html><title>Sign up</title>{help_}<h1>Sign up</h1>{err}
+<form method="post"><input name="email" placeholder="Email"><button>Sign up</button></form>"""
+
+    @app.get("/signup")
+    def signup_form() -> Any:
+        return form()
+
+    @app.post("/signup")
+    def signup() -> Any:
+        email = request.form.get("email", "")
+        if not EMAIL.match(email):
+            return form("That email address is not valid."), 422  # -> form_error at /signup
+        pyfriction.observe({"type": "success", "target": "signup"})
+        return f"<!doctype html><p>Welcome, {html.escape(email)}!</p>"
+
+    return app
+
+
+if __name__ == "__main__":
+    create_app().run(port=5000)
