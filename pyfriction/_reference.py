@@ -562,7 +562,10 @@ def columns_of(batch: Mapping[str, Any], keep_ts_array: bool = False) -> tuple[i
     for name in ("user_id", "type"):
         if batch.get(name) is None:
             raise ev.InvalidEvent(name, "column is required")
-    n = len(batch["user_id"])
+    try:
+        n = len(batch["user_id"])
+    except TypeError:
+        raise ev.InvalidEvent("user_id", "column must be a sequence") from None
     cols: dict[str, Any] = {}
     for name, col in batch.items():
         if col is None:

@@ -112,7 +112,8 @@ class ErrorBurst(_Base):
 
 
 class RepeatFailure(_Base):
-    """The same target failing ``min_failures`` times in a row within ``window`` seconds.
+    """The same target failing ``min_failures`` times in a row, each failure within ``window``
+    seconds of the one before.
 
     One validation error that the user fixes at once never repeats; the same field rejected
     twice is a user who does not understand what it wants.
@@ -139,7 +140,8 @@ class UTurn(_Base):
 
 
 class EmptySearch(_Base):
-    """``min_searches`` searches with zero results (``properties.results == 0``) within ``window``."""
+    """``min_searches`` searches with zero results (``properties.results == 0``) in a run, each
+    within ``window`` seconds of the one before."""
 
     enabled: bool = True
     weight: Weight = 0.5

@@ -27,7 +27,7 @@ from typing import Any, Callable, Optional
 import msgspec
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, note, settings
+from hypothesis import HealthCheck, example, given, note, settings
 from hypothesis import strategies as st
 
 import pyfriction
@@ -723,15 +723,17 @@ scalars = st.one_of(
     st.sampled_from(["click", "page", "error", "api_error", "search", "success", "ticket", HUGE, "", "u1"]),
     st.binary(max_size=4),
 )
-values = st.recursive(
-    scalars,
-    lambda inner: st.one_of(
+
+
+def containers(inner: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    return st.one_of(
         st.lists(inner, max_size=3),
         st.tuples(inner, inner),
         st.dictionaries(st.one_of(st.sampled_from(FIELDS), st.text(max_size=5)), inner, max_size=4),
-    ),
-    max_leaves=10,
-)
+    )
+
+
+values = st.recursive(scalars, containers, max_leaves=10)
 garbage_events = st.one_of(
     values,
     st.dictionaries(st.sampled_from(FIELDS), values, max_size=7),
@@ -786,6 +788,7 @@ def test_garbage_never_crashes_nor_touches_others(engine: str, events: list[Any]
 
 @settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))
 @given(st.dictionaries(st.sampled_from(FIELDS + ["colour"]), st.one_of(values, st.lists(values, max_size=4)), max_size=8))
+@example(batch={"user_id": True, "type": ["click"]})  # found by this test: TypeError from len()
 def test_garbage_columns_never_crash(engine: str, batch: dict[str, Any]) -> None:
     tracker = bystander_tracker(engine)
     before = msgspec.to_builtins(tracker.state(BYSTANDER))
@@ -808,3 +811,22 @@ def test_huge_integer_ts_is_an_invalid_event(engine: str, ts: int) -> None:
     # ... and in a batch it is skipped and counted, the rest go through.
     scores = tracker.observe_many([ev("u1", "page", T0, "a"), {"user_id": "u1", "type": "click", "ts": ts}, ev("u2", "page", T0, "a")])
     assert math.isnan(scores[1]) and tracker.state("u2") is not None
+
+
+@pytest.mark.parametrize(
+    "batch",
+    [
+        {"user_id": 7, "type": ["click"]},
+        {"user_id": True, "type": ["click"]},
+        {"user_id": ["u1"], "type": 5},
+        {"user_id": ["u1"], "type": ["click"], "ts": 1.5},
+    ],
+    ids=["user_id-int", "user_id-bool", "type-int", "ts-float"],
+)
+def test_non_sequence_column_is_an_invalid_event(engine: str, batch: dict[str, Any]) -> None:
+    """observe_many: "Raises InvalidEvent naming the column" for a malformed columnar batch."""
+    tracker = pyfriction.Tracker(engine=engine)
+    with pytest.raises(pyfriction.InvalidEvent) as info:
+        tracker.observe_many(batch)
+    assert info.value.field == next(k for k, v in batch.items() if not isinstance(v, list))
+    assert tracker.stats().events == 0

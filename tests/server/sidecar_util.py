@@ -1,0 +1,188 @@
+"""Helpers of the sidecar tests: real uvicorn servers on loopback, in a thread or a subprocess.
+
+* :class:`ThreadServer` runs :func:`pyfriction_server.create_app` under
+  :class:`pyfriction_server.Server` (uvicorn, httptools/uvloop when installed) on a free
+  port of 127.0.0.1, in a thread of the test process.
+* :class:`ProcessServer` runs ``python -m pyfriction_server`` in a subprocess (for kill -9,
+  SIGTERM and the 10,000-stream test, which needs its own file-descriptor budget).
+
+Nothing here listens on or sends to anything but 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from typing import Any, Optional
+
+import httpx
+import msgspec
+from pyfriction_server import Server, Settings, create_app, server_config
+
+HOST = "127.0.0.1"
+WRITE_KEY = "wk_test_publishable"
+ADMIN_KEY = "sk_test_secret"
+SECRET = "identity-secret-for-tests"
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+#: A guidance catalog for the tests: a tooltip on #pay for any episode there.
+GUIDANCE_CONFIG: dict[str, Any] = {
+    "guidance": {
+        "items": [
+            {"id": "pay-help", "kind": "tooltip", "anchor": "#pay", "title": "Payment is on its way",
+             "body": "No need to click **Pay** again: the receipt appears here.", "url": "/help/payments"},
+        ],
+        "rules": [{"guidance": "pay-help", "target": "#pay"}],
+        "holdout": {"share": 0.0},
+        "caps": {"per_day": 100, "item_cooldown": 0.0},
+    },
+    "event_map": {"Payment Failed": "api_error"},
+}  # fmt: skip
+#: The sidecar's own per-event mapping in the tests ([server.events]).
+EVENT_RULES: dict[str, Any] = {
+    "Import Failed": {"type": "api_error", "step": "import", "target_from": "properties.endpoint",
+                      "status_from": "properties.code"},
+}  # fmt: skip
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def wait_ready(url: str, timeout: float = 30.0, proc: Optional[subprocess.Popen[bytes]] = None) -> None:
+    """Poll ``/readyz`` until 200 (fails if ``proc`` exits first)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"sidecar exited with {proc.returncode}")
+        try:
+            if httpx.get(url + "/readyz", timeout=1.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(f"sidecar at {url} not ready within {timeout} s")
+
+
+class ThreadServer:
+    """The sidecar on a free loopback port, served by uvicorn in a thread."""
+
+    def __init__(self, **settings: Any) -> None:
+        settings.setdefault("host", HOST)
+        settings.setdefault("port", free_port())
+        settings.setdefault("state_dir", "")
+        self.settings = msgspec.convert(settings, Settings)
+        self.app = create_app(self.settings)
+        self.server = Server(server_config(self.app, self.settings, log_level="warning"))
+        self.url = f"http://{HOST}:{self.settings.port}"
+        self.thread = threading.Thread(target=self.server.run, name="sidecar", daemon=True)
+
+    @property
+    def sidecar(self) -> Any:
+        return self.app.state.sidecar
+
+    @property
+    def tracker(self) -> Any:
+        return self.sidecar.state.tracker
+
+    def __enter__(self) -> "ThreadServer":
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("sidecar did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+
+
+class ProcessServer:
+    """``python -m pyfriction_server`` in a subprocess, on a free loopback port."""
+
+    def __init__(self, state_dir: str, *args: str, port: Optional[int] = None, env: Optional[dict[str, str]] = None,
+                 config: Optional[str] = None) -> None:  # fmt: skip
+        self.port = port or free_port()
+        self.url = f"http://{HOST}:{self.port}"
+        self.argv = [sys.executable, "-m", "pyfriction_server", "--host", HOST, "--port", str(self.port),
+                     "--state-dir", state_dir, "--write-key", WRITE_KEY, "--admin-key", ADMIN_KEY,
+                     "--log-level", "warning", *args]  # fmt: skip
+        if config:
+            self.argv += ["--config", config]
+        self.env = dict(os.environ)
+        self.env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, self.env.get("PYTHONPATH", "")) if p)
+        self.env.update(env or {})
+        self.proc: Optional[subprocess.Popen[bytes]] = None
+        self.log_path = os.path.join(os.path.dirname(os.path.abspath(state_dir)), f"sidecar-{self.port}.log")
+
+    def start(self, timeout: float = 60.0) -> "ProcessServer":
+        self.log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(self.argv, env=self.env, stdout=self.log, stderr=self.log, cwd=ROOT)
+        try:
+            wait_ready(self.url, timeout, self.proc)
+        except Exception:
+            self.stop()
+            raise RuntimeError(f"sidecar failed to start; log:\n{self.read_log()}") from None
+        return self
+
+    def read_log(self) -> str:
+        with open(self.log_path, "rb") as fh:
+            return fh.read().decode(errors="replace")[-5000:]
+
+    def kill(self) -> None:
+        """kill -9."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(30)
+        self.log.close()
+
+    def stop(self, timeout: float = 60.0) -> int:
+        """SIGTERM and wait (graceful shutdown); returns the exit status."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self.log.close()
+        return int(self.proc.returncode)
+
+    def __enter__(self) -> "ProcessServer":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.stop()
+
+
+def user_events(url: str, user_id: str) -> int:
+    """Events the sidecar has scored for ``user_id`` (0 when unknown)."""
+    r = httpx.get(f"{url}/v1/users/{user_id}", headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=10)
+    if r.status_code == 404:
+        return 0
+    r.raise_for_status()
+    return int(r.json()["events"])
+
+
+def wait_for(predicate: Any, timeout: float = 15.0, interval: float = 0.05) -> Any:
+    """Poll ``predicate()`` until truthy; returns its value (fails on timeout)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s (last value {value!r})")
+        time.sleep(interval)
