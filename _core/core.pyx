@@ -421,6 +421,7 @@ cdef class CompiledCore:
     # shared store
     cdef bint shared
     cdef uint32_t pid
+    cdef int proc_index
     cdef Header* hdr
     cdef NameRec* ntab
     cdef char* map_base
@@ -567,7 +568,10 @@ cdef class CompiledCore:
         fingerprint = config_fingerprint(config_json)
         if len(config_json) > CONFIG_SIZE:
             raise StoreError("config too large for the store file")
-        f = open(path, "a+b")
+        try:
+            f = open(path, "a+b")
+        except OSError as exc:
+            raise StoreError(f"cannot open store {path!r}: {exc.strerror}") from None
         try:
             # One process at a time creates, checks and attaches; the hot path takes no flock.
             fcntl.flock(f.fileno(), fcntl.LOCK_EX)
@@ -637,8 +641,8 @@ cdef class CompiledCore:
                     p = 0
                 if p == 0 and mine < 0:
                     mine = i
-                elif p != 0 and p != self.pid:
-                    others += 1
+                elif p != 0:
+                    others += 1  # another process, or another tracker of this one
             if mine < 0:
                 raise StoreError(f"{self.path}: more than {N_PROCS} processes attached")
             if others == 0 and self.meta.dirty:
@@ -648,6 +652,7 @@ cdef class CompiledCore:
             h.procs[mine].pid = self.pid
             memset(h.procs[mine].ctr, 0, sizeof(h.procs[mine].ctr))
             self.ctr = h.procs[mine].ctr
+            self.proc_index = mine
             self.meta.dirty = 1
         finally:
             pf_unlock(&self.meta.table_lock)
@@ -695,7 +700,7 @@ cdef class CompiledCore:
 
     def after_fork(self):
         """In a child process: a counter block of its own (the mapping itself is inherited)."""
-        if self.shared:
+        if self.shared and self.ctr != self.local_ctr:  # a closed core stays detached
             self.pid = os.getpid()
             self.attach()
 
@@ -711,10 +716,9 @@ cdef class CompiledCore:
             return
         if pf_lock(&self.meta.table_lock, self.pid):
             self.repair()
+        self.retire(self.proc_index)  # our own block only: other trackers here keep theirs
         for i in range(N_PROCS):
-            if self.hdr.procs[i].pid == self.pid:
-                self.retire(i)
-            elif self.hdr.procs[i].pid != 0 and not pf_pid_dead(self.hdr.procs[i].pid):
+            if self.hdr.procs[i].pid != 0 and not pf_pid_dead(self.hdr.procs[i].pid):
                 others += 1
         # Further events of this object count locally; the store's totals are final.
         memset(self.local_ctr, 0, sizeof(self.local_ctr))
@@ -854,7 +858,8 @@ cdef class CompiledCore:
             self.long_ids.pop(u.key, None)
         if not self.shared:
             self.lru_pos[s] = NONE32
-        memset(u, 0, sizeof(Slot))
+        clear_keeping_lock(u)
+        u.key = 0
         u.events = self.meta.free_head  # the free list threads through freed slots
         self.meta.free_head = s
         self.meta.n_users -= 1
@@ -893,8 +898,7 @@ cdef class CompiledCore:
         u = &self.slots[s]
         if self.shared:
             pf_lock(&u.lock, self.pid)
-        memset(&u.last_ts, 0, sizeof(Slot) - 8)
-        u.lock = self.pid if self.shared else 0
+        clear_keeping_lock(u)
         u.last_ts = ts
         u.p_ts = ts
         u.step_ts = ts
@@ -1824,6 +1828,14 @@ def read_config(path):
     with open(path, "rb") as f:
         f.seek(HEADER_SIZE)
         return f.read(h["config_len"])
+
+
+cdef inline void clear_keeping_lock(Slot* u) noexcept nogil:
+    """Zero a slot but its key and its lock word: a waiter must never see the lock free while
+    its holder is still rewriting the slot."""
+    cdef char* b = <char*>u
+    memset(b + sizeof(uint64_t), 0, <char*>&u.lock - b - sizeof(uint64_t))
+    memset(<char*>&u.flags, 0, sizeof(Slot) - (<char*>&u.flags - b))
 
 
 # --- helpers of the specification ---------------------------------------------------------------
