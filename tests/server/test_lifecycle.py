@@ -217,3 +217,23 @@ def test_structured_logs(tmp_path: Any) -> None:
     refused = [d for d in docs if d["msg"] == "request refused"]
     assert refused and refused[0]["status"] == 401 and refused[0]["code"] == "unauthorized"
     assert any(d["msg"] == "stopped: state saved" for d in docs)
+
+
+def test_journal_survives_its_syncer_dying(tmp_path: Any) -> None:
+    from .sidecar_util import ThreadServer
+
+    with ThreadServer(write_keys=[WRITE_KEY], admin_keys=[ADMIN_KEY], state_dir=str(tmp_path / "state")) as s:
+        journal = s.sidecar.state.journal
+        events = [{"id": f"s{i}", "user_id": "u-syncer", "type": "click", "target": "#x"} for i in range(5)]
+        headers = {"X-Write-Key": WRITE_KEY}
+        assert httpx.post(s.url + "/v1/events", json=events[:2], headers=headers).json()["accepted"] == 2
+        journal._syncer.kill()  # the syncer process dies: the loop syncs by itself from now on
+        journal._syncer.wait(10)
+        deadline = time.monotonic() + 10
+        while journal._syncer is not None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert journal._syncer is None
+        assert httpx.post(s.url + "/v1/events", json=events[2:], headers=headers).json()["accepted"] == 3
+    with ThreadServer(write_keys=[WRITE_KEY], admin_keys=[ADMIN_KEY], state_dir=str(tmp_path / "state")) as s:
+        state = httpx.get(s.url + "/v1/users/u-syncer", headers={"Authorization": f"Bearer {ADMIN_KEY}"}).json()
+        assert state["events"] == 5

@@ -1,0 +1,272 @@
+"""Load benchmark of the sidecar: sustained events/s on ``POST /v1/batch`` (Segment batches of
+100 events) with p50/p99 latency, measured with ``wrk`` (Debian package) on loopback.
+
+The sidecar runs as a real ``python -m pyfriction_server`` subprocess with its defaults that
+matter for the figure: the journal fsynced before every answer (group commit), dedupe,
+clock-skew correction, the compiled engine when built. wrk sends gzip-free Segment batches
+whose 100 ``messageId`` s and user ids are unique per request (a Lua script rewrites a
+template), so nothing is deduplicated away; the sidecar's own accepted-event counter
+(``/metrics``) is printed next to what wrk counted, and so is the CPU the sidecar process
+spent per request (from /proc), a figure other load on the machine distorts less.
+
+    python benchmarks/server_load.py                      # 15 s, 12 connections
+    python benchmarks/server_load.py --duration 30 --connections 32 --json out.json
+
+Targets of issue 6 on a 2-core machine (load generator on the same machine): >= 200,000
+events/s and p99 <= 20 ms. The script prints the figures and whether they were met; it exits
+0 either way (it measures, it does not gate), 2 when wrk is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from typing import Any
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+HOST = "127.0.0.1"
+KEY = "wk_bench"
+EVENTS_PER_BATCH = 100
+TARGET_RATE = 200_000
+TARGET_P99_MS = 20.0
+
+LUA = r"""
+-- One Segment batch of 100 events per request; @R@ becomes a per-request number so every
+-- messageId and user id differs between requests (nothing is deduplicated away).
+local f = io.open(os.getenv("PF_BENCH_BODY"))
+local template = f:read("*a")
+f:close()
+local prefix = os.getenv("PF_BENCH_PREFIX") or "r"
+local n = 0
+local headers = {["Content-Type"] = "application/json", ["X-Write-Key"] = os.getenv("PF_BENCH_KEY")}
+request = function()
+  n = n + 1
+  local body = string.gsub(template, "@R@", prefix .. n)
+  return wrk.format("POST", "/v1/batch", headers, body)
+end
+"""
+
+KINDS = [
+    ("page", None, None),
+    ("track", "click", {"target": "#pay", "step": "billing"}),
+    ("track", "click", {"target": "#pay", "step": "billing"}),
+    ("track", "click", {"target": "#plan-pro", "step": "billing"}),
+    ("track", "api_error", {"target": "/api/pay", "status": 502, "step": "billing"}),
+    ("track", "form_error", {"target": "#card-number", "step": "billing"}),
+    ("track", "search", {"results": 0, "step": "help"}),
+    ("track", "dead_click", {"target": "span.total", "step": "billing"}),
+    ("track", "help", {"step": "help"}),
+    ("track", "success", {"step": "billing"}),
+]
+
+
+def batch_template() -> bytes:
+    """A realistic analytics-python batch (context, library, timestamps) with @R@ markers."""
+    events = []
+    for i in range(EVENTS_PER_BATCH):
+        kind, name, props = KINDS[i % len(KINDS)]
+        msg: dict[str, Any] = {
+            "type": kind,
+            "userId": f"user-@R@-{i // 4}",  # 25 users per batch, 4 events each
+            "messageId": f"@R@-{i}",
+            "timestamp": "2024-05-01T12:00:00.%03d+00:00" % i,
+            "context": {"library": {"name": "analytics-python", "version": "2.4.0"}},
+            "integrations": {},
+        }
+        if kind == "page":
+            msg["name"] = "/billing"
+            msg["properties"] = {"path": "/billing"}
+        else:
+            msg["event"] = name
+            msg["properties"] = props
+        events.append(msg)
+    return json.dumps({"batch": events, "sentAt": "2024-05-01T12:00:01+00:00"}).encode()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as r:  # noqa: S310 (loopback only)
+        return r.read().decode()
+
+
+def metric(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def parse_wrk(out: str) -> dict[str, float]:
+    """Requests, duration, requests/s and latency percentiles (ms) from ``wrk --latency``."""
+
+    def ms(value: str) -> float:
+        m = re.match(r"([\d.]+)(us|ms|s)", value)
+        assert m, value
+        return float(m.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[m.group(2)]
+
+    res: dict[str, float] = {}
+    for pct in ("50", "75", "90", "99"):
+        m = re.search(rf"^\s+{pct}%\s+(\S+)", out, re.M)
+        if m:
+            res[f"p{pct}_ms"] = ms(m.group(1))
+    m = re.search(r"(\d+) requests in ([\d.]+)(s|m)", out)
+    assert m, out
+    res["requests"] = float(m.group(1))
+    res["seconds"] = float(m.group(2)) * (60 if m.group(3) == "m" else 1)
+    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    res["requests_per_s"] = float(m.group(1)) if m else res["requests"] / res["seconds"]
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    res["errors"] = float(m.group(1)) if m else 0.0
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    res["socket_errors"] = float(sum(int(x) for x in m.groups())) if m else 0.0
+    return res
+
+
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process and its threads, from /proc (Linux)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return (float("nan"), float("nan"))
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+def run_wrk(url: str, env: dict[str, str], script: str, connections: int, seconds: float, prefix: str) -> dict[str, float]:
+    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{int(seconds)}s", "--latency", "--timeout", "5s", "-s", script,
+           url + "/v1/batch"]  # fmt: skip
+    out = subprocess.run(cmd, env={**env, "PF_BENCH_PREFIX": prefix}, capture_output=True, text=True,
+                         timeout=seconds + 60, check=True).stdout  # fmt: skip
+    return parse_wrk(out)
+
+
+def main(argv: Any = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--duration", type=float, default=15.0, help="seconds of measured load (default 15)")
+    ap.add_argument("--warmup", type=float, default=3.0, help="seconds of warm-up load (default 3)")
+    ap.add_argument("--connections", type=int, default=12, help="concurrent connections (default 12)")
+    ap.add_argument("--no-fsync", action="store_true", help="journal without fsync (not the default)")
+    ap.add_argument("--memory", action="store_true", help="no journal at all (state_dir = ''; not the default)")
+    ap.add_argument("--sync-interval", type=float, help="the sidecar's sync_interval (default: its own, 2 ms)")
+    ap.add_argument("--json", help="write the figures to this file")
+    args = ap.parse_args(argv)
+    if shutil.which("wrk") is None:
+        print("server_load: wrk not found (apt-get install wrk)", file=sys.stderr)
+        return 2
+
+    work = tempfile.mkdtemp(prefix="pyfriction-bench-")
+    body_path = os.path.join(work, "body.json")
+    with open(body_path, "wb") as fh:
+        fh.write(batch_template())
+    script = os.path.join(work, "batch.lua")
+    with open(script, "w") as fh:
+        fh.write(LUA)
+    config = os.path.join(work, "sidecar.toml")
+    with open(config, "w") as fh:
+        fh.write(f"[server]\nrate_limit = 1e9\nrate_burst = 1000000000\nfsync = {str(not args.no_fsync).lower()}\n")
+        if args.sync_interval is not None:
+            fh.write(f"sync_interval = {args.sync_interval}\n")
+    port = free_port()
+    url = f"http://{HOST}:{port}"
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, env.get("PYTHONPATH", "")) if p)
+    log = open(os.path.join(work, "sidecar.log"), "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "pyfriction_server", "--host", HOST, "--port", str(port),
+                             "--state-dir", "" if args.memory else os.path.join(work, "state"), "--write-key", KEY, "--config", config,
+                             "--log-level", "warning"], env=env, stdout=log, stderr=log, cwd=ROOT)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                ready = json.loads(get(url + "/readyz"))
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("the sidecar did not start; see " + log.name) from None
+                time.sleep(0.1)
+        wrk_env = {**os.environ, "PF_BENCH_BODY": body_path, "PF_BENCH_KEY": KEY}
+        run_wrk(url, wrk_env, script, args.connections, args.warmup, "w")
+        before = get(url + "/metrics")
+        cpu0 = cpu_seconds(proc.pid)
+        res = run_wrk(url, wrk_env, script, args.connections, args.duration, "m")
+        cpu1 = cpu_seconds(proc.pid)
+        after = get(url + "/metrics")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+    accepted = metric(after, 'pyfriction_events_accepted_total{source="segment"}') - metric(
+        before, 'pyfriction_events_accepted_total{source="segment"}')
+    ok_requests = res["requests"] - res["errors"]
+    rate = ok_requests * EVENTS_PER_BATCH / res["seconds"]
+    figures = {
+        "engine": ready.get("engine"),
+        "fsync": not args.no_fsync and not args.memory,
+        "journal": not args.memory,
+        "connections": args.connections,
+        "seconds": res["seconds"],
+        "requests": res["requests"],
+        "non_2xx": res["errors"],
+        "socket_errors": res["socket_errors"],
+        "events_per_s": round(rate),
+        "requests_per_s": round(res["requests_per_s"], 1),
+        "p50_ms": res.get("p50_ms"),
+        "p90_ms": res.get("p90_ms"),
+        "p99_ms": res.get("p99_ms"),
+        "events_accepted_by_server": int(accepted),
+        "journal_fsyncs": int(metric(after, "pyfriction_journal_fsyncs_total") - metric(before, "pyfriction_journal_fsyncs_total")),
+        "cpus": os.cpu_count(),
+        "load_average_1m": round(os.getloadavg()[0], 2),
+        # CPU the sidecar itself spent per request, and the rate one dedicated core would give:
+        # a figure that other load on the machine does not distort.
+        "server_user_cpu_s": round(cpu1[0] - cpu0[0], 2),
+        "server_system_cpu_s": round(cpu1[1] - cpu0[1], 2),
+        "server_cpu_us_per_request": round((cpu1[0] + cpu1[1] - cpu0[0] - cpu0[1]) / max(1.0, res["requests"]) * 1e6),
+    }
+    per_core = figures["server_cpu_us_per_request"]
+    figures["events_per_server_cpu_second"] = round(EVENTS_PER_BATCH * 1e6 / per_core) if per_core else None
+    print(json.dumps(figures, indent=2))
+    met_rate = rate >= TARGET_RATE
+    met_p99 = (res.get("p99_ms") or 1e9) <= TARGET_P99_MS
+    print(f"\n/v1/batch, {EVENTS_PER_BATCH}-event batches, {args.connections} connections, {res['seconds']:.0f} s, "
+          f"engine {figures['engine']}, fsync {'on' if figures['fsync'] else 'off'}:")  # fmt: skip
+    print(f"  {rate:,.0f} events/s ({res['requests_per_s']:,.0f} requests/s)   target >= {TARGET_RATE:,}: "
+          f"{'met' if met_rate else 'NOT met'}")  # fmt: skip
+    print(f"  latency p50 {res.get('p50_ms', float('nan')):.2f} ms, p99 {res.get('p99_ms', float('nan')):.2f} ms"
+          f"   target p99 <= {TARGET_P99_MS:g} ms: {'met' if met_p99 else 'NOT met'}")  # fmt: skip
+    print(f"  sidecar CPU: {figures['server_cpu_us_per_request']} us per request "
+          f"({figures['server_user_cpu_s']} s user + {figures['server_system_cpu_s']} s system): "
+          f"{figures['events_per_server_cpu_second']:,} events per CPU-second; 1-min load average "
+          f"{figures['load_average_1m']} on {figures['cpus']} cores")  # fmt: skip
+    print(f"  server-side accepted events during the run: {int(accepted):,} (wrk's 2xx x {EVENTS_PER_BATCH}: "
+          f"{int(ok_requests * EVENTS_PER_BATCH):,}; wrk counts requests still in flight at the end too)")  # fmt: skip
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(figures, fh, indent=2)
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

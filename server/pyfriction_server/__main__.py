@@ -1,0 +1,81 @@
+"""``pyfriction-server`` / ``python -m pyfriction_server``: run the sidecar.
+
+SIGTERM or SIGINT shut it down gracefully: guidance streams end, the listening socket
+closes, in-flight requests finish, the journal drains, the state is snapshotted.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import resource
+import signal
+import sys
+from typing import Optional, Sequence
+
+from .app import Server, create_app, server_config
+from .logs import setup_logging
+from .settings import SettingsError, load_settings
+from .state import StateError
+
+__all__ = ["main"]
+
+
+def raise_fd_limit() -> int:
+    """Raise the open-files soft limit to the hard limit (streams hold a socket each)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            return int(hard)
+        except (ValueError, OSError):
+            pass
+    return int(soft)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point; returns the exit status."""
+    try:
+        settings = load_settings(sys.argv[1:] if argv is None else argv)
+    except SettingsError as exc:
+        print(f"pyfriction-server: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(settings.log_level)
+    log = logging.getLogger("pyfriction.server")
+    files = raise_fd_limit()
+    try:
+        app = create_app(settings)
+    except (SettingsError, OSError) as exc:
+        log.error("cannot start: %s", exc)
+        return 2
+    # Everything allocated so far lives for the whole run: keep the collector off it, and
+    # collect less often (each ingest request allocates a few hundred short-lived objects).
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
+    server = Server(server_config(app, settings))
+    log.info("starting", extra={"host": settings.host, "port": settings.port, "open_files": files})
+    # uvicorn re-raises SIGTERM/SIGINT once its graceful shutdown is done; a requested stop
+    # that completed is a success, not a death by signal.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _stopped)
+    try:
+        server.run()
+    except StateError as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    except _Stopped:
+        pass
+    return 0 if server.started else 1
+
+
+class _Stopped(Exception):
+    pass
+
+
+def _stopped(signum: int, frame: object) -> None:
+    raise _Stopped()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

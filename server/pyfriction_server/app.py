@@ -1,0 +1,366 @@
+"""The Starlette application: routes, middleware, lifespan.
+
+:func:`create_app` builds the ASGI app from :class:`~pyfriction_server.settings.Settings`;
+:class:`Server` is uvicorn's server with the sidecar's graceful shutdown (end the guidance
+streams first, so uvicorn's own drain of in-flight requests can finish).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import time
+from importlib import resources
+from typing import Any, AsyncIterator, Awaitable, Callable, Optional
+
+import msgspec
+import uvicorn
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from . import admin, guidance, openapi
+from .errors import HTTPError, error_response
+from .guidance import Hub
+from .ingest import Mapper, routes
+from .keys import KeyRing
+from .metrics import CONTENT_TYPE, Metrics
+from .settings import Settings
+from .state import State
+
+__all__ = ["create_app", "Sidecar", "Server", "server_config"]
+
+log = logging.getLogger("pyfriction.server")
+
+
+class Sidecar:
+    """Everything the endpoints share, reachable as ``request.app.state.sidecar``."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.keys = KeyRing(settings.write_keys, settings.admin_keys, settings.rate_limit, settings.rate_burst)
+        self.hub = Hub()
+        self.metrics = Metrics(self._gauges())
+        self.state = State(settings, self.metrics)
+        self.state.guidance_listeners.append(self.hub.notify)
+        config = settings.tracker_config()
+        self.mapper = Mapper(settings.events, getattr(config, "segment", None))
+        #: Clicks a PostHog $rageclick stands for (the engine's rage threshold).
+        self.rage_clicks = config.detectors.rage_click.min_clicks
+        self.script = resources.files("pyfriction_server").joinpath("static/pyfriction.js").read_bytes()
+        self.script_etag = '"' + hashlib.sha256(self.script).hexdigest()[:16] + '"'
+        self._rejections: dict[str, list[float]] = {}
+
+    def _gauges(self) -> dict[str, Callable[[], float]]:
+        def tracker_stat(name: str) -> Callable[[], float]:
+            def read() -> float:
+                t = self.state.tracker
+                return float(getattr(t.stats(), name)) if t is not None else 0.0
+
+            return read
+
+        return {
+            "pyfriction_users_tracked": tracker_stat("users"),
+            "pyfriction_dispatcher_queue_depth": tracker_stat("queue_depth"),
+            "pyfriction_ingest_queue_depth": lambda: float(self.state.pending),
+            "pyfriction_guidance_streams": lambda: float(self.hub.count),
+            "pyfriction_dedupe_ids": lambda: float(len(self.state.dedupe)),
+            "pyfriction_ready": lambda: 1.0 if self.state.ready and not self.hub.closed else 0.0,
+        }
+
+    def rejected(self, request: Request, exc: HTTPError) -> None:
+        """Count a refused request and log it (at most once a second per code, with a count)."""
+        self.metrics.requests_rejected.inc((exc.code,))
+        now = time.monotonic()
+        slot = self._rejections.get(exc.code)
+        if slot is None:
+            slot = self._rejections[exc.code] = [0.0, 0.0]
+        slot[1] += 1
+        if now - slot[0] >= 1.0:
+            level = logging.WARNING if exc.status >= 500 else logging.INFO
+            log.log(level, "request refused", extra={"status": exc.status, "code": exc.code, "reason": exc.message,
+                                                      "path": request.url.path, "count": int(slot[1])})  # fmt: skip
+            slot[0], slot[1] = now, 0.0
+
+
+# -- small endpoints ------------------------------------------------------------------------
+def _json(doc: Any, status: int = 200) -> Response:
+    return Response(msgspec.json.encode(doc), status_code=status, media_type="application/json")
+
+
+async def livez(request: Request) -> Response:
+    """Alive: the process answers."""
+    return _json({"status": "alive"})
+
+
+async def readyz(request: Request) -> Response:
+    """Ready: state restored, engine loaded, config valid, not shutting down."""
+    sc: Sidecar = request.app.state.sidecar
+    if not sc.state.ready or sc.hub.closed:
+        return _json({"status": "not ready"}, 503)
+    tracker = sc.state.tracker
+    return _json({"status": "ready", "engine": tracker.engine if tracker is not None else None})
+
+
+async def metrics(request: Request) -> Response:
+    """Prometheus metrics."""
+    sc: Sidecar = request.app.state.sidecar
+    return Response(sc.metrics.render(), media_type=CONTENT_TYPE)
+
+
+async def openapi_json(request: Request) -> Response:
+    """The OpenAPI document of this server."""
+    return Response(openapi.document_bytes(), media_type="application/json")
+
+
+async def script(request: Request) -> Response:
+    """``pyfriction.js``: the browser script."""
+    sc: Sidecar = request.app.state.sidecar
+    headers = {"ETag": sc.script_etag, "Cache-Control": "public, max-age=300"}
+    if request.headers.get("if-none-match") == sc.script_etag:
+        return Response(status_code=304, headers=headers)
+    return Response(sc.script, media_type="application/javascript; charset=utf-8", headers=headers)
+
+
+# -- errors ---------------------------------------------------------------------------------
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPError)
+    request.app.state.sidecar.rejected(request, exc)
+    return error_response(exc)
+
+
+async def _starlette_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    codes = {404: "not_found", 405: "method_not_allowed"}
+    response = error_response(HTTPError(exc.status_code, codes.get(exc.status_code, "error"), str(exc.detail)))
+    if exc.headers:
+        response.headers.update(exc.headers)
+    return response
+
+
+# -- middleware -----------------------------------------------------------------------------
+CORS_HEADERS = "authorization, content-type, content-encoding, x-write-key, x-pyfriction-user-token"
+
+
+class SidecarMiddleware:
+    """Outermost layer: CORS (an allowlist), request latency metrics, the optional access log,
+    and a last-resort JSON 500 (a bug; client input never gets here).
+
+    The ingest endpoints (``hot``: path -> ASGI endpoint, POST only) are called from here
+    directly, without Starlette's error and routing layers in between: they handle their own
+    errors (:class:`~pyfriction_server.ingest.routes.Endpoint`)."""
+
+    def __init__(self, app: ASGIApp, sidecar: Sidecar, hot: Optional[dict[str, ASGIApp]] = None) -> None:
+        self.app = app
+        self.hot = hot or {}
+        self.sc = sidecar
+        origins = sidecar.settings.cors_origins
+        self.any_origin = "*" in origins
+        self.origins = {o.encode() for o in origins}
+        self.histogram = sidecar.metrics.request_seconds
+        self.access_log = sidecar.settings.access_log
+
+    def _origin(self, scope: Scope) -> Optional[bytes]:
+        for name, value in scope["headers"]:
+            if name == b"origin":
+                return value if (self.any_origin or value in self.origins) else None
+        return None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        origin = self._origin(scope) if self.origins else None
+        if origin is not None and scope["method"] == "OPTIONS":
+            await self._preflight(origin, send)
+            return
+        status = [500]
+        sent = [False]
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+                sent[0] = True
+                if origin is not None:
+                    message.setdefault("headers", [])
+                    message["headers"] = [*message["headers"], (b"access-control-allow-origin", origin),
+                                          (b"vary", b"Origin")]  # fmt: skip
+            await send(message)
+
+        # The plain path (no CORS header to add, no access log) hands uvicorn's send through.
+        wrapped = send_wrapper if (origin is not None or self.access_log) else send
+        hot = self.hot.get(scope["path"]) if scope["method"] == "POST" else None
+        try:
+            if hot is not None:
+                scope["route_path"] = scope["path"]
+                await hot(scope, receive, wrapped)
+            else:
+                await self.app(scope, receive, wrapped)
+        except Exception:
+            log.exception("unhandled error", extra={"path": scope.get("path")})
+            try:
+                await error_response(HTTPError(500, "internal_error", "internal error"))(scope, receive, wrapped)
+            except Exception:  # noqa: S110  (the response had started: nothing more to say)
+                pass
+        finally:
+            label = scope.get("route_path") or getattr(scope.get("route"), "path", None) or "unmatched"
+            elapsed = time.perf_counter() - started
+            self.histogram.observe(elapsed, (label, scope["method"]))
+            if self.access_log:
+                log.info("request", extra={"method": scope["method"], "route": label, "status": status[0],
+                                           "seconds": round(elapsed, 6)})  # fmt: skip
+
+    async def _preflight(self, origin: bytes, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 204, "headers": [
+            (b"access-control-allow-origin", origin),
+            (b"access-control-allow-methods", b"GET, POST, OPTIONS"),
+            (b"access-control-allow-headers", CORS_HEADERS.encode()),
+            (b"access-control-max-age", b"600"),
+            (b"vary", b"Origin"),
+        ]})  # fmt: skip
+        await send({"type": "http.response.body", "body": b""})
+
+
+# -- lifespan -------------------------------------------------------------------------------
+async def _every(seconds: float, job: Callable[[], Awaitable[Any]]) -> None:
+    while True:
+        await asyncio.sleep(seconds)
+        try:
+            await job()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("background job failed")
+
+
+def _lifespan(sc: Sidecar) -> Callable[[Starlette], Any]:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        loop = asyncio.get_running_loop()
+        sc.hub.bind(loop)
+        if sc.keys.open:
+            log.warning("no write key configured: ingest and guidance accept any caller")
+        await asyncio.to_thread(sc.state.start, loop)
+        sc.state.open_journal()
+        tracker = sc.state.tracker
+        log.info("ready", extra={"engine": tracker.engine if tracker else None, "state_dir": sc.state.directory,
+                                 "pid": os.getpid()})  # fmt: skip
+        last_snapshot = [time.monotonic()]
+
+        async def tick() -> None:
+            await sc.state.submit({"k": "t", "now": time.time()})
+
+        async def maybe_snapshot() -> None:
+            due = time.monotonic() - last_snapshot[0] >= sc.settings.snapshot_interval
+            if due or sc.state.needs_snapshot():
+                if await sc.state.snapshot():
+                    last_snapshot[0] = time.monotonic()
+
+        tasks = [asyncio.create_task(_every(sc.settings.tick_interval, tick))]
+        if sc.state.directory is not None:
+            tasks.append(asyncio.create_task(_every(1.0, maybe_snapshot)))
+        try:
+            yield
+        finally:
+            sc.hub.close()
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await sc.state.close()
+            log.info("stopped: state saved", extra={"state_dir": sc.state.directory})
+
+    return lifespan
+
+
+# -- the app --------------------------------------------------------------------------------
+def create_app(settings: Optional[Settings] = None) -> Starlette:
+    """The sidecar's ASGI application (``settings`` default: the embedded defaults)."""
+    sc = Sidecar(settings or Settings())
+    post, get = ["POST"], ["GET"]
+    route_list = [
+        Route("/v1/batch", routes.segment_batch, methods=post),
+        Route("/v1/import", routes.segment_batch, methods=post),
+        *[Route(f"/v1/{kind}", routes.segment_single, methods=post)
+          for kind in ("track", "identify", "page", "screen", "group", "alias")],
+        Route("/v1/events", routes.native_events, methods=post),
+        *[Route(path, routes.posthog_v0, methods=post)
+          for path in ("/batch/", "/capture/", "/e/")],
+        Route("/i/v1/analytics/events", routes.posthog_v1, methods=post),
+        Route("/v1/guidance/{user_id}", guidance.poll, methods=get),
+        Route("/v1/guidance/{user_id}/stream", guidance.stream, methods=get),
+        Route("/v1/guidance/{user_id}/ack", guidance.ack, methods=post),
+        Route("/v1/users/{user_id}", admin.user_state, methods=get),
+        Route("/v1/hotspots", admin.hotspots, methods=get),
+        Route("/v1/pyfriction.js", script, methods=get),
+        Route("/livez", livez, methods=get),
+        Route("/readyz", readyz, methods=get),
+        Route("/metrics", metrics, methods=get),
+        Route("/openapi.json", openapi_json, methods=get),
+    ]  # fmt: skip
+    app = SidecarApp(
+        routes=route_list,
+        lifespan=_lifespan(sc),
+        exception_handlers={HTTPError: _http_error, StarletteHTTPException: _starlette_error},
+    )
+    app.state.sidecar = sc
+    return app
+
+
+class SidecarApp(Starlette):
+    """Starlette with :class:`SidecarMiddleware` outside everything (Starlette's own error
+    middleware included), so the ingest endpoints skip those layers."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        hot = {r.path: r.app for r in self.routes
+               if isinstance(r, Route) and isinstance(r.endpoint, routes.Endpoint)}  # fmt: skip
+        return SidecarMiddleware(super().build_middleware_stack(), self.state.sidecar, hot)
+
+
+def server_config(app: Starlette, settings: Settings, **overrides: Any) -> uvicorn.Config:
+    """uvicorn's config for the sidecar: httptools + uvloop when installed, our JSON logs."""
+    options: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "log_config": None,
+        "access_log": False,
+        "server_header": False,
+        "timeout_graceful_shutdown": settings.shutdown_timeout,
+        "timeout_keep_alive": 30,
+        "backlog": 8192,
+        "lifespan": "on",
+        "proxy_headers": False,  # no X-Forwarded-* rewriting: one ASGI layer less per request
+    }
+    try:
+        import httptools  # noqa: F401, PLC0415
+
+        options["http"] = "httptools"
+    except ImportError:
+        options["http"] = "h11"
+    try:
+        import uvloop  # noqa: F401, PLC0415
+
+        options["loop"] = "uvloop"
+    except ImportError:
+        options["loop"] = "asyncio"
+    options.update(overrides)
+    return uvicorn.Config(app, **options)
+
+
+class Server(uvicorn.Server):
+    """uvicorn's server; at shutdown it first ends the guidance streams (they never end by
+    themselves), then lets uvicorn stop accepting and finish in-flight requests, then the
+    lifespan drains the journal and snapshots."""
+
+    async def shutdown(self, sockets: Optional[list[Any]] = None) -> None:
+        app = self.config.app
+        sc = getattr(getattr(app, "state", None), "sidecar", None)
+        if sc is not None:
+            sc.hub.close()
+        await super().shutdown(sockets)

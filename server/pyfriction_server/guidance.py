@@ -1,0 +1,223 @@
+"""Guidance for the browser: poll, Server-Sent Events, feedback, and identity verification.
+
+* ``GET /v1/guidance/{user_id}``: the user's pending guidance (``Tracker.pending``), as JSON.
+* ``GET /v1/guidance/{user_id}/stream``: Server-Sent Events. Pending guidance is sent at once,
+  then each new item the moment an episode picks it (``Tracker.on_guidance`` wakes the
+  stream), as ``event: guidance`` with the item as ``data``; a comment every
+  ``sse_keepalive`` seconds keeps proxies from closing an idle stream.
+* ``POST /v1/guidance/{user_id}/ack``: ``{"guidance_id", "outcome"}`` with outcome ``shown``,
+  ``clicked``, ``dismissed`` or ``completed`` (``Tracker.ack``; journaled like events).
+
+Identity verification (Intercom's scheme): when ``identity_secret`` is set, each of these
+needs the user's token, ``X-Pyfriction-User-Token`` header or ``token`` query parameter,
+computed by the host backend with :func:`user_token`, so nobody can read another user's
+guidance by guessing ids. A token is ``hex(HMAC-SHA256(secret, user_id))``, or with an expiry
+``"<exp>.<hex(HMAC-SHA256(secret, '<exp>:<user_id>'))>"`` (``exp``: epoch seconds).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import time
+from typing import Any, AsyncIterator, Optional
+
+import msgspec
+from pyfriction.guidance import render_body
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from .errors import HTTPError
+from .keys import header_key
+from .limits import read_body
+from .state import OUTCOMES
+
+__all__ = ["user_token", "verify_token", "Hub", "poll", "stream", "ack", "AckBody"]
+
+_json = msgspec.json.encode
+
+
+def user_token(secret: str, user_id: str, expires_at: Optional[int] = None) -> str:
+    """The token a host backend gives its page for ``user_id`` (see the module docstring)."""
+    if expires_at is None:
+        return hmac.new(secret.encode(), user_id.encode(), hashlib.sha256).hexdigest()
+    exp = int(expires_at)
+    mac = hmac.new(secret.encode(), f"{exp}:{user_id}".encode(), hashlib.sha256).hexdigest()
+    return f"{exp}.{mac}"
+
+
+def verify_token(secret: str, user_id: str, token: Optional[str], now: Optional[float] = None) -> None:
+    """Raise 401 unless ``token`` is a valid, unexpired token for ``user_id``."""
+    if not token:
+        raise HTTPError(401, "user_token_required", "this user's token is required (identity verification is on)")
+    exp_text, dot, mac = token.rpartition(".")
+    if dot:
+        if not exp_text.isdigit() or len(exp_text) > 12:
+            raise HTTPError(401, "invalid_user_token", "malformed user token")
+        expected = user_token(secret, user_id, int(exp_text))
+        if not hmac.compare_digest(expected.encode(), token.encode("utf-8", "surrogateescape")):
+            raise HTTPError(401, "invalid_user_token", "the user token does not match this user")
+        if int(exp_text) <= (time.time() if now is None else now):
+            raise HTTPError(401, "user_token_expired", "the user token has expired")
+        return
+    expected = user_token(secret, user_id)
+    if not hmac.compare_digest(expected.encode(), token.encode("utf-8", "surrogateescape")):
+        raise HTTPError(401, "invalid_user_token", "the user token does not match this user")
+
+
+class Hub:
+    """Wakes the open streams of a user when guidance is picked for them."""
+
+    def __init__(self) -> None:
+        self.streams: dict[str, set[asyncio.Event]] = {}
+        self.count = 0
+        self.closed = False
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+
+    def notify(self, user_id: str) -> None:
+        """Wake ``user_id``'s streams (safe from any thread)."""
+        loop = self._loop
+        if loop is None:
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            self._wake(user_id)
+        else:
+            loop.call_soon_threadsafe(self._wake, user_id)
+
+    def _wake(self, user_id: str) -> None:
+        for event in self.streams.get(user_id, ()):
+            event.set()
+
+    def open(self, user_id: str) -> asyncio.Event:
+        event = asyncio.Event()
+        self.streams.setdefault(user_id, set()).add(event)
+        self.count += 1
+        return event
+
+    def release(self, user_id: str, event: asyncio.Event) -> None:
+        subs = self.streams.get(user_id)
+        if subs is not None and event in subs:
+            subs.discard(event)
+            self.count -= 1
+            if not subs:
+                del self.streams[user_id]
+
+    def close(self) -> None:
+        """End every stream (graceful shutdown)."""
+        self.closed = True
+        for subs in self.streams.values():
+            for event in subs:
+                event.set()
+
+
+class AckBody(msgspec.Struct, forbid_unknown_fields=False):
+    """``POST /v1/guidance/{user_id}/ack``."""
+
+    guidance_id: str
+    outcome: str
+
+
+def _authorize(request: Request, user_id: str) -> Any:
+    sc = request.app.state.sidecar
+    key = header_key(request.headers) or request.query_params.get("key")
+    sc.keys.check_write(key)
+    secret = sc.settings.identity_secret
+    if secret:
+        token = request.headers.get("x-pyfriction-user-token") or request.query_params.get("token")
+        verify_token(secret, user_id, token)
+    return sc
+
+
+def _pending(sc: Any, user_id: str) -> list[Any]:
+    pending = getattr(sc.state.tracker, "pending", None)
+    return [] if pending is None else list(pending(user_id))
+
+
+def _item(g: Any) -> Any:
+    """A guidance item as JSON, plus ``body_html``: the body rendered by the engine's safe
+    Markdown subset (everything escaped first), ready for ``innerHTML``."""
+    doc = msgspec.to_builtins(g)
+    if isinstance(doc, dict) and doc.get("body"):
+        doc["body_html"] = render_body(doc["body"])
+    return doc
+
+
+async def poll(request: Request) -> Response:
+    """``GET /v1/guidance/{user_id}``: the pending guidance, marked delivered."""
+    user_id = request.path_params["user_id"]
+    sc = _authorize(request, user_id)
+    items = _pending(sc, user_id)
+    if items:
+        sc.metrics.guidance_delivered.inc(("poll",), len(items))
+    return Response(_json({"guidance": [_item(g) for g in items]}), media_type="application/json")
+
+
+async def stream(request: Request) -> Response:
+    """``GET /v1/guidance/{user_id}/stream``: Server-Sent Events of the user's guidance."""
+    user_id = request.path_params["user_id"]
+    sc = _authorize(request, user_id)
+    hub: Hub = sc.hub
+    if hub.closed:
+        raise HTTPError(503, "shutting_down", "the sidecar is shutting down", retry_after=1)
+    if hub.count >= sc.settings.max_streams:
+        raise HTTPError(503, "too_many_streams", "too many open guidance streams", retry_after=5)
+    keepalive = sc.settings.sse_keepalive
+    event = hub.open(user_id)
+
+    async def events() -> AsyncIterator[bytes]:
+        try:
+            yield b"retry: 3000\n: pyfriction guidance stream\n\n"
+            while not hub.closed:
+                event.clear()
+                items = _pending(sc, user_id)
+                if items:
+                    sc.metrics.guidance_delivered.inc(("stream",), len(items))
+                    yield b"".join(
+                        b"id: " + str(getattr(g, "id", "")).encode() + b"\nevent: guidance\ndata: " + _json(_item(g)) + b"\n\n"
+                        for g in items
+                    )
+                try:
+                    await asyncio.wait_for(event.wait(), keepalive)
+                except TimeoutError:
+                    yield b": keep-alive\n\n"
+        finally:
+            hub.release(user_id, event)
+
+    return StreamingResponse(
+        events(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+_ack_decoder = msgspec.json.Decoder(AckBody)
+
+
+async def ack(request: Request) -> Response:
+    """``POST /v1/guidance/{user_id}/ack``: shown / clicked / dismissed / completed."""
+    user_id = request.path_params["user_id"]
+    sc = _authorize(request, user_id)
+    s = sc.settings
+    body = await read_body(request, s.max_body_bytes, s.max_event_bytes, s.body_timeout)
+    try:
+        doc = _ack_decoder.decode(body)
+    except msgspec.DecodeError as exc:
+        raise HTTPError(400, "bad_request", f"malformed payload: {exc}") from None
+    if doc.outcome not in OUTCOMES:
+        raise HTTPError(400, "bad_request", f"outcome must be one of {', '.join(OUTCOMES)}")
+    if not doc.guidance_id or len(doc.guidance_id) > 256:
+        raise HTTPError(400, "bad_request", "guidance_id must be 1 to 256 characters")
+    record = {"k": "a", "u": user_id, "g": doc.guidance_id, "o": doc.outcome, "ts": time.time()}
+    known = await sc.state.submit(record)
+    if not known:
+        raise HTTPError(404, "unknown_guidance", "no such guidance for this user")
+    sc.metrics.guidance_feedback.inc((doc.outcome,))
+    return Response(b'{"ok":true}', media_type="application/json")

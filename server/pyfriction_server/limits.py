@@ -1,0 +1,100 @@
+"""Body limits: on the wire, after decompression, and in time.
+
+* A declared ``Content-Length`` above ``max_body_bytes`` is refused with 413 before reading;
+  a body that turns out longer while streaming is refused the same way.
+* ``Content-Encoding: gzip`` / ``deflate`` bodies are inflated at most to ``max_batch_bytes``
+  (plus one byte, to notice): a gzip bomb costs that much memory, never more, and gets 413.
+* The whole body must arrive within ``body_timeout`` seconds, else 408 (slow clients cannot
+  hold a worker; the connection is closed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import zlib
+from typing import Optional
+
+from starlette.requests import ClientDisconnect, Request
+
+from .errors import HTTPError
+
+__all__ = ["read_body", "inflate"]
+
+#: A body declared this many times over the limit is not drained before answering 413.
+DRAIN_FACTOR = 4
+
+
+def _too_large(what: str, limit: int, close: bool = False) -> HTTPError:
+    return HTTPError(413, "payload_too_large", f"{what} exceeds {limit} bytes", close=close)
+
+
+async def read_body(request: Request, max_wire: int, max_inflated: int, timeout: float) -> bytes:
+    """The request body, decompressed, within the limits (raises :class:`HTTPError`)."""
+    declared: Optional[int] = None
+    raw_length = request.headers.get("content-length")
+    if raw_length is not None:
+        try:
+            declared = int(raw_length)
+        except ValueError:
+            raise HTTPError(400, "bad_request", "invalid Content-Length", close=True) from None
+        if declared > max_wire * DRAIN_FACTOR:
+            raise _too_large("request body", max_wire, close=True)
+    chunks: list[bytes] = []
+    size = 0
+    over = False
+    try:
+        async with asyncio.timeout(timeout):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > max_wire:
+                    # Drain a moderately oversized body so the client reads our 413 rather
+                    # than a reset connection; give up on anything far bigger.
+                    if size > max_wire * DRAIN_FACTOR:
+                        raise _too_large("request body", max_wire, close=True)
+                    over = True
+                    chunks.clear()
+                elif not over:
+                    chunks.append(chunk)
+    except TimeoutError:
+        raise HTTPError(408, "request_timeout", f"the body did not arrive within {timeout:g} s", close=True) from None
+    except ClientDisconnect:
+        raise HTTPError(400, "client_disconnected", "the client went away mid-body", close=True) from None
+    if over:
+        raise _too_large("request body", max_wire)
+    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    return inflate(body, request.headers.get("content-encoding"), max_inflated)
+
+
+def inflate(body: bytes, encoding: Optional[str], limit: int) -> bytes:
+    """Decode ``body`` per ``Content-Encoding`` (identity, gzip, deflate) up to ``limit`` bytes."""
+    enc = (encoding or "identity").strip().lower()
+    if enc in ("", "identity"):
+        if len(body) > limit:
+            raise _too_large("request body", limit)
+        return body
+    if enc in ("gzip", "x-gzip"):
+        wbits = 16 + zlib.MAX_WBITS
+    elif enc == "deflate":
+        # RFC 9110's deflate is zlib-wrapped; some clients send raw deflate: accept both.
+        wbits = zlib.MAX_WBITS if body[:1] == b"\x78" else -zlib.MAX_WBITS
+    else:
+        raise HTTPError(415, "unsupported_encoding", f"Content-Encoding {enc!r} is not supported (gzip, deflate)")
+    out: list[bytes] = []
+    total = 0
+    data = body
+    try:
+        while True:
+            d = zlib.decompressobj(wbits)
+            piece = d.decompress(data, limit + 1 - total)
+            total += len(piece)
+            out.append(piece)
+            if total > limit or d.unconsumed_tail:
+                raise _too_large("decompressed body", limit)
+            if not d.eof:
+                raise HTTPError(400, "bad_encoding", f"truncated {enc} body")
+            data = d.unused_data
+            if not data or wbits != 16 + zlib.MAX_WBITS:
+                break  # gzip may hold several members; deflate is one stream
+    except zlib.error as exc:
+        raise HTTPError(400, "bad_encoding", f"invalid {enc} body: {exc}") from None
+    return out[0] if len(out) == 1 else b"".join(out)

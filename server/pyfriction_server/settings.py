@@ -1,0 +1,264 @@
+"""Settings: embedded defaults, a TOML config file, ``PYFRICTION_SERVER_*`` variables, CLI flags.
+
+Later sources win: defaults < ``--config FILE`` (its ``[server]`` table) < environment <
+command line. The rest of the config file (``[detectors]``, ``[scoring]``, ``event_map``...) is
+the engine's own configuration, validated by :func:`pyfriction.load_config`.
+
+Example ``pyfriction-server.toml``::
+
+    [server]
+    port = 8700
+    write_keys = ["wk_live_browser"]
+    admin_keys = ["sk_live_support"]
+    identity_secret = "a long random string"
+    cors_origins = ["https://app.example.com"]
+
+    # A team's own event names and properties onto canonical types, steps and targets.
+    [server.events."Payment Failed"]
+    type = "api_error"
+    step = "checkout.payment"
+    target_from = "properties.provider"
+    status_from = "properties.code"
+
+    [scoring]
+    threshold = 0.6
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tomllib
+from typing import Annotated, Any, Mapping, Optional, Sequence
+
+import msgspec
+
+import pyfriction
+from pyfriction.events import CANONICAL_TYPES
+
+__all__ = ["Settings", "EventRule", "SettingsError", "load_settings", "parse_args"]
+
+ENV_PREFIX = "PYFRICTION_SERVER_"
+
+
+class SettingsError(ValueError):
+    """Invalid settings; the message names the offending key, variable or flag."""
+
+
+class EventRule(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """How one of the team's event names becomes a canonical event.
+
+    ``type`` is a canonical type (left out: the name goes to the engine, whose ``event_map``
+    may still map it). ``step``/``target`` are fixed values; ``step_from``, ``target_from``,
+    ``status_from``, ``results_from`` and ``account_from`` are dotted paths into the incoming
+    message (``properties.provider``, ``context.page.path``), taking precedence when present.
+    Everything a rule leaves open follows the engine config's ``[segment]`` paths.
+    """
+
+    type: Optional[str] = None
+    step: Optional[str] = None
+    target: Optional[str] = None
+    step_from: Optional[str] = None
+    target_from: Optional[str] = None
+    status_from: Optional[str] = None
+    results_from: Optional[str] = None
+    account_from: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        if self.type is not None and self.type not in CANONICAL_TYPES:
+            raise ValueError(f"unknown type {self.type!r}; expected one of {', '.join(sorted(CANONICAL_TYPES))}")
+        for name in ("step_from", "target_from", "status_from", "results_from", "account_from"):
+            path = getattr(self, name)
+            if path is not None and (not path or "" in path.split(".")):
+                raise ValueError(f"`{name}` must be a dotted path like properties.provider, not {path!r}")
+
+
+Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
+Seconds = Annotated[float, msgspec.Meta(gt=0)]
+
+
+class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Everything the sidecar reads at start. Every field has a working default."""
+
+    host: str = "127.0.0.1"
+    port: Port = 8700
+    #: Publishable keys: ingest and guidance only, safe to ship in a browser. None configured:
+    #: ingest and guidance accept any key or none (development; a warning is logged).
+    write_keys: list[str] = msgspec.field(default_factory=list)
+    #: Secret keys: also the support endpoints (/v1/users, /v1/hotspots). None configured:
+    #: those endpoints are closed.
+    admin_keys: list[str] = msgspec.field(default_factory=list)
+    #: HMAC-SHA256 secret shared with the host backend for identity verification of the
+    #: guidance endpoints (see :func:`pyfriction_server.user_token`); None: not required.
+    identity_secret: Optional[str] = None
+    #: Origins allowed to call the sidecar from a browser ("*" for any).
+    cors_origins: list[str] = msgspec.field(default_factory=list)
+    #: Where the ingest journal and snapshots live; "" keeps everything in memory (an accepted
+    #: event is then scored, not persisted).
+    state_dir: str = "pyfriction-state"
+    #: fsync the journal before answering (group commit); off trades durability for speed.
+    fsync: bool = True
+    #: Seconds between journal syncs at most: requests arriving in between share the next one
+    #: (fewer syncs, more throughput; up to this much more latency).
+    sync_interval: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.002
+    #: Seconds between snapshots (the journal is truncated at each).
+    snapshot_interval: Seconds = 300.0
+    #: Journal bytes after which a snapshot is taken early.
+    snapshot_journal_bytes: PositiveInt = 256 << 20
+    #: Largest request body on the wire (bytes).
+    max_body_bytes: PositiveInt = 500 * 1024
+    #: Largest decompressed body (bytes): Segment's 500 KB per batch.
+    max_batch_bytes: PositiveInt = 500 * 1024
+    #: Largest single event (bytes of JSON): Segment's 32 KB.
+    max_event_bytes: PositiveInt = 32 * 1024
+    #: Largest number of events in one request.
+    max_batch_events: PositiveInt = 10_000
+    #: Seconds a client may take to send its whole body.
+    body_timeout: Seconds = 10.0
+    #: Requests per second per key (token bucket), and the burst allowed above it.
+    rate_limit: Seconds = 5_000.0
+    rate_burst: PositiveInt = 10_000
+    #: Ingest records waiting for the journal before new requests get 503.
+    max_pending: PositiveInt = 10_000
+    #: Retried deliveries remembered (messageId / uuid) to drop duplicates.
+    dedupe_size: PositiveInt = 1_000_000
+    #: Correct event times for client clock skew: receivedAt - (sentAt - timestamp).
+    skew_correction: bool = True
+    #: Seconds between keep-alive comments on guidance streams.
+    sse_keepalive: Seconds = 15.0
+    #: Open guidance streams at most; more get 503.
+    max_streams: PositiveInt = 50_000
+    #: Seconds between ``Tracker.tick()`` runs (stalls, rearm, idle eviction). A tick walks
+    #: every tracked user (about 0.3 s per million on the compiled engine, ingest waiting).
+    tick_interval: Seconds = 60.0
+    #: Seconds to finish in-flight requests at shutdown.
+    shutdown_timeout: Seconds = 10.0
+    #: Engine: "auto", "compiled" or "reference".
+    engine: str = "auto"
+    #: Log level and one JSON line per request (errors and rejections are always logged).
+    log_level: str = "info"
+    access_log: bool = False
+    #: A team's event names -> canonical type, step, target (see :class:`EventRule`).
+    events: dict[str, EventRule] = msgspec.field(default_factory=dict)
+    #: The engine configuration (everything in the config file outside ``[server]``).
+    engine_config: dict[str, Any] = msgspec.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.engine not in ("auto", "compiled", "reference"):
+            raise ValueError(f"`engine` must be auto, compiled or reference, not {self.engine!r}")
+        if self.log_level.lower() not in ("debug", "info", "warning", "error", "critical"):
+            raise ValueError(f"`log_level` must be debug, info, warning, error or critical, not {self.log_level!r}")
+        for key in (*self.write_keys, *self.admin_keys):
+            if not key or len(key) > 256 or not key.isprintable() or " " in key:
+                raise ValueError("keys must be 1 to 256 printable characters without spaces")
+        if self.max_event_bytes > self.max_batch_bytes:
+            raise ValueError("`max_event_bytes` must not exceed `max_batch_bytes`")
+
+    def tracker_config(self) -> pyfriction.Config:
+        """The engine's validated :class:`pyfriction.Config` (raises :class:`SettingsError`)."""
+        try:
+            return pyfriction.load_config(self.engine_config)
+        except pyfriction.ConfigError as exc:
+            raise SettingsError(str(exc)) from None
+
+
+#: (flag, field, kind) for every command-line flag; the environment variable is
+#: PYFRICTION_SERVER_<FLAG in upper case with dashes as underscores> (lists comma-separated).
+FLAGS: list[tuple[str, str, str, str]] = [
+    ("--host", "host", "str", "address to listen on (default 127.0.0.1)"),
+    ("--port", "port", "int", "port to listen on (default 8700)"),
+    ("--write-key", "write_keys", "list", "publishable write key (repeatable)"),
+    ("--admin-key", "admin_keys", "list", "secret admin key (repeatable)"),
+    ("--identity-secret", "identity_secret", "str", "HMAC secret for user tokens"),
+    ("--cors-origin", "cors_origins", "list", "browser origin allowed (repeatable; * for any)"),
+    ("--state-dir", "state_dir", "str", "journal and snapshot directory ('' for memory only)"),
+    ("--log-level", "log_level", "str", "debug, info, warning, error"),
+]
+
+
+def env_name(flag: str) -> str:
+    """``--write-key`` -> ``PYFRICTION_SERVER_WRITE_KEY``."""
+    return ENV_PREFIX + flag.lstrip("-").replace("-", "_").upper()
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """Parse the command line (``--config FILE`` and the :data:`FLAGS`)."""
+    parser = argparse.ArgumentParser(
+        prog="pyfriction-server",
+        description="The pyfriction sidecar: Segment, RudderStack, PostHog and native ingest; "
+        "friction scoring; guidance for the browser.",
+        epilog="Every flag also reads an environment variable: --config is PYFRICTION_SERVER_CONFIG, "
+        "--write-key is PYFRICTION_SERVER_WRITE_KEY (comma-separated for several), and so on.",
+    )
+    parser.add_argument("--config", metavar="FILE", help="TOML config file ([server] table + engine config)")
+    for flag, field, kind, help_text in FLAGS:
+        if kind == "list":
+            parser.add_argument(flag, dest=field, action="append", metavar="V", help=help_text)
+        else:
+            parser.add_argument(flag, dest=field, type=int if kind == "int" else str, metavar="V", help=help_text)
+    return parser.parse_args(argv)
+
+
+def _read_file(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except OSError as exc:
+        raise SettingsError(f"cannot read config file {path!r}: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"{path}: invalid TOML: {exc}") from None
+    server = data.pop("server", {})
+    if not isinstance(server, dict):
+        raise SettingsError(f"{path}: `server` must be a table")
+    return server, data
+
+
+def _split(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def load_settings(
+    argv: Optional[Sequence[str]] = None,
+    environ: Optional[Mapping[str, str]] = None,
+    **overrides: Any,
+) -> Settings:
+    """Build :class:`Settings` from the config file, environment, command line and ``overrides``.
+
+    ``argv=None`` reads no command line (pass ``sys.argv[1:]`` explicitly); ``environ``
+    defaults to ``os.environ``. Raises :class:`SettingsError` naming what is wrong.
+    """
+    env = os.environ if environ is None else environ
+    args = parse_args(list(argv) if argv is not None else [])
+    raw: dict[str, Any] = {}
+    engine: dict[str, Any] = {}
+    config_path = args.config or env.get(ENV_PREFIX + "CONFIG")
+    if config_path:
+        raw, engine = _read_file(config_path)
+    for flag, field, kind, _ in FLAGS:
+        name = env_name(flag)
+        if name in env:
+            value = env[name]
+            if kind == "list":
+                raw[field] = _split(value)
+            elif kind == "int":
+                try:
+                    raw[field] = int(value)
+                except ValueError:
+                    raise SettingsError(f"{name}: expected an integer, not {value!r}") from None
+            else:
+                raw[field] = value
+    for _, field, _, _ in FLAGS:
+        value = getattr(args, field)
+        if value is not None:
+            raw[field] = [v for item in value for v in _split(item)] if isinstance(value, list) else value
+    raw.update(overrides)
+    if engine and "engine_config" not in overrides:
+        raw["engine_config"] = engine
+    try:
+        settings = msgspec.convert(raw, Settings)
+    except msgspec.ValidationError as exc:
+        where = f" ({config_path})" if config_path else ""
+        raise SettingsError(f"invalid settings{where}: {str(exc).replace('$.', 'server.')}") from None
+    settings.tracker_config()  # the engine config is validated at start, not at first use
+    return settings

@@ -1,0 +1,379 @@
+"""The sidecar's state: the tracker, the dedupe memory, the journal and the snapshots.
+
+The life of an ingest request, once decoded into a record:
+
+1. :meth:`State.submit` queues the record for the journal (503 past ``max_pending``);
+2. at the end of the event-loop iteration the journal appends the records of every request
+   of that iteration, and its syncer process fsyncs them (group commit);
+3. :meth:`State.apply` drops duplicate delivery ids, scores the
+   events (``Tracker.observe_many``) and hands identify traits to the tracker;
+4. the request is answered. *Accepted* means exactly this: persisted, then scored.
+
+Replay after a restart calls the same :meth:`State.apply` on the same records in the same
+order, so the tracker and the dedupe memory come back as they were, and a batch retried by
+an SDK whose answer was lost in the crash is still recognised as a duplicate.
+
+Snapshots (every ``snapshot_interval`` seconds, when the journal grows past
+``snapshot_journal_bytes``, and at shutdown): the journal starts a new segment; records
+committed after that point wait while the tracker is written (``Tracker.snapshot``) and
+``state.msgpack`` is replaced atomically with the new segment number and the dedupe memory;
+then the older segments are deleted. ``state_dir = ""`` keeps everything in memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import os
+import tempfile
+import time
+from typing import Any, Callable, Optional
+
+import msgspec
+import numpy as np
+
+import pyfriction
+
+from .dedupe import Dedupe
+from .errors import HTTPError
+from .journal import Journal, _fsync_dir, read_segment, segments
+from .metrics import Metrics
+from .settings import Settings
+
+__all__ = ["State", "StateError", "OUTCOMES"]
+
+log = logging.getLogger("pyfriction.server")
+
+STATE_FILE = "state.msgpack"
+STATE_VERSION = 1
+OUTCOMES = ("shown", "clicked", "dismissed", "completed")
+
+_encode = msgspec.msgpack.Encoder().encode
+_decode = msgspec.msgpack.Decoder().decode
+
+
+class StateError(RuntimeError):
+    """The state directory cannot be used (locked by another sidecar, damaged snapshot...)."""
+
+
+class State:
+    """Owns the tracker; every change to it goes through :meth:`apply` (live or replayed)."""
+
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.tracker: Optional[pyfriction.Tracker] = None
+        self.dedupe = Dedupe(settings.dedupe_size)
+        self.journal: Optional[Journal] = None
+        self.ready = False
+        self.replaying = False
+        #: Called with a user id when guidance is picked for them (the SSE hub listens).
+        self.guidance_listeners: list[Callable[[str], None]] = []
+        self._snapshotting = False
+        self._deferred: list[tuple[Any, "asyncio.Future[Any]"]] = []
+        self._snapshot_lock = asyncio.Lock()
+        self._lock_fd: Optional[int] = None
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._snapshot_file: Optional[str] = None
+        self._next_seq = 0
+
+    # -- start -------------------------------------------------------------------------------
+    @property
+    def directory(self) -> Optional[str]:
+        return os.path.abspath(self.settings.state_dir) if self.settings.state_dir else None
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Restore the last snapshot and replay the journal after it (any thread); then
+        :meth:`open_journal` opens a new segment."""
+        self._loop = loop
+        config = self.settings.tracker_config()
+        directory = self.directory
+        start_seq = 0
+        if directory is None:
+            self.tracker = self._new_tracker(config, None)
+        else:
+            os.makedirs(directory, exist_ok=True)
+            self._lock(directory)
+            meta = self._read_meta(directory)
+            if meta is not None:
+                path = os.path.join(directory, meta["tracker"])
+                self.tracker = self._new_tracker(config, path)
+                self.dedupe.load(meta.get("dedupe", []))
+                start_seq = int(meta["seq"])
+                self._snapshot_file = meta["tracker"]
+            else:
+                self.tracker = self._new_tracker(config, None)
+            last = start_seq - 1
+            replayed = 0
+            started = time.perf_counter()
+            self.replaying = True
+            try:
+                for seq, path in segments(directory):
+                    last = max(last, seq)
+                    if seq < start_seq:
+                        continue
+                    for payload in read_segment(path):
+                        try:
+                            record = _decode(payload)
+                        except msgspec.DecodeError:
+                            log.warning("journal: undecodable record in %s skipped", path)
+                            continue
+                        self.apply(record)
+                        replayed += 1
+            finally:
+                self.replaying = False
+            log.info("state restored", extra={"snapshot": meta is not None, "replayed_records": replayed,
+                                              "seconds": round(time.perf_counter() - started, 3)})  # fmt: skip
+            self._next_seq = last + 1
+
+    def open_journal(self) -> None:
+        """Start the journal after :meth:`start` (on the event loop's thread); ready then."""
+        directory = self.directory
+        if directory is not None:
+            assert self._loop is not None
+            self.journal = Journal(directory, self._next_seq, fsync=self.settings.fsync, loop=self._loop,
+                                   on_commit=self._committed, on_rotate=self._rotated,
+                                   on_bytes=self._journal_bytes, sync_interval=self.settings.sync_interval)  # fmt: skip
+        self.ready = True
+
+    def _new_tracker(self, config: pyfriction.Config, snapshot: Optional[str]) -> pyfriction.Tracker:
+        engine = self.settings.engine
+        if snapshot is not None:
+            try:
+                tracker = pyfriction.Tracker.restore(snapshot, config, engine=engine)
+            except pyfriction.SnapshotError as exc:
+                raise StateError(f"cannot restore the snapshot: {exc}") from None
+        else:
+            tracker = pyfriction.Tracker(config, engine=engine)
+        tracker.on_friction(self._episode, sync=True)
+        on_guidance = getattr(tracker, "on_guidance", None)
+        if on_guidance is not None:
+            on_guidance(self._guidance)
+        return tracker
+
+    def _lock(self, directory: str) -> None:
+        fd = os.open(os.path.join(directory, ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise StateError(f"{directory} is in use by another pyfriction-server") from None
+        self._lock_fd = fd
+
+    @staticmethod
+    def _read_meta(directory: str) -> Optional[dict[str, Any]]:
+        path = os.path.join(directory, STATE_FILE)
+        try:
+            with open(path, "rb") as fh:
+                meta = _decode(fh.read())
+        except FileNotFoundError:
+            return None
+        except (OSError, msgspec.DecodeError) as exc:
+            raise StateError(f"cannot read {path}: {exc}") from None
+        if not isinstance(meta, dict) or meta.get("version") != STATE_VERSION or "seq" not in meta:
+            raise StateError(f"{path}: not a pyfriction-server state file of version {STATE_VERSION}")
+        return meta
+
+    # -- callbacks from the tracker ---------------------------------------------------------
+    def _episode(self, episode: pyfriction.Episode) -> None:
+        self.metrics.episodes.inc()
+
+    def _guidance(self, user_id: str, guidance: Any) -> None:
+        if self.replaying:
+            return
+        for listener in self.guidance_listeners:
+            listener(user_id)
+
+    # -- ingest ------------------------------------------------------------------------------
+    @property
+    def pending(self) -> int:
+        """Records waiting for the journal or the engine."""
+        return (self.journal.pending if self.journal is not None else 0) + len(self._deferred)
+
+    async def submit(self, record: dict[str, Any]) -> Any:
+        """Persist then apply ``record``; returns :meth:`apply`'s result."""
+        journal = self.journal
+        if journal is None:
+            return self.apply(record)
+        if self.pending >= self.settings.max_pending:
+            raise HTTPError(503, "overloaded", "the ingest queue is full; retry shortly", retry_after=1)
+        fut: asyncio.Future[Any] = self._loop.create_future()  # type: ignore[union-attr]
+        journal.submit(_encode(record), record, fut)
+        return await fut
+
+    def _committed(self, done: list[tuple[Any, "asyncio.Future[Any]"]], error: Optional[BaseException]) -> None:
+        if error is not None:
+            for _, fut in done:
+                if not fut.done():
+                    fut.set_exception(HTTPError(503, "journal_unavailable", "the ingest journal cannot be written", retry_after=5))
+            return
+        if self._snapshotting:
+            self._deferred.extend(done)
+            return
+        self._apply_all(done)
+
+    def _apply_all(self, done: list[tuple[Any, "asyncio.Future[Any]"]]) -> None:
+        for record, fut in done:
+            try:
+                result = self.apply(record)
+            except Exception as exc:  # a bug, not client input: logged, answered 500
+                log.exception("applying an ingest record failed")
+                if not fut.done():
+                    fut.set_exception(exc)
+                continue
+            if not fut.done():
+                fut.set_result(result)
+
+    def apply(self, record: dict[str, Any]) -> Any:
+        """Apply one journal record to the tracker (the same code live and in replay)."""
+        kind = record.get("k")
+        if kind == "e":
+            return self._apply_events(record)
+        tracker = self.tracker
+        assert tracker is not None
+        if kind == "a":
+            ack = getattr(tracker, "ack", None)
+            if ack is None:
+                return False
+            try:
+                return bool(ack(record["u"], record["g"], record["o"], ts=record.get("ts")))
+            except (ValueError, KeyError):
+                return False
+        if kind == "t":
+            return tracker.tick(float(record["now"]))
+        log.warning("journal: unknown record kind %r skipped", kind)
+        return None
+
+    def _apply_events(self, record: dict[str, Any]) -> dict[str, int]:
+        tracker = self.tracker
+        assert tracker is not None
+        m = self.metrics
+        cols: dict[str, list[Any]] = record["cols"]
+        ids: list[Optional[str]] = record["ids"]
+        source: str = record["src"]
+        n = len(ids)
+        keep = self.dedupe.filter(ids)
+        duplicates = 0
+        if keep is not None:
+            duplicates = n - len(keep)
+            cols = {name: [col[i] for i in keep] for name, col in cols.items()}
+        invalid = int(record.get("bad", 0))
+        accepted = 0
+        if n - duplicates:
+            try:
+                # Numbers as arrays: the engine takes them without a Python call per value.
+                cols = dict(cols, ts=np.asarray(cols["ts"], dtype=np.float64),
+                            status=np.asarray(cols["status"], dtype=np.int64),
+                            results=np.asarray(cols["results"], dtype=np.int64))  # fmt: skip
+                scores = tracker.observe_many(cols)
+                bad = int(np.count_nonzero(np.isnan(scores)))
+            except (pyfriction.InvalidEvent, TypeError, ValueError, OverflowError) as exc:
+                log.warning("a batch was refused by the engine: %s", exc)
+                bad = n - duplicates
+            invalid += bad
+            accepted = n - duplicates - bad
+        identify = getattr(tracker, "identify", None)
+        for user_id, traits in record.get("idn", ()):
+            if identify is not None:
+                try:
+                    identify(user_id, traits)
+                except (TypeError, ValueError) as exc:
+                    log.warning("identify refused by the engine: %s", exc)
+        if not self.replaying:
+            m.events_received.inc((source,), record.get("n", n))
+            m.events_accepted.inc((source,), accepted)
+            if invalid:
+                m.events_rejected.inc(("invalid",), invalid)
+            if duplicates:
+                m.events_rejected.inc(("duplicate",), duplicates)
+        return {"accepted": accepted, "duplicates": duplicates, "invalid": invalid}
+
+    # -- snapshots ---------------------------------------------------------------------------
+    def _journal_bytes(self, nbytes: int, syncs: int) -> None:
+        self.metrics.journal_bytes.inc((), nbytes)
+        if syncs:
+            self.metrics.journal_syncs.inc((), syncs)
+
+    def _rotated(self, seq: int) -> None:
+        # Runs after every record of the old segments was applied and before any of the new
+        # one: from here until the snapshot is on disk, commits wait (requests too).
+        self._snapshotting = True
+
+    async def snapshot(self) -> bool:
+        """Snapshot now (no-op without a state directory); False if one is already running."""
+        if self.journal is None or self._snapshot_lock.locked():
+            return False
+        async with self._snapshot_lock:
+            started = time.perf_counter()
+            try:
+                seq = await self.journal.rotate()
+            except OSError as exc:
+                log.error("snapshot: cannot start a new journal segment: %s", exc)
+                return False
+            try:
+                await asyncio.to_thread(self._write_snapshot, seq)
+            except Exception:
+                log.exception("snapshot failed; the journal keeps everything")
+                return False
+            finally:
+                self._snapshotting = False
+                deferred, self._deferred = self._deferred, []
+                self._apply_all(deferred)
+            self.metrics.snapshots.inc()
+            self.metrics.snapshot_seconds.observe(time.perf_counter() - started)
+            log.info("snapshot written", extra={"seq": seq, "seconds": round(time.perf_counter() - started, 3)})
+            return True
+
+    def _write_snapshot(self, seq: int) -> None:
+        directory = self.directory
+        assert directory is not None and self.tracker is not None
+        name = f"snapshot-{seq:012d}.pf"
+        self.tracker.snapshot(os.path.join(directory, name))
+        meta = {"version": STATE_VERSION, "seq": seq, "tracker": name, "dedupe": self.dedupe.export(),
+                "created": time.time()}  # fmt: skip
+        fd, tmp = tempfile.mkstemp(prefix=".state-", dir=directory)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(_encode(meta))
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, os.path.join(directory, STATE_FILE))
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+        _fsync_dir(directory)
+        # The new state is committed: older segments and snapshots are obsolete.
+        for old_seq, path in segments(directory):
+            if old_seq < seq:
+                os.unlink(path)
+        for entry in os.listdir(directory):
+            if entry.startswith("snapshot-") and entry != name:
+                try:
+                    os.unlink(os.path.join(directory, entry))
+                except OSError:
+                    pass
+        self._snapshot_file = name
+
+    def needs_snapshot(self) -> bool:
+        """True when the current journal segment has grown past ``snapshot_journal_bytes``."""
+        return self.journal is not None and self.journal.size >= self.settings.snapshot_journal_bytes
+
+    # -- stop --------------------------------------------------------------------------------
+    async def close(self) -> None:
+        """Drain the journal, snapshot, stop the writer, release the directory."""
+        if self.journal is not None:
+            while self._snapshot_lock.locked():
+                await asyncio.sleep(0.01)
+            await self.snapshot()
+            await self.journal.close()
+            self.journal = None
+        if self.tracker is not None:
+            self.tracker.close(timeout=5.0)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+        self.ready = False
