@@ -3,7 +3,7 @@
 # (real components the tests start for real: a browser, ...). One package per line; '#' comments.
 set -euo pipefail
 cd "$(dirname "$0")"
-mapfile -t wanted < <(sed -e 's/#.*//' -e '/^[[:space:]]*$/d' debian-packages.txt)
+mapfile -t wanted < <(sed -e 's/#.*//' -e 's/[[:space:]]*$//' -e 's/^[[:space:]]*//' -e '/^$/d' debian-packages.txt)
 missing=()
 for pkg in "${wanted[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
