@@ -17,7 +17,9 @@ __all__ = ["JSONFormatter", "setup_logging", "log"]
 
 log = logging.getLogger("pyfriction.server")
 
-_STANDARD = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime", "taskName"}
+#: Record attributes that are not extra fields (uvicorn's ``color_message`` is its message
+#: again, with terminal colour codes).
+_STANDARD = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime", "taskName", "color_message"}
 
 
 class JSONFormatter(logging.Formatter):
