@@ -1351,24 +1351,11 @@ cdef class CompiledCore:
             return self.observe_slow(d)
         if not (Py_IS_FINITE(ts) and ts >= 0.0):
             return self.observe_slow(d)
-        o = PyDict_GetItemWithError(d, "step")
-        if o != NULL and <object>o is not None:
-            if not PyUnicode_CheckExact(<object>o) or PyUnicode_GET_LENGTH(<object>o) > MAX_TEXT:
-                return self.observe_slow(d)
-            if PyUnicode_GET_LENGTH(<object>o) > 0:
-                step = <object>o
-        o = PyDict_GetItemWithError(d, "target")
-        if o != NULL and <object>o is not None:
-            if not PyUnicode_CheckExact(<object>o) or PyUnicode_GET_LENGTH(<object>o) > MAX_TEXT:
-                return self.observe_slow(d)
-            if PyUnicode_GET_LENGTH(<object>o) > 0:
-                target = <object>o
-        o = PyDict_GetItemWithError(d, "account_id")
-        if o != NULL and <object>o is not None:
-            if not PyUnicode_CheckExact(<object>o) or PyUnicode_GET_LENGTH(<object>o) > MAX_TEXT:
-                return self.observe_slow(d)
-            if PyUnicode_GET_LENGTH(<object>o) > 0:
-                account = <object>o
+        step = optional_text(d, "step")
+        target = optional_text(d, "target")
+        account = optional_text(d, "account_id")
+        if step is _BAD or target is _BAD or account is _BAD:
+            return self.observe_slow(d)
         o = PyDict_GetItemWithError(d, "properties")
         if o != NULL and <object>o is not None:
             if not PyDict_CheckExact(<object>o):
@@ -1887,6 +1874,20 @@ cdef inline long int_property(dict props, str name) except? -2:
         v = PyLong_AsLongLongAndOverflow(<object>o, &overflow)
         return <long>v if overflow == 0 and 0 <= v <= I31 else -1
     return _ev.int_value(<object>o)
+
+
+_BAD = object()
+
+
+cdef inline object optional_text(dict d, str key):
+    """An optional text field of a dict event: None when absent or empty, the str when fine,
+    ``_BAD`` when the reference parser has to judge it (and raise)."""
+    cdef PyObject* o = PyDict_GetItemWithError(d, key)
+    if o == NULL or <object>o is None:
+        return None
+    if not PyUnicode_CheckExact(<object>o) or PyUnicode_GET_LENGTH(<object>o) > MAX_TEXT:
+        return _BAD
+    return <object>o if PyUnicode_GET_LENGTH(<object>o) > 0 else None
 
 
 cdef inline bint text_ok(object o):
