@@ -349,8 +349,12 @@ cdef inline int bucket_of(double d) nogil:
     cdef int b = 1 + <int>floor(log(d) / LOG_GAMMA)
     return b if b < NB else NB - 1
 
+cdef double BUCKET_UPPER[NB]
+for _b in range(NB):
+    BUCKET_UPPER[_b] = 1.0 if _b == 0 else pow(1.5, _b)  # the reference's math.pow(1.5, b)
+
 cdef inline double bucket_upper(int b) nogil:
-    return 1.0 if b == 0 else pow(1.5, b)
+    return BUCKET_UPPER[b]
 
 
 cdef void* big_alloc(size_t n) noexcept nogil:
@@ -1447,7 +1451,11 @@ cdef class CompiledCore:
                 e = self.index[<uint32_t>keys_v[ahead] & self.mask]
                 if e != 0:
                     PF_PREFETCH(&self.slots[e - 1])
+                    PF_PREFETCH(<const char*>&self.slots[e - 1] + 64)
                     PF_PREFETCH(<const char*>&self.slots[e - 1] + 128)
+                    PF_PREFETCH(<const char*>&self.slots[e - 1] + 192)
+                    if not self.shared:
+                        PF_PREFETCH(&self.lru_pos[e - 1])
             uid = <object>PyList_GET_ITEM(uid_c, i)
             kind = <object>PyList_GET_ITEM(type_c, i)
             step = None if step_c is None else <object>PyList_GET_ITEM(step_c, i)
