@@ -1211,6 +1211,23 @@ cdef class CompiledCore:
                             self.last_te)
         return score
 
+    cdef bint target_burst(self, Slot* u, uint32_t* current, float* ring, uint8_t* n,
+                           uint16_t flag, object target, double te, double window,
+                           int need) except -1:
+        """Reference: ``_target_burst``: a burst on one target; another target starts over."""
+        cdef uint32_t t = key32(target)
+        cdef int i
+        if t != current[0]:
+            current[0] = t
+            for i in range(RING):
+                ring[i] = -INFINITY
+            n[0] = 0
+            u.flags &= ~flag
+        if burst(u, ring, n, flag, te, window, need):
+            self.remember(t, target)
+            return True
+        return False
+
     cdef double update(self, Slot* u, int code, double ts, object step, object target,
                        long status, long results) except? -1.0:
         """The event's effect on one user (reference: the body of ``_apply``)."""
@@ -1234,29 +1251,15 @@ cdef class CompiledCore:
         if code == T_PAGE:
             pass
         elif code == T_CLICK:
-            if self.rage_on and target is not None:
-                t = key32(target)
-                if t != u.click_target:
-                    u.click_target = t
-                    for i in range(RING):
-                        u.click_r[i] = -INFINITY
-                    u.click_n = 0
-                    u.flags &= ~F_RAGE
-                if burst(u, u.click_r, &u.click_n, F_RAGE, te, self.rage_win, self.rage_need):
-                    self.remember(t, target)
-                    u.pressure[D_RAGE] = <float>(<double>u.pressure[D_RAGE] + self.rage_w)
+            if self.rage_on and target is not None and self.target_burst(
+                    u, &u.click_target, u.click_r, &u.click_n, F_RAGE, target, te,
+                    self.rage_win, self.rage_need):
+                u.pressure[D_RAGE] = <float>(<double>u.pressure[D_RAGE] + self.rage_w)
         elif code == T_DEAD:
-            if self.dead_on and target is not None:
-                t = key32(target)
-                if t != u.dead_target:
-                    u.dead_target = t
-                    for i in range(RING):
-                        u.dead_r[i] = -INFINITY
-                    u.dead_n = 0
-                    u.flags &= ~F_DEAD
-                if burst(u, u.dead_r, &u.dead_n, F_DEAD, te, self.dead_win, self.dead_need):
-                    self.remember(t, target)
-                    u.pressure[D_DEAD] = <float>(<double>u.pressure[D_DEAD] + self.dead_w)
+            if self.dead_on and target is not None and self.target_burst(
+                    u, &u.dead_target, u.dead_r, &u.dead_n, F_DEAD, target, te,
+                    self.dead_win, self.dead_need):
+                u.pressure[D_DEAD] = <float>(<double>u.pressure[D_DEAD] + self.dead_w)
         elif code == T_ERROR or code == T_API_ERROR or code == T_FORM_ERROR:
             factor = 1.0
             if code == T_API_ERROR and status in self.ordinary:

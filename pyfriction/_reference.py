@@ -309,28 +309,16 @@ class ReferenceCore:
             pass
         elif code == ev.CLICK:
             rc = cfg.rage_click
-            if rc.enabled and target is not None:
-                t = key32(target)
-                if t != u.click_target:
-                    u.click_target = t
-                    u.click_r = [NEVER] * RING_SIZE
-                    u.click_n = 0
-                    u.flags &= ~F_RAGE
-                if self._burst(u, "click_r", "click_n", F_RAGE, te, rc.window, rc.min_clicks):
-                    self._names.remember(t, target)
-                    self._activate(u, RAGE_CLICK, rc.weight)
+            if rc.enabled and target is not None and self._target_burst(
+                u, "click", F_RAGE, target, te, rc.window, rc.min_clicks
+            ):
+                self._activate(u, RAGE_CLICK, rc.weight)
         elif code == ev.DEAD_CLICK:
             dc = cfg.dead_click
-            if dc.enabled and target is not None:
-                t = key32(target)
-                if t != u.dead_target:
-                    u.dead_target = t
-                    u.dead_r = [NEVER] * RING_SIZE
-                    u.dead_n = 0
-                    u.flags &= ~F_DEAD
-                if self._burst(u, "dead_r", "dead_n", F_DEAD, te, dc.window, dc.min_clicks):
-                    self._names.remember(t, target)
-                    self._activate(u, DEAD_CLICK, dc.weight)
+            if dc.enabled and target is not None and self._target_burst(
+                u, "dead", F_DEAD, target, te, dc.window, dc.min_clicks
+            ):
+                self._activate(u, DEAD_CLICK, dc.weight)
         elif code == ev.ERROR or code == ev.API_ERROR or code == ev.FORM_ERROR:
             eb = cfg.error_burst
             factor = 1.0
@@ -470,6 +458,21 @@ class ReferenceCore:
         setattr(u, n_name, n + 1 if n < 255 else 255)
         if within >= need and not u.flags & flag:
             u.flags |= flag
+            return True
+        return False
+
+    def _target_burst(self, u: _User, kind: str, flag: int, target: str, te: float, window: float,
+                      need: int) -> bool:  # fmt: skip
+        """A burst on one target (``kind`` "click" or "dead": the fields ``{kind}_target``,
+        ``{kind}_r``, ``{kind}_n``); an event on another target starts the run over."""
+        t = key32(target)
+        if t != getattr(u, kind + "_target"):
+            setattr(u, kind + "_target", t)
+            setattr(u, kind + "_r", [NEVER] * RING_SIZE)
+            setattr(u, kind + "_n", 0)
+            u.flags &= ~flag
+        if self._burst(u, kind + "_r", kind + "_n", flag, te, window, need):
+            self._names.remember(t, target)
             return True
         return False
 

@@ -21,7 +21,27 @@ log = logging.getLogger("pyfriction")
 Callback = Callable[[Any], Any]
 
 _STOP = object()
-_live: "weakref.WeakSet[Dispatcher]" = weakref.WeakSet()
+_live: "weakref.WeakSet[RestartsAfterFork]" = weakref.WeakSet()
+
+
+class RestartsAfterFork:
+    """A background worker that starts afresh in a forked child: its thread did not survive
+    the fork, and the queue's locks may have been held by it. Subclasses define ``_reset()``
+    and a ``_closed`` flag, and call ``_track()`` once; a closed worker stays closed.
+    (Queued items belong to the parent, which still delivers them.)"""
+
+    _closed: bool
+
+    def _reset(self) -> None:
+        raise NotImplementedError
+
+    def _track(self) -> None:
+        _live.add(self)
+
+    def _after_fork_in_child(self) -> None:
+        closed = self._closed
+        self._reset()
+        self._closed = closed
 
 
 def run_callbacks(callbacks: Sequence[Callback], item: Any) -> int:
@@ -36,7 +56,7 @@ def run_callbacks(callbacks: Sequence[Callback], item: Any) -> int:
     return failed
 
 
-class Dispatcher:
+class Dispatcher(RestartsAfterFork):
     """A bounded queue of ``(callbacks, episode)`` and the thread that runs them."""
 
     def __init__(self, queue_size: int) -> None:
@@ -44,7 +64,7 @@ class Dispatcher:
         self.dropped = 0
         self.failed = 0
         self._reset()
-        _live.add(self)
+        self._track()
 
     def _reset(self) -> None:
         self._queue: "queue.Queue[Any]" = queue.Queue(self._queue_size)
@@ -118,17 +138,10 @@ class Dispatcher:
         thread.join(timeout)
         return done and not thread.is_alive()
 
-    def _after_fork_in_child(self) -> None:
-        # The thread did not survive the fork and the queue's locks may be held by it:
-        # start afresh (queued episodes belong to the parent, which still runs them).
-        closed = self._closed
-        self._reset()
-        self._closed = closed
-
 
 def _after_fork() -> None:
-    for d in list(_live):
-        d._after_fork_in_child()
+    for worker in list(_live):
+        worker._after_fork_in_child()
 
 
 if hasattr(os, "register_at_fork"):

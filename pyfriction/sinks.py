@@ -21,20 +21,19 @@ import fnmatch
 import hashlib
 import hmac
 import logging
-import os
 import queue
 import random
 import threading
 import time
 import urllib.error
 import urllib.request
-import weakref
 from typing import Any, Optional
 
 import msgspec
 
 from ._episodes import Episode
 from .config import Webhook
+from .dispatcher import RestartsAfterFork
 
 __all__ = ["WebhookSink", "SinkStats", "sign", "verify", "SIGNATURE_HEADER", "ID_HEADER", "payload"]
 
@@ -45,7 +44,6 @@ ID_HEADER = "Pyfriction-Id"
 USER_AGENT = "pyfriction-webhook/0.1"
 _RETRY_STATUSES = frozenset({408, 425, 429})
 _STOP = object()
-_live: "weakref.WeakSet[WebhookSink]" = weakref.WeakSet()
 
 
 class SinkStats(msgspec.Struct, kw_only=True):
@@ -96,7 +94,7 @@ def payload(episode: Episode) -> bytes:
     )
 
 
-class WebhookSink:
+class WebhookSink(RestartsAfterFork):
     """Posts episodes to ``config.url`` from a daemon thread (started on the first episode)."""
 
     def __init__(self, config: Webhook) -> None:
@@ -107,7 +105,7 @@ class WebhookSink:
         self._count_lock = threading.Lock()
         self._rng = random.Random()
         self._reset()
-        _live.add(self)
+        self._track()
 
     def _reset(self) -> None:
         self._queue: "queue.Queue[Any]" = queue.Queue(self.config.queue_size)
@@ -257,17 +255,3 @@ class WebhookSink:
         except queue.Full:
             pass  # the worker drops the rest (stop is set) and is a daemon anyway
         return done
-
-    def _after_fork_in_child(self) -> None:
-        closed = self._closed
-        self._reset()
-        self._closed = closed
-
-
-def _after_fork() -> None:
-    for sink in list(_live):
-        sink._after_fork_in_child()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork)
