@@ -14,8 +14,9 @@ C structs in flat buffers, with no pointers inside:
 Two stores hold these buffers:
 
 * ``memory://`` (default): private memory of this process. Recency for eviction is exact: an
-  append-only log of slot numbers (``lru_log``/``lru_pos``; a slot's live entry is the one at
-  ``lru_pos[slot]``, older ones are skipped), so touching a user is one sequential write; the
+  append-only log of slot numbers (``lru_log``; a slot's live entry is the one at the position
+  kept in the slot's ``lock`` word, which only a shared store needs as a lock; older entries
+  are skipped), so touching a user is one sequential write to a line already in cache; the
   log is compacted when it reaches 1.5 x capacity.
 * ``file://PATH``: one memory-mapped file shared by every process that opens it (``_core/
   pf_sync.h`` has the locks). Each slot has a lock word (the holder's pid); updating a user
@@ -30,7 +31,7 @@ while a slot is held: a callback may re-enter ``observe`` or let another thread 
 """
 
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
-from libc.stdlib cimport calloc, free
+from libc.stdlib cimport calloc, free, realloc
 from libc.string cimport memcpy, memset, memcmp
 from libc.math cimport exp, log, pow, floor, INFINITY, NAN
 from cpython.dict cimport PyDict_CheckExact, PyDict_Contains, PyDict_Size, PyDict_Clear, PyDict_SetItem
@@ -39,6 +40,8 @@ from cpython.float cimport PyFloat_AS_DOUBLE, PyFloat_CheckExact
 from cpython.long cimport PyLong_CheckExact
 from cpython.unicode cimport PyUnicode_CheckExact, PyUnicode_GET_LENGTH
 from cpython.object cimport PyObject
+from cpython.ref cimport Py_XINCREF, Py_XDECREF
+from cpython.pythread cimport PyThread_get_thread_ident
 from cpython.bytes cimport PyBytes_FromStringAndSize
 
 import math
@@ -100,6 +103,7 @@ DEF UID_LONG = 255
 DEF MAX_TEXT = 1024
 DEF MAX_CUSTOM = 256
 DEF LOOKAHEAD = 16
+DEF DRAIN_EVERY = 32768  # rows of a batch between deliveries of its episodes
 DEF NAMES_MAX = 65536
 DEF REBASE = 16384.0
 DEF I31 = 0x7FFFFFFF
@@ -249,6 +253,35 @@ ctypedef struct Header:
     uint64_t retired[8]     # at 256: counters of processes that have gone
     char pad3[192]
     ProcRec procs[N_PROCS]  # at 512: one counter block per attached process
+
+
+ctypedef struct KindMemo:
+    # What one batch learnt about a type string object: its code, or -1 when it is no type.
+    PyObject* obj
+    int code
+
+ctypedef struct TextMemo:
+    # ...and about a step/target/account string object (key32 computed when first needed).
+    PyObject* obj
+    uint32_t k32
+    uint8_t ok
+    uint8_t empty
+
+DEF KIND_MEMO = 64
+DEF TEXT_MEMO = 256
+
+ctypedef struct Pending:
+    # An episode (code 0) or an outcome event (its type code) reported during a batch, to be
+    # handed to the tracker when the batch drains. The object pointers are owned (or NULL).
+    Slot rec
+    double score
+    double te
+    double stall
+    int code
+    PyObject* uid
+    PyObject* account
+    PyObject* step
+    PyObject* target
 
 
 def layout():
@@ -412,7 +445,6 @@ cdef class CompiledCore:
     cdef Slot* slots
     cdef uint32_t* index
     cdef uint32_t* lru_log
-    cdef uint32_t* lru_pos
     cdef uint32_t capacity, mask
     cdef uint32_t log_size, log_head, log_tail
     cdef StepRec* steps
@@ -435,6 +467,13 @@ cdef class CompiledCore:
     # the episode of the event being applied, copied while its slot was held
     cdef Slot fired
     cdef double fired_score
+    cdef double fired_stall
+    cdef Pending* pend
+    cdef Py_ssize_t pend_n, pend_head, pend_cap
+    cdef int deferring
+    cdef public bint batch_queue  # may a batch queue its episodes? (see begin_batch)
+    cdef uint32_t known[4096]  # name keys already in ``names`` (direct-mapped; 0: empty)
+    cdef unsigned long defer_thread
     cdef double last_te
     cdef bint did_fire
     cdef bint has_ttl, has_excl_step, has_excl_target
@@ -459,12 +498,16 @@ cdef class CompiledCore:
         self.slots = NULL
         self.index = NULL
         self.lru_log = NULL
-        self.lru_pos = NULL
         self.steps = NULL
         self.step_index = NULL
         self.map_base = NULL
         self.map_len = 0
         self.shared = False
+        self.pend = NULL
+        self.pend_n = self.pend_head = self.pend_cap = 0
+        self.deferring = 0
+        self.batch_queue = True
+        memset(self.known, 0, sizeof(self.known))
 
     def __init__(self, rules, capacity, idle_ttl, clock, names, on_episode, on_outcome,
                  store=None, config_json=b""):
@@ -541,11 +584,10 @@ cdef class CompiledCore:
         self.slots = <Slot*>big_alloc(self.capacity * sizeof(Slot))
         self.index = <uint32_t*>big_alloc((self.mask + 1) * sizeof(uint32_t))
         self.lru_log = <uint32_t*>big_alloc(self.log_size * sizeof(uint32_t))
-        self.lru_pos = <uint32_t*>big_alloc(self.capacity * sizeof(uint32_t))
         self.steps = <StepRec*>calloc(self.max_steps, sizeof(StepRec))
         self.step_index = <uint32_t*>calloc(self.step_mask + 1, sizeof(uint32_t))
         if (self.slots == NULL or self.index == NULL or self.lru_log == NULL
-                or self.lru_pos == NULL or self.steps == NULL or self.step_index == NULL):
+                or self.steps == NULL or self.step_index == NULL):
             raise MemoryError(f"cannot allocate the state of {self.capacity} users")
         memset(&self.local_meta, 0, sizeof(Meta))
         self.meta = &self.local_meta
@@ -554,6 +596,13 @@ cdef class CompiledCore:
         self.ctr = self.local_ctr
 
     def __dealloc__(self):
+        cdef Py_ssize_t i
+        for i in range(self.pend_head, self.pend_n):
+            Py_XDECREF(self.pend[i].uid)
+            Py_XDECREF(self.pend[i].account)
+            Py_XDECREF(self.pend[i].step)
+            Py_XDECREF(self.pend[i].target)
+        free(self.pend)
         if self.shared:
             if self.map_base != NULL:
                 munmap(self.map_base, self.map_len)
@@ -561,7 +610,6 @@ cdef class CompiledCore:
         big_free(self.slots, self.capacity * sizeof(Slot))
         big_free(self.index, (self.mask + 1) * sizeof(uint32_t))
         big_free(self.lru_log, self.log_size * sizeof(uint32_t))
-        big_free(self.lru_pos, self.capacity * sizeof(uint32_t))
         free(self.steps)
         free(self.step_index)
 
@@ -778,8 +826,6 @@ cdef class CompiledCore:
             PF_PREFETCH(line + 64)
             PF_PREFETCH(line + 128)
             PF_PREFETCH(line + 192)
-            if not self.shared:
-                PF_PREFETCH(&self.lru_pos[e - 1])
             if self.slots[e - 1].key == key:
                 return e
             i = (i + 1) & self.mask
@@ -791,16 +837,19 @@ cdef class CompiledCore:
         if self.log_tail == self.log_size:
             self.compact_log()
         self.lru_log[self.log_tail] = s
-        self.lru_pos[s] = self.log_tail
+        self.slots[s].lock = self.log_tail
         self.log_tail += 1
 
     cdef void compact_log(self) noexcept:
         cdef uint32_t p, s, out = 0
         for p in range(self.log_head, self.log_tail):
+            if p + LOOKAHEAD < self.log_tail:
+                # Each entry reads its slot's lock word: random lines, so ask ahead.
+                PF_PREFETCH(&self.slots[self.lru_log[p + LOOKAHEAD]].lock)
             s = self.lru_log[p]
-            if self.lru_pos[s] == p:
+            if self.slots[s].lock == p:
                 self.lru_log[out] = s
-                self.lru_pos[s] = out
+                self.slots[s].lock = out
                 out += 1
         self.log_head = 0
         self.log_tail = out
@@ -813,7 +862,7 @@ cdef class CompiledCore:
         if not self.shared:
             while self.log_head < self.log_tail:
                 s = self.lru_log[self.log_head]
-                if self.lru_pos[s] == self.log_head:
+                if self.slots[s].lock == self.log_head:
                     return s
                 self.log_head += 1
             return NONE32
@@ -861,7 +910,7 @@ cdef class CompiledCore:
         if u.uid_len == UID_LONG:
             self.long_ids.pop(u.key, None)
         if not self.shared:
-            self.lru_pos[s] = NONE32
+            u.lock = NONE32  # its old log entries are stale now
         clear_keeping_lock(u)
         u.key = 0
         u.events = self.meta.free_head  # the free list threads through freed slots
@@ -983,11 +1032,18 @@ cdef class CompiledCore:
         if self.shared:
             self.remember_shared(key, text)
             return
+        # Most calls name a step or target seen moments ago: skip the dict (and the int
+        # object its key needs) when this core put that key there. Only this core removes
+        # names (the clear below), and it forgets what it knew when it does.
+        if self.known[key & 4095] == key:
+            return
         k = key
         if not PyDict_Contains(self.names, k):
             if PyDict_Size(self.names) >= NAMES_MAX:
                 PyDict_Clear(self.names)
+                memset(self.known, 0, sizeof(self.known))
             PyDict_SetItem(self.names, k, text)
+        self.known[key & 4095] = key
 
     cdef NameRec* name_rec(self, uint32_t key) noexcept:
         cdef uint32_t i = <uint32_t>mix64(key) & (N_NAMES - 1)
@@ -1156,6 +1212,7 @@ cdef class CompiledCore:
             memcpy(&self.fired, u, sizeof(Slot))
             self.fired.lock = 0
             self.fired_score = score
+            self.fired_stall = self.c_stall_limit(u.step)
             self.did_fire = True
         return score
 
@@ -1164,20 +1221,119 @@ cdef class CompiledCore:
         if not self.did_fire:
             return
         self.did_fire = False
-        rec = self.record_of(&self.fired)
+        rec = slot_fields(&self.fired)
         if uid is None:
             uid = self.uid_of(&self.fired)
-        self.on_episode(rec, uid, account, step, target, self.fired.episode_ts, self.fired_score)
+        self.on_episode(rec, uid, account, step, target, self.fired.episode_ts, self.fired_score,
+                        self.fired_stall)
 
-    cdef double apply(self, object uid, uint64_t key, object kind, double ts, object step,
-                      object target, object account, long status, long results) except? -1.0:
-        cdef PyObject* code_o
+    cdef report(self, PyObject* uid, int code, object account, object step, object target):
+        """Hand the last update's episode and outcome (if any) to the tracker; while this
+        thread scores a batch, queue them instead (see ``begin_batch``)."""
+        cdef bint outcome = T_TICKET <= code <= T_GUIDANCE_DISMISSED
+        if self.deferring and self.defer_thread == PyThread_get_thread_ident():
+            if self.did_fire:
+                self.did_fire = False
+                self.push(&self.fired, 0, self.fired_score, self.fired.episode_ts, self.fired_stall,
+                          uid, account, step, target)
+            if outcome:
+                self.push(NULL, code, 0.0, self.last_te, 0.0, uid, account, step, target)
+            return
+        self.emit(<object>uid, account, step, target)
+        if outcome:
+            self.on_outcome(self.type_names[code], <object>uid, account, step, target, self.last_te)
+
+    cdef int push(self, Slot* rec, int code, double score, double te, double stall,
+                  PyObject* uid, object account, object step, object target) except -1:
+        cdef Pending* p
+        cdef Py_ssize_t cap
+        if self.pend_n == self.pend_cap:
+            cap = 64 if self.pend_cap == 0 else 2 * self.pend_cap
+            p = <Pending*>realloc(self.pend, cap * sizeof(Pending))
+            if p == NULL:
+                raise MemoryError("cannot queue a batch's episodes")
+            self.pend = p
+            self.pend_cap = cap
+        p = &self.pend[self.pend_n]
+        if rec != NULL:
+            memcpy(&p.rec, rec, sizeof(Slot))
+        p.code = code
+        p.score = score
+        p.te = te
+        p.stall = stall
+        p.uid = uid
+        p.account = NULL if account is None else <PyObject*>account
+        p.step = NULL if step is None else <PyObject*>step
+        p.target = NULL if target is None else <PyObject*>target
+        Py_XINCREF(p.uid)
+        Py_XINCREF(p.account)
+        Py_XINCREF(p.step)
+        Py_XINCREF(p.target)
+        self.pend_n += 1
+        return 0
+
+    cdef bint begin_batch(self):
+        """From here until ``end_batch``, this thread's episodes and outcomes are queued and
+        delivered in order at each ``drain``: the batch loop stays in C with its data in
+        cache, and the Python work runs in one warm stretch. The tracker allows it only
+        while no callback runs inline (``batch_queue``): an inline callback may observe, and
+        must see the state of the moment its episode fired. False when not allowed, or when
+        another thread is inside a batch of this core (this call then reports as it goes)."""
+        cdef unsigned long me = PyThread_get_thread_ident()
+        if not self.batch_queue or (self.deferring and self.defer_thread != me):
+            return False
+        self.defer_thread = me
+        self.deferring += 1
+        return True
+
+    cdef end_batch(self, bint began):
+        if began:
+            self.deferring -= 1
+        self.drain()
+
+    cdef drain(self):
+        """Deliver the queued episodes and outcomes, oldest first. A callback may re-enter
+        ``observe``: what it queues is delivered by this same loop."""
+        cdef Pending* p
         cdef int code
+        cdef double score, te, stall
+        while self.pend_head < self.pend_n:
+            p = &self.pend[self.pend_head]
+            self.pend_head += 1
+            code, score, te, stall = p.code, p.score, p.te, p.stall
+            uid = None if p.uid == NULL else <object>p.uid
+            account = None if p.account == NULL else <object>p.account
+            step = None if p.step == NULL else <object>p.step
+            target = None if p.target == NULL else <object>p.target
+            Py_XDECREF(p.uid)
+            Py_XDECREF(p.account)
+            Py_XDECREF(p.step)
+            Py_XDECREF(p.target)
+            if code == 0:
+                rec = slot_fields(&p.rec)
+                if uid is None:
+                    uid = self.uid_of(&p.rec)
+                # p may move from here on: a callback can queue more.
+                self.on_episode(rec, uid, account, step, target, te, score, stall)
+            else:
+                self.on_outcome(self.type_names[code], uid, account, step, target, te)
+        self.pend_head = self.pend_n = 0
+
+    cdef inline int code_of(self, object kind) except -1:
+        cdef PyObject* o = PyDict_GetItemWithError(self.type_codes, kind)
+        return T_UNKNOWN if o == NULL else <int><object>o
+
+    cdef double apply(self, PyObject* uid, uint64_t key, object kind, double ts, object step,
+                      object target, object account, long status, long results,
+                      int code=-1, uint32_t step_k=0, uint32_t target_k=0) except? -1.0:
+        """One valid event. ``uid`` is borrowed and only read for a new user, an episode or
+        an outcome: in a batch over many users, touching each id object again would cost a
+        cache miss per event."""
         cdef uint32_t s
         cdef double score
         self.ctr[C_EVENTS] += 1
-        code_o = PyDict_GetItemWithError(self.type_codes, kind)
-        code = T_UNKNOWN if code_o == NULL else <int><object>code_o
+        if code < 0:
+            code = self.code_of(kind)
         # Python code (the exclusion globs) runs before the slot is looked up: it may let
         # another thread in, which must not find us holding a slot.
         if (code == T_UNKNOWN or (self.has_excl_step and self.excl_step(step))
@@ -1193,29 +1349,26 @@ cdef class CompiledCore:
             self.release(s)
             return score
         if self.shared:
-            s = self.acquire(key, uid, ts)
+            s = self.acquire(key, <object>uid, ts)
         else:
             s = self.find(key)
             if s == 0:
-                s = self.insert(key, uid, ts)
+                s = self.insert(key, <object>uid, ts)
             else:
                 s -= 1
                 self.touch(s)
         try:
-            score = self.update(&self.slots[s], code, ts, step, target, status, results)
+            score = self.update(&self.slots[s], code, ts, step, target, status, results, step_k, target_k)
         finally:
             self.release(s)
-        self.emit(uid, account, step, target)
-        if T_TICKET <= code <= T_GUIDANCE_DISMISSED:
-            self.on_outcome(self.type_names[code], uid, account, step, target,
-                            self.last_te)
+        if self.did_fire or T_TICKET <= code <= T_GUIDANCE_DISMISSED:
+            self.report(uid, code, account, step, target)
         return score
 
     cdef bint target_burst(self, Slot* u, uint32_t* current, float* ring, uint8_t* n,
-                           uint16_t flag, object target, double te, double window,
+                           uint16_t flag, object target, uint32_t t, double te, double window,
                            int need) except -1:
         """Reference: ``_target_burst``: a burst on one target; another target starts over."""
-        cdef uint32_t t = key32(target)
         cdef int i
         if t != current[0]:
             current[0] = t
@@ -1229,8 +1382,9 @@ cdef class CompiledCore:
         return False
 
     cdef double update(self, Slot* u, int code, double ts, object step, object target,
-                       long status, long results) except? -1.0:
-        """The event's effect on one user (reference: the body of ``_apply``)."""
+                       long status, long results, uint32_t step_k, uint32_t target_k) except? -1.0:
+        """The event's effect on one user (reference: the body of ``_apply``). ``step_k`` and
+        ``target_k`` are the key32 of step and target when the caller knows them, else 0."""
         cdef uint32_t t
         cdef double te, factor, w, other, keep
         cdef int i
@@ -1242,7 +1396,10 @@ cdef class CompiledCore:
         if te - u.base > REBASE:
             rebase(u, te)
         self.decay(u, te)
-        t = key32(step) if code == T_PAGE and step is not None else 0
+        if code == T_PAGE and step is not None:
+            t = step_k if step_k else key32(step)
+        else:
+            t = 0
         if t != 0 and t != u.step:
             self.navigate(u, t, step, te)
         else:
@@ -1252,12 +1409,14 @@ cdef class CompiledCore:
             pass
         elif code == T_CLICK:
             if self.rage_on and target is not None and self.target_burst(
-                    u, &u.click_target, u.click_r, &u.click_n, F_RAGE, target, te,
+                    u, &u.click_target, u.click_r, &u.click_n, F_RAGE, target,
+                    target_k if target_k else key32(target), te,
                     self.rage_win, self.rage_need):
                 u.pressure[D_RAGE] = <float>(<double>u.pressure[D_RAGE] + self.rage_w)
         elif code == T_DEAD:
             if self.dead_on and target is not None and self.target_burst(
-                    u, &u.dead_target, u.dead_r, &u.dead_n, F_DEAD, target, te,
+                    u, &u.dead_target, u.dead_r, &u.dead_n, F_DEAD, target,
+                    target_k if target_k else key32(target), te,
                     self.dead_win, self.dead_need):
                 u.pressure[D_DEAD] = <float>(<double>u.pressure[D_DEAD] + self.dead_w)
         elif code == T_ERROR or code == T_API_ERROR or code == T_FORM_ERROR:
@@ -1267,7 +1426,7 @@ cdef class CompiledCore:
             if self.err_on and burst(u, u.err_r, &u.err_n, F_ERR, te, self.err_win, self.err_need):
                 u.pressure[D_ERR] = <float>(<double>u.pressure[D_ERR] + self.err_w * factor)
             if self.fail_on and target is not None:
-                t = key32(target)
+                t = target_k if target_k else key32(target)
                 if t == u.fail_target and te - (u.base + <double>u.fail_t) <= self.fail_win:
                     if u.fail_n < 255:
                         u.fail_n += 1
@@ -1369,7 +1528,7 @@ cdef class CompiledCore:
                 return self.observe_slow(d)
             status = int_property(<dict>o, "status")
             results = int_property(<dict>o, "results")
-        return self.apply(uid, key64(uid), kind, ts, step, target, account, status, results)
+        return self.apply(<PyObject*>uid, key64(uid), kind, ts, step, target, account, status, results)
 
     cdef double observe_slow(self, object event) except? -1.0:
         try:
@@ -1377,7 +1536,8 @@ cdef class CompiledCore:
         except _ev.InvalidEvent:
             self.ctr[C_INVALID] += 1
             raise
-        return self.apply(p[0], key64(p[0]), p[1], p[2], p[3], p[4], p[5], p[6], p[7])
+        uid = p[0]
+        return self.apply(<PyObject*>uid, key64(uid), p[1], p[2], p[3], p[4], p[5], p[6], p[7])
 
     def observe(self, event):
         """Score one event (see ``Tracker.observe``)."""
@@ -1390,32 +1550,44 @@ cdef class CompiledCore:
         if isinstance(events, Mapping):
             return self.observe_columns(events)
         out = []
-        for event in events:
-            try:
-                if PyDict_CheckExact(event):
-                    out.append(self.observe_dict(<dict>event))
-                else:
-                    out.append(self.observe_slow(event))
-            except _ev.InvalidEvent:
-                out.append(NAN)
+        cdef bint began = self.begin_batch()
+        try:
+            for event in events:
+                try:
+                    if PyDict_CheckExact(event):
+                        out.append(self.observe_dict(<dict>event))
+                    else:
+                        out.append(self.observe_slow(event))
+                except _ev.InvalidEvent:
+                    out.append(NAN)
+                if len(out) % DRAIN_EVERY == 0:
+                    self.drain()
+        finally:
+            self.end_batch(began)
         return np.array(out, dtype=np.float64)
 
     def observe_columns(self, columns):
         cdef Py_ssize_t n, i
         cdef double[::1] out_v, ts_v
         cdef long long[::1] status_v, results_v
-        cdef bint have_ts, have_status, have_results
+        cdef bint have_ts, have_status, have_results, began
         n, cols = columns_of(columns, keep_ts_array=True)
         out = np.empty(n, dtype=np.float64)
         out_v = out
         if cols.get("properties") is not None:
             # Free-form properties: the general row path (rare in columnar batches).
             rows = _rows(cols, n)
-            for i in range(n):
-                try:
-                    out_v[i] = self.observe_slow(rows[i])
-                except _ev.InvalidEvent:
-                    out_v[i] = NAN
+            began = self.begin_batch()
+            try:
+                for i in range(n):
+                    try:
+                        out_v[i] = self.observe_slow(rows[i])
+                    except _ev.InvalidEvent:
+                        out_v[i] = NAN
+                    if (i + 1) % DRAIN_EVERY == 0:
+                        self.drain()
+            finally:
+                self.end_batch(began)
             return out
         cdef list uid_c = cols["user_id"]
         cdef list type_c = cols["type"]
@@ -1432,64 +1604,128 @@ cdef class CompiledCore:
             status_v = np.ascontiguousarray(cols["status"], dtype=np.int64)
         if have_results:
             results_v = np.ascontiguousarray(cols["results"], dtype=np.int64)
-        cdef object uid, kind, step, target, account, ts_o
+        cdef object kind, step, target, account, ts_o
+        cdef PyObject* uid
+        cdef PyObject* o
         cdef double ts
         cdef long status, results
         cdef Py_ssize_t ahead
-        cdef uint32_t e
-        # Keys first: the id strings are read in one sweep whose misses overlap, then the
-        # table entries of rows LOOKAHEAD ahead are prefetched while the current row runs.
+        cdef uint32_t e, step_k, target_k
+        cdef int code
+        cdef bint ok
+        cdef KindMemo* km
+        cdef TextMemo* tm
+        # Batches repeat the same few type, step and target objects: what was worked out for
+        # one (its code, its key, whether it is valid text) is remembered by address. The
+        # batch's lists keep every one of them alive for the whole call, so no address is
+        # reused meanwhile; the memos live on this call's stack.
+        cdef KindMemo kmemo[KIND_MEMO]
+        cdef TextMemo tmemo[TEXT_MEMO]
+        memset(kmemo, 0, sizeof(kmemo))
+        memset(tmemo, 0, sizeof(tmemo))
+        cdef list step_l = step_c
+        cdef list target_l = target_c
+        cdef list account_l = account_c
+        # Keys first: one sweep over the id strings (prefetched a few rows ahead, so their
+        # misses overlap), which also checks them: key 0 sends a row to the general path.
+        # The main loop then never reads an id object (only new users and episodes do), and
+        # prefetches the table entries of rows LOOKAHEAD ahead while the current row runs.
         keys = np.zeros(n, dtype=np.uint64)
         cdef uint64_t[::1] keys_v = keys
         for i in range(n):
-            uid = <object>PyList_GET_ITEM(uid_c, i)
-            if PyUnicode_CheckExact(uid):
-                keys_v[i] = key64(uid)
-        for i in range(n):
-            ahead = i + LOOKAHEAD
-            if ahead < n:
-                PF_PREFETCH(&self.index[<uint32_t>keys_v[ahead] & self.mask])
-            ahead = i + LOOKAHEAD // 2
-            if ahead < n:
-                e = self.index[<uint32_t>keys_v[ahead] & self.mask]
-                if e != 0:
-                    PF_PREFETCH(&self.slots[e - 1])
-                    PF_PREFETCH(<const char*>&self.slots[e - 1] + 64)
-                    PF_PREFETCH(<const char*>&self.slots[e - 1] + 128)
-                    PF_PREFETCH(<const char*>&self.slots[e - 1] + 192)
-                    if not self.shared:
-                        PF_PREFETCH(&self.lru_pos[e - 1])
-            uid = <object>PyList_GET_ITEM(uid_c, i)
-            kind = <object>PyList_GET_ITEM(type_c, i)
-            step = None if step_c is None else <object>PyList_GET_ITEM(step_c, i)
-            target = None if target_c is None else <object>PyList_GET_ITEM(target_c, i)
-            account = None if account_c is None else <object>PyList_GET_ITEM(account_c, i)
-            status = -1
-            results = -1
-            if have_status and 0 <= status_v[i] <= I31:
-                status = <long>status_v[i]
-            if have_results and 0 <= results_v[i] <= I31:
-                results = <long>results_v[i]
-            if have_ts:
-                ts = ts_v[i]
-            else:
-                ts_o = None if ts_c is None else <object>PyList_GET_ITEM(ts_c, i)
-                if ts_o is not None and PyFloat_CheckExact(ts_o):
-                    ts = PyFloat_AS_DOUBLE(ts_o)
+            if i + 8 < n:
+                uid = PyList_GET_ITEM(uid_c, i + 8)
+                PF_PREFETCH(uid)
+                PF_PREFETCH(<const char*>uid + 64)
+            uid = PyList_GET_ITEM(uid_c, i)
+            if (PyUnicode_CheckExact(<object>uid) and 0 < PyUnicode_GET_LENGTH(<object>uid) <= MAX_TEXT):
+                keys_v[i] = key64(<object>uid)
+        began = self.begin_batch()
+        try:
+            for i in range(n):
+                ahead = i + LOOKAHEAD
+                if ahead < n:
+                    PF_PREFETCH(&self.index[<uint32_t>keys_v[ahead] & self.mask])
+                ahead = i + LOOKAHEAD // 2
+                if ahead < n:
+                    e = self.index[<uint32_t>keys_v[ahead] & self.mask]
+                    if e != 0:
+                        PF_PREFETCH(&self.slots[e - 1])
+                        PF_PREFETCH(<const char*>&self.slots[e - 1] + 64)
+                        PF_PREFETCH(<const char*>&self.slots[e - 1] + 128)
+                        PF_PREFETCH(<const char*>&self.slots[e - 1] + 192)
+                if (i + 1) % DRAIN_EVERY == 0 and self.pend_n:
+                    self.drain()
+                uid = PyList_GET_ITEM(uid_c, i)
+                o = PyList_GET_ITEM(type_c, i)
+                km = &kmemo[(<size_t>o >> 4) & (KIND_MEMO - 1)]
+                if km.obj != o:
+                    km.obj = o
+                    kind = <object>o
+                    if PyUnicode_CheckExact(kind) and 0 < PyUnicode_GET_LENGTH(kind) <= MAX_TEXT:
+                        km.code = self.code_of(kind)
+                    else:
+                        km.code = -1
+                code = km.code
+                ok = code >= 0
+                step = target = account = None
+                step_k = target_k = 0
+                if step_l is not None:
+                    o = PyList_GET_ITEM(step_l, i)
+                    if o != <PyObject*>None:
+                        tm = text_memo(tmemo, o)
+                        if not tm.ok:
+                            ok = False
+                        elif not tm.empty:
+                            step = <object>o
+                            if code == T_PAGE:
+                                if tm.k32 == 0:
+                                    tm.k32 = key32(step)
+                                step_k = tm.k32
+                if target_l is not None:
+                    o = PyList_GET_ITEM(target_l, i)
+                    if o != <PyObject*>None:
+                        tm = text_memo(tmemo, o)
+                        if not tm.ok:
+                            ok = False
+                        elif not tm.empty:
+                            target = <object>o
+                            if T_CLICK <= code <= T_FORM_ERROR:
+                                if tm.k32 == 0:
+                                    tm.k32 = key32(target)
+                                target_k = tm.k32
+                if account_l is not None:
+                    o = PyList_GET_ITEM(account_l, i)
+                    if o != <PyObject*>None:
+                        tm = text_memo(tmemo, o)
+                        if not tm.ok:
+                            ok = False
+                        elif not tm.empty:
+                            account = <object>o
+                status = -1
+                results = -1
+                if have_status and 0 <= status_v[i] <= I31:
+                    status = <long>status_v[i]
+                if have_results and 0 <= results_v[i] <= I31:
+                    results = <long>results_v[i]
+                if have_ts:
+                    ts = ts_v[i]
                 else:
-                    ts = NAN  # let the row path judge it (clock, int, or an error)
-            if (PyUnicode_CheckExact(uid) and PyUnicode_CheckExact(kind)
-                    and 0 < PyUnicode_GET_LENGTH(uid) <= MAX_TEXT
-                    and 0 < PyUnicode_GET_LENGTH(kind) <= MAX_TEXT
-                    and Py_IS_FINITE(ts) and ts >= 0.0
-                    and text_ok(step) and text_ok(target) and text_ok(account)):
-                out_v[i] = self.apply(uid, keys_v[i], kind, ts, nonempty(step), nonempty(target),
-                                      nonempty(account), status, results)
-            else:
-                try:
-                    out_v[i] = self.observe_slow(_row(cols, i))
-                except _ev.InvalidEvent:
-                    out_v[i] = NAN
+                    ts_o = None if ts_c is None else <object>PyList_GET_ITEM(ts_c, i)
+                    if ts_o is not None and PyFloat_CheckExact(ts_o):
+                        ts = PyFloat_AS_DOUBLE(ts_o)
+                    else:
+                        ts = NAN  # let the row path judge it (clock, int, or an error)
+                if ok and keys_v[i] != 0 and Py_IS_FINITE(ts) and ts >= 0.0:
+                    out_v[i] = self.apply(uid, keys_v[i], None, ts, step, target, account,
+                                          status, results, code, step_k, target_k)
+                else:
+                    try:
+                        out_v[i] = self.observe_slow(_row(cols, i))
+                    except _ev.InvalidEvent:
+                        out_v[i] = NAN
+        finally:
+            self.end_batch(began)
         return out
 
     # -- reads --------------------------------------------------------------------------------
@@ -1560,7 +1796,7 @@ cdef class CompiledCore:
             end = self.log_tail
             while p < end:
                 s = self.lru_log[p]
-                if self.lru_pos[s] == p:
+                if self.slots[s].lock == p:
                     order.append(self.slots[s].key)
                 p += 1
         for k in order:
@@ -1603,8 +1839,9 @@ cdef class CompiledCore:
         step_raw = steps.view(np.uint8).reshape(-1)
         for p in range(self.log_head, self.log_tail):
             s = self.lru_log[p]
-            if self.lru_pos[s] == p:
+            if self.slots[s].lock == p:
                 memcpy(&raw[n * sizeof(Slot)], &self.slots[s], sizeof(Slot))
+                (<Slot*>&raw[n * sizeof(Slot)]).lock = 0  # a log position, not state
                 n += 1
         if self.meta.n_steps:
             memcpy(&step_raw[0], self.steps, self.meta.n_steps * sizeof(StepRec))
@@ -1828,6 +2065,22 @@ def read_config(path):
         return f.read(h["config_len"])
 
 
+cdef dict slot_fields(Slot* u):
+    """The fields of a slot that ``_episodes.make_episode`` reads, as plain Python values
+    (the same values a ``SLOT_DTYPE`` record gives: each float32 widened to a double)."""
+    cdef int i
+    return {
+        "key": u.key, "step": u.step, "prev_step": u.prev_step, "step_ts": u.step_ts,
+        "pressure": [<double>u.pressure[i] for i in range(NDET)],
+        "click_r": [<double>u.click_r[i] for i in range(RING)],
+        "dead_r": [<double>u.dead_r[i] for i in range(RING)],
+        "err_r": [<double>u.err_r[i] for i in range(RING)],
+        "click_n": u.click_n, "click_target": u.click_target, "dead_n": u.dead_n,
+        "dead_target": u.dead_target, "err_n": u.err_n, "fail_target": u.fail_target,
+        "fail_n": u.fail_n, "uturn_n": u.uturn_n, "search_n": u.search_n, "custom": u.custom,
+    }
+
+
 cdef inline void clear_keeping_lock(Slot* u) noexcept nogil:
     """Zero a slot but its key and its lock word: a waiter must never see the lock free while
     its holder is still rewriting the slot."""
@@ -1899,6 +2152,22 @@ cdef inline object optional_text(dict d, str key):
     if not PyUnicode_CheckExact(<object>o) or PyUnicode_GET_LENGTH(<object>o) > MAX_TEXT:
         return _BAD
     return <object>o if PyUnicode_GET_LENGTH(<object>o) > 0 else None
+
+
+cdef inline TextMemo* text_memo(TextMemo* memo, PyObject* o):
+    cdef TextMemo* m = &memo[(<size_t>o >> 4) & (TEXT_MEMO - 1)]
+    cdef Py_ssize_t n
+    if m.obj != o:
+        m.obj = o
+        m.k32 = 0
+        if PyUnicode_CheckExact(<object>o):
+            n = PyUnicode_GET_LENGTH(<object>o)
+            m.ok = n <= MAX_TEXT
+            m.empty = n == 0
+        else:
+            m.ok = False
+            m.empty = False
+    return m
 
 
 cdef inline bint text_ok(object o):

@@ -84,7 +84,7 @@ SLOT_DTYPE = np.dtype(
         ("click_target", "<u4"),
         ("dead_target", "<u4"),
         ("fail_target", "<u4"),
-        ("lock", "<u4"),  # shared store: pid of the process updating the slot (0: free)
+        ("lock", "<u4"),  # shared: pid of the process updating it (0: free); private: recency log position
         ("flags", "<u2"),
         ("click_n", "u1"),  # events in the current run (saturating at 255)
         ("dead_n", "u1"),

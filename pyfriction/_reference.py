@@ -65,7 +65,10 @@ from .config import RING_SIZE
 #: Called after an outcome event (ticket, guidance feedback) is applied:
 #: ``(type, user_id, account_id, step, target, ts)``.
 OutcomeSink = Callable[[str, str, Optional[str], Optional[str], Optional[str], float], None]
-EpisodeSink = Callable[[np.void, str, Optional[str], Optional[str], Optional[str], float, float], None]
+#: Called when an episode fires: ``(record, user_id, account_id, step, target, ts, score,
+#: stall_limit)``; the record is the slot (a ``SLOT_DTYPE`` record here, a dict of the fields
+#: ``_episodes`` reads from the compiled core), ``stall_limit`` the step's limit at that moment.
+EpisodeSink = Callable[[Any, str, Optional[str], Optional[str], Optional[str], float, float, float], None]
 
 _LATCHES = F_RAGE | F_DEAD | F_ERR | F_FAIL | F_UTURN | F_SEARCH
 _U32 = 0xFFFFFFFF
@@ -155,6 +158,10 @@ class ReferenceCore:
     """The pure-Python engine (``Tracker(engine="reference")``)."""
 
     engine = "reference"
+    #: The compiled core's switch for queueing a batch's episodes (``begin_batch``); the
+    #: reference reports each one as it fires, which no caller can tell apart from a queue
+    #: while no callback runs inline (the only time the switch is on).
+    batch_queue = True
 
     def __init__(self, rules: Rules, capacity: int, idle_ttl: Optional[float],
                  clock: Callable[[], float], names: Names, on_episode: EpisodeSink,
@@ -535,7 +542,8 @@ class ReferenceCore:
                 u.episodes += 1
             u.episode_score = f32(score)
             self.counters["episodes"] += 1
-            self._on_episode(self._record(u), u.uid, account, step, target, te, score)
+            self._on_episode(self._record(u), u.uid, account, step, target, te, score,
+                             self.stall_limit(u.step))
         return score
 
     @staticmethod

@@ -226,15 +226,17 @@ def _rate(num: int, den: int) -> Optional[float]:
 
 
 class _UserInsight:
+    # Tuples, not lists: most users have one entry or none, and () is shared. One record per
+    # user who had an episode, kept for every tracked user: it has to stay small.
     __slots__ = ("account", "first_episode", "since_ticket", "hotspots", "accounts", "group", "exposed", "ticketed",
                  "guided")  # fmt: skip
 
     def __init__(self) -> None:
         self.account: Optional[str] = None
         self.first_episode: Optional[float] = None  # first episode of the current struggle
-        self.since_ticket: list[Any] = []  # hotspot keys since the last ticket
-        self.hotspots: list[Any] = []  # hotspot keys counted for this user (distinct users)
-        self.accounts: list[str] = []  # accounts counted for this user
+        self.since_ticket: tuple[Any, ...] = ()  # hotspot keys since the last ticket
+        self.hotspots: tuple[Any, ...] = ()  # hotspot keys counted for this user (distinct users)
+        self.accounts: tuple[str, ...] = ()  # accounts counted for this user
         self.group: Optional[str] = None  # "guided" | "holdout" once exposed
         self.exposed = 0.0
         self.ticketed = False
@@ -256,6 +258,7 @@ class InsightsCollector:
         self._lock = threading.Lock()
         self._users: "OrderedDict[str, _UserInsight]" = OrderedDict()
         self._hotspots: dict[tuple[Optional[str], Optional[str]], list[Any]] = {}  # users, episodes, tickets, {det: n}
+        self._keys: dict[Any, Any] = {}  # one shared tuple per hotspot key, for the user records
         self._accounts: dict[str, list[Any]] = {}  # users, episodes, tickets, guided, last
         self._items: dict[str, list[int]] = {}
         self._groups = {"guided": [0, 0], "holdout": [0, 0]}  # users, tickets
@@ -319,6 +322,7 @@ class InsightsCollector:
             if episode.account_id:
                 u.account = episode.account_id
             key = (episode.step, episode.target)
+            key = self._keys.get(key) or (self._keys.setdefault(key, key) if len(self._keys) < MAX_KEYS else key)
             spot = self._row(self._hotspots, key, lambda: [0, 0, 0, {}])
             spot[1] += 1
             if episode.reasons:
@@ -326,20 +330,17 @@ class InsightsCollector:
                 spot[3][top] = spot[3].get(top, 0) + 1
             if key not in u.hotspots:
                 spot[0] += 1
-                u.hotspots.append(key)
-                del u.hotspots[:-_PER_USER]
+                u.hotspots = (*u.hotspots, key)[-_PER_USER:]
             if u.first_episode is None or ts - u.first_episode > self.window:
                 u.first_episode = ts
-                u.since_ticket = []
+                u.since_ticket = ()
             if key not in u.since_ticket:
-                u.since_ticket.append(key)
-                del u.since_ticket[:-_PER_USER]
+                u.since_ticket = (*u.since_ticket, key)[-_PER_USER:]
             if u.account:
                 acct = self._row(self._accounts, u.account, lambda: [0, 0, 0, 0, None])
                 if u.account not in u.accounts:
                     acct[0] += 1
-                    u.accounts.append(u.account)
-                    del u.accounts[:-_PER_USER]
+                    u.accounts = (*u.accounts, u.account)[-_PER_USER:]
                 acct[1] += 1
                 if guided and not u.guided:
                     u.guided = True
@@ -379,7 +380,7 @@ class InsightsCollector:
                     if spot is not None:
                         spot[2] += 1
             u.first_episode = None
-            u.since_ticket = []
+            u.since_ticket = ()
             if u.group is not None and not u.ticketed and 0.0 <= ts - u.exposed <= self.window:
                 u.ticketed = True
                 self._groups[u.group][1] += 1
@@ -476,7 +477,7 @@ class InsightsCollector:
         with self._lock:
             users = [
                 [uid, u.account, u.first_episode, [list(k) for k in u.since_ticket], [list(k) for k in u.hotspots],
-                 u.accounts, u.group, u.exposed, u.ticketed, u.guided]
+                 list(u.accounts), u.group, u.exposed, u.ticketed, u.guided]
                 for uid, u in self._users.items()
             ]  # fmt: skip
             return {
@@ -502,9 +503,9 @@ class InsightsCollector:
             ]:
                 u = _UserInsight()
                 u.account, u.first_episode = account, first
-                u.since_ticket = [tuple(k) for k in since_ticket]
-                u.hotspots = [tuple(k) for k in hotspots]
-                u.accounts = list(accounts)
+                u.since_ticket = tuple(tuple(k) for k in since_ticket)
+                u.hotspots = tuple(tuple(k) for k in hotspots)
+                u.accounts = tuple(accounts)
                 u.group, u.exposed, u.ticketed, u.guided = group, float(exposed), bool(ticketed), bool(guided)
                 self._users[str(uid)] = u
             self._hotspots = {tuple(k): [v[0], v[1], v[2], dict(v[3])] for k, v in data["hotspots"]}

@@ -352,6 +352,7 @@ def init(
         opts.fast = enabled and rate >= 1.0 and before_observe is None
     if old is not None and old is not tracker:
         tracker._sync.extend(old._sync)
+        tracker._inline_changed()
         tracker._async.extend(old._async)
         old.close()
 

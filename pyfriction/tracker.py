@@ -245,14 +245,21 @@ class Tracker:
             if not callable(cb):
                 raise TypeError(f"on_friction needs a callable, not {type(cb).__name__}")
             (self._sync if sync else self._async).append(cb)
+            self._inline_changed()
             return cb
 
         return register if callback is None else register(callback)
 
+    def _inline_changed(self) -> None:
+        # A batch may queue its episodes and deliver them in order a little later (see
+        # CompiledCore.begin_batch) unless a callback runs inline: that one may observe and
+        # must see the state of the moment its episode fired.
+        self._core.batch_queue = not (self._sync or self._on_guidance)
+
     def _emit(self, rec: Any, user_id: str, account_id: Optional[str], step: Optional[str],
-              target: Optional[str], ts: float, score: float) -> None:  # fmt: skip
+              target: Optional[str], ts: float, score: float, stall_limit: float) -> None:  # fmt: skip
         episode = make_episode(rec, user_id, account_id, step, target, ts, score, self._names,
-                               self._rules, self._core.stall_limit(int(rec["step"])))  # fmt: skip
+                               self._rules, stall_limit)  # fmt: skip
         try:  # guidance and measurement never break observe
             picked = self._guidance.select(episode)
             episode.guidance, episode.holdout = picked.guidance, picked.holdout
@@ -339,6 +346,7 @@ class Tracker:
             if not callable(cb):
                 raise TypeError(f"on_guidance needs a callable, not {type(cb).__name__}")
             self._on_guidance.append(cb)
+            self._inline_changed()
             return cb
 
         return register if callback is None else register(callback)

@@ -466,8 +466,12 @@ def reentrant_callback(tracker: pyfriction.Tracker, mode: str) -> Callable[[pyfr
 
 def attach(tracker: pyfriction.Tracker, seen: list[pyfriction.Episode], mode: Optional[str]) -> pyfriction.Tracker:
     tracker.episodes_seen = seen  # type: ignore[attr-defined]
-    tracker.on_friction(seen.append, sync=True)
-    if mode is not None:
+    if mode is None:
+        # On the dispatcher, so that no callback runs inline: the compiled core then queues
+        # a batch's episodes and outcomes (CompiledCore.begin_batch), which must change nothing.
+        tracker.on_friction(seen.append)
+    else:
+        tracker.on_friction(seen.append, sync=True)
         tracker.on_friction(reentrant_callback(tracker, mode), sync=True)
     return tracker
 
@@ -535,6 +539,7 @@ def run_stream(config: dict[str, Any], ops: list[tuple[Any, ...]]) -> None:
             a, b = swapped(a, b, config, clock)
         else:
             same_outcome(outcome(lambda: float(a.tick(arg))), outcome(lambda: float(b.tick(arg))), what)
+        assert a.flush(10.0) and b.flush(10.0)
         ea, eb = a.episodes_seen, b.episodes_seen
         assert_same([msgspec.to_builtins(e) for e in ea], [msgspec.to_builtins(e) for e in eb], f"{what}: episodes")
         compare(a, b, users, what)
