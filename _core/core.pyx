@@ -5,7 +5,7 @@ It implements, step for step, the specification written out in ``pyfriction/_ref
 (read that first: every function here names the reference function it mirrors). The state is
 C structs in flat buffers, with no pointers inside:
 
-* ``slots``: ``capacity`` records of ``Slot`` (``_layout.SLOT_DTYPE``, 232 bytes);
+* ``slots``: ``capacity`` records of ``Slot`` (``_layout.SLOT_DTYPE``, 224 bytes);
 * ``index``: open addressing (linear probing, backward-shift deletion) from the user's 64-bit
   key to ``slot + 1``, sized to a power of two at least twice the capacity;
 * ``steps``: per-step duration histograms (``_layout.STEP_DTYPE``), open addressing by step key;
@@ -97,7 +97,7 @@ cdef extern from *:
 # --- the layout (must match pyfriction/_layout.py and store.py; checked at import) ----------
 DEF RING = 4
 DEF NDET = 9
-DEF UIDB = 42
+DEF UIDB = 40
 DEF NB = 24
 DEF UID_LONG = 255
 DEF MAX_TEXT = 1024
@@ -173,7 +173,6 @@ DEF STORE_VERSION = 1
 ctypedef struct Slot:
     uint64_t key
     double last_ts
-    double p_ts
     double episode_ts
     double step_ts
     double base
@@ -183,10 +182,10 @@ ctypedef struct Slot:
     float uturn_t
     float fail_t
     float search_t
+    float p_off             # pressures valued at last_ts + p_off (0 after every event)
     float pressure[NDET]
     float episode_score
     uint32_t events
-    uint32_t episodes
     uint32_t step
     uint32_t prev_step
     uint32_t click_target
@@ -194,6 +193,7 @@ ctypedef struct Slot:
     uint32_t fail_target
     uint32_t lock
     uint16_t flags
+    uint16_t episodes       # saturating
     uint8_t click_n
     uint8_t dead_n
     uint8_t err_n
@@ -292,7 +292,7 @@ def layout():
     cdef char* b = <char*>&s
     cdef char* hb = <char*>&h
     offsets = {
-        "key": <char*>&s.key - b, "last_ts": <char*>&s.last_ts - b, "p_ts": <char*>&s.p_ts - b,
+        "key": <char*>&s.key - b, "last_ts": <char*>&s.last_ts - b, "p_off": <char*>&s.p_off - b,
         "episode_ts": <char*>&s.episode_ts - b, "step_ts": <char*>&s.step_ts - b,
         "base": <char*>&s.base - b, "click_r": <char*>&s.click_r[0] - b,
         "dead_r": <char*>&s.dead_r[0] - b, "err_r": <char*>&s.err_r[0] - b,
@@ -727,7 +727,7 @@ cdef class CompiledCore:
             if u.key == 0:
                 continue
             top = s + 1
-            ok = (Py_IS_FINITE(u.last_ts) and Py_IS_FINITE(u.p_ts) and Py_IS_FINITE(u.base)
+            ok = (Py_IS_FINITE(u.last_ts) and Py_IS_FINITE(u.p_off) and u.p_off >= 0.0 and Py_IS_FINITE(u.base)
                   and (u.uid_len <= UIDB or u.uid_len == UID_LONG))
             j = <uint32_t>u.key & self.mask
             while ok and self.index[j] != 0:
@@ -953,7 +953,6 @@ cdef class CompiledCore:
             pf_lock(&u.lock, self.pid)
         clear_keeping_lock(u)
         u.last_ts = ts
-        u.p_ts = ts
         u.step_ts = ts
         u.base = ts
         for i in range(RING):
@@ -1137,15 +1136,18 @@ cdef class CompiledCore:
         return self.c_stall_limit(step)
 
     # -- the specification (reference: ReferenceCore._apply and helpers) ------------------------
-    cdef inline void decay(self, Slot* u, double t) noexcept:
-        cdef double dt = t - u.p_ts
+    cdef inline bint decay(self, Slot* u, double p, double t) noexcept:
+        """Value the pressures (valued at ``p``) at ``t`` if later; False if not."""
+        cdef double dt = t - p
         cdef double f
         cdef int i
         if dt > 0.0:
             f = exp(-dt * self.decay_rate)
             for i in range(NDET):
                 u.pressure[i] = <float>(<double>u.pressure[i] * f)
-            u.p_ts = t
+            u.p_off = <float>(t - u.last_ts)
+            return True
+        return False
 
     cdef inline void check_stall(self, Slot* u, double te) noexcept:
         cdef double limit
@@ -1205,7 +1207,7 @@ cdef class CompiledCore:
               and (not u.flags & F_HAS_EPISODE or te - u.episode_ts >= self.cooldown)):
             u.flags |= F_IN_EPISODE | F_HAS_EPISODE
             u.episode_ts = te
-            if u.episodes < U32MAX:
+            if u.episodes < 0xFFFF:
                 u.episodes += 1
             u.episode_score = <float>score
             self.ctr[C_EPISODES] += 1
@@ -1388,6 +1390,7 @@ cdef class CompiledCore:
         cdef uint32_t t
         cdef double te, factor, w, other, keep
         cdef int i
+        cdef double p = u.last_ts + <double>u.p_off  # when the pressures are valued
         te = ts if ts > u.last_ts else u.last_ts
         u.last_ts = te
         self.last_te = te
@@ -1395,7 +1398,8 @@ cdef class CompiledCore:
             u.events += 1
         if te - u.base > REBASE:
             rebase(u, te)
-        self.decay(u, te)
+        if not self.decay(u, p, te):
+            u.p_off = <float>(p - te)  # still valued later than the event (a tick ran ahead)
         if code == T_PAGE and step is not None:
             t = step_k if step_k else key32(step)
         else:
@@ -1752,7 +1756,7 @@ cdef class CompiledCore:
         u = &self.slots[s]
         for i in range(NDET):
             total += u.pressure[i]
-        p_ts = u.p_ts
+        p_ts = u.last_ts + <double>u.p_off
         self.release(s)
         if at is not None:
             t = at
@@ -1805,7 +1809,7 @@ cdef class CompiledCore:
             if s == NONE32:
                 continue
             u = &self.slots[s]
-            self.decay(u, now)
+            self.decay(u, u.last_ts + <double>u.p_off, now)
             te = now if now > u.last_ts else u.last_ts
             self.check_stall(u, te)
             self.check_episode(u, te, 0)

@@ -53,7 +53,7 @@ F_STALL = 1 << 8  # stall already activated during the current step visit
 
 #: Bytes of a user id stored inline; longer ids keep their first UID_BYTES bytes and
 #: ``uid_len == UID_LONG``, the full id lives in a side table bounded by capacity.
-UID_BYTES = 42
+UID_BYTES = 40
 UID_LONG = 255
 #: Window timestamps are float32 offsets from ``base``; ``base`` moves to the event time once
 #: it is this many seconds old, keeping offsets within about 2 ms of exact.
@@ -65,7 +65,6 @@ SLOT_DTYPE = np.dtype(
     [
         ("key", "<u8"),  # 64-bit hash of the user id
         ("last_ts", "<f8"),  # newest effective event time
-        ("p_ts", "<f8"),  # time the pressures are valued at
         ("episode_ts", "<f8"),  # time of the last episode (valid with F_HAS_EPISODE)
         ("step_ts", "<f8"),  # when the current step was entered
         ("base", "<f8"),  # origin of the float32 window offsets below
@@ -75,10 +74,12 @@ SLOT_DTYPE = np.dtype(
         ("uturn_t", "<f4"),  # first u-turn of the current run
         ("fail_t", "<f4"),  # last failure on fail_target
         ("search_t", "<f4"),  # last empty search
+        # The pressures are valued at last_ts + p_off: 0 after every event (exact), positive
+        # after tick() decayed them past the user's last event.
+        ("p_off", "<f4"),
         ("pressure", "<f4", (N_DETECTORS,)),
         ("episode_score", "<f4"),
         ("events", "<u4"),
-        ("episodes", "<u4"),
         ("step", "<u4"),  # 32-bit key of the current step (0: none yet)
         ("prev_step", "<u4"),
         ("click_target", "<u4"),
@@ -86,6 +87,7 @@ SLOT_DTYPE = np.dtype(
         ("fail_target", "<u4"),
         ("lock", "<u4"),  # shared: pid of the process updating it (0: free); private: recency log position
         ("flags", "<u2"),
+        ("episodes", "<u2"),  # saturating at 65535
         ("click_n", "u1"),  # events in the current run (saturating at 255)
         ("dead_n", "u1"),
         ("err_n", "u1"),
@@ -97,7 +99,7 @@ SLOT_DTYPE = np.dtype(
         ("uid", "S%d" % UID_BYTES),
     ]
 )
-assert SLOT_DTYPE.itemsize == 232, SLOT_DTYPE.itemsize
+assert SLOT_DTYPE.itemsize == 224, SLOT_DTYPE.itemsize
 
 #: Buckets of a step's duration histogram: bucket 0 holds visits under 1 s, bucket b >= 1
 #: holds [GAMMA**(b-1), GAMMA**b) seconds; the last also takes everything longer.

@@ -72,14 +72,15 @@ EpisodeSink = Callable[[Any, str, Optional[str], Optional[str], Optional[str], f
 
 _LATCHES = F_RAGE | F_DEAD | F_ERR | F_FAIL | F_UTURN | F_SEARCH
 _U32 = 0xFFFFFFFF
+_U16 = 0xFFFF
 
 
 class _User:
     """One tracked user: the fields of a slot (see ``_layout.SLOT_DTYPE``)."""
 
     __slots__ = (
-        "key", "uid", "last_ts", "p_ts", "episode_ts", "step_ts", "base",
-        "click_r", "dead_r", "err_r", "uturn_t", "fail_t", "search_t",
+        "key", "uid", "last_ts", "episode_ts", "step_ts", "base",
+        "click_r", "dead_r", "err_r", "uturn_t", "fail_t", "search_t", "p_off",
         "pressure", "episode_score", "events", "episodes", "step", "prev_step",
         "click_target", "dead_target", "fail_target", "flags",
         "click_n", "dead_n", "err_n", "fail_n", "uturn_n", "search_n", "custom",
@@ -88,7 +89,8 @@ class _User:
     def __init__(self, key: int, uid: str, ts: float) -> None:
         self.key = key
         self.uid = uid
-        self.last_ts = self.p_ts = self.step_ts = self.base = ts
+        self.last_ts = self.step_ts = self.base = ts
+        self.p_off = 0.0  # the pressures are valued at last_ts + p_off
         self.episode_ts = 0.0
         self.click_r = [NEVER] * RING_SIZE
         self.dead_r = [NEVER] * RING_SIZE
@@ -219,8 +221,9 @@ class ReferenceCore:
         total = 0.0
         for p in u.pressure:
             total += p
-        if at is not None and at > u.p_ts:
-            total *= math.exp(-(at - u.p_ts) * self._rules.decay_rate)
+        p_ts = u.last_ts + u.p_off
+        if at is not None and at > p_ts:
+            total *= math.exp(-(at - p_ts) * self._rules.decay_rate)
         return 1.0 - math.exp(-total)
 
     def record(self, user_id: str) -> Optional[np.void]:
@@ -246,7 +249,7 @@ class ReferenceCore:
                 u = self._users.get(key)
                 if u is None:  # evicted by a callback's observe
                     continue
-                self._decay(u, now)
+                self._decay(u, u.last_ts + u.p_off, now)
                 te = now if now > u.last_ts else u.last_ts
                 self._check_stall(u, te)
                 self._check_episode(u, te, 0, None, None, None)
@@ -296,13 +299,15 @@ class ReferenceCore:
             u = self._insert(key, uid, ts)
         else:
             self._users.move_to_end(key)
+        p = u.last_ts + u.p_off  # when the pressures are valued
         te = ts if ts > u.last_ts else u.last_ts
         u.last_ts = te
         if u.events < _U32:
             u.events += 1
         if te - u.base > REBASE_AFTER:
             self._rebase(u, te)
-        self._decay(u, te)
+        if not self._decay(u, p, te):
+            u.p_off = f32(p - te)  # still valued later than the event (a tick ran ahead)
         # Stall is judged while the user is still on the step: an event that moves them on
         # ends the visit instead (its duration feeds the step's baseline).
         s = key32(step) if code == ev.PAGE and step is not None else 0
@@ -431,14 +436,17 @@ class ReferenceCore:
         u.search_t = f32((shift + u.search_t) - te)
         u.base = te
 
-    def _decay(self, u: _User, t: float) -> None:
-        dt = t - u.p_ts
+    def _decay(self, u: _User, p_ts: float, t: float) -> bool:
+        """Value the pressures (valued at ``p_ts``) at ``t`` if later; False if not."""
+        dt = t - p_ts
         if dt > 0.0:
             f = math.exp(-dt * self._rules.decay_rate)
             p = u.pressure
             for i in range(N_DETECTORS):
                 p[i] = f32(p[i] * f)
-            u.p_ts = t
+            u.p_off = f32(t - u.last_ts)
+            return True
+        return False
 
     @staticmethod
     def _activate(u: _User, detector: int, weight: float) -> None:
@@ -538,7 +546,7 @@ class ReferenceCore:
         ):
             u.flags |= F_IN_EPISODE | F_HAS_EPISODE
             u.episode_ts = te
-            if u.episodes < _U32:
+            if u.episodes < _U16:
                 u.episodes += 1
             u.episode_score = f32(score)
             self.counters["episodes"] += 1

@@ -259,6 +259,7 @@ class InsightsCollector:
         self._users: "OrderedDict[str, _UserInsight]" = OrderedDict()
         self._hotspots: dict[tuple[Optional[str], Optional[str]], list[Any]] = {}  # users, episodes, tickets, {det: n}
         self._keys: dict[Any, Any] = {}  # one shared tuple per hotspot key, for the user records
+        self._ones: dict[Any, tuple[Any]] = {}  # one shared 1-tuple per key or account: most users have one
         self._accounts: dict[str, list[Any]] = {}  # users, episodes, tickets, guided, last
         self._items: dict[str, list[int]] = {}
         self._groups = {"guided": [0, 0], "holdout": [0, 0]}  # users, tickets
@@ -290,6 +291,18 @@ class InsightsCollector:
             self.since = ts
         if self.until is None or ts > self.until:
             self.until = ts
+
+    def _added(self, keys: tuple[Any, ...], key: Any) -> tuple[Any, ...]:
+        """``keys`` with ``key`` appended (the last ``_PER_USER``). A user's first key is a
+        shared 1-tuple: a record per user must not cost an object per user for it."""
+        if keys:
+            return (*keys, key)[-_PER_USER:]
+        one = self._ones.get(key)
+        if one is None:
+            one = (key,)
+            if len(self._ones) < 2 * MAX_KEYS:
+                self._ones[key] = one
+        return one
 
     @staticmethod
     def _row(table: dict[Any, Any], key: Any, fresh: Any) -> Any:
@@ -330,17 +343,17 @@ class InsightsCollector:
                 spot[3][top] = spot[3].get(top, 0) + 1
             if key not in u.hotspots:
                 spot[0] += 1
-                u.hotspots = (*u.hotspots, key)[-_PER_USER:]
+                u.hotspots = self._added(u.hotspots, key)
             if u.first_episode is None or ts - u.first_episode > self.window:
                 u.first_episode = ts
                 u.since_ticket = ()
             if key not in u.since_ticket:
-                u.since_ticket = (*u.since_ticket, key)[-_PER_USER:]
+                u.since_ticket = self._added(u.since_ticket, key)
             if u.account:
                 acct = self._row(self._accounts, u.account, lambda: [0, 0, 0, 0, None])
                 if u.account not in u.accounts:
                     acct[0] += 1
-                    u.accounts = (*u.accounts, u.account)[-_PER_USER:]
+                    u.accounts = self._added(u.accounts, u.account)
                 acct[1] += 1
                 if guided and not u.guided:
                     u.guided = True

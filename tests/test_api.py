@@ -873,6 +873,23 @@ def test_tick_fires_stall(make_tracker: Any) -> None:
     assert t.stats().episodes == 1
 
 
+def test_tick_decays_once_and_a_late_event_does_not_decay_again(make_tracker: Any) -> None:
+    """tick() values the pressures at its time; an event timed before it (but after the
+    user's last) neither decays them a second time nor moves them back."""
+    half = 180.0
+    t = make_tracker(scoring={"half_life": half, "threshold": 0.99, "rearm": 0.5})
+    for i in range(3):
+        t.observe(ev("u", "click", T0 + 0.1 * i, "s", "#pay"))
+    before = t.state("u").detectors["rage_click"]
+    t.tick(T0 + 0.2 + half)  # one half-life later
+    after_tick = t.state("u").detectors["rage_click"]
+    assert after_tick == pytest.approx(before / 2, rel=1e-6)
+    t.observe(ev("u", "page", T0 + 0.2 + half / 2, "s"))  # late: before the tick's time
+    assert t.state("u").detectors["rage_click"] == after_tick
+    t.observe(ev("u", "page", T0 + 0.2 + 2 * half, "s"))  # one more half-life after the tick
+    assert t.state("u").detectors["rage_click"] == pytest.approx(before / 4, rel=1e-6)
+
+
 def test_tick_stall_episode_detail_reports_time_on_step(make_tracker: Any) -> None:
     # The same stall, noticed by tick() or by the user's next event, reads the same.
     t = make_tracker(scoring={"threshold": 0.45, "rearm": 0.2})

@@ -713,6 +713,7 @@ def test_engines_agree_on_the_sample_stream(against: str) -> None:
     for i, e in enumerate(events[500:]):
         same_outcome(outcome(lambda: a.observe(e)), outcome(lambda: b.observe(e)), f"event {500 + i}")
     assert b.stats().episodes > 0
+    assert a.flush(10.0) and b.flush(10.0)  # the callbacks run on the dispatcher
     assert_same([msgspec.to_builtins(e) for e in a.episodes_seen], [msgspec.to_builtins(e) for e in b.episodes_seen], "episodes")
     compare(a, b, users, "end")
 
