@@ -91,8 +91,12 @@ cdef extern from *:
     #else
     #define PF_PREFETCH(p) ((void)0)
     #endif
+    #define PF_NONE32 0xFFFFFFFFu
     """
     void PF_PREFETCH(const void*) nogil
+    # C constants (a DEF this large would be a Python int where no GIL is held)
+    const uint32_t NONE32 "PF_NONE32"
+    const uint32_t U32MAX "PF_NONE32"
 
 # --- the layout (must match pyfriction/_layout.py and store.py; checked at import) ----------
 DEF RING = 4
@@ -104,6 +108,9 @@ DEF MAX_TEXT = 1024
 DEF MAX_CUSTOM = 256
 DEF LOOKAHEAD = 16
 DEF DRAIN_EVERY = 32768  # rows of a batch between deliveries of its episodes
+DEF NOTE_STEP = 1  # the update named a step: remember it
+DEF NOTE_TARGET = 2  # ... a target
+DEF NOTE_LONG = 4  # a new user's id is longer than UIDB: file its full text
 DEF NAMES_MAX = 65536
 DEF REBASE = 16384.0
 DEF I31 = 0x7FFFFFFF
@@ -158,8 +165,6 @@ DEF C_TICKETS = 6
 DEF N_COUNTERS = 7
 COUNTER_NAMES = ("events", "invalid", "unknown", "excluded", "episodes", "evictions", "tickets")
 
-DEF NONE32 = 0xFFFFFFFF
-DEF U32MAX = 0xFFFFFFFF
 
 # shared store
 DEF HEADER_SIZE = 4096
@@ -476,6 +481,13 @@ cdef class CompiledCore:
     cdef unsigned long defer_thread
     cdef double last_te
     cdef bint did_fire
+    # What an update left for the caller to do with the GIL (NOTE_*): name a step or a
+    # target, file a long user id; and the long ids of users evicted meanwhile.
+    cdef int note
+    cdef uint64_t* gone
+    cdef Py_ssize_t gone_n, gone_cap
+    cdef long* ordinary_c  # statuses an api_error weighs less for
+    cdef int n_ordinary
     cdef bint has_ttl, has_excl_step, has_excl_target
     cdef double idle_ttl, decay_rate
     # detector parameters
@@ -534,6 +546,12 @@ cdef class CompiledCore:
         self.type_names = _ev.TYPE_NAMES
         self.type_codes = rules.type_codes
         self.ordinary = rules.ordinary_statuses
+        self.ordinary_c = <long*>calloc(len(self.ordinary) + 1, sizeof(long))
+        if self.ordinary_c == NULL:
+            raise MemoryError()
+        for st in self.ordinary:
+            self.ordinary_c[self.n_ordinary] = st
+            self.n_ordinary += 1
         self.excl_step = rules.excluded_step
         self.excl_target = rules.excluded_target
         self.has_excl_step = bool(rules.excluded_step)
@@ -603,6 +621,8 @@ cdef class CompiledCore:
             Py_XDECREF(self.pend[i].step)
             Py_XDECREF(self.pend[i].target)
         free(self.pend)
+        free(self.gone)
+        free(self.ordinary_c)
         if self.shared:
             if self.map_base != NULL:
                 munmap(self.map_base, self.map_len)
@@ -811,7 +831,7 @@ cdef class CompiledCore:
         return self.meta.n_users
 
     # -- the table ----------------------------------------------------------------------------
-    cdef inline uint32_t find(self, uint64_t key) noexcept:
+    cdef inline uint32_t find(self, uint64_t key) noexcept nogil:
         """slot + 1 of ``key``, or 0. In a shared store the answer is a hint, to be confirmed
         under the slot's lock (another process may move or evict it)."""
         cdef uint32_t i = <uint32_t>key & self.mask
@@ -830,7 +850,7 @@ cdef class CompiledCore:
                 return e
             i = (i + 1) & self.mask
 
-    cdef inline void touch(self, uint32_t s) noexcept:
+    cdef inline void touch(self, uint32_t s) noexcept nogil:
         """Make slot ``s`` the most recently active (reference: ``move_to_end``)."""
         if self.shared:
             return  # recency in a shared store is the slot's last_ts
@@ -840,7 +860,7 @@ cdef class CompiledCore:
         self.slots[s].lock = self.log_tail
         self.log_tail += 1
 
-    cdef void compact_log(self) noexcept:
+    cdef void compact_log(self) noexcept nogil:
         cdef uint32_t p, s, out = 0
         for p in range(self.log_head, self.log_tail):
             if p + LOOKAHEAD < self.log_tail:
@@ -854,7 +874,7 @@ cdef class CompiledCore:
         self.log_head = 0
         self.log_tail = out
 
-    cdef uint32_t oldest(self) noexcept:
+    cdef uint32_t oldest(self) noexcept nogil:
         """The least recently active slot, or NONE32. Memory: exact, from the log (skipping
         stale entries). Shared: the least recent of SAMPLE slots from a rotating hand."""
         cdef uint32_t s, i, n, best = NONE32
@@ -881,7 +901,7 @@ cdef class CompiledCore:
         self.meta.hand = s
         return best
 
-    cdef void unlink(self, uint32_t s) noexcept:
+    cdef void unlink(self, uint32_t s) noexcept nogil:
         """Remove slot ``s`` from the index (backward-shift deletion: probe chains stay
         unbroken without tombstones)."""
         cdef uint32_t i = <uint32_t>self.slots[s].key & self.mask
@@ -901,14 +921,23 @@ cdef class CompiledCore:
             i = j
         pf_store32(&self.index[i], 0)
 
-    cdef void evict(self, uint32_t s) except *:
-        """Forget the user in slot ``s`` (shared: table lock held; the slot is locked here)."""
+    cdef void evict(self, uint32_t s) noexcept nogil:
+        """Forget the user in slot ``s`` (shared: table lock held; the slot is locked here).
+        A long id's full text is dropped by ``forget_gone`` (it needs the GIL)."""
         cdef Slot* u = &self.slots[s]
+        cdef uint64_t* g
         if self.shared:
             pf_lock(&u.lock, self.pid)
         self.unlink(s)
         if u.uid_len == UID_LONG:
-            self.long_ids.pop(u.key, None)
+            if self.gone_n == self.gone_cap:
+                g = <uint64_t*>realloc(self.gone, (2 * self.gone_cap + 16) * sizeof(uint64_t))
+                if g != NULL:
+                    self.gone = g
+                    self.gone_cap = 2 * self.gone_cap + 16
+            if self.gone_n < self.gone_cap:  # else the entry stays, bounded by the id table
+                self.gone[self.gone_n] = u.key
+                self.gone_n += 1
         if not self.shared:
             u.lock = NONE32  # its old log entries are stale now
         clear_keeping_lock(u)
@@ -920,7 +949,14 @@ cdef class CompiledCore:
         if self.shared:
             pf_unlock(&u.lock)
 
-    cdef void evict_idle(self, double now) except *:
+    cdef void forget_gone(self) except *:
+        """Drop the full text of the long ids evicted since the last call."""
+        cdef Py_ssize_t i
+        for i in range(self.gone_n):
+            self.long_ids.pop(self.gone[i], None)
+        self.gone_n = 0
+
+    cdef void evict_idle(self, double now) noexcept nogil:
         cdef double horizon = now - self.idle_ttl
         cdef uint32_t s
         while True:
@@ -934,10 +970,31 @@ cdef class CompiledCore:
     cdef uint32_t insert(self, uint64_t key, object uid, double ts) except NONE32:
         """New user (reference: ``_insert``); returns its slot (shared: table lock held by the
         caller, and the new slot is returned locked)."""
+        cdef Py_ssize_t n
+        cdef const char* p = PyUnicode_AsUTF8AndSize(uid, &n)
+        cdef uint32_t s
+        if p == NULL:
+            PyErr_Clear()
+            raw = (<str>uid).encode("utf-8", "surrogatepass")
+            s = self.insert_raw(key, <const char*>raw, len(raw), ts)
+        else:
+            s = self.insert_raw(key, p, n, ts)
+        self.settle_ids(key, uid)
+        return s
+
+    cdef inline void settle_ids(self, uint64_t key, object uid) except *:
+        """The GIL part of inserting (and evicting) users: long ids' full text."""
+        if self.gone_n:
+            self.forget_gone()
+        if self.note & NOTE_LONG:
+            self.note &= ~NOTE_LONG
+            self.long_ids[key] = uid
+
+    cdef uint32_t insert_raw(self, uint64_t key, const char* p, Py_ssize_t n, double ts) noexcept nogil:
+        """The C part of ``insert``: ``p``/``n`` are the id's UTF-8 bytes. A long id sets
+        NOTE_LONG; the caller files its full text (``settle_ids``)."""
         cdef uint32_t s, i
         cdef Slot* u
-        cdef Py_ssize_t n
-        cdef const char* p
         if self.has_ttl:
             self.evict_idle(ts)
         if self.meta.n_users >= self.capacity:
@@ -962,20 +1019,12 @@ cdef class CompiledCore:
         u.uturn_t = -INFINITY
         u.fail_t = -INFINITY
         u.search_t = -INFINITY
-        p = PyUnicode_AsUTF8AndSize(uid, &n)
-        if p == NULL:
-            PyErr_Clear()
-            raw = (<str>uid).encode("utf-8", "surrogatepass")
-            p = <const char*>raw
-            n = len(raw)
-            memcpy(u.uid, p, n if n < UIDB else UIDB)
-        else:
-            memcpy(u.uid, p, n if n < UIDB else UIDB)
+        memcpy(u.uid, p, n if n < UIDB else UIDB)
         if n <= UIDB:
             u.uid_len = <uint8_t>n
         else:
             u.uid_len = UID_LONG
-            self.long_ids[key] = uid
+            self.note |= NOTE_LONG
         u.key = key
         # Publish: the key is in place before the index entry points at the slot.
         i = <uint32_t>key & self.mask
@@ -1081,7 +1130,7 @@ cdef class CompiledCore:
         return (<bytes>PyBytes_FromStringAndSize(r.text, r.len)).decode("utf-8", "replace")
 
     # -- steps --------------------------------------------------------------------------------
-    cdef StepRec* step_rec(self, uint32_t step, bint create) noexcept:
+    cdef StepRec* step_rec(self, uint32_t step, bint create) noexcept nogil:
         cdef uint32_t i = mix64(step) & self.step_mask
         cdef uint32_t e
         cdef StepRec* r
@@ -1110,7 +1159,7 @@ cdef class CompiledCore:
                 return &self.steps[e - 1]
             i = (i + 1) & self.step_mask
 
-    cdef double c_stall_limit(self, uint32_t step) noexcept:
+    cdef double c_stall_limit(self, uint32_t step) noexcept nogil:
         """Reference: ``Rules.stall_limit`` via ``ReferenceCore.stall_limit``."""
         cdef StepRec* r = self.step_rec(step, False)
         cdef double need, q
@@ -1136,7 +1185,7 @@ cdef class CompiledCore:
         return self.c_stall_limit(step)
 
     # -- the specification (reference: ReferenceCore._apply and helpers) ------------------------
-    cdef inline bint decay(self, Slot* u, double p, double t) noexcept:
+    cdef inline bint decay(self, Slot* u, double p, double t) noexcept nogil:
         """Value the pressures (valued at ``p``) at ``t`` if later; False if not."""
         cdef double dt = t - p
         cdef double f
@@ -1149,7 +1198,7 @@ cdef class CompiledCore:
             return True
         return False
 
-    cdef inline void check_stall(self, Slot* u, double te) noexcept:
+    cdef inline void check_stall(self, Slot* u, double te) noexcept nogil:
         cdef double limit
         if not self.stall_on or u.step == 0 or u.flags & F_STALL:
             return
@@ -1158,10 +1207,10 @@ cdef class CompiledCore:
             u.flags |= F_STALL
             u.pressure[D_STALL] = <float>(<double>u.pressure[D_STALL] + self.stall_w)
 
-    cdef object navigate(self, Slot* u, uint32_t s, object step, double te):
+    cdef void navigate(self, Slot* u, uint32_t s, double te) noexcept nogil:
         cdef double dur
         cdef StepRec* r
-        self.remember(s, step)
+        self.note |= NOTE_STEP
         if u.step != 0:
             dur = te - u.step_ts
             if dur <= self.stall_max_dur:
@@ -1187,16 +1236,15 @@ cdef class CompiledCore:
         u.step = s
         u.step_ts = te
         u.flags &= ~F_STALL
-        return None
 
-    cdef inline double current(self, Slot* u) noexcept:
+    cdef inline double current(self, Slot* u) noexcept nogil:
         cdef double total = 0.0
         cdef int i
         for i in range(NDET):
             total += u.pressure[i]
         return 1.0 - exp(-total)
 
-    cdef double check_episode(self, Slot* u, double te, int code) noexcept:
+    cdef double check_episode(self, Slot* u, double te, int code) noexcept nogil:
         """Reference: ``_check_episode``. A crossing is copied into ``self.fired`` while the
         slot is held; ``emit()`` reports it after the slot is released."""
         cdef double score = self.current(u)
@@ -1350,6 +1398,10 @@ cdef class CompiledCore:
             score = self.current(&self.slots[s])
             self.release(s)
             return score
+        if step_k == 0 and code == T_PAGE and step is not None:
+            step_k = key32(step)
+        if target_k == 0 and T_CLICK <= code <= T_FORM_ERROR and target is not None:
+            target_k = key32(target)
         if self.shared:
             s = self.acquire(key, <object>uid, ts)
         else:
@@ -1359,17 +1411,26 @@ cdef class CompiledCore:
             else:
                 s -= 1
                 self.touch(s)
-        try:
-            score = self.update(&self.slots[s], code, ts, step, target, status, results, step_k, target_k)
-        finally:
-            self.release(s)
+        score = self.update(&self.slots[s], code, ts, step_k, target_k, status, results)
+        self.release(s)
+        if self.note:
+            self.settle(step_k, step, target_k, target)
         if self.did_fire or T_TICKET <= code <= T_GUIDANCE_DISMISSED:
             self.report(uid, code, account, step, target)
         return score
 
+    cdef void settle(self, uint32_t step_k, object step, uint32_t target_k, object target) except *:
+        """Remember the names an update noted (no slot held: Python may run)."""
+        cdef int note = self.note
+        self.note = 0
+        if note & NOTE_STEP:
+            self.remember(step_k, step)
+        if note & NOTE_TARGET:
+            self.remember(target_k, target)
+
     cdef bint target_burst(self, Slot* u, uint32_t* current, float* ring, uint8_t* n,
-                           uint16_t flag, object target, uint32_t t, double te, double window,
-                           int need) except -1:
+                           uint16_t flag, uint32_t t, double te, double window,
+                           int need) noexcept nogil:
         """Reference: ``_target_burst``: a burst on one target; another target starts over."""
         cdef int i
         if t != current[0]:
@@ -1379,14 +1440,15 @@ cdef class CompiledCore:
             n[0] = 0
             u.flags &= ~flag
         if burst(u, ring, n, flag, te, window, need):
-            self.remember(t, target)
+            self.note |= NOTE_TARGET
             return True
         return False
 
-    cdef double update(self, Slot* u, int code, double ts, object step, object target,
-                       long status, long results, uint32_t step_k, uint32_t target_k) except? -1.0:
-        """The event's effect on one user (reference: the body of ``_apply``). ``step_k`` and
-        ``target_k`` are the key32 of step and target when the caller knows them, else 0."""
+    cdef double update(self, Slot* u, int code, double ts, uint32_t step_k, uint32_t target_k,
+                       long status, long results) noexcept nogil:
+        """The event's effect on one user (reference: the body of ``_apply``). ``step_k`` is
+        the step's key32 on a page event, ``target_k`` the target's on a click, dead click or
+        error (0: none). Names it needs remembered are left in ``note`` (see ``settle``)."""
         cdef uint32_t t
         cdef double te, factor, w, other, keep
         cdef int i
@@ -1400,37 +1462,35 @@ cdef class CompiledCore:
             rebase(u, te)
         if not self.decay(u, p, te):
             u.p_off = <float>(p - te)  # still valued later than the event (a tick ran ahead)
-        if code == T_PAGE and step is not None:
-            t = step_k if step_k else key32(step)
-        else:
-            t = 0
+        t = step_k if code == T_PAGE else 0
         if t != 0 and t != u.step:
-            self.navigate(u, t, step, te)
+            self.navigate(u, t, te)
         else:
             self.check_stall(u, te)
 
         if code == T_PAGE:
             pass
         elif code == T_CLICK:
-            if self.rage_on and target is not None and self.target_burst(
-                    u, &u.click_target, u.click_r, &u.click_n, F_RAGE, target,
-                    target_k if target_k else key32(target), te,
+            if self.rage_on and target_k != 0 and self.target_burst(
+                    u, &u.click_target, u.click_r, &u.click_n, F_RAGE, target_k, te,
                     self.rage_win, self.rage_need):
                 u.pressure[D_RAGE] = <float>(<double>u.pressure[D_RAGE] + self.rage_w)
         elif code == T_DEAD:
-            if self.dead_on and target is not None and self.target_burst(
-                    u, &u.dead_target, u.dead_r, &u.dead_n, F_DEAD, target,
-                    target_k if target_k else key32(target), te,
+            if self.dead_on and target_k != 0 and self.target_burst(
+                    u, &u.dead_target, u.dead_r, &u.dead_n, F_DEAD, target_k, te,
                     self.dead_win, self.dead_need):
                 u.pressure[D_DEAD] = <float>(<double>u.pressure[D_DEAD] + self.dead_w)
         elif code == T_ERROR or code == T_API_ERROR or code == T_FORM_ERROR:
             factor = 1.0
-            if code == T_API_ERROR and status in self.ordinary:
-                factor = self.ordinary_factor
+            if code == T_API_ERROR:
+                for i in range(self.n_ordinary):
+                    if self.ordinary_c[i] == status:
+                        factor = self.ordinary_factor
+                        break
             if self.err_on and burst(u, u.err_r, &u.err_n, F_ERR, te, self.err_win, self.err_need):
                 u.pressure[D_ERR] = <float>(<double>u.pressure[D_ERR] + self.err_w * factor)
-            if self.fail_on and target is not None:
-                t = target_k if target_k else key32(target)
+            if self.fail_on and target_k != 0:
+                t = target_k
                 if t == u.fail_target and te - (u.base + <double>u.fail_t) <= self.fail_win:
                     if u.fail_n < 255:
                         u.fail_n += 1
@@ -1441,7 +1501,7 @@ cdef class CompiledCore:
                 u.fail_t = <float>(te - u.base)
                 if u.fail_n >= self.fail_need and not u.flags & F_FAIL:
                     u.flags |= F_FAIL
-                    self.remember(t, target)
+                    self.note |= NOTE_TARGET
                     u.pressure[D_FAIL] = <float>(<double>u.pressure[D_FAIL] + self.fail_w * factor)
         elif code == T_SEARCH:
             if self.search_on and results == 0:
@@ -1787,6 +1847,7 @@ cdef class CompiledCore:
                 self.sweep_idle(now)
             else:
                 self.evict_idle(now)
+            self.forget_gone()
         # The order is taken first: episodes call Python, which may re-enter observe.
         order = []
         if self.shared:
@@ -2094,7 +2155,7 @@ cdef inline void clear_keeping_lock(Slot* u) noexcept nogil:
 
 
 # --- helpers of the specification ---------------------------------------------------------------
-cdef inline void rebase(Slot* u, double te) noexcept:
+cdef inline void rebase(Slot* u, double te) noexcept nogil:
     """Reference: ``ReferenceCore._rebase``."""
     cdef double shift = u.base
     cdef int i
@@ -2109,7 +2170,7 @@ cdef inline void rebase(Slot* u, double te) noexcept:
 
 
 cdef inline bint burst(Slot* u, float* ring, uint8_t* n, uint16_t flag, double te, double window,
-                       int need) noexcept:
+                       int need) noexcept nogil:
     """Reference: ``ReferenceCore._burst``."""
     cdef int i, within = 1
     if te - (u.base + <double>ring[0]) > window:
