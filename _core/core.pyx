@@ -30,8 +30,9 @@ paths (a new step name, an activation's target name, an episode, a malformed eve
 while a slot is held: a callback may re-enter ``observe`` or let another thread in.
 """
 
+cimport cython
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
-from libc.stdlib cimport calloc, free, realloc
+from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memcpy, memset, memcmp
 from libc.math cimport exp, log, pow, floor, INFINITY, NAN
 from cpython.dict cimport PyDict_CheckExact, PyDict_Contains, PyDict_Size, PyDict_Clear, PyDict_SetItem
@@ -76,6 +77,14 @@ cdef extern from "sys/mman.h":
     int MS_ASYNC, MS_SYNC
     void* MAP_FAILED
 
+cdef extern from "<pthread.h>" nogil:
+    ctypedef unsigned long pthread_t
+    int pthread_create(pthread_t* thread, const void* attr, void* (*start)(void*) noexcept nogil, void* arg)
+    int pthread_join(pthread_t thread, void** ret)
+
+cdef extern from "<unistd.h>" nogil:
+    int usleep(unsigned int usec)
+
 cdef extern from "pf_sync.h":
     int pf_lock(uint32_t* lock, uint32_t me) nogil
     void pf_unlock(uint32_t* lock) nogil
@@ -92,8 +101,29 @@ cdef extern from *:
     #define PF_PREFETCH(p) ((void)0)
     #endif
     #define PF_NONE32 0xFFFFFFFFu
+    /* Prefetches for a row ``LOOKAHEAD`` ahead (its index entry) and one half as far (the
+       lines of its slot). In C and forced inline: a function of prefetches alone has no
+       effect a compiler must keep, and a call to it may be dropped. */
+    static inline __attribute__((always_inline)) void pf_ahead(
+            const uint32_t* index, const char* slots, size_t slot_size, uint32_t mask,
+            int far_ok, uint64_t far_key, int near_ok, uint64_t near_key) {
+        if (far_ok)
+            PF_PREFETCH(&index[(uint32_t)far_key & mask]);
+        if (near_ok) {
+            uint32_t e = index[(uint32_t)near_key & mask];
+            if (e) {
+                const char* l = slots + (size_t)(e - 1) * slot_size;
+                PF_PREFETCH(l);
+                PF_PREFETCH(l + 64);
+                PF_PREFETCH(l + 128);
+                PF_PREFETCH(l + 192);
+            }
+        }
+    }
     """
     void PF_PREFETCH(const void*) nogil
+    void pf_ahead(const uint32_t* index, const char* slots, size_t slot_size, uint32_t mask,
+                  int far_ok, uint64_t far_key, int near_ok, uint64_t near_key) nogil
     # C constants (a DEF this large would be a Python int where no GIL is held)
     const uint32_t NONE32 "PF_NONE32"
     const uint32_t U32MAX "PF_NONE32"
@@ -108,6 +138,7 @@ DEF MAX_TEXT = 1024
 DEF MAX_CUSTOM = 256
 DEF LOOKAHEAD = 16
 DEF DRAIN_EVERY = 32768  # rows of a batch between deliveries of its episodes
+DEF PIPE_ROWS = 32768  # rows per chunk of a columnar batch (see Row)
 DEF NOTE_STEP = 1  # the update named a step: remember it
 DEF NOTE_TARGET = 2  # ... a target
 DEF NOTE_LONG = 4  # a new user's id is longer than UIDB: file its full text
@@ -275,6 +306,67 @@ ctypedef struct TextMemo:
 DEF KIND_MEMO = 64
 DEF TEXT_MEMO = 256
 
+# A columnar batch is worked in chunks of rows. Phase A (with the GIL) reads the row's
+# objects into a Row; phase B (C only, no Python object touched) applies the rows to the
+# table; what needs Python afterwards (episodes, outcomes, names, long ids) is queued in
+# order as Actions and delivered in phase C. Large batches overlap phase B of one chunk, on
+# a thread of its own without the GIL, with phases C of the chunk before and A of the next.
+ctypedef struct Row:
+    uint64_t key
+    double ts
+    Py_ssize_t uid_n
+    long status
+    long results
+    uint32_t step_k
+    uint32_t target_k
+    int code
+    int objs            # ROW_*: which optional texts the row has
+
+DEF ROW_STEP = 1
+DEF ROW_TARGET = 2
+DEF ROW_ACCOUNT = 4
+
+ctypedef struct Action:
+    int kind            # A_GONE | A_NOTE | A_PEND
+    int bits            # A_NOTE: NOTE_*; A_PEND: the row's ROW_* bits
+    uint32_t step_k
+    uint32_t target_k
+    Py_ssize_t row      # the batch row (A_NOTE, A_PEND)
+    uint64_t key        # A_GONE, A_NOTE: the user; A_PEND: index into Buf.pend
+
+DEF A_GONE = 1
+DEF A_NOTE = 2
+DEF A_PEND = 3
+
+ctypedef struct Buf:
+    Action* act
+    Py_ssize_t act_n, act_cap
+    Pending* pend
+    Py_ssize_t pend_n, pend_cap
+    bint failed         # out of memory while queueing: the batch raises MemoryError
+
+ctypedef struct Cols:
+    # The batch's columns (borrowed: the call's dict keeps them alive). NULL: no such column.
+    PyObject* uid
+    PyObject* kind
+    PyObject* step
+    PyObject* target
+    PyObject* account
+    PyObject* ts_list
+    double* ts
+    long long* status
+    long long* results
+    KindMemo* kmemo
+    TextMemo* tmemo
+
+ctypedef struct Job:
+    void* core          # the CompiledCore (borrowed; the calling thread holds it)
+    Row* rows
+    char* uids          # UIDB bytes of each row's id
+    Py_ssize_t lo, hi   # the batch rows of this chunk
+    double* out
+    Buf* buf
+
 ctypedef struct Pending:
     # An episode (code 0) or an outcome event (its type code) reported during a batch, to be
     # handed to the tracker when the batch drains. The object pointers are owned (or NULL).
@@ -441,6 +533,7 @@ class StoreError(RuntimeError):
     or damaged. The message says which and what to do."""
 
 
+@cython.final  # not subclassed: its C methods are called directly and inlined
 cdef class CompiledCore:
     """The compiled engine; same surface and semantics as ``_reference.ReferenceCore``.
 
@@ -488,6 +581,17 @@ cdef class CompiledCore:
     cdef Py_ssize_t gone_n, gone_cap
     cdef long* ordinary_c  # statuses an api_error weighs less for
     cdef int n_ordinary
+    # Large columnar batches (see Row): rows per chunk, and the batch size from which phase
+    # B runs on a thread of its own. While it does (``piping``), every other entry point
+    # waits; ``inside`` counts the calls in progress (a call may be suspended in a callback,
+    # and then no chunk may run without the GIL).
+    cdef public Py_ssize_t pipe_rows, pipe_min
+    cdef bint piping
+    cdef pthread_t pipe_tid
+    cdef unsigned long pipe_thread
+    cdef int inside
+    cdef readonly uint64_t pipe_waits  # calls that waited for another thread's chunk
+    cdef int pipe_waiters  # threads waiting now: the batch lets them in between its chunks
     cdef bint has_ttl, has_excl_step, has_excl_target
     cdef double idle_ttl, decay_rate
     # detector parameters
@@ -545,6 +649,8 @@ cdef class CompiledCore:
         self.on_outcome = on_outcome
         self.type_names = _ev.TYPE_NAMES
         self.type_codes = rules.type_codes
+        self.pipe_rows = PIPE_ROWS
+        self.pipe_min = 2 * PIPE_ROWS
         self.ordinary = rules.ordinary_statuses
         self.ordinary_c = <long*>calloc(len(self.ordinary) + 1, sizeof(long))
         if self.ordinary_c == NULL:
@@ -772,6 +878,9 @@ cdef class CompiledCore:
 
     def after_fork(self):
         """In a child process: a counter block of its own (the mapping itself is inherited)."""
+        # A chunk's thread, if the fork caught one running, does not exist in the child.
+        self.piping = False
+        self.pipe_thread = 0
         if self.shared and self.ctr != self.local_ctr:  # a closed core stays detached
             self.pid = os.getpid()
             self.attach()
@@ -809,26 +918,38 @@ cdef class CompiledCore:
     @property
     def counters(self):
         cdef int i, c
-        totals = [self.ctr[c] for c in range(N_COUNTERS)]
-        if self.shared:
-            for c in range(N_COUNTERS):
-                totals[c] = self.hdr.retired[c]
-                for i in range(N_PROCS):
-                    if self.hdr.procs[i].pid != 0:
-                        totals[c] += self.hdr.procs[i].ctr[c]
-                if self.ctr == self.local_ctr:
-                    totals[c] += self.local_ctr[c]
-        return dict(zip(COUNTER_NAMES, totals))
+        self.enter()
+        try:
+            totals = [self.ctr[c] for c in range(N_COUNTERS)]
+            if self.shared:
+                for c in range(N_COUNTERS):
+                    totals[c] = self.hdr.retired[c]
+                    for i in range(N_PROCS):
+                        if self.hdr.procs[i].pid != 0:
+                            totals[c] += self.hdr.procs[i].ctr[c]
+                    if self.ctr == self.local_ctr:
+                        totals[c] += self.local_ctr[c]
+            return dict(zip(COUNTER_NAMES, totals))
+        finally:
+            self.leave()
 
     def set_counters(self, counters):
         cdef int c
-        current = self.counters
-        for c, name in enumerate(COUNTER_NAMES):
-            # In a shared store other processes' counts stay theirs: adjust our own block.
-            self.ctr[c] += int(counters.get(name, current[name])) - current[name]
+        self.enter()
+        try:
+            current = self.counters
+            for c, name in enumerate(COUNTER_NAMES):
+                # In a shared store other processes' counts stay theirs: adjust our own block.
+                self.ctr[c] += int(counters.get(name, current[name])) - current[name]
+        finally:
+            self.leave()
 
     def __len__(self):
-        return self.meta.n_users
+        self.enter()
+        try:
+            return self.meta.n_users
+        finally:
+            self.leave()
 
     # -- the table ----------------------------------------------------------------------------
     cdef inline uint32_t find(self, uint64_t key) noexcept nogil:
@@ -1182,7 +1303,11 @@ cdef class CompiledCore:
         return self.stall_min_s if self.stall_min_s >= q else q
 
     def stall_limit(self, step):
-        return self.c_stall_limit(step)
+        self.enter()
+        try:
+            return self.c_stall_limit(step)
+        finally:
+            self.leave()
 
     # -- the specification (reference: ReferenceCore._apply and helpers) ------------------------
     cdef inline bint decay(self, Slot* u, double p, double t) noexcept nogil:
@@ -1605,17 +1730,23 @@ cdef class CompiledCore:
 
     def observe(self, event):
         """Score one event (see ``Tracker.observe``)."""
-        if PyDict_CheckExact(event):
-            return self.observe_dict(<dict>event)
-        return self.observe_slow(event)
+        self.enter()
+        try:
+            if PyDict_CheckExact(event):
+                return self.observe_dict(<dict>event)
+            return self.observe_slow(event)
+        finally:
+            self.leave()
 
     def observe_many(self, events):
         """Score a batch (see ``Tracker.observe_many``)."""
         if isinstance(events, Mapping):
             return self.observe_columns(events)
         out = []
-        cdef bint began = self.begin_batch()
+        cdef bint began = False
+        self.enter()
         try:
+            began = self.begin_batch()
             for event in events:
                 try:
                     if PyDict_CheckExact(event):
@@ -1627,22 +1758,33 @@ cdef class CompiledCore:
                 if len(out) % DRAIN_EVERY == 0:
                     self.drain()
         finally:
-            self.end_batch(began)
+            try:
+                self.end_batch(began)
+            finally:
+                self.leave()
         return np.array(out, dtype=np.float64)
 
     def observe_columns(self, columns):
+        """Score a columnar batch (see ``Tracker.observe_many``)."""
         cdef Py_ssize_t n, i
         cdef double[::1] out_v, ts_v
         cdef long long[::1] status_v, results_v
-        cdef bint have_ts, have_status, have_results, began
+        cdef bint began
+        cdef Cols c
+        cdef double* out_p
+        cdef KindMemo kmemo[KIND_MEMO]
+        cdef TextMemo tmemo[TEXT_MEMO]
         n, cols = columns_of(columns, keep_ts_array=True)
         out = np.empty(n, dtype=np.float64)
         out_v = out
+        out_p = &out_v[0] if n else NULL
         if cols.get("properties") is not None:
             # Free-form properties: the general row path (rare in columnar batches).
             rows = _rows(cols, n)
-            began = self.begin_batch()
+            began = False
+            self.enter()
             try:
+                began = self.begin_batch()
                 for i in range(n):
                     try:
                         out_v[i] = self.observe_slow(rows[i])
@@ -1651,146 +1793,387 @@ cdef class CompiledCore:
                     if (i + 1) % DRAIN_EVERY == 0:
                         self.drain()
             finally:
-                self.end_batch(began)
+                try:
+                    self.end_batch(began)
+                finally:
+                    self.leave()
             return out
-        cdef list uid_c = cols["user_id"]
-        cdef list type_c = cols["type"]
-        step_c = cols.get("step")
-        target_c = cols.get("target")
-        account_c = cols.get("account_id")
-        ts_c = cols.get("ts")
-        have_ts = ts_c is not None and isinstance(ts_c, np.ndarray)
-        if have_ts:
-            ts_v = ts_c
-        have_status = cols.get("status") is not None
-        have_results = cols.get("results") is not None
-        if have_status:
-            status_v = np.ascontiguousarray(cols["status"], dtype=np.int64)
-        if have_results:
-            results_v = np.ascontiguousarray(cols["results"], dtype=np.int64)
-        cdef object kind, step, target, account, ts_o
-        cdef PyObject* uid
-        cdef PyObject* o
-        cdef double ts
-        cdef long status, results
-        cdef Py_ssize_t ahead
-        cdef uint32_t e, step_k, target_k
-        cdef int code
-        cdef bint ok
-        cdef KindMemo* km
-        cdef TextMemo* tm
         # Batches repeat the same few type, step and target objects: what was worked out for
         # one (its code, its key, whether it is valid text) is remembered by address. The
         # batch's lists keep every one of them alive for the whole call, so no address is
         # reused meanwhile; the memos live on this call's stack.
-        cdef KindMemo kmemo[KIND_MEMO]
-        cdef TextMemo tmemo[TEXT_MEMO]
         memset(kmemo, 0, sizeof(kmemo))
         memset(tmemo, 0, sizeof(tmemo))
-        cdef list step_l = step_c
-        cdef list target_l = target_c
-        cdef list account_l = account_c
-        # Keys first: one sweep over the id strings (prefetched a few rows ahead, so their
-        # misses overlap), which also checks them: key 0 sends a row to the general path.
-        # The main loop then never reads an id object (only new users and episodes do), and
-        # prefetches the table entries of rows LOOKAHEAD ahead while the current row runs.
-        keys = np.zeros(n, dtype=np.uint64)
-        cdef uint64_t[::1] keys_v = keys
-        for i in range(n):
-            if i + 8 < n:
-                uid = PyList_GET_ITEM(uid_c, i + 8)
+        memset(&c, 0, sizeof(Cols))
+        c.kmemo = kmemo
+        c.tmemo = tmemo
+        c.uid = <PyObject*>cols["user_id"]
+        c.kind = <PyObject*>cols["type"]
+        for name in ("step", "target", "account_id"):
+            col = cols.get(name)
+            if col is not None and type(col) is not list:
+                raise TypeError(f"column {name} must be a list here")
+        if cols.get("step") is not None:
+            c.step = <PyObject*>cols["step"]
+        if cols.get("target") is not None:
+            c.target = <PyObject*>cols["target"]
+        if cols.get("account_id") is not None:
+            c.account = <PyObject*>cols["account_id"]
+        ts_c = cols.get("ts")
+        if isinstance(ts_c, np.ndarray):
+            ts_v = ts_c
+            if n:
+                c.ts = &ts_v[0]
+        elif ts_c is not None:
+            c.ts_list = <PyObject*>ts_c
+        if cols.get("status") is not None:
+            status_v = np.ascontiguousarray(cols["status"], dtype=np.int64)
+            if n:
+                c.status = &status_v[0]
+        if cols.get("results") is not None:
+            results_v = np.ascontiguousarray(cols["results"], dtype=np.int64)
+            if n:
+                c.results = &results_v[0]
+        self.enter()
+        try:
+            if (n >= self.pipe_min and self.batch_queue and not self.shared
+                    and not self.has_excl_step and not self.has_excl_target):
+                self.run_pipelined(&c, cols, n, out_p)
+            else:
+                self.run_serial(&c, cols, n, out_p)
+        finally:
+            self.leave()
+        return out
+
+    # -- columnar batches (see Row) --------------------------------------------------------------
+    cdef inline int enter(self) except -1:
+        """An entry point begins: wait while another thread's chunk runs without the GIL."""
+        if self.piping:
+            self.wait_pipe()
+        self.inside += 1
+        return 0
+
+    cdef inline void leave(self) noexcept:
+        self.inside -= 1
+
+    cdef int wait_pipe(self) except -1:
+        if self.pipe_thread == PyThread_get_thread_ident():
+            self.join_pipe()  # re-entered from this batch's own delivery: finish the chunk first
+            return 0
+        self.pipe_waits += 1
+        self.pipe_waiters += 1
+        try:
+            while self.piping:
+                with nogil:
+                    usleep(50)
+        finally:
+            self.pipe_waiters -= 1
+        return 0
+
+    cdef void join_pipe(self) noexcept:
+        if self.piping:
+            with nogil:
+                pthread_join(self.pipe_tid, NULL)
+            self.piping = False
+            self.pipe_thread = 0
+
+    cdef Py_ssize_t fill_rows(self, Cols* c, Py_ssize_t lo, Py_ssize_t hi, Row* rows,
+                              char* uids) except -1:
+        """Phase A: rows ``lo`` to ``hi`` into ``rows`` (and their ids' bytes into ``uids``
+        unless NULL). Returns where it stopped: ``hi``, or the first row the general path must
+        judge (an odd value, a missing or non-float time)."""
+        cdef Py_ssize_t i, n
+        cdef PyObject* uid
+        cdef PyObject* o
+        cdef const char* p
+        cdef Row* r
+        cdef KindMemo* km
+        cdef TextMemo* tm
+        cdef double ts
+        cdef long long v
+        for i in range(lo, hi):
+            if i + 8 < hi:
+                uid = PyList_GET_ITEM(<object>c.uid, i + 8)
                 PF_PREFETCH(uid)
                 PF_PREFETCH(<const char*>uid + 64)
-            uid = PyList_GET_ITEM(uid_c, i)
-            if (PyUnicode_CheckExact(<object>uid) and 0 < PyUnicode_GET_LENGTH(<object>uid) <= MAX_TEXT):
-                keys_v[i] = key64(<object>uid)
+            r = &rows[i - lo]
+            uid = PyList_GET_ITEM(<object>c.uid, i)
+            if not (PyUnicode_CheckExact(<object>uid) and 0 < PyUnicode_GET_LENGTH(<object>uid) <= MAX_TEXT):
+                return i
+            p = PyUnicode_AsUTF8AndSize(<object>uid, &n)
+            if p == NULL:  # lone surrogates: the general path encodes them
+                PyErr_Clear()
+                return i
+            r.key = fnv_bytes(p, n)
+            if r.key == 0:
+                return i
+            r.uid_n = n
+            if uids != NULL:
+                memcpy(uids + (i - lo) * UIDB, p, n if n < UIDB else UIDB)
+            o = PyList_GET_ITEM(<object>c.kind, i)
+            km = &c.kmemo[(<size_t>o >> 4) & (KIND_MEMO - 1)]
+            if km.obj != o:
+                km.obj = o
+                if PyUnicode_CheckExact(<object>o) and 0 < PyUnicode_GET_LENGTH(<object>o) <= MAX_TEXT:
+                    km.code = self.code_of(<object>o)
+                else:
+                    km.code = -1
+            if km.code < 0:
+                return i
+            r.code = km.code
+            r.objs = 0
+            r.step_k = r.target_k = 0
+            if c.step != NULL:
+                o = PyList_GET_ITEM(<object>c.step, i)
+                if o != <PyObject*>None:
+                    tm = text_memo(c.tmemo, o)
+                    if not tm.ok:
+                        return i
+                    if not tm.empty:
+                        r.objs |= ROW_STEP
+                        if r.code == T_PAGE:
+                            if tm.k32 == 0:
+                                tm.k32 = key32(<object>o)
+                            r.step_k = tm.k32
+            if c.target != NULL:
+                o = PyList_GET_ITEM(<object>c.target, i)
+                if o != <PyObject*>None:
+                    tm = text_memo(c.tmemo, o)
+                    if not tm.ok:
+                        return i
+                    if not tm.empty:
+                        r.objs |= ROW_TARGET
+                        if T_CLICK <= r.code <= T_FORM_ERROR:
+                            if tm.k32 == 0:
+                                tm.k32 = key32(<object>o)
+                            r.target_k = tm.k32
+            if c.account != NULL:
+                o = PyList_GET_ITEM(<object>c.account, i)
+                if o != <PyObject*>None:
+                    tm = text_memo(c.tmemo, o)
+                    if not tm.ok:
+                        return i
+                    if not tm.empty:
+                        r.objs |= ROW_ACCOUNT
+            r.status = r.results = -1
+            if c.status != NULL:
+                v = c.status[i]
+                if 0 <= v <= I31:
+                    r.status = <long>v
+            if c.results != NULL:
+                v = c.results[i]
+                if 0 <= v <= I31:
+                    r.results = <long>v
+            if c.ts != NULL:
+                ts = c.ts[i]
+            elif c.ts_list != NULL and PyFloat_CheckExact(<object>PyList_GET_ITEM(<object>c.ts_list, i)):
+                ts = PyFloat_AS_DOUBLE(<object>PyList_GET_ITEM(<object>c.ts_list, i))
+            else:
+                return i  # the clock, an int, or an error: the general path judges
+            if not (Py_IS_FINITE(ts) and ts >= 0.0):
+                return i
+            r.ts = ts
+        return hi
+
+    cdef object run_serial(self, Cols* c, dict cols, Py_ssize_t n, double* out):
+        """Phases A and B in chunks with the GIL held, each event reported as it happens (or
+        queued for ``drain`` while this thread's batch queue is on)."""
+        cdef Py_ssize_t chunk = min(n, max(1, self.pipe_rows))
+        cdef Row* rows = <Row*>malloc(max(1, chunk) * sizeof(Row))
+        cdef Py_ssize_t i = 0, j, k, hi
+        cdef Row* r
+        cdef bint began
+        if rows == NULL:
+            raise MemoryError("cannot allocate a batch's rows")
         began = self.begin_batch()
         try:
-            for i in range(n):
-                ahead = i + LOOKAHEAD
-                if ahead < n:
-                    PF_PREFETCH(&self.index[<uint32_t>keys_v[ahead] & self.mask])
-                ahead = i + LOOKAHEAD // 2
-                if ahead < n:
-                    e = self.index[<uint32_t>keys_v[ahead] & self.mask]
-                    if e != 0:
-                        PF_PREFETCH(&self.slots[e - 1])
-                        PF_PREFETCH(<const char*>&self.slots[e - 1] + 64)
-                        PF_PREFETCH(<const char*>&self.slots[e - 1] + 128)
-                        PF_PREFETCH(<const char*>&self.slots[e - 1] + 192)
-                if (i + 1) % DRAIN_EVERY == 0 and self.pend_n:
-                    self.drain()
-                uid = PyList_GET_ITEM(uid_c, i)
-                o = PyList_GET_ITEM(type_c, i)
-                km = &kmemo[(<size_t>o >> 4) & (KIND_MEMO - 1)]
-                if km.obj != o:
-                    km.obj = o
-                    kind = <object>o
-                    if PyUnicode_CheckExact(kind) and 0 < PyUnicode_GET_LENGTH(kind) <= MAX_TEXT:
-                        km.code = self.code_of(kind)
-                    else:
-                        km.code = -1
-                code = km.code
-                ok = code >= 0
-                step = target = account = None
-                step_k = target_k = 0
-                if step_l is not None:
-                    o = PyList_GET_ITEM(step_l, i)
-                    if o != <PyObject*>None:
-                        tm = text_memo(tmemo, o)
-                        if not tm.ok:
-                            ok = False
-                        elif not tm.empty:
-                            step = <object>o
-                            if code == T_PAGE:
-                                if tm.k32 == 0:
-                                    tm.k32 = key32(step)
-                                step_k = tm.k32
-                if target_l is not None:
-                    o = PyList_GET_ITEM(target_l, i)
-                    if o != <PyObject*>None:
-                        tm = text_memo(tmemo, o)
-                        if not tm.ok:
-                            ok = False
-                        elif not tm.empty:
-                            target = <object>o
-                            if T_CLICK <= code <= T_FORM_ERROR:
-                                if tm.k32 == 0:
-                                    tm.k32 = key32(target)
-                                target_k = tm.k32
-                if account_l is not None:
-                    o = PyList_GET_ITEM(account_l, i)
-                    if o != <PyObject*>None:
-                        tm = text_memo(tmemo, o)
-                        if not tm.ok:
-                            ok = False
-                        elif not tm.empty:
-                            account = <object>o
-                status = -1
-                results = -1
-                if have_status and 0 <= status_v[i] <= I31:
-                    status = <long>status_v[i]
-                if have_results and 0 <= results_v[i] <= I31:
-                    results = <long>results_v[i]
-                if have_ts:
-                    ts = ts_v[i]
-                else:
-                    ts_o = None if ts_c is None else <object>PyList_GET_ITEM(ts_c, i)
-                    if ts_o is not None and PyFloat_CheckExact(ts_o):
-                        ts = PyFloat_AS_DOUBLE(ts_o)
-                    else:
-                        ts = NAN  # let the row path judge it (clock, int, or an error)
-                if ok and keys_v[i] != 0 and Py_IS_FINITE(ts) and ts >= 0.0:
-                    out_v[i] = self.apply(uid, keys_v[i], None, ts, step, target, account,
-                                          status, results, code, step_k, target_k)
-                else:
-                    try:
-                        out_v[i] = self.observe_slow(_row(cols, i))
-                    except _ev.InvalidEvent:
-                        out_v[i] = NAN
+            while i < n:
+                hi = min(n, i + chunk)
+                j = self.fill_rows(c, i, hi, rows, NULL)
+                for k in range(i, j):
+                    # While row k runs: the index entry of the row LOOKAHEAD ahead, and the
+                    # slot of the row half as far (its index entry arrived meanwhile).
+                    pf_ahead(self.index, <const char*>self.slots, sizeof(Slot), self.mask,
+                             k + LOOKAHEAD < j, rows[k - i + LOOKAHEAD].key if k + LOOKAHEAD < j else 0,
+                             k + LOOKAHEAD // 2 < j, rows[k - i + LOOKAHEAD // 2].key if k + LOOKAHEAD // 2 < j else 0)
+                    if (k + 1) % DRAIN_EVERY == 0 and self.pend_n:
+                        self.drain()
+                    r = &rows[k - i]
+                    out[k] = self.apply(PyList_GET_ITEM(<object>c.uid, k), r.key, None, r.ts,
+                                        row_text(c.step, k, r.objs & ROW_STEP),
+                                        row_text(c.target, k, r.objs & ROW_TARGET),
+                                        row_text(c.account, k, r.objs & ROW_ACCOUNT),
+                                        r.status, r.results, r.code, r.step_k, r.target_k)
+                if j < hi:
+                    out[j] = self.observe_row(cols, j)
+                    j += 1
+                i = j
         finally:
+            free(rows)
             self.end_batch(began)
-        return out
+
+    cdef double observe_row(self, dict cols, Py_ssize_t i) except? -1.0:
+        try:
+            return self.observe_slow(_row(cols, i))
+        except _ev.InvalidEvent:
+            return NAN
+
+    cdef object run_pipelined(self, Cols* c, dict cols, Py_ssize_t n, double* out):
+        """Phases A, B and C in chunks; B without the GIL on a thread of its own while this
+        one delivers the chunk before and reads the chunk after (when no other call is in
+        progress: else B runs here, with the GIL). Episodes, outcomes and names are delivered
+        in the order they happened, all before this returns."""
+        cdef Py_ssize_t chunk = max(1, self.pipe_rows)
+        cdef Row* rows[2]
+        cdef char* uids[2]
+        cdef Buf bufs[2]
+        cdef Job job
+        cdef Py_ssize_t i = 0, j, hi, nj = 0, nhi = 0
+        cdef int cur = 0, k
+        cdef bint threaded
+        memset(bufs, 0, sizeof(bufs))
+        rows[0] = rows[1] = NULL
+        uids[0] = uids[1] = NULL
+        try:
+            for k in range(2):
+                rows[k] = <Row*>big_alloc(chunk * sizeof(Row))
+                uids[k] = <char*>big_alloc(chunk * UIDB)
+                if rows[k] == NULL or uids[k] == NULL:
+                    raise MemoryError("cannot allocate a batch's rows")
+            hi = min(n, chunk)
+            j = self.fill_rows(c, 0, hi, rows[0], uids[0])
+            while True:
+                # rows [i, j) are read into rows[cur]; bufs[1 - cur] holds the chunk before.
+                nj = nhi = j
+                if j > i:
+                    job.core = <void*>self
+                    job.rows, job.uids, job.lo, job.hi = rows[cur], uids[cur], i, j
+                    job.out, job.buf = out, &bufs[cur]
+                    threaded = False
+                    if self.pipe_waiters:
+                        # Between two chunks nothing runs without the GIL: hand it over, so
+                        # that a thread waiting for one (it asked for the GIL by now) gets in,
+                        # and run this chunk here, with the GIL, until it has.
+                        with nogil:
+                            pass
+                    elif self.inside == 1 and bufs[1 - cur].act_n:  # else nothing to overlap
+                        self.pipe_thread = PyThread_get_thread_ident()
+                        self.piping = True
+                        threaded = pthread_create(&self.pipe_tid, NULL, run_job, &job) == 0
+                        if not threaded:
+                            self.piping = False
+                            self.pipe_thread = 0
+                    if not threaded:
+                        self.run_rows(&job)
+                    try:
+                        self.deliver(&bufs[1 - cur], c)
+                        if j == hi and j < n:  # read the next chunk meanwhile
+                            nhi = min(n, j + chunk)
+                            nj = self.fill_rows(c, j, nhi, rows[1 - cur], uids[1 - cur])
+                    finally:
+                        self.join_pipe()
+                    if bufs[cur].failed:
+                        raise MemoryError("cannot queue a batch's episodes")
+                    cur = 1 - cur
+                if j < hi:  # row j is for the general path: everything before it first
+                    self.deliver(&bufs[1 - cur], c)
+                    out[j] = self.observe_row(cols, j)
+                    i = j + 1
+                    if i >= n:
+                        break
+                    hi = min(n, i + chunk)
+                    j = self.fill_rows(c, i, hi, rows[cur], uids[cur])
+                    continue
+                if j >= n:
+                    break
+                i, j, hi = j, nj, nhi
+            self.deliver(&bufs[1 - cur], c)
+        finally:
+            self.join_pipe()
+            for k in range(2):
+                big_free(rows[k], chunk * sizeof(Row))
+                big_free(uids[k], chunk * UIDB)
+                free(bufs[k].act)
+                free(bufs[k].pend)
+
+    cdef void run_rows(self, Job* job) noexcept nogil:
+        """Phase B: apply a chunk's rows; C only (it may run without the GIL)."""
+        cdef Py_ssize_t k, n = job.hi - job.lo
+        for k in range(n):
+            pf_ahead(self.index, <const char*>self.slots, sizeof(Slot), self.mask,  # as in run_serial
+                     k + LOOKAHEAD < n, job.rows[k + LOOKAHEAD].key if k + LOOKAHEAD < n else 0,
+                     k + LOOKAHEAD // 2 < n, job.rows[k + LOOKAHEAD // 2].key if k + LOOKAHEAD // 2 < n else 0)
+            job.out[job.lo + k] = self.apply_row(&job.rows[k], job.uids + k * UIDB, job.lo + k, job.buf)
+
+    cdef double apply_row(self, Row* r, const char* uid, Py_ssize_t row, Buf* b) noexcept nogil:
+        """``apply`` for a row of a private table, C only: what needs Python is queued."""
+        cdef uint32_t s
+        cdef double score
+        cdef Py_ssize_t g
+        self.ctr[C_EVENTS] += 1
+        if r.code == T_UNKNOWN:
+            self.ctr[C_UNKNOWN] += 1
+            s = self.find(r.key)
+            return 0.0 if s == 0 else self.current(&self.slots[s - 1])
+        s = self.find(r.key)
+        if s == 0:
+            s = self.insert_raw(r.key, uid, r.uid_n, r.ts)
+        else:
+            s -= 1
+            self.touch(s)
+        score = self.update(&self.slots[s], r.code, r.ts, r.step_k, r.target_k, r.status, r.results)
+        for g in range(self.gone_n):
+            queue_action(b, A_GONE, 0, 0, 0, -1, self.gone[g])
+        self.gone_n = 0
+        if self.note:
+            queue_action(b, A_NOTE, self.note, r.step_k, r.target_k, row, r.key)
+            self.note = 0
+        if self.did_fire:
+            self.did_fire = False
+            queue_pending(b, &self.fired, 0, self.fired_score, self.fired.episode_ts, self.fired_stall,
+                          row, r.objs)
+        if T_TICKET <= r.code <= T_GUIDANCE_DISMISSED:
+            queue_pending(b, NULL, r.code, 0.0, self.last_te, 0.0, row, r.objs)
+        return score
+
+    cdef object deliver(self, Buf* b, Cols* c):
+        """Phase C: a chunk's queue, in order: long ids, names, episodes and outcomes. A
+        callback that raises does not stop the others; the first error is raised after."""
+        cdef Py_ssize_t k
+        cdef Action* a
+        cdef Pending* p
+        error = None
+        try:
+            for k in range(b.act_n):
+                a = &b.act[k]
+                if a.kind == A_GONE:
+                    self.long_ids.pop(a.key, None)
+                elif a.kind == A_NOTE:
+                    if a.bits & NOTE_LONG:
+                        self.long_ids[a.key] = <object>PyList_GET_ITEM(<object>c.uid, a.row)
+                    if a.bits & NOTE_STEP:
+                        self.remember(a.step_k, <object>PyList_GET_ITEM(<object>c.step, a.row))
+                    if a.bits & NOTE_TARGET:
+                        self.remember(a.target_k, <object>PyList_GET_ITEM(<object>c.target, a.row))
+                else:
+                    p = &b.pend[a.key]
+                    uid = <object>PyList_GET_ITEM(<object>c.uid, a.row)
+                    account = row_text(c.account, a.row, a.bits & ROW_ACCOUNT)
+                    step = row_text(c.step, a.row, a.bits & ROW_STEP)
+                    target = row_text(c.target, a.row, a.bits & ROW_TARGET)
+                    try:
+                        if p.code == 0:
+                            self.on_episode(slot_fields(&p.rec), uid, account, step, target, p.te,
+                                            p.score, p.stall)
+                        else:
+                            self.on_outcome(self.type_names[p.code], uid, account, step, target, p.te)
+                    except Exception as exc:
+                        if error is None:
+                            error = exc
+        finally:
+            b.act_n = b.pend_n = 0
+        if error is not None:
+            raise error
 
     # -- reads --------------------------------------------------------------------------------
     cdef object uid_of(self, Slot* u):
@@ -1807,76 +2190,93 @@ cdef class CompiledCore:
         return np.frombuffer(PyBytes_FromStringAndSize(<char*>u, sizeof(Slot)), dtype=SLOT_DTYPE)[0]
 
     def score(self, user_id, at=None):
-        cdef uint32_t s = self.hold(key64(user_id))
+        cdef uint32_t s
         cdef Slot* u
         cdef double total = 0.0, t, p_ts
         cdef int i
-        if s == NONE32:
-            return 0.0
-        u = &self.slots[s]
-        for i in range(NDET):
-            total += u.pressure[i]
-        p_ts = u.last_ts + <double>u.p_off
-        self.release(s)
-        if at is not None:
-            t = at
-            if t > p_ts:
-                total *= exp(-(t - p_ts) * self.decay_rate)
-        return 1.0 - exp(-total)
+        cdef uint64_t key = key64(user_id)
+        self.enter()
+        try:
+            s = self.hold(key)
+            if s == NONE32:
+                return 0.0
+            u = &self.slots[s]
+            for i in range(NDET):
+                total += u.pressure[i]
+            p_ts = u.last_ts + <double>u.p_off
+            self.release(s)
+            if at is not None:
+                t = at
+                if t > p_ts:
+                    total *= exp(-(t - p_ts) * self.decay_rate)
+            return 1.0 - exp(-total)
+        finally:
+            self.leave()
 
     def record(self, user_id):
-        cdef uint32_t s = self.hold(key64(user_id))
+        cdef uint32_t s
         cdef Slot copy
-        if s == NONE32:
-            return None
-        memcpy(&copy, &self.slots[s], sizeof(Slot))
-        self.release(s)
-        copy.lock = 0
-        return self.record_of(&copy)
+        cdef uint64_t key = key64(user_id)
+        self.enter()
+        try:
+            s = self.hold(key)
+            if s == NONE32:
+                return None
+            memcpy(&copy, &self.slots[s], sizeof(Slot))
+            self.release(s)
+            copy.lock = 0
+            return self.record_of(&copy)
+        finally:
+            self.leave()
 
     def tick(self, double now):
         """Reference: ``tick``: idle eviction, then decay, stall and rearm for every user,
         least recently active first."""
-        cdef uint64_t before = self.ctr[C_EPISODES]
+        cdef uint64_t before
         cdef uint32_t p, s, end
         cdef Slot* u
         cdef double te
         cdef uint64_t key
-        if self.has_ttl:
+        self.enter()
+        try:
+            before = self.ctr[C_EPISODES]
+            if self.has_ttl:
+                if self.shared:
+                    self.sweep_idle(now)
+                else:
+                    self.evict_idle(now)
+                self.forget_gone()
+            # The order is taken first: episodes call Python, which may re-enter observe.
+            order = []
             if self.shared:
-                self.sweep_idle(now)
+                for s in range(self.meta.n_alloc):
+                    if self.slots[s].key != 0:
+                        order.append((self.slots[s].last_ts, self.slots[s].key))
+                order.sort()
+                order = [k for _, k in order]
             else:
-                self.evict_idle(now)
-            self.forget_gone()
-        # The order is taken first: episodes call Python, which may re-enter observe.
-        order = []
-        if self.shared:
-            for s in range(self.meta.n_alloc):
-                if self.slots[s].key != 0:
-                    order.append((self.slots[s].last_ts, self.slots[s].key))
-            order.sort()
-            order = [k for _, k in order]
-        else:
-            p = self.log_head
-            end = self.log_tail
-            while p < end:
-                s = self.lru_log[p]
-                if self.slots[s].lock == p:
-                    order.append(self.slots[s].key)
-                p += 1
-        for k in order:
-            key = k
-            s = self.hold(key)
-            if s == NONE32:
-                continue
-            u = &self.slots[s]
-            self.decay(u, u.last_ts + <double>u.p_off, now)
-            te = now if now > u.last_ts else u.last_ts
-            self.check_stall(u, te)
-            self.check_episode(u, te, 0)
-            self.release(s)
-            self.emit(None, None, None, None)
-        return self.ctr[C_EPISODES] - before
+                p = self.log_head
+                end = self.log_tail
+                while p < end:
+                    s = self.lru_log[p]
+                    if self.slots[s].lock == p:
+                        order.append(self.slots[s].key)
+                    p += 1
+            for k in order:
+                key = k
+                s = self.hold(key)
+                if s == NONE32:
+                    continue
+                u = &self.slots[s]
+                self.decay(u, u.last_ts + <double>u.p_off, now)
+                te = now if now > u.last_ts else u.last_ts
+                self.check_stall(u, te)
+                self.check_episode(u, te, 0)
+                self.release(s)
+                self.emit(None, None, None, None)
+            return self.ctr[C_EPISODES] - before
+        finally:
+            self.leave()
 
     cdef sweep_idle(self, double now):
         cdef double horizon = now - self.idle_ttl
@@ -1896,21 +2296,25 @@ cdef class CompiledCore:
         cdef uint32_t p, s, n = 0
         cdef unsigned char[::1] raw
         cdef unsigned char[::1] step_raw
-        if self.shared:
-            return self.export_shared()
-        slots = np.zeros(self.meta.n_users, dtype=SLOT_DTYPE)
-        steps = np.zeros(self.meta.n_steps, dtype=STEP_DTYPE)
-        raw = slots.view(np.uint8).reshape(-1)
-        step_raw = steps.view(np.uint8).reshape(-1)
-        for p in range(self.log_head, self.log_tail):
-            s = self.lru_log[p]
-            if self.slots[s].lock == p:
-                memcpy(&raw[n * sizeof(Slot)], &self.slots[s], sizeof(Slot))
-                (<Slot*>&raw[n * sizeof(Slot)]).lock = 0  # a log position, not state
-                n += 1
-        if self.meta.n_steps:
-            memcpy(&step_raw[0], self.steps, self.meta.n_steps * sizeof(StepRec))
-        return slots, steps, dict(self.long_ids)
+        self.enter()
+        try:
+            if self.shared:
+                return self.export_shared()
+            slots = np.zeros(self.meta.n_users, dtype=SLOT_DTYPE)
+            steps = np.zeros(self.meta.n_steps, dtype=STEP_DTYPE)
+            raw = slots.view(np.uint8).reshape(-1)
+            step_raw = steps.view(np.uint8).reshape(-1)
+            for p in range(self.log_head, self.log_tail):
+                s = self.lru_log[p]
+                if self.slots[s].lock == p:
+                    memcpy(&raw[n * sizeof(Slot)], &self.slots[s], sizeof(Slot))
+                    (<Slot*>&raw[n * sizeof(Slot)]).lock = 0  # a log position, not state
+                    n += 1
+            if self.meta.n_steps:
+                memcpy(&step_raw[0], self.steps, self.meta.n_steps * sizeof(StepRec))
+            return slots, steps, dict(self.long_ids)
+        finally:
+            self.leave()
 
     cdef export_shared(self):
         cdef uint32_t s, n = 0, top = self.meta.n_alloc
@@ -1940,81 +2344,89 @@ cdef class CompiledCore:
         cdef const unsigned char[::1] step_raw
         cdef Slot* u
         cdef StepRec* r
-        slots = np.ascontiguousarray(slots, dtype=SLOT_DTYPE)
-        steps = np.ascontiguousarray(steps, dtype=STEP_DTYPE)
-        if self.shared and pf_lock(&self.meta.table_lock, self.pid):
-            pass  # everything is rebuilt below anyway
+        self.enter()
         try:
-            memset(self.index, 0, (self.mask + 1) * sizeof(uint32_t))
-            memset(self.step_index, 0, (self.step_mask + 1) * sizeof(uint32_t))
-            # Private slots are not cleared: insert() clears each one it hands out, and
-            # touching all of them would make the whole table resident for a few users.
-            if self.shared:
-                memset(self.slots, 0, self.meta.n_alloc * sizeof(Slot))
-            self.meta.n_users = 0
-            self.meta.n_alloc = 0
-            self.meta.n_steps = 0
-            self.meta.free_head = NONE32
-            self.log_head = self.log_tail = 0
-            self.long_ids = {}
-            skip = n - self.capacity if n > self.capacity else 0
-            self.ctr[C_EVICTIONS] += skip
-            if n:
-                raw = slots.view(np.uint8).reshape(-1)
-                for i in range(skip, n):
-                    s = self.meta.n_alloc
-                    self.meta.n_alloc += 1
-                    u = &self.slots[s]
-                    memcpy(u, &raw[i * sizeof(Slot)], sizeof(Slot))
-                    u.lock = 0
-                    if u.key == 0:
-                        raise ValueError("snapshot holds a user with key 0")
-                    j = <uint32_t>u.key & self.mask
-                    while self.index[j] != 0:
-                        if self.slots[self.index[j] - 1].key == u.key:
-                            raise ValueError("snapshot holds a user twice")
-                        j = (j + 1) & self.mask
-                    self.index[j] = s + 1
-                    if u.uid_len == UID_LONG:
-                        self.long_ids[u.key] = long_ids[u.key]
-                    self.meta.n_users += 1
-                    self.touch(s)
-            if len(steps):
-                step_raw = steps.view(np.uint8).reshape(-1)
-                for i in range(min(len(steps), self.max_steps)):
-                    r = self.step_rec((<StepRec*>&step_raw[i * sizeof(StepRec)]).key, True)
-                    memcpy(r, &step_raw[i * sizeof(StepRec)], sizeof(StepRec))
+            slots = np.ascontiguousarray(slots, dtype=SLOT_DTYPE)
+            steps = np.ascontiguousarray(steps, dtype=STEP_DTYPE)
+            if self.shared and pf_lock(&self.meta.table_lock, self.pid):
+                pass  # everything is rebuilt below anyway
+            try:
+                memset(self.index, 0, (self.mask + 1) * sizeof(uint32_t))
+                memset(self.step_index, 0, (self.step_mask + 1) * sizeof(uint32_t))
+                # Private slots are not cleared: insert() clears each one it hands out, and
+                # touching all of them would make the whole table resident for a few users.
+                if self.shared:
+                    memset(self.slots, 0, self.meta.n_alloc * sizeof(Slot))
+                self.meta.n_users = 0
+                self.meta.n_alloc = 0
+                self.meta.n_steps = 0
+                self.meta.free_head = NONE32
+                self.log_head = self.log_tail = 0
+                self.long_ids = {}
+                skip = n - self.capacity if n > self.capacity else 0
+                self.ctr[C_EVICTIONS] += skip
+                if n:
+                    raw = slots.view(np.uint8).reshape(-1)
+                    for i in range(skip, n):
+                        s = self.meta.n_alloc
+                        self.meta.n_alloc += 1
+                        u = &self.slots[s]
+                        memcpy(u, &raw[i * sizeof(Slot)], sizeof(Slot))
+                        u.lock = 0
+                        if u.key == 0:
+                            raise ValueError("snapshot holds a user with key 0")
+                        j = <uint32_t>u.key & self.mask
+                        while self.index[j] != 0:
+                            if self.slots[self.index[j] - 1].key == u.key:
+                                raise ValueError("snapshot holds a user twice")
+                            j = (j + 1) & self.mask
+                        self.index[j] = s + 1
+                        if u.uid_len == UID_LONG:
+                            self.long_ids[u.key] = long_ids[u.key]
+                        self.meta.n_users += 1
+                        self.touch(s)
+                if len(steps):
+                    step_raw = steps.view(np.uint8).reshape(-1)
+                    for i in range(min(len(steps), self.max_steps)):
+                        r = self.step_rec((<StepRec*>&step_raw[i * sizeof(StepRec)]).key, True)
+                        memcpy(r, &step_raw[i * sizeof(StepRec)], sizeof(StepRec))
+            finally:
+                if self.shared:
+                    pf_unlock(&self.meta.table_lock)
         finally:
-            if self.shared:
-                pf_unlock(&self.meta.table_lock)
+            self.leave()
 
     def info(self):
         """What ``pyfriction store inspect`` prints, read from this core's state."""
         cdef uint32_t s, live = 0, i
         cdef double oldest = INFINITY, newest = -INFINITY
-        for s in range(self.meta.n_alloc):
-            if self.slots[s].key != 0:
-                if self.slots[s].last_ts < oldest:
-                    oldest = self.slots[s].last_ts
-                if self.slots[s].last_ts > newest:
-                    newest = self.slots[s].last_ts
-        procs = []
-        if self.shared:
-            for i in range(N_PROCS):
-                if self.hdr.procs[i].pid != 0 and not pf_pid_dead(self.hdr.procs[i].pid):
-                    procs.append(self.hdr.procs[i].pid)
-        return {
-            "capacity": self.capacity,
-            "users": self.meta.n_users,
-            "fill": self.meta.n_users / <double>self.capacity,
-            "steps": self.meta.n_steps,
-            "names": self.meta.n_names if self.shared else len(self.names),
-            "oldest_activity": oldest if self.meta.n_users else None,
-            "newest_activity": newest if self.meta.n_users else None,
-            "processes": procs,
-            "counters": self.counters,
-            "bytes": self.map_len if self.shared else None,
-        }
+        self.enter()
+        try:
+            for s in range(self.meta.n_alloc):
+                if self.slots[s].key != 0:
+                    if self.slots[s].last_ts < oldest:
+                        oldest = self.slots[s].last_ts
+                    if self.slots[s].last_ts > newest:
+                        newest = self.slots[s].last_ts
+            procs = []
+            if self.shared:
+                for i in range(N_PROCS):
+                    if self.hdr.procs[i].pid != 0 and not pf_pid_dead(self.hdr.procs[i].pid):
+                        procs.append(self.hdr.procs[i].pid)
+            return {
+                "capacity": self.capacity,
+                "users": self.meta.n_users,
+                "fill": self.meta.n_users / <double>self.capacity,
+                "steps": self.meta.n_steps,
+                "names": self.meta.n_names if self.shared else len(self.names),
+                "oldest_activity": oldest if self.meta.n_users else None,
+                "newest_activity": newest if self.meta.n_users else None,
+                "processes": procs,
+                "counters": self.counters,
+                "bytes": self.map_len if self.shared else None,
+            }
+        finally:
+            self.leave()
 
 
 cdef class SharedNames:
@@ -2217,6 +2629,53 @@ cdef inline object optional_text(dict d, str key):
     if not PyUnicode_CheckExact(<object>o) or PyUnicode_GET_LENGTH(<object>o) > MAX_TEXT:
         return _BAD
     return <object>o if PyUnicode_GET_LENGTH(<object>o) > 0 else None
+
+
+cdef void* run_job(void* arg) noexcept nogil:
+    """Thread body of a chunk's phase B (see ``CompiledCore.run_pipelined``)."""
+    cdef Job* job = <Job*>arg
+    (<CompiledCore>job.core).run_rows(job)
+    return NULL
+
+
+cdef inline object row_text(PyObject* col, Py_ssize_t i, int present):
+    return <object>PyList_GET_ITEM(<object>col, i) if present else None
+
+
+cdef void queue_action(Buf* b, int kind, int bits, uint32_t step_k, uint32_t target_k,
+                       Py_ssize_t row, uint64_t key) noexcept nogil:
+    cdef Action* a
+    cdef Py_ssize_t cap
+    if b.act_n == b.act_cap:
+        cap = 1024 if b.act_cap == 0 else 2 * b.act_cap
+        a = <Action*>realloc(b.act, cap * sizeof(Action))
+        if a == NULL:
+            b.failed = True
+            return
+        b.act, b.act_cap = a, cap
+    a = &b.act[b.act_n]
+    b.act_n += 1
+    a.kind, a.bits, a.step_k, a.target_k, a.row, a.key = kind, bits, step_k, target_k, row, key
+
+
+cdef void queue_pending(Buf* b, Slot* rec, int code, double score, double te, double stall,
+                        Py_ssize_t row, int objs) noexcept nogil:
+    cdef Pending* p
+    cdef Py_ssize_t cap
+    if b.pend_n == b.pend_cap:
+        cap = 64 if b.pend_cap == 0 else 2 * b.pend_cap
+        p = <Pending*>realloc(b.pend, cap * sizeof(Pending))
+        if p == NULL:
+            b.failed = True
+            return
+        b.pend, b.pend_cap = p, cap
+    p = &b.pend[b.pend_n]
+    if rec != NULL:
+        memcpy(&p.rec, rec, sizeof(Slot))
+    p.code, p.score, p.te, p.stall = code, score, te, stall
+    p.uid = p.account = p.step = p.target = NULL
+    queue_action(b, A_PEND, objs, 0, 0, row, <uint64_t>b.pend_n)
+    b.pend_n += 1
 
 
 cdef inline TextMemo* text_memo(TextMemo* memo, PyObject* o):

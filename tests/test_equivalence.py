@@ -466,6 +466,11 @@ def reentrant_callback(tracker: pyfriction.Tracker, mode: str) -> Callable[[pyfr
 
 def attach(tracker: pyfriction.Tracker, seen: list[pyfriction.Episode], mode: Optional[str]) -> pyfriction.Tracker:
     tracker.episodes_seen = seen  # type: ignore[attr-defined]
+    if tracker.engine == "compiled":
+        # Columnar batches in chunks of 3 rows from the first row on: chunk edges, rows for
+        # the general path between chunks and (with no inline callback) each chunk applied on
+        # a thread of its own while the one before is delivered, all on every stream.
+        tracker._core.pipe_rows, tracker._core.pipe_min = 3, 0  # type: ignore[attr-defined]
     if mode is None:
         # On the dispatcher, so that no callback runs inline: the compiled core then queues
         # a batch's episodes and outcomes (CompiledCore.begin_batch), which must change nothing.
