@@ -2093,8 +2093,8 @@ cdef class CompiledCore:
             for k in range(2):
                 big_free(rows[k], chunk * sizeof(Row))
                 big_free(uids[k], chunk * UIDB)
-                free(bufs[k].act)
-                free(bufs[k].pend)
+                big_free(bufs[k].act, bufs[k].act_cap * sizeof(Action))
+                big_free(bufs[k].pend, bufs[k].pend_cap * sizeof(Pending))
 
     cdef void run_rows(self, Job* job) noexcept nogil:
         """Phase B: apply a chunk's rows; C only (it may run without the GIL)."""
@@ -2642,16 +2642,26 @@ cdef inline object row_text(PyObject* col, Py_ssize_t i, int present):
     return <object>PyList_GET_ITEM(<object>col, i) if present else None
 
 
+cdef void* grow(void* p, Py_ssize_t n, Py_ssize_t cap, size_t size) noexcept nogil:
+    """A queue's array with room for ``cap`` entries, its first ``n`` kept (NULL: no memory).
+    Mapped, not from the heap: a batch's queues must not leave the heap bigger after it."""
+    cdef void* q = big_alloc(cap * size)
+    if q != NULL and n:
+        memcpy(q, p, n * size)
+    return q
+
+
 cdef void queue_action(Buf* b, int kind, int bits, uint32_t step_k, uint32_t target_k,
                        Py_ssize_t row, uint64_t key) noexcept nogil:
     cdef Action* a
     cdef Py_ssize_t cap
     if b.act_n == b.act_cap:
-        cap = 1024 if b.act_cap == 0 else 2 * b.act_cap
-        a = <Action*>realloc(b.act, cap * sizeof(Action))
+        cap = 4096 if b.act_cap == 0 else 4 * b.act_cap
+        a = <Action*>grow(b.act, b.act_n, cap, sizeof(Action))
         if a == NULL:
             b.failed = True
             return
+        big_free(b.act, b.act_cap * sizeof(Action))
         b.act, b.act_cap = a, cap
     a = &b.act[b.act_n]
     b.act_n += 1
@@ -2663,11 +2673,12 @@ cdef void queue_pending(Buf* b, Slot* rec, int code, double score, double te, do
     cdef Pending* p
     cdef Py_ssize_t cap
     if b.pend_n == b.pend_cap:
-        cap = 64 if b.pend_cap == 0 else 2 * b.pend_cap
-        p = <Pending*>realloc(b.pend, cap * sizeof(Pending))
+        cap = 256 if b.pend_cap == 0 else 4 * b.pend_cap
+        p = <Pending*>grow(b.pend, b.pend_n, cap, sizeof(Pending))
         if p == NULL:
             b.failed = True
             return
+        big_free(b.pend, b.pend_cap * sizeof(Pending))
         b.pend, b.pend_cap = p, cap
     p = &b.pend[b.pend_n]
     if rec != NULL:
