@@ -104,6 +104,13 @@ cdef extern from *:
     /* Prefetches for a row ``LOOKAHEAD`` ahead (its index entry) and one half as far (the
        lines of its slot). In C and forced inline: a function of prefetches alone has no
        effect a compiler must keep, and a call to it may be dropped. */
+    static inline __attribute__((always_inline)) void pf_slot(const void* slot) {
+        const char* l = (const char*)slot;
+        PF_PREFETCH(l);
+        PF_PREFETCH(l + 64);
+        PF_PREFETCH(l + 128);
+        PF_PREFETCH(l + 192);
+    }
     static inline __attribute__((always_inline)) void pf_ahead(
             const uint32_t* index, const char* slots, size_t slot_size, uint32_t mask,
             int far_ok, uint64_t far_key, int near_ok, uint64_t near_key) {
@@ -111,19 +118,15 @@ cdef extern from *:
             PF_PREFETCH(&index[(uint32_t)far_key & mask]);
         if (near_ok) {
             uint32_t e = index[(uint32_t)near_key & mask];
-            if (e) {
-                const char* l = slots + (size_t)(e - 1) * slot_size;
-                PF_PREFETCH(l);
-                PF_PREFETCH(l + 64);
-                PF_PREFETCH(l + 128);
-                PF_PREFETCH(l + 192);
-            }
+            if (e)
+                pf_slot(slots + (size_t)(e - 1) * slot_size);
         }
     }
     """
     void PF_PREFETCH(const void*) nogil
     void pf_ahead(const uint32_t* index, const char* slots, size_t slot_size, uint32_t mask,
                   int far_ok, uint64_t far_key, int near_ok, uint64_t near_key) nogil
+    void pf_slot(const void* slot) nogil
     # C constants (a DEF this large would be a Python int where no GIL is held)
     const uint32_t NONE32 "PF_NONE32"
     const uint32_t U32MAX "PF_NONE32"
@@ -2300,11 +2303,13 @@ cdef class CompiledCore:
         try:
             if self.shared:
                 return self.export_shared()
-            slots = np.zeros(self.meta.n_users, dtype=SLOT_DTYPE)
+            slots = np.empty(self.meta.n_users, dtype=SLOT_DTYPE)  # every record is written below
             steps = np.zeros(self.meta.n_steps, dtype=STEP_DTYPE)
             raw = slots.view(np.uint8).reshape(-1)
             step_raw = steps.view(np.uint8).reshape(-1)
             for p in range(self.log_head, self.log_tail):
+                if p + LOOKAHEAD < self.log_tail:  # the log order is random in the table: ask ahead
+                    pf_slot(&self.slots[self.lru_log[p + LOOKAHEAD]])
                 s = self.lru_log[p]
                 if self.slots[s].lock == p:
                     memcpy(&raw[n * sizeof(Slot)], &self.slots[s], sizeof(Slot))

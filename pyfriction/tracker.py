@@ -420,23 +420,28 @@ class Tracker:
         )
 
     # -- snapshots ---------------------------------------------------------------------------
-    def snapshot(self, path: Union[str, "os.PathLike[str]"]) -> None:
+    def snapshot(self, path: Union[str, "os.PathLike[str]"], *,
+                 captured: Optional[Callable[[], Any]] = None) -> None:  # fmt: skip
         """Write the full state (users, step baselines, names, counters, config) to ``path``.
 
         The file is replaced atomically; restoring it into either engine loses nothing.
+        ``captured`` is called once the state is copied, before the file is written (the
+        longer part): from then on the tracker may change again without changing the file.
         """
         slots, steps, long_ids = self._core.export()
-        payload = msgspec.msgpack.encode(
-            {
-                "config": msgspec.to_builtins(self.config),
-                "counters": dict(self._core.counters),
-                "slots": slots.tobytes(),
-                "steps": steps.tobytes(),
-                "names": list(self._names.items()),
-                "long_ids": list(long_ids.items()),
-                "guidance": {"state": self._guidance.export(), "insights": self._insights.export()},
-            }
-        )
+        state = {
+            "config": msgspec.to_builtins(self.config),
+            "counters": dict(self._core.counters),
+            "slots": memoryview(slots).cast("B"),  # the arrays' own bytes: no copy
+            "steps": memoryview(steps).cast("B"),
+            "names": list(self._names.items()),
+            "long_ids": list(long_ids.items()),
+            "guidance": {"state": self._guidance.export(), "insights": self._insights.export()},
+        }
+        if captured is not None:
+            captured()
+        payload = msgspec.msgpack.encode(state)
+        del state, slots, steps
         blob = msgspec.msgpack.encode(
             {
                 "format": SNAPSHOT_FORMAT,

@@ -276,6 +276,31 @@ def test_empty_tracker_round_trip(make_tracker: Any, engine: str, tmp_path: Path
         r.close()
 
 
+def test_changes_after_the_capture_are_not_in_the_file(make_tracker: Any, engine: str, tmp_path: Path) -> None:
+    """``captured`` runs once the state is copied: what the tracker does from then on (while
+    the file is written) is not in it."""
+    t = make_tracker()
+    for i in range(3):
+        t.observe(ev("u1", "click", T0 + 0.1 * i, "s", "#pay"))
+    calls = []
+
+    def captured() -> None:
+        calls.append(t.stats().events)
+        t.observe(ev("u2", "page", T0 + 1, "s"))
+        t.observe(ev("u1", "success", T0 + 1, "s"))
+
+    path = tmp_path / "s.snap"
+    t.snapshot(path, captured=captured)
+    assert calls == [3]
+    r = pyfriction.Tracker.restore(path, engine=engine)
+    try:
+        assert r.stats().events == 3 and r.state("u2") is None
+        assert r.score("u1") > 0.5 > t.score("u1")  # the success came after the capture
+        assert r.state("u1").events == 3  # type: ignore[union-attr]
+    finally:
+        r.close()
+
+
 # --- damaged and foreign files -------------------------------------------------------------
 
 

@@ -106,6 +106,10 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     snapshot_interval: Seconds = 300.0
     #: Journal bytes after which a snapshot is taken early.
     snapshot_journal_bytes: PositiveInt = 256 << 20
+    #: Write snapshots from a forked child (copy-on-write, as Redis does): ingest pauses for
+    #: the fork only. Off, or where there is no fork: a thread writes them, and ingest waits
+    #: while the state is copied (about a second at a million users).
+    snapshot_fork: bool = True
     #: Largest request body on the wire (bytes).
     max_body_bytes: PositiveInt = 500 * 1024
     #: Largest decompressed body (bytes): Segment's 500 KB per batch.

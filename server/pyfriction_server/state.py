@@ -297,8 +297,16 @@ class State:
 
     def _rotated(self, seq: int) -> None:
         # Runs after every record of the old segments was applied and before any of the new
-        # one: from here until the snapshot is on disk, commits wait (requests too).
+        # one: from here until the state is copied for the snapshot, commits wait (requests
+        # too); the copy is written to disk while they go on.
         self._snapshotting = True
+
+    def _resume(self) -> None:
+        """Commits go on after a snapshot's copy of the state (event loop thread)."""
+        if self._snapshotting:
+            self._snapshotting = False
+            deferred, self._deferred = self._deferred, []
+            self._apply_all(deferred)
 
     async def snapshot(self) -> bool:
         """Snapshot now (no-op without a state directory); False if one is already running."""
@@ -312,26 +320,59 @@ class State:
                 log.error("snapshot: cannot start a new journal segment: %s", exc)
                 return False
             try:
-                await asyncio.to_thread(self._write_snapshot, seq)
+                if self.settings.snapshot_fork and hasattr(os, "fork"):
+                    await self._fork_snapshot(seq)
+                else:
+                    await asyncio.to_thread(self._write_snapshot, seq)
             except Exception:
                 log.exception("snapshot failed; the journal keeps everything")
                 return False
             finally:
-                self._snapshotting = False
-                deferred, self._deferred = self._deferred, []
-                self._apply_all(deferred)
+                self._resume()
             self.metrics.snapshots.inc()
             self.metrics.snapshot_seconds.observe(time.perf_counter() - started)
             log.info("snapshot written", extra={"seq": seq, "seconds": round(time.perf_counter() - started, 3)})
             return True
 
-    def _write_snapshot(self, seq: int) -> None:
+    async def _fork_snapshot(self, seq: int) -> None:
+        """Write the snapshot from a forked child, as Redis does: the child sees the state as
+        of the fork (copy-on-write) and writes it at a low priority, while commits go on here
+        at once. The pause is the fork itself, not the seconds a million users take to write."""
+        pid = os.fork()
+        if pid == 0:  # the child: this thread only; write, then leave without any cleanup
+            code = 1
+            try:
+                os.nice(10)
+                self._write_snapshot(seq, resume=False)
+                code = 0
+            except BaseException:  # noqa: BLE001 (reported by the exit status)
+                try:
+                    log.exception("snapshot child failed")
+                except BaseException:  # noqa: BLE001
+                    pass
+            finally:
+                os._exit(code)
+        self._resume()
+        log.debug("snapshot child forked", extra={"pid": pid})
+        _, status = await asyncio.to_thread(os.waitpid, pid, 0)
+        if not os.WIFEXITED(status) or os.WEXITSTATUS(status) != 0:
+            raise RuntimeError(f"the snapshot child exited with status {status}")
+        self._snapshot_file = f"snapshot-{seq:012d}.pf"
+
+    def _write_snapshot(self, seq: int, resume: bool = True) -> None:
         directory = self.directory
         assert directory is not None and self.tracker is not None
         name = f"snapshot-{seq:012d}.pf"
-        self.tracker.snapshot(os.path.join(directory, name))
-        meta = {"version": STATE_VERSION, "seq": seq, "tracker": name, "dedupe": self.dedupe.export(),
-                "created": time.time()}  # fmt: skip
+        dedupe: list[list[str]] = []
+        loop = self._loop
+
+        def captured() -> None:  # the tracker's state is copied: the dedupe memory's too, then go on
+            dedupe.extend(self.dedupe.export())
+            if resume and loop is not None:
+                loop.call_soon_threadsafe(self._resume)
+
+        self.tracker.snapshot(os.path.join(directory, name), captured=captured)
+        meta = {"version": STATE_VERSION, "seq": seq, "tracker": name, "dedupe": dedupe, "created": time.time()}
         fd, tmp = tempfile.mkstemp(prefix=".state-", dir=directory)
         try:
             with os.fdopen(fd, "wb") as fh:

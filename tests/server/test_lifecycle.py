@@ -122,10 +122,15 @@ def test_kill9_mid_load_loses_no_accepted_event(tmp_path: Any) -> None:
     assert status == 0
 
 
-def test_graceful_shutdown_drains_snapshots_and_restores(tmp_path: Any) -> None:
+@pytest.mark.parametrize("fork", ["true", "false"], ids=["forked-writer", "thread-writer"])
+def test_graceful_shutdown_drains_snapshots_and_restores(tmp_path: Any, fork: str) -> None:
+    """Snapshots are written by a forked child (the default on Linux) or a thread."""
     state = tmp_path / "state"
     port = free_port()
-    with ProcessServer(str(state), port=port) as server:
+    config = tmp_path / "sidecar.toml"
+    config.write_text(f"[server]\nsnapshot_fork = {fork}\n")
+    args = ("--config", str(config))
+    with ProcessServer(str(state), *args, port=port) as server:
         loader = Loader(server.url)
         for n in range(20):
             loader.sent[n] = loader.batch(n)
@@ -149,7 +154,7 @@ def test_graceful_shutdown_drains_snapshots_and_restores(tmp_path: Any) -> None:
     assert len(segments) == 1 and os.path.getsize(state / segments[0]) == 0  # everything is in the snapshot
     meta = msgspec.msgpack.decode((state / "state.msgpack").read_bytes())
     assert len(meta["dedupe"][0]) + len(meta["dedupe"][1]) == 20 * BATCH
-    with ProcessServer(str(state), port=port) as server:
+    with ProcessServer(str(state), *args, port=port) as server:
         assert _events_by_user(server.url) == before
         # the dedupe memory survived too
         r = httpx.post(server.url + "/v1/events", json=loader.sent[3], headers={"X-Write-Key": WRITE_KEY})
