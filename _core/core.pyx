@@ -1853,8 +1853,23 @@ cdef class CompiledCore:
         """An entry point begins: wait while another thread's chunk runs without the GIL."""
         if self.piping:
             self.wait_pipe()
+        if self.slots == NULL:
+            raise RuntimeError("this tracker's tables were released (release_tables)")
         self.inside += 1
         return 0
+
+    def release_tables(self):
+        """Unmap the private tables; the core is unusable afterwards. For a forked child that
+        only writes a snapshot it has copied: pages it still shares with its parent make every
+        write of the parent a page copy, for as long as they are shared."""
+        if self.shared or self.slots == NULL:
+            return
+        big_free(self.slots, self.capacity * sizeof(Slot))
+        big_free(self.index, (self.mask + 1) * sizeof(uint32_t))
+        big_free(self.lru_log, self.log_size * sizeof(uint32_t))
+        self.slots = NULL
+        self.index = NULL
+        self.lru_log = NULL
 
     cdef inline void leave(self) noexcept:
         self.inside -= 1

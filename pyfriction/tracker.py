@@ -421,12 +421,15 @@ class Tracker:
 
     # -- snapshots ---------------------------------------------------------------------------
     def snapshot(self, path: Union[str, "os.PathLike[str]"], *,
-                 captured: Optional[Callable[[], Any]] = None) -> None:  # fmt: skip
+                 captured: Optional[Callable[[], Any]] = None, release: bool = False) -> None:  # fmt: skip
         """Write the full state (users, step baselines, names, counters, config) to ``path``.
 
         The file is replaced atomically; restoring it into either engine loses nothing.
         ``captured`` is called once the state is copied, before the file is written (the
         longer part): from then on the tracker may change again without changing the file.
+        ``release=True`` frees the engine's tables once they are copied, leaving the tracker
+        unusable: for a forked child whose only job is this file (its parent's writes stop
+        copying the pages they would otherwise still share).
         """
         slots, steps, long_ids = self._core.export()
         state = {
@@ -440,6 +443,8 @@ class Tracker:
         }
         if captured is not None:
             captured()
+        if release and hasattr(self._core, "release_tables"):
+            self._core.release_tables()
         payload = msgspec.msgpack.encode(state)
         del state, slots, steps
         blob = msgspec.msgpack.encode(

@@ -301,6 +301,24 @@ def test_changes_after_the_capture_are_not_in_the_file(make_tracker: Any, engine
         r.close()
 
 
+def test_release_frees_the_tables_after_the_copy(make_tracker: Any, engine: str, tmp_path: Path) -> None:
+    """``release=True`` (for a forked child that only writes the file): the file is whole, and
+    the compiled engine's tables are gone (a call says so rather than reading freed memory)."""
+    t = make_tracker()
+    for i in range(3):
+        t.observe(ev("u1", "click", T0 + 0.1 * i, "s", "#pay"))
+    path = tmp_path / "s.snap"
+    t.snapshot(path, release=True)
+    r = pyfriction.Tracker.restore(path, engine=engine)
+    try:
+        assert r.state("u1").events == 3  # type: ignore[union-attr]
+    finally:
+        r.close()
+    if t.engine == "compiled":
+        with pytest.raises(RuntimeError, match="released"):
+            t.observe(ev("u1", "click", T0 + 1, "s", "#pay"))
+
+
 # --- damaged and foreign files -------------------------------------------------------------
 
 

@@ -371,7 +371,8 @@ class State:
             if resume and loop is not None:
                 loop.call_soon_threadsafe(self._resume)
 
-        self.tracker.snapshot(os.path.join(directory, name), captured=captured)
+        # A forked child (resume False) frees its copy of the tables once the state is copied.
+        self.tracker.snapshot(os.path.join(directory, name), captured=captured, release=not resume)
         meta = {"version": STATE_VERSION, "seq": seq, "tracker": name, "dedupe": dedupe, "created": time.time()}
         fd, tmp = tempfile.mkstemp(prefix=".state-", dir=directory)
         try:
