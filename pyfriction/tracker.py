@@ -98,6 +98,17 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_restart_syncers)
 
 
+def _document_parts(head: Mapping[str, Any], key: str, blob: bytes) -> list[bytes]:
+    """MessagePack of ``{**head, key: blob}`` as parts whose concatenation is exactly what
+    ``msgspec.msgpack.encode`` gives for that dict (``head`` of at most 14 entries)."""
+    first = msgspec.msgpack.encode(dict(head))
+    assert 0x80 <= first[0] < 0x8F, "head must be a small map"
+    n = len(blob)
+    size = (b"\xc4" + n.to_bytes(1, "big") if n < 1 << 8 else b"\xc5" + n.to_bytes(2, "big") if n < 1 << 16
+            else b"\xc6" + n.to_bytes(4, "big"))  # fmt: skip
+    return [bytes([first[0] + 1]) + first[1:], msgspec.msgpack.encode(key) + size, blob]
+
+
 class SnapshotError(ValueError):
     """A snapshot file is unreadable, damaged, or of another version or layout."""
 
@@ -447,20 +458,20 @@ class Tracker:
             self._core.release_tables()
         payload = msgspec.msgpack.encode(state)
         del state, slots, steps
-        blob = msgspec.msgpack.encode(
-            {
-                "format": SNAPSHOT_FORMAT,
-                "version": SNAPSHOT_VERSION,
-                "layout": LAYOUT_HASH,
-                "digest": hashlib.blake2b(payload, digest_size=16).hexdigest(),
-                "payload": payload,
-            }
-        )
+        head = {
+            "format": SNAPSHOT_FORMAT,
+            "version": SNAPSHOT_VERSION,
+            "layout": LAYOUT_HASH,
+            "digest": hashlib.blake2b(payload, digest_size=16).hexdigest(),
+        }
         target = os.fspath(path)
         fd, tmp = tempfile.mkstemp(prefix=".pyfriction-", dir=os.path.dirname(os.path.abspath(target)))
         try:
             with os.fdopen(fd, "wb") as fh:
-                fh.write(blob)
+                # The document {**head, "payload": payload}, written in parts: the payload (the
+                # whole state) is not copied into one more buffer.
+                for part in _document_parts(head, "payload", payload):
+                    fh.write(part)
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, target)

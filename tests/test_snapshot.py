@@ -10,6 +10,8 @@ from typing import Any, Callable, Iterator
 
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import pyfriction
 from pyfriction import SnapshotError
@@ -317,6 +319,18 @@ def test_release_frees_the_tables_after_the_copy(make_tracker: Any, engine: str,
     if t.engine == "compiled":
         with pytest.raises(RuntimeError, match="released"):
             t.observe(ev("u1", "click", T0 + 1, "s", "#pay"))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from([0, 1, 255, 256, 65535, 65536, 70_001]), st.dictionaries(st.text(max_size=5), st.integers(-(2**63), 2**63 - 1), max_size=5))
+def test_snapshot_document_parts_are_the_document(size: int, extra: dict[str, int]) -> None:
+    """The snapshot file is written in parts (its payload is not copied once more): the parts
+    joined are byte for byte the MessagePack of the whole document, at every size class."""
+    from pyfriction.tracker import _document_parts
+
+    head = {"format": "pyfriction-snapshot", "version": SNAPSHOT_VERSION, **{f"x{k}": v for k, v in extra.items()}}
+    blob = os.urandom(size)
+    assert b"".join(_document_parts(head, "payload", blob)) == msgspec.msgpack.encode({**head, "payload": blob})
 
 
 # --- damaged and foreign files -------------------------------------------------------------
