@@ -2662,27 +2662,31 @@ cdef inline object row_text(PyObject* col, Py_ssize_t i, int present):
     return <object>PyList_GET_ITEM(<object>col, i) if present else None
 
 
-cdef void* grow(void* p, Py_ssize_t n, Py_ssize_t cap, size_t size) noexcept nogil:
-    """A queue's array with room for ``cap`` entries, its first ``n`` kept (NULL: no memory).
+cdef bint room(void** arr, Py_ssize_t n, Py_ssize_t* cap, size_t size, Py_ssize_t first) noexcept nogil:
+    """Make room in a queue's array ``*arr`` (``n`` entries used of ``*cap``) for one more:
+    ``first`` entries at the start, then four times as many each time. False: no memory.
     Mapped, not from the heap: a batch's queues must not leave the heap bigger after it."""
-    cdef void* q = big_alloc(cap * size)
-    if q != NULL and n:
-        memcpy(q, p, n * size)
-    return q
+    cdef Py_ssize_t bigger
+    cdef void* q
+    if n < cap[0]:
+        return True
+    bigger = first if cap[0] == 0 else 4 * cap[0]
+    q = big_alloc(bigger * size)
+    if q == NULL:
+        return False
+    if n:
+        memcpy(q, arr[0], n * size)
+    big_free(arr[0], cap[0] * size)
+    arr[0], cap[0] = q, bigger
+    return True
 
 
 cdef void queue_action(Buf* b, int kind, int bits, uint32_t step_k, uint32_t target_k,
                        Py_ssize_t row, uint64_t key) noexcept nogil:
     cdef Action* a
-    cdef Py_ssize_t cap
-    if b.act_n == b.act_cap:
-        cap = 4096 if b.act_cap == 0 else 4 * b.act_cap
-        a = <Action*>grow(b.act, b.act_n, cap, sizeof(Action))
-        if a == NULL:
-            b.failed = True
-            return
-        big_free(b.act, b.act_cap * sizeof(Action))
-        b.act, b.act_cap = a, cap
+    if not room(<void**>&b.act, b.act_n, &b.act_cap, sizeof(Action), 4096):
+        b.failed = True
+        return
     a = &b.act[b.act_n]
     b.act_n += 1
     a.kind, a.bits, a.step_k, a.target_k, a.row, a.key = kind, bits, step_k, target_k, row, key
@@ -2691,15 +2695,9 @@ cdef void queue_action(Buf* b, int kind, int bits, uint32_t step_k, uint32_t tar
 cdef void queue_pending(Buf* b, Slot* rec, int code, double score, double te, double stall,
                         Py_ssize_t row, int objs) noexcept nogil:
     cdef Pending* p
-    cdef Py_ssize_t cap
-    if b.pend_n == b.pend_cap:
-        cap = 256 if b.pend_cap == 0 else 4 * b.pend_cap
-        p = <Pending*>grow(b.pend, b.pend_n, cap, sizeof(Pending))
-        if p == NULL:
-            b.failed = True
-            return
-        big_free(b.pend, b.pend_cap * sizeof(Pending))
-        b.pend, b.pend_cap = p, cap
+    if not room(<void**>&b.pend, b.pend_n, &b.pend_cap, sizeof(Pending), 256):
+        b.failed = True
+        return
     p = &b.pend[b.pend_n]
     if rec != NULL:
         memcpy(&p.rec, rec, sizeof(Slot))
