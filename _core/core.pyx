@@ -2336,6 +2336,53 @@ cdef class CompiledCore:
         finally:
             self.leave()
 
+    def export_meta(self):
+        """What :meth:`export` gives besides the slots: ``(steps, long_ids, n_users)``."""
+        cdef unsigned char[::1] step_raw
+        self.enter()
+        try:
+            steps = np.zeros(self.meta.n_steps, dtype=STEP_DTYPE)
+            if self.meta.n_steps:
+                step_raw = steps.view(np.uint8).reshape(-1)
+                memcpy(&step_raw[0], self.steps, self.meta.n_steps * sizeof(StepRec))
+            return steps, dict(self.long_ids), self.meta.n_users
+        finally:
+            self.leave()
+
+    def export_chunk(self, out, uint32_t start):
+        """The slots of :meth:`export`, in its order, a chunk at a time: fills ``out`` (a
+        ``SLOT_DTYPE`` array) from cursor ``start`` (0 at first) and returns ``(count, next
+        cursor)``; count 0 once all are out. No copy of the whole table is made: for a
+        forked child writing a snapshot, whose tables do not change between calls (nor may
+        they: the cursor is a position in the recency log). A shared store has no such
+        order: ``export()`` there."""
+        cdef uint32_t p, s, n = 0, cap
+        cdef unsigned char[::1] raw
+        if self.shared:
+            raise ValueError("a tracker on a shared store exports with export(), not in chunks")
+        if not isinstance(out, np.ndarray) or out.dtype != SLOT_DTYPE or not out.flags.c_contiguous \
+                or not out.flags.writeable or out.ndim != 1:
+            raise TypeError("export_chunk needs a writeable, contiguous 1-d SLOT_DTYPE array")
+        cap = <uint32_t>min(len(out), 0xFFFFFFFF)
+        if cap == 0:
+            raise ValueError("export_chunk needs room for at least one slot")
+        raw = out.view(np.uint8)
+        self.enter()
+        try:
+            p = start if start > self.log_head else self.log_head
+            while p < self.log_tail and n < cap:
+                if p + LOOKAHEAD < self.log_tail:
+                    pf_slot(&self.slots[self.lru_log[p + LOOKAHEAD]])
+                s = self.lru_log[p]
+                if self.slots[s].lock == p:
+                    memcpy(&raw[n * sizeof(Slot)], &self.slots[s], sizeof(Slot))
+                    (<Slot*>&raw[n * sizeof(Slot)]).lock = 0  # a log position, not state
+                    n += 1
+                p += 1
+            return n, p
+        finally:
+            self.leave()
+
     cdef export_shared(self):
         cdef uint32_t s, n = 0, top = self.meta.n_alloc
         cdef unsigned char[::1] raw

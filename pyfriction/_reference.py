@@ -18,6 +18,7 @@ Per event, for user ``u`` (see :meth:`ReferenceCore._apply`):
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import threading
@@ -178,6 +179,7 @@ class ReferenceCore:
         self._on_outcome = on_outcome
         self._users: "OrderedDict[int, _User]" = OrderedDict()  # least recently active first
         self._steps: dict[int, list[int]] = {}  # step key -> [count, bucket0, ...]
+        self._export_cursor: Optional[tuple[int, Any]] = None  # export_chunk's place
         # The compiled core relies on the GIL (no Python code runs while it holds a slot);
         # plain Python can switch threads anywhere, so the reference takes a lock.
         self._lock = threading.RLock()
@@ -259,17 +261,42 @@ class ReferenceCore:
     def export(self) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
         """Slots least recently active first, step histograms, and ids too long to inline."""
         slots = np.zeros(len(self._users), dtype=SLOT_DTYPE)
-        long_ids: dict[int, str] = {}
         for i, u in enumerate(self._users.values()):
             u.to_record(slots[i])
-            if slots[i]["uid_len"] == UID_LONG:
-                long_ids[u.key] = u.uid
+        steps, long_ids, _ = self.export_meta()
+        return slots, steps, long_ids
+
+    def export_meta(self) -> tuple[np.ndarray, dict[int, str], int]:
+        """What :meth:`export` gives besides the slots: ``(steps, long_ids, n_users)``."""
+        long_ids = {u.key: u.uid for u in self._users.values() if len(u.uid.encode("utf-8", "surrogatepass")) > UID_BYTES}
         steps = np.zeros(len(self._steps), dtype=STEP_DTYPE)
         for i, (key, counts) in enumerate(self._steps.items()):
             steps[i]["key"] = key
             steps[i]["count"] = counts[0]
             steps[i]["buckets"] = counts[1:]
-        return slots, steps, long_ids
+        return steps, long_ids, len(self._users)
+
+    def export_chunk(self, out: np.ndarray, start: int) -> tuple[int, int]:
+        """The slots of :meth:`export`, in its order, a chunk at a time: fills ``out`` from
+        cursor ``start`` (0 at first) and returns ``(count, next cursor)``; count 0 once all
+        are out. The tracker must not change between calls."""
+        if not isinstance(out, np.ndarray) or out.dtype != SLOT_DTYPE or not out.flags.c_contiguous \
+                or not out.flags.writeable or out.ndim != 1:  # fmt: skip
+            raise TypeError("export_chunk needs a writeable, contiguous 1-d SLOT_DTYPE array")
+        if len(out) == 0:
+            raise ValueError("export_chunk needs room for at least one slot")
+        # The cursor is the index in recency order; the iterator of the previous call goes on
+        # from there (slicing from the start each time would make a whole export quadratic).
+        pos, rest = self._export_cursor if self._export_cursor is not None else (-1, iter(()))
+        if pos != start:
+            rest = itertools.islice(iter(self._users.values()), start, None)
+        out.view(np.uint8).fill(0)  # as export()'s zeroed array: no byte left from before
+        n = 0
+        for u in itertools.islice(rest, len(out)):
+            u.to_record(out[n])
+            n += 1
+        self._export_cursor = (start + n, rest) if n else None
+        return n, start + n
 
     def load(self, slots: np.ndarray, steps: np.ndarray, long_ids: Mapping[int, str]) -> None:
         """Replace the state with an export (of either engine); keeps the newest when full."""

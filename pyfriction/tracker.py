@@ -16,7 +16,9 @@ import numpy as np
 
 from ._episodes import Episode, Guidance, Stats, UserState, make_episode, make_state
 from ._layout import SLOT_DTYPE, STEP_DTYPE
+from . import _snapfile
 from ._reference import ReferenceCore
+from ._snapfile import SnapshotError
 from ._rules import Names, Rules
 from .config import Config, load_config
 from .dispatcher import Callback, Dispatcher, run_callbacks
@@ -33,10 +35,11 @@ C = TypeVar("C", bound=Callback)
 
 #: Identifies the state layout; snapshots (and shared stores) of another layout are refused.
 LAYOUT_HASH = hashlib.sha256(repr((SLOT_DTYPE.descr, STEP_DTYPE.descr)).encode()).hexdigest()[:16]
-SNAPSHOT_FORMAT = "pyfriction-snapshot"
-#: 2: the payload carries the guidance state and insights ("guidance"); 1 (without) is still read.
-SNAPSHOT_VERSION = 2
-_READABLE_VERSIONS = (1, 2)
+SNAPSHOT_FORMAT = _snapfile.FORMAT
+#: The snapshot file's version (``pyfriction._snapfile``); older ones are still read.
+SNAPSHOT_VERSION = _snapfile.VERSION
+#: User records per chunk when a snapshot streams them from the tables (3.5 MiB).
+_SNAPSHOT_CHUNK = 16384
 log = logging.getLogger("pyfriction")
 GuidanceCallback = Callable[[str, Guidance], Any]
 G = TypeVar("G", bound=GuidanceCallback)
@@ -96,21 +99,6 @@ def _restart_syncers() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_restart_syncers)
-
-
-def _document_parts(head: Mapping[str, Any], key: str, blob: bytes) -> list[bytes]:
-    """MessagePack of ``{**head, key: blob}`` as parts whose concatenation is exactly what
-    ``msgspec.msgpack.encode`` gives for that dict (``head`` of at most 14 entries)."""
-    first = msgspec.msgpack.encode(dict(head))
-    assert 0x80 <= first[0] < 0x8F, "head must be a small map"
-    n = len(blob)
-    size = (b"\xc4" + n.to_bytes(1, "big") if n < 1 << 8 else b"\xc5" + n.to_bytes(2, "big") if n < 1 << 16
-            else b"\xc6" + n.to_bytes(4, "big"))  # fmt: skip
-    return [bytes([first[0] + 1]) + first[1:], msgspec.msgpack.encode(key) + size, blob]
-
-
-class SnapshotError(ValueError):
-    """A snapshot file is unreadable, damaged, or of another version or layout."""
 
 
 def _load_compiled() -> Any:
@@ -438,49 +426,53 @@ class Tracker:
         The file is replaced atomically; restoring it into either engine loses nothing.
         ``captured`` is called once the state is copied, before the file is written (the
         longer part): from then on the tracker may change again without changing the file.
-        ``release=True`` frees the engine's tables once they are copied, leaving the tracker
-        unusable: for a forked child whose only job is this file (its parent's writes stop
-        copying the pages they would otherwise still share).
+        ``release=True`` is for a forked child whose only job is this file, and leaves the
+        tracker unusable: the user records go from the engine's tables to the file in chunks
+        (no copy of them is made, and ``captured`` is called before they are written; nothing
+        else may use the tracker meanwhile), and the tables are freed once written, before
+        the file is synced (the parent's writes stop copying the pages the two still share).
         """
-        slots, steps, long_ids = self._core.export()
+        core = self._core
+        # Streaming (the tables straight to the file, no copy) suits a tracker nobody else
+        # uses meanwhile: the forked child that release=True is for. A store's tables are
+        # shared with other processes, so they are copied first (export) in any case.
+        stream = release and self._store_path is None
+        if stream:
+            steps, long_ids, n_slots = core.export_meta()
+        else:
+            slots, steps, long_ids = core.export()
+            n_slots = len(slots)
+        steps = steps[np.argsort(steps["key"], kind="stable")]  # the same file from either engine
         state = {
             "config": msgspec.to_builtins(self.config),
-            "counters": dict(self._core.counters),
-            "slots": memoryview(slots).cast("B"),  # the arrays' own bytes: no copy
-            "steps": memoryview(steps).cast("B"),
+            "counters": dict(core.counters),
             "names": list(self._names.items()),
-            "long_ids": list(long_ids.items()),
+            "long_ids": sorted(long_ids.items()),  # the same file from either engine
             "guidance": {"state": self._guidance.export(), "insights": self._insights.export()},
         }
         if captured is not None:
             captured()
-        if release and hasattr(self._core, "release_tables"):
-            self._core.release_tables()
-        payload = msgspec.msgpack.encode(state)
-        del state, slots, steps
-        head = {
-            "format": SNAPSHOT_FORMAT,
-            "version": SNAPSHOT_VERSION,
-            "layout": LAYOUT_HASH,
-            "digest": hashlib.blake2b(payload, digest_size=16).hexdigest(),
-        }
-        target = os.fspath(path)
-        fd, tmp = tempfile.mkstemp(prefix=".pyfriction-", dir=os.path.dirname(os.path.abspath(target)))
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                # The document {**head, "payload": payload}, written in parts: the payload (the
-                # whole state) is not copied into one more buffer.
-                for part in _document_parts(head, "payload", payload):
-                    fh.write(part)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        released = not hasattr(core, "release_tables")
+        if release and not stream:
+            core.release_tables()
+            released = True
+
+        def release_after_write() -> None:
+            if release and not released:
+                core.release_tables()
+
+        _snapfile.write(path, layout=LAYOUT_HASH, state=state, n_slots=n_slots, steps=steps,
+                        slots=self._slot_chunks() if stream else (slots,), written=release_after_write)  # fmt: skip
+
+    def _slot_chunks(self) -> Iterable[np.ndarray]:
+        """The user records of ``export()``, a chunk at a time, in one reused buffer."""
+        buf = np.empty(_SNAPSHOT_CHUNK, dtype=SLOT_DTYPE)
+        cursor = 0
+        while True:
+            n, cursor = self._core.export_chunk(buf, cursor)
+            if not n:
+                return
+            yield buf[:n]
 
     @classmethod
     def restore(
@@ -494,40 +486,21 @@ class Tracker:
         ``config`` defaults to the snapshot's own; other arguments are those of
         :class:`Tracker`. Raises :class:`SnapshotError` for a damaged or foreign file.
         """
+        snap = _snapfile.read(path, LAYOUT_HASH)
+        doc = snap.state
         try:
-            with open(path, "rb") as fh:
-                doc = msgspec.msgpack.decode(fh.read())
-        except OSError as exc:
-            raise SnapshotError(f"cannot read snapshot {os.fspath(path)!r}: {exc}") from None
-        except msgspec.DecodeError as exc:
-            raise SnapshotError(f"{os.fspath(path)}: not a pyfriction snapshot ({exc})") from None
-        if not isinstance(doc, dict) or doc.get("format") != SNAPSHOT_FORMAT:
-            raise SnapshotError(f"{os.fspath(path)}: not a pyfriction snapshot")
-        version = doc.get("version")
-        if version not in _READABLE_VERSIONS or doc.get("layout") != LAYOUT_HASH:
-            raise SnapshotError(
-                f"{os.fspath(path)}: snapshot version {doc.get('version')} layout {doc.get('layout')}"
-                f" does not match this pyfriction (version {SNAPSHOT_VERSION} layout {LAYOUT_HASH})"
-            )
-        payload = doc.get("payload")
-        if not isinstance(payload, bytes) or hashlib.blake2b(payload, digest_size=16).hexdigest() != doc.get("digest"):
-            raise SnapshotError(f"{os.fspath(path)}: damaged snapshot (checksum mismatch)")
-        try:
-            doc = msgspec.msgpack.decode(payload)
-            slots = np.frombuffer(doc["slots"], dtype=SLOT_DTYPE)
-            steps = np.frombuffer(doc["steps"], dtype=STEP_DTYPE)
             tracker = cls(doc["config"] if config is None else config, **kwargs)
             tracker._names.update((int(k), str(v)) for k, v in doc["names"])
-            tracker._core.load(slots, steps, {int(k): str(v) for k, v in doc["long_ids"]})
+            tracker._core.load(snap.slots, snap.steps, {int(k): str(v) for k, v in doc["long_ids"]})
             counters = dict(tracker._core.counters)  # evictions while loading, if smaller
             for key, value in doc["counters"].items():
                 if key in counters:
                     counters[key] += int(value) if key == "evictions" else int(value) - counters[key]
             tracker._core.set_counters(counters)
-            if version >= 2:  # guidance bookkeeping and insights (absent from version 1)
+            if snap.version >= 2:  # guidance bookkeeping and insights (absent from version 1)
                 extra = doc["guidance"]
                 tracker._guidance.load(extra["state"], lambda g: msgspec.convert(g, Guidance))
                 tracker._insights.load(extra["insights"])
-        except (KeyError, TypeError, ValueError, msgspec.DecodeError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError, msgspec.DecodeError) as exc:
             raise SnapshotError(f"{os.fspath(path)}: damaged snapshot ({exc})") from None
         return tracker

@@ -3,9 +3,11 @@ a conftest.py of their own, so ``import conftest`` would be ambiguous)."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from typing import Any, Optional
 
+import msgspec
 import pytest
 
 #: A round epoch time to start event streams at (2023-11-14T22:13:20Z).
@@ -67,3 +69,15 @@ def require_engine(name: str) -> None:
             pytrace=False,
         )
     pytest.skip("compiled core not built")
+
+
+def legacy_snapshot(doc: dict[str, Any], version: int, drop: tuple[str, ...] = ()) -> bytes:
+    """The file snapshot version 1 or 2 would have written for the state of ``doc`` (a decoded
+    current snapshot): a BLAKE2b digest of one payload holding everything, ``drop`` left out."""
+    state = msgspec.msgpack.decode(doc["state"])
+    for key in drop:
+        del state[key]
+    payload = msgspec.msgpack.encode({**state, "slots": b"".join(doc["slots"]), "steps": doc["steps"]})
+    return msgspec.msgpack.encode({"format": doc["format"], "version": version, "layout": doc["layout"],
+                                   "digest": hashlib.blake2b(payload, digest_size=16).hexdigest(),
+                                   "payload": payload})  # fmt: skip

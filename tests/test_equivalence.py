@@ -31,8 +31,9 @@ from hypothesis import HealthCheck, example, given, note, settings
 from hypothesis import strategies as st
 
 import pyfriction
-from pyfriction._layout import SLOT_DTYPE, STEP_DTYPE
+from pyfriction import _snapfile
 from pyfriction.events import CANONICAL_TYPES
+from pyfriction.tracker import LAYOUT_HASH
 
 from helpers import T0, ev, require_engine
 
@@ -442,15 +443,14 @@ def snapshot_of(tracker: pyfriction.Tracker) -> dict[str, Any]:
         tracker.snapshot(path)
         with open(path, "rb") as fh:
             outer = msgspec.msgpack.decode(fh.read())
-    doc = msgspec.msgpack.decode(outer.pop("payload"))
-    slots = np.frombuffer(doc.pop("slots"), dtype=SLOT_DTYPE).copy()
-    slots["lock"] = 0
-    steps = np.frombuffer(doc.pop("steps"), dtype=STEP_DTYPE)
-    doc["slots"] = slots.tobytes()  # least recently active first: the order is specified
-    doc["steps"] = sorted(bytes(s.tobytes()) for s in steps)  # baselines: no order is specified
+        snap = _snapfile.read(path, LAYOUT_HASH)
+    doc = dict(snap.state)
+    assert not snap.slots["lock"].any()  # a log position, not state
+    doc["slots"] = snap.slots.tobytes()  # least recently active first: the order is specified
+    doc["steps"] = snap.steps.tobytes()  # sorted by key: the file is the same from either engine
     doc["names"] = dict(map(tuple, doc["names"]))
     doc["long_ids"] = dict(map(tuple, doc["long_ids"]))
-    outer.pop("digest")
+    outer = {k: outer[k] for k in ("format", "version", "layout")}
     return {"outer": outer, **doc}
 
 

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import pyfriction
-from helpers import T0, ev
+from helpers import T0, ev, legacy_snapshot
 from pyfriction.guidance import holdout_fraction, in_holdout, locale_matches, render_body
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -771,29 +771,23 @@ def test_render_body_is_safe(evil: str) -> None:
 
 
 def test_snapshot_versions(make_tracker: Callable[..., pyfriction.Tracker], tmp_path: Path) -> None:
-    """Version 2 carries the guidance state; a version-1 snapshot (without it) still restores,
-    with empty guidance bookkeeping; a version-2 one missing it is damaged."""
-    import hashlib
-
+    """Versions 2 and 3 carry the guidance state; a version-1 snapshot (without it) still
+    restores, with empty guidance bookkeeping; a version-2 one missing it is damaged."""
     import msgspec
 
     from pyfriction.tracker import SNAPSHOT_VERSION
 
-    assert SNAPSHOT_VERSION == 2
+    assert SNAPSHOT_VERSION == 3
     t = make_tracker(config([{"guidance": "a"}]))
     t.identify("u1", {"plan": "pro"})
     struggle(t, "u1", T0)
     t.snapshot(tmp_path / "s.snap")
     doc = msgspec.msgpack.decode((tmp_path / "s.snap").read_bytes())
-    payload = msgspec.msgpack.decode(doc["payload"])
-    assert set(payload["guidance"]) == {"state", "insights"}
-    del payload["guidance"]
+    assert set(msgspec.msgpack.decode(doc["state"])["guidance"]) == {"state", "insights"}
 
     def write(version: int) -> Path:
-        raw = msgspec.msgpack.encode(payload)
-        blob = dict(doc, version=version, payload=raw, digest=hashlib.blake2b(raw, digest_size=16).hexdigest())
         path = tmp_path / f"v{version}.snap"
-        path.write_bytes(msgspec.msgpack.encode(blob))
+        path.write_bytes(legacy_snapshot(doc, version, drop=("guidance",)))
         return path
 
     old = pyfriction.Tracker.restore(write(1), engine=t.engine)

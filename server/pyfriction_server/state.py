@@ -34,6 +34,7 @@ import msgspec
 import numpy as np
 
 import pyfriction
+from pyfriction.directio import DirectWriter
 
 from .dedupe import Dedupe
 from .errors import HTTPError
@@ -363,23 +364,30 @@ class State:
         directory = self.directory
         assert directory is not None and self.tracker is not None
         name = f"snapshot-{seq:012d}.pf"
-        dedupe: list[list[str]] = []
         loop = self._loop
+        # In a forked child (resume False) nothing changes the dedupe sets: they are written
+        # as they are. Here (a thread) the event loop goes on once the tracker is copied, so
+        # they are copied with it.
+        dedupe: list[Any] = [] if resume else [self.dedupe.previous, self.dedupe.current]
 
         def captured() -> None:  # the tracker's state is copied: the dedupe memory's too, then go on
-            dedupe.extend(self.dedupe.export())
-            if resume and loop is not None:
-                loop.call_soon_threadsafe(self._resume)
+            if resume:
+                dedupe.extend(self.dedupe.export())
+                if loop is not None:
+                    loop.call_soon_threadsafe(self._resume)
 
-        # A forked child (resume False) frees its copy of the tables once the state is copied.
+        # A forked child (resume False) streams the tables and frees them once written.
         self.tracker.snapshot(os.path.join(directory, name), captured=captured, release=not resume)
         meta = {"version": STATE_VERSION, "seq": seq, "tracker": name, "dedupe": dedupe, "created": time.time()}
         fd, tmp = tempfile.mkstemp(prefix=".state-", dir=directory)
         try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(_encode(meta))
-                fh.flush()
-                os.fsync(fh.fileno())
+            try:
+                out = DirectWriter(fd)  # a million ids: past the page cache, as the snapshot
+                out.write(_encode(meta))
+                out.flush()
+                os.fsync(fd)
+            finally:
+                os.close(fd)
             os.replace(tmp, os.path.join(directory, STATE_FILE))
         except BaseException:
             try:
