@@ -125,8 +125,9 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     rate_burst: PositiveInt = 10_000
     #: Ingest records waiting for the journal before new requests get 503.
     max_pending: PositiveInt = 10_000
-    #: Retried deliveries remembered (messageId / uuid) to drop duplicates.
-    dedupe_size: PositiveInt = 1_000_000
+    #: Delivery ids (messageId / uuid) remembered to drop retried deliveries: exactly the
+    #: last this many, as 64-bit fingerprints (16 to 24 bytes of memory each; pyfriction.recent).
+    dedupe_size: Annotated[int, msgspec.Meta(ge=1, le=1 << 31)] = 1_000_000
     #: Correct event times for client clock skew: receivedAt - (sentAt - timestamp).
     skew_correction: bool = True
     #: Seconds between keep-alive comments on guidance streams.

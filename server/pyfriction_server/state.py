@@ -35,8 +35,8 @@ import numpy as np
 
 import pyfriction
 from pyfriction.directio import DirectWriter
+from pyfriction.recent import RecentIds
 
-from .dedupe import Dedupe
 from .errors import HTTPError
 from .journal import Journal, _fsync_dir, read_segment, segments
 from .metrics import Metrics
@@ -47,7 +47,10 @@ __all__ = ["State", "StateError", "OUTCOMES"]
 log = logging.getLogger("pyfriction.server")
 
 STATE_FILE = "state.msgpack"
-STATE_VERSION = 1
+#: 2: the dedupe memory as the fingerprints of ``RecentIds`` (bytes, little-endian u64);
+#: 1 (two lists of the ids themselves) is still read.
+STATE_VERSION = 2
+_READABLE_STATES = (1, 2)
 OUTCOMES = ("shown", "clicked", "dismissed", "completed")
 
 _encode = msgspec.msgpack.Encoder().encode
@@ -65,7 +68,7 @@ class State:
         self.settings = settings
         self.metrics = metrics
         self.tracker: Optional[pyfriction.Tracker] = None
-        self.dedupe = Dedupe(settings.dedupe_size)
+        self.dedupe = RecentIds(settings.dedupe_size)
         self.journal: Optional[Journal] = None
         self.ready = False
         self.replaying = False
@@ -100,7 +103,7 @@ class State:
             if meta is not None:
                 path = os.path.join(directory, meta["tracker"])
                 self.tracker = self._new_tracker(config, path)
-                self.dedupe.load(meta.get("dedupe", []))
+                self._load_dedupe(meta)
                 start_seq = int(meta["seq"])
                 self._snapshot_file = meta["tracker"]
             else:
@@ -172,9 +175,21 @@ class State:
             return None
         except (OSError, msgspec.DecodeError) as exc:
             raise StateError(f"cannot read {path}: {exc}") from None
-        if not isinstance(meta, dict) or meta.get("version") != STATE_VERSION or "seq" not in meta:
+        if not isinstance(meta, dict) or meta.get("version") not in _READABLE_STATES or "seq" not in meta:
             raise StateError(f"{path}: not a pyfriction-server state file of version {STATE_VERSION}")
         return meta
+
+    def _load_dedupe(self, meta: dict[str, Any]) -> None:
+        saved = meta.get("dedupe")
+        try:
+            if meta["version"] == 1:  # the ids themselves, two generations, oldest first
+                for generation in saved or ():
+                    for key in generation:
+                        self.dedupe.seen(str(key))
+            elif saved:
+                self.dedupe.load(np.frombuffer(saved, dtype="<u8"))
+        except (TypeError, ValueError) as exc:
+            raise StateError(f"{STATE_FILE}: damaged dedupe memory ({exc})") from None
 
     # -- callbacks from the tracker ---------------------------------------------------------
     def _episode(self, episode: pyfriction.Episode) -> None:
@@ -365,24 +380,20 @@ class State:
         assert directory is not None and self.tracker is not None
         name = f"snapshot-{seq:012d}.pf"
         loop = self._loop
-        # In a forked child (resume False) nothing changes the dedupe sets: they are written
-        # as they are. Here (a thread) the event loop goes on once the tracker is copied, so
-        # they are copied with it.
-        dedupe: list[Any] = [] if resume else [self.dedupe.previous, self.dedupe.current]
+        dedupe: list[bytes] = []
 
         def captured() -> None:  # the tracker's state is copied: the dedupe memory's too, then go on
-            if resume:
-                dedupe.extend(self.dedupe.export())
-                if loop is not None:
-                    loop.call_soon_threadsafe(self._resume)
+            dedupe.append(self.dedupe.export().astype("<u8", copy=False).tobytes())
+            if resume and loop is not None:
+                loop.call_soon_threadsafe(self._resume)
 
         # A forked child (resume False) streams the tables and frees them once written.
         self.tracker.snapshot(os.path.join(directory, name), captured=captured, release=not resume)
-        meta = {"version": STATE_VERSION, "seq": seq, "tracker": name, "dedupe": dedupe, "created": time.time()}
+        meta = {"version": STATE_VERSION, "seq": seq, "tracker": name, "dedupe": dedupe[0], "created": time.time()}
         fd, tmp = tempfile.mkstemp(prefix=".state-", dir=directory)
         try:
             try:
-                out = DirectWriter(fd)  # a million ids: past the page cache, as the snapshot
+                out = DirectWriter(fd)  # 8 MB for a million ids: past the page cache, as the snapshot
                 out.write(_encode(meta))
                 out.flush()
                 os.fsync(fd)

@@ -10,12 +10,9 @@ from typing import Any
 
 import msgspec
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from pyfriction.config import SegmentMapping
 from pyfriction_server import EventRule, user_token, verify_token
-from pyfriction_server.dedupe import Dedupe
 from pyfriction_server.errors import HTTPError
 from pyfriction_server.ingest import Mapper, native, posthog, segment
 from pyfriction_server.journal import read_segment
@@ -136,18 +133,6 @@ def test_native_json_and_msgpack() -> None:
                          **LIMITS)[0].source == "native"  # fmt: skip
 
 
-def test_dedupe_is_bounded_and_remembers_recent_ids() -> None:
-    d = Dedupe(1000)
-    assert not d.seen("a") and d.seen("a")
-    for i in range(5000):
-        d.seen(f"id-{i}")
-    assert len(d) <= 1000
-    assert all(d.seen(f"id-{i}") for i in range(4500, 5000))  # the last capacity/2 are remembered
-    restored = Dedupe(1000)
-    restored.load(d.export())
-    assert restored.seen("id-4999")
-
-
 def test_inflate_limits() -> None:
     data = b"x" * 10_000
     assert inflate(gzip.compress(data), "gzip", 10_000) == data
@@ -206,59 +191,6 @@ def test_metrics_text_format() -> None:
     names = [line.split()[2] for line in text.splitlines() if line.startswith("# TYPE")]
     counters = [line.split()[2] for line in text.splitlines() if line.startswith("# TYPE") and line.endswith("counter")]
     assert all(n.endswith("_total") for n in counters) and len(names) == len(set(names))
-
-
-def test_dedupe_filter_of_a_batch() -> None:
-    d = Dedupe(100)
-    assert d.filter(["a", "b", None, "c"]) is None
-    assert d.filter(["a", "d", None, "d"]) == [1, 2]  # a seen before; d twice in the batch
-    for i in range(10):  # crosses generations
-        d.filter([f"x{i}-{j}" for j in range(20)])
-    assert len(d) <= 100 and d.filter(["x9-0", "new"]) == [1]
-
-
-class _TwoGenerations:
-    """The dedupe memory's specification: two generations, the older dropped at once."""
-
-    def __init__(self, capacity: int) -> None:
-        self.half, self.gens = max(1, capacity // 2), [set(), set()]
-
-    def seen(self, key: str) -> bool:
-        if any(key in g for g in self.gens):
-            return True
-        self.gens[1].add(key)
-        if len(self.gens[1]) >= self.half:
-            self.gens = [self.gens[1], set()]
-        return False
-
-
-@settings(max_examples=150, deadline=None)
-@given(capacity=st.integers(1, 40),
-       batches=st.lists(st.lists(st.one_of(st.none(), st.integers(0, 60).map(str)), max_size=12), max_size=40))
-def test_dedupe_frees_the_dropped_generation_gradually_with_the_same_answers(capacity: int, batches: Any) -> None:
-    d, model = Dedupe(capacity), _TwoGenerations(capacity)
-    for ids in batches:
-        # a batch keeps the rows whose id the model had not seen, in order (None: always kept)
-        want = [index for index, key in enumerate(ids) if key is None or not model.seen(key)]
-        got = d.filter(ids)
-        assert (list(range(len(ids))) if got is None else got) == want
-        assert d.current == model.gens[1] and d.previous == model.gens[0]
-        assert len(d._dying) <= d.half and len(d) <= max(2, capacity)
-
-
-def test_dedupe_dropped_generation_is_freed_before_the_next_is_dropped() -> None:
-    d = Dedupe(20_000)
-    for i in range(10_000):
-        d.seen(f"a{i}")
-    assert len(d.previous) == 10_000 and not d._dying
-    for i in range(10_000):
-        d.seen(f"b{i}")
-    assert len(d._dying) == 10_000  # dropped, not freed in one go
-    d.filter([f"c{i}" for i in range(100)])
-    assert len(d._dying) == 10_000 - 200
-    for i in range(4_950):
-        d.seen(f"d{i}")
-    assert not d._dying and len(d.current) == 5_050
 
 
 def test_fast_segment_path_equals_the_general_mapping() -> None:

@@ -12,8 +12,10 @@ from typing import Any
 
 import httpx
 import msgspec
+import numpy as np
 import pytest
 
+from pyfriction._hashing import key64
 from pyfriction_server import SettingsError, load_settings
 from .sidecar_util import ADMIN_KEY, ROOT, WRITE_KEY, ProcessServer, free_port
 
@@ -153,7 +155,13 @@ def test_graceful_shutdown_drains_snapshots_and_restores(tmp_path: Any, fork: st
     segments = [f for f in files if f.startswith("journal-")]
     assert len(segments) == 1 and os.path.getsize(state / segments[0]) == 0  # everything is in the snapshot
     meta = msgspec.msgpack.decode((state / "state.msgpack").read_bytes())
-    assert len(meta["dedupe"][0]) + len(meta["dedupe"][1]) == 20 * BATCH
+    assert meta["version"] == 2
+    remembered = np.frombuffer(meta["dedupe"], dtype="<u8")  # fingerprints, oldest first
+    assert remembered.tolist() == [key64(e["id"]) for n in range(20) for e in loader.sent[n]]
+    if fork == "false":  # and a state file of version 1, the ids themselves, still restores them
+        ids = [e["id"] for n in range(20) for e in loader.sent[n]]
+        old = dict(meta, version=1, dedupe=[ids[:50], ids[50:]])
+        (state / "state.msgpack").write_bytes(msgspec.msgpack.encode(old))
     with ProcessServer(str(state), *args, port=port) as server:
         assert _events_by_user(server.url) == before
         # the dedupe memory survived too
