@@ -236,6 +236,10 @@ def main(argv: Any = None) -> int:
         "p99_ms": res.get("p99_ms"),
         "events_accepted_by_server": int(accepted),
         "journal_fsyncs": int(metric(after, "pyfriction_journal_fsyncs_total") - metric(before, "pyfriction_journal_fsyncs_total")),
+        # snapshots written while measured (one per snapshot_journal_bytes of journal): the
+        # figures include them, as a sidecar under sustained load sees them
+        "snapshots": int(metric(after, "pyfriction_snapshots_total") - metric(before, "pyfriction_snapshots_total")),
+        "users_tracked": int(metric(after, "pyfriction_users_tracked")),
         "cpus": os.cpu_count(),
         "load_average_1m": round(os.getloadavg()[0], 2),
         # CPU the sidecar itself spent per request, and the rate one dedicated core would give:
@@ -259,6 +263,7 @@ def main(argv: Any = None) -> int:
           f"({figures['server_user_cpu_s']} s user + {figures['server_system_cpu_s']} s system): "
           f"{figures['events_per_server_cpu_second']:,} events per CPU-second; 1-min load average "
           f"{figures['load_average_1m']} on {figures['cpus']} cores")  # fmt: skip
+    print(f"  snapshots written during the run: {figures['snapshots']}; users tracked at the end: {figures['users_tracked']:,}")
     print(f"  server-side accepted events during the run: {int(accepted):,} (wrk's 2xx x {EVENTS_PER_BATCH}: "
           f"{int(ok_requests * EVENTS_PER_BATCH):,}; wrk counts requests still in flight at the end too)")  # fmt: skip
     if args.json:
