@@ -2311,43 +2311,53 @@ cdef class CompiledCore:
     # -- snapshots ----------------------------------------------------------------------------
     def export(self):
         """Slots least recently active first, step histograms, and ids too long to inline."""
-        cdef uint32_t p, s, n = 0
+        cdef uint32_t n = 0
         cdef unsigned char[::1] raw
-        cdef unsigned char[::1] step_raw
         self.enter()
         try:
             if self.shared:
                 return self.export_shared()
             slots = np.empty(self.meta.n_users, dtype=SLOT_DTYPE)  # every record is written below
-            steps = np.zeros(self.meta.n_steps, dtype=STEP_DTYPE)
-            raw = slots.view(np.uint8).reshape(-1)
-            step_raw = steps.view(np.uint8).reshape(-1)
-            for p in range(self.log_head, self.log_tail):
-                if p + LOOKAHEAD < self.log_tail:  # the log order is random in the table: ask ahead
-                    pf_slot(&self.slots[self.lru_log[p + LOOKAHEAD]])
-                s = self.lru_log[p]
-                if self.slots[s].lock == p:
-                    memcpy(&raw[n * sizeof(Slot)], &self.slots[s], sizeof(Slot))
-                    (<Slot*>&raw[n * sizeof(Slot)]).lock = 0  # a log position, not state
-                    n += 1
-            if self.meta.n_steps:
-                memcpy(&step_raw[0], self.steps, self.meta.n_steps * sizeof(StepRec))
+            if self.meta.n_users:
+                raw = slots.view(np.uint8).reshape(-1)
+                self.gather(&raw[0], self.log_head, self.meta.n_users, &n)
+            steps = self.steps_array()
             return slots, steps, dict(self.long_ids)
         finally:
             self.leave()
 
     def export_meta(self):
         """What :meth:`export` gives besides the slots: ``(steps, long_ids, n_users)``."""
-        cdef unsigned char[::1] step_raw
         self.enter()
         try:
-            steps = np.zeros(self.meta.n_steps, dtype=STEP_DTYPE)
-            if self.meta.n_steps:
-                step_raw = steps.view(np.uint8).reshape(-1)
-                memcpy(&step_raw[0], self.steps, self.meta.n_steps * sizeof(StepRec))
-            return steps, dict(self.long_ids), self.meta.n_users
+            return self.steps_array(), dict(self.long_ids), self.meta.n_users
         finally:
             self.leave()
+
+    cdef object steps_array(self):
+        cdef unsigned char[::1] step_raw
+        steps = np.zeros(self.meta.n_steps, dtype=STEP_DTYPE)
+        if self.meta.n_steps:
+            step_raw = steps.view(np.uint8).reshape(-1)
+            memcpy(&step_raw[0], self.steps, self.meta.n_steps * sizeof(StepRec))
+        return steps
+
+    cdef uint32_t gather(self, unsigned char* out, uint32_t p, uint32_t cap, uint32_t* n) noexcept nogil:
+        """Copy up to ``cap`` live slots, least recently active first, from recency-log
+        position ``p`` on into ``out``; ``n`` counts them; returns the next position."""
+        cdef uint32_t s
+        if p < self.log_head:
+            p = self.log_head
+        while p < self.log_tail and n[0] < cap:
+            if p + LOOKAHEAD < self.log_tail:  # the log order is random in the table: ask ahead
+                pf_slot(&self.slots[self.lru_log[p + LOOKAHEAD]])
+            s = self.lru_log[p]
+            if self.slots[s].lock == p:
+                memcpy(&out[n[0] * sizeof(Slot)], &self.slots[s], sizeof(Slot))
+                (<Slot*>&out[n[0] * sizeof(Slot)]).lock = 0  # a log position, not state
+                n[0] += 1
+            p += 1
+        return p
 
     def export_chunk(self, out, uint32_t start):
         """The slots of :meth:`export`, in its order, a chunk at a time: fills ``out`` (a
@@ -2356,7 +2366,7 @@ cdef class CompiledCore:
         forked child writing a snapshot, whose tables do not change between calls (nor may
         they: the cursor is a position in the recency log). A shared store has no such
         order: ``export()`` there."""
-        cdef uint32_t p, s, n = 0, cap
+        cdef uint32_t p, n = 0, cap
         cdef unsigned char[::1] raw
         if self.shared:
             raise ValueError("a tracker on a shared store exports with export(), not in chunks")
@@ -2369,16 +2379,7 @@ cdef class CompiledCore:
         raw = out.view(np.uint8)
         self.enter()
         try:
-            p = start if start > self.log_head else self.log_head
-            while p < self.log_tail and n < cap:
-                if p + LOOKAHEAD < self.log_tail:
-                    pf_slot(&self.slots[self.lru_log[p + LOOKAHEAD]])
-                s = self.lru_log[p]
-                if self.slots[s].lock == p:
-                    memcpy(&raw[n * sizeof(Slot)], &self.slots[s], sizeof(Slot))
-                    (<Slot*>&raw[n * sizeof(Slot)]).lock = 0  # a log position, not state
-                    n += 1
-                p += 1
+            p = self.gather(&raw[0], start, cap, &n)
             return n, p
         finally:
             self.leave()
@@ -2386,7 +2387,6 @@ cdef class CompiledCore:
     cdef export_shared(self):
         cdef uint32_t s, n = 0, top = self.meta.n_alloc
         cdef unsigned char[::1] raw
-        cdef unsigned char[::1] step_raw
         slots = np.zeros(top, dtype=SLOT_DTYPE)
         raw = slots.view(np.uint8).reshape(-1)
         for s in range(top):
@@ -2397,10 +2397,7 @@ cdef class CompiledCore:
         slots = slots[:n]
         slots["lock"] = 0
         slots = slots[np.argsort(slots["last_ts"], kind="stable")]  # least recent first
-        steps = np.zeros(self.meta.n_steps, dtype=STEP_DTYPE)
-        if self.meta.n_steps:
-            step_raw = steps.view(np.uint8).reshape(-1)
-            memcpy(&step_raw[0], self.steps, self.meta.n_steps * sizeof(StepRec))
+        steps = self.steps_array()
         return slots, steps, dict(self.long_ids)
 
     def load(self, slots, steps, long_ids):

@@ -27,14 +27,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import zlib
 from typing import Any, Callable, Iterable, NamedTuple, Optional, Union
 
 import msgspec
 import numpy as np
 
-from .directio import DirectWriter
+from .directio import replace_atomically
 from ._layout import SLOT_DTYPE, STEP_DTYPE
 
 __all__ = ["SnapshotError", "Snapshot", "write", "read", "FORMAT", "VERSION", "PART_BYTES"]
@@ -121,49 +120,35 @@ def write(
     step_raw = _bytes(steps)
     head = msgspec.msgpack.encode({"format": FORMAT, "version": VERSION, "layout": layout, "state": state_raw})
     head = bytes([head[0] + 3]) + head[1:]  # a map of 4 entries, then 3 more: slots, steps, crc32
-    target = os.fspath(path)
-    fd, tmp = tempfile.mkstemp(prefix=".pyfriction-", dir=os.path.dirname(os.path.abspath(target)))
-    try:
-        try:
-            out = DirectWriter(fd)
-            out.write(head)
-            crc = zlib.crc32(state_raw)
-            out.write(msgspec.msgpack.encode("slots") + _array_header(len(parts)))
-            left = 0  # bytes left in the current part
-            done = 0
-            for chunk in slots:
-                view = _bytes(chunk)
-                while len(view):
-                    if done + len(view) > total:
-                        raise RuntimeError("the tracker changed while its snapshot was written")
-                    if left == 0:
-                        left = parts[done // PART_BYTES]
-                        out.write(_bin_header(left))
-                    piece = view[:left]
-                    out.write(piece)
-                    crc = zlib.crc32(piece, crc)
-                    done += len(piece)
-                    left -= len(piece)
-                    view = view[len(piece) :]
-            if done != total:
-                raise RuntimeError("the tracker changed while its snapshot was written")
-            out.write(msgspec.msgpack.encode("steps") + _bin_header(len(step_raw)))
-            out.write(step_raw)
-            crc = zlib.crc32(step_raw, crc)
-            out.write(msgspec.msgpack.encode("crc32") + msgspec.msgpack.encode(crc))
-            out.flush()
-            if written is not None:
-                written()
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    with replace_atomically(path) as out:
+        out.write(head)
+        crc = zlib.crc32(state_raw)
+        out.write(msgspec.msgpack.encode("slots") + _array_header(len(parts)))
+        left = 0  # bytes left in the current part
+        done = 0
+        for chunk in slots:
+            view = _bytes(chunk)
+            while len(view):
+                if done + len(view) > total:
+                    raise RuntimeError("the tracker changed while its snapshot was written")
+                if left == 0:
+                    left = parts[done // PART_BYTES]
+                    out.write(_bin_header(left))
+                piece = view[:left]
+                out.write(piece)
+                crc = zlib.crc32(piece, crc)
+                done += len(piece)
+                left -= len(piece)
+                view = view[len(piece) :]
+        if done != total:
+            raise RuntimeError("the tracker changed while its snapshot was written")
+        out.write(msgspec.msgpack.encode("steps") + _bin_header(len(step_raw)))
+        out.write(step_raw)
+        crc = zlib.crc32(step_raw, crc)
+        out.write(msgspec.msgpack.encode("crc32") + msgspec.msgpack.encode(crc))
+        out.flush()
+        if written is not None:
+            written()
 
 
 def _lenient(data: bytes) -> Optional[_Document]:

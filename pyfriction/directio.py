@@ -11,13 +11,15 @@ Where ``O_DIRECT`` does not exist or the file system refuses it, every write is 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import mmap
 import os
-from typing import Any
+import tempfile
+from typing import Any, Iterator, Union
 
-__all__ = ["DirectWriter"]
+__all__ = ["DirectWriter", "replace_atomically"]
 
 #: Alignment for offsets and lengths: the largest logical block size in common use.
 BLOCK = 4096
@@ -92,6 +94,31 @@ class DirectWriter:
         if rest:
             self._stage.move(0, n, rest)
         self._fill = rest
+
+
+@contextlib.contextmanager
+def replace_atomically(path: Union[str, "os.PathLike[str]"], prefix: str = ".pyfriction-") -> Iterator[DirectWriter]:
+    """Write a file that replaces ``path`` whole or not at all: the block writes to a
+    :class:`DirectWriter` on a temporary file beside ``path``, which is then flushed,
+    fsynced and renamed over it. An exception leaves the old file and no temporary one.
+    (Syncing the directory, where the rename must be durable at once, is the caller's.)"""
+    target = os.fspath(path)
+    fd, tmp = tempfile.mkstemp(prefix=prefix, dir=os.path.dirname(os.path.abspath(target)))
+    try:
+        try:
+            out = DirectWriter(fd)
+            yield out
+            out.flush()
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
 
 
 def _set_direct(fd: int, on: bool) -> bool:

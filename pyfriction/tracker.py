@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 import threading
 import time
 import weakref
@@ -452,17 +451,12 @@ class Tracker:
         }
         if captured is not None:
             captured()
-        released = not hasattr(core, "release_tables")
+        release = release and hasattr(core, "release_tables")  # the reference has no tables to free
         if release and not stream:
-            core.release_tables()
-            released = True
-
-        def release_after_write() -> None:
-            if release and not released:
-                core.release_tables()
-
+            core.release_tables()  # they are copied
         _snapfile.write(path, layout=LAYOUT_HASH, state=state, n_slots=n_slots, steps=steps,
-                        slots=self._slot_chunks() if stream else (slots,), written=release_after_write)  # fmt: skip
+                        slots=self._slot_chunks() if stream else (slots,),
+                        written=core.release_tables if release and stream else None)  # fmt: skip
 
     def _slot_chunks(self) -> Iterable[np.ndarray]:
         """The user records of ``export()``, a chunk at a time, in one reused buffer."""

@@ -26,7 +26,6 @@ import asyncio
 import fcntl
 import logging
 import os
-import tempfile
 import time
 from typing import Any, Callable, Optional
 
@@ -34,7 +33,7 @@ import msgspec
 import numpy as np
 
 import pyfriction
-from pyfriction.directio import DirectWriter
+from pyfriction.directio import replace_atomically
 from pyfriction.recent import RecentIds
 
 from .errors import HTTPError
@@ -390,22 +389,9 @@ class State:
         # A forked child (resume False) streams the tables and frees them once written.
         self.tracker.snapshot(os.path.join(directory, name), captured=captured, release=not resume)
         meta = {"version": STATE_VERSION, "seq": seq, "tracker": name, "dedupe": dedupe[0], "created": time.time()}
-        fd, tmp = tempfile.mkstemp(prefix=".state-", dir=directory)
-        try:
-            try:
-                out = DirectWriter(fd)  # 8 MB for a million ids: past the page cache, as the snapshot
-                out.write(_encode(meta))
-                out.flush()
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, os.path.join(directory, STATE_FILE))
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        # 8 MB for a million ids: past the page cache, as the snapshot
+        with replace_atomically(os.path.join(directory, STATE_FILE), prefix=".state-") as out:
+            out.write(_encode(meta))
         _fsync_dir(directory)
         # The new state is committed: older segments and snapshots are obsolete.
         for old_seq, path in segments(directory):
