@@ -17,23 +17,27 @@ import os
 import platform
 import sys
 import time
-from typing import Optional
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import harness  # noqa: E402
-import streams  # noqa: E402
+import harness
+import streams
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--users", type=int, default=harness.users_from_env(),
-                        help="distinct users in the stream (default: BENCH_USERS or 1,000,000)")
+    parser.add_argument(
+        "--users",
+        type=int,
+        default=harness.users_from_env(),
+        help="distinct users in the stream (default: BENCH_USERS or 1,000,000)",
+    )
     parser.add_argument("--rounds", type=int, default=7, help="timed rounds per measurement (best is kept)")
     parser.add_argument("--observe-chunk", type=int, default=100_000)
     parser.add_argument("--reference-chunk", type=int, default=20_000)
-    parser.add_argument("--reference-memory", action="store_true",
-                        help="also measure the reference engine's bytes per user (slow)")
+    parser.add_argument(
+        "--reference-memory", action="store_true", help="also measure the reference engine's bytes per user (slow)"
+    )
     parser.add_argument("--no-reference", action="store_true", help="skip the reference engine")
     args = parser.parse_args(argv)  # fmt: skip
 
@@ -43,13 +47,16 @@ def main(argv: Optional[list[str]] = None) -> int:
           f" event time, generated in {time.perf_counter() - t:.1f} s; capacity {harness.CAPACITY:,};"
           f" Python {platform.python_version()}, {os.cpu_count()} CPUs", flush=True)  # fmt: skip
     mid = len(stream) // 2
-    rows: list[tuple[str, str, float, Optional[float]]] = []  # engine, mode, ns/event, bytes/user
+    rows: list[tuple[str, str, float, float | None]] = []  # engine, mode, ns/event, bytes/user
 
     error = harness.compiled_error()
     if error is None:
         warm = harness.Warm("compiled", stream)
-        print(f"compiled: warmed with the whole stream in {warm.wall_seconds:.1f} s"
-              f" ({warm.episodes / len(stream) * 1000:.1f} friction episodes per 1,000 events)", flush=True)
+        print(
+            f"compiled: warmed with the whole stream in {warm.wall_seconds:.1f} s"
+            f" ({warm.episodes / len(stream) * 1000:.1f} friction episodes per 1,000 events)",
+            flush=True,
+        )
         chunk = harness.DictChunk(stream, mid - args.observe_chunk // 2, args.observe_chunk)
         best = min(harness.time_rounds(chunk, warm, args.rounds, warmup=2))
         observe_ns = best / len(chunk) * 1e9
@@ -69,8 +76,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         start = mid - args.reference_chunk // 2
         warmup = harness.reference_warmup(stream, start)
         warm = harness.Warm("reference", warmup)
-        print(f"reference: warmed with {len(warmup):,} events (every user's first, and the 100,000"
-              f" before the chunk) in {time.perf_counter() - t:.1f} s", flush=True)
+        print(
+            f"reference: warmed with {len(warmup):,} events (every user's first, and the 100,000"
+            f" before the chunk) in {time.perf_counter() - t:.1f} s",
+            flush=True,
+        )
         chunk = harness.DictChunk(stream, start, args.reference_chunk)
         best = min(harness.time_rounds(chunk, warm, max(3, args.rounds // 2), warmup=1))
         ref_ns = best / len(chunk) * 1e9
@@ -85,8 +95,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         ratio = f"{ref_ns / ns:6.1f}x" if ref_ns else "    n/a"
         mem_s = f"{mem:11.1f}" if mem is not None else f"{'-':>11}"
         print(f"{engine:<10} {mode:<13} {ns:9.1f} {1e9 / ns:12,.0f} {ratio:>7} {mem_s}")
-    print(f"(timeit-style best round; ratio = reference observe ns/event / this row's ns/event;"
-          f" bytes/user = RSS growth / users tracked)")  # fmt: skip
+    print("(timeit-style best round; ratio = reference observe ns/event / this row's ns/event;"
+          " bytes/user = RSS growth / users tracked)")  # fmt: skip
     return 0
 
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -40,18 +41,21 @@ def n_users() -> int:
 
 
 @pytest.fixture(scope="session")
-def stream(n_users: int) -> "streams.Stream":
+def stream(n_users: int) -> streams.Stream:
     """The realistic stream over ``n_users`` distinct users (about 2.6 events each)."""
     return streams.generate(n_users)
 
 
 @pytest.fixture(scope="session")
-def compiled_warm(stream: "streams.Stream") -> Iterator[harness.Warm]:
+def compiled_warm(stream: streams.Stream) -> Iterator[harness.Warm]:
     """A compiled tracker (capacity 1,000,000) that has observed the whole stream."""
     require_compiled()
     warm = harness.Warm("compiled", stream)
-    SUMMARY.insert(0, f"stream: {len(stream):,} events over {stream.users:,} users;"
-                      f" {warm.episodes / len(stream) * 1000:.1f} friction episodes per 1,000 events")
+    SUMMARY.insert(
+        0,
+        f"stream: {len(stream):,} events over {stream.users:,} users;"
+        f" {warm.episodes / len(stream) * 1000:.1f} friction episodes per 1,000 events",
+    )
     yield warm
     warm.tracker.close(timeout=5.0)
 

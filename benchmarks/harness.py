@@ -18,7 +18,7 @@ import os
 import subprocess
 import sys
 import time
-from typing import Any, Callable, Optional
+from typing import Any
 
 import numpy as np
 
@@ -28,9 +28,9 @@ for _p in (ROOT, HERE):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
-import pyfriction  # noqa: E402
-
 import streams  # noqa: E402
+
+import pyfriction  # noqa: E402
 
 #: Users tracked at once in every benchmark tracker (the issue's acceptance setting).
 CAPACITY = 1_000_000
@@ -44,12 +44,12 @@ def users_from_env(default: int = 1_000_000) -> int:
     return int(raw) if raw else default
 
 
-def compiled_error() -> Optional[str]:
+def compiled_error() -> str | None:
     """None when the compiled core imports with a ``CompiledCore``, else why not."""
     if os.environ.get("PYFRICTION_NO_EXTENSIONS", "") not in ("", "0"):
         return "PYFRICTION_NO_EXTENSIONS is set"
     try:
-        from pyfriction import _core  # noqa: PLC0415
+        from pyfriction import _core
 
         _core.CompiledCore  # noqa: B018
     except (ImportError, AttributeError) as exc:
@@ -67,7 +67,7 @@ class Warm:
     """A tracker that has observed a whole stream; ``horizon`` is the newest event time
     it has seen, so that replayed chunks can be moved after it."""
 
-    def __init__(self, engine: str, stream: "streams.Stream", *, columnar: bool = True) -> None:
+    def __init__(self, engine: str, stream: streams.Stream, *, columnar: bool = True) -> None:
         self.engine = engine
         self.tracker = make_tracker(engine)
         self.horizon = float(stream.ts[-1]) if len(stream) else 0.0
@@ -92,7 +92,7 @@ class Warm:
             raise RuntimeError(f"warming the {engine} tracker went wrong: {stats}")
 
 
-def reference_warmup(stream: "streams.Stream", chunk_start: int, context: int = 100_000) -> "streams.Stream":
+def reference_warmup(stream: streams.Stream, chunk_start: int, context: int = 100_000) -> streams.Stream:
     """What the reference tracker observes before a chunk at ``chunk_start`` is replayed:
     every user's first event (so it tracks all the users, like the compiled tracker) and
     the ``context`` events just before the chunk (so the chunk's users have their recent
@@ -106,7 +106,7 @@ class DictChunk:
     """``stream[start:start + size]`` as pre-built dicts, replayed by :meth:`advance` at a
     later time each round (only the ``ts`` of each dict is rewritten, outside the timing)."""
 
-    def __init__(self, stream: "streams.Stream", start: int, size: int) -> None:
+    def __init__(self, stream: streams.Stream, start: int, size: int) -> None:
         start = max(0, min(start, len(stream) - size))
         self.events = stream.dicts(start, start + size)
         self.ts = stream.ts[start : start + size].copy()
@@ -134,7 +134,7 @@ class ColumnChunk:
     """A columnar batch of ``stream[start:stop]``, replayed like :class:`DictChunk` (each
     round gets a new float64 ``ts`` column, built outside the timing)."""
 
-    def __init__(self, stream: "streams.Stream", start: int = 0, stop: Optional[int] = None) -> None:
+    def __init__(self, stream: streams.Stream, start: int = 0, stop: int | None = None) -> None:
         self.batch = stream.columns(start, stop)
         self.ts = self.batch["ts"].copy()
         self.first = float(self.ts[0])
@@ -183,7 +183,7 @@ def rss() -> int:
         with open("/proc/self/statm") as fh:
             return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except OSError:
-        import psutil  # noqa: PLC0415  (not Linux)
+        import psutil
 
         return int(psutil.Process().memory_info().rss)
 
@@ -192,7 +192,7 @@ def _settle() -> None:
     """Collect garbage and hand freed heap back to the OS, so RSS shows what is held."""
     gc.collect()
     try:
-        import ctypes  # noqa: PLC0415
+        import ctypes
 
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
@@ -252,11 +252,11 @@ def memory_per_user(users: int, engine: str = "compiled", timeout: float = 600.0
     return json.loads(proc.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
-def median(values: "list[float]") -> float:
+def median(values: list[float]) -> float:
     return float(np.median(values))
 
 
-def _main(argv: Optional[list[str]] = None) -> None:
+def _main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
     mem = sub.add_parser("memory", help="print memory_probe() as JSON (run in a fresh process)")

@@ -101,7 +101,7 @@ def free_port() -> int:
 
 
 def get(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=10) as r:  # noqa: S310 (loopback only)
+    with urllib.request.urlopen(url, timeout=10) as r:
         return r.read().decode()
 
 
@@ -149,7 +149,9 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
     return int(fields[11]) / tick, int(fields[12]) / tick
 
 
-def run_wrk(url: str, env: dict[str, str], script: str, connections: int, seconds: float, prefix: str) -> dict[str, float]:
+def run_wrk(
+    url: str, env: dict[str, str], script: str, connections: int, seconds: float, prefix: str
+) -> dict[str, float]:
     cmd = ["wrk", "-t1", f"-c{connections}", f"-d{int(seconds)}s", "--latency", "--timeout", "5s", "-s", script,
            url + "/v1/batch"]  # fmt: skip
     out = subprocess.run(cmd, env={**env, "PF_BENCH_PREFIX": prefix}, capture_output=True, text=True,
@@ -217,7 +219,8 @@ def main(argv: Any = None) -> int:
         log.close()
 
     accepted = metric(after, 'pyfriction_events_accepted_total{source="segment"}') - metric(
-        before, 'pyfriction_events_accepted_total{source="segment"}')
+        before, 'pyfriction_events_accepted_total{source="segment"}'
+    )
     ok_requests = res["requests"] - res["errors"]
     rate = ok_requests * EVENTS_PER_BATCH / res["seconds"]
     figures = {
@@ -235,7 +238,9 @@ def main(argv: Any = None) -> int:
         "p90_ms": res.get("p90_ms"),
         "p99_ms": res.get("p99_ms"),
         "events_accepted_by_server": int(accepted),
-        "journal_fsyncs": int(metric(after, "pyfriction_journal_fsyncs_total") - metric(before, "pyfriction_journal_fsyncs_total")),
+        "journal_fsyncs": int(
+            metric(after, "pyfriction_journal_fsyncs_total") - metric(before, "pyfriction_journal_fsyncs_total")
+        ),
         # snapshots written while measured (one per snapshot_journal_bytes of journal): the
         # figures include them, as a sidecar under sustained load sees them
         "snapshots": int(metric(after, "pyfriction_snapshots_total") - metric(before, "pyfriction_snapshots_total")),
@@ -263,7 +268,9 @@ def main(argv: Any = None) -> int:
           f"({figures['server_user_cpu_s']} s user + {figures['server_system_cpu_s']} s system): "
           f"{figures['events_per_server_cpu_second']:,} events per CPU-second; 1-min load average "
           f"{figures['load_average_1m']} on {figures['cpus']} cores")  # fmt: skip
-    print(f"  snapshots written during the run: {figures['snapshots']}; users tracked at the end: {figures['users_tracked']:,}")
+    print(
+        f"  snapshots written during the run: {figures['snapshots']}; users tracked at the end: {figures['users_tracked']:,}"
+    )
     print(f"  server-side accepted events during the run: {int(accepted):,} (wrk's 2xx x {EVENTS_PER_BATCH}: "
           f"{int(ok_requests * EVENTS_PER_BATCH):,}; wrk counts requests still in flight at the end too)")  # fmt: skip
     if args.json:

@@ -25,11 +25,11 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
-__all__ = ["Stream", "generate", "user_pool", "T0", "STEPS", "TARGETS", "TYPES", "MOTIFS"]
+__all__ = ["MOTIFS", "STEPS", "T0", "TARGETS", "TYPES", "Stream", "generate", "user_pool"]
 
 #: Epoch of the first session start (2023-11-14T22:13:20Z).
 T0 = 1_700_000_000.0
@@ -76,52 +76,84 @@ P_NONE, P_STATUS, P_HITS, P_ZERO = 0, 1, 2, 3
 # ``gap`` is the time since the user's previous event (the first one is think time).
 # The weights of the struggles are tuned so that episodes stay occasional (about 6 per 1,000
 # events): a session here is only a few events long, so struggles must not be dense in it.
-MOTIFS: dict[str, tuple[float, Optional[str], list[tuple[str, float, float, int, bool, int]]]] = {
+MOTIFS: dict[str, tuple[float, str | None, list[tuple[str, float, float, int, bool, int]]]] = {
     "page": (12, None, [("page", 2.0, 40.0, STEP_A, False, P_NONE)]),
     "click": (24, "button", [("click", 1.0, 12.0, INHERIT, True, P_NONE)]),
-    "double_click": (4, "button", [
-        ("click", 1.0, 10.0, INHERIT, True, P_NONE),
-        ("click", 0.12, 0.3, INHERIT, True, P_NONE)]),
-    "rage_click": (0.3, "button", [
-        ("click", 1.0, 8.0, INHERIT, True, P_NONE)]
-        + [("click", 0.08, 0.3, INHERIT, True, P_NONE)] * 4),
+    "double_click": (
+        4,
+        "button",
+        [("click", 1.0, 10.0, INHERIT, True, P_NONE), ("click", 0.12, 0.3, INHERIT, True, P_NONE)],
+    ),
+    "rage_click": (
+        0.3,
+        "button",
+        [("click", 1.0, 8.0, INHERIT, True, P_NONE)] + [("click", 0.08, 0.3, INHERIT, True, P_NONE)] * 4,
+    ),
     "dead_click": (3, "text", [("dead_click", 1.0, 15.0, INHERIT, True, P_NONE)]),
-    "dead_click_pair": (0.8, "text", [
-        ("dead_click", 1.0, 10.0, INHERIT, True, P_NONE),
-        ("dead_click", 0.5, 6.0, INHERIT, True, P_NONE)]),
-    "form_error": (2, "field", [
-        ("form_error", 2.0, 20.0, INHERIT, True, P_NONE),
-        ("click", 2.0, 8.0, INHERIT, False, P_NONE)]),
-    "repeat_failure": (0.5, "field", [
-        ("form_error", 2.0, 15.0, INHERIT, True, P_NONE),
-        ("click", 2.0, 10.0, INHERIT, False, P_NONE),
-        ("form_error", 0.3, 2.0, INHERIT, True, P_NONE)]),
+    "dead_click_pair": (
+        0.8,
+        "text",
+        [("dead_click", 1.0, 10.0, INHERIT, True, P_NONE), ("dead_click", 0.5, 6.0, INHERIT, True, P_NONE)],
+    ),
+    "form_error": (
+        2,
+        "field",
+        [("form_error", 2.0, 20.0, INHERIT, True, P_NONE), ("click", 2.0, 8.0, INHERIT, False, P_NONE)],
+    ),
+    "repeat_failure": (
+        0.5,
+        "field",
+        [
+            ("form_error", 2.0, 15.0, INHERIT, True, P_NONE),
+            ("click", 2.0, 10.0, INHERIT, False, P_NONE),
+            ("form_error", 0.3, 2.0, INHERIT, True, P_NONE),
+        ],
+    ),
     "api_error": (1.5, "api", [("api_error", 0.5, 10.0, INHERIT, True, P_STATUS)]),
     "error": (0.8, "api", [("error", 1.0, 20.0, INHERIT, True, P_NONE)]),
-    "error_burst": (0.25, "api", [
-        ("api_error", 1.0, 5.0, INHERIT, True, P_STATUS),
-        ("error", 0.5, 5.0, INHERIT, True, P_NONE),
-        ("api_error", 1.0, 8.0, INHERIT, True, P_STATUS)]),
+    "error_burst": (
+        0.25,
+        "api",
+        [
+            ("api_error", 1.0, 5.0, INHERIT, True, P_STATUS),
+            ("error", 0.5, 5.0, INHERIT, True, P_NONE),
+            ("api_error", 1.0, 8.0, INHERIT, True, P_STATUS),
+        ],
+    ),
     "search": (5, "search", [("search", 2.0, 15.0, INHERIT, True, P_HITS)]),
-    "empty_search": (2, "search", [
-        ("search", 2.0, 15.0, INHERIT, True, P_ZERO),
-        ("search", 3.0, 20.0, INHERIT, True, P_HITS)]),
-    "empty_searches": (0.6, "search", [
-        ("search", 2.0, 15.0, INHERIT, True, P_ZERO),
-        ("search", 3.0, 20.0, INHERIT, True, P_ZERO),
-        ("search", 3.0, 20.0, INHERIT, True, P_ZERO)]),
+    "empty_search": (
+        2,
+        "search",
+        [("search", 2.0, 15.0, INHERIT, True, P_ZERO), ("search", 3.0, 20.0, INHERIT, True, P_HITS)],
+    ),
+    "empty_searches": (
+        0.6,
+        "search",
+        [
+            ("search", 2.0, 15.0, INHERIT, True, P_ZERO),
+            ("search", 3.0, 20.0, INHERIT, True, P_ZERO),
+            ("search", 3.0, 20.0, INHERIT, True, P_ZERO),
+        ],
+    ),
     "help": (2, "help", [("help", 2.0, 30.0, INHERIT, True, P_NONE)]),
     "contact": (0.6, "help", [("contact", 2.0, 30.0, INHERIT, True, P_NONE)]),
     "success": (8, "button", [("success", 0.3, 3.0, INHERIT, True, P_NONE)]),
     "ticket": (0.2, None, [("ticket", 30.0, 300.0, INHERIT, False, P_NONE)]),
-    "uturn": (0.8, None, [
-        ("page", 2.0, 20.0, STEP_A, False, P_NONE),
-        ("page", 2.0, 10.0, STEP_B, False, P_NONE),
-        ("page", 2.0, 10.0, STEP_A, False, P_NONE),
-        ("page", 2.0, 10.0, STEP_B, False, P_NONE)]),
-    "stall": (0.5, "button", [
-        ("page", 2.0, 20.0, STEP_A, False, P_NONE),
-        ("click", 400.0, 1500.0, INHERIT, True, P_NONE)]),
+    "uturn": (
+        0.8,
+        None,
+        [
+            ("page", 2.0, 20.0, STEP_A, False, P_NONE),
+            ("page", 2.0, 10.0, STEP_B, False, P_NONE),
+            ("page", 2.0, 10.0, STEP_A, False, P_NONE),
+            ("page", 2.0, 10.0, STEP_B, False, P_NONE),
+        ],
+    ),
+    "stall": (
+        0.5,
+        "button",
+        [("page", 2.0, 20.0, STEP_A, False, P_NONE), ("click", 400.0, 1500.0, INHERIT, True, P_NONE)],
+    ),
 }
 
 STATUSES = np.array([500, 502, 503, 401, 404, 422], dtype=np.int32)
@@ -198,7 +230,7 @@ class Stream:
         """Seconds from the first to the last event."""
         return float(self.ts[-1] - self.ts[0]) if len(self.ts) else 0.0
 
-    def take(self, index: np.ndarray) -> "Stream":
+    def take(self, index: np.ndarray) -> Stream:
         """The events at ``index`` (sorted positions keep the time order), same user pool."""
         return dataclasses.replace(
             self, user=self.user[index], type=self.type[index], ts=self.ts[index], step=self.step[index],
@@ -213,7 +245,7 @@ class Stream:
         counts = np.bincount(self.type, minlength=len(TYPES))
         return {name: int(c) for name, c in zip(TYPES, counts)}
 
-    def columns(self, start: int = 0, stop: Optional[int] = None, *,
+    def columns(self, start: int = 0, stop: int | None = None, *,
                 fresh_ids: bool = False, ts_shift: float = 0.0) -> dict[str, Any]:  # fmt: skip
         """The events ``[start:stop]`` as a columnar batch: lists of ``str`` for user_id,
         type, step and target (None for no target), float64 ``ts`` and int32 ``status`` /
@@ -236,7 +268,7 @@ class Stream:
             "results": self.results[sl].copy(),
         }
 
-    def dicts(self, start: int = 0, stop: Optional[int] = None, *, ts_shift: float = 0.0) -> list[dict[str, Any]]:
+    def dicts(self, start: int = 0, stop: int | None = None, *, ts_shift: float = 0.0) -> list[dict[str, Any]]:
         """The events ``[start:stop]`` as event mappings, the way an SDK sends them: ``ts``
         a Python float, ``target`` left out when none, ``properties`` only with a
         ``status`` or ``results``."""
@@ -303,7 +335,7 @@ def generate(users: int = 1_000_000, *, seed: int = 20231114, span: float = 6 * 
     step_p = np.array(STEP_WEIGHTS, np.float64) / sum(STEP_WEIGHTS)
     step_a = rng.choice(len(STEPS), size=n_inst, p=step_p).astype(np.int8)
     step_b = ((step_a + rng.integers(1, len(STEPS), size=n_inst)) % len(STEPS)).astype(np.int8)
-    m_target = (tab["pool_lo"][motif] + rng.integers(0, 1 << 30, size=n_inst) % tab["pool_n"][motif])
+    m_target = tab["pool_lo"][motif] + rng.integers(0, 1 << 30, size=n_inst) % tab["pool_n"][motif]
     m_target = np.where(tab["has_pool"][motif], m_target, -1).astype(np.int8)
     m_status = STATUSES[rng.choice(len(STATUSES), size=n_inst, p=STATUS_WEIGHTS / STATUS_WEIGHTS.sum())]
 

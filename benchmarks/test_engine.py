@@ -22,9 +22,8 @@ from __future__ import annotations
 import gc
 from typing import Any
 
-import pytest
-
 import harness
+import pytest
 from conftest import SUMMARY, require_compiled
 
 OBSERVE_CHUNK = 100_000
@@ -35,6 +34,7 @@ MAX_OBSERVE_NS = 1_000.0  # compiled observe(): <= 1 us per event (median)
 MIN_BATCH_RATE = 5e6  # compiled observe_many(): >= 5 M events/s
 MIN_SPEEDUP = 10.0  # compiled observe() vs reference observe(), per event
 MAX_BYTES_PER_USER = 256.0  # resident memory per tracked user (at 1,000,000 users)
+
 
 def _round_median(benchmark: Any) -> float:
     return float(benchmark.stats.stats.median)
@@ -103,8 +103,10 @@ def test_observe_reference(benchmark: Any, stream: Any, request: pytest.FixtureR
             warm_events=len(warmup), warm_seconds=round(warm.wall_seconds, 1),
             warm_events_per_s=round(warm.events / warm.fill_seconds),
         )  # fmt: skip
-        SUMMARY.append(f"reference observe():      {ref_ns:8.1f} ns/event (median; warm-up with"
-                       f" {len(warmup):,} events took {warm.wall_seconds:.0f} s)")
+        SUMMARY.append(
+            f"reference observe():      {ref_ns:8.1f} ns/event (median; warm-up with"
+            f" {len(warmup):,} events took {warm.wall_seconds:.0f} s)"
+        )
     finally:
         warm.tracker.close(timeout=5.0)
         del warm
@@ -147,4 +149,4 @@ def test_memory_per_user(benchmark: Any, n_users: int) -> None:
     )
     assert probe["tracked"] == min(n_users, harness.CAPACITY) and probe["invalid"] == 0
     if n_users >= 1_000_000:  # below, the tracker's fixed cost is spread over too few users
-            assert per_user <= MAX_BYTES_PER_USER, f"{per_user:.0f} bytes per tracked user (bound {MAX_BYTES_PER_USER:.0f})"
+        assert per_user <= MAX_BYTES_PER_USER, f"{per_user:.0f} bytes per tracked user (bound {MAX_BYTES_PER_USER:.0f})"

@@ -21,17 +21,18 @@ import gc
 import os
 import statistics
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
 pytest.importorskip("fastapi")
 
-from fastapi import FastAPI, HTTPException  # noqa: E402
-from starlette.authentication import SimpleUser  # noqa: E402
+from fastapi import FastAPI, HTTPException
+from starlette.authentication import SimpleUser
 
-import pyfriction  # noqa: E402
-from pyfriction.integrations.asgi import FrictionMiddleware  # noqa: E402
+import pyfriction
+from pyfriction.integrations.asgi import FrictionMiddleware
 
 REQUESTS = int(os.environ.get("MIDDLEWARE_BENCH_REQUESTS", "40000"))
 BLOCK = 50

@@ -138,7 +138,9 @@ def test_observe_file_vs_memory(benchmark: Any, store_stream: streams.Stream, wa
     )  # fmt: skip
     SUMMARY.append(f"store observe():      file {file_ns:7.1f} ns/event, memory {mem_ns:7.1f} ns/event (medians of "
                    f"{OBSERVE_ROUNDS} alternating rounds): file/memory = {ratio:.2f}x (target <= 2x)")  # fmt: skip
-    assert ratio <= MAX_FILE_RATIO, f"file store observe() is {ratio:.2f}x the memory store's time (floor {MAX_FILE_RATIO}x)"
+    assert ratio <= MAX_FILE_RATIO, (
+        f"file store observe() is {ratio:.2f}x the memory store's time (floor {MAX_FILE_RATIO}x)"
+    )
 
 
 def test_observe_many_file_vs_memory(benchmark: Any, store_stream: streams.Stream, warm_pair: dict[str, Any]) -> None:
@@ -274,4 +276,5 @@ def test_processes_file_store(benchmark: Any, store_stream: streams.Stream, tmp_
     )
     assert scaling >= MIN_SCALING, f"2 processes give {scaling:.2f}x the throughput of one (floor {MIN_SCALING}x)"
     assert scaling >= MIN_RELATIVE_SCALING * mem_scaling, (
-        f"the file store scales {scaling:.2f}x with 2 processes, private memory {mem_scaling:.2f}x")
+        f"the file store scales {scaling:.2f}x with 2 processes, private memory {mem_scaling:.2f}x"
+    )

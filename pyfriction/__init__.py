@@ -17,42 +17,42 @@ from typing import Optional
 from ._episodes import Episode, Guidance, Reason, Stats, UserState
 from .config import Config, ConfigError, load_config
 from .events import Event, InvalidEvent
-from .tracker import SnapshotError, Tracker, compiled_available
 from .insights import Insights
 from .sinks import SinkStats
+from .tracker import SnapshotError, Tracker, compiled_available
 
 __version__ = "0.1.0"
 __all__ = [
-    "Tracker",
-    "Event",
-    "Episode",
-    "Reason",
-    "UserState",
-    "Stats",
     "Config",
     "ConfigError",
+    "Episode",
+    "Event",
+    "Guidance",
+    "Insights",
     "InvalidEvent",
+    "Reason",
+    "SinkStats",
     "SnapshotError",
-    "load_config",
+    "Stats",
+    "Tracker",
+    "UserContext",
+    "UserState",
+    "close",
     "compiled_available",
-    "init",
+    "current_user",
+    "flush",
     "get_tracker",
+    "init",
+    "load_config",
     "observe",
     "observe_many",
     "on_friction",
-    "flush",
-    "close",
     "set_user",
     "user_context",
-    "current_user",
-    "UserContext",
-    "Guidance",
-    "Insights",
-    "SinkStats",
 ]
 
 #: The default tracker, made by :func:`init` or on first use; kept here by ``pyfriction.sdk``.
-_default: Optional[Tracker] = None
+_default: Tracker | None = None
 
 from .sdk import (  # noqa: E402  (the module-level API; it reads _default above)
     UserContext,

@@ -7,7 +7,7 @@ episode or a state reads the same whichever engine produced it.
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any
 
 import msgspec
 
@@ -28,7 +28,7 @@ from ._layout import (
 from ._rules import Names, Rules
 from .config import RING_SIZE
 
-__all__ = ["Reason", "Guidance", "Episode", "UserState", "Stats"]
+__all__ = ["Episode", "Guidance", "Reason", "Stats", "UserState"]
 
 
 class Reason(msgspec.Struct, frozen=True):
@@ -53,12 +53,12 @@ class Guidance(msgspec.Struct, frozen=True, kw_only=True):
     kind: str
     title: str
     body: str = ""
-    url: Optional[str] = None
-    anchor: Optional[str] = None
-    locale: Optional[str] = None
+    url: str | None = None
+    anchor: str | None = None
+    locale: str | None = None
     episode_id: str = ""
-    step: Optional[str] = None
-    target: Optional[str] = None
+    step: str | None = None
+    target: str | None = None
     created_at: float = 0.0
     expires_at: float = 0.0
 
@@ -74,13 +74,13 @@ class Episode(msgspec.Struct, kw_only=True):
 
     episode_id: str
     user_id: str
-    account_id: Optional[str]
+    account_id: str | None
     ts: float
     score: float
-    step: Optional[str]
-    target: Optional[str]
+    step: str | None
+    target: str | None
     reasons: list[Reason]
-    guidance: Optional[Guidance] = None
+    guidance: Guidance | None = None
     holdout: bool = False
 
 
@@ -89,7 +89,7 @@ class UserState(msgspec.Struct, kw_only=True):
 
     user_id: str
     score: float
-    step: Optional[str]
+    step: str | None
     #: Seconds on the current step as of the last event.
     step_seconds: float
     #: Pressure of each active detector.
@@ -98,8 +98,8 @@ class UserState(msgspec.Struct, kw_only=True):
     last_ts: float
     in_episode: bool
     episodes: int
-    last_episode_ts: Optional[float]
-    last_episode_score: Optional[float]
+    last_episode_ts: float | None
+    last_episode_score: float | None
 
 
 class Stats(msgspec.Struct, kw_only=True):
@@ -126,7 +126,7 @@ def _name(names: Names, key: int, fallback: str = "?") -> str:
     return names.get(key) or f"#{key:08x}"
 
 
-def _span(rec: Any, ring: str, count: int) -> Optional[float]:
+def _span(rec: Any, ring: str, count: int) -> float | None:
     """Seconds between the first and last of ``count`` events still in a ring, if they are."""
     if count > RING_SIZE or count < 2:
         return None
@@ -179,8 +179,8 @@ def reasons(rec: Any, names: Names, rules: Rules, stall_limit: float, now: float
 _TARGETED = {RAGE_CLICK: "click_target", DEAD_CLICK: "dead_target", REPEAT_FAILURE: "fail_target"}
 
 
-def make_episode(rec: Any, user_id: str, account_id: Optional[str], step: Optional[str],
-                 target: Optional[str], ts: float, score: float, names: Names, rules: Rules,
+def make_episode(rec: Any, user_id: str, account_id: str | None, step: str | None,
+                 target: str | None, ts: float, score: float, names: Names, rules: Rules,
                  stall_limit: float) -> Episode:  # fmt: skip
     """The episode an engine fired for slot ``rec`` on an event (or a tick) at ``ts``."""
     why = reasons(rec, names, rules, stall_limit, ts)

@@ -134,7 +134,7 @@ def bucket_upper(b: int) -> float:
     return 1.0 if b == 0 else math.pow(GAMMA, b)
 
 
-def quantile(buckets: "list[int] | np.ndarray", count: int, q: float) -> float:
+def quantile(buckets: list[int] | np.ndarray, count: int, q: float) -> float:
     """The ``q`` quantile of a step's durations, from its histogram."""
     need = q * count
     seen = 0

@@ -24,7 +24,8 @@ import os
 import threading
 import weakref
 from collections import OrderedDict
-from typing import Any, Callable, Iterable, Mapping, Optional
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -65,11 +66,11 @@ from .config import RING_SIZE
 
 #: Called after an outcome event (ticket, guidance feedback) is applied:
 #: ``(type, user_id, account_id, step, target, ts)``.
-OutcomeSink = Callable[[str, str, Optional[str], Optional[str], Optional[str], float], None]
+OutcomeSink = Callable[[str, str, str | None, str | None, str | None, float], None]
 #: Called when an episode fires: ``(record, user_id, account_id, step, target, ts, score,
 #: stall_limit)``; the record is the slot (a ``SLOT_DTYPE`` record here, a dict of the fields
 #: ``_episodes`` reads from the compiled core), ``stall_limit`` the step's limit at that moment.
-EpisodeSink = Callable[[Any, str, Optional[str], Optional[str], Optional[str], float, float, float], None]
+EpisodeSink = Callable[[Any, str, str | None, str | None, str | None, float, float, float], None]
 
 _LATCHES = F_RAGE | F_DEAD | F_ERR | F_FAIL | F_UTURN | F_SEARCH
 _U32 = 0xFFFFFFFF
@@ -116,7 +117,7 @@ class _User:
         rec["uid_len"] = len(raw) if len(raw) <= UID_BYTES else UID_LONG
 
     @classmethod
-    def from_record(cls, rec: Any, uid: str) -> "_User":
+    def from_record(cls, rec: Any, uid: str) -> _User:
         u = cls.__new__(cls)
         u.uid = uid
         for name in cls.__slots__:
@@ -144,7 +145,7 @@ def _uid_of(rec: Any, long_ids: Mapping[int, str]) -> str:
     return rec.tobytes()[_UID_AT : _UID_AT + n].decode("utf-8", "surrogatepass")
 
 
-_live: "weakref.WeakSet[ReferenceCore]" = weakref.WeakSet()
+_live: weakref.WeakSet[ReferenceCore] = weakref.WeakSet()
 
 
 def _fresh_locks_after_fork() -> None:
@@ -166,7 +167,7 @@ class ReferenceCore:
     #: while no callback runs inline (the only time the switch is on).
     batch_queue = True
 
-    def __init__(self, rules: Rules, capacity: int, idle_ttl: Optional[float],
+    def __init__(self, rules: Rules, capacity: int, idle_ttl: float | None,
                  clock: Callable[[], float], names: Names, on_episode: EpisodeSink,
                  on_outcome: OutcomeSink) -> None:  # fmt: skip
         self._rules = rules
@@ -177,9 +178,9 @@ class ReferenceCore:
         self._names = names
         self._on_episode = on_episode
         self._on_outcome = on_outcome
-        self._users: "OrderedDict[int, _User]" = OrderedDict()  # least recently active first
+        self._users: OrderedDict[int, _User] = OrderedDict()  # least recently active first
         self._steps: dict[int, list[int]] = {}  # step key -> [count, bucket0, ...]
-        self._export_cursor: Optional[tuple[int, Any]] = None  # export_chunk's place
+        self._export_cursor: tuple[int, Any] | None = None  # export_chunk's place
         # The compiled core relies on the GIL (no Python code runs while it holds a slot);
         # plain Python can switch threads anywhere, so the reference takes a lock.
         self._lock = threading.RLock()
@@ -216,7 +217,7 @@ class ReferenceCore:
                 out.append(self._apply(*parsed))
         return np.array(out, dtype=np.float64)
 
-    def score(self, user_id: str, at: Optional[float] = None) -> float:
+    def score(self, user_id: str, at: float | None = None) -> float:
         u = self._users.get(key64(user_id))
         if u is None:
             return 0.0
@@ -228,7 +229,7 @@ class ReferenceCore:
             total *= math.exp(-(at - p_ts) * self._rules.decay_rate)
         return 1.0 - math.exp(-total)
 
-    def record(self, user_id: str) -> Optional[np.void]:
+    def record(self, user_id: str) -> np.void | None:
         u = self._users.get(key64(user_id))
         return None if u is None else self._record(u)
 
@@ -268,7 +269,9 @@ class ReferenceCore:
 
     def export_meta(self) -> tuple[np.ndarray, dict[int, str], int]:
         """What :meth:`export` gives besides the slots: ``(steps, long_ids, n_users)``."""
-        long_ids = {u.key: u.uid for u in self._users.values() if len(u.uid.encode("utf-8", "surrogatepass")) > UID_BYTES}
+        long_ids = {
+            u.key: u.uid for u in self._users.values() if len(u.uid.encode("utf-8", "surrogatepass")) > UID_BYTES
+        }
         steps = np.zeros(len(self._steps), dtype=STEP_DTYPE)
         for i, (key, counts) in enumerate(self._steps.items()):
             steps[i]["key"] = key
@@ -311,8 +314,8 @@ class ReferenceCore:
             self._steps[int(rec["key"])] = [int(rec["count"])] + [int(x) for x in rec["buckets"]]
 
     # -- the specification -----------------------------------------------------------------
-    def _apply(self, uid: str, kind: str, ts: float, step: Optional[str], target: Optional[str],
-               account: Optional[str], status: int, results: int) -> float:  # fmt: skip
+    def _apply(self, uid: str, kind: str, ts: float, step: str | None, target: str | None,
+               account: str | None, status: int, results: int) -> float:  # fmt: skip
         rules = self._rules
         counters = self.counters
         counters["events"] += 1
@@ -348,14 +351,18 @@ class ReferenceCore:
             pass
         elif code == ev.CLICK:
             rc = cfg.rage_click
-            if rc.enabled and target is not None and self._target_burst(
-                u, "click", F_RAGE, target, te, rc.window, rc.min_clicks
+            if (
+                rc.enabled
+                and target is not None
+                and self._target_burst(u, "click", F_RAGE, target, te, rc.window, rc.min_clicks)
             ):
                 self._activate(u, RAGE_CLICK, rc.weight)
         elif code == ev.DEAD_CLICK:
             dc = cfg.dead_click
-            if dc.enabled and target is not None and self._target_burst(
-                u, "dead", F_DEAD, target, te, dc.window, dc.min_clicks
+            if (
+                dc.enabled
+                and target is not None
+                and self._target_burst(u, "dead", F_DEAD, target, te, dc.window, dc.min_clicks)
             ):
                 self._activate(u, DEAD_CLICK, dc.weight)
         elif code == ev.ERROR or code == ev.API_ERROR or code == ev.FORM_ERROR:
@@ -559,8 +566,8 @@ class ReferenceCore:
             u.flags |= F_STALL
             self._activate(u, STALL, st.weight)
 
-    def _check_episode(self, u: _User, te: float, code: int, account: Optional[str],
-                       step: Optional[str], target: Optional[str]) -> float:  # fmt: skip
+    def _check_episode(self, u: _User, te: float, code: int, account: str | None,
+                       step: str | None, target: str | None) -> float:  # fmt: skip
         sc = self._cfg.scoring
         score = self._current(u)
         if u.flags & F_IN_EPISODE:
@@ -577,8 +584,7 @@ class ReferenceCore:
                 u.episodes += 1
             u.episode_score = f32(score)
             self.counters["episodes"] += 1
-            self._on_episode(self._record(u), u.uid, account, step, target, te, score,
-                             self.stall_limit(u.step))
+            self._on_episode(self._record(u), u.uid, account, step, target, te, score, self.stall_limit(u.step))
         return score
 
     @staticmethod

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import html
 import time
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from .report import ReportResult, duration, item_columns, pct
 
@@ -124,7 +125,10 @@ def _deflection_chart(result: ReportResult) -> str:
     peak = max(0.05, (d.holdout.high or 0.0), (d.guided.high or 0.0))
     scale = plot_w / peak
     body = []
-    rows = (("Holdout (no guidance)", d.holdout, "#9ca3af", "holdout"), ("Offered guidance", d.guided, "#4f46e5", "guided"))
+    rows = (
+        ("Holdout (no guidance)", d.holdout, "#9ca3af", "holdout"),
+        ("Offered guidance", d.guided, "#4f46e5", "guided"),
+    )
     for i, (name, g, colour, key) in enumerate(rows):
         y = 20 + i * 46
         assert g.rate is not None and g.low is not None and g.high is not None
@@ -136,9 +140,13 @@ def _deflection_chart(result: ReportResult) -> str:
             f"filed a ticket ({pct(g.rate)}, 95% CI {pct(g.low)} to {pct(g.high)})</title></rect>"
         )
         x1, x2 = left + g.low * scale, left + g.high * scale
-        body.append(f'<line class="ci" x1="{x1:.1f}" y1="{y + 16}" x2="{x2:.1f}" y2="{y + 16}" stroke="#111827" stroke-width="1.5"/>')
+        body.append(
+            f'<line class="ci" x1="{x1:.1f}" y1="{y + 16}" x2="{x2:.1f}" y2="{y + 16}" stroke="#111827" stroke-width="1.5"/>'
+        )
         for x in (x1, x2):
-            body.append(f'<line x1="{x:.1f}" y1="{y + 10}" x2="{x:.1f}" y2="{y + 22}" stroke="#111827" stroke-width="1.5"/>')
+            body.append(
+                f'<line x1="{x:.1f}" y1="{y + 10}" x2="{x:.1f}" y2="{y + 22}" stroke="#111827" stroke-width="1.5"/>'
+            )
         body.append(
             f'<text x="{left + max(w, g.high * scale) + 10:.1f}" y="{y + 20}">{pct(g.rate)} '
             f'<tspan class="muted">({g.tickets}/{g.users})</tspan></text>'
@@ -201,7 +209,7 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]], numeric: Seque
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _utc(ts: Optional[float]) -> str:
+def _utc(ts: float | None) -> str:
     return "-" if ts is None else time.strftime("%Y-%m-%d %H:%M", time.gmtime(ts))
 
 
@@ -216,12 +224,16 @@ def render_html(result: ReportResult, *, top: int = 12) -> str:
         (duration(lt.median), "median warning before a ticket"),
         ("-" if d.difference is None else f"{d.difference * 100:+.1f} pts", "fewer tickets with guidance"),
     ]
-    card_html = "".join(f'<div class="card"><div class="n">{_e(n)}</div><div class="l">{_e(l)}</div></div>' for n, l in cards)
+    card_html = "".join(
+        f'<div class="card"><div class="n">{_e(n)}</div><div class="l">{_e(l)}</div></div>' for n, l in cards
+    )
     cols = item_columns(ins)
     items = _table(
         ["Item", "Kind"] + [c.capitalize() for c in cols] + ["Click rate", "Dismiss rate"],
-        [[it.id, it.kind] + [getattr(it, c) for c in cols] + [pct(it.click_rate, 0), pct(it.dismiss_rate, 0)]
-         for it in ins.items],  # fmt: skip
+        [
+            [it.id, it.kind] + [getattr(it, c) for c in cols] + [pct(it.click_rate, 0), pct(it.dismiss_rate, 0)]
+            for it in ins.items
+        ],  # fmt: skip
         [False, False] + [True] * (len(cols) + 2),
     )
     accounts = _table(

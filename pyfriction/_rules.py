@@ -10,7 +10,6 @@ from __future__ import annotations
 import fnmatch
 import math
 import re
-from typing import Optional
 
 from ._layout import quantile
 from .config import Config, EventMapping
@@ -27,15 +26,13 @@ class _Globs:
     __slots__ = ("_match", "_memo")
 
     def __init__(self, patterns: list[str]) -> None:
-        self._match = (
-            re.compile("|".join(fnmatch.translate(p) for p in patterns)).match if patterns else None
-        )
+        self._match = re.compile("|".join(fnmatch.translate(p) for p in patterns)).match if patterns else None
         self._memo: dict[str, bool] = {}
 
     def __bool__(self) -> bool:
         return self._match is not None
 
-    def __call__(self, text: Optional[str]) -> bool:
+    def __call__(self, text: str | None) -> bool:
         if text is None or self._match is None:
             return False
         hit = self._memo.get(text)
@@ -70,7 +67,7 @@ class Rules:
         self.excluded_target = _Globs(config.exclude_targets)
         self.excluded_step = _Globs(config.exclude_steps)
 
-    def stall_limit(self, count: int, buckets: "list[int]") -> float:
+    def stall_limit(self, count: int, buckets: list[int]) -> float:
         """Seconds on a step beyond which a user has stalled, or -1.0 without a baseline."""
         st = self.config.detectors.stall
         if count < st.min_samples:

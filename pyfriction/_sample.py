@@ -22,9 +22,10 @@ from __future__ import annotations
 import json
 import os
 import random
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
-__all__ = ["generate", "write_sample", "write_events", "simulate_guidance", "PERSONAS"]
+__all__ = ["PERSONAS", "generate", "simulate_guidance", "write_events", "write_sample"]
 
 Event = dict[str, Any]
 
@@ -53,15 +54,15 @@ class _Session:
         self.user_id = user_id
         self.account_id = account_id
         self.ts = ts
-        self.step: Optional[str] = None
-        self.previous: Optional[str] = None
+        self.step: str | None = None
+        self.previous: str | None = None
         self.arrived = ts
         self.events: list[Event] = []
 
     def emit(
         self,
         kind: str,
-        target: Optional[str] = None,
+        target: str | None = None,
         *,
         gap: tuple[float, float] = (2.0, 8.0),
         **properties: Any,
@@ -433,9 +434,9 @@ def simulate_guidance(stream: list[Event], seed: int = 7, config: Any = None) ->
 
     Per-user random draws (seeded by ``seed`` and the user id) keep it deterministic.
     """
-    from importlib import resources  # noqa: PLC0415  (local: the tracker imports this package)
+    from importlib import resources
 
-    from .tracker import Tracker  # noqa: PLC0415
+    from .tracker import Tracker
 
     if config is None:
         config = str(resources.files("pyfriction") / "data" / "guidance.toml")
@@ -481,7 +482,7 @@ def simulate_guidance(stream: list[Event], seed: int = 7, config: Any = None) ->
         rng, g = rngs[ep.user_id], ep.guidance
         steps = furthest.setdefault(ep.user_id, [])
 
-        def emit(kind: str, ts: float, target: Optional[str]) -> None:
+        def emit(kind: str, ts: float, target: str | None) -> None:
             added.append({"user_id": ep.user_id, "type": kind, "ts": round(ts, 3), "step": ep.step,
                           "target": target, "account_id": ep.account_id, "properties": None})  # fmt: skip
 
@@ -523,7 +524,7 @@ def write_events(path: str | os.PathLike[str], events: list[Event], *, segment: 
     """Write ``events`` to ``path`` as JSON Lines (Segment-style payloads with ``segment``);
     returns the count."""
     if segment:
-        from .segment import from_event  # noqa: PLC0415
+        from .segment import from_event
 
         events = [
             {"type": "identify", "userId": e["user_id"], "timestamp": from_event(e)["timestamp"], "traits": e["traits"]}

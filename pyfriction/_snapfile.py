@@ -28,15 +28,16 @@ from __future__ import annotations
 import hashlib
 import os
 import zlib
-from typing import Any, Callable, Iterable, NamedTuple, Optional, Union
+from collections.abc import Callable, Iterable
+from typing import Any, NamedTuple, Union
 
 import msgspec
 import numpy as np
 
-from .directio import replace_atomically
 from ._layout import SLOT_DTYPE, STEP_DTYPE
+from .directio import replace_atomically
 
-__all__ = ["SnapshotError", "Snapshot", "write", "read", "FORMAT", "VERSION", "PART_BYTES"]
+__all__ = ["FORMAT", "PART_BYTES", "VERSION", "Snapshot", "SnapshotError", "read", "write"]
 
 FORMAT = "pyfriction-snapshot"
 #: 3: the tables as raw bins after the rest, CRC-32 last; 2: guidance state in the payload.
@@ -68,12 +69,12 @@ class _Document(msgspec.Struct):
     format: Any = None
     version: Any = None
     layout: Any = None
-    state: Optional[memoryview] = None
-    slots: Optional[list[memoryview]] = None
-    steps: Optional[memoryview] = None
-    crc32: Optional[int] = None
-    payload: Optional[memoryview] = None
-    digest: Optional[str] = None
+    state: memoryview | None = None
+    slots: list[memoryview] | None = None
+    steps: memoryview | None = None
+    crc32: int | None = None
+    payload: memoryview | None = None
+    digest: str | None = None
 
 
 def _bin_header(n: int) -> bytes:
@@ -94,14 +95,14 @@ def _bytes(buf: Buffer) -> memoryview:
 
 
 def write(
-    path: Union[str, "os.PathLike[str]"],
+    path: str | os.PathLike[str],
     *,
     layout: str,
     state: Any,
     slots: Iterable[Buffer],
     n_slots: int,
     steps: Buffer,
-    written: Optional[Callable[[], Any]] = None,
+    written: Callable[[], Any] | None = None,
 ) -> None:
     """Write a snapshot to ``path``, replacing it atomically (a failed write leaves the old file).
 
@@ -151,7 +152,7 @@ def write(
             written()
 
 
-def _lenient(data: bytes) -> Optional[_Document]:
+def _lenient(data: bytes) -> _Document | None:
     """The identifying keys of a document whose other keys do not fit :class:`_Document`."""
     try:
         doc = msgspec.msgpack.decode(data)
@@ -162,7 +163,7 @@ def _lenient(data: bytes) -> Optional[_Document]:
     return _Document(format=doc.get("format"), version=doc.get("version"), layout=doc.get("layout"))
 
 
-def read(path: Union[str, "os.PathLike[str]"], layout: str) -> Snapshot:
+def read(path: str | os.PathLike[str], layout: str) -> Snapshot:
     """The contents of a snapshot of any readable version; :class:`SnapshotError` if the
     file cannot be read, is not a snapshot, is of another version or layout, or is damaged."""
     name = os.fspath(path)

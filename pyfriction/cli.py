@@ -12,14 +12,15 @@ import contextlib
 import os
 import sys
 import time
+from collections.abc import Iterator, Sequence
 from importlib import resources
-from typing import IO, Any, Iterator, Optional, Sequence
+from typing import IO, Any
 
 import msgspec
 
 from pyfriction import Episode, InvalidEvent, Tracker
 
-__all__ = ["main", "build_parser", "format_episode"]
+__all__ = ["build_parser", "format_episode", "main"]
 
 SAMPLE = "sample_events.jsonl"
 
@@ -29,7 +30,7 @@ class CliError(Exception):
 
 
 @contextlib.contextmanager
-def _open_events(path: Optional[str]) -> Iterator[IO[bytes]]:
+def _open_events(path: str | None) -> Iterator[IO[bytes]]:
     """The JSON Lines file at ``path`` (``-`` for stdin), or the bundled sample when ``None``."""
     if path is None:
         with (resources.files("pyfriction") / "data" / SAMPLE).open("rb") as fh:
@@ -119,9 +120,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
-    parser = argparse.ArgumentParser(
-        prog="pyfriction", description="Detect user friction in SaaS event streams."
-    )
+    parser = argparse.ArgumentParser(prog="pyfriction", description="Detect user friction in SaaS event streams.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     demo = commands.add_parser(
@@ -143,10 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(func=_cmd_demo)
 
-    from pyfriction import report  # noqa: PLC0415  (issue 4: report and sample)
+    from pyfriction import report
 
     report.add_parser(commands)
-    from pyfriction import store  # noqa: PLC0415  (issue 5: the shared store's tools)
+    from pyfriction import store
 
     store.add_parser(commands)
     sample = commands.add_parser(
@@ -167,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
-    from pyfriction import _sample  # noqa: PLC0415
+    from pyfriction import _sample
 
     if args.users < 1:
         raise CliError("--users must be at least 1")
@@ -182,7 +181,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line with ``argv`` (default: ``sys.argv[1:]``); return the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)

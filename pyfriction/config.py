@@ -13,35 +13,36 @@ from __future__ import annotations
 import math
 import os
 import tomllib
-from typing import Annotated, Any, Literal, Mapping, Optional, Union
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal, Union
 
 import msgspec
 
 __all__ = [
+    "MAX_WINDOW",
+    "RING_SIZE",
     "Config",
     "ConfigError",
-    "Detectors",
-    "RageClick",
     "DeadClick",
-    "ErrorBurst",
-    "RepeatFailure",
-    "UTurn",
+    "Detectors",
     "EmptySearch",
-    "HelpSeeking",
-    "Stall",
-    "Scoring",
+    "ErrorBurst",
     "EventMapping",
+    "GuidanceCaps",
+    "GuidanceConfig",
     "GuidanceItem",
     "GuidanceRule",
-    "GuidanceCaps",
+    "HelpSeeking",
     "Holdout",
-    "GuidanceConfig",
-    "Webhook",
-    "Sinks",
+    "RageClick",
+    "RepeatFailure",
+    "Scoring",
     "SegmentMapping",
+    "Sinks",
+    "Stall",
+    "UTurn",
+    "Webhook",
     "load_config",
-    "RING_SIZE",
-    "MAX_WINDOW",
 ]
 
 #: Timestamps kept per windowed detector; a threshold of N events needs N - 1 of them.
@@ -222,8 +223,8 @@ class EventMapping(_Base):
     signal of its own (detector ``custom``) that adds 0.5 pressure each time it is seen.
     """
 
-    type: Optional[str] = None
-    weight: Optional[Weight] = None
+    type: str | None = None
+    weight: Weight | None = None
 
     def __post_init__(self) -> None:
         if (self.type is None) == (self.weight is None):
@@ -232,7 +233,7 @@ class EventMapping(_Base):
 
 #: Guidance item ids, also used as event targets: letters, digits and ``_ . : -``.
 GUIDANCE_ID = r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$"
-TraitValue = Union[str, int, float, bool, list[Union[str, int, float, bool]]]
+TraitValue = Union[str, int, float, bool, list[str | int | float | bool]]
 
 
 class GuidanceItem(_Base, kw_only=True):
@@ -249,9 +250,9 @@ class GuidanceItem(_Base, kw_only=True):
     kind: Literal["tooltip", "banner", "modal", "link"] = "tooltip"
     title: Annotated[str, msgspec.Meta(min_length=1, max_length=300)]
     body: Annotated[str, msgspec.Meta(max_length=10_000)] = ""
-    url: Optional[Annotated[str, msgspec.Meta(pattern=r"^(https?://[^\s]+|/[^\s]*)$")]] = None
-    anchor: Optional[Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]] = None
-    locale: Optional[Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z]{2,8}([-_][A-Za-z0-9]{1,8})*$")]] = None
+    url: Annotated[str, msgspec.Meta(pattern=r"^(https?://[^\s]+|/[^\s]*)$")] | None = None
+    anchor: Annotated[str, msgspec.Meta(min_length=1, max_length=1024)] | None = None
+    locale: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z]{2,8}([-_][A-Za-z0-9]{1,8})*$")] | None = None
 
 
 class GuidanceRule(_Base, kw_only=True):
@@ -269,12 +270,12 @@ class GuidanceRule(_Base, kw_only=True):
     When a rule's items are all capped for the user, the next matching rule is tried.
     """
 
-    guidance: Union[Annotated[str, msgspec.Meta(min_length=1)], Annotated[list[str], msgspec.Meta(min_length=1)]]
-    step: Optional[Annotated[str, msgspec.Meta(min_length=1)]] = None
-    target: Optional[Annotated[str, msgspec.Meta(min_length=1)]] = None
+    guidance: Annotated[str, msgspec.Meta(min_length=1)] | Annotated[list[str], msgspec.Meta(min_length=1)]
+    step: Annotated[str, msgspec.Meta(min_length=1)] | None = None
+    target: Annotated[str, msgspec.Meta(min_length=1)] | None = None
     detectors: list[str] = msgspec.field(default_factory=list)
     traits: dict[str, TraitValue] = msgspec.field(default_factory=dict)
-    locale: Optional[Annotated[str, msgspec.Meta(min_length=1)]] = None
+    locale: Annotated[str, msgspec.Meta(min_length=1)] | None = None
 
     @property
     def items(self) -> list[str]:
@@ -321,7 +322,7 @@ class GuidanceConfig(_Base):
     caps: GuidanceCaps = msgspec.field(default_factory=GuidanceCaps)
     holdout: Holdout = msgspec.field(default_factory=Holdout)
     expire_after: Positive = 900.0
-    default_locale: Optional[str] = None
+    default_locale: str | None = None
     attribution_window: Positive = 86400.0
 
     def __post_init__(self) -> None:
@@ -339,8 +340,7 @@ class GuidanceConfig(_Base):
             for name in rule.detectors:
                 if name not in DETECTOR_NAMES:
                     raise ValueError(
-                        f"rules[{i}].detectors: unknown detector {name!r}; "
-                        f"expected one of {', '.join(DETECTOR_NAMES)}"
+                        f"rules[{i}].detectors: unknown detector {name!r}; expected one of {', '.join(DETECTOR_NAMES)}"
                     )
 
 
@@ -377,7 +377,7 @@ class Webhook(_Base, kw_only=True):
 class Sinks(_Base):
     """Where episodes are sent besides the callbacks."""
 
-    webhook: Optional[Webhook] = None
+    webhook: Webhook | None = None
 
 
 class SegmentMapping(_Base):
@@ -399,7 +399,7 @@ class Config(_Base):
     detectors: Detectors = msgspec.field(default_factory=Detectors)
     scoring: Scoring = msgspec.field(default_factory=Scoring)
     #: Event name -> canonical type name, or an :class:`EventMapping`.
-    event_map: dict[str, Union[str, EventMapping]] = msgspec.field(default_factory=dict)
+    event_map: dict[str, str | EventMapping] = msgspec.field(default_factory=dict)
     #: Glob patterns (fnmatch) of targets whose events are counted and otherwise ignored.
     exclude_targets: list[str] = msgspec.field(default_factory=list)
     #: Glob patterns of steps whose events are counted and otherwise ignored.
@@ -407,7 +407,7 @@ class Config(_Base):
     #: Users tracked at once; the least recently active is evicted beyond it.
     capacity: Annotated[int, msgspec.Meta(ge=1, le=1 << 30)] = 1_000_000
     #: Users silent for longer than this many seconds are evicted (None: only when full).
-    idle_ttl: Optional[Positive] = None
+    idle_ttl: Positive | None = None
     #: Steps with a learned duration baseline (stall detector); later steps get none.
     max_steps: Annotated[int, msgspec.Meta(ge=1, le=1 << 20)] = 4096
     #: Episodes waiting for the background dispatcher before new ones are dropped (and counted).
@@ -427,8 +427,7 @@ class Config(_Base):
             kind = target if isinstance(target, str) else target.type
             if kind is not None and kind not in CANONICAL_TYPES:
                 raise ValueError(
-                    f"event_map[{name!r}]: unknown type {kind!r}; "
-                    f"expected one of {', '.join(sorted(CANONICAL_TYPES))}"
+                    f"event_map[{name!r}]: unknown type {kind!r}; expected one of {', '.join(sorted(CANONICAL_TYPES))}"
                 )
             if kind is None:
                 customs += 1
@@ -465,9 +464,7 @@ def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def load_config(
-    config: Union[None, Config, Mapping[str, Any], str, os.PathLike[str]] = None, **options: Any
-) -> Config:
+def load_config(config: None | Config | Mapping[str, Any] | str | os.PathLike[str] = None, **options: Any) -> Config:
     """Build a validated :class:`Config`.
 
     ``config`` is ``None`` (defaults), a :class:`Config`, a mapping, or the path of a TOML file.
@@ -492,9 +489,7 @@ def load_config(
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{os.fspath(config)}: invalid TOML: {exc}") from None
     else:
-        raise ConfigError(
-            f"config must be None, a Config, a mapping or a TOML path, not {type(config).__name__}"
-        )
+        raise ConfigError(f"config must be None, a Config, a mapping or a TOML path, not {type(config).__name__}")
     if options:
         data = _merge(data, options)
     _check_event_map(data.get("event_map"))

@@ -17,7 +17,8 @@ import fcntl
 import mmap
 import os
 import tempfile
-from typing import Any, Iterator, Union
+from collections.abc import Iterator
+from typing import Any
 
 __all__ = ["DirectWriter", "replace_atomically"]
 
@@ -97,7 +98,7 @@ class DirectWriter:
 
 
 @contextlib.contextmanager
-def replace_atomically(path: Union[str, "os.PathLike[str]"], prefix: str = ".pyfriction-") -> Iterator[DirectWriter]:
+def replace_atomically(path: str | os.PathLike[str], prefix: str = ".pyfriction-") -> Iterator[DirectWriter]:
     """Write a file that replaces ``path`` whole or not at all: the block writes to a
     :class:`DirectWriter` on a temporary file beside ``path``, which is then flushed,
     fsynced and renamed over it. An exception leaves the old file and no temporary one.

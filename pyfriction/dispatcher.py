@@ -14,14 +14,15 @@ import queue
 import threading
 import time
 import weakref
-from typing import Any, Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 log = logging.getLogger("pyfriction")
 
 Callback = Callable[[Any], Any]
 
 _STOP = object()
-_live: "weakref.WeakSet[RestartsAfterFork]" = weakref.WeakSet()
+_live: weakref.WeakSet[RestartsAfterFork] = weakref.WeakSet()
 
 
 class RestartsAfterFork:
@@ -67,9 +68,9 @@ class Dispatcher(RestartsAfterFork):
         self._track()
 
     def _reset(self) -> None:
-        self._queue: "queue.Queue[Any]" = queue.Queue(self._queue_size)
+        self._queue: queue.Queue[Any] = queue.Queue(self._queue_size)
         self._lock = threading.Lock()
-        self._thread: Optional[threading.Thread] = None
+        self._thread: threading.Thread | None = None
         self._closed = False
         self._stopping = False
 
@@ -107,7 +108,7 @@ class Dispatcher(RestartsAfterFork):
             finally:
                 q.task_done()
 
-    def flush(self, timeout: Optional[float] = None) -> bool:
+    def flush(self, timeout: float | None = None) -> bool:
         """Wait until every queued callback has run; False if ``timeout`` ran out first."""
         if threading.current_thread() is self._thread:
             return False  # called from a callback: waiting for ourselves would deadlock
@@ -121,7 +122,7 @@ class Dispatcher(RestartsAfterFork):
                 q.all_tasks_done.wait(remaining)
         return True
 
-    def close(self, timeout: Optional[float] = None) -> bool:
+    def close(self, timeout: float | None = None) -> bool:
         """Flush, then stop the thread. Later episodes are dropped (and counted)."""
         done = self.flush(timeout)
         with self._lock:

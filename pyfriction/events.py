@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, Callable, Mapping, Optional, Union
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import msgspec
 
 __all__ = [
+    "CANONICAL_TYPES",
+    "MAX_TEXT",
+    "TYPE_CODES",
     "Event",
     "InvalidEvent",
-    "CANONICAL_TYPES",
-    "TYPE_CODES",
-    "MAX_TEXT",
     "parse_event",
 ]
 
@@ -85,17 +86,17 @@ class Event(msgspec.Struct, kw_only=True, omit_defaults=True):
 
     user_id: str
     type: str
-    ts: Optional[float] = None
-    step: Optional[str] = None
-    target: Optional[str] = None
-    account_id: Optional[str] = None
-    properties: Optional[dict[str, Any]] = None
+    ts: float | None = None
+    step: str | None = None
+    target: str | None = None
+    account_id: str | None = None
+    properties: dict[str, Any] | None = None
 
 
-ParsedEvent = tuple[str, str, float, Optional[str], Optional[str], Optional[str], int, int]
+ParsedEvent = tuple[str, str, float, str | None, str | None, str | None, int, int]
 
 
-def _text(value: Any, field: str, required: bool) -> Optional[str]:
+def _text(value: Any, field: str, required: bool) -> str | None:
     if value is None:
         if required:
             raise InvalidEvent(field, "is required")
@@ -129,14 +130,14 @@ def int_value(value: Any) -> int:
     return v if 0 <= v < (1 << 31) else -1
 
 
-def _int_property(props: Optional[Mapping[str, Any]], key: str) -> int:
+def _int_property(props: Mapping[str, Any] | None, key: str) -> int:
     """An integer property (see :func:`int_value`), or -1 when absent."""
     if props is None:
         return -1
     return int_value(props.get(key))
 
 
-def parse_event(event: Union[Mapping[str, Any], Event], clock: Callable[[], float]) -> ParsedEvent:
+def parse_event(event: Mapping[str, Any] | Event, clock: Callable[[], float]) -> ParsedEvent:
     """Validate ``event`` and return its fields as
     ``(user_id, type, ts, step, target, account_id, status, results)``.
 

@@ -25,15 +25,16 @@ import math
 import re
 import threading
 from collections import OrderedDict, deque
-from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 from ._episodes import Episode, Guidance
 from .config import GuidanceConfig, GuidanceItem, GuidanceRule
 from .events import MAX_TEXT
 
 __all__ = [
-    "OUTCOMES",
     "EVENT_OUTCOMES",
+    "OUTCOMES",
     "GuidanceEngine",
     "Selection",
     "holdout_fraction",
@@ -78,7 +79,7 @@ def _norm_locale(locale: str) -> str:
     return locale.strip().replace("_", "-").lower()
 
 
-def locale_matches(pattern: str, locale: Optional[str]) -> bool:
+def locale_matches(pattern: str, locale: str | None) -> bool:
     """True when ``locale`` is ``pattern`` or a variant of it: ``"de"`` matches ``"de-AT"`` and
     ``"de_at"``, ``"de-AT"`` matches only ``"de-AT"``; case-insensitive. None matches nothing."""
     if not locale:
@@ -143,7 +144,7 @@ class _Matcher:
         self.pattern = pattern
         self.glob = bool(_GLOB.search(pattern))
 
-    def __call__(self, value: Optional[str]) -> bool:
+    def __call__(self, value: str | None) -> bool:
         if value is None:
             return False
         return fnmatch.fnmatchcase(value, self.pattern) if self.glob else value == self.pattern
@@ -180,7 +181,7 @@ class _Rule:
         #: Sort key: most conditions first, then most exact patterns, then declared order.
         self.rank = (-conditions, -exact, index)
 
-    def matches(self, episode: Episode, traits: Mapping[str, Any], locale: Optional[str]) -> bool:
+    def matches(self, episode: Episode, traits: Mapping[str, Any], locale: str | None) -> bool:
         if self.step is not None and not self.step(episode.step):
             return False
         if self.target is not None and not self.target(episode.target):
@@ -221,7 +222,7 @@ class _User:
         self.recent: deque[float] = deque(maxlen=per_day)  # times of the latest offers
         self.given: dict[str, float] = {}  # item id -> time last offered
         self.dismissed: dict[str, float] = {}  # item id -> time dismissed
-        self.offers: "OrderedDict[str, _Offer]" = OrderedDict()  # item id -> latest offer
+        self.offers: OrderedDict[str, _Offer] = OrderedDict()  # item id -> latest offer
 
 
 class Selection:
@@ -236,8 +237,8 @@ class Selection:
 
     __slots__ = ("guidance", "eligible", "holdout", "blocked")
 
-    def __init__(self, guidance: Optional[Guidance], eligible: Optional[str], holdout: bool,
-                 blocked: Optional[str]) -> None:  # fmt: skip
+    def __init__(self, guidance: Guidance | None, eligible: str | None, holdout: bool,
+                 blocked: str | None) -> None:  # fmt: skip
         self.guidance = guidance
         self.eligible = eligible
         self.holdout = holdout
@@ -245,7 +246,9 @@ class Selection:
 
     def __repr__(self) -> str:
         gid = self.guidance.id if self.guidance else None
-        return f"Selection(guidance={gid!r}, eligible={self.eligible!r}, holdout={self.holdout}, blocked={self.blocked!r})"
+        return (
+            f"Selection(guidance={gid!r}, eligible={self.eligible!r}, holdout={self.holdout}, blocked={self.blocked!r})"
+        )
 
 
 #: ``listener(item_id, what)`` with what in offered/delivered/shown/clicked/dismissed/completed/expired.
@@ -278,13 +281,13 @@ class GuidanceEngine:
     engine's lock.
     """
 
-    def __init__(self, config: GuidanceConfig, capacity: int, listener: Optional[ItemListener] = None) -> None:
+    def __init__(self, config: GuidanceConfig, capacity: int, listener: ItemListener | None = None) -> None:
         self.config = config
         self._capacity = capacity
         self._listener = listener
         self._items: dict[str, GuidanceItem] = {item.id: item for item in config.items}
         self._rules = sorted((_Rule(i, r) for i, r in enumerate(config.rules)), key=lambda r: r.rank)
-        self._users: "OrderedDict[str, _User]" = OrderedDict()
+        self._users: OrderedDict[str, _User] = OrderedDict()
         self._lock = threading.Lock()
         #: Guidance outcomes for items the user was never offered (or that were forgotten).
         self.unattributed = 0
@@ -298,7 +301,7 @@ class GuidanceEngine:
         return len(self._users)
 
     # -- users ------------------------------------------------------------------------------
-    def _user(self, user_id: str, create: bool) -> Optional[_User]:
+    def _user(self, user_id: str, create: bool) -> _User | None:
         u = self._users.get(user_id)
         if u is not None:
             self._users.move_to_end(user_id)
@@ -326,7 +329,7 @@ class GuidanceEngine:
             u = self._users.get(user_id)
             return dict(u.traits) if u is not None else {}
 
-    def _locale(self, traits: Mapping[str, Any]) -> Optional[str]:
+    def _locale(self, traits: Mapping[str, Any]) -> str | None:
         loc = traits.get("locale")
         return loc if isinstance(loc, str) and loc else self.config.default_locale
 
@@ -362,8 +365,8 @@ class GuidanceEngine:
                 if not offer.expired and not (offer.delivered or offer.shown) and ts >= offer.guidance.expires_at:
                     offer.expired = True
                     events.append((offer.guidance.id, "expired"))
-            blocked: Optional[str] = None
-            chosen: Optional[str] = None
+            blocked: str | None = None
+            chosen: str | None = None
             if caps.per_day == 0 or (len(u.recent) >= caps.per_day and ts - u.recent[0] < DAY):
                 blocked = "daily cap"
             elif any(offer.waiting(ts) for offer in u.offers.values()):
@@ -382,11 +385,11 @@ class GuidanceEngine:
         self._notify(events)
         return Selection(guidance, eligible, False, blocked)
 
-    def _locale_ok(self, item_id: str, locale: Optional[str]) -> bool:
+    def _locale_ok(self, item_id: str, locale: str | None) -> bool:
         item = self._items[item_id]
         return item.locale is None or locale_matches(item.locale, locale)
 
-    def _allowed(self, u: _User, item_id: str, locale: Optional[str], ts: float) -> bool:
+    def _allowed(self, u: _User, item_id: str, locale: str | None, ts: float) -> bool:
         if not self._locale_ok(item_id, locale):
             return False
         caps = self.config.caps
@@ -496,7 +499,7 @@ class GuidanceEngine:
         with self._lock:
             self._users.clear()
             rows: list[Any] = list(data.get("users", ()))
-            for uid, traits, recent, given, dismissed, offers in rows[max(0, len(rows) - self._capacity):]:
+            for uid, traits, recent, given, dismissed, offers in rows[max(0, len(rows) - self._capacity) :]:
                 u = _User(self.config.caps.per_day)
                 u.traits = {str(k): v for k, v in dict(traits).items()}
                 u.recent.extend(float(t) for t in recent)
@@ -505,7 +508,11 @@ class GuidanceEngine:
                 for g, delivered, shown, clicked, dismissed_at, completed, expired in offers:
                     offer = _Offer(convert(g))
                     offer.delivered, offer.shown, offer.clicked = float(delivered), float(shown), float(clicked)
-                    offer.dismissed, offer.completed, offer.expired = float(dismissed_at), float(completed), bool(expired)
+                    offer.dismissed, offer.completed, offer.expired = (
+                        float(dismissed_at),
+                        float(completed),
+                        bool(expired),
+                    )
                     u.offers[offer.guidance.id] = offer
                 self._users[str(uid)] = u
             self.unattributed = int(data.get("unattributed", 0))

@@ -29,26 +29,27 @@ import math
 import random
 import threading
 from collections import OrderedDict
-from typing import Any, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any
 
 import msgspec
 
 from ._episodes import Episode
 
 __all__ = [
-    "Insights",
-    "Hotspot",
-    "LeadTime",
-    "LeadTimeBucket",
-    "GroupOutcome",
-    "Deflection",
-    "ItemStats",
-    "AccountStats",
-    "InsightsCollector",
-    "wilson_interval",
-    "newcombe_interval",
     "LEAD_TIME_EDGES",
     "MAX_KEYS",
+    "AccountStats",
+    "Deflection",
+    "GroupOutcome",
+    "Hotspot",
+    "Insights",
+    "InsightsCollector",
+    "ItemStats",
+    "LeadTime",
+    "LeadTimeBucket",
+    "newcombe_interval",
+    "wilson_interval",
 ]
 
 #: Rows kept per table (hotspots, accounts, items); further keys are pooled under "(other)".
@@ -71,8 +72,8 @@ class Hotspot(msgspec.Struct, kw_only=True):
     """Friction at one (step, target): distinct users, episodes, tickets that followed, and how
     many episodes each detector dominated (largest first)."""
 
-    step: Optional[str]
-    target: Optional[str]
+    step: str | None
+    target: str | None
     users: int
     episodes: int
     tickets: int
@@ -84,7 +85,7 @@ class LeadTimeBucket(msgspec.Struct, kw_only=True):
 
     label: str
     low: float
-    high: Optional[float]
+    high: float | None
     count: int
 
 
@@ -94,9 +95,9 @@ class LeadTime(msgspec.Struct, kw_only=True):
     tickets: int
     #: Tickets with an episode of the same user within the attribution window before them.
     preceded: int
-    share: Optional[float]
-    median: Optional[float]
-    p90: Optional[float]
+    share: float | None
+    median: float | None
+    p90: float | None
     buckets: list[LeadTimeBucket]
 
 
@@ -106,9 +107,9 @@ class GroupOutcome(msgspec.Struct, kw_only=True):
 
     users: int
     tickets: int
-    rate: Optional[float]
-    low: Optional[float]
-    high: Optional[float]
+    rate: float | None
+    low: float | None
+    high: float | None
 
 
 class Deflection(msgspec.Struct, kw_only=True):
@@ -122,10 +123,10 @@ class Deflection(msgspec.Struct, kw_only=True):
     window: float
     guided: GroupOutcome
     holdout: GroupOutcome
-    difference: Optional[float]
-    low: Optional[float]
-    high: Optional[float]
-    relative: Optional[float]
+    difference: float | None
+    low: float | None
+    high: float | None
+    relative: float | None
     significant: bool
     confidence: float = 0.95
     method: str = "Newcombe hybrid score (Wilson)"
@@ -144,9 +145,9 @@ class ItemStats(msgspec.Struct, kw_only=True):
     dismissed: int
     completed: int
     expired: int
-    click_rate: Optional[float]
-    dismiss_rate: Optional[float]
-    completion_rate: Optional[float]
+    click_rate: float | None
+    dismiss_rate: float | None
+    completion_rate: float | None
 
 
 class AccountStats(msgspec.Struct, kw_only=True):
@@ -157,7 +158,7 @@ class AccountStats(msgspec.Struct, kw_only=True):
     episodes: int
     tickets: int
     guided: int
-    last_episode: Optional[float]
+    last_episode: float | None
 
 
 class Insights(msgspec.Struct, kw_only=True):
@@ -169,8 +170,8 @@ class Insights(msgspec.Struct, kw_only=True):
     ranked (hotspots and accounts by users, then episodes) and cut at the ``limit`` asked for.
     """
 
-    since: Optional[float]
-    until: Optional[float]
+    since: float | None
+    until: float | None
     engine: str
     events: int
     users: int
@@ -212,7 +213,7 @@ def newcombe_interval(k1: int, n1: int, k2: int, n2: int, z: float = Z95) -> tup
     return d, low, high
 
 
-def _quantile(sorted_values: list[float], q: float) -> Optional[float]:
+def _quantile(sorted_values: list[float], q: float) -> float | None:
     if not sorted_values:
         return None
     pos = q * (len(sorted_values) - 1)
@@ -221,7 +222,7 @@ def _quantile(sorted_values: list[float], q: float) -> Optional[float]:
     return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
 
 
-def _rate(num: int, den: int) -> Optional[float]:
+def _rate(num: int, den: int) -> float | None:
     return num / den if den else None
 
 
@@ -235,12 +236,12 @@ class _UserInsight:
                  "guided")  # fmt: skip
 
     def __init__(self) -> None:
-        self.account: Optional[str] = None
-        self.first_episode: Optional[float] = None  # first episode of the current struggle
+        self.account: str | None = None
+        self.first_episode: float | None = None  # first episode of the current struggle
         self.since_ticket: tuple[Any, ...] = ()  # hotspot keys since the last ticket
         self.hotspots: tuple[Any, ...] = ()  # hotspot keys counted for this user (distinct users)
         self.accounts: tuple[str, ...] = ()  # accounts counted for this user
-        self.group: Optional[str] = None  # "guided" | "holdout" once exposed
+        self.group: str | None = None  # "guided" | "holdout" once exposed
         self.exposed = 0.0
         self.ticketed = False
         self.guided = False  # counted as a guided user of their account
@@ -259,8 +260,8 @@ class InsightsCollector:
         self._capacity = capacity
         self._catalog = dict(items)
         self._lock = threading.Lock()
-        self._users: "OrderedDict[str, _UserInsight]" = OrderedDict()
-        self._hotspots: dict[tuple[Optional[str], Optional[str]], list[Any]] = {}  # users, episodes, tickets, {det: n}
+        self._users: OrderedDict[str, _UserInsight] = OrderedDict()
+        self._hotspots: dict[tuple[str | None, str | None], list[Any]] = {}  # users, episodes, tickets, {det: n}
         self._keys: dict[Any, Any] = {}  # one shared tuple per hotspot key, for the user records
         self._ones: dict[Any, tuple[Any]] = {}  # one shared 1-tuple per key or account: most users have one
         self._accounts: dict[str, list[Any]] = {}  # users, episodes, tickets, guided, last
@@ -275,8 +276,8 @@ class InsightsCollector:
         self.episodes = 0
         self.guided_episodes = 0
         self.holdout_episodes = 0
-        self.since: Optional[float] = None
-        self.until: Optional[float] = None
+        self.since: float | None = None
+        self.until: float | None = None
 
     # -- input ------------------------------------------------------------------------------
     def _user(self, user_id: str) -> _UserInsight:
@@ -319,13 +320,13 @@ class InsightsCollector:
             row = table[key] = fresh()
         return row
 
-    def hint_account(self, user_id: str, account_id: Optional[str]) -> None:
+    def hint_account(self, user_id: str, account_id: str | None) -> None:
         """The user belongs to ``account_id`` (e.g. from ``identify`` traits)."""
         if account_id:
             with self._lock:
                 self._user(user_id).account = account_id
 
-    def episode(self, episode: Episode, eligible: Optional[str]) -> None:
+    def episode(self, episode: Episode, eligible: str | None) -> None:
         """Count an episode; ``eligible`` is the item the rules picked for it, caps aside."""
         ts = episode.ts
         with self._lock:
@@ -367,7 +368,7 @@ class InsightsCollector:
                 u.exposed = ts
                 self._groups[u.group][0] += 1
 
-    def ticket(self, user_id: str, account_id: Optional[str], ts: float) -> None:
+    def ticket(self, user_id: str, account_id: str | None, ts: float) -> None:
         """Count a ticket (a ``ticket`` event the engine applied)."""
         with self._lock:
             self._seen(ts)
@@ -409,7 +410,7 @@ class InsightsCollector:
 
     # -- output -----------------------------------------------------------------------------
     def build(self, *, engine: str, events: int, users: int, episodes: int, tickets: int,
-              limit: Optional[int] = 50) -> Insights:  # fmt: skip
+              limit: int | None = 50) -> Insights:  # fmt: skip
         """The :class:`Insights`, with the tracker's counters; lists cut at ``limit`` rows."""
         with self._lock:
             spots = [
@@ -430,10 +431,15 @@ class InsightsCollector:
                 c = dict(zip(_ITEM_FIELDS, row))
                 kind, title = self._catalog.get(item_id, ("?", item_id))
                 items.append(
-                    ItemStats(id=item_id, kind=kind, title=title, **c,
-                              click_rate=_rate(c["clicked"], c["shown"]),
-                              dismiss_rate=_rate(c["dismissed"], c["shown"]),
-                              completion_rate=_rate(c["completed"], c["shown"]))  # fmt: skip
+                    ItemStats(
+                        id=item_id,
+                        kind=kind,
+                        title=title,
+                        **c,
+                        click_rate=_rate(c["clicked"], c["shown"]),
+                        dismiss_rate=_rate(c["dismissed"], c["shown"]),
+                        completion_rate=_rate(c["completed"], c["shown"]),
+                    )  # fmt: skip
                 )
             sample = sorted(self._reservoir)
             edges = (0.0,) + LEAD_TIME_EDGES
@@ -515,7 +521,7 @@ class InsightsCollector:
             rows = list(data["users"])
             self._users.clear()
             for uid, account, first, since_ticket, hotspots, accounts, group, exposed, ticketed, guided in rows[
-                max(0, len(rows) - self._capacity):
+                max(0, len(rows) - self._capacity) :
             ]:
                 u = _UserInsight()
                 u.account, u.first_episode = account, first

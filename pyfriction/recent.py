@@ -20,13 +20,14 @@ is used where the core is not built or ``PYFRICTION_NO_EXTENSIONS`` is set.
 from __future__ import annotations
 
 import collections
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from ._hashing import key64
 
-__all__ = ["RecentIds", "PyRecentIds"]
+__all__ = ["PyRecentIds", "RecentIds"]
 
 _fingerprint = key64.__wrapped__  # uncached: ids are seen once or twice, never hot
 
@@ -40,7 +41,7 @@ class PyRecentIds:
             raise ValueError(f"capacity must be between 1 and 2**31, not {capacity}")
         self.capacity = capacity
         self._set: set[int] = set()
-        self._ring: "collections.deque[int]" = collections.deque()
+        self._ring: collections.deque[int] = collections.deque()
 
     def __len__(self) -> int:
         return len(self._ring)
@@ -60,7 +61,7 @@ class PyRecentIds:
             raise TypeError(f"ids are str, not {type(key).__name__}")
         return self._add(_fingerprint(key))
 
-    def filter(self, ids: Sequence[Optional[str]]) -> Optional[list[int]]:
+    def filter(self, ids: Sequence[str | None]) -> list[int] | None:
         """Remember every id of a batch, in order. None when none was seen before (None ids
         are always kept); else the indexes of the rows to keep (a retried id is dropped,
         and so is an id repeated within the batch, after its first row)."""
@@ -88,12 +89,12 @@ class PyRecentIds:
 
 
 def _compiled() -> Any:
-    from .tracker import compiled_available  # noqa: PLC0415 (one switch for every compiled part)
+    from .tracker import compiled_available
 
     if not compiled_available():
         return None
     try:
-        from ._core import RecentIds as compiled  # noqa: PLC0415
+        from ._core import RecentIds as compiled
     except ImportError:
         return None
     return compiled

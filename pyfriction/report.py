@@ -18,8 +18,9 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Iterator, Sequence
 from importlib import resources
-from typing import IO, Any, Iterator, Optional, Sequence
+from typing import IO, Any
 
 import msgspec
 
@@ -28,7 +29,7 @@ from .insights import Insights
 from .segment import ReplayCounts, replay
 from .tracker import Tracker
 
-__all__ = ["ReportResult", "Progress", "replay_log", "format_text", "to_json", "default_config_path", "add_parser"]
+__all__ = ["Progress", "ReportResult", "add_parser", "default_config_path", "format_text", "replay_log", "to_json"]
 
 DEFAULT_CONFIG = "guidance.toml"
 
@@ -58,7 +59,7 @@ class Progress:
 
     WIDTH = 28
 
-    def __init__(self, stream: IO[str], total: Optional[int], label: str, *, delay: float = 0.5,
+    def __init__(self, stream: IO[str], total: int | None, label: str, *, delay: float = 0.5,
                  interval: float = 0.1) -> None:  # fmt: skip
         self.stream, self.total, self.label = stream, total, label
         self.delay, self.interval = delay, interval
@@ -99,7 +100,7 @@ class Progress:
                 pass
 
 
-def _lines(fh: IO[bytes], progress: Optional[Progress], counts: list[int]) -> Iterator[Any]:
+def _lines(fh: IO[bytes], progress: Progress | None, counts: list[int]) -> Iterator[Any]:
     decode = msgspec.json.Decoder().decode
     done = 0
     for line in fh:
@@ -116,8 +117,8 @@ def _lines(fh: IO[bytes], progress: Optional[Progress], counts: list[int]) -> It
     counts[1] = done
 
 
-def replay_log(path: str, config: Any = None, *, engine: str = "auto", progress: Optional[IO[str]] = None,
-               progress_delay: float = 0.5, limit: Optional[int] = None) -> ReportResult:  # fmt: skip
+def replay_log(path: str, config: Any = None, *, engine: str = "auto", progress: IO[str] | None = None,
+               progress_delay: float = 0.5, limit: int | None = None) -> ReportResult:  # fmt: skip
     """Replay the JSON Lines log at ``path`` (``-``: stdin) and return its insights.
 
     ``config`` is a config (path, mapping or :class:`Config`), default the bundled guidance
@@ -182,7 +183,7 @@ def replay_log(path: str, config: Any = None, *, engine: str = "auto", progress:
 # --- text ----------------------------------------------------------------------------------------
 
 
-def duration(seconds: Optional[float]) -> str:
+def duration(seconds: float | None) -> str:
     """``45 s``, ``12 min``, ``1 h 20 min``, ``24 h``, ``2.5 d``; ``-`` for None."""
     if seconds is None:
         return "-"
@@ -196,16 +197,18 @@ def duration(seconds: Optional[float]) -> str:
     return f"{seconds / 86400:.1f} d"
 
 
-def pct(x: Optional[float], digits: int = 1) -> str:
+def pct(x: float | None, digits: int = 1) -> str:
     """``31.9%``; ``-`` for None."""
     return "-" if x is None else f"{x * 100:.{digits}f}%"
 
 
-def _utc(ts: Optional[float]) -> str:
+def _utc(ts: float | None) -> str:
     return "-" if ts is None else time.strftime("%Y-%m-%d %H:%M", time.gmtime(ts))
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]], right: Sequence[bool], indent: str = "  ") -> list[str]:
+def _table(
+    headers: Sequence[str], rows: Sequence[Sequence[Any]], right: Sequence[bool], indent: str = "  "
+) -> list[str]:
     cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     out = []
@@ -215,7 +218,7 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]], right: Sequenc
     return out
 
 
-def _cut(text: Optional[str], width: int) -> str:
+def _cut(text: str | None, width: int) -> str:
     text = text or "-"
     return text if len(text) <= width else text[: width - 3] + "..."
 
@@ -311,7 +314,9 @@ def item_columns(ins: Insights) -> list[str]:
     them (a log replay sees neither: completion is reported with ``Tracker.ack``, and nothing
     fetches pending items)."""
     cols = ["offered", "delivered", "shown", "clicked", "dismissed", "completed", "expired"]
-    return [c for c in cols if c in ("offered", "shown", "clicked", "dismissed") or any(getattr(i, c) for i in ins.items)]
+    return [
+        c for c in cols if c in ("offered", "shown", "clicked", "dismissed") or any(getattr(i, c) for i in ins.items)
+    ]
 
 
 def to_json(result: ReportResult) -> bytes:
@@ -347,8 +352,8 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """The ``report`` command: returns the exit status; raises the CLI's error type for user errors."""
-    from .cli import CliError  # noqa: PLC0415  (the CLI imports this module)
-    from .config import ConfigError  # noqa: PLC0415
+    from .cli import CliError
+    from .config import ConfigError
 
     show = sys.stderr.isatty() if args.progress is None else args.progress
     try:
@@ -361,7 +366,7 @@ def run(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise CliError(str(exc)) from None
     if args.html:
-        from ._report_html import render_html  # noqa: PLC0415
+        from ._report_html import render_html
 
         try:
             with open(args.html, "w", encoding="utf-8") as fh:

@@ -29,7 +29,8 @@ import os
 import sys
 import threading
 import zlib
-from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence, Union
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -40,20 +41,20 @@ from .events import Event
 from .tracker import Tracker
 
 __all__ = [
-    "init",
+    "BeforeObserve",
+    "UserContext",
+    "close",
+    "counters",
+    "current_user",
+    "flush",
     "get_tracker",
+    "init",
+    "is_enabled",
     "observe",
     "observe_many",
     "on_friction",
-    "flush",
-    "close",
     "set_user",
     "user_context",
-    "current_user",
-    "UserContext",
-    "is_enabled",
-    "counters",
-    "BeforeObserve",
 ]
 
 log = logging.getLogger("pyfriction")
@@ -76,7 +77,7 @@ class _Options:
         self.enabled = True
         self.sample_rate = 1.0
         self.threshold = 1 << 64  # users whose sampling hash is below it are kept
-        self.before_observe: Optional[BeforeObserve] = None
+        self.before_observe: BeforeObserve | None = None
         self.debug = False
         self.shutdown_timeout = 2.0
         self.store = MEMORY_STORE
@@ -111,11 +112,11 @@ class UserContext:
 
     def __init__(
         self,
-        user_id: Optional[str] = None,
-        account_id: Optional[str] = None,
-        traits: Optional[Mapping[str, Any]] = None,
-        step: Optional[str] = None,
-        resolve: Optional[Callable[[], Any]] = None,
+        user_id: str | None = None,
+        account_id: str | None = None,
+        traits: Mapping[str, Any] | None = None,
+        step: str | None = None,
+        resolve: Callable[[], Any] | None = None,
     ) -> None:
         self._user_id = user_id
         self._account_id = account_id
@@ -124,7 +125,7 @@ class UserContext:
         self._resolve = resolve
 
     @property
-    def step(self) -> Optional[str]:
+    def step(self) -> str | None:
         """Where the user is (a request's route template), or None."""
         return self._step
 
@@ -153,13 +154,13 @@ class UserContext:
                 self._account_id = str(account)
 
     @property
-    def user_id(self) -> Optional[str]:
+    def user_id(self) -> str | None:
         if self._user_id is None and self._resolve is not None:
             self._resolved()
         return self._user_id
 
     @property
-    def account_id(self) -> Optional[str]:
+    def account_id(self) -> str | None:
         if self._user_id is None and self._resolve is not None:
             self._resolved()
         return self._account_id
@@ -168,15 +169,15 @@ class UserContext:
         return f"UserContext(user_id={self._user_id!r}, account_id={self._account_id!r}, step={self.step!r})"
 
 
-_user: contextvars.ContextVar[Optional[UserContext]] = contextvars.ContextVar("pyfriction_user", default=None)
+_user: contextvars.ContextVar[UserContext | None] = contextvars.ContextVar("pyfriction_user", default=None)
 
 
-def current_user() -> Optional[UserContext]:
+def current_user() -> UserContext | None:
     """The :class:`UserContext` of the current context, or None."""
     return _user.get()
 
 
-def _identify(user_id: str, traits: Optional[Mapping[str, Any]]) -> None:
+def _identify(user_id: str, traits: Mapping[str, Any] | None) -> None:
     if not traits:
         return
     identify = getattr(get_tracker(), "identify", None)
@@ -190,9 +191,9 @@ def _identify(user_id: str, traits: Optional[Mapping[str, Any]]) -> None:
 
 
 def set_user(
-    user_id: Optional[str],
-    account_id: Optional[str] = None,
-    traits: Optional[Mapping[str, Any]] = None,
+    user_id: str | None,
+    account_id: str | None = None,
+    traits: Mapping[str, Any] | None = None,
 ) -> None:
     """Attach ``user_id`` (and optionally ``account_id`` and ``traits``, e.g. ``{"plan":
     "pro"}``) to the current context; ``None`` clears it.
@@ -216,12 +217,12 @@ def set_user(
 
 @contextlib.contextmanager
 def user_context(
-    user_id: Optional[str],
-    account_id: Optional[str] = None,
-    traits: Optional[Mapping[str, Any]] = None,
+    user_id: str | None,
+    account_id: str | None = None,
+    traits: Mapping[str, Any] | None = None,
     *,
-    step: Optional[str] = None,
-) -> Iterator[Optional[UserContext]]:
+    step: str | None = None,
+) -> Iterator[UserContext | None]:
     """``with pyfriction.user_context("u42"):`` the user (and ``step``) of the events observed
     inside the block; the previous context is back afterwards."""
     ctx = None if user_id is None else UserContext(str(user_id), account_id, traits, step)
@@ -277,16 +278,16 @@ def _tracker_takes_store() -> bool:
 
 
 def init(
-    config: Union[None, Config, Mapping[str, Any], str, "os.PathLike[str]"] = None,
+    config: None | Config | Mapping[str, Any] | str | os.PathLike[str] = None,
     *,
-    store: Optional[str] = None,
-    integrations: Optional[Sequence[Any]] = None,
+    store: str | None = None,
+    integrations: Sequence[Any] | None = None,
     default_integrations: bool = True,
-    before_observe: Optional[BeforeObserve] = None,
-    sample_rate: Optional[float] = None,
-    enabled: Optional[bool] = None,
-    debug: Optional[bool] = None,
-    shutdown_timeout: Optional[float] = None,
+    before_observe: BeforeObserve | None = None,
+    sample_rate: float | None = None,
+    enabled: bool | None = None,
+    debug: bool | None = None,
+    shutdown_timeout: float | None = None,
     **tracker_options: Any,
 ) -> Tracker:
     """Configure pyfriction for this process and return the default tracker.
@@ -356,7 +357,7 @@ def init(
         tracker._async.extend(old._async)
         old.close()
 
-    from .integrations import setup_integrations  # noqa: PLC0415  (imports frameworks lazily)
+    from .integrations import setup_integrations
 
     _options.integrations = setup_integrations(integrations or (), default_integrations)
     log.debug(
@@ -407,7 +408,10 @@ def sampled(user_id: str) -> bool:
     """True when ``user_id`` is in the sample (always at ``sample_rate=1``)."""
     if _options.sample_rate >= 1.0:
         return True
-    return _mix(zlib.crc32(user_id.encode("utf-8", "surrogatepass")) * 0x9E3779B97F4A7C15 & ((1 << 64) - 1)) < _options.threshold
+    return (
+        _mix(zlib.crc32(user_id.encode("utf-8", "surrogatepass")) * 0x9E3779B97F4A7C15 & ((1 << 64) - 1))
+        < _options.threshold
+    )
 
 
 def _prepare(event: Any) -> Any:
@@ -445,7 +449,7 @@ def _prepare(event: Any) -> Any:
     return event
 
 
-def observe(event: Union[Mapping[str, Any], Event]) -> float:
+def observe(event: Mapping[str, Any] | Event) -> float:
     """:meth:`Tracker.observe` on the default tracker, after the SDK's options.
 
     A mapping without ``user_id`` is the current context's user's (see :func:`set_user`);
@@ -487,7 +491,7 @@ def _rows(columns: Mapping[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def observe_many(events: Union[Iterable[Any], Mapping[str, Any]]) -> np.ndarray:
+def observe_many(events: Iterable[Any] | Mapping[str, Any]) -> np.ndarray:
     """:meth:`Tracker.observe_many` on the default tracker, after the SDK's options.
 
     Dropped events (see :func:`observe`) score 0.0; the result has one score per input event.
@@ -511,18 +515,18 @@ def observe_many(events: Union[Iterable[Any], Mapping[str, Any]]) -> np.ndarray:
     return out
 
 
-def on_friction(callback: Optional[Callable[[Episode], Any]] = None, *, sync: bool = False) -> Any:
+def on_friction(callback: Callable[[Episode], Any] | None = None, *, sync: bool = False) -> Any:
     """:meth:`Tracker.on_friction` on the default tracker (also a decorator)."""
     return get_tracker().on_friction(callback, sync=sync)
 
 
-def flush(timeout: Optional[float] = None) -> bool:
+def flush(timeout: float | None = None) -> bool:
     """Wait for the default tracker's queued callbacks."""
     tracker = _pkg()._default
     return tracker.flush(timeout) if tracker is not None else True
 
 
-def close(timeout: Optional[float] = None) -> bool:
+def close(timeout: float | None = None) -> bool:
     """Flush and close the default tracker."""
     tracker = _pkg()._default
     return tracker.close(timeout) if tracker is not None else True

@@ -31,11 +31,12 @@ from __future__ import annotations
 
 import datetime as _dt
 import numbers
-from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 from .config import SegmentMapping
 
-__all__ = ["SEGMENT_TYPES", "is_segment", "to_event", "to_identify", "from_event", "replay", "ReplayCounts"]
+__all__ = ["SEGMENT_TYPES", "ReplayCounts", "from_event", "is_segment", "replay", "to_event", "to_identify"]
 
 #: Segment call types; ``track`` and ``page`` (and ``screen``) become events, ``identify`` traits.
 SEGMENT_TYPES = frozenset({"track", "page", "screen", "identify", "group", "alias"})
@@ -61,7 +62,7 @@ def _path(payload: Mapping[str, Any], dotted: str) -> Any:
     return value
 
 
-def _first(payload: Mapping[str, Any], paths: Sequence[str]) -> Optional[str]:
+def _first(payload: Mapping[str, Any], paths: Sequence[str]) -> str | None:
     for dotted in paths:
         value = _path(payload, dotted)
         if isinstance(value, str) and value:
@@ -69,7 +70,7 @@ def _first(payload: Mapping[str, Any], paths: Sequence[str]) -> Optional[str]:
     return None
 
 
-def _timestamp(payload: Mapping[str, Any]) -> Optional[float]:
+def _timestamp(payload: Mapping[str, Any]) -> float | None:
     for key in ("timestamp", "originalTimestamp", "sentAt"):
         value = payload.get(key)
         if isinstance(value, numbers.Real) and not isinstance(value, bool):
@@ -80,12 +81,12 @@ def _timestamp(payload: Mapping[str, Any]) -> Optional[float]:
             except ValueError:
                 continue
             if parsed.tzinfo is None:
-                parsed = parsed.replace(tzinfo=_dt.timezone.utc)
+                parsed = parsed.replace(tzinfo=_dt.UTC)
             return parsed.timestamp()
     return None
 
 
-def _user(payload: Mapping[str, Any]) -> Optional[str]:
+def _user(payload: Mapping[str, Any]) -> str | None:
     for key in ("userId", "anonymousId"):
         value = payload.get(key)
         if isinstance(value, str) and value:
@@ -95,7 +96,7 @@ def _user(payload: Mapping[str, Any]) -> Optional[str]:
     return None
 
 
-def to_event(payload: Mapping[str, Any], mapping: Optional[SegmentMapping] = None) -> Optional[dict[str, Any]]:
+def to_event(payload: Mapping[str, Any], mapping: SegmentMapping | None = None) -> dict[str, Any] | None:
     """The canonical event of a ``track``/``page``/``screen`` payload, or None for other calls
     (``identify``, ``group``...) and payloads without a user or event name.
 
@@ -129,7 +130,7 @@ def to_event(payload: Mapping[str, Any], mapping: Optional[SegmentMapping] = Non
     return event
 
 
-def to_identify(payload: Mapping[str, Any]) -> Optional[tuple[str, dict[str, Any]]]:
+def to_identify(payload: Mapping[str, Any]) -> tuple[str, dict[str, Any]] | None:
     """``(user_id, traits)`` of an ``identify`` payload (``context.locale`` fills a missing
     ``locale`` trait; ``context.groupId`` an ``account_id``), else None."""
     if payload.get("type") != "identify":
@@ -170,7 +171,7 @@ def from_event(event: Mapping[str, Any]) -> dict[str, Any]:
     if event.get("account_id"):
         out["context"] = {"groupId": event["account_id"]}
     if ts is not None:
-        moment = _dt.datetime.fromtimestamp(float(ts), _dt.timezone.utc)
+        moment = _dt.datetime.fromtimestamp(float(ts), _dt.UTC)
         out["timestamp"] = moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
     return out
 
@@ -189,8 +190,8 @@ class ReplayCounts:
 
 
 def replay(records: Iterable[Any], observe: Callable[[Any], Any],
-           identify: Optional[Callable[[str, Mapping[str, Any]], None]] = None,
-           mapping: Optional[SegmentMapping] = None, on_error: Optional[Callable[[Any, Exception], None]] = None,
+           identify: Callable[[str, Mapping[str, Any]], None] | None = None,
+           mapping: SegmentMapping | None = None, on_error: Callable[[Any, Exception], None] | None = None,
            ) -> ReplayCounts:  # fmt: skip
     """Feed decoded records to a tracker: canonical events to ``observe``; Segment ``track``/
     ``page`` payloads mapped by :func:`to_event`; Segment ``identify`` payloads and canonical

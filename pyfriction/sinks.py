@@ -27,7 +27,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from typing import Any, Optional
+from typing import Any
 
 import msgspec
 
@@ -35,7 +35,7 @@ from ._episodes import Episode
 from .config import Webhook
 from .dispatcher import RestartsAfterFork
 
-__all__ = ["WebhookSink", "SinkStats", "sign", "verify", "SIGNATURE_HEADER", "ID_HEADER", "payload"]
+__all__ = ["ID_HEADER", "SIGNATURE_HEADER", "SinkStats", "WebhookSink", "payload", "sign", "verify"]
 
 log = logging.getLogger("pyfriction")
 
@@ -62,7 +62,7 @@ class SinkStats(msgspec.Struct, kw_only=True):
     dropped: int = 0
     filtered: int = 0
     queued: int = 0
-    last_error: Optional[str] = None
+    last_error: str | None = None
 
 
 def sign(secret: str, body: bytes, timestamp: int) -> str:
@@ -71,7 +71,7 @@ def sign(secret: str, body: bytes, timestamp: int) -> str:
     return f"t={int(timestamp)},v1={mac.hexdigest()}"
 
 
-def verify(secret: str, body: bytes, header: str, *, tolerance: float = 300.0, now: Optional[float] = None) -> bool:
+def verify(secret: str, body: bytes, header: str, *, tolerance: float = 300.0, now: float | None = None) -> bool:
     """True when ``header`` (the ``Pyfriction-Signature`` value) signs ``body`` with ``secret``
     and its timestamp is within ``tolerance`` seconds of ``now`` (default: the current time)."""
     try:
@@ -108,9 +108,9 @@ class WebhookSink(RestartsAfterFork):
         self._track()
 
     def _reset(self) -> None:
-        self._queue: "queue.Queue[Any]" = queue.Queue(self.config.queue_size)
+        self._queue: queue.Queue[Any] = queue.Queue(self.config.queue_size)
         self._lock = threading.Lock()
-        self._thread: Optional[threading.Thread] = None
+        self._thread: threading.Thread | None = None
         self._closed = False
         self._stop = threading.Event()
 
@@ -126,7 +126,9 @@ class WebhookSink(RestartsAfterFork):
             return False
         if self._detectors and not any(r.detector in self._detectors for r in episode.reasons):
             return False
-        if self._steps and not (episode.step is not None and any(fnmatch.fnmatchcase(episode.step, p) for p in self._steps)):
+        if self._steps and not (
+            episode.step is not None and any(fnmatch.fnmatchcase(episode.step, p) for p in self._steps)
+        ):
             return False
         return True
 
@@ -203,7 +205,7 @@ class WebhookSink(RestartsAfterFork):
         log.warning("pyfriction: webhook gave up on episode %s: %s", episode.episode_id, self._stats.last_error)
         self._count("failed")
 
-    def _post(self, body: bytes, episode_id: str) -> tuple[Optional[str], bool]:
+    def _post(self, body: bytes, episode_id: str) -> tuple[str | None, bool]:
         """One attempt: ``(None, _)`` on success, else ``(error, worth retrying)``."""
         headers = {
             "Content-Type": "application/json",
@@ -224,7 +226,7 @@ class WebhookSink(RestartsAfterFork):
             return f"{type(exc).__name__}: {reason}", True
 
     # -- lifecycle -----------------------------------------------------------------------------
-    def flush(self, timeout: Optional[float] = None) -> bool:
+    def flush(self, timeout: float | None = None) -> bool:
         """Wait until every queued episode is delivered or given up; False on ``timeout``."""
         if threading.current_thread() is self._thread:
             return False
@@ -238,7 +240,7 @@ class WebhookSink(RestartsAfterFork):
                 q.all_tasks_done.wait(remaining)
         return True
 
-    def close(self, timeout: Optional[float] = None) -> bool:
+    def close(self, timeout: float | None = None) -> bool:
         """Deliver what is queued within ``timeout`` seconds (default: one request's
         ``timeout``), then stop; what is left is dropped and counted. True when all went out."""
         if timeout is None:

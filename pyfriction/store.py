@@ -21,14 +21,14 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Optional
+from typing import Any
 from urllib.parse import unquote, urlparse
 
 import msgspec
 
 from .config import Config, load_config
 
-__all__ = ["StoreError", "parse_store", "config_json", "inspect", "resize", "repair"]
+__all__ = ["StoreError", "config_json", "inspect", "parse_store", "repair", "resize"]
 
 SCHEMES = ("memory", "file")
 
@@ -41,7 +41,7 @@ except ImportError:  # pure-Python install: the same name, for the same errors
         or damaged); the message says which and what to do."""
 
 
-def parse_store(uri: Optional[str]) -> Optional[str]:
+def parse_store(uri: str | None) -> str | None:
     """The file path of a store URI, or None for ``memory://``.
 
     Like the ``limits`` library's storage URIs: ``memory://`` and ``file:///abs/path`` (or
@@ -83,7 +83,7 @@ def _core() -> Any:
     return core
 
 
-def _open(path: str, capacity: Optional[int] = None) -> Any:
+def _open(path: str, capacity: int | None = None) -> Any:
     """A CompiledCore attached to an existing store, with the config it was created with."""
     from ._rules import Names, Rules
 
@@ -161,7 +161,7 @@ def _create_like(path: str, new_path: str, json: bytes, capacity: int) -> None:
     fresh.close()
 
 
-def repair(path: str, snapshot: Optional[str] = None) -> dict[str, Any]:
+def repair(path: str, snapshot: str | None = None) -> dict[str, Any]:
     """Check and rebuild a store after a crash. With ``snapshot``, or when the header itself is
     damaged, the store is recreated from that snapshot (written by ``Tracker.snapshot``)."""
     from .tracker import Tracker
@@ -191,7 +191,7 @@ def repair(path: str, snapshot: Optional[str] = None) -> dict[str, Any]:
 
 # --- `pyfriction store ...` -------------------------------------------------------------------
 def _format_info(info: dict[str, Any]) -> str:
-    def when(ts: Optional[float]) -> str:
+    def when(ts: float | None) -> str:
         return "-" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts)) + " UTC"
 
     c = info["counters"]

@@ -8,26 +8,27 @@ import os
 import threading
 import time
 import weakref
-from typing import Any, Callable, Iterable, Mapping, Optional, TypeVar, Union, overload
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TypeVar, overload
 
 import msgspec
 import numpy as np
 
-from ._episodes import Episode, Guidance, Stats, UserState, make_episode, make_state
-from ._layout import SLOT_DTYPE, STEP_DTYPE
 from . import _snapfile
+from ._episodes import Guidance, Stats, UserState, make_episode, make_state
+from ._layout import SLOT_DTYPE, STEP_DTYPE
 from ._reference import ReferenceCore
-from ._snapfile import SnapshotError
 from ._rules import Names, Rules
+from ._snapfile import SnapshotError
 from .config import Config, load_config
 from .dispatcher import Callback, Dispatcher, run_callbacks
 from .events import Event
-from .store import StoreError, config_json, parse_store
 from .guidance import EVENT_OUTCOMES, OUTCOMES, GuidanceEngine
 from .insights import Insights, InsightsCollector
 from .sinks import SinkStats, WebhookSink
+from .store import StoreError, config_json, parse_store
 
-__all__ = ["Tracker", "Engine", "compiled_available", "LAYOUT_HASH"]
+__all__ = ["LAYOUT_HASH", "Engine", "Tracker", "compiled_available"]
 
 Engine = str  # "auto" | "compiled" | "reference"
 C = TypeVar("C", bound=Callback)
@@ -44,7 +45,7 @@ GuidanceCallback = Callable[[str, Guidance], Any]
 G = TypeVar("G", bound=GuidanceCallback)
 
 
-_shared_cores: "weakref.WeakSet[Any]" = weakref.WeakSet()
+_shared_cores: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
 def _reattach_after_fork() -> None:
@@ -87,7 +88,7 @@ class _Syncer:
         self._stop.set()
 
 
-_syncers: "weakref.WeakSet[_Syncer]" = weakref.WeakSet()
+_syncers: weakref.WeakSet[_Syncer] = weakref.WeakSet()
 
 
 def _restart_syncers() -> None:
@@ -101,7 +102,7 @@ if hasattr(os, "register_at_fork"):
 
 
 def _load_compiled() -> Any:
-    from . import _core  # noqa: PLC0415  (optional extension)
+    from . import _core
 
     return _core
 
@@ -134,13 +135,13 @@ class Tracker:
 
     def __init__(
         self,
-        config: Union[None, Config, Mapping[str, Any], str, "os.PathLike[str]"] = None,
+        config: None | Config | Mapping[str, Any] | str | os.PathLike[str] = None,
         *,
         engine: Engine = "auto",
-        capacity: Optional[int] = None,
-        idle_ttl: Optional[float] = None,
-        clock: Optional[Callable[[], float]] = None,
-        store: Optional[str] = "memory://",
+        capacity: int | None = None,
+        idle_ttl: float | None = None,
+        clock: Callable[[], float] | None = None,
+        store: str | None = "memory://",
         sync_interval: float = 1.0,
         **options: Any,
     ) -> None:
@@ -162,7 +163,7 @@ class Tracker:
         self._guidance = GuidanceEngine(gcfg, self.config.capacity, self._insights.item)
         self._on_guidance: list[GuidanceCallback] = []
         hook = self.config.sinks.webhook
-        self._webhook: Optional[WebhookSink] = WebhookSink(hook) if hook is not None else None
+        self._webhook: WebhookSink | None = WebhookSink(hook) if hook is not None else None
         self._store_path = parse_store(store)
         self._core = self._make_core(engine)
         if self._store_path is not None:
@@ -204,7 +205,7 @@ class Tracker:
         """``"compiled"`` or ``"reference"``: the engine this tracker runs on."""
         return str(self._core.engine)
 
-    def observe(self, event: Union[Mapping[str, Any], Event]) -> float:  # replaced per instance
+    def observe(self, event: Mapping[str, Any] | Event) -> float:  # replaced per instance
         """Score one event; returns the user's friction score in [0, 1) after it.
 
         ``event`` is a mapping or a :class:`pyfriction.Event` with ``user_id`` and ``type``
@@ -214,7 +215,7 @@ class Tracker:
         """
         return float(self._core.observe(event))
 
-    def observe_many(self, events: Union[Iterable[Any], Mapping[str, Any]]) -> np.ndarray:
+    def observe_many(self, events: Iterable[Any] | Mapping[str, Any]) -> np.ndarray:
         """Score a batch in one call into the engine; returns the scores (float64 array).
 
         ``events`` is an iterable of events, or a columnar batch: a mapping of parallel
@@ -231,7 +232,7 @@ class Tracker:
     @overload
     def on_friction(self, callback: None = None, *, sync: bool = False) -> Callable[[C], C]: ...
 
-    def on_friction(self, callback: Optional[C] = None, *, sync: bool = False) -> Any:
+    def on_friction(self, callback: C | None = None, *, sync: bool = False) -> Any:
         """Register ``callback(episode)``; also usable as ``@tracker.on_friction``.
 
         Callbacks run on a background thread with a bounded queue (``queue_size``), so
@@ -254,8 +255,8 @@ class Tracker:
         # must see the state of the moment its episode fired.
         self._core.batch_queue = not (self._sync or self._on_guidance)
 
-    def _emit(self, rec: Any, user_id: str, account_id: Optional[str], step: Optional[str],
-              target: Optional[str], ts: float, score: float, stall_limit: float) -> None:  # fmt: skip
+    def _emit(self, rec: Any, user_id: str, account_id: str | None, step: str | None,
+              target: str | None, ts: float, score: float, stall_limit: float) -> None:  # fmt: skip
         episode = make_episode(rec, user_id, account_id, step, target, ts, score, self._names,
                                self._rules, stall_limit)  # fmt: skip
         try:  # guidance and measurement never break observe
@@ -278,8 +279,8 @@ class Tracker:
         if self._webhook is not None:
             self._webhook.submit(episode)
 
-    def _outcome(self, kind: str, user_id: str, account_id: Optional[str], step: Optional[str],
-                 target: Optional[str], ts: float) -> None:  # fmt: skip
+    def _outcome(self, kind: str, user_id: str, account_id: str | None, step: str | None,
+                 target: str | None, ts: float) -> None:  # fmt: skip
         """An outcome event (ticket, guidance feedback) was applied: measurement and caps.
 
         A ``guidance_shown``/``_clicked``/``_dismissed`` event's ``target`` is the item id."""
@@ -313,7 +314,7 @@ class Tracker:
         call does not return it again. Items older than ``guidance.expire_after`` are dropped."""
         return self._guidance.pending(user_id, float(self._clock()))
 
-    def ack(self, user_id: str, guidance_id: str, outcome: str, *, ts: Optional[float] = None) -> bool:
+    def ack(self, user_id: str, guidance_id: str, outcome: str, *, ts: float | None = None) -> bool:
         """Record what ``user_id`` did with guidance ``guidance_id``: ``"shown"``, ``"clicked"``,
         ``"dismissed"`` (not offered again for ``caps.dismiss_for`` seconds) or ``"completed"``
         (relieves the user's friction like a ``success`` event, observed at ``ts``).
@@ -334,7 +335,7 @@ class Tracker:
     @overload
     def on_guidance(self, callback: None = None) -> Callable[[G], G]: ...
 
-    def on_guidance(self, callback: Optional[G] = None) -> Any:
+    def on_guidance(self, callback: G | None = None) -> Any:
         """Register ``callback(user_id, guidance)``, run inline the moment an episode picks
         guidance (before ``on_friction`` callbacks), e.g. to push it to the user's browser.
         Keep it quick; exceptions are logged and counted (``stats().callbacks_failed``).
@@ -349,7 +350,7 @@ class Tracker:
 
         return register if callback is None else register(callback)
 
-    def insights(self, *, limit: Optional[int] = 50) -> Insights:
+    def insights(self, *, limit: int | None = 50) -> Insights:
         """Hotspots, lead time before tickets, deflection by guidance (with its 95% interval),
         guidance item rates and accounts, as measured since the tracker started (or since the
         snapshot it restored); ``limit`` cuts the hotspot and account lists (None: all)."""
@@ -361,7 +362,7 @@ class Tracker:
         """Counters of each configured sink by name (``"webhook"``); empty without sinks."""
         return {} if self._webhook is None else {"webhook": self._webhook.stats()}
 
-    def flush(self, timeout: Optional[float] = None) -> bool:
+    def flush(self, timeout: float | None = None) -> bool:
         """Wait until every queued callback has run and every queued webhook delivery is done
         (sent or given up); False if ``timeout`` (s) ran out."""
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -371,7 +372,7 @@ class Tracker:
             done = self._webhook.flush(left) and done
         return done
 
-    def close(self, timeout: Optional[float] = None) -> bool:
+    def close(self, timeout: float | None = None) -> bool:
         """Flush and stop the dispatcher and the sinks. Scoring keeps working; async callbacks
         stop. A sink gets at most ``timeout`` (default: its request timeout) to deliver what it
         holds; the rest is dropped and counted."""
@@ -383,23 +384,23 @@ class Tracker:
             self._core.close()  # msync, and detach from the shared store
         return done
 
-    def __enter__(self) -> "Tracker":
+    def __enter__(self) -> Tracker:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
     # -- state -------------------------------------------------------------------------------
-    def score(self, user_id: str, at: Optional[float] = None) -> float:
+    def score(self, user_id: str, at: float | None = None) -> float:
         """The user's score after their last event, or decayed to time ``at``; 0.0 if unknown."""
         return float(self._core.score(user_id, at))
 
-    def state(self, user_id: str) -> Optional[UserState]:
+    def state(self, user_id: str) -> UserState | None:
         """The user's friction state as of their last event, or None if not tracked."""
         rec = self._core.record(user_id)
         return None if rec is None else make_state(rec, user_id, self._names)
 
-    def tick(self, now: Optional[float] = None) -> int:
+    def tick(self, now: float | None = None) -> int:
         """Run the time-driven checks (stall, rearm, idle eviction) at ``now`` (default: the
         clock) for every user; returns the number of episodes fired."""
         return int(self._core.tick(float(self._clock() if now is None else now)))
@@ -418,8 +419,8 @@ class Tracker:
         )
 
     # -- snapshots ---------------------------------------------------------------------------
-    def snapshot(self, path: Union[str, "os.PathLike[str]"], *,
-                 captured: Optional[Callable[[], Any]] = None, release: bool = False) -> None:  # fmt: skip
+    def snapshot(self, path: str | os.PathLike[str], *,
+                 captured: Callable[[], Any] | None = None, release: bool = False) -> None:  # fmt: skip
         """Write the full state (users, step baselines, names, counters, config) to ``path``.
 
         The file is replaced atomically; restoring it into either engine loses nothing.
@@ -471,10 +472,10 @@ class Tracker:
     @classmethod
     def restore(
         cls,
-        path: Union[str, "os.PathLike[str]"],
-        config: Union[None, Config, Mapping[str, Any], str, "os.PathLike[str]"] = None,
+        path: str | os.PathLike[str],
+        config: None | Config | Mapping[str, Any] | str | os.PathLike[str] = None,
         **kwargs: Any,
-    ) -> "Tracker":
+    ) -> Tracker:
         """A new tracker holding the state of a snapshot (from either engine).
 
         ``config`` defaults to the snapshot's own; other arguments are those of

@@ -15,8 +15,8 @@ at teardown.
 
 from __future__ import annotations
 
-import os
-from typing import Any, Callable, Iterator, Optional
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from hypothesis import Phase, settings

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from typing import Any, Optional
+from typing import Any
 
 import msgspec
 import pytest
@@ -16,10 +16,10 @@ T0 = 1_700_000_000.0
 
 def ev(
     user: str,
-    type: str,  # noqa: A002  (the event field's own name)
-    ts: Optional[float] = None,
-    step: Optional[str] = None,
-    target: Optional[str] = None,
+    type: str,
+    ts: float | None = None,
+    step: str | None = None,
+    target: str | None = None,
     **props: Any,
 ) -> dict[str, Any]:
     """An event mapping: ``ev("u1", "click", T0 + 1, "billing", "#pay", status=503)``.
@@ -43,10 +43,11 @@ def ev(
 
 ENGINES = ["compiled", "reference"]
 
-def compiled_core_error() -> Optional[str]:
+
+def compiled_core_error() -> str | None:
     """None when the compiled core imports with a ``CompiledCore``, else why not."""
     try:
-        from pyfriction import _core  # noqa: PLC0415
+        from pyfriction import _core
 
         _core.CompiledCore  # noqa: B018
     except (ImportError, AttributeError) as exc:

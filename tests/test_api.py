@@ -11,12 +11,14 @@ import os
 import subprocess
 import sys
 import threading
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
 
 import pyfriction
+
 from helpers import T0, ev
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -74,9 +76,7 @@ def _engine_in_subprocess(env_value: Any) -> tuple[str, str]:
         "print(t.engine, pyfriction.compiled_available())\n"
         "t.close()\n"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60
-    )
+    proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     chosen, available = proc.stdout.split()
     return chosen, available
@@ -438,9 +438,7 @@ def test_observe_many_columnar_numpy_bad_ts_rows(make_tracker: Any) -> None:
     ts = T0 + np.arange(6, dtype=np.float64) * 0.1
     ts[1] = np.nan
     ts[4] = -1.0
-    out = make_tracker().observe_many(
-        {"user_id": ["u1"] * 6, "type": ["click"] * 6, "target": ["#pay"] * 6, "ts": ts}
-    )
+    out = make_tracker().observe_many({"user_id": ["u1"] * 6, "type": ["click"] * 6, "target": ["#pay"] * 6, "ts": ts})
     assert list(np.isnan(out)) == [False, True, False, False, True, False]
 
 
@@ -455,8 +453,15 @@ def test_observe_many_columnar_numpy_bad_ts_rows(make_tracker: Any) -> None:
         ({"type": ["click"]}, "user_id"),
         ({"user_id": ["a"]}, "type"),
     ],
-    ids=["short type", "long ts", "short status", "unknown usr_id", "unknown timestamp",
-         "no user_id", "no type"],  # fmt: skip
+    ids=[
+        "short type",
+        "long ts",
+        "short status",
+        "unknown usr_id",
+        "unknown timestamp",
+        "no user_id",
+        "no type",
+    ],  # fmt: skip
 )
 def test_observe_many_bad_columns(make_tracker: Any, batch: dict[str, Any], field: str) -> None:
     t = make_tracker()
@@ -498,9 +503,7 @@ def test_score_half_life_from_config(make_tracker: Any) -> None:
     pressure = -math.log(1.0 - last)
     assert t.score("u1", at=T0 + 0.2 + 20.0) == pytest.approx(1.0 - math.exp(-pressure / 4), rel=1e-6)
     # and the next event sees the decayed pressure
-    assert t.observe(ev("u1", "page", T0 + 0.2 + 20.0, "x")) == pytest.approx(
-        1.0 - math.exp(-pressure / 4), rel=1e-5
-    )
+    assert t.observe(ev("u1", "page", T0 + 0.2 + 20.0, "x")) == pytest.approx(1.0 - math.exp(-pressure / 4), rel=1e-5)
 
 
 def test_state(make_tracker: Any) -> None:
@@ -841,7 +844,6 @@ def test_module_callbacks_registered_before_init_carry_over(default_tracker: str
     assert tracker.stats().callbacks_dropped == 1
     assert third.stats().callbacks_dropped == 0
     assert async_got == ["u1", "u2"]
-
 
 
 # --- tick -------------------------------------------------------------------------------------

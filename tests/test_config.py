@@ -13,6 +13,7 @@ import pytest
 import pyfriction
 from pyfriction import Config, ConfigError, load_config
 from pyfriction.config import EventMapping
+
 from helpers import T0, ev
 
 TOML = """
@@ -155,8 +156,11 @@ BAD: list[tuple[str, dict[str, Any], list[str]]] = [
     ("idle_ttl zero", {"idle_ttl": 0}, ["$.idle_ttl"]),
     ("enabled str", {"detectors": {"rage_click": {"enabled": "yes"}}}, ["$.detectors.rage_click.enabled"]),
     ("detectors int", {"detectors": 5}, ["$.detectors"]),
-    ("statuses str", {"detectors": {"error_burst": {"ordinary_statuses": ["401"]}}},
-     ["$.detectors.error_burst.ordinary_statuses[0]"]),
+    (
+        "statuses str",
+        {"detectors": {"error_burst": {"ordinary_statuses": ["401"]}}},
+        ["$.detectors.error_burst.ordinary_statuses[0]"],
+    ),
     ("min_clicks 1", {"detectors": {"rage_click": {"min_clicks": 1}}}, ["$.detectors.rage_click.min_clicks"]),
     ("min_clicks 99", {"detectors": {"rage_click": {"min_clicks": 99}}}, ["$.detectors.rage_click.min_clicks"]),
     ("min_errors 6", {"detectors": {"error_burst": {"min_errors": 6}}}, ["$.detectors.error_burst.min_errors"]),
@@ -166,8 +170,11 @@ BAD: list[tuple[str, dict[str, Any], list[str]]] = [
     ("weight negative", {"detectors": {"stall": {"weight": -0.1}}}, ["$.detectors.stall.weight"]),
     ("quantile 1", {"detectors": {"stall": {"quantile": 1.0}}}, ["$.detectors.stall.quantile"]),
     ("boost 0.5", {"detectors": {"help_seeking": {"boost": 0.5}}}, ["$.detectors.help_seeking.boost"]),
-    ("ordinary_factor 2", {"detectors": {"error_burst": {"ordinary_factor": 2}}},
-     ["$.detectors.error_burst.ordinary_factor"]),
+    (
+        "ordinary_factor 2",
+        {"detectors": {"error_burst": {"ordinary_factor": 2}}},
+        ["$.detectors.error_burst.ordinary_factor"],
+    ),
     ("threshold 1.5", {"scoring": {"threshold": 1.5}}, ["$.scoring.threshold"]),
     ("threshold 0", {"scoring": {"threshold": 0}}, ["$.scoring.threshold"]),
     ("half_life negative", {"scoring": {"half_life": -5}}, ["$.scoring.half_life"]),
@@ -180,10 +187,16 @@ BAD: list[tuple[str, dict[str, Any], list[str]]] = [
     ("unknown scoring key", {"scoring": {"treshold": 0.5}}, ["treshold", "$.scoring"]),
     ("rearm > threshold", {"scoring": {"threshold": 0.5, "rearm": 0.6}}, ["rearm", "threshold", "$.scoring"]),
     ("event_map unknown type", {"event_map": {"Payment Failed": "errorr"}}, ["Payment Failed", "errorr"]),
-    ("event_map unknown type in mapping", {"event_map": {"Payment Failed": {"type": "oops"}}},
-     ["Payment Failed", "oops"]),
-    ("event_map both", {"event_map": {"Payment Failed": {"type": "error", "weight": 1.0}}},
-     ["Payment Failed", "type", "weight"]),
+    (
+        "event_map unknown type in mapping",
+        {"event_map": {"Payment Failed": {"type": "oops"}}},
+        ["Payment Failed", "oops"],
+    ),
+    (
+        "event_map both",
+        {"event_map": {"Payment Failed": {"type": "error", "weight": 1.0}}},
+        ["Payment Failed", "type", "weight"],
+    ),
     ("event_map neither", {"event_map": {"Payment Failed": {}}}, ["Payment Failed", "type", "weight"]),
     ("event_map weight 500", {"event_map": {"Payment Failed": {"weight": 500}}}, ["Payment Failed", "weight"]),
     ("event_map int", {"event_map": {"Payment Failed": 3}}, ["event_map"]),
@@ -191,16 +204,21 @@ BAD: list[tuple[str, dict[str, Any], list[str]]] = [
     ("empty exclude step", {"exclude_steps": [""]}, ["exclude_steps", "empty"]),
     ("inf cooldown", {"scoring": {"cooldown": math.inf}}, ["scoring.cooldown", "finite"]),
     ("inf idle_ttl", {"idle_ttl": math.inf}, ["idle_ttl", "finite"]),
-    ("inf max_duration", {"detectors": {"stall": {"max_duration": math.inf}}},
-     ["detectors.stall.max_duration", "finite"]),
-    ("inf min_seconds", {"detectors": {"stall": {"min_seconds": math.inf}}},
-     ["detectors.stall.min_seconds", "finite"]),
+    (
+        "inf max_duration",
+        {"detectors": {"stall": {"max_duration": math.inf}}},
+        ["detectors.stall.max_duration", "finite"],
+    ),
+    ("inf min_seconds", {"detectors": {"stall": {"min_seconds": math.inf}}}, ["detectors.stall.min_seconds", "finite"]),
     ("inf bounce", {"detectors": {"uturn": {"bounce": math.inf}}}, ["detectors.uturn.bounce", "finite"]),
     ("nan threshold", {"scoring": {"threshold": math.nan}}, ["scoring.threshold"]),
     ("nan half_life", {"scoring": {"half_life": math.nan}}, ["scoring.half_life"]),
     ("nan cooldown", {"scoring": {"cooldown": math.nan}}, ["scoring.cooldown"]),
-    ("nan after_friction", {"detectors": {"help_seeking": {"after_friction": math.nan}}},
-     ["detectors.help_seeking.after_friction"]),
+    (
+        "nan after_friction",
+        {"detectors": {"help_seeking": {"after_friction": math.nan}}},
+        ["detectors.help_seeking.after_friction"],
+    ),
     ("nan event weight", {"event_map": {"Payment Failed": {"weight": math.nan}}}, ["Payment Failed", "weight"]),
 ]
 
@@ -399,7 +417,5 @@ def test_ordinary_statuses_config(make_tracker: Any) -> None:
 
 
 def test_config_round_trips_through_builtins() -> None:
-    config = load_config(
-        event_map={"A": "error", "B": {"weight": 0.5}}, exclude_steps=["x*"], idle_ttl=10.0
-    )
+    config = load_config(event_map={"A": "error", "B": {"weight": 0.5}}, exclude_steps=["x*"], idle_ttl=10.0)
     assert load_config(msgspec.to_builtins(config)) == config

@@ -9,7 +9,7 @@ with ``exp(-dt * ln 2 / half_life)``.
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any
 
 import pytest
 
@@ -46,7 +46,7 @@ def active(tracker: pyfriction.Tracker, user: str) -> dict[str, float]:
     return state.detectors
 
 
-def silent(tracker: pyfriction.Tracker, user: str, detector: Optional[str] = None) -> None:
+def silent(tracker: pyfriction.Tracker, user: str, detector: str | None = None) -> None:
     """No episode for anyone, and ``detector`` (or every detector) not active for ``user``."""
     assert tracker.episodes_seen == []
     assert tracker.stats().episodes == 0
@@ -166,17 +166,27 @@ def test_rage_min_clicks_and_window_are_configurable(make_tracker):
 # -- dead_click ---------------------------------------------------------------------------------
 def test_dead_clicks_activate(make_tracker):
     t = make_tracker(scoring={"threshold": 0.5})
-    feed(t, ev("u1", "dead_click", T0, "reports", "p.help-text"), ev("u1", "dead_click", T0 + 4.0, "reports", "p.help-text"))
+    feed(
+        t,
+        ev("u1", "dead_click", T0, "reports", "p.help-text"),
+        ev("u1", "dead_click", T0 + 4.0, "reports", "p.help-text"),
+    )
     w = f32(0.7)
     assert active(t, "u1") == {"dead_click": w}
     [episode] = t.episodes_seen
     assert episode.score == exactly(score_of(w))
-    assert episode.reasons == [pyfriction.Reason("dead_click", round(w, 6), "2 dead clicks on p.help-text within 4.0 s")]
+    assert episode.reasons == [
+        pyfriction.Reason("dead_click", round(w, 6), "2 dead clicks on p.help-text within 4.0 s")
+    ]
 
 
 def test_dead_clicks_alone_stay_below_default_threshold(make_tracker):
     t = make_tracker()
-    feed(t, ev("u1", "dead_click", T0, "reports", "p.help-text"), ev("u1", "dead_click", T0 + 4.0, "reports", "p.help-text"))
+    feed(
+        t,
+        ev("u1", "dead_click", T0, "reports", "p.help-text"),
+        ev("u1", "dead_click", T0 + 4.0, "reports", "p.help-text"),
+    )
     assert active(t, "u1") == {"dead_click": f32(0.7)}
     assert t.episodes_seen == []  # 1 - exp(-0.7) = 0.50 < 0.6
 
@@ -240,7 +250,9 @@ def test_repeat_failure_activates(make_tracker):
     feed(t, ev("u1", "form_error", T0, "settings", "#email"), ev("u1", "form_error", T0 + 20.0, "settings", "#email"))
     assert active(t, "u1") == {"repeat_failure": f32(0.6)}
     [episode] = t.episodes_seen
-    assert episode.reasons == [pyfriction.Reason("repeat_failure", round(f32(0.6), 6), "#email failed 2 times in a row")]
+    assert episode.reasons == [
+        pyfriction.Reason("repeat_failure", round(f32(0.6), 6), "#email failed 2 times in a row")
+    ]
 
 
 def test_repeat_failure_needs_the_same_target_within_window(make_tracker):
@@ -257,13 +269,23 @@ def test_repeat_failure_needs_the_same_target_within_window(make_tracker):
 
 def test_one_validation_error_fixed_at_once_is_silent(make_tracker):
     t = make_tracker()
-    feed(t, ev("u1", "page", T0, "settings"), ev("u1", "form_error", T0 + 8.0, "settings", "#email"), ev("u1", "success", T0 + 15.0, "settings", "#save"))
+    feed(
+        t,
+        ev("u1", "page", T0, "settings"),
+        ev("u1", "form_error", T0 + 8.0, "settings", "#email"),
+        ev("u1", "success", T0 + 15.0, "settings", "#save"),
+    )
     silent(t, "u1")
 
 
 def test_single_transient_503_is_silent(make_tracker):
     t = make_tracker()
-    feed(t, ev("u1", "page", T0, "reports"), ev("u1", "api_error", T0 + 2.0, "reports", "/api/reports", status=503), ev("u1", "click", T0 + 5.0, "reports", "#refresh"))
+    feed(
+        t,
+        ev("u1", "page", T0, "reports"),
+        ev("u1", "api_error", T0 + 2.0, "reports", "/api/reports", status=503),
+        ev("u1", "click", T0 + 5.0, "reports", "#refresh"),
+    )
     silent(t, "u1")
 
 
@@ -734,5 +756,3 @@ def test_tick_fired_stall_detail_reports_the_time_on_the_step(make_tracker):
     assert t.tick(now + 90.0) == 1
     [episode] = t.episodes_seen
     assert episode.reasons[0].detail == "90 s on import.mapping (stall after 60 s)"
-
-

@@ -14,7 +14,9 @@ from hypothesis import strategies as st
 from pyfriction import directio
 from pyfriction.directio import BLOCK, STAGE, DirectWriter
 
-SIZES = st.lists(st.one_of(st.integers(0, 3 * BLOCK), st.sampled_from([BLOCK, STAGE - 1, STAGE, STAGE + 1])), max_size=8)
+SIZES = st.lists(
+    st.one_of(st.integers(0, 3 * BLOCK), st.sampled_from([BLOCK, STAGE - 1, STAGE, STAGE + 1])), max_size=8
+)
 
 
 def _write(path: Path, sizes: list[int]) -> tuple[bytes, DirectWriter]:

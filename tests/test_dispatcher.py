@@ -12,6 +12,7 @@ import pytest
 
 import pyfriction
 from pyfriction.dispatcher import Dispatcher, run_callbacks
+
 from helpers import T0, ev
 
 WAIT = 10.0  # upper bound on waits for another thread; never reached when things work

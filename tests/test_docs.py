@@ -14,7 +14,8 @@ import re
 import subprocess
 import sys
 import tomllib
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import msgspec
 import pytest
@@ -78,7 +79,7 @@ def test_mkdocs_build_strict(tmp_path: Any) -> None:
 def test_configuration_reference_covers_every_key() -> None:
     sys.path.insert(0, os.path.join(DOCS, "hooks"))
     try:
-        import generate  # noqa: PLC0415
+        import generate
     finally:
         sys.path.remove(os.path.join(DOCS, "hooks"))
     page = generate.config_reference()
@@ -108,7 +109,9 @@ def test_python_blocks_run(page: str, fresh: None) -> None:
         try:
             exec(compile(block, f"{os.path.relpath(page, ROOT)}[python block {i + 1}]", "exec"), namespace)
         except Exception as exc:
-            raise AssertionError(f"{os.path.relpath(page, ROOT)}, Python block {i + 1} failed: {exc!r}\n{block}") from exc
+            raise AssertionError(
+                f"{os.path.relpath(page, ROOT)}, Python block {i + 1} failed: {exc!r}\n{block}"
+            ) from exc
     pyfriction.flush(timeout=5)
 
 

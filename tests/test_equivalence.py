@@ -21,8 +21,9 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+from collections.abc import Callable
 from fractions import Fraction
-from typing import Any, Callable, Optional
+from typing import Any
 
 import msgspec
 import numpy as np
@@ -97,7 +98,10 @@ def configs(draw: Any) -> dict[str, Any]:
     if draw(st.integers(0, 3)) == 0:
         kw["guidance"] = {
             "items": [{"id": "tip-1", "title": "Tip"}, {"id": "tip-2", "title": "Other tip"}],
-            "rules": [{"guidance": ["tip-1", "tip-2"], "detectors": ["rage_click", "error_burst"]}, {"guidance": "tip-2"}],
+            "rules": [
+                {"guidance": ["tip-1", "tip-2"], "detectors": ["rage_click", "error_burst"]},
+                {"guidance": "tip-2"},
+            ],
             "holdout": {"share": draw(st.sampled_from([0.0, 0.5]))},
         }
     if draw(st.booleans()):
@@ -115,8 +119,18 @@ def configs(draw: Any) -> dict[str, Any]:
         "success_relief": draw(st.sampled_from([0.0, 0.5, 1.0])),
     }
     kw["detectors"] = {
-        "rage_click": {"enabled": draw(maybe_off), "weight": draw(weights), "min_clicks": draw(counts), "window": draw(windows)},
-        "dead_click": {"enabled": draw(maybe_off), "weight": draw(weights), "min_clicks": draw(counts), "window": draw(windows)},
+        "rage_click": {
+            "enabled": draw(maybe_off),
+            "weight": draw(weights),
+            "min_clicks": draw(counts),
+            "window": draw(windows),
+        },
+        "dead_click": {
+            "enabled": draw(maybe_off),
+            "weight": draw(weights),
+            "min_clicks": draw(counts),
+            "window": draw(windows),
+        },
         "error_burst": {
             "enabled": draw(maybe_off),
             "weight": draw(weights),
@@ -125,7 +139,12 @@ def configs(draw: Any) -> dict[str, Any]:
             "ordinary_statuses": draw(st.sampled_from([[401, 404], [], [500], [409, 503, 2**31]])),
             "ordinary_factor": draw(st.sampled_from([0.0, 0.3, 1.0])),
         },
-        "repeat_failure": {"enabled": draw(maybe_off), "weight": draw(weights), "min_failures": draw(counts), "window": draw(windows)},
+        "repeat_failure": {
+            "enabled": draw(maybe_off),
+            "weight": draw(weights),
+            "min_failures": draw(counts),
+            "window": draw(windows),
+        },
         "uturn": {
             "enabled": draw(maybe_off),
             "weight": draw(weights),
@@ -133,7 +152,12 @@ def configs(draw: Any) -> dict[str, Any]:
             "window": draw(windows),
             "bounce": draw(st.sampled_from([0.5, 5.0, 30.0])),
         },
-        "empty_search": {"enabled": draw(maybe_off), "weight": draw(weights), "min_searches": draw(counts), "window": draw(windows)},
+        "empty_search": {
+            "enabled": draw(maybe_off),
+            "weight": draw(weights),
+            "min_searches": draw(counts),
+            "window": draw(windows),
+        },
         "help_seeking": {
             "enabled": draw(maybe_off),
             "help_weight": draw(weights),
@@ -181,11 +205,36 @@ def time_step(draw: Any) -> float:
     if kind < 17:
         return draw(st.floats(-60.0, -0.001))  # out of order
     # Pauses, some exactly on a window, bounce, cooldown or stall limit.
-    return draw(st.sampled_from([0.3, 0.5, 0.9, 1.0, 1.1, 5.0, 30.0, 31.0, 60.0, 61.0, 120.0, 121.0, 200.0, 600.0, 601.0, 3600.0, 3700.0, 16384.0]))
+    return draw(
+        st.sampled_from(
+            [
+                0.3,
+                0.5,
+                0.9,
+                1.0,
+                1.1,
+                5.0,
+                30.0,
+                31.0,
+                60.0,
+                61.0,
+                120.0,
+                121.0,
+                200.0,
+                600.0,
+                601.0,
+                3600.0,
+                3700.0,
+                16384.0,
+            ]
+        )
+    )
 
 
 WHERE = [(step, target) for step in STEPS + [None, None] for target in TARGETS + [None, None]]
-STATUS_PROPS = [None] + [{"status": x} for x in STATUSES] + [{"status": 500}, {"status": 503}] * 3 + [{"status": 404, "note": "x"}]
+STATUS_PROPS = (
+    [None] + [{"status": x} for x in STATUSES] + [{"status": 500}, {"status": 503}] * 3 + [{"status": 404, "note": "x"}]
+)
 RESULT_PROPS = [None, {}] + [{"results": x} for x in RESULTS] + [{"results": 0}] * 6 + [{"results": 0, "status": 500}]
 OTHER_PROPS = [None] * 12 + [{}, {"status": 500}, {"results": 0}, {"note": "free-form"}]
 # (ts mode, account_id, as a pyfriction.Event): mostly a float ts and nothing else.
@@ -279,7 +328,9 @@ def maybe_bad_event(draw: Any, users: list[str], ts: float) -> Any:
 def columnar(draw: Any, users: list[str], times: list[float]) -> dict[str, Any]:
     n = len(times)
     cols: dict[str, Any] = {
-        "user_id": [draw(st.sampled_from(users + ([None, 7] if draw(st.integers(0, 5)) == 0 else []))) for _ in range(n)],
+        "user_id": [
+            draw(st.sampled_from(users + ([None, 7] if draw(st.integers(0, 5)) == 0 else []))) for _ in range(n)
+        ],
         "type": [draw(st.sampled_from(TYPES)) for _ in range(n)],
     }
     ts_kind = draw(st.integers(0, 3))
@@ -301,7 +352,9 @@ def columnar(draw: Any, users: list[str], times: list[float]) -> dict[str, Any]:
         if form == 1:
             cols["status"] = np.array([-1 if x is None else x for x in col])
         elif form == 2:
-            cols["status"] = np.array([math.nan if x is None else x + draw(st.sampled_from([0.0, 0.0, 0.5])) for x in col])
+            cols["status"] = np.array(
+                [math.nan if x is None else x + draw(st.sampled_from([0.0, 0.0, 0.5])) for x in col]
+            )
         elif form == 3:
             cols["status"] = tuple(col)
         else:
@@ -390,7 +443,7 @@ def outcome(fn: Callable[[], Any]) -> tuple[str, Any]:
         return "ok", fn()
     except pyfriction.InvalidEvent as exc:
         return "invalid", (exc.field, str(exc))
-    except Exception as exc:  # noqa: BLE001  (any other exception must match too)
+    except Exception as exc:
         return "raised", (type(exc).__name__, str(exc))
 
 
@@ -415,7 +468,7 @@ def stats_of(tracker: pyfriction.Tracker) -> dict[str, Any]:
     return stats
 
 
-def raw_record(tracker: pyfriction.Tracker, user: str) -> Optional[dict[str, Any]]:
+def raw_record(tracker: pyfriction.Tracker, user: str) -> dict[str, Any] | None:
     """Every field of the user's slot record (the layout both engines share), as Python values;
     ``lock`` (a shared store's writer pid) aside."""
     rec = tracker._core.record(user)
@@ -459,12 +512,14 @@ def reentrant_callback(tracker: pyfriction.Tracker, mode: str) -> Callable[[pyfr
 
     def callback(episode: pyfriction.Episode) -> None:
         user = episode.user_id if who == "same" else CB_USER
-        tracker.observe({"user_id": user, "type": kind, "ts": episode.ts, "step": episode.step or "cb", "target": "tip-1"})
+        tracker.observe(
+            {"user_id": user, "type": kind, "ts": episode.ts, "step": episode.step or "cb", "target": "tip-1"}
+        )
 
     return callback
 
 
-def attach(tracker: pyfriction.Tracker, seen: list[pyfriction.Episode], mode: Optional[str]) -> pyfriction.Tracker:
+def attach(tracker: pyfriction.Tracker, seen: list[pyfriction.Episode], mode: str | None) -> pyfriction.Tracker:
     tracker.episodes_seen = seen  # type: ignore[attr-defined]
     if tracker.engine == "compiled":
         # Columnar batches in chunks of 3 rows from the first row on: chunk edges, rows for
@@ -488,7 +543,9 @@ def new_pair(config: dict[str, Any], clock: Clock) -> tuple[pyfriction.Tracker, 
     return a, b
 
 
-def swapped(a: pyfriction.Tracker, b: pyfriction.Tracker, config: dict[str, Any], clock: Clock) -> tuple[pyfriction.Tracker, pyfriction.Tracker]:
+def swapped(
+    a: pyfriction.Tracker, b: pyfriction.Tracker, config: dict[str, Any], clock: Clock
+) -> tuple[pyfriction.Tracker, pyfriction.Tracker]:
     """Each tracker's snapshot restored into the other engine (which must lose nothing)."""
     mode = config.get(REENTRANT)
     with tempfile.TemporaryDirectory() as tmp:
@@ -626,7 +683,9 @@ def snippet(draw: Any, users: list[str], t: float, exact: list[float]) -> tuple[
                 at(0.0 if outcome_after else draw(st.sampled_from(exact)))
         if outcome_after:  # an outcome (never an episode) just as the cooldown runs out
             kind2 = draw(st.sampled_from(["ticket", "ticket", "guidance_shown", "guidance_dismissed"]))
-            ops.append(("observe", at(draw(st.sampled_from(exact + [exact[0]] * 8))), ev(user, kind2, t, step, "tip-1")))
+            ops.append(
+                ("observe", at(draw(st.sampled_from(exact + [exact[0]] * 8))), ev(user, kind2, t, step, "tip-1"))
+            )
     elif kind == "idle":  # someone new arrives (or a tick runs) exactly idle_ttl after the last event
         ops.append(("observe", at(0.0), ev(user, "page", t, step)))
         pause = draw(st.sampled_from(exact))
@@ -661,21 +720,31 @@ def snippet(draw: Any, users: list[str], t: float, exact: list[float]) -> tuple[
             ops.append(("observe", at(draw(medium)), ev(user, "page", t, other if i % 2 else step)))
     elif kind == "search":
         for _ in range(n):
-            ops.append(("observe", at(draw(medium)), ev(user, "search", t, step, results=draw(st.sampled_from([0, 0, 0, 4])))))
+            ops.append(
+                ("observe", at(draw(medium)), ev(user, "search", t, step, results=draw(st.sampled_from([0, 0, 0, 4]))))
+            )
     elif kind == "visits":  # feeds step baselines, and stalls
         for _ in range(n):
             ops.append(("observe", at(draw(medium)), ev(user, "page", t, draw(st.sampled_from(STEPS)))))
             if draw(st.booleans()):
                 ops.append(("observe", at(draw(medium)), ev(user, "click", t, step, target)))
     elif kind == "help":
-        ops.append(("observe", at(draw(medium)), ev(user, draw(st.sampled_from(["help", "contact", "Looked"])), t, step)))
+        ops.append(
+            ("observe", at(draw(medium)), ev(user, draw(st.sampled_from(["help", "contact", "Looked"])), t, step))
+        )
     elif kind == "success":
         ops.append(("observe", at(draw(small)), ev(user, "success", t, step, target)))
     elif kind == "outcome":
         kind2 = draw(st.sampled_from(["ticket", "guidance_shown", "guidance_clicked", "guidance_dismissed"]))
         ops.append(("observe", at(draw(medium)), ev(user, kind2, t, step, target)))
     elif kind == "custom":
-        ops.append(("observe", at(draw(small)), ev(user, draw(st.sampled_from(["Payment Failed", "Export Timed Out"])), t, step)))
+        ops.append(
+            (
+                "observe",
+                at(draw(small)),
+                ev(user, draw(st.sampled_from(["Payment Failed", "Export Timed Out"])), t, step),
+            )
+        )
     elif kind == "pause":
         at(draw(st.sampled_from([60.0, 180.0, 600.0, 601.0, 1200.0, 3600.0, 3601.0] + exact)))
     elif kind == "tick":
@@ -719,7 +788,9 @@ def test_engines_agree_on_the_sample_stream(against: str) -> None:
         same_outcome(outcome(lambda: a.observe(e)), outcome(lambda: b.observe(e)), f"event {500 + i}")
     assert b.stats().episodes > 0
     assert a.flush(10.0) and b.flush(10.0)  # the callbacks run on the dispatcher
-    assert_same([msgspec.to_builtins(e) for e in a.episodes_seen], [msgspec.to_builtins(e) for e in b.episodes_seen], "episodes")
+    assert_same(
+        [msgspec.to_builtins(e) for e in a.episodes_seen], [msgspec.to_builtins(e) for e in b.episodes_seen], "episodes"
+    )
     compare(a, b, users, "end")
 
 
@@ -798,7 +869,9 @@ def test_garbage_never_crashes_nor_touches_others(engine: str, events: list[Any]
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))
-@given(st.dictionaries(st.sampled_from(FIELDS + ["colour"]), st.one_of(values, st.lists(values, max_size=4)), max_size=8))
+@given(
+    st.dictionaries(st.sampled_from(FIELDS + ["colour"]), st.one_of(values, st.lists(values, max_size=4)), max_size=8)
+)
 @example(batch={"user_id": True, "type": ["click"]})  # found by this test: TypeError from len()
 def test_garbage_columns_never_crash(engine: str, batch: dict[str, Any]) -> None:
     tracker = bystander_tracker(engine)
@@ -820,7 +893,9 @@ def test_huge_integer_ts_is_an_invalid_event(engine: str, ts: int) -> None:
         tracker.observe({"user_id": "u1", "type": "click", "ts": ts})
     assert info.value.field == "ts"
     # ... and in a batch it is skipped and counted, the rest go through.
-    scores = tracker.observe_many([ev("u1", "page", T0, "a"), {"user_id": "u1", "type": "click", "ts": ts}, ev("u2", "page", T0, "a")])
+    scores = tracker.observe_many(
+        [ev("u1", "page", T0, "a"), {"user_id": "u1", "type": "click", "ts": ts}, ev("u2", "page", T0, "a")]
+    )
     assert math.isnan(scores[1]) and tracker.state("u2") is not None
 
 

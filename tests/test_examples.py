@@ -16,7 +16,8 @@ import socket
 import subprocess
 import sys
 import time
-from typing import Any, Iterator, Optional
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -46,9 +47,9 @@ def _load(name: str, path: str) -> Any:
 
 @pytest.fixture
 def clean_sdk() -> Iterator[None]:
-    import pyfriction  # noqa: PLC0415
-    from pyfriction import sdk  # noqa: PLC0415
-    from pyfriction.integrations import _all_classes  # noqa: PLC0415
+    import pyfriction
+    from pyfriction import sdk
+    from pyfriction.integrations import _all_classes
 
     def reset() -> None:
         if pyfriction._default is not None:
@@ -69,7 +70,7 @@ def clean_sdk() -> Iterator[None]:
 @pytest.fixture
 def saas(clean_sdk: None) -> Any:
     pytest.importorskip("fastapi")
-    from fastapi.testclient import TestClient  # noqa: PLC0415
+    from fastapi.testclient import TestClient
 
     module = _load("example_fastapi_saas", os.path.join(EXAMPLES, "fastapi_saas", "app.py"))
     return module, lambda: TestClient(module.create_app())
@@ -109,7 +110,7 @@ def test_fastapi_saas_smooth_user_gets_none(saas: Any) -> None:
 
 def test_fastapi_saas_domain_rules(saas: Any) -> None:
     module, _ = saas
-    import datetime as dt  # noqa: PLC0415
+    import datetime as dt
 
     assert module.luhn_ok("4242424242424242") and not module.luhn_ok("4242424242424241")
     assert module.check_card("4242424242424242", "01/20", dt.date(2024, 1, 1)) == "The card has expired."
@@ -198,7 +199,7 @@ def server() -> Iterator[str]:
 
 def test_fastapi_saas_in_a_browser(server: str) -> None:
     chromium = _chromium()
-    from playwright.sync_api import expect, sync_playwright  # noqa: PLC0415
+    from playwright.sync_api import expect, sync_playwright
 
     os.makedirs(ARTIFACTS, exist_ok=True)
     with sync_playwright() as p:
@@ -257,7 +258,7 @@ def test_fastapi_saas_in_a_browser(server: str) -> None:
 # -- Node.js host with the sidecar ---------------------------------------------------------------------
 
 
-def _wait_port(port: int, proc: "subprocess.Popen[bytes]", what: str, timeout: float = 30) -> None:
+def _wait_port(port: int, proc: subprocess.Popen[bytes], what: str, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -275,11 +276,15 @@ def node_example() -> Iterator[str]:
     node, npm = shutil.which("node"), shutil.which("npm")
     if not node or not npm:
         pytest.skip("node and npm are needed for the Node.js example")
-    if importlib.util.find_spec("pyfriction_server") is None and not os.path.isdir(os.path.join(ROOT, "server", "pyfriction_server")):
+    if importlib.util.find_spec("pyfriction_server") is None and not os.path.isdir(
+        os.path.join(ROOT, "server", "pyfriction_server")
+    ):
         pytest.skip("the sidecar (server/) is not available")
     here = os.path.join(EXAMPLES, "node_express")
     if not os.path.isdir(os.path.join(here, "node_modules", "@segment", "analytics-node")):
-        r = subprocess.run([npm, "install", "--no-audit", "--no-fund"], cwd=here, capture_output=True, text=True, timeout=300)
+        r = subprocess.run(
+            [npm, "install", "--no-audit", "--no-fund"], cwd=here, capture_output=True, text=True, timeout=300
+        )
         assert r.returncode == 0, r.stdout + r.stderr
     sidecar_port, app_port = _free_port(), _free_port()
     env = _env()
@@ -305,10 +310,10 @@ def node_example() -> Iterator[str]:
                 proc.kill()
 
 
-def _http(method: str, url: str, form: Optional[dict[str, str]] = None) -> tuple[int, str]:
-    import urllib.error  # noqa: PLC0415
-    import urllib.parse  # noqa: PLC0415
-    import urllib.request  # noqa: PLC0415
+def _http(method: str, url: str, form: dict[str, str] | None = None) -> tuple[int, str]:
+    import urllib.error
+    import urllib.parse
+    import urllib.request
 
     data = urllib.parse.urlencode(form).encode() if form is not None else None
     req = urllib.request.Request(url, data=data, method=method)

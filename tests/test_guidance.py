@@ -13,16 +13,18 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import pyfriction
-from helpers import T0, ev, legacy_snapshot
 from pyfriction.guidance import holdout_fraction, in_holdout, locale_matches, render_body
+
+from helpers import T0, ev, legacy_snapshot
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HOUR = 3600.0
@@ -80,7 +82,7 @@ class Clock:
 
 
 def struggle(tracker: pyfriction.Tracker, user: str, ts: float, step: str = "billing.card",
-             target: str = "#pay-now", relieve: bool = True) -> Optional[pyfriction.Episode]:  # fmt: skip
+             target: str = "#pay-now", relieve: bool = True) -> pyfriction.Episode | None:  # fmt: skip
     """A rage burst by ``user`` at ``ts`` (then a success that rearms); the episode it fired."""
     seen = tracker.episodes_seen  # type: ignore[attr-defined]
     before = len(seen)
@@ -92,7 +94,7 @@ def struggle(tracker: pyfriction.Tracker, user: str, ts: float, step: str = "bil
 
 
 def errors(tracker: pyfriction.Tracker, user: str, ts: float, step: str = "import.mapping",
-           target: str = "#date-format") -> Optional[pyfriction.Episode]:  # fmt: skip
+           target: str = "#date-format") -> pyfriction.Episode | None:  # fmt: skip
     """Three validation errors on one field within 2 s: error_burst + repeat_failure."""
     seen = tracker.episodes_seen  # type: ignore[attr-defined]
     before = len(seen)
@@ -102,7 +104,7 @@ def errors(tracker: pyfriction.Tracker, user: str, ts: float, step: str = "impor
     return seen[-1] if len(seen) > before else None
 
 
-def gid(episode: Optional[pyfriction.Episode]) -> Optional[str]:
+def gid(episode: pyfriction.Episode | None) -> str | None:
     assert episode is not None, "no episode fired"
     return episode.guidance.id if episode.guidance is not None else None
 
@@ -222,7 +224,7 @@ def test_identify_validates(make_tracker: Callable[..., pyfriction.Tracker]) -> 
      ("de", "den", False), ("de", "en-US", False), ("de-AT", "de", False), ("de-AT", "de_at", True),
      ("de", None, False), ("de", "", False)],
 )  # fmt: skip
-def test_locale_matches(pattern: str, locale: Optional[str], matches: bool) -> None:
+def test_locale_matches(pattern: str, locale: str | None, matches: bool) -> None:
     assert locale_matches(pattern, locale) is matches
 
 
@@ -360,8 +362,9 @@ def test_dismissal_from_the_event_stream(make_tracker: Callable[..., pyfriction.
 
 def test_nothing_new_while_an_item_is_pending(make_tracker: Callable[..., pyfriction.Tracker]) -> None:
     clock = Clock()
-    t = make_tracker(config([{"guidance": ["a", "b"]}], expire_after=HOUR, caps={"per_day": 100, "item_cooldown": 1800}),
-                     clock=clock)
+    t = make_tracker(
+        config([{"guidance": ["a", "b"]}], expire_after=HOUR, caps={"per_day": 100, "item_cooldown": 1800}), clock=clock
+    )
     assert gid(struggle(t, "u1", T0)) == "a"
     assert gid(struggle(t, "u1", T0 + 600)) is None  # "a" still waits to be shown
     clock.now = T0 + 700

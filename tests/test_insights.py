@@ -8,20 +8,21 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import msgspec
-
 import pyfriction
 import pyfriction.report
-from helpers import T0, ev
 from pyfriction import insights as insights_mod
 from pyfriction.guidance import in_holdout
 from pyfriction.insights import newcombe_interval, wilson_interval
+
+from helpers import T0, ev
 
 MIN = 60.0
 HOUR = 3600.0
@@ -43,7 +44,10 @@ def need(engine: str) -> None:
 
 
 CATALOG = {
-    "items": [{"id": "pay", "title": "Pay help", "kind": "banner"}, {"id": "dates", "title": "Dates", "kind": "tooltip"}],
+    "items": [
+        {"id": "pay", "title": "Pay help", "kind": "banner"},
+        {"id": "dates", "title": "Dates", "kind": "tooltip"},
+    ],
     "rules": [{"step": "billing.*", "guidance": "pay"}, {"step": "import.*", "guidance": "dates"}],
 }
 
@@ -281,6 +285,7 @@ def test_same_figures_on_both_engines_and_after_a_snapshot(tmp_path: Any) -> Non
 
 def msgspec_builtins(obj: Any) -> Any:
     return msgspec.to_builtins(obj)
+
 
 # --- invariants on random streams -----------------------------------------------------------------
 

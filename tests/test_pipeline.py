@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import pyfriction
+
 from helpers import T0
 
 pytestmark = pytest.mark.skipif(not pyfriction.compiled_available(), reason="needs the compiled core")
@@ -90,7 +91,7 @@ def test_other_callers_wait_for_a_chunk_and_nothing_is_mixed_up() -> None:
         try:
             started.wait()
             fn()
-        except BaseException as exc:  # noqa: BLE001 (reported below)
+        except BaseException as exc:
             errors.append(exc)
 
     def single(stream: list[dict[str, Any]]) -> None:
@@ -147,6 +148,7 @@ def test_chunked_batches_score_as_single_events(chunk: int) -> None:
     np.testing.assert_array_equal(scores[~np.isnan(scores)], np.array(expected)[~np.isnan(expected)])
     assert np.array_equal(np.isnan(scores), np.isnan(expected)) and np.isnan(scores).sum() > 40
     assert [(e.user_id, e.ts, e.step, e.target, [r.detail for r in e.reasons]) for e in got] == [
-        (e.user_id, e.ts, e.step, e.target, [r.detail for r in e.reasons]) for e in want]
+        (e.user_id, e.ts, e.step, e.target, [r.detail for r in e.reasons]) for e in want
+    ]
     assert len(got) > 0
     assert one.stats().invalid == ref.stats().invalid

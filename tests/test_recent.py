@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import pytest
@@ -110,5 +110,5 @@ def test_ids_are_str(cls: Any, bad: Any) -> None:
 
 
 def test_selected_class_follows_the_engine_switch() -> None:
-    expected: Optional[str] = "compiled" if recent._compiled() is not None else "python"
+    expected: str | None = "compiled" if recent._compiled() is not None else "python"
     assert (recent.RecentIds is PyRecentIds) == (expected == "python")

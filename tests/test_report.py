@@ -68,7 +68,7 @@ def test_text_report_on_a_sample_log(capsys: pytest.CaptureFixture[str], guided_
     sections = ["FRICTION HOTSPOTS", "LEAD TIME", "DEFLECTION", "GUIDANCE ITEMS", "ACCOUNTS"]
     positions = [out.index(s) for s in sections]
     assert positions == sorted(positions)
-    hotspots = out[positions[0]:positions[1]]
+    hotspots = out[positions[0] : positions[1]]
     top = ins["hotspots"][0]
     first_row = hotspots.splitlines()[2].split()
     assert first_row[:5] == ["1", top["step"], top["target"], str(top["users"]), str(top["episodes"])]
@@ -255,8 +255,14 @@ def test_html_charts_render_in_chromium(html_page: Path, report_doc: dict[str, A
     with sync_playwright() as p:
         browser = p.chromium.launch(
             executable_path=CHROMIUM if os.path.exists(CHROMIUM) else shutil.which("chromium"),
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--no-first-run"],  # fmt: skip
+            args=[
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--no-first-run",
+            ],  # fmt: skip
         )
         try:
             page = browser.new_page(viewport={"width": 1100, "height": 900})
@@ -309,7 +315,7 @@ def test_html_charts_render_in_chromium(html_page: Path, report_doc: dict[str, A
 
 def test_format_text_top(report_doc: dict[str, Any]) -> None:
     text = format_text(msgspec.convert(report_doc, ReportResult), top=3)
-    hot = text[text.index("FRICTION HOTSPOTS"):text.index("LEAD TIME")]
+    hot = text[text.index("FRICTION HOTSPOTS") : text.index("LEAD TIME")]
     assert "... and" in hot and len([x for x in hot.splitlines() if re.match(r"\s+\d+\s", x)]) == 3
 
 
@@ -336,7 +342,12 @@ def test_segment_mapping() -> None:
     assert segment.to_event(page) == {"user_id": "42", "type": "page", "ts": 1_700_000_000.0, "step": "reports"}
     assert segment.to_event({"type": "track", "userId": "u"}) is None  # no event name
     assert segment.to_event({"type": "group", "userId": "u", "groupId": "g"}) is None
-    ident = {"type": "identify", "userId": "u1", "traits": {"plan": "pro"}, "context": {"locale": "de-DE", "groupId": "a"}}
+    ident = {
+        "type": "identify",
+        "userId": "u1",
+        "traits": {"plan": "pro"},
+        "context": {"locale": "de-DE", "groupId": "a"},
+    }
     assert segment.to_identify(ident) == ("u1", {"plan": "pro", "locale": "de-DE", "account_id": "a"})
     assert not segment.is_segment({"user_id": "u1", "type": "page"})
     canonical = {"user_id": "u1", "type": "form_error", "ts": 1_700_000_000.25, "step": "import.mapping",

@@ -11,7 +11,8 @@ import sys
 import textwrap
 import threading
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -113,7 +114,9 @@ def test_environment_fallbacks(seen: list[Any], monkeypatch: pytest.MonkeyPatch,
     [("PYFRICTION_ENABLED", "maybe", "PYFRICTION_ENABLED"), ("PYFRICTION_SAMPLE_RATE", "half", "PYFRICTION_SAMPLE_RATE"),
      ("PYFRICTION_SAMPLE_RATE", "1.5", "sample_rate")],
 )  # fmt: skip
-def test_bad_environment_is_a_clear_error(seen: list[Any], monkeypatch: pytest.MonkeyPatch, name: str, value: str, match: str) -> None:
+def test_bad_environment_is_a_clear_error(
+    seen: list[Any], monkeypatch: pytest.MonkeyPatch, name: str, value: str, match: str
+) -> None:
     monkeypatch.setenv(name, value)
     with pytest.raises(pyfriction.ConfigError, match=match):
         pyfriction.init()
@@ -200,7 +203,12 @@ def test_sampling_is_deterministic_by_user(seen: list[Any]) -> None:
 def test_observe_many_columns_with_options(seen: list[Any]) -> None:
     pyfriction.init(sample_rate=0.5, before_observe=lambda e: e)
     users = [f"c{i}" for i in range(40)]
-    columns = {"user_id": users, "type": ["search"] * 40, "ts": np.full(40, T0), "results": np.zeros(40, dtype=np.int64)}
+    columns = {
+        "user_id": users,
+        "type": ["search"] * 40,
+        "ts": np.full(40, T0),
+        "results": np.zeros(40, dtype=np.int64),
+    }
     out = pyfriction.observe_many(columns)
     assert out.shape == (40,)
     assert sorted(e["user_id"] for e in seen) == sorted(u for u in users if sdk.sampled(u))
@@ -364,7 +372,7 @@ class Counting(Integration):
 
 
 def test_integration_registry(seen: list[Any], monkeypatch: pytest.MonkeyPatch) -> None:
-    import pyfriction.integrations as registry  # noqa: PLC0415
+    import pyfriction.integrations as registry
 
     defaults = registry.default_integrations
     monkeypatch.setattr(registry, "default_integrations", lambda: [*defaults(), Missing()])

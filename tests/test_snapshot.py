@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import os
 import zlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import msgspec
 import numpy as np
@@ -19,6 +20,7 @@ from pyfriction import SnapshotError
 from pyfriction._layout import SLOT_DTYPE, STEP_DTYPE
 from pyfriction._sample import generate
 from pyfriction.tracker import LAYOUT_HASH, SNAPSHOT_VERSION
+
 from helpers import ENGINES, T0, ev, legacy_snapshot, require_engine
 
 # Every user id here is longer than the 46 bytes stored inline, non-ASCII, and all share
@@ -383,7 +385,7 @@ def test_both_engines_write_the_same_file(tmp_path: Path) -> None:
     for engine in ENGINES:
         t = pyfriction.Tracker(CONFIGS["evicting"], engine=engine)
         feed(t, STREAM)
-        files.append((tmp_path / f"{engine}.snap"))
+        files.append(tmp_path / f"{engine}.snap")
         t.snapshot(files[-1], release=True)
         t.close()
     assert files[0].read_bytes() == files[1].read_bytes()
@@ -486,8 +488,15 @@ def test_corrupt_header(engine: str, tmp_path: Path, snapshot_doc: dict[str, Any
 
 @pytest.mark.parametrize(
     "doc",
-    [{"hello": 1}, [1, 2, 3], "pyfriction-snapshot", 42, {"format": "something-else", "version": 1}, {},
-     {"format": "something-else", "slots": "x"}],
+    [
+        {"hello": 1},
+        [1, 2, 3],
+        "pyfriction-snapshot",
+        42,
+        {"format": "something-else", "version": 1},
+        {},
+        {"format": "something-else", "slots": "x"},
+    ],
     ids=["dict", "list", "str", "int", "other-format", "empty-map", "other-format-odd-keys"],
 )
 def test_non_snapshot_msgpack(engine: str, tmp_path: Path, doc: Any) -> None:
@@ -536,8 +545,22 @@ def _state(fn: Callable[[dict[str, Any]], Any]) -> Callable[[dict[str, Any]], No
         _state(lambda s: s.__setitem__("config", {"bogus": 1})),
         _state(lambda s: s.pop("guidance")),
     ],
-    ids=["no-slots", "no-crc", "no-counters", "short-slots", "bad-steps", "str-slots", "int-parts", "list-state",
-         "bad-state", "int-names", "no-long-ids", "bad-config", "unknown-config", "no-guidance"],  # fmt: skip
+    ids=[
+        "no-slots",
+        "no-crc",
+        "no-counters",
+        "short-slots",
+        "bad-steps",
+        "str-slots",
+        "int-parts",
+        "list-state",
+        "bad-state",
+        "int-names",
+        "no-long-ids",
+        "bad-config",
+        "unknown-config",
+        "no-guidance",
+    ],  # fmt: skip
 )
 def test_damaged_document(engine: str, tmp_path: Path, snapshot_doc: dict[str, Any], damage: Any) -> None:
     # A document that is damaged yet carries a matching checksum (written by a buggy writer):
@@ -644,8 +667,12 @@ def test_capacity_eviction_100k_users(make_tracker: Any) -> None:
     n = 100_000
     t = make_tracker(capacity=1000)
     out = t.observe_many(
-        {"user_id": [f"u{i}" for i in range(n)], "type": ["page"] * n, "ts": [T0 + i * 0.01 for i in range(n)],
-         "step": ["home"] * n}  # fmt: skip
+        {
+            "user_id": [f"u{i}" for i in range(n)],
+            "type": ["page"] * n,
+            "ts": [T0 + i * 0.01 for i in range(n)],
+            "step": ["home"] * n,
+        }  # fmt: skip
     )
     assert out.shape == (n,)
     stats = t.stats()

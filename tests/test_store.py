@@ -36,7 +36,6 @@ from typing import Any
 import msgspec
 import numpy as np
 import pytest
-from helpers import T0, ev, require_engine
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
@@ -64,6 +63,8 @@ from pyfriction import cli
 from pyfriction._layout import SLOT_DTYPE
 from pyfriction._sample import generate
 from pyfriction.store import StoreError, parse_store
+
+from helpers import T0, ev, require_engine
 
 HEADER = 4096  # bytes of the header; the config JSON follows, then the sections
 META = 128  # offset of the header's Meta block
@@ -146,7 +147,9 @@ def rewrite_header(path: Any, offset: int, value: bytes) -> None:
 
 def dead_pid() -> int:
     """The pid of a process that has exited (and been reaped)."""
-    out = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    )
     pid = int(out.stdout)
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
@@ -160,7 +163,7 @@ class HangGuard:
     def __init__(self, seconds: float = 60.0) -> None:
         self.seconds = seconds
 
-    def __enter__(self) -> HangGuard:  # noqa: PYI034
+    def __enter__(self) -> HangGuard:
         faulthandler.dump_traceback_later(self.seconds, exit=True)
         return self
 
@@ -271,7 +274,9 @@ def test_sample_stream_same_as_memory(tmp_path: Any, open_store: Any) -> None:
     a = [mem.observe(e) for e in stream[:third]]
     b = [shared.observe(e) for e in stream[:third]]
     assert a == b
-    assert mem.observe_many(stream[third : 2 * third]).tolist() == shared.observe_many(stream[third : 2 * third]).tolist()
+    assert (
+        mem.observe_many(stream[third : 2 * third]).tolist() == shared.observe_many(stream[third : 2 * third]).tolist()
+    )
     cols = {k: [e[k] for e in stream[2 * third :]] for k in ("user_id", "type", "ts", "step", "target", "account_id")}
     cols["status"] = [(e["properties"] or {}).get("status", -1) for e in stream[2 * third :]]
     cols["results"] = [(e["properties"] or {}).get("results", -1) for e in stream[2 * third :]]
@@ -350,10 +355,14 @@ def test_hypothesis_streams_same_as_memory(stream: tuple[dict[str, Any], list[tu
                 if kind == "observe":
                     same_outcome(outcome(lambda: shared.observe(arg)), outcome(lambda: mem.observe(arg)), what)
                 elif kind in ("many", "columns"):
-                    same_outcome(outcome(lambda: shared.observe_many(arg)), outcome(lambda: mem.observe_many(arg)), what)
+                    same_outcome(
+                        outcome(lambda: shared.observe_many(arg)), outcome(lambda: mem.observe_many(arg)), what
+                    )
                 else:
                     same_outcome(outcome(lambda: float(shared.tick(arg))), outcome(lambda: float(mem.tick(arg))), what)
-                assert [msgspec.to_builtins(e) for e in seen["file"]] == [msgspec.to_builtins(e) for e in seen["mem"]], what
+                assert [msgspec.to_builtins(e) for e in seen["file"]] == [
+                    msgspec.to_builtins(e) for e in seen["mem"]
+                ], what
             assert_same(stats_of(shared), stats_of(mem), "stats")
             for user in users:
                 assert msgspec.to_builtins(shared.state(user)) == msgspec.to_builtins(mem.state(user)), user
@@ -363,8 +372,11 @@ def test_hypothesis_streams_same_as_memory(stream: tuple[dict[str, Any], list[tu
             mem.close()
 
 
-@pytest.mark.xfail(strict=True, reason="documented limitation (pyfriction/store.py): the file's "
-                   "name table keeps names of up to 123 UTF-8 bytes; longer ones show as their key")
+@pytest.mark.xfail(
+    strict=True,
+    reason="documented limitation (pyfriction/store.py): the file's "
+    "name table keeps names of up to 123 UTF-8 bytes; longer ones show as their key",
+)
 def test_long_names_same_as_memory(tmp_path: Any, open_store: Any) -> None:
     """Step and target names up to 1024 characters are valid; a file-store tracker must name
     them in episodes and states as a memory tracker does (not as ``#xxxxxxxx`` hashes)."""
@@ -716,7 +728,9 @@ def test_crash_recovery_rebuilds_the_index(tmp_path: Any, open_store: Any) -> No
     path = tmp_path / "crash.state"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (os.path.dirname(os.path.dirname(pyfriction.__file__)),
                                                                      os.environ.get("PYTHONPATH")) if p)}  # fmt: skip
-    proc = subprocess.Popen([sys.executable, "-c", WORKER, str(path), "200"], stdout=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WORKER, str(path), "200"], stdout=subprocess.PIPE, text=True, env=env
+    )
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
     finally:
@@ -752,7 +766,9 @@ def test_snapshot_restores_into_a_file_store(tmp_path: Any, open_store: Any) -> 
     for e in stream:
         mem.observe(e)
     mem.snapshot(tmp_path / "mem.snap")
-    shared = pyfriction.Tracker.restore(tmp_path / "mem.snap", engine="compiled", store=f"file://{tmp_path / 'r.state'}")
+    shared = pyfriction.Tracker.restore(
+        tmp_path / "mem.snap", engine="compiled", store=f"file://{tmp_path / 'r.state'}"
+    )
     try:
         assert stats_of(shared) == stats_of(mem)
         for user in users:

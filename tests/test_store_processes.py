@@ -32,12 +32,13 @@ from typing import Any
 import msgspec
 import numpy as np
 import pytest
-from helpers import T0, ev, require_engine
 
 import pyfriction
 from pyfriction import cli
 from pyfriction._layout import SLOT_DTYPE
 from pyfriction._sample import generate
+
+from helpers import T0, ev, require_engine
 
 JOIN_TIMEOUT = 120.0
 META = 128  # the header's Meta block: table_lock, steps_lock, names_lock, ..., dirty at +36
@@ -107,7 +108,9 @@ def stats_of(tracker: pyfriction.Tracker) -> dict[str, Any]:
     return stats
 
 
-def memory_run(events: list[dict[str, Any]], capacity: int, config: Any = None) -> tuple[list[float], list[Any], dict[str, Any]]:
+def memory_run(
+    events: list[dict[str, Any]], capacity: int, config: Any = None
+) -> tuple[list[float], list[Any], dict[str, Any]]:
     """A single in-memory tracker fed the whole stream in order: scores, episodes, stats."""
     tracker = pyfriction.Tracker(config, engine="compiled", capacity=capacity)
     seen: list[pyfriction.Episode] = []
@@ -267,7 +270,9 @@ def test_same_user_from_two_processes_fires_once(tmp_path: Any) -> None:
     path = tmp_path / "hammer.state"
     barrier = ctx.Barrier(2)
     outs = [tmp_path / f"out-{i}.bin" for i in range(2)]
-    run_all([ctx.Process(target=hammer_worker, args=(str(path), str(outs[i]), i, barrier), name=f"w{i}") for i in range(2)])
+    run_all(
+        [ctx.Process(target=hammer_worker, args=(str(path), str(outs[i]), i, barrier), name=f"w{i}") for i in range(2)]
+    )
     fired = [u for o in outs for u in load(o)["fired"]]
     assert fired.count("hammered") == 1
     raced = [f"raced-{r}" for r in range(ROUND_USERS)]
@@ -393,7 +398,9 @@ def test_stress_two_survivors_and_a_killed_worker(tmp_path: Any) -> None:
     path = tmp_path / "stress.state"
     chunks = STRESS_EVENTS // CHUNK
     progress = ctx.Array("l", 3, lock=False)
-    survivors = [ctx.Process(target=stress_worker, args=(str(path), i, chunks, progress), name=f"survivor{i}") for i in range(2)]
+    survivors = [
+        ctx.Process(target=stress_worker, args=(str(path), i, chunks, progress), name=f"survivor{i}") for i in range(2)
+    ]
     victim = ctx.Process(target=stress_worker, args=(str(path), 2, 10 * chunks, progress), name="victim")
     started = time.monotonic()
     for p in survivors + [victim]:
@@ -426,7 +433,9 @@ def test_stress_two_survivors_and_a_killed_worker(tmp_path: Any) -> None:
 
     slots = slots_of(path, STRESS_CAPACITY)
     locked = np.flatnonzero(slots["lock"])
-    assert locked.size == 0, f"slots still locked after the survivors finished: {locked[:10]} pids {slots['lock'][locked[:10]]}"
+    assert locked.size == 0, (
+        f"slots still locked after the survivors finished: {locked[:10]} pids {slots['lock'][locked[:10]]}"
+    )
     tracker = pyfriction.Tracker(engine="compiled", store=store_uri(path), capacity=STRESS_CAPACITY)
     try:
         stats = tracker.stats()
@@ -462,7 +471,9 @@ def test_tracker_created_before_fork_works_in_children(tmp_path: Any) -> None:
     tracker.on_friction(on_friction)
 
     def rage(user: str, t: float) -> list[dict[str, Any]]:
-        return [ev(user, "page", t, "checkout")] + [ev(user, "click", t + 1 + 0.1 * i, "checkout", "#pay") for i in range(3)]
+        return [ev(user, "page", t, "checkout")] + [
+            ev(user, "click", t + 1 + 0.1 * i, "checkout", "#pay") for i in range(3)
+        ]
 
     for e in rage("parent-0", T0):  # the dispatcher thread is running when the children fork
         tracker.observe(e)

@@ -14,14 +14,16 @@ import json
 import socket
 import threading
 import time
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Iterator, Optional
+from typing import Any
 
 import pytest
 
 import pyfriction
-from helpers import T0, ev
 from pyfriction.sinks import SIGNATURE_HEADER, sign, verify
+
+from helpers import T0, ev
 
 WAIT = 20.0
 SECRET = "whsec_test_0123456789"
@@ -41,7 +43,7 @@ class Receiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 receiver.entered.set()
                 receiver.hold.wait(WAIT)
@@ -106,7 +108,7 @@ def test_posts_signed_json(make_tracker: Callable[..., pyfriction.Tracker], rece
     cfg["guidance"] = {"items": [{"id": "a", "title": "Help"}], "rules": [{"guidance": "a"}], "holdout": {"share": 0}}
     t = make_tracker(cfg)
     rage(t, "u1", T0)
-    (headers, body), = receiver.wait_for(1)
+    ((headers, body),) = receiver.wait_for(1)
     episode = t.episodes_seen[0]  # type: ignore[attr-defined]
     # the signature: t=<unix time>,v1=hex(HMAC-SHA256(secret, "<t>.<body>"))
     sig = headers[SIGNATURE_HEADER.lower()]
@@ -181,7 +183,7 @@ def test_filter(make_tracker: Callable[..., pyfriction.Tracker], receiver: Recei
     for j in range(3):  # an error burst: wrong detector
         t.observe(ev("u3", "form_error", T0 + j, "billing.card", "#card"))
     assert t.flush(WAIT)
-    (_, body), = receiver.requests
+    ((_, body),) = receiver.requests
     assert json.loads(body)["episode"]["user_id"] == "u1"
     stats = t.sink_stats()["webhook"]
     assert (stats.submitted, stats.sent, stats.filtered) == (1, 1, 2)
@@ -268,7 +270,7 @@ def test_config_from_toml(tmp_path: Any) -> None:
         'min_score = 0.7\ndetectors = ["rage_click"]\ntimeout = 2\nretries = 5\n',
         encoding="utf-8",
     )
-    w: Optional[Any] = pyfriction.load_config(path).sinks.webhook
+    w: Any | None = pyfriction.load_config(path).sinks.webhook
     assert w is not None
     assert (w.url, w.min_score, w.detectors, w.timeout, w.retries, w.backoff) == (
         "https://hooks.example.com/friction", 0.7, ["rage_click"], 2.0, 5, 1.0)  # fmt: skip

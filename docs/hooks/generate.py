@@ -14,7 +14,8 @@ import inspect
 import json
 import os
 import sys
-from typing import Any, Iterator, Optional
+from collections.abc import Iterator
+from typing import Any
 
 import msgspec
 
@@ -27,6 +28,7 @@ def _paths() -> None:
     for p in (os.path.join(ROOT, "server"), ROOT):
         if p not in sys.path:
             sys.path.append(p)
+
 
 CONFIG_PAGE = "reference/configuration.md"
 SIDECAR_PAGE = "reference/sidecar-api.md"
@@ -144,7 +146,7 @@ def _clean_doc(cls: type) -> str:
 
 def config_reference() -> str:
     _paths()
-    from pyfriction.config import Config  # noqa: PLC0415
+    from pyfriction.config import Config
 
     out = [
         "# Configuration reference",
@@ -154,7 +156,7 @@ def config_reference() -> str:
         "Every key of the configuration, generated from the typed config (`pyfriction.config.Config`) ",
         "when the docs are built, so it always matches the code. A key's table is its TOML section: ",
         "`detectors.rage_click` is `[detectors.rage_click]` in a TOML file, "
-        "`{\"detectors\": {\"rage_click\": {...}}}` as a dict, or `detectors={\"rage_click\": {...}}` "
+        '`{"detectors": {"rage_click": {...}}}` as a dict, or `detectors={"rage_click": {...}}` '
         "as a keyword of `pyfriction.init()` / `Tracker()`. Lists of tables (`guidance.items`) are "
         "`[[guidance.items]]` in TOML.",
         "",
@@ -189,10 +191,10 @@ def _schema_name(schema: Any) -> str:
     return "object"
 
 
-def sidecar_document() -> Optional[dict[str, Any]]:
+def sidecar_document() -> dict[str, Any] | None:
     _paths()
     try:
-        from pyfriction_server import openapi  # noqa: PLC0415
+        from pyfriction_server import openapi
     except ImportError:
         return None
     return openapi.document()  # type: ignore[no-any-return]
@@ -232,7 +234,9 @@ def sidecar_reference() -> str:
                 out.append("")
             body = op.get("requestBody")
             if body:
-                types = ", ".join(f"`{ct}` {_schema_name(c.get('schema'))}" for ct, c in body.get("content", {}).items())
+                types = ", ".join(
+                    f"`{ct}` {_schema_name(c.get('schema'))}" for ct, c in body.get("content", {}).items()
+                )
                 out += [f"Request body: {types}", ""]
             out += ["| Status | Meaning | Body |", "| --- | --- | --- |"]
             for status, resp in op.get("responses", {}).items():
@@ -254,7 +258,9 @@ def sidecar_reference() -> str:
                 out += ["| Field | Type | Required | Description |", "| --- | --- | --- | --- |"]
                 for field, fs in props.items():
                     desc = str(fs.get("description", "")).replace("\n", " ").replace("|", "\\|")
-                    out.append(f"| `{field}` | {_schema_name(fs) or 'object'} | {'yes' if field in required else 'no'} | {desc} |")
+                    out.append(
+                        f"| `{field}` | {_schema_name(fs) or 'object'} | {'yes' if field in required else 'no'} | {desc} |"
+                    )
                 out.append("")
             else:
                 out += ["```json", json.dumps(schema, indent=2)[:2000], "```", ""]
@@ -265,7 +271,7 @@ def sidecar_reference() -> str:
 
 
 def on_files(files: Any, config: Any) -> Any:
-    from mkdocs.structure.files import File  # noqa: PLC0415
+    from mkdocs.structure.files import File
 
     for uri, make in ((CONFIG_PAGE, config_reference), (SIDECAR_PAGE, sidecar_reference)):
         existing = files.get_file_from_path(uri)

@@ -16,7 +16,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def check_friction() -> None:
-    from django.test import Client  # noqa: PLC0415
+    from django.test import Client
 
     for user, email in (("struggling", "nope"), ("smooth", "ada@example.com")):
         c = Client()
@@ -31,11 +31,11 @@ if __name__ == "__main__":
     sys.path.insert(0, HERE)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "site_settings")
     if sys.argv[1:2] == ["check_friction"]:
-        import django  # noqa: PLC0415
+        import django
 
         django.setup()
         check_friction()
     else:
-        from django.core.management import execute_from_command_line  # noqa: PLC0415
+        from django.core.management import execute_from_command_line
 
         execute_from_command_line(sys.argv)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import html
 import re
-from typing import Any, Optional
+from typing import Any
 
 from django.http import HttpResponse
 from django.urls import path
@@ -21,7 +21,7 @@ pyfriction.init({
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[a-z]{2,}$", re.I)
 
 
-def demo_user(request: Any) -> Optional[str]:
+def demo_user(request: Any) -> str | None:
     """The demo's user: ``X-User`` header or ``?user=`` (a real app signs users in)."""
     return request.headers.get("X-User") or request.GET.get("user")
 
@@ -37,8 +37,11 @@ def signup(request: Any) -> HttpResponse:
     help_ = "".join(f'<div data-guidance="{g.id}"><b>{html.escape(g.title)}</b></div>'
                     for g in request.pyfriction.pending())  # fmt: skip
     err = f"<p>{html.escape(error)}</p>" if error else ""
-    return HttpResponse(f"""<!doctype html><title>Sign up</title>{help_}<h1>Sign up</h1>{err}
-<form method="post"><input name="email"><button>Sign up</button></form>""", status=status)
+    return HttpResponse(
+        f"""<!doctype html><title>Sign up</title>{help_}<h1>Sign up</h1>{err}
+<form method="post"><input name="email"><button>Sign up</button></form>""",
+        status=status,
+    )
 
 
 urlpatterns = [path("signup/", signup)]

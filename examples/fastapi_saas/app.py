@@ -21,7 +21,7 @@ import hmac
 import html
 import io
 import os
-from typing import Any, Optional
+from typing import Any
 from urllib.parse import quote
 
 from fastapi import FastAPI, Form, Request
@@ -42,7 +42,7 @@ def sign(user_id: str) -> str:
     return f"{user_id}.{mac}"
 
 
-def session_user(cookie: Optional[str]) -> Optional[str]:
+def session_user(cookie: str | None) -> str | None:
     if not cookie or "." not in cookie:
         return None
     user_id, _, mac = cookie.rpartition(".")
@@ -176,7 +176,7 @@ def luhn_ok(number: str) -> bool:
     return total % 10 == 0
 
 
-def check_card(number: str, expiry: str, today: Optional[dt.date] = None) -> Optional[str]:
+def check_card(number: str, expiry: str, today: dt.date | None = None) -> str | None:
     """An error message, or None when the card looks valid."""
     if not luhn_ok(number):
         return "The card number is not valid."
@@ -196,7 +196,7 @@ def check_card(number: str, expiry: str, today: Optional[dt.date] = None) -> Opt
 # -- the app -----------------------------------------------------------------------------------
 
 
-def create_app(config: Optional[str] = None) -> FastAPI:
+def create_app(config: str | None = None) -> FastAPI:
     pyfriction.init(config or os.path.join(HERE, "friction.toml"))
 
     app = FastAPI(title="Ledgerly (pyfriction example)")
@@ -204,7 +204,7 @@ def create_app(config: Optional[str] = None) -> FastAPI:
     app.mount("/_pyfriction", guidance_app(get_user=get_user))
     settings: dict[str, dict[str, str]] = {}
 
-    def signed_in(request: Request) -> Optional[str]:
+    def signed_in(request: Request) -> str | None:
         return session_user(request.cookies.get(COOKIE))
 
     @app.get("/", include_in_schema=False)
@@ -214,10 +214,14 @@ def create_app(config: Optional[str] = None) -> FastAPI:
     @app.get("/login", response_class=HTMLResponse)
     async def login_form(request: Request, error: str = "") -> Any:
         err = f'<p class="error">{html.escape(error)}</p>' if error else ""
-        return page(request, "Sign in", f"""{err}
+        return page(
+            request,
+            "Sign in",
+            f"""{err}
 <form method="post" action="/login"><label for="email">Email</label><input id="email" name="email" type="email" required>
 <label for="password">Password</label><input id="password" name="password" type="password" required>
-<p class="hint">Demo: any email, password <code>demo</code>.</p><button id="sign-in" type="submit">Sign in</button></form>""")
+<p class="hint">Demo: any email, password <code>demo</code>.</p><button id="sign-in" type="submit">Sign in</button></form>""",
+        )
 
     @app.post("/login")
     async def login(request: Request, email: str = Form(...), password: str = Form(...)) -> Any:
@@ -238,8 +242,12 @@ def create_app(config: Optional[str] = None) -> FastAPI:
     async def dashboard(request: Request) -> Any:
         if not signed_in(request):
             return RedirectResponse("/login", status_code=303)
-        return page(request, "Dashboard", """<p>Welcome to Ledgerly. Start by importing your transactions.</p>
-<p><a id="start-import" href="/import">Import transactions</a> · <a href="/billing">Add a card</a> · <a href="/settings">Settings</a></p>""")
+        return page(
+            request,
+            "Dashboard",
+            """<p>Welcome to Ledgerly. Start by importing your transactions.</p>
+<p><a id="start-import" href="/import">Import transactions</a> · <a href="/billing">Add a card</a> · <a href="/settings">Settings</a></p>""",
+        )
 
     def import_form(error: str = "", csv_text: str = "") -> str:
         err = f'<p class="error" id="import-error">{html.escape(error)}</p>' if error else ""
@@ -300,10 +308,14 @@ def create_app(config: Optional[str] = None) -> FastAPI:
         ok = '<p class="ok" id="settings-ok">Saved.</p>' if saved else ""
         zones = "".join(f"<option{' selected' if z == mine['timezone'] else ''}>{z}</option>"
                         for z in ("Europe/London", "Europe/Paris", "America/New_York", "Asia/Tokyo"))  # fmt: skip
-        return page(request, "Settings", f"""{ok}<form method="post" action="/settings">
-<label for="name">Display name</label><input id="name" name="name" value="{html.escape(mine['name'])}">
+        return page(
+            request,
+            "Settings",
+            f"""{ok}<form method="post" action="/settings">
+<label for="name">Display name</label><input id="name" name="name" value="{html.escape(mine["name"])}">
 <label for="timezone">Time zone</label><select id="timezone" name="timezone">{zones}</select>
-<button id="settings-submit" type="submit">Save</button></form>""")
+<button id="settings-submit" type="submit">Save</button></form>""",
+        )
 
     @app.post("/settings")
     async def save_settings(request: Request, name: str = Form(""), timezone: str = Form("Europe/London")) -> Any:
@@ -317,18 +329,26 @@ def create_app(config: Optional[str] = None) -> FastAPI:
     async def help_page(request: Request) -> Any:
         if signed_in(request):
             pyfriction.observe({"type": "help"})
-        return page(request, "Help", """<h2 id="dates">Importing transactions</h2>
+        return page(
+            request,
+            "Help",
+            """<h2 id="dates">Importing transactions</h2>
 <p>Dates are day first, <code>DD/MM/YYYY</code>: <code>15/03/2024</code>. Amounts use a dot: <code>12.50</code>.</p>
 <pre>date,description,amount
 15/03/2024,Coffee,3.20</pre>
-<h2 id="billing">Billing</h2><p>Card numbers are digits only; the expiry is <code>MM/YY</code>.</p>""")
+<h2 id="billing">Billing</h2><p>Card numbers are digits only; the expiry is <code>MM/YY</code>.</p>""",
+        )
 
     @app.get("/contact", response_class=HTMLResponse)
     async def contact(request: Request) -> Any:
         if signed_in(request):
             pyfriction.observe({"type": "contact"})  # the last moment to help before a ticket
-        return page(request, "Contact support", """<form><label for="message">How can we help?</label>
-<textarea id="message" rows="5"></textarea><button id="send-ticket" type="button">Send</button></form>""")
+        return page(
+            request,
+            "Contact support",
+            """<form><label for="message">How can we help?</label>
+<textarea id="message" rows="5"></textarea><button id="send-ticket" type="button">Send</button></form>""",
+        )
 
     @app.get("/api/status")
     async def status() -> Any:
@@ -338,8 +358,8 @@ def create_app(config: Optional[str] = None) -> FastAPI:
     return app
 
 
-def main(argv: Optional[list[str]] = None) -> None:
-    import uvicorn  # noqa: PLC0415
+def main(argv: list[str] | None = None) -> None:
+    import uvicorn
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--host", default="127.0.0.1")

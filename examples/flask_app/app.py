@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import html
 import re
-from typing import Any, Optional
+from typing import Any
 
 from flask import Flask, g, request
 
@@ -31,7 +31,7 @@ CONFIG = {
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[a-z]{2,}$", re.I)
 
 
-def current_user() -> Optional[str]:
+def current_user() -> str | None:
     return request.headers.get("X-User") or request.args.get("user")
 
 

@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import importlib
 import logging
-from typing import Any, ClassVar, Iterable
+from collections.abc import Iterable
+from typing import Any, ClassVar
 
-__all__ = ["Integration", "DidNotEnable", "setup_integrations", "default_integrations"]
+__all__ = ["DidNotEnable", "Integration", "default_integrations", "setup_integrations"]
 
 log = logging.getLogger("pyfriction")
 
@@ -99,9 +100,7 @@ def setup_integrations(explicit: Iterable[Integration], with_defaults: bool) -> 
             if is_default:
                 log.debug("pyfriction: integration %s skipped: %s not installed", identifier, ", ".join(cls.requires))
                 continue
-            raise DidNotEnable(
-                f"integration {identifier!r} needs {', '.join(cls.requires)}, which is not installed"
-            )
+            raise DidNotEnable(f"integration {identifier!r} needs {', '.join(cls.requires)}, which is not installed")
         cls.active = integration
         if not cls._installed:
             integration.setup_once()

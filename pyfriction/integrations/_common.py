@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import msgspec
 
@@ -46,7 +47,7 @@ def safe_observe(event: dict[str, Any]) -> None:
         failed("observe")
 
 
-def status_type(status: int) -> Optional[str]:
+def status_type(status: int) -> str | None:
     """The event type of a response status: ``form_error``, ``api_error`` or None (success)."""
     if status < 400:
         return None
@@ -55,13 +56,13 @@ def status_type(status: int) -> Optional[str]:
 
 def response_events(
     user_id: str,
-    account_id: Optional[str],
-    step: Optional[str],
+    account_id: str | None,
+    step: str | None,
     method: str,
     status: int,
     duration: float,
-    exc: Optional[BaseException],
-    slow_after: Optional[float],
+    exc: BaseException | None,
+    slow_after: float | None,
     page: bool,
 ) -> None:
     """Observe what one finished request says about the user's friction."""
@@ -81,7 +82,7 @@ def response_events(
                       "target": target, "properties": {"duration_ms": round(duration * 1000.0)}})  # fmt: skip
 
 
-def user_of(user: Any) -> Optional[str]:
+def user_of(user: Any) -> str | None:
     """The id of a framework's user object (Starlette ``BaseUser``, Flask-Login, Django), or
     None for an anonymous one. A plain string is an id."""
     if user is None:
@@ -120,7 +121,7 @@ def normalize(found: Any) -> Any:
     return None if uid is None else (uid, None)
 
 
-def pending(user_id: Optional[str]) -> list[Any]:
+def pending(user_id: str | None) -> list[Any]:
     """The user's pending guidance (marked delivered), or [] (no user, no guidance engine)."""
     if not user_id or not sdk._options.enabled:
         return []
@@ -134,7 +135,7 @@ def pending(user_id: Optional[str]) -> list[Any]:
         return []
 
 
-def ack(user_id: Optional[str], guidance_id: str, outcome: str) -> bool:
+def ack(user_id: str | None, guidance_id: str, outcome: str) -> bool:
     """Acknowledge a guidance item; False when unknown (or no guidance engine)."""
     if not user_id:
         return False
@@ -153,7 +154,7 @@ def header_value(items: list[Any]) -> bytes:
     return json.dumps(guidance_builtins(items), separators=(",", ":"), ensure_ascii=True).encode("ascii")
 
 
-def browser_events(payload: Any, user_id: str, account_id: Optional[str]) -> int:
+def browser_events(payload: Any, user_id: str, account_id: str | None) -> int:
     """Observe the events a browser sent for ``user_id`` (whose id comes from the server's
     session, never from the payload); returns how many were taken."""
     events = payload.get("events", [payload]) if isinstance(payload, dict) else payload
@@ -191,7 +192,7 @@ class RequestFriction(sdk.UserContext):
 
     __slots__ = ("_step_of", "error_seen")
 
-    def __init__(self, resolve: Resolver, step_of: Callable[[], Optional[str]]) -> None:
+    def __init__(self, resolve: Resolver, step_of: Callable[[], str | None]) -> None:
         self._user_id = None
         self._account_id = None
         self.traits = None
@@ -210,7 +211,7 @@ class RequestFriction(sdk.UserContext):
         self._step_of = _no_step
 
     @property
-    def step(self) -> Optional[str]:
+    def step(self) -> str | None:
         try:
             return self._step_of()
         except Exception:

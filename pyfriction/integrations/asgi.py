@@ -37,15 +37,16 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Awaitable, Callable, Mapping, MutableMapping, Optional
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from typing import Any
 
 from .. import sdk
 from . import Integration
 from ._common import (
     GUIDANCE_HEADER,
-    RequestFriction,
     OUTCOMES,
     SLOW_AFTER,
+    RequestFriction,
     ack,
     browser_events,
     failed,
@@ -73,7 +74,7 @@ _options = sdk._options
 IGNORE = "pyfriction.ignore"
 
 
-def route_template(scope: Mapping[str, Any]) -> Optional[str]:
+def route_template(scope: Mapping[str, Any]) -> str | None:
     """The matched route's template (``/items/{item_id}``), or None before routing / for no
     match. Starlette and FastAPI put the route in ``scope["route"]``; mounted apps prefix it
     with their ``root_path``."""
@@ -86,11 +87,11 @@ def route_template(scope: Mapping[str, Any]) -> Optional[str]:
     root = scope.get("root_path") or ""
     app_root = scope.get("app_root_path") or ""
     if root and root != app_root and not path.startswith(root):
-        return root[len(app_root):] + path if root.startswith(app_root) else root + path
+        return root[len(app_root) :] + path if root.startswith(app_root) else root + path
     return path
 
 
-def _scope_user(scope: Mapping[str, Any], get_user: Optional[GetUser]) -> Any:
+def _scope_user(scope: Mapping[str, Any], get_user: GetUser | None) -> Any:
     if get_user is not None:
         return normalize(get_user(scope))  # type: ignore[arg-type]
     uid = user_of(scope.get("user"))
@@ -110,12 +111,12 @@ class _AsgiFriction(RequestFriction):
     _step = None
     _step_of = None
 
-    def __init__(self, scope: Scope, mw: "FrictionMiddleware", send: Send) -> None:  # noqa: D107 (no super(): hot path)
+    def __init__(self, scope: Scope, mw: FrictionMiddleware, send: Send) -> None:
         self._user_id = None
         self._account_id = None
         self._resolve = True
         self.error_seen = False
-        self._scope: Optional[Scope] = scope
+        self._scope: Scope | None = scope
         self._mw = mw
         self._send = send
         self.code = 0
@@ -139,7 +140,7 @@ class _AsgiFriction(RequestFriction):
         return None if scope is None else _scope_user(scope, self._mw.get_user)
 
     @property
-    def step(self) -> Optional[str]:
+    def step(self) -> str | None:
         scope = self._scope
         return None if scope is None else route_template(scope)
 
@@ -160,8 +161,8 @@ class FrictionMiddleware:
         self,
         app: ASGIApp,
         *,
-        get_user: Optional[GetUser] = None,
-        slow_after: Optional[float] = SLOW_AFTER,
+        get_user: GetUser | None = None,
+        slow_after: float | None = SLOW_AFTER,
         pages: bool = True,
         guidance_header: bool = False,
         header_name: str = GUIDANCE_HEADER,
@@ -218,7 +219,7 @@ class FrictionMiddleware:
         except Exception:
             failed("guidance header")
 
-    def _finish(self, scope: Scope, req: _AsgiFriction, start: float, exc: Optional[BaseException]) -> None:
+    def _finish(self, scope: Scope, req: _AsgiFriction, start: float, exc: BaseException | None) -> None:
         code = req.code
         duration = _perf() - start
         if IGNORE in scope:
@@ -245,7 +246,7 @@ class FrictionMiddleware:
 # -- the guidance endpoint for browsers ------------------------------------------------------
 
 
-async def _read_body(receive: Receive, limit: int = 65536) -> Optional[bytes]:
+async def _read_body(receive: Receive, limit: int = 65536) -> bytes | None:
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -269,7 +270,7 @@ async def _json(send: Send, status: int, payload: Any) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def guidance_app(*, get_user: Optional[GetUser] = None) -> ASGIApp:
+def guidance_app(*, get_user: GetUser | None = None) -> ASGIApp:
     """An ASGI app serving the signed-in user's guidance to their browser; mount it where the
     authentication middleware has run (``app.mount("/_pyfriction", guidance_app())``).
 
@@ -341,11 +342,11 @@ class StarletteIntegration(Integration):
         self.options = middleware_options
 
     def setup_once(self) -> None:
-        from starlette.applications import Starlette  # noqa: PLC0415
+        from starlette.applications import Starlette
 
         classes = [Starlette]
         try:
-            from fastapi import FastAPI  # noqa: PLC0415
+            from fastapi import FastAPI
 
             if "build_middleware_stack" in vars(FastAPI):
                 classes.append(FastAPI)
@@ -363,7 +364,9 @@ def _patch_build(cls: Any) -> None:
     def build_middleware_stack(self: Any) -> Any:
         app = original(self)
         active = StarletteIntegration.active
-        if active is None or any(getattr(m, "cls", None) is FrictionMiddleware for m in getattr(self, "user_middleware", ())):
+        if active is None or any(
+            getattr(m, "cls", None) is FrictionMiddleware for m in getattr(self, "user_middleware", ())
+        ):
             return app
         return FrictionMiddleware(app, _auto=True, **active.options)
 

@@ -24,7 +24,8 @@ other integrations; ``request.pyfriction`` is the request's
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.utils.functional import empty
@@ -43,16 +44,16 @@ from ._common import (
     user_of,
 )
 
-__all__ = ["FrictionMiddleware", "DjangoIntegration"]
+__all__ = ["DjangoIntegration", "FrictionMiddleware"]
 
 
 def _settings() -> dict[str, Any]:
-    from django.conf import settings  # noqa: PLC0415
+    from django.conf import settings
 
     return dict(getattr(settings, "PYFRICTION", None) or {})
 
 
-def _step(request: Any) -> Optional[str]:
+def _step(request: Any) -> str | None:
     match = getattr(request, "resolver_match", None)
     route = getattr(match, "route", None) if match is not None else None
     if not route:
@@ -91,8 +92,8 @@ class FrictionMiddleware:
             markcoroutinefunction(self)
         opts = _settings()
         get_user = opts.get("get_user")
-        self.get_user: Optional[Callable[[Any], Any]] = import_string(get_user) if isinstance(get_user, str) else get_user
-        self.slow_after: Optional[float] = opts.get("slow_after", SLOW_AFTER)
+        self.get_user: Callable[[Any], Any] | None = import_string(get_user) if isinstance(get_user, str) else get_user
+        self.slow_after: float | None = opts.get("slow_after", SLOW_AFTER)
         self.pages: bool = bool(opts.get("pages", True))
         self.guidance_header: bool = bool(opts.get("guidance_header", False))
         self.header_name: str = opts.get("header_name", GUIDANCE_HEADER)

@@ -24,7 +24,8 @@ successful HTML GETs → ``page``. ``flask.g.pyfriction`` is the request's
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import flask
 from flask import signals
@@ -42,7 +43,7 @@ from ._common import (
     user_of,
 )
 
-__all__ = ["PyFriction", "FlaskIntegration"]
+__all__ = ["FlaskIntegration", "PyFriction"]
 
 EXTENSION = "pyfriction"
 
@@ -50,8 +51,8 @@ EXTENSION = "pyfriction"
 class _Options:
     def __init__(
         self,
-        get_user: Optional[Callable[[], Any]] = None,
-        slow_after: Optional[float] = SLOW_AFTER,
+        get_user: Callable[[], Any] | None = None,
+        slow_after: float | None = SLOW_AFTER,
         pages: bool = True,
         guidance_header: bool = False,
         header_name: str = GUIDANCE_HEADER,
@@ -67,7 +68,7 @@ class PyFriction:
     """The Flask extension: ``PyFriction(app, get_user=None, slow_after=3.0, pages=True,
     guidance_header=False)`` or ``PyFriction(...).init_app(app)``."""
 
-    def __init__(self, app: Optional[flask.Flask] = None, **options: Any) -> None:
+    def __init__(self, app: flask.Flask | None = None, **options: Any) -> None:
         self.options = _Options(**options)
         if app is not None:
             self.init_app(app)
@@ -104,7 +105,7 @@ def _connect() -> None:
     _connected = True
 
 
-def _options_of(app: flask.Flask) -> Optional[_Options]:
+def _options_of(app: flask.Flask) -> _Options | None:
     opts = app.extensions.get(EXTENSION)
     if opts is not None:
         return opts  # type: ignore[no-any-return]
@@ -118,7 +119,7 @@ def _resolve_user(opts: _Options) -> Any:
     app = flask.current_app
     if getattr(app, "login_manager", None) is not None:
         try:
-            from flask_login import current_user  # noqa: PLC0415
+            from flask_login import current_user
         except ImportError:
             return None
         uid = user_of(current_user._get_current_object())
@@ -126,7 +127,7 @@ def _resolve_user(opts: _Options) -> Any:
     return None
 
 
-def _step() -> Optional[str]:
+def _step() -> str | None:
     rule = flask.request.url_rule
     return None if rule is None else rule.rule
 
@@ -183,7 +184,7 @@ def _finished(sender: flask.Flask, response: flask.Response, **_: Any) -> None:
         failed("observing the response")
 
 
-def _teardown(sender: flask.Flask, exc: Optional[BaseException] = None, **_: Any) -> None:
+def _teardown(sender: flask.Flask, exc: BaseException | None = None, **_: Any) -> None:
     state = flask.g.get("_pyfriction")
     if state is None:
         return

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, Optional
+from typing import Any
 
 from .. import sdk
 from . import Integration
@@ -43,13 +43,11 @@ class FrictionHandler(logging.Handler):
         name = record.name
         if name == "pyfriction" or name.startswith("pyfriction.") or getattr(_guard, "busy", False):
             return
-        uid: Optional[str] = getattr(record, "user_id", None)
+        uid: str | None = getattr(record, "user_id", None)
         account = getattr(record, "account_id", None)
         step = getattr(record, "step", None)
         ctx = sdk._user.get()
-        if isinstance(ctx, RequestFriction) and (
-            (ctx.error_seen and record.exc_info) or name in FRAMEWORK_LOGGERS
-        ):
+        if isinstance(ctx, RequestFriction) and ((ctx.error_seen and record.exc_info) or name in FRAMEWORK_LOGGERS):
             return  # the web integration observes this failure itself
         if uid is None:
             if ctx is None:

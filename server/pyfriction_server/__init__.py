@@ -16,13 +16,13 @@ from .settings import EventRule, Settings, SettingsError, load_settings
 
 __version__ = "0.1.0"
 __all__ = [
-    "create_app",
-    "Server",
-    "server_config",
-    "Settings",
     "EventRule",
+    "Server",
+    "Settings",
     "SettingsError",
+    "create_app",
     "load_settings",
+    "server_config",
     "user_token",
     "verify_token",
 ]

@@ -11,7 +11,7 @@ import logging
 import resource
 import signal
 import sys
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 from .app import Server, create_app, server_config
 from .logs import setup_logging
@@ -33,7 +33,7 @@ def raise_fd_limit() -> int:
     return int(soft)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     try:
         settings = load_settings(sys.argv[1:] if argv is None else argv)

@@ -17,7 +17,7 @@ from starlette.responses import Response
 from .errors import HTTPError
 from .keys import header_key
 
-__all__ = ["user_state", "hotspots"]
+__all__ = ["hotspots", "user_state"]
 
 
 def _admin(request: Request) -> Any:

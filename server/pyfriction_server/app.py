@@ -13,8 +13,9 @@ import hashlib
 import logging
 import os
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib import resources
-from typing import Any, AsyncIterator, Awaitable, Callable, Optional
+from typing import Any
 
 import msgspec
 import uvicorn
@@ -34,7 +35,7 @@ from .metrics import CONTENT_TYPE, Metrics
 from .settings import Settings
 from .state import State
 
-__all__ = ["create_app", "Sidecar", "Server", "server_config"]
+__all__ = ["Server", "Sidecar", "create_app", "server_config"]
 
 log = logging.getLogger("pyfriction.server")
 
@@ -156,7 +157,7 @@ class SidecarMiddleware:
     directly, without Starlette's error and routing layers in between: they handle their own
     errors (:class:`~pyfriction_server.ingest.routes.Endpoint`)."""
 
-    def __init__(self, app: ASGIApp, sidecar: Sidecar, hot: Optional[dict[str, ASGIApp]] = None) -> None:
+    def __init__(self, app: ASGIApp, sidecar: Sidecar, hot: dict[str, ASGIApp] | None = None) -> None:
         self.app = app
         self.hot = hot or {}
         self.sc = sidecar
@@ -166,7 +167,7 @@ class SidecarMiddleware:
         self.histogram = sidecar.metrics.request_seconds
         self.access_log = sidecar.settings.access_log
 
-    def _origin(self, scope: Scope) -> Optional[bytes]:
+    def _origin(self, scope: Scope) -> bytes | None:
         for name, value in scope["headers"]:
             if name == b"origin":
                 return value if (self.any_origin or value in self.origins) else None
@@ -207,7 +208,7 @@ class SidecarMiddleware:
             log.exception("unhandled error", extra={"path": scope.get("path")})
             try:
                 await error_response(HTTPError(500, "internal_error", "internal error"))(scope, receive, wrapped)
-            except Exception:  # noqa: S110  (the response had started: nothing more to say)
+            except Exception:
                 pass
         finally:
             label = scope.get("route_path") or getattr(scope.get("route"), "path", None) or "unmatched"
@@ -280,7 +281,7 @@ def _lifespan(sc: Sidecar) -> Callable[[Starlette], Any]:
 
 
 # -- the app --------------------------------------------------------------------------------
-def create_app(settings: Optional[Settings] = None) -> Starlette:
+def create_app(settings: Settings | None = None) -> Starlette:
     """The sidecar's ASGI application (``settings`` default: the embedded defaults)."""
     sc = Sidecar(settings or Settings())
     post, get = ["POST"], ["GET"]
@@ -338,13 +339,13 @@ def server_config(app: Starlette, settings: Settings, **overrides: Any) -> uvico
         "proxy_headers": False,  # no X-Forwarded-* rewriting: one ASGI layer less per request
     }
     try:
-        import httptools  # noqa: F401, PLC0415
+        import httptools  # noqa: F401
 
         options["http"] = "httptools"
     except ImportError:
         options["http"] = "h11"
     try:
-        import uvloop  # noqa: F401, PLC0415
+        import uvloop  # noqa: F401
 
         options["loop"] = "uvloop"
     except ImportError:
@@ -358,7 +359,7 @@ class Server(uvicorn.Server):
     themselves), then lets uvicorn stop accepting and finish in-flight requests, then the
     lifespan drains the journal and snapshots."""
 
-    async def shutdown(self, sockets: Optional[list[Any]] = None) -> None:
+    async def shutdown(self, sockets: list[Any] | None = None) -> None:
         app = self.config.app
         sc = getattr(getattr(app, "state", None), "sidecar", None)
         if sc is not None:

@@ -6,8 +6,6 @@ The body shape is the one Segment's and RudderStack's SDKs read on a failure (``
 
 from __future__ import annotations
 
-from typing import Optional
-
 import msgspec
 from starlette.responses import Response
 
@@ -17,7 +15,7 @@ __all__ = ["HTTPError", "error_response"]
 class HTTPError(Exception):
     """A request the sidecar refuses: ``status`` (4xx/503), a short machine ``code``, a message."""
 
-    def __init__(self, status: int, code: str, message: str, *, retry_after: Optional[int] = None,
+    def __init__(self, status: int, code: str, message: str, *, retry_after: int | None = None,
                  close: bool = False) -> None:  # fmt: skip
         super().__init__(message)
         self.status = status

@@ -21,24 +21,26 @@ import asyncio
 import hashlib
 import hmac
 import time
-from typing import Any, AsyncIterator, Optional
+from collections.abc import AsyncIterator
+from typing import Any
 
 import msgspec
-from pyfriction.guidance import render_body
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
+
+from pyfriction.guidance import render_body
 
 from .errors import HTTPError
 from .keys import header_key
 from .limits import read_body
 from .state import OUTCOMES
 
-__all__ = ["user_token", "verify_token", "Hub", "poll", "stream", "ack", "AckBody"]
+__all__ = ["AckBody", "Hub", "ack", "poll", "stream", "user_token", "verify_token"]
 
 _json = msgspec.json.encode
 
 
-def user_token(secret: str, user_id: str, expires_at: Optional[int] = None) -> str:
+def user_token(secret: str, user_id: str, expires_at: int | None = None) -> str:
     """The token a host backend gives its page for ``user_id`` (see the module docstring)."""
     if expires_at is None:
         return hmac.new(secret.encode(), user_id.encode(), hashlib.sha256).hexdigest()
@@ -47,7 +49,7 @@ def user_token(secret: str, user_id: str, expires_at: Optional[int] = None) -> s
     return f"{exp}.{mac}"
 
 
-def verify_token(secret: str, user_id: str, token: Optional[str], now: Optional[float] = None) -> None:
+def verify_token(secret: str, user_id: str, token: str | None, now: float | None = None) -> None:
     """Raise 401 unless ``token`` is a valid, unexpired token for ``user_id``."""
     if not token:
         raise HTTPError(401, "user_token_required", "this user's token is required (identity verification is on)")
@@ -73,7 +75,7 @@ class Hub:
         self.streams: dict[str, set[asyncio.Event]] = {}
         self.count = 0
         self.closed = False
-        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -181,7 +183,11 @@ async def stream(request: Request) -> Response:
                 if items:
                     sc.metrics.guidance_delivered.inc(("stream",), len(items))
                     yield b"".join(
-                        b"id: " + str(getattr(g, "id", "")).encode() + b"\nevent: guidance\ndata: " + _json(_item(g)) + b"\n\n"
+                        b"id: "
+                        + str(getattr(g, "id", "")).encode()
+                        + b"\nevent: guidance\ndata: "
+                        + _json(_item(g))
+                        + b"\n\n"
                         for g in items
                     )
                 try:

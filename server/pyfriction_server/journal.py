@@ -24,16 +24,17 @@ import struct
 import subprocess
 import sys
 import zlib
-from typing import Any, Callable, Iterator, Optional
+from collections.abc import Callable, Iterator
+from typing import Any
 
-__all__ = ["Journal", "segments", "read_segment", "segment_path"]
+__all__ = ["Journal", "read_segment", "segment_path", "segments"]
 
 log = logging.getLogger("pyfriction.server")
 
 _HEADER = struct.Struct("<II")
 _SEGMENT = re.compile(r"^journal-(\d{12})\.log$")
 Item = tuple[bytes, Any, "asyncio.Future[Any]"]
-OnCommit = Callable[[list[tuple[Any, "asyncio.Future[Any]"]], Optional[BaseException]], None]
+OnCommit = Callable[[list[tuple[Any, "asyncio.Future[Any]"]], BaseException | None], None]
 
 
 def segment_path(directory: str, seq: int) -> str:
@@ -143,12 +144,12 @@ class Journal:
         self.size = 0
         self._batch: list[Item] = []
         #: Committed groups waiting for the syncer, in order: (token, group or rotation future).
-        self._waiting: "collections.deque[tuple[int, Any]]" = collections.deque()
+        self._waiting: collections.deque[tuple[int, Any]] = collections.deque()
         self._in_flight = 0
         self._token = 0
         self._buf = b""
-        self._fd: Optional[int] = self._open(seq)
-        self._syncer: Optional[subprocess.Popen[bytes]] = None
+        self._fd: int | None = self._open(seq)
+        self._syncer: subprocess.Popen[bytes] | None = None
         if fsync:
             self._start_syncer()
 
@@ -177,7 +178,7 @@ class Journal:
         """Records not yet durable (this iteration's and those the syncer is working on)."""
         return len(self._batch) + self._in_flight
 
-    def submit(self, payload: bytes, record: Any, future: "asyncio.Future[Any]") -> None:
+    def submit(self, payload: bytes, record: Any, future: asyncio.Future[Any]) -> None:
         """Queue ``payload``; ``on_commit`` gets ``(record, future)`` once it is durable."""
         if not self._batch:
             self.loop.call_soon(self.commit)
@@ -195,7 +196,7 @@ class Journal:
                 raise OSError("the journal is closed")
             view = memoryview(data)
             while view:
-                view = view[os.write(self._fd, view):]
+                view = view[os.write(self._fd, view) :]
             if self.fsync and self._syncer is None:
                 os.fdatasync(self._fd)  # no syncer (it died): sync here, the loop waits
         except OSError as exc:
@@ -232,7 +233,7 @@ class Journal:
             self.on_bytes(0, 1)
             self._release(int(token_text), error)
 
-    def _release(self, token: int, error: Optional[BaseException]) -> None:
+    def _release(self, token: int, error: BaseException | None) -> None:
         """Hand on every waiting group up to ``token`` (and run rotations queued after them)."""
         waiting = self._waiting
         while waiting and waiting[0][0] <= token:
@@ -253,7 +254,7 @@ class Journal:
         except (OSError, ValueError):
             pass
         self._syncer = None
-        error: Optional[BaseException] = None
+        error: BaseException | None = None
         try:
             if self._fd is not None:
                 os.fdatasync(self._fd)
@@ -261,7 +262,7 @@ class Journal:
             error = exc
         self._release(self._token, error)
 
-    def rotate(self) -> "asyncio.Future[int]":
+    def rotate(self) -> asyncio.Future[int]:
         """Start a new segment after everything submitted so far; resolves to its number.
 
         ``on_rotate(seq)`` runs after the ``on_commit`` of every earlier record and before
@@ -288,7 +289,7 @@ class Journal:
             self._finish_rotation(fut)
         return fut
 
-    def _finish_rotation(self, fut: "asyncio.Future[int]") -> None:
+    def _finish_rotation(self, fut: asyncio.Future[int]) -> None:
         self.on_rotate(self.seq)
         if not fut.done():
             fut.set_result(self.seq)

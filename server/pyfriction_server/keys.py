@@ -24,19 +24,19 @@ import binascii
 import hmac
 import math
 import time
-from typing import Callable, Optional
+from collections.abc import Callable
 
 from starlette.datastructures import Headers
 
 from .errors import HTTPError
 
-__all__ = ["KeyRing", "header_key", "WRITE", "ADMIN"]
+__all__ = ["ADMIN", "WRITE", "KeyRing", "header_key"]
 
 WRITE = "write"
 ADMIN = "admin"
 
 
-def header_key(headers: Headers) -> Optional[str]:
+def header_key(headers: Headers) -> str | None:
     """The key carried by the request headers, if any."""
     key = headers.get("x-write-key")
     if key:
@@ -80,7 +80,7 @@ class KeyRing:
         self._buckets: dict[str, _Bucket] = {}
 
     @staticmethod
-    def _match(key: Optional[str], keys: list[bytes]) -> bool:
+    def _match(key: str | None, keys: list[bytes]) -> bool:
         if not key:
             return False
         raw = key.encode("utf-8", "surrogateescape")
@@ -89,7 +89,7 @@ class KeyRing:
             found |= hmac.compare_digest(raw, k)
         return found
 
-    def kind(self, key: Optional[str]) -> Optional[str]:
+    def kind(self, key: str | None) -> str | None:
         """``"admin"``, ``"write"`` or None for an unknown (or missing) key."""
         if self._match(key, self.admin_keys):
             return ADMIN
@@ -97,7 +97,7 @@ class KeyRing:
             return WRITE
         return None
 
-    def check_write(self, key: Optional[str]) -> str:
+    def check_write(self, key: str | None) -> str:
         """Authorize ingest/guidance: returns the rate-limit bucket name; raises 401/429."""
         kind = self.kind(key)
         if kind is None:
@@ -109,7 +109,7 @@ class KeyRing:
         self.take(bucket)
         return bucket
 
-    def check_admin(self, key: Optional[str]) -> str:
+    def check_admin(self, key: str | None) -> str:
         """Authorize the support endpoints (admin keys only); raises 401/429."""
         if not self.admin_keys:
             raise HTTPError(401, "unauthorized", "no admin key is configured: the support endpoints are closed")

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import zlib
-from typing import Optional
 
 from starlette.requests import ClientDisconnect, Request
 
 from .errors import HTTPError
 
-__all__ = ["read_body", "inflate"]
+__all__ = ["inflate", "read_body"]
 
 #: A body declared this many times over the limit is not drained before answering 413.
 DRAIN_FACTOR = 4
@@ -30,7 +29,7 @@ def _too_large(what: str, limit: int, close: bool = False) -> HTTPError:
 
 async def read_body(request: Request, max_wire: int, max_inflated: int, timeout: float) -> bytes:
     """The request body, decompressed, within the limits (raises :class:`HTTPError`)."""
-    declared: Optional[int] = None
+    declared: int | None = None
     raw_length = request.headers.get("content-length")
     if raw_length is not None:
         try:
@@ -65,7 +64,7 @@ async def read_body(request: Request, max_wire: int, max_inflated: int, timeout:
     return inflate(body, request.headers.get("content-encoding"), max_inflated)
 
 
-def inflate(body: bytes, encoding: Optional[str], limit: int) -> bytes:
+def inflate(body: bytes, encoding: str | None, limit: int) -> bytes:
     """Decode ``body`` per ``Content-Encoding`` (identity, gzip, deflate) up to ``limit`` bytes."""
     enc = (encoding or "identity").strip().lower()
     if enc in ("", "identity"):

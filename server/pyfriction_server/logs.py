@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 
-__all__ = ["JSONFormatter", "setup_logging", "log"]
+__all__ = ["JSONFormatter", "log", "setup_logging"]
 
 log = logging.getLogger("pyfriction.server")
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import bisect
 import math
-from typing import Callable, Iterable, Optional, TypeVar
+from collections.abc import Callable, Iterable
+from typing import TypeVar
 
-__all__ = ["Counter", "Gauge", "Histogram", "Registry", "Metrics", "CONTENT_TYPE"]
+__all__ = ["CONTENT_TYPE", "Counter", "Gauge", "Histogram", "Metrics", "Registry"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 Labels = tuple[str, ...]
@@ -92,7 +93,9 @@ class Histogram(_Metric):
 
     kind = "histogram"
 
-    def __init__(self, name: str, help_text: str, labels: Labels = (), buckets: tuple[float, ...] = LATENCY_BUCKETS) -> None:
+    def __init__(
+        self, name: str, help_text: str, labels: Labels = (), buckets: tuple[float, ...] = LATENCY_BUCKETS
+    ) -> None:
         super().__init__(name, help_text, labels)
         self.buckets = buckets
         self.series: dict[Labels, list[float]] = {}  # per-bucket counts (+Inf last), sum at the end
@@ -126,7 +129,7 @@ class Registry:
     def __init__(self) -> None:
         self.metrics: list[_Metric] = []
 
-    def add(self, metric: "_M") -> "_M":
+    def add(self, metric: _M) -> _M:
         self.metrics.append(metric)
         return metric
 
@@ -136,6 +139,7 @@ class Registry:
             lines.extend(m.render())  # type: ignore[attr-defined]
         return "\n".join(lines) + "\n"
 
+
 SOURCES = ("segment", "posthog", "native", "browser")
 REJECT_REASONS = ("invalid", "duplicate")
 
@@ -143,7 +147,7 @@ REJECT_REASONS = ("invalid", "duplicate")
 class Metrics:
     """Every metric the sidecar exports. Gauges read live values through ``gauges``."""
 
-    def __init__(self, gauges: Optional[dict[str, Callable[[], float]]] = None) -> None:
+    def __init__(self, gauges: dict[str, Callable[[], float]] | None = None) -> None:
         g = gauges or {}
         r = self.registry = Registry()
         self.events_received = r.add(Counter(
@@ -169,7 +173,9 @@ class Metrics:
         self.request_seconds = r.add(Histogram(
             "pyfriction_request_duration_seconds", "Request latency, by route template and method.",
             ("route", "method")))  # fmt: skip
-        self.journal_bytes = r.add(Counter("pyfriction_journal_written_bytes_total", "Bytes appended to the ingest journal."))
+        self.journal_bytes = r.add(
+            Counter("pyfriction_journal_written_bytes_total", "Bytes appended to the ingest journal.")
+        )
         self.journal_syncs = r.add(Counter("pyfriction_journal_fsyncs_total", "Journal fsyncs (group commits)."))
         self.snapshots = r.add(Counter("pyfriction_snapshots_total", "Snapshots written."))
         self.snapshot_seconds = r.add(Histogram(

@@ -229,8 +229,11 @@ def document() -> dict[str, Any]:
     paths["/i/v1/analytics/events"] = _ingest("PostHog capture v1", "PostHogV1Batch", "PostHogV1OK", "posthog")
     guidance_params = [USER_ID, *TOKEN_PARAMS]
     paths["/v1/guidance/{user_id}"] = _get(
-        "Pending guidance for a user (poll)", _ok("GuidanceList", "The pending guidance, now marked delivered."),
-        "guidance", parameters=guidance_params, security=[{"writeKey": []}, {"bearer": []}, {}],
+        "Pending guidance for a user (poll)",
+        _ok("GuidanceList", "The pending guidance, now marked delivered."),
+        "guidance",
+        parameters=guidance_params,
+        security=[{"writeKey": []}, {"bearer": []}, {}],
     )
     paths["/v1/guidance/{user_id}"]["get"]["responses"].update(AUTH_ERRORS)
     paths["/v1/guidance/{user_id}/stream"] = _get(
@@ -263,8 +266,11 @@ def document() -> dict[str, Any]:
     }
     admin_errors = {"401": _error("An admin key is required."), "429": AUTH_ERRORS["429"]}
     paths["/v1/users/{user_id}"] = _get(
-        "A user's friction state (support)", _ok("UserState", "The state as of the user's last event."), "admin",
-        parameters=[USER_ID], security=[{"adminKey": []}, {"bearer": []}],
+        "A user's friction state (support)",
+        _ok("UserState", "The state as of the user's last event."),
+        "admin",
+        parameters=[USER_ID],
+        security=[{"adminKey": []}, {"bearer": []}],
     )
     paths["/v1/users/{user_id}"]["get"]["responses"].update({**admin_errors, "404": _error("User not tracked.")})
     paths["/v1/hotspots"] = _get("Friction hotspots (support)", _ok("Hotspots", "Hotspots."), "admin",
@@ -301,7 +307,11 @@ def document() -> dict[str, Any]:
         "components": {
             "schemas": SCHEMAS,
             "securitySchemes": {
-                "basic": {"type": "http", "scheme": "basic", "description": "Write key as the user name, empty password."},
+                "basic": {
+                    "type": "http",
+                    "scheme": "basic",
+                    "description": "Write key as the user name, empty password.",
+                },
                 "writeKey": {"type": "apiKey", "in": "header", "name": "X-Write-Key"},
                 "bearer": {"type": "http", "scheme": "bearer", "description": "Write key (PostHog v1) or admin key."},
                 "adminKey": {"type": "apiKey", "in": "header", "name": "X-Admin-Key"},

@@ -29,14 +29,15 @@ from __future__ import annotations
 import argparse
 import os
 import tomllib
-from typing import Annotated, Any, Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Any
 
 import msgspec
 
 import pyfriction
 from pyfriction.events import CANONICAL_TYPES
 
-__all__ = ["Settings", "EventRule", "SettingsError", "load_settings", "parse_args"]
+__all__ = ["EventRule", "Settings", "SettingsError", "load_settings", "parse_args"]
 
 ENV_PREFIX = "PYFRICTION_SERVER_"
 
@@ -55,14 +56,14 @@ class EventRule(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     Everything a rule leaves open follows the engine config's ``[segment]`` paths.
     """
 
-    type: Optional[str] = None
-    step: Optional[str] = None
-    target: Optional[str] = None
-    step_from: Optional[str] = None
-    target_from: Optional[str] = None
-    status_from: Optional[str] = None
-    results_from: Optional[str] = None
-    account_from: Optional[str] = None
+    type: str | None = None
+    step: str | None = None
+    target: str | None = None
+    step_from: str | None = None
+    target_from: str | None = None
+    status_from: str | None = None
+    results_from: str | None = None
+    account_from: str | None = None
 
     def __post_init__(self) -> None:
         if self.type is not None and self.type not in CANONICAL_TYPES:
@@ -91,7 +92,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     admin_keys: list[str] = msgspec.field(default_factory=list)
     #: HMAC-SHA256 secret shared with the host backend for identity verification of the
     #: guidance endpoints (see :func:`pyfriction_server.user_token`); None: not required.
-    identity_secret: Optional[str] = None
+    identity_secret: str | None = None
     #: Origins allowed to call the sidecar from a browser ("*" for any).
     cors_origins: list[str] = msgspec.field(default_factory=list)
     #: Where the ingest journal and snapshots live; "" keeps everything in memory (an accepted
@@ -187,7 +188,7 @@ def env_name(flag: str) -> str:
     return ENV_PREFIX + flag.lstrip("-").replace("-", "_").upper()
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Parse the command line (``--config FILE`` and the :data:`FLAGS`)."""
     parser = argparse.ArgumentParser(
         prog="pyfriction-server",
@@ -224,8 +225,8 @@ def _split(value: str) -> list[str]:
 
 
 def load_settings(
-    argv: Optional[Sequence[str]] = None,
-    environ: Optional[Mapping[str, str]] = None,
+    argv: Sequence[str] | None = None,
+    environ: Mapping[str, str] | None = None,
     **overrides: Any,
 ) -> Settings:
     """Build :class:`Settings` from the config file, environment, command line and ``overrides``.

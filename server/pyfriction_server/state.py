@@ -27,7 +27,8 @@ import fcntl
 import logging
 import os
 import time
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import msgspec
 import numpy as np
@@ -41,7 +42,7 @@ from .journal import Journal, _fsync_dir, read_segment, segments
 from .metrics import Metrics
 from .settings import Settings
 
-__all__ = ["State", "StateError", "OUTCOMES"]
+__all__ = ["OUTCOMES", "State", "StateError"]
 
 log = logging.getLogger("pyfriction.server")
 
@@ -66,24 +67,24 @@ class State:
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self.settings = settings
         self.metrics = metrics
-        self.tracker: Optional[pyfriction.Tracker] = None
+        self.tracker: pyfriction.Tracker | None = None
         self.dedupe = RecentIds(settings.dedupe_size)
-        self.journal: Optional[Journal] = None
+        self.journal: Journal | None = None
         self.ready = False
         self.replaying = False
         #: Called with a user id when guidance is picked for them (the SSE hub listens).
         self.guidance_listeners: list[Callable[[str], None]] = []
         self._snapshotting = False
-        self._deferred: list[tuple[Any, "asyncio.Future[Any]"]] = []
+        self._deferred: list[tuple[Any, asyncio.Future[Any]]] = []
         self._snapshot_lock = asyncio.Lock()
-        self._lock_fd: Optional[int] = None
-        self._loop: Optional[asyncio.AbstractEventLoop] = None
-        self._snapshot_file: Optional[str] = None
+        self._lock_fd: int | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._snapshot_file: str | None = None
         self._next_seq = 0
 
     # -- start -------------------------------------------------------------------------------
     @property
-    def directory(self) -> Optional[str]:
+    def directory(self) -> str | None:
         return os.path.abspath(self.settings.state_dir) if self.settings.state_dir else None
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -140,7 +141,7 @@ class State:
                                    on_bytes=self._journal_bytes, sync_interval=self.settings.sync_interval)  # fmt: skip
         self.ready = True
 
-    def _new_tracker(self, config: pyfriction.Config, snapshot: Optional[str]) -> pyfriction.Tracker:
+    def _new_tracker(self, config: pyfriction.Config, snapshot: str | None) -> pyfriction.Tracker:
         engine = self.settings.engine
         if snapshot is not None:
             try:
@@ -165,7 +166,7 @@ class State:
         self._lock_fd = fd
 
     @staticmethod
-    def _read_meta(directory: str) -> Optional[dict[str, Any]]:
+    def _read_meta(directory: str) -> dict[str, Any] | None:
         path = os.path.join(directory, STATE_FILE)
         try:
             with open(path, "rb") as fh:
@@ -217,18 +218,20 @@ class State:
         journal.submit(_encode(record), record, fut)
         return await fut
 
-    def _committed(self, done: list[tuple[Any, "asyncio.Future[Any]"]], error: Optional[BaseException]) -> None:
+    def _committed(self, done: list[tuple[Any, asyncio.Future[Any]]], error: BaseException | None) -> None:
         if error is not None:
             for _, fut in done:
                 if not fut.done():
-                    fut.set_exception(HTTPError(503, "journal_unavailable", "the ingest journal cannot be written", retry_after=5))
+                    fut.set_exception(
+                        HTTPError(503, "journal_unavailable", "the ingest journal cannot be written", retry_after=5)
+                    )
             return
         if self._snapshotting:
             self._deferred.extend(done)
             return
         self._apply_all(done)
 
-    def _apply_all(self, done: list[tuple[Any, "asyncio.Future[Any]"]]) -> None:
+    def _apply_all(self, done: list[tuple[Any, asyncio.Future[Any]]]) -> None:
         for record, fut in done:
             try:
                 result = self.apply(record)
@@ -265,7 +268,7 @@ class State:
         assert tracker is not None
         m = self.metrics
         cols: dict[str, list[Any]] = record["cols"]
-        ids: list[Optional[str]] = record["ids"]
+        ids: list[str | None] = record["ids"]
         source: str = record["src"]
         n = len(ids)
         keep = self.dedupe.filter(ids)
@@ -360,10 +363,10 @@ class State:
                 os.nice(10)
                 self._write_snapshot(seq, resume=False)
                 code = 0
-            except BaseException:  # noqa: BLE001 (reported by the exit status)
+            except BaseException:
                 try:
                     log.exception("snapshot child failed")
-                except BaseException:  # noqa: BLE001
+                except BaseException:
                     pass
             finally:
                 os._exit(code)

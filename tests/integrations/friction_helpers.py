@@ -11,7 +11,8 @@ SDK is back to its pristine state (no default tracker, default options, integrat
 from __future__ import annotations
 
 import os
-from typing import Any, Iterator, Optional
+from collections.abc import Iterator
+from typing import Any
 
 import msgspec
 import pytest
@@ -20,6 +21,7 @@ import pyfriction
 from pyfriction import sdk
 from pyfriction.integrations import _all_classes
 
+
 class FakeGuidance(msgspec.Struct, kw_only=True):
     """Stands in for ``pyfriction.Guidance`` so these tests do not depend on the catalog."""
 
@@ -27,7 +29,7 @@ class FakeGuidance(msgspec.Struct, kw_only=True):
     kind: str = "banner"
     title: str = "Need a hand?"
     body: str = "Dates are DD/MM/YYYY."
-    url: Optional[str] = None
+    url: str | None = None
 
 
 class Friction:
@@ -35,7 +37,7 @@ class Friction:
 
     def __init__(self) -> None:
         self.events: list[dict[str, Any]] = []
-        self.tracker: Optional[pyfriction.Tracker] = None
+        self.tracker: pyfriction.Tracker | None = None
         self.guidance: dict[str, list[Any]] = {}
         self.acks: list[tuple[str, str, str]] = []
 
@@ -97,4 +99,3 @@ def friction(monkeypatch: pytest.MonkeyPatch) -> Iterator[Friction]:
     f = Friction()
     yield f
     reset_sdk()
-

@@ -18,9 +18,10 @@ from starlette.authentication import AuthCredentials, AuthenticationBackend, Sim
 from starlette.middleware.authentication import AuthenticationMiddleware  # noqa: E402
 
 import pyfriction  # noqa: E402
-from friction_helpers import FakeGuidance, Friction, friction  # noqa: E402,F401
 from pyfriction import sdk  # noqa: E402
 from pyfriction.integrations.asgi import FrictionMiddleware, StarletteIntegration, guidance_app  # noqa: E402
+
+from friction_helpers import FakeGuidance, Friction, friction  # noqa: E402,F401
 
 
 class HeaderAuth(AuthenticationBackend):
@@ -218,8 +219,11 @@ def test_guidance_endpoint(friction: Friction) -> None:
     assert c.post("/_pyfriction/ack", json={"id": "x", "outcome": "clicked"}, headers=U).json() == {"ok": False}
     assert c.post("/_pyfriction/ack", json={"id": "g1", "outcome": "nope"}, headers=U).status_code == 400
     assert friction.acks == [("u42", "g1", "shown"), ("u42", "x", "clicked")]
-    events = [{"type": "click", "step": "/import", "target": "#go", "user_id": "someone-else"},
-              {"type": "ticket"}, {"type": "search", "properties": {"results": 0, "q": "secret"}}]
+    events = [
+        {"type": "click", "step": "/import", "target": "#go", "user_id": "someone-else"},
+        {"type": "ticket"},
+        {"type": "search", "properties": {"results": 0, "q": "secret"}},
+    ]
     r = c.post("/_pyfriction/events", json={"events": events}, headers=U)
     assert r.json() == {"accepted": 2}
     assert [(e["user_id"], e["type"]) for e in friction.events] == [("u42", "click"), ("u42", "search")]
@@ -247,7 +251,9 @@ def test_pyfriction_failures_never_fail_the_request(friction: Friction, caplog: 
     assert "the request goes on unaffected" in caplog.text
 
 
-def test_bad_config_at_runtime_and_a_failing_hook(friction: Friction, monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+def test_bad_config_at_runtime_and_a_failing_hook(
+    friction: Friction, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
     bad = tmp_path / "friction.toml"
     bad.write_text("[scoring]\nthreshold = 7\n")
     monkeypatch.setenv("PYFRICTION_CONFIG", str(bad))

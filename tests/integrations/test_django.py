@@ -31,8 +31,9 @@ from django.utils.asyncio import async_unsafe  # noqa: E402
 from django.utils.functional import SimpleLazyObject  # noqa: E402
 
 import pyfriction  # noqa: E402
-from friction_helpers import FakeGuidance, Friction, friction  # noqa: E402,F401
 from pyfriction import sdk  # noqa: E402
+
+from friction_helpers import FakeGuidance, Friction, friction  # noqa: E402,F401
 
 LAZY_EVALUATIONS: list[str] = []
 
@@ -194,7 +195,7 @@ def test_guidance_on_the_request_and_header(friction: Friction) -> None:
     c = Client()
     assert "DD/MM/YYYY" in c.get("/guidance/", headers=U).content.decode()
     assert "none" in c.get("/guidance/", headers=U).content.decode()
-    from django.test import override_settings  # noqa: PLC0415
+    from django.test import override_settings
 
     with override_settings(PYFRICTION={"guidance_header": True, "slow_after": None}):
         friction.stub_guidance("u42", FakeGuidance(id="g2"))
@@ -204,7 +205,7 @@ def test_guidance_on_the_request_and_header(friction: Friction) -> None:
 
 def test_get_user_setting(friction: Friction) -> None:
     friction.init()
-    from django.test import override_settings  # noqa: PLC0415
+    from django.test import override_settings
 
     with override_settings(PYFRICTION={"get_user": lambda request: ("u7", "acme")}):
         Client().get("/items/404/")

@@ -11,9 +11,10 @@ flask = pytest.importorskip("flask")
 flask_login = pytest.importorskip("flask_login")
 
 import pyfriction  # noqa: E402
-from friction_helpers import FakeGuidance, Friction, friction  # noqa: E402,F401
 from pyfriction import sdk  # noqa: E402
 from pyfriction.integrations.flask import FlaskIntegration, PyFriction  # noqa: E402
+
+from friction_helpers import FakeGuidance, Friction, friction  # noqa: E402,F401
 
 
 class User(flask_login.UserMixin):

@@ -7,8 +7,9 @@ import logging
 import pytest
 
 import pyfriction
-from friction_helpers import Friction, friction  # noqa: F401
 from pyfriction.integrations.logging import FrictionHandler, LoggingIntegration
+
+from friction_helpers import Friction, friction  # noqa: F401
 
 
 @pytest.fixture
@@ -19,7 +20,9 @@ def app_logger() -> logging.Logger:
         logger.removeHandler(h)
 
 
-def test_handler_turns_error_records_of_a_user_into_error_events(friction: Friction, app_logger: logging.Logger) -> None:
+def test_handler_turns_error_records_of_a_user_into_error_events(
+    friction: Friction, app_logger: logging.Logger
+) -> None:
     friction.init()
     app_logger.addHandler(FrictionHandler())
     app_logger.error("no user: ignored")
@@ -72,7 +75,7 @@ def test_a_request_s_failure_is_not_counted_twice(friction: Friction) -> None:
     def boom() -> str:
         raise RuntimeError("kaboom")
 
-    from pyfriction.integrations.flask import PyFriction  # noqa: PLC0415
+    from pyfriction.integrations.flask import PyFriction
 
     PyFriction(app, get_user=lambda: "u1")
     assert app.test_client().get("/boom").status_code == 500  # Flask logs it at ERROR too

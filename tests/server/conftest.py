@@ -7,7 +7,7 @@ carrying the admin key.
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -23,6 +23,7 @@ def admin() -> dict[str, str]:
 @pytest.fixture(scope="module")
 def sidecar() -> Iterator[ThreadServer]:
     """One in-memory sidecar per test module (write + admin keys, guidance catalog, event rules)."""
-    with ThreadServer(write_keys=[WRITE_KEY], admin_keys=[ADMIN_KEY], engine_config=GUIDANCE_CONFIG,
-                      events=EVENT_RULES) as s:
+    with ThreadServer(
+        write_keys=[WRITE_KEY], admin_keys=[ADMIN_KEY], engine_config=GUIDANCE_CONFIG, events=EVENT_RULES
+    ) as s:
         yield s

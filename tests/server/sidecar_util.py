@@ -18,10 +18,11 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, Optional
+from typing import Any
 
 import httpx
 import msgspec
+
 from pyfriction_server import Server, Settings, create_app, server_config
 
 HOST = "127.0.0.1"
@@ -56,7 +57,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_ready(url: str, timeout: float = 30.0, proc: Optional[subprocess.Popen[bytes]] = None) -> None:
+def wait_ready(url: str, timeout: float = 30.0, proc: subprocess.Popen[bytes] | None = None) -> None:
     """Poll ``/readyz`` until 200 (fails if ``proc`` exits first)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -92,7 +93,7 @@ class ThreadServer:
     def tracker(self) -> Any:
         return self.sidecar.state.tracker
 
-    def __enter__(self) -> "ThreadServer":
+    def __enter__(self) -> ThreadServer:
         self.thread.start()
         deadline = time.monotonic() + 30
         while not self.server.started:
@@ -109,8 +110,8 @@ class ThreadServer:
 class ProcessServer:
     """``python -m pyfriction_server`` in a subprocess, on a free loopback port."""
 
-    def __init__(self, state_dir: str, *args: str, port: Optional[int] = None, env: Optional[dict[str, str]] = None,
-                 config: Optional[str] = None) -> None:  # fmt: skip
+    def __init__(self, state_dir: str, *args: str, port: int | None = None, env: dict[str, str] | None = None,
+                 config: str | None = None) -> None:  # fmt: skip
         self.port = port or free_port()
         self.url = f"http://{HOST}:{self.port}"
         self.argv = [sys.executable, "-m", "pyfriction_server", "--host", HOST, "--port", str(self.port),
@@ -121,10 +122,10 @@ class ProcessServer:
         self.env = dict(os.environ)
         self.env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, self.env.get("PYTHONPATH", "")) if p)
         self.env.update(env or {})
-        self.proc: Optional[subprocess.Popen[bytes]] = None
+        self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = os.path.join(os.path.dirname(os.path.abspath(state_dir)), f"sidecar-{self.port}.log")
 
-    def start(self, timeout: float = 60.0) -> "ProcessServer":
+    def start(self, timeout: float = 60.0) -> ProcessServer:
         self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(self.argv, env=self.env, stdout=self.log, stderr=self.log, cwd=ROOT)
         try:
@@ -159,7 +160,7 @@ class ProcessServer:
         self.log.close()
         return int(self.proc.returncode)
 
-    def __enter__(self) -> "ProcessServer":
+    def __enter__(self) -> ProcessServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -12,7 +12,8 @@ import http.server
 import os
 import threading
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -65,7 +66,7 @@ def site() -> Iterator[tuple[str, ThreadServer]]:
         html = PAGE.format(sidecar=sidecar.url, key=WRITE_KEY, user=USER).encode()
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 self.send_response(200 if not self.path.startswith("/api/") else 500)
                 self.send_header("Content-Type", "text/html; charset=utf-8")
                 self.send_header("Content-Length", str(len(html)))

@@ -12,12 +12,14 @@ import socket
 import threading
 import time
 import zlib
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
 
 from pyfriction_server import user_token
+
 from .sidecar_util import ADMIN_KEY, HOST, SECRET, WRITE_KEY, ThreadServer
 
 AUTH = {"X-Write-Key": WRITE_KEY}
@@ -104,7 +106,10 @@ def test_gzip_bomb_413(sidecar: Any, encoding: str) -> None:
     assert time.monotonic() - started < 5
     # a legitimate gzip body still works
     ok = gzip.compress(json.dumps(_batch("u-gz")).encode())
-    assert httpx.post(sidecar.url + "/v1/batch", content=ok, headers={**AUTH, "Content-Encoding": "gzip"}).status_code == 200
+    assert (
+        httpx.post(sidecar.url + "/v1/batch", content=ok, headers={**AUTH, "Content-Encoding": "gzip"}).status_code
+        == 200
+    )
 
 
 def test_garbage_never_500(sidecar: Any) -> None:
@@ -146,7 +151,9 @@ def test_hmac_identity_verification(strict: Any) -> None:
     tampered = str(int(time.time()) + 3600) + "." + expiring.split(".")[1]  # extended expiry, old MAC
     assert httpx.get(base, params={"token": tampered}, headers=h).status_code == 401
     assert httpx.get(base + "/stream", params={"token": bob, "key": WRITE_KEY}).status_code == 401
-    r = httpx.post(base + "/ack", json={"guidance_id": "g", "outcome": "shown"}, headers={**h, "X-Pyfriction-User-Token": bob})
+    r = httpx.post(
+        base + "/ack", json={"guidance_id": "g", "outcome": "shown"}, headers={**h, "X-Pyfriction-User-Token": bob}
+    )
     assert r.status_code == 401
 
 

@@ -17,6 +17,7 @@ import pytest
 
 from pyfriction._hashing import key64
 from pyfriction_server import SettingsError, load_settings
+
 from .sidecar_util import ADMIN_KEY, ROOT, WRITE_KEY, ProcessServer, free_port
 
 USERS = 50
@@ -200,7 +201,7 @@ def test_settings_precedence(tmp_path: Any) -> None:
     bad.write_text("[scoring]\nthreshold = 7\n")
     with pytest.raises(SettingsError, match="threshold"):
         load_settings(["--config", str(bad)], environ={})
-    bad.write_text('[server]\nnope = 1\n')
+    bad.write_text("[server]\nnope = 1\n")
     with pytest.raises(SettingsError, match="nope"):
         load_settings(["--config", str(bad)], environ={})
 

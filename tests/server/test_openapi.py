@@ -8,7 +8,8 @@ examples per operation, well under two minutes.
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -46,8 +47,7 @@ def test_api_conforms(case: Any) -> None:
     # schemathesis' own generated credentials do not decide which branch is tested.
     # ignored_auth is left out: it resends with schemathesis' own (invalid) credentials but keeps
     # this explicit valid key, which the server rightly honours; test_faults covers wrong keys.
-    case.call_and_validate(headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=10,
-                           excluded_checks=[ignored_auth])
+    case.call_and_validate(headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=10, excluded_checks=[ignored_auth])
 
 
 def test_stream_operation_matches_its_document(api_server: ThreadServer) -> None:

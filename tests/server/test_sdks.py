@@ -64,8 +64,9 @@ def test_rudderstack_sdk(sidecar: Any, admin: dict[str, str]) -> None:
 
     errors: list[Any] = []
     user = _uid("rudder")
-    client = Client(WRITE_KEY, host=sidecar.url, on_error=lambda e, batch: errors.append(e),
-                    max_retries=1, upload_interval=0.05)  # fmt: skip  (gzip is on by default)
+    client = Client(
+        WRITE_KEY, host=sidecar.url, on_error=lambda e, batch: errors.append(e), max_retries=1, upload_interval=0.05
+    )  # fmt: skip  (gzip is on by default)
     assert client.gzip
     client.page(user, name="/import", properties={})
     for _ in range(N_CLICKS):
@@ -128,6 +129,6 @@ def test_sdk_events_feed_metrics(sidecar: Any) -> None:
     accepted = {line.split("{")[1].split("}")[0]: float(line.rsplit(" ", 1)[1])
                 for line in text.splitlines() if line.startswith("pyfriction_events_accepted_total{")}  # fmt: skip
     assert accepted['source="segment"'] > 0 and accepted['source="posthog"'] > 0
-    assert "pyfriction_events_rejected_total{reason=\"duplicate\"}" in text
+    assert 'pyfriction_events_rejected_total{reason="duplicate"}' in text
     assert "user" not in "".join(line for line in text.splitlines() if not line.startswith("#") and "{" in line
                                  and "route=" not in line)  # fmt: skip

@@ -119,7 +119,11 @@ def json_to_toml(doc: dict[str, Any]) -> str:
         raise TypeError(type(v))
 
     def table(prefix: str, d: dict[str, Any]) -> None:
-        scalars = {k: v for k, v in d.items() if not isinstance(v, dict) and not (isinstance(v, list) and v and isinstance(v[0], dict))}
+        scalars = {
+            k: v
+            for k, v in d.items()
+            if not isinstance(v, dict) and not (isinstance(v, list) and v and isinstance(v[0], dict))
+        }
         if prefix:
             lines.append(f"[{prefix}]")
         for k, v in scalars.items():

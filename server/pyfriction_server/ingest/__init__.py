@@ -13,23 +13,24 @@ is dropped and counted; the rest of the batch goes through.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-from typing import Any, Callable, Optional, Union
+from collections.abc import Callable
+from datetime import UTC, datetime, timezone
+from typing import Any, Optional, Union
 
 import msgspec
 
-from ..errors import HTTPError
 from pyfriction.config import SegmentMapping
 
+from ..errors import HTTPError
 from ..settings import EventRule
 
-__all__ = ["Batch", "Mapper", "View", "epoch", "text", "decode_error", "Identity"]
+__all__ = ["Batch", "Identity", "Mapper", "View", "decode_error", "epoch", "text"]
 
-UTC = timezone.utc
+UTC = UTC
 Identity = tuple[str, dict[str, Any]]
 
 
-def epoch(value: Union[datetime, float, int, None]) -> Optional[float]:
+def epoch(value: datetime | float | int | None) -> float | None:
     """Seconds since the epoch of a datetime (naive means UTC) or a number; None stays None."""
     if value is None:
         return None
@@ -40,7 +41,7 @@ def epoch(value: Union[datetime, float, int, None]) -> Optional[float]:
     return float(value)
 
 
-def text(value: Any) -> Optional[str]:
+def text(value: Any) -> str | None:
     """A step/target/id value as text: strings as they are, numbers in decimal, else None."""
     if type(value) is str:
         return value or None
@@ -81,8 +82,8 @@ class Batch:
         #: Messages in the request (events, identifies and ignored calls alike).
         self.received = 0
 
-    def add(self, user_id: str, kind: str, ts: float, step: Optional[str], target: Optional[str],
-            account_id: Optional[str], status: Any, results: Any, msg_id: Optional[str]) -> None:  # fmt: skip
+    def add(self, user_id: str, kind: str, ts: float, step: str | None, target: str | None,
+            account_id: str | None, status: Any, results: Any, msg_id: str | None) -> None:  # fmt: skip
         """Append one canonical event."""
         self.rows.append((user_id, kind, ts, step, target, account_id, as_int(status), as_int(results), msg_id))
 
@@ -141,7 +142,7 @@ class View:
 
     __slots__ = ("msg", "props", "raw_context", "_context")
 
-    def __init__(self, msg: Any, props: Optional[dict[str, Any]], raw_context: Any = None) -> None:
+    def __init__(self, msg: Any, props: dict[str, Any] | None, raw_context: Any = None) -> None:
         self.msg = msg
         self.props = props
         self.raw_context = raw_context
@@ -174,7 +175,7 @@ class View:
             obj = obj.get(part)
         return obj
 
-    def first(self, paths: tuple[tuple[str, ...], ...]) -> Optional[str]:
+    def first(self, paths: tuple[tuple[str, ...], ...]) -> str | None:
         """The first of ``paths`` holding text (see :func:`text`)."""
         for path in paths:
             value = text(self.get(path))
@@ -212,11 +213,11 @@ class Mapper:
         self.target_paths = _paths(seg.target)
         self.account_paths = _paths(seg.account_id)
 
-    def fields(self, m: View) -> tuple[Optional[str], Optional[str], Optional[str]]:
+    def fields(self, m: View) -> tuple[str | None, str | None, str | None]:
         """``(step, target, account_id)`` by the ``[segment]`` paths."""
         return m.first(self.step_paths), m.first(self.target_paths), m.first(self.account_paths)
 
-    def track(self, name: str, m: View) -> tuple[str, Optional[str], Optional[str], Optional[str], Any, Any]:
+    def track(self, name: str, m: View) -> tuple[str, str | None, str | None, str | None, Any, Any]:
         """``(type, step, target, account_id, status, results)`` for an event called ``name``."""
         props = m.props
         status = props.get("status") if props else None
@@ -242,7 +243,7 @@ class _Compiled:
         }
 
     def apply(self, name: str, m: View, mapper: Mapper, status: Any, results: Any) -> tuple[
-            str, Optional[str], Optional[str], Optional[str], Any, Any]:  # fmt: skip
+            str, str | None, str | None, str | None, Any, Any]:  # fmt: skip
         p = self.paths
         step, target, account = mapper.fields(m)
         step = (text(m.get(p["step"])) if "step" in p else None) or self.step or step

@@ -16,14 +16,14 @@ counted; the rest go through.
 
 from __future__ import annotations
 
-from typing import Any, Optional, Union
+from typing import Any, Union
 
 import msgspec
 
 from ..errors import HTTPError
 from . import Batch, Mapper, View, decode_error, text
 
-__all__ = ["NativeEvent", "Envelope", "decode", "MSGPACK_TYPES"]
+__all__ = ["MSGPACK_TYPES", "Envelope", "NativeEvent", "decode"]
 
 MSGPACK_TYPES = frozenset({"application/msgpack", "application/x-msgpack", "application/vnd.msgpack"})
 Id = Union[str, int, None]
@@ -33,12 +33,12 @@ class NativeEvent(msgspec.Struct, gc=False):
     """A canonical event with an optional delivery id."""
 
     user_id: Id = None
-    type: Optional[str] = None
-    ts: Optional[float] = None
-    step: Optional[str] = None
-    target: Optional[str] = None
-    account_id: Optional[str] = None
-    properties: Optional[dict[str, Any]] = None
+    type: str | None = None
+    ts: float | None = None
+    step: str | None = None
+    target: str | None = None
+    account_id: str | None = None
+    properties: dict[str, Any] | None = None
     id: Id = None
 
 
@@ -46,9 +46,9 @@ class Envelope(msgspec.Struct, gc=False):
     """A batch with its key, send time and sending library."""
 
     events: list[NativeEvent] = msgspec.field(default_factory=list)
-    writeKey: Optional[str] = None
-    sent_at: Optional[float] = None
-    lib: Optional[str] = None
+    writeKey: str | None = None
+    sent_at: float | None = None
+    lib: str | None = None
 
 
 Body = Union[Envelope, list[NativeEvent]]
@@ -57,7 +57,7 @@ _msgpack = msgspec.msgpack.Decoder(Body)
 
 
 def decode(body: bytes, content_type: str, received: float, mapper: Mapper, *, skew: bool,
-           max_event: int, max_events: int) -> tuple[Batch, Optional[str]]:  # fmt: skip
+           max_event: int, max_events: int) -> tuple[Batch, str | None]:  # fmt: skip
     """Decode a native body; returns the batch and the body's ``writeKey``."""
     media = content_type.split(";", 1)[0].strip().lower()
     try:

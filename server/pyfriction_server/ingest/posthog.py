@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Any, Optional, Union
+from typing import Any, Union
 from urllib.parse import urlsplit
 
 import msgspec
@@ -35,7 +35,7 @@ import msgspec
 from ..errors import HTTPError
 from . import Batch, Mapper, View, decode_error, epoch, text
 
-__all__ = ["Event", "Envelope", "V1Envelope", "decode_v0", "decode_v1"]
+__all__ = ["Envelope", "Event", "V1Envelope", "decode_v0", "decode_v1"]
 
 Id = Union[str, int, None]
 
@@ -43,35 +43,35 @@ Id = Union[str, int, None]
 class Event(msgspec.Struct, gc=False):
     """One PostHog event (v0 shape; unused fields are ignored)."""
 
-    event: Optional[str] = None
+    event: str | None = None
     distinct_id: Id = None
-    properties: Optional[dict[str, Any]] = None
-    timestamp: Optional[datetime] = None
-    uuid: Optional[str] = None
-    offset: Optional[int] = None
+    properties: dict[str, Any] | None = None
+    timestamp: datetime | None = None
+    uuid: str | None = None
+    offset: int | None = None
 
 
 class Envelope(Event):
     """A v0 body: ``{"batch": [...], "api_key", "sent_at"}``, or a single event with ``api_key``."""
 
-    batch: Optional[list[Event]] = None
-    api_key: Optional[str] = None
-    sent_at: Optional[datetime] = None
+    batch: list[Event] | None = None
+    api_key: str | None = None
+    sent_at: datetime | None = None
 
 
 class V1Options(msgspec.Struct, gc=False):
-    disable_skew_correction: Optional[bool] = None
+    disable_skew_correction: bool | None = None
 
 
 class V1Event(Event):
-    options: Optional[V1Options] = None
+    options: V1Options | None = None
 
 
 class V1Envelope(msgspec.Struct, gc=False):
     """A v1 body: ``{"created_at", "batch": [...]}``."""
 
     batch: list[V1Event] = msgspec.field(default_factory=list)
-    created_at: Optional[datetime] = None
+    created_at: datetime | None = None
 
 
 _v0 = msgspec.json.Decoder(Union[Envelope, list[Event]])
@@ -82,7 +82,7 @@ _CHAIN_TAG = re.compile(r"^([A-Za-z][A-Za-z0-9-]*)((?:\.[A-Za-z0-9_-]+)*)")
 _CHAIN_TEXT = re.compile(r'(?:^|[:"])text="([^"]*)"')
 
 
-def element_target(props: dict[str, Any]) -> Optional[str]:
+def element_target(props: dict[str, Any]) -> str | None:
     """A stable name for the element an autocaptured event happened on."""
     target = text(props.get("target"))
     if target:
@@ -114,7 +114,7 @@ def element_target(props: dict[str, Any]) -> Optional[str]:
     return None
 
 
-def page_step(props: Optional[dict[str, Any]]) -> Optional[str]:
+def page_step(props: dict[str, Any] | None) -> str | None:
     """The step of a PostHog event: ``properties.step``, ``$pathname``, or ``$current_url``'s path."""
     if not props:
         return None
@@ -169,14 +169,14 @@ def _add(out: Batch, e: Event, uid: str, ts: float, mapper: Mapper, rage_clicks:
     # other $ events ($pageleave, $groupidentify, feature flag calls...): nothing to score
 
 
-def _uid(e: Event) -> Optional[str]:
+def _uid(e: Event) -> str | None:
     uid = e.distinct_id if type(e.distinct_id) is str else text(e.distinct_id)
     if not uid and e.properties:
         uid = text(e.properties.get("distinct_id"))
     return uid
 
 
-def _time(e: Event, received: float, sent: Optional[float], skew: bool) -> float:
+def _time(e: Event, received: float, sent: float | None, skew: bool) -> float:
     ts = epoch(e.timestamp)
     if ts is None:
         if e.offset is not None and 0 <= e.offset < 10**10:
@@ -188,14 +188,14 @@ def _time(e: Event, received: float, sent: Optional[float], skew: bool) -> float
 
 
 def decode_v0(body: bytes, received: float, mapper: Mapper, *, skew: bool, max_event: int,
-              max_events: int, rage_clicks: int) -> tuple[Batch, Optional[str]]:  # fmt: skip
+              max_events: int, rage_clicks: int) -> tuple[Batch, str | None]:  # fmt: skip
     """Decode a ``/batch/``, ``/capture/`` or ``/e/`` body; returns it and the body's ``api_key``."""
     try:
         doc = _v0.decode(body)
     except msgspec.DecodeError as exc:
         raise decode_error(exc) from None
-    key: Optional[str] = None
-    sent: Optional[float] = None
+    key: str | None = None
+    sent: float | None = None
     if isinstance(doc, list):
         events: list[Event] = doc
     else:
@@ -206,14 +206,14 @@ def decode_v0(body: bytes, received: float, mapper: Mapper, *, skew: bool, max_e
     return _decode(events, body, received, sent, mapper, skew, max_event, max_events, rage_clicks), key
 
 
-def decode_v1(body: bytes, received: float, request_ts: Optional[str], mapper: Mapper, *, skew: bool,
+def decode_v1(body: bytes, received: float, request_ts: str | None, mapper: Mapper, *, skew: bool,
               max_event: int, max_events: int, rage_clicks: int) -> Batch:  # fmt: skip
     """Decode a v1 ``/i/v1/analytics/events`` body (``request_ts``: ``PostHog-Request-Timestamp``)."""
     try:
         doc = _v1.decode(body)
     except msgspec.DecodeError as exc:
         raise decode_error(exc) from None
-    sent: Optional[float] = None
+    sent: float | None = None
     if request_ts:
         try:
             sent = epoch(datetime.fromisoformat(request_ts.replace("Z", "+00:00")))
@@ -224,7 +224,7 @@ def decode_v1(body: bytes, received: float, request_ts: Optional[str], mapper: M
     return _decode(doc.batch, body, received, sent, mapper, skew, max_event, max_events, rage_clicks)
 
 
-def _decode(events: list[Any], body: bytes, received: float, sent: Optional[float], mapper: Mapper,
+def _decode(events: list[Any], body: bytes, received: float, sent: float | None, mapper: Mapper,
             skew: bool, max_event: int, max_events: int, rage_clicks: int) -> Batch:  # fmt: skip
     if len(events) > max_events:
         raise HTTPError(413, "payload_too_large", f"more than {max_events} events in one batch")

@@ -13,7 +13,8 @@ per-request response and exception-handling layers.
 from __future__ import annotations
 
 import time
-from typing import Any, Awaitable, Callable, Optional
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import msgspec
 from starlette.requests import Request
@@ -24,14 +25,14 @@ from ..keys import header_key
 from ..limits import inflate, read_body
 from . import Batch, native, posthog, segment
 
-__all__ = ["Endpoint", "segment_batch", "segment_single", "posthog_v0", "posthog_v1", "native_events"]
+__all__ = ["Endpoint", "native_events", "posthog_v0", "posthog_v1", "segment_batch", "segment_single"]
 
 SEGMENT_OK = b'{"success":true}'
 POSTHOG_OK = b'{"status":1}'
 POSTHOG_V1_OK = b'{"results":{}}'
 
 
-async def _body(request: Request) -> tuple[Any, Optional[str], bytes, float]:
+async def _body(request: Request) -> tuple[Any, str | None, bytes, float]:
     """The sidecar, the header key (checked at once when present), the body and its arrival time."""
     sc = request.app.state.sidecar
     key = header_key(request.headers)
@@ -42,7 +43,7 @@ async def _body(request: Request) -> tuple[Any, Optional[str], bytes, float]:
     return sc, key, body, time.time()
 
 
-async def _accept(sc: Any, batch: Batch, header: Optional[str], body_key: Optional[str]) -> dict[str, int]:
+async def _accept(sc: Any, batch: Batch, header: str | None, body_key: str | None) -> dict[str, int]:
     if header is None:
         sc.keys.check_write(body_key)
     return await sc.state.submit(batch.record())  # type: ignore[no-any-return]

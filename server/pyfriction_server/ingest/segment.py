@@ -27,16 +27,16 @@ time is ``timestamp`` (else ``originalTimestamp``) corrected by the batch's (or 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Optional, Union
+from typing import Any, Union
 
 import msgspec
 
-from ..errors import HTTPError
 from pyfriction.segment import to_identify
 
+from ..errors import HTTPError
 from . import Batch, Mapper, View, as_int, decode_error, epoch, raw_decoder, text
 
-__all__ = ["Message", "Envelope", "decode", "MESSAGE_TYPES"]
+__all__ = ["MESSAGE_TYPES", "Envelope", "Message", "decode"]
 
 MESSAGE_TYPES = ("track", "identify", "page", "screen", "group", "alias")
 
@@ -46,19 +46,19 @@ Id = Union[str, int, None]
 class Message(msgspec.Struct, gc=False):
     """One Segment message (fields the sidecar does not use are ignored)."""
 
-    type: Optional[str] = None
-    event: Optional[str] = None
-    name: Optional[str] = None
+    type: str | None = None
+    event: str | None = None
+    name: str | None = None
     userId: Id = None
     anonymousId: Id = None
     messageId: Id = None
-    timestamp: Optional[datetime] = None
-    originalTimestamp: Optional[datetime] = None
-    sentAt: Optional[datetime] = None
-    properties: Optional[dict[str, Any]] = None
-    traits: Optional[dict[str, Any]] = None
+    timestamp: datetime | None = None
+    originalTimestamp: datetime | None = None
+    sentAt: datetime | None = None
+    properties: dict[str, Any] | None = None
+    traits: dict[str, Any] | None = None
     groupId: Id = None
-    writeKey: Optional[str] = None
+    writeKey: str | None = None
     context: msgspec.Raw = msgspec.Raw(b"")
 
 
@@ -66,14 +66,14 @@ class Envelope(msgspec.Struct, gc=False):
     """A ``/v1/batch`` body."""
 
     batch: list[Message] = msgspec.field(default_factory=list)
-    sentAt: Optional[datetime] = None
-    writeKey: Optional[str] = None
+    sentAt: datetime | None = None
+    writeKey: str | None = None
 
 
 class _RawEnvelope(msgspec.Struct, gc=False):
     batch: list[msgspec.Raw] = msgspec.field(default_factory=list)
-    sentAt: Optional[datetime] = None
-    writeKey: Optional[str] = None
+    sentAt: datetime | None = None
+    writeKey: str | None = None
 
 
 class _FastProps(msgspec.Struct, gc=False):
@@ -93,26 +93,26 @@ class _FastContext(msgspec.Struct, gc=False):
 
 
 class _FastMessage(msgspec.Struct, gc=False):
-    type: Optional[str] = None
-    event: Optional[str] = None
-    name: Optional[str] = None
+    type: str | None = None
+    event: str | None = None
+    name: str | None = None
     userId: Id = None
     anonymousId: Id = None
     messageId: Id = None
-    timestamp: Optional[datetime] = None
-    originalTimestamp: Optional[datetime] = None
-    sentAt: Optional[datetime] = None
-    properties: Optional[_FastProps] = None
-    traits: Optional[dict[str, Any]] = None
+    timestamp: datetime | None = None
+    originalTimestamp: datetime | None = None
+    sentAt: datetime | None = None
+    properties: _FastProps | None = None
+    traits: dict[str, Any] | None = None
     groupId: Id = None
-    writeKey: Optional[str] = None
-    context: Union[_FastContext, list[Any], str, float, bool, None] = None
+    writeKey: str | None = None
+    context: _FastContext | list[Any] | str | float | bool | None = None
 
 
 class _FastEnvelope(msgspec.Struct, gc=False):
     batch: list[_FastMessage] = msgspec.field(default_factory=list)
-    sentAt: Optional[datetime] = None
-    writeKey: Optional[str] = None
+    sentAt: datetime | None = None
+    writeKey: str | None = None
 
 
 _envelope = msgspec.json.Decoder(Envelope)
@@ -123,7 +123,9 @@ _message = msgspec.json.Decoder(Message)
 _context = raw_decoder(dict[str, Any])
 
 
-def _messages(body: bytes, max_event: int, max_events: int, fast: bool) -> tuple[list[Any], Optional[datetime], Optional[str]]:
+def _messages(
+    body: bytes, max_event: int, max_events: int, fast: bool
+) -> tuple[list[Any], datetime | None, str | None]:
     try:
         if len(body) <= max_event:  # no single event can be over the limit: one pass
             env = (_fast_envelope if fast else _envelope).decode(body)
@@ -145,8 +147,8 @@ def _messages(body: bytes, max_event: int, max_events: int, fast: bool) -> tuple
     return messages, env.sentAt, env.writeKey
 
 
-def decode(body: bytes, single: Optional[str], received: float, mapper: Mapper, *, skew: bool,
-           max_event: int, max_events: int, source: str = "segment") -> tuple[Batch, Optional[str]]:  # fmt: skip
+def decode(body: bytes, single: str | None, received: float, mapper: Mapper, *, skew: bool,
+           max_event: int, max_events: int, source: str = "segment") -> tuple[Batch, str | None]:  # fmt: skip
     """Decode a Segment body into a :class:`Batch`; returns it and the body's ``writeKey``.
 
     ``single`` is the message type of a single-message endpoint (``"track"``...), None for
@@ -211,7 +213,7 @@ def decode(body: bytes, single: Optional[str], received: float, mapper: Mapper, 
     return out, key
 
 
-def _fast(messages: list[_FastMessage], batch_sent: Optional[datetime], received: float, skew: bool,
+def _fast(messages: list[_FastMessage], batch_sent: datetime | None, received: float, skew: bool,
           source: str) -> Batch:  # fmt: skip
     """The default mapping (see the module docstring), inlined for the ingest hot path: the
     same result as the general loop with the default ``[segment]`` paths, at a fraction of
