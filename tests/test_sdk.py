@@ -307,17 +307,17 @@ def test_exit_flushes_queued_callbacks(tmp_path: Any) -> None:
 
 
 def test_shutdown_timeout_bounds_the_exit() -> None:
-    start = time.monotonic()
+    # The callback would keep the interpreter for an hour; _run's timeout (60 s) fails the test
+    # if the exit waits for it rather than for shutdown_timeout.
     r = _run("""
         import time, pyfriction
         pyfriction.init(engine="reference", shutdown_timeout=0.3)
-        pyfriction.on_friction(lambda ep: time.sleep(30))
+        pyfriction.on_friction(lambda ep: time.sleep(3600))
         for i in range(3):
             pyfriction.observe({"user_id": "a", "type": "click", "target": "#x", "ts": 1e9 + i * 0.1})
         time.sleep(0.1)
     """)
     assert r.returncode == 0, r.stderr
-    assert time.monotonic() - start < 15
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")

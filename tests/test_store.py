@@ -29,7 +29,6 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -681,17 +680,14 @@ def test_slot_locked_by_dead_process_recovers(tmp_path: Any, open_store: Any) ->
     slots[s]["lock"] = pid
     slots.flush()
     assert int(tracker._core.record("other")["lock"]) == 0
-    with HangGuard():
-        started = time.monotonic()
+    with HangGuard():  # a lock never recovered would spin forever: the guard fails the run
         tracker.observe(ev("stuck", "click", T0 + 10, "a", "#x"))
         assert tracker.state("stuck").events == 4
         slots[s]["lock"] = pid  # the read paths (score, state, record) recover too
         assert tracker.score("stuck") >= 0.0
         slots[s]["lock"] = pid
         assert tracker.state("stuck").events == 4
-        elapsed = time.monotonic() - started
     assert int(slots[s]["lock"]) == 0
-    assert elapsed < 5.0
 
 
 def test_table_lock_of_dead_process_recovers(tmp_path: Any, open_store: Any) -> None:

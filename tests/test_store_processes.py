@@ -351,11 +351,20 @@ def stress_chunk(seed: int) -> dict[str, Any]:
     }
 
 
-def stress_worker(path: str, slot: int, chunks: int, progress: Any) -> None:
+#: Index in ``progress`` of the flag the test sets once the victim is dead; survivors wait for it
+#: at ``STRESS_GATE`` of their chunks, so the kill lands mid-run however fast or slow the machine is.
+KILLED = 3
+STRESS_GATE = 0.8
+
+
+def stress_worker(path: str, slot: int, chunks: int, progress: Any, gate: int | None = None) -> None:
     tracker = pyfriction.Tracker(engine="compiled", store=store_uri(path), capacity=STRESS_CAPACITY, sync_interval=0.5)
     batches = [stress_chunk(slot * 10 + b) for b in range(3)]
     offsets = [b["ts"].copy() for b in batches]
     for c in range(chunks):
+        if c == gate:
+            while not progress[KILLED]:
+                time.sleep(0.005)
         b = c % 3
         batches[b]["ts"] = offsets[b] + (T0 + c)
         scores = tracker.observe_many(batches[b])
@@ -397,9 +406,11 @@ def test_stress_two_survivors_and_a_killed_worker(tmp_path: Any) -> None:
     ctx = mp.get_context("spawn")
     path = tmp_path / "stress.state"
     chunks = STRESS_EVENTS // CHUNK
-    progress = ctx.Array("l", 3, lock=False)
+    progress = ctx.Array("l", 4, lock=False)
+    gate = int(STRESS_GATE * chunks)
     survivors = [
-        ctx.Process(target=stress_worker, args=(str(path), i, chunks, progress), name=f"survivor{i}") for i in range(2)
+        ctx.Process(target=stress_worker, args=(str(path), i, chunks, progress, gate), name=f"survivor{i}")
+        for i in range(2)
     ]
     victim = ctx.Process(target=stress_worker, args=(str(path), 2, 10 * chunks, progress), name="victim")
     started = time.monotonic()
@@ -412,9 +423,11 @@ def test_stress_two_survivors_and_a_killed_worker(tmp_path: Any) -> None:
             assert all(p.exitcode in (None, 0) for p in survivors + [victim]), "a worker failed early"
             time.sleep(0.01)
         assert victim.is_alive(), "the victim finished before it could be killed"
-        held, attempts = kill_holding_a_lock(victim.pid, path, lambda: progress[0] + progress[1] < 1.6 * chunks)
+        # The survivors cannot pass the gate before the kill: the lock hunt may take all its tries.
+        held, attempts = kill_holding_a_lock(victim.pid, path, victim.is_alive)
         killed_at = (progress[0] + progress[1]) / (2 * chunks)
         victim.join(10)
+        progress[KILLED] = 1
         assert victim.exitcode == -signal.SIGKILL
         victim_done = progress[2] * CHUNK
         for p in survivors:
@@ -452,7 +465,6 @@ def test_stress_two_survivors_and_a_killed_worker(tmp_path: Any) -> None:
         tracker.close()
     print(f"stress: {stats.events:,} events in {elapsed:.1f} s, victim killed at {killed_at:.0%} "
           f"after {victim_done:,} events, holding {held} slot lock(s) (try {attempts})")  # fmt: skip
-    assert elapsed < 90.0
 
 
 # -- (e) fork safety (gunicorn --preload) -------------------------------------------------------------

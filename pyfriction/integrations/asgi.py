@@ -109,7 +109,7 @@ class _AsgiFriction(RequestFriction):
     # Fixed for a request context: class attributes, not per-request assignments (hot path).
     traits = None
     _step = None
-    _step_of = None
+    _step_of = None  # type: ignore[assignment]  # never called: this class overrides step
 
     def __init__(self, scope: Scope, mw: FrictionMiddleware, send: Send) -> None:
         self._user_id = None
@@ -344,7 +344,7 @@ class StarletteIntegration(Integration):
     def setup_once(self) -> None:
         from starlette.applications import Starlette
 
-        classes = [Starlette]
+        classes: list[type[Any]] = [Starlette]
         try:
             from fastapi import FastAPI
 

@@ -56,7 +56,7 @@ def _settings() -> dict[str, Any]:
 def _step(request: Any) -> str | None:
     match = getattr(request, "resolver_match", None)
     route = getattr(match, "route", None) if match is not None else None
-    if not route:
+    if not route or not isinstance(route, str):
         return None
     return route if route.startswith("/") else "/" + route
 
