@@ -24,9 +24,9 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import journeys  # noqa: E402
+import journeys
 
-import pyfriction  # noqa: E402
+import pyfriction
 
 TICK_EVERY = 30.0
 TARGET_RECALL = 0.95

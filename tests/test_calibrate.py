@@ -1,0 +1,234 @@
+"""``pyfriction calibrate``: learning weights and the threshold from a log's tickets."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import pyfriction
+from pyfriction import calibrate as cal
+from pyfriction import cli
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+import journeys
+
+USERS = 500
+
+
+@pytest.fixture(scope="module")
+def journey_log(tmp_path_factory: pytest.TempPathFactory) -> str:
+    path = tmp_path_factory.mktemp("logs") / "journeys.jsonl"
+    events, _ = journeys.generate(USERS, seed=11)
+    journeys.write_log(str(path), events)
+    return str(path)
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = cli.main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_calibrated_config_catches_more_and_loads_everywhere(
+    journey_log: str, tmp_path: Path, engine: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "tuned.toml"
+    code, text, err = run(capsys, "calibrate", journey_log, "-o", str(out), "--engine", engine)
+    assert code == 0, err
+    assert "recall" in text and f"wrote {out}" in text
+    written = out.read_text()
+    assert written.startswith("# Written by `pyfriction calibrate`")
+    assert "#   recall" in written  # the validation figures travel with the file
+
+    # The tracker, init() and the sidecar load it as it is.
+    cfg = pyfriction.load_config(str(out))
+    base = pyfriction.load_config(None)
+    assert cfg.detectors != base.detectors or cfg.scoring != base.scoring
+    tracker = pyfriction.Tracker(str(out), engine=engine)
+    tracker.close()
+    pyfriction.init(str(out), engine=engine)
+    try:
+        assert pyfriction.get_tracker().config.scoring.threshold == cfg.scoring.threshold
+    finally:
+        pyfriction.close()
+    settings_mod = pytest.importorskip("pyfriction_server.settings")
+    server_settings = settings_mod.load_settings(["--config", str(out)], environ={})
+    assert server_settings.tracker_config().detectors == cfg.detectors
+
+
+def test_calibration_is_validated_on_users_it_did_not_fit(journey_log: str) -> None:
+    result = cal.calibrate([journey_log], engine="compiled" if pyfriction.compiled_available() else "reference")
+    assert result.fit_users + result.validation_users == USERS
+    assert 0.1 * USERS < result.validation_users < 0.3 * USERS
+    assert result.before.positives == result.after.positives > 0
+    assert result.worse_than_base() is None
+    # The weights moved, but the prior keeps each within the bound around the defaults.
+    for name, weight in result.weights.items():
+        base = result.base_weights[name]
+        assert base / cal.MAX_FACTOR - 1e-9 <= weight <= base * cal.MAX_FACTOR + 1e-9
+    assert result.after.recall >= result.before.recall
+
+
+def test_a_worse_config_is_not_written(journey_log: str, tmp_path: Path, monkeypatch: Any,
+                                       capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    real = cal.calibrate
+
+    def worse(*args: Any, **kwargs: Any) -> cal.CalibrationResult:
+        result = real(*args, **kwargs)
+        result.after.caught = max(0, result.before.caught - 1)
+        return result
+
+    monkeypatch.setattr(cal, "calibrate", worse)
+    out = tmp_path / "tuned.toml"
+    code, _, err = run(capsys, "calibrate", journey_log, "-o", str(out))
+    assert code == 1
+    assert "not written" in err and "recall" in err
+    assert not out.exists()
+
+
+def test_worse_than_base_rules() -> None:
+    def quality(caught: int, false_pos: int) -> cal.Quality:
+        return cal.Quality(positives=100, negatives=1000, caught=caught, false_positives=false_pos,
+                           median_lead=None, per_step={}, per_detector={})  # fmt: skip
+
+    def result(before: cal.Quality, after: cal.Quality) -> cal.CalibrationResult:
+        return cal.CalibrationResult(weights={}, base_weights={}, threshold=0.6, base_threshold=0.6, target_fpr=0.01,
+                                     fit_users=1, fit_positives=1, validation_users=1, before=before, after=after,
+                                     events=0, skipped=0, errors=[], seconds=0.0)  # fmt: skip
+
+    assert result(quality(50, 0), quality(60, 5)).worse_than_base() is None  # more recall, FP within the target
+    assert "recall" in (result(quality(50, 0), quality(49, 0)).worse_than_base() or "")
+    assert "false positives" in (result(quality(50, 0), quality(90, 20)).worse_than_base() or "")
+    assert result(quality(50, 20), quality(60, 20)).worse_than_base() is None  # no more FP than the base
+
+
+# -- bad input ----------------------------------------------------------------------------------------
+def _write(path: Path, lines: list[Any]) -> str:
+    path.write_text("".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines))
+    return str(path)
+
+
+def test_a_log_without_tickets(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    events, _ = journeys.generate(200, seed=3, friction_share=0.0)
+    log = _write(tmp_path / "quiet.jsonl", events)
+    code, _, err = run(capsys, "calibrate", log, "-o", str(tmp_path / "t.toml"))
+    assert code == 2
+    assert "no tickets" in err and "200 users" in err
+    assert not (tmp_path / "t.toml").exists()
+
+
+def test_too_few_positives_to_fit(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    events, _ = journeys.generate(300, seed=4, friction_share=0.01)
+    log = _write(tmp_path / "few.jsonl", events)
+    code, _, err = run(capsys, "calibrate", log, "-o", str(tmp_path / "t.toml"))
+    assert code == 2
+    assert "too few users to fit" in err
+
+
+def test_unreadable_lines_are_counted_skipped_and_reported(
+    journey_log: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lines = Path(journey_log).read_text().splitlines()
+    damaged = [*lines[:100], "{not json", "[1, 2]", json.dumps({"type": "click"}), *lines[100:]]
+    log = _write(tmp_path / "damaged.jsonl", damaged)
+    code, text, err = run(capsys, "calibrate", log, "-o", str(tmp_path / "t.toml"))
+    assert code == 0, err
+    assert "3 lines skipped" in text
+    assert "line 101: not valid JSON" in text
+
+
+def test_a_base_config_that_does_not_load(journey_log: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[detectors.rage_click]\nmin_clicks = 1\n")
+    code, _, err = run(capsys, "calibrate", journey_log, "-o", str(tmp_path / "t.toml"), "--config", str(bad))
+    assert code == 2
+    assert "min_clicks" in err
+    code, _, err = run(
+        capsys, "calibrate", journey_log, "-o", str(tmp_path / "t.toml"), "--config", "/nonexistent.toml"
+    )
+    assert code == 2 and "cannot read config file" in err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--target-fpr", "0"], "--target-fpr"),
+        (["--validation-share", "1.5"], "--validation-share"),
+        (["--horizon", "soon"], "not a duration"),
+    ],
+)
+def test_bad_options(journey_log: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                     args: list[str], message: str) -> None:  # fmt: skip
+    code, _, err = run(capsys, "calibrate", journey_log, "-o", str(tmp_path / "t.toml"), *args)
+    assert code == 2 and message in err
+
+
+def test_missing_log(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "calibrate", str(tmp_path / "none.jsonl"), "-o", str(tmp_path / "t.toml"))
+    assert code == 2 and "no such file" in err
+
+
+def test_parse_duration() -> None:
+    assert cal.parse_duration("24h") == 86400.0
+    assert cal.parse_duration("90m") == 5400.0
+    assert cal.parse_duration("45") == 45.0
+    assert cal.parse_duration("7d") == 7 * 86400.0
+    with pytest.raises(cal.CalibrationError):
+        cal.parse_duration("-1h")
+
+
+# -- invariants of the fit -----------------------------------------------------------------------------
+points_st = st.lists(
+    st.tuples(
+        st.sampled_from([0.0, 100.0, 200.0, 300.0]),  # segment starts
+        st.tuples(*[st.floats(0, 10, allow_nan=False) for _ in range(3)]),
+    ),
+    min_size=1,
+    max_size=40,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(points_st, st.tuples(*[st.floats(0, 5, allow_nan=False) for _ in range(3)]), st.sampled_from([0, 100, 200, 300]))
+def test_the_front_keeps_every_maximum_after_any_segment_cut(
+    points: list[tuple[float, tuple[float, ...]]], w: tuple[float, ...], since: float
+) -> None:
+    """For every non-negative w and every cut at a segment start, the best w.e over the front's
+    points at or after the cut equals the best over all the points seen there."""
+    front: list[cal.Point] = []
+    ordered = sorted(points, key=lambda p: p[0])
+    for p in ordered:
+        cal._add_point(front, p)
+    assert len(front) <= cal.MAX_POINTS
+    assert front == sorted(front, key=lambda p: p[0])
+
+    def best(ps: list[cal.Point]) -> float:
+        return max((sum(a * b for a, b in zip(w, p[1])) for p in ps if p[0] >= since), default=0.0)
+
+    if len(points) <= cal.MAX_POINTS:  # the cap only drops points once the front is larger
+        assert math.isclose(best(front), best(ordered), rel_tol=1e-9, abs_tol=1e-9)
+
+
+@given(st.integers(0, 100_000), st.floats(0.0005, 0.2))
+def test_allowed_false_positives_stays_under_the_target_with_confidence(n: int, target: float) -> None:
+    k = cal.allowed_false_positives(n, target)
+    assert 0 <= k <= n
+    if k > 0:
+        assert cal.wilson_upper(k, n) <= target
+    if k < n:
+        assert cal.wilson_upper(k + 1, n) > target
+
+
+def test_calibrate_help_shows_every_default(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["calibrate", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for default in ("(default: 0.01)", "(default: 24h)", "(default: 0.2)", "(default: built-in)", "(default: auto)"):
+        assert default in out
