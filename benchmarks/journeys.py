@@ -109,7 +109,9 @@ class _Journey:
 
 
 # -- friction archetypes: struggle, then contact ---------------------------------------------------
-def _retry(j: _Journey, type_: str, target: str, gap: tuple[float, float], tries: tuple[int, int], **props: Any) -> None:
+def _retry(
+    j: _Journey, type_: str, target: str, gap: tuple[float, float], tries: tuple[int, int], **props: Any
+) -> None:
     for _ in range(j.rng.randint(*tries)):
         j.emit(type_, target, **props)
         j.wait(*gap)

@@ -80,7 +80,7 @@ def batch_template() -> bytes:
             "type": kind,
             "userId": f"user-@R@-{i // 4}",  # 25 users per batch, 4 events each
             "messageId": f"@R@-{i}",
-            "timestamp": "2024-05-01T12:00:00.%03d+00:00" % i,
+            "timestamp": f"2024-05-01T12:00:00.{i:03d}+00:00",
             "context": {"library": {"name": "analytics-python", "version": "2.4.0"}},
             "integrations": {},
         }

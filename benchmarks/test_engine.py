@@ -19,6 +19,7 @@ minute at one million users; ``BENCH_USERS=50000`` for a quick look).
 
 from __future__ import annotations
 
+import functools
 import gc
 from typing import Any
 
@@ -93,7 +94,7 @@ def test_observe_reference(benchmark: Any, stream: Any, request: pytest.FixtureR
     try:
         chunk = harness.DictChunk(stream, start, REFERENCE_CHUNK)
         benchmark.group = "observe (per round of a chunk)"
-        benchmark.pedantic(chunk.replay, args=(warm,), setup=lambda: chunk.advance(warm),
+        benchmark.pedantic(chunk.replay, args=(warm,), setup=functools.partial(chunk.advance, warm),
                            rounds=5, warmup_rounds=1)  # fmt: skip
         ref_ns = _round_median(benchmark) / len(chunk) * 1e9
         results["reference_observe_ns"] = ref_ns
