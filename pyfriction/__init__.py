@@ -12,17 +12,17 @@ lazily with the defaults on first use), like ``logging`` or ``sentry_sdk``.
 
 from __future__ import annotations
 
-from typing import Optional
-
 from ._episodes import Episode, Guidance, Reason, Stats, UserState
+from ._snapfile import SnapshotError
 from .config import Config, ConfigError, load_config
 from .events import Event, InvalidEvent
 from .insights import Insights
 from .sinks import SinkStats
-from .tracker import SnapshotError, Tracker, compiled_available
+from .tracker import Tracker, compiled_available
 
 __version__ = "0.1.0"
 __all__ = [
+    "BeforeObserve",
     "Config",
     "ConfigError",
     "Episode",
@@ -39,10 +39,12 @@ __all__ = [
     "UserState",
     "close",
     "compiled_available",
+    "counters",
     "current_user",
     "flush",
     "get_tracker",
     "init",
+    "is_enabled",
     "load_config",
     "observe",
     "observe_many",
@@ -55,12 +57,15 @@ __all__ = [
 _default: Tracker | None = None
 
 from .sdk import (  # noqa: E402  (the module-level API; it reads _default above)
+    BeforeObserve,
     UserContext,
     close,
+    counters,
     current_user,
     flush,
     get_tracker,
     init,
+    is_enabled,
     observe,
     observe_many,
     on_friction,

@@ -15,49 +15,78 @@ import struct
 
 import numpy as np
 
-from .config import RING_SIZE
-
-# Detector indices: the order of ``pressure`` in a slot and of ties among reasons.
-RAGE_CLICK = 0
-DEAD_CLICK = 1
-ERROR_BURST = 2
-REPEAT_FAILURE = 3
-UTURN = 4
-EMPTY_SEARCH = 5
-HELP_SEEKING = 6
-STALL = 7
-CUSTOM = 8
-N_DETECTORS = 9
-DETECTOR_NAMES = (
-    "rage_click",
-    "dead_click",
-    "error_burst",
-    "repeat_failure",
-    "uturn",
-    "empty_search",
-    "help_seeking",
-    "stall",
-    "custom",
+from . import _constants
+from ._constants import (
+    CUSTOM,
+    DETECTOR_NAMES,
+    EMPTY_SEARCH,
+    ERROR_BURST,
+    F_DEAD,
+    F_ERR,
+    F_FAIL,
+    F_HAS_EPISODE,
+    F_IN_EPISODE,
+    F_RAGE,
+    F_SEARCH,
+    F_STALL,
+    F_UTURN,
+    HELP_SEEKING,
+    LATCHES,
+    MAX_CUSTOM,
+    N_BUCKETS,
+    N_DETECTORS,
+    RAGE_CLICK,
+    REBASE_AFTER,
+    REPEAT_FAILURE,
+    RING_SIZE,
+    STALL,
+    UID_BYTES,
+    UID_LONG,
+    UTURN,
 )
 
-# Bits of ``flags``. The latch bits make one burst one activation.
-F_IN_EPISODE = 1 << 0  # score crossed the threshold and has not fallen below rearm since
-F_HAS_EPISODE = 1 << 1  # episode_ts is valid
-F_RAGE = 1 << 2
-F_DEAD = 1 << 3
-F_ERR = 1 << 4
-F_FAIL = 1 << 5
-F_UTURN = 1 << 6
-F_SEARCH = 1 << 7
-F_STALL = 1 << 8  # stall already activated during the current step visit
+__all__ = [
+    "CUSTOM",
+    "DEAD_CLICK",
+    "DETECTOR_NAMES",
+    "EMPTY_SEARCH",
+    "ERROR_BURST",
+    "F_DEAD",
+    "F_ERR",
+    "F_FAIL",
+    "F_HAS_EPISODE",
+    "F_IN_EPISODE",
+    "F_RAGE",
+    "F_SEARCH",
+    "F_STALL",
+    "F_UTURN",
+    "GAMMA",
+    "HELP_SEEKING",
+    "LATCHES",
+    "LOG_GAMMA",
+    "MAX_CUSTOM",
+    "NEVER",
+    "N_BUCKETS",
+    "N_DETECTORS",
+    "PARAMS_DTYPE",
+    "RAGE_CLICK",
+    "REBASE_AFTER",
+    "REPEAT_FAILURE",
+    "RING_SIZE",
+    "SLOT_DTYPE",
+    "STALL",
+    "STEP_DTYPE",
+    "UID_BYTES",
+    "UID_LONG",
+    "UTURN",
+    "bucket_of",
+    "bucket_upper",
+    "f32",
+    "quantile",
+]
 
-#: Bytes of a user id stored inline; longer ids keep their first UID_BYTES bytes and
-#: ``uid_len == UID_LONG``, the full id lives in a side table bounded by capacity.
-UID_BYTES = 40
-UID_LONG = 255
-#: Window timestamps are float32 offsets from ``base``; ``base`` moves to the event time once
-#: it is this many seconds old, keeping offsets within about 2 ms of exact.
-REBASE_AFTER = 16384.0
+#: The dead_click detector's index (``events.DEAD_CLICK`` is the event type's code).
+DEAD_CLICK = _constants.DEAD_CLICK_DET
 #: An empty window entry: infinitely long ago.
 NEVER = -math.inf
 
@@ -96,14 +125,13 @@ SLOT_DTYPE = np.dtype(
         ("search_n", "u1"),
         ("custom", "u1"),  # last custom event (code - CUSTOM_BASE)
         ("uid_len", "u1"),
-        ("uid", "S%d" % UID_BYTES),
+        ("uid", f"S{UID_BYTES}"),
     ]
 )
 assert SLOT_DTYPE.itemsize == 224, SLOT_DTYPE.itemsize
 
-#: Buckets of a step's duration histogram: bucket 0 holds visits under 1 s, bucket b >= 1
-#: holds [GAMMA**(b-1), GAMMA**b) seconds; the last also takes everything longer.
-N_BUCKETS = 24
+# Buckets of a step's duration histogram (N_BUCKETS): bucket 0 holds visits under 1 s,
+# bucket b >= 1 holds [GAMMA**(b-1), GAMMA**b) seconds; the last also takes everything longer.
 GAMMA = 1.5
 LOG_GAMMA = math.log(GAMMA)
 
@@ -143,3 +171,62 @@ def quantile(buckets: list[int] | np.ndarray, count: int, q: float) -> float:
         if seen >= need:
             return bucket_upper(b)
     return bucket_upper(N_BUCKETS - 1)
+
+
+#: The detector and scoring parameters of a config, as one record: :class:`~pyfriction._rules.Rules`
+#: builds it (``Rules.params``), the compiled core copies it into its ``Params`` struct (same
+#: fields, same offsets: checked at import) and the reference reads the same values
+#: (``Rules.p``). Doubles are the config's Python floats exactly, so both engines compute with
+#: the same numbers.
+PARAMS_DTYPE = np.dtype(
+    [
+        # scoring
+        ("decay_rate", "<f8"),  # ln 2 / half_life
+        ("threshold", "<f8"),
+        ("rearm", "<f8"),
+        ("cooldown", "<f8"),
+        ("keep_after_success", "<f8"),  # 1 - success_relief
+        # detectors, in the order of their indices
+        ("rage_w", "<f8"),
+        ("rage_win", "<f8"),
+        ("dead_w", "<f8"),
+        ("dead_win", "<f8"),
+        ("err_w", "<f8"),
+        ("err_win", "<f8"),
+        ("ordinary_factor", "<f8"),
+        ("fail_w", "<f8"),
+        ("fail_win", "<f8"),
+        ("uturn_w", "<f8"),
+        ("uturn_win", "<f8"),
+        ("uturn_bounce", "<f8"),
+        ("search_w", "<f8"),
+        ("search_win", "<f8"),
+        ("help_w", "<f8"),
+        ("contact_w", "<f8"),
+        ("after_friction", "<f8"),
+        ("boost", "<f8"),
+        ("stall_w", "<f8"),
+        ("stall_q", "<f8"),
+        ("stall_factor", "<f8"),
+        ("stall_min_s", "<f8"),
+        ("stall_max_dur", "<f8"),
+        ("custom_w", "<f8", (MAX_CUSTOM,)),
+        ("rage_need", "<i4"),
+        ("dead_need", "<i4"),
+        ("err_need", "<i4"),
+        ("fail_need", "<i4"),
+        ("uturn_need", "<i4"),
+        ("search_need", "<i4"),
+        ("stall_min_n", "<i4"),
+        ("n_custom", "<i4"),
+        ("rage_on", "u1"),
+        ("dead_on", "u1"),
+        ("err_on", "u1"),
+        ("fail_on", "u1"),
+        ("uturn_on", "u1"),
+        ("search_on", "u1"),
+        ("help_on", "u1"),
+        ("stall_on", "u1"),
+    ]
+)
+assert PARAMS_DTYPE.itemsize == 28 * 8 + MAX_CUSTOM * 8 + 8 * 4 + 8, PARAMS_DTYPE.itemsize

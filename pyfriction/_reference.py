@@ -14,6 +14,11 @@ Per event, for user ``u`` (see :meth:`ReferenceCore._apply`):
    step's duration baseline), any other event checks the stall detector on the current step;
 4. run the event's detectors (each activation adds its weight to its pressure);
 5. ``score = 1 - exp(-sum(pressure))``; fire an episode when it reaches the threshold.
+
+The steps are module-level functions at the end of this file, one per scoring step and per
+detector (``decay``, ``rage_click``, ..., ``crossing``), each reading the parameters ``P``
+(``Rules.p``) and one user's state; ``ReferenceCore.update`` calls them in order. The compiled
+core's ``_core/spec.pxi`` has the same functions with the same names, in the same order.
 """
 
 from __future__ import annotations
@@ -29,7 +34,10 @@ from typing import Any
 
 import numpy as np
 
+from . import _constants as K
 from . import events as ev
+from ._constants import COUNTER_NAMES, LATCHES, U8_MAX, U16_MAX, U32_MAX
+from ._engine import EpisodeSink, OutcomeSink
 from ._hashing import key32, key64
 from ._layout import (
     CUSTOM,
@@ -63,18 +71,6 @@ from ._layout import (
 )
 from ._rules import Names, Rules
 from .config import RING_SIZE
-
-#: Called after an outcome event (ticket, guidance feedback) is applied:
-#: ``(type, user_id, account_id, step, target, ts)``.
-OutcomeSink = Callable[[str, str, str | None, str | None, str | None, float], None]
-#: Called when an episode fires: ``(record, user_id, account_id, step, target, ts, score,
-#: stall_limit)``; the record is the slot (a ``SLOT_DTYPE`` record here, a dict of the fields
-#: ``_episodes`` reads from the compiled core), ``stall_limit`` the step's limit at that moment.
-EpisodeSink = Callable[[Any, str, str | None, str | None, str | None, float, float, float], None]
-
-_LATCHES = F_RAGE | F_DEAD | F_ERR | F_FAIL | F_UTURN | F_SEARCH
-_U32 = 0xFFFFFFFF
-_U16 = 0xFFFF
 
 
 class _User:
@@ -184,16 +180,16 @@ class ReferenceCore:
         # The compiled core relies on the GIL (no Python code runs while it holds a slot);
         # plain Python can switch threads anywhere, so the reference takes a lock.
         self._lock = threading.RLock()
+        self._note = 0  # NOTE_* bits the last update left (names to remember)
+        self._fired: tuple[dict[str, Any], float, float, float] | None = None  # its episode
         _live.add(self)
-        self.counters = dict.fromkeys(
-            ("events", "invalid", "unknown", "excluded", "episodes", "evictions", "tickets"), 0
-        )
+        self.counters = dict.fromkeys(COUNTER_NAMES, 0)
 
     # -- public surface (same as the compiled core) ---------------------------------------
     def observe(self, event: Any) -> float:
         with self._lock:
             try:
-                parsed = ev.parse_event(event, self._clock)
+                parsed = ev.parse_event(event, self._clock, self._rules.ts_range)
             except ev.InvalidEvent:
                 self.counters["invalid"] += 1
                 raise
@@ -201,15 +197,15 @@ class ReferenceCore:
 
     def observe_many(self, events: Any) -> np.ndarray:
         if isinstance(events, Mapping):
-            n, cols = columns_of(events)
-            rows: Iterable[Any] = columns_to_rows(cols, 0, n)
+            n, cols = ev.columns_of(events)
+            rows: Iterable[Any] = ev.columns_to_rows(cols, 0, n)
         else:
             rows = events
         out = []
         with self._lock:
             for event in rows:
                 try:
-                    parsed = ev.parse_event(event, self._clock)
+                    parsed = ev.parse_event(event, self._clock, self._rules.ts_range)
                 except ev.InvalidEvent:
                     self.counters["invalid"] += 1
                     out.append(math.nan)
@@ -252,10 +248,13 @@ class ReferenceCore:
                 u = self._users.get(key)
                 if u is None:  # evicted by a callback's observe
                     continue
-                self._decay(u, u.last_ts + u.p_off, now)
+                decay(self._rules.p, u, u.last_ts + u.p_off, now)
                 te = now if now > u.last_ts else u.last_ts
-                self._check_stall(u, te)
-                self._check_episode(u, te, 0, None, None, None)
+                self._fired = None
+                self.check_stall(u, te)
+                self.check_episode(u, te, 0)
+                if self._fired is not None:
+                    self._emit(u, None, None, None)
             return self.counters["episodes"] - before
 
     # -- snapshots -------------------------------------------------------------------------
@@ -306,137 +305,152 @@ class ReferenceCore:
         self._users.clear()
         self._steps.clear()
         skip = max(0, len(slots) - self._capacity)
-        self.counters["evictions"] += skip
+        users: OrderedDict[int, _User] = OrderedDict()
         for rec in slots[skip:]:
+            # The same checks as the compiled core's load: a damaged export is refused whole.
+            key = int(rec["key"])
+            if key == 0:
+                raise ValueError("snapshot holds a user with key 0")
+            if key in users:
+                raise ValueError("snapshot holds a user twice")
             u = _User.from_record(rec, _uid_of(rec, long_ids))
-            self._users[u.key] = u
+            users[key] = u
+        self._users = users
+        self.counters["evictions"] += skip
         for rec in steps[: self._cfg.max_steps]:
             self._steps[int(rec["key"])] = [int(rec["count"])] + [int(x) for x in rec["buckets"]]
 
-    # -- the specification -----------------------------------------------------------------
+    # -- the specification: the steps that need the tables (core: spec.pxi, same names) -----
     def _apply(self, uid: str, kind: str, ts: float, step: str | None, target: str | None,
                account: str | None, status: int, results: int) -> float:  # fmt: skip
+        """One valid event (core: ``apply`` in intake.pxi)."""
         rules = self._rules
         counters = self.counters
         counters["events"] += 1
-        code = rules.type_codes.get(kind, ev.UNKNOWN)
+        code = rules.type_codes.get(kind, K.UNKNOWN)
         key = key64(uid)
         u = self._users.get(key)
-        if code == ev.UNKNOWN or rules.excluded_step(step) or rules.excluded_target(target):
-            counters["unknown" if code == ev.UNKNOWN else "excluded"] += 1
-            return 0.0 if u is None else self._current(u)
+        if code == K.UNKNOWN or rules.excluded_step(step) or rules.excluded_target(target):
+            counters["unknown" if code == K.UNKNOWN else "excluded"] += 1
+            return 0.0 if u is None else current(u)
+        step_k = key32(step) if code == K.PAGE and step is not None else 0
+        target_k = key32(target) if K.TARGET_FIRST <= code <= K.TARGET_LAST and target is not None else 0
         if u is None:
             u = self._insert(key, uid, ts)
         else:
             self._users.move_to_end(key)
+        self._fired = None
+        score = self.update(u, code, ts, step_k, target_k, status, results)
+        self._settle(step_k, step, target_k, target)
+        if self._fired is not None:
+            self._emit(u, account, step, target)
+        if K.OUTCOME_FIRST <= code <= K.OUTCOME_LAST:
+            self._on_outcome(ev.TYPE_NAMES[code], uid, account, step, target, u.last_ts)
+        return score
+
+    def _settle(self, step_k: int, step: str | None, target_k: int, target: str | None) -> None:
+        """Remember the names the update noted (core: ``settle``)."""
+        note, self._note = self._note, 0
+        if note & NOTE_STEP and step is not None:  # the note implies the name
+            self._names.remember(step_k, step)
+        if note & NOTE_TARGET and target is not None:
+            self._names.remember(target_k, target)
+
+    def _emit(self, u: _User, account: str | None, step: str | None, target: str | None) -> None:
+        """Report the episode the last update fired (core: ``emit``)."""
+        fired, self._fired = self._fired, None
+        assert fired is not None
+        rec, te, score, stall_limit = fired
+        self._on_episode(rec, u.uid, account, step, target, te, score, stall_limit)
+
+    def update(self, u: _User, code: int, ts: float, step_k: int, target_k: int, status: int,
+               results: int) -> float:  # fmt: skip
+        """The event's effect on one user (core: ``update``)."""
+        P = self._rules.p
         p = u.last_ts + u.p_off  # when the pressures are valued
-        te = ts if ts > u.last_ts else u.last_ts
+        te = ts if ts > u.last_ts else u.last_ts  # a late event counts as happening now
         u.last_ts = te
-        if u.events < _U32:
+        if u.events < U32_MAX:
             u.events += 1
         if te - u.base > REBASE_AFTER:
-            self._rebase(u, te)
-        if not self._decay(u, p, te):
+            rebase(u, te)
+        if not decay(P, u, p, te):
             u.p_off = f32(p - te)  # still valued later than the event (a tick ran ahead)
         # Stall is judged while the user is still on the step: an event that moves them on
         # ends the visit instead (its duration feeds the step's baseline).
-        s = key32(step) if code == ev.PAGE and step is not None else 0
-        if s != 0 and s != u.step:
-            self._navigate(u, s, step, te)  # type: ignore[arg-type]
+        if code == K.PAGE and step_k != 0 and step_k != u.step:
+            self.navigate(u, step_k, te)
         else:
-            self._check_stall(u, te)
+            self.check_stall(u, te)
 
-        cfg = self._cfg.detectors
-        if code == ev.PAGE:
-            pass
-        elif code == ev.CLICK:
-            rc = cfg.rage_click
-            if (
-                rc.enabled
-                and target is not None
-                and self._target_burst(u, "click", F_RAGE, target, te, rc.window, rc.min_clicks)
-            ):
-                self._activate(u, RAGE_CLICK, rc.weight)
-        elif code == ev.DEAD_CLICK:
-            dc = cfg.dead_click
-            if (
-                dc.enabled
-                and target is not None
-                and self._target_burst(u, "dead", F_DEAD, target, te, dc.window, dc.min_clicks)
-            ):
-                self._activate(u, DEAD_CLICK, dc.weight)
-        elif code == ev.ERROR or code == ev.API_ERROR or code == ev.FORM_ERROR:
-            eb = cfg.error_burst
-            factor = 1.0
-            if code == ev.API_ERROR and status in rules.ordinary_statuses:
-                factor = eb.ordinary_factor
-            if eb.enabled and self._burst(u, "err_r", "err_n", F_ERR, te, eb.window, eb.min_errors):
-                self._activate(u, ERROR_BURST, eb.weight * factor)
-            rf = cfg.repeat_failure
-            if rf.enabled and target is not None:
-                t = key32(target)
-                if t == u.fail_target and te - (u.base + u.fail_t) <= rf.window:
-                    if u.fail_n < 255:
-                        u.fail_n += 1
-                else:
-                    u.fail_target = t
-                    u.fail_n = 1
-                    u.flags &= ~F_FAIL
-                u.fail_t = f32(te - u.base)
-                if u.fail_n >= rf.min_failures and not u.flags & F_FAIL:
-                    u.flags |= F_FAIL
-                    self._names.remember(t, target)
-                    self._activate(u, REPEAT_FAILURE, rf.weight * factor)
-        elif code == ev.SEARCH:
-            es = cfg.empty_search
-            if es.enabled and results == 0:
-                if te - (u.base + u.search_t) <= es.window:
-                    if u.search_n < 255:
-                        u.search_n += 1
-                else:
-                    u.search_n = 1
-                    u.flags &= ~F_SEARCH
-                u.search_t = f32(te - u.base)
-                if u.search_n >= es.min_searches and not u.flags & F_SEARCH:
-                    u.flags |= F_SEARCH
-                    self._activate(u, EMPTY_SEARCH, es.weight)
-        elif code == ev.HELP or code == ev.CONTACT:
-            hs = cfg.help_seeking
-            if hs.enabled:
-                w = hs.help_weight if code == ev.HELP else hs.contact_weight
-                other = 0.0
-                for i in range(N_DETECTORS):
-                    if i != HELP_SEEKING:
-                        other += u.pressure[i]
-                if other >= hs.after_friction:
-                    w *= hs.boost
-                self._activate(u, HELP_SEEKING, w)
-        elif code == ev.SUCCESS:
-            keep = 1.0 - self._cfg.scoring.success_relief
-            for i in range(N_DETECTORS):
-                u.pressure[i] = f32(u.pressure[i] * keep)
-            u.click_r = [NEVER] * RING_SIZE
-            u.dead_r = [NEVER] * RING_SIZE
-            u.err_r = [NEVER] * RING_SIZE
-            u.uturn_t = u.fail_t = u.search_t = NEVER
-            u.click_n = u.dead_n = u.err_n = u.fail_n = u.uturn_n = u.search_n = 0
-            u.flags &= ~_LATCHES
-        elif code == ev.TICKET:
-            counters["tickets"] += 1
-        elif code >= ev.CUSTOM_BASE:
-            u.custom = code - ev.CUSTOM_BASE
-            self._activate(u, CUSTOM, rules.custom_weights[u.custom])
-        score = self._check_episode(u, te, code, account, step, target)
-        if ev.TICKET <= code <= ev.GUIDANCE_DISMISSED:
-            self._on_outcome(ev.TYPE_NAMES[code], uid, account, step, target, te)
+        if code == K.CLICK:
+            if rage_click(P, u, target_k, te):
+                self._note |= NOTE_TARGET
+        elif code == K.DEAD_CLICK:
+            if dead_click(P, u, target_k, te):
+                self._note |= NOTE_TARGET
+        elif code == K.ERROR or code == K.API_ERROR or code == K.FORM_ERROR:
+            factor = self.error_factor(code, status)
+            error_burst(P, u, te, factor)
+            if repeat_failure(P, u, target_k, te, factor):
+                self._note |= NOTE_TARGET
+        elif code == K.SEARCH:
+            empty_search(P, u, results, te)
+        elif code == K.HELP or code == K.CONTACT:
+            help_seeking(P, u, code)
+        elif code == K.SUCCESS:
+            success(P, u)
+        elif code == K.TICKET:
+            self.counters["tickets"] += 1
+        elif code >= K.CUSTOM_BASE:
+            custom(P, u, code)
+        return self.check_episode(u, te, code)
+
+    def error_factor(self, code: int, status: int) -> float:
+        """An api_error with an ordinary status weighs ``ordinary_factor`` of an error."""
+        if code == K.API_ERROR and status in self._rules.ordinary_statuses:
+            return float(self._rules.p.ordinary_factor)
+        return 1.0
+
+    def check_stall(self, u: _User, te: float) -> None:
+        if not self._rules.p.stall_on or u.step == 0 or u.flags & F_STALL:
+            return
+        stall(self._rules.p, u, self.stall_limit(u.step), te)
+
+    def navigate(self, u: _User, s: int, te: float) -> None:
+        """A page event to another step ends the visit: its duration joins the step's
+        histogram, a quick return is a u-turn, and the new step is entered (its name noted)."""
+        P = self._rules.p
+        self._note |= NOTE_STEP
+        if u.step != 0:
+            dur = te - u.step_ts
+            if dur <= P.stall_max_dur:
+                self._record_duration(u.step, dur)
+            uturn(P, u, s, dur, te)
+        u.prev_step = u.step
+        u.step = s
+        u.step_ts = te
+        u.flags &= ~F_STALL
+
+    def _record_duration(self, step: int, duration: float) -> None:
+        counts = self._steps.get(step)
+        if counts is None:
+            if len(self._steps) >= self._cfg.max_steps:
+                return
+            counts = self._steps[step] = [0] * (N_BUCKETS + 1)
+        if counts[0] < U32_MAX:
+            counts[0] += 1
+            counts[1 + bucket_of(duration)] += 1
+
+    def check_episode(self, u: _User, te: float, code: int) -> float:
+        """The score, and an episode when it crosses (reported by ``_emit``)."""
+        score = current(u)
+        if crossing(self._rules.p, u, score, te, code):
+            self.counters["episodes"] += 1
+            self._fired = (slot_fields(u), te, score, self.stall_limit(u.step))
         return score
 
-    def _current(self, u: _User) -> float:
-        total = 0.0
-        for p in u.pressure:
-            total += p
-        return 1.0 - math.exp(-total)
-
+    # -- the table ---------------------------------------------------------------------------
     def _insert(self, key: int, uid: str, ts: float) -> _User:
         if self._idle_ttl is not None:
             self._evict_idle(ts)
@@ -458,217 +472,235 @@ class ReferenceCore:
             self.counters["evictions"] += 1
 
     @staticmethod
-    def _rebase(u: _User, te: float) -> None:
-        # Re-express every window offset from the new base. Entries older than any window
-        # lose precision, which cannot matter: they are outside every window either way.
-        shift = u.base
-        for ring in (u.click_r, u.dead_r, u.err_r):
-            for i in range(RING_SIZE):
-                ring[i] = f32((shift + ring[i]) - te)
-        u.uturn_t = f32((shift + u.uturn_t) - te)
-        u.fail_t = f32((shift + u.fail_t) - te)
-        u.search_t = f32((shift + u.search_t) - te)
-        u.base = te
-
-    def _decay(self, u: _User, p_ts: float, t: float) -> bool:
-        """Value the pressures (valued at ``p_ts``) at ``t`` if later; False if not."""
-        dt = t - p_ts
-        if dt > 0.0:
-            f = math.exp(-dt * self._rules.decay_rate)
-            p = u.pressure
-            for i in range(N_DETECTORS):
-                p[i] = f32(p[i] * f)
-            u.p_off = f32(t - u.last_ts)
-            return True
-        return False
-
-    @staticmethod
-    def _activate(u: _User, detector: int, weight: float) -> None:
-        u.pressure[detector] = f32(u.pressure[detector] + weight)
-
-    @staticmethod
-    def _burst(u: _User, ring_name: str, n_name: str, flag: int, te: float, window: float,
-               need: int) -> bool:  # fmt: skip
-        """Push ``te`` into a ring; True when this event makes ``need`` within ``window`` and
-        the run has not activated yet. A gap longer than ``window`` starts a new run."""
-        ring = getattr(u, ring_name)
-        n = getattr(u, n_name)
-        if te - (u.base + ring[0]) > window:
-            n = 0
-            u.flags &= ~flag
-        within = 1
-        for x in ring:
-            if te - (u.base + x) <= window:
-                within += 1
-            else:
-                break
-        ring.insert(0, f32(te - u.base))
-        ring.pop()
-        setattr(u, n_name, n + 1 if n < 255 else 255)
-        if within >= need and not u.flags & flag:
-            u.flags |= flag
-            return True
-        return False
-
-    def _target_burst(self, u: _User, kind: str, flag: int, target: str, te: float, window: float,
-                      need: int) -> bool:  # fmt: skip
-        """A burst on one target (``kind`` "click" or "dead": the fields ``{kind}_target``,
-        ``{kind}_r``, ``{kind}_n``); an event on another target starts the run over."""
-        t = key32(target)
-        if t != getattr(u, kind + "_target"):
-            setattr(u, kind + "_target", t)
-            setattr(u, kind + "_r", [NEVER] * RING_SIZE)
-            setattr(u, kind + "_n", 0)
-            u.flags &= ~flag
-        if self._burst(u, kind + "_r", kind + "_n", flag, te, window, need):
-            self._names.remember(t, target)
-            return True
-        return False
-
-    def _navigate(self, u: _User, s: int, step: str, te: float) -> None:
-        self._names.remember(s, step)
-        if u.step != 0:
-            dur = te - u.step_ts
-            if dur <= self._cfg.detectors.stall.max_duration:
-                self._record_duration(u.step, dur)
-            ut = self._cfg.detectors.uturn
-            if ut.enabled and s == u.prev_step and dur <= ut.bounce:
-                if te - (u.base + u.uturn_t) > ut.window:
-                    u.uturn_n = 1
-                    u.uturn_t = f32(te - u.base)
-                    u.flags &= ~F_UTURN
-                elif u.uturn_n < 255:
-                    u.uturn_n += 1
-                if u.uturn_n >= ut.min_uturns and not u.flags & F_UTURN:
-                    u.flags |= F_UTURN
-                    self._activate(u, UTURN, ut.weight)
-        u.prev_step = u.step
-        u.step = s
-        u.step_ts = te
-        u.flags &= ~F_STALL
-
-    def _record_duration(self, step: int, duration: float) -> None:
-        counts = self._steps.get(step)
-        if counts is None:
-            if len(self._steps) >= self._cfg.max_steps:
-                return
-            counts = self._steps[step] = [0] * (N_BUCKETS + 1)
-        if counts[0] < _U32:
-            counts[0] += 1
-            counts[1 + bucket_of(duration)] += 1
-
-    def _check_stall(self, u: _User, te: float) -> None:
-        st = self._cfg.detectors.stall
-        if not st.enabled or u.step == 0 or u.flags & F_STALL:
-            return
-        limit = self.stall_limit(u.step)
-        if limit >= 0.0 and te - u.step_ts > limit:
-            u.flags |= F_STALL
-            self._activate(u, STALL, st.weight)
-
-    def _check_episode(self, u: _User, te: float, code: int, account: str | None,
-                       step: str | None, target: str | None) -> float:  # fmt: skip
-        sc = self._cfg.scoring
-        score = self._current(u)
-        if u.flags & F_IN_EPISODE:
-            if score < sc.rearm:
-                u.flags &= ~F_IN_EPISODE
-        elif (
-            score >= sc.threshold
-            and code != ev.TICKET
-            and (not u.flags & F_HAS_EPISODE or te - u.episode_ts >= sc.cooldown)
-        ):
-            u.flags |= F_IN_EPISODE | F_HAS_EPISODE
-            u.episode_ts = te
-            if u.episodes < _U16:
-                u.episodes += 1
-            u.episode_score = f32(score)
-            self.counters["episodes"] += 1
-            self._on_episode(self._record(u), u.uid, account, step, target, te, score, self.stall_limit(u.step))
-        return score
-
-    @staticmethod
     def _record(u: _User) -> np.void:
         rec = np.zeros(1, dtype=SLOT_DTYPE)[0]
         u.to_record(rec)
         return rec
 
 
-_COLUMNS = ("user_id", "type", "ts", "step", "target", "account_id")
-_INT_COLUMNS = ("status", "results")
-_ALLOWED = frozenset(_COLUMNS + _INT_COLUMNS + ("properties",))
+# --- the specification: one function per scoring step and per detector ------------------------
+# Named and ordered as the compiled core's kernels (_core/spec.pxi). ``P`` is ``Rules.p``, the
+# same parameter values the core copies into its C struct; ``u`` one user's state.
+
+NOTE_STEP = 1  # the update entered a step: remember its name
+NOTE_TARGET = 2  # ... a detector fired on a target: remember its name
 
 
-def columns_of(batch: Mapping[str, Any], keep_ts_array: bool = False) -> tuple[int, dict[str, Any]]:
-    """Validate a columnar batch and normalise its columns; returns ``(rows, columns)``.
-
-    A batch is parallel sequences keyed by event field (``user_id`` and ``type`` required),
-    plus optional integer ``status`` and ``results`` columns (-1 or None for none) standing for
-    those properties. other columns become lists of Python values (``ts`` may stay a float64
-    array for the compiled core); integer columns become int64 arrays. Raises ``InvalidEvent``
-    naming the column.
-    """
-    for name in batch:
-        if name not in _ALLOWED:
-            raise ev.InvalidEvent(name, f"is not a column; expected one of {', '.join(sorted(_ALLOWED))}")
-    for name in ("user_id", "type"):
-        if batch.get(name) is None:
-            raise ev.InvalidEvent(name, "column is required")
-    try:
-        n = len(batch["user_id"])
-    except TypeError:
-        raise ev.InvalidEvent("user_id", "column must be a sequence") from None
-    cols: dict[str, Any] = {}
-    for name, col in batch.items():
-        if col is None:
-            continue
-        try:
-            size = len(col)
-        except TypeError:
-            raise ev.InvalidEvent(name, f"column must be a sequence, not {type(col).__name__}") from None
-        if size != n:
-            raise ev.InvalidEvent(name, f"column has {size} rows, user_id has {n}")
-        if name in _INT_COLUMNS:
-            col = _int_column(col)
-        elif isinstance(col, np.ndarray):
-            if name == "ts" and keep_ts_array and col.dtype.kind in "fiu":
-                col = np.ascontiguousarray(col, dtype=np.float64)
-            else:
-                col = col.tolist()
-        elif type(col) is not list:
-            col = list(col)
-        cols[name] = col
-    return n, cols
+def rebase(u: _User, te: float) -> None:
+    """Re-express every window offset from the new base ``te``. Entries older than any
+    window lose precision, which cannot matter: they are outside every window either way."""
+    shift = u.base
+    for ring in (u.click_r, u.dead_r, u.err_r):
+        for i in range(RING_SIZE):
+            ring[i] = f32((shift + ring[i]) - te)
+    u.uturn_t = f32((shift + u.uturn_t) - te)
+    u.fail_t = f32((shift + u.fail_t) - te)
+    u.search_t = f32((shift + u.search_t) - te)
+    u.base = te
 
 
-def _int_column(col: Any) -> np.ndarray:
-    """A status/results column as int64, -1 where an entry is no value (see ``int_value``)."""
-    if isinstance(col, np.ndarray) and col.dtype.kind in "iu":
-        a = col.astype(np.int64)
-        return np.where((a >= 0) & (a < (1 << 31)), a, -1)
-    if isinstance(col, np.ndarray) and col.dtype.kind == "f":
-        a = col.astype(np.float64)
-        ok = np.isfinite(a) & (np.floor(a) == a) & (a >= 0) & (a < (1 << 31))
-        return np.where(ok, np.where(ok, a, 0).astype(np.int64), -1)
-    return np.array([ev.int_value(x) for x in col], dtype=np.int64)
+def decay(P: Any, u: _User, p_ts: float, t: float) -> bool:
+    """Value the pressures (valued at ``p_ts``) at ``t`` if later; False if not."""
+    dt = t - p_ts
+    if dt > 0.0:
+        f = math.exp(-dt * P.decay_rate)
+        p = u.pressure
+        for i in range(N_DETECTORS):
+            p[i] = f32(p[i] * f)
+        u.p_off = f32(t - u.last_ts)
+        return True
+    return False
 
 
-def columns_to_rows(cols: Mapping[str, Any], start: int, stop: int) -> Iterable[dict[str, Any]]:
-    """Event dicts of rows ``start:stop`` of normalised columns (see :func:`columns_of`)."""
-    present = [c for c in _COLUMNS if c in cols]
-    props = cols.get("properties")
-    ints = [c for c in _INT_COLUMNS if c in cols]
-    for i in range(start, stop):
-        row = {}
-        for c in present:
-            value = cols[c][i]
-            row[c] = value.item() if isinstance(value, np.generic) else value
-        if props is not None or ints:
-            p = props[i] if props is not None else None
-            if ints and (p is None or isinstance(p, Mapping)):
-                p = dict(p or {})
-                for c in ints:
-                    if cols[c][i] >= 0:
-                        p[c] = int(cols[c][i])
-            row["properties"] = p
-        yield row
+def activate(u: _User, detector: int, weight: float) -> None:
+    """A detector fired: its weight joins its pressure."""
+    u.pressure[detector] = f32(u.pressure[detector] + weight)
+
+
+def current(u: _User) -> float:
+    """The score: ``1 - exp(-sum of the pressures)``."""
+    total = 0.0
+    for p in u.pressure:
+        total += p
+    return 1.0 - math.exp(-total)
+
+
+def crossing(P: Any, u: _User, score: float, te: float, code: int) -> bool:
+    """Rearm below ``rearm``; True when ``score`` starts an episode (threshold reached, not
+    on a ticket, cooldown over); the state then records it."""
+    if u.flags & F_IN_EPISODE:
+        if score < P.rearm:
+            u.flags &= ~F_IN_EPISODE
+        return False
+    if score >= P.threshold and code != K.TICKET and (not u.flags & F_HAS_EPISODE or te - u.episode_ts >= P.cooldown):
+        u.flags |= F_IN_EPISODE | F_HAS_EPISODE
+        u.episode_ts = te
+        if u.episodes < U16_MAX:
+            u.episodes += 1
+        u.episode_score = f32(score)
+        return True
+    return False
+
+
+def burst(u: _User, ring_name: str, n_name: str, flag: int, te: float, window: float, need: int) -> bool:
+    """Push ``te`` into a ring; True when this event makes ``need`` within ``window`` and the
+    run has not activated yet. A gap longer than ``window`` starts a new run."""
+    ring = getattr(u, ring_name)
+    n = getattr(u, n_name)
+    if te - (u.base + ring[0]) > window:
+        n = 0
+        u.flags &= ~flag
+    within = 1
+    for x in ring:
+        if te - (u.base + x) <= window:
+            within += 1
+        else:
+            break
+    ring.insert(0, f32(te - u.base))
+    ring.pop()
+    setattr(u, n_name, n + 1 if n < U8_MAX else U8_MAX)
+    if within >= need and not u.flags & flag:
+        u.flags |= flag
+        return True
+    return False
+
+
+def target_burst(u: _User, kind: str, flag: int, t: int, te: float, window: float, need: int) -> bool:
+    """A burst on one target (``kind`` "click" or "dead": the fields ``{kind}_target``,
+    ``{kind}_r``, ``{kind}_n``); an event on another target starts the run over."""
+    if t != getattr(u, kind + "_target"):
+        setattr(u, kind + "_target", t)
+        setattr(u, kind + "_r", [NEVER] * RING_SIZE)
+        setattr(u, kind + "_n", 0)
+        u.flags &= ~flag
+    return burst(u, kind + "_r", kind + "_n", flag, te, window, need)
+
+
+def repeat(u: _User, last_name: str, n_name: str, flag: int, te: float, window: float, need: int) -> bool:
+    """A run of events each within ``window`` of the one before; True when it reaches
+    ``need`` and has not activated yet."""
+    n = getattr(u, n_name)
+    if te - (u.base + getattr(u, last_name)) <= window:
+        if n < U8_MAX:
+            n += 1
+    else:
+        n = 1
+        u.flags &= ~flag
+    setattr(u, n_name, n)
+    setattr(u, last_name, f32(te - u.base))
+    if n >= need and not u.flags & flag:
+        u.flags |= flag
+        return True
+    return False
+
+
+def rage_click(P: Any, u: _User, t: int, te: float) -> bool:
+    """rage_click: ``rage_need`` clicks on one target within ``rage_win``. True: it fired
+    (the caller remembers the target's name)."""
+    if P.rage_on and t != 0 and target_burst(u, "click", F_RAGE, t, te, P.rage_win, P.rage_need):
+        activate(u, RAGE_CLICK, P.rage_w)
+        return True
+    return False
+
+
+def dead_click(P: Any, u: _User, t: int, te: float) -> bool:
+    """dead_click: ``dead_need`` dead clicks on one target within ``dead_win``."""
+    if P.dead_on and t != 0 and target_burst(u, "dead", F_DEAD, t, te, P.dead_win, P.dead_need):
+        activate(u, DEAD_CLICK, P.dead_w)
+        return True
+    return False
+
+
+def error_burst(P: Any, u: _User, te: float, factor: float) -> None:
+    """error_burst: ``err_need`` errors of any kind within ``err_win`` (weight times ``factor``)."""
+    if P.err_on and burst(u, "err_r", "err_n", F_ERR, te, P.err_win, P.err_need):
+        activate(u, ERROR_BURST, P.err_w * factor)
+
+
+def repeat_failure(P: Any, u: _User, t: int, te: float, factor: float) -> bool:
+    """repeat_failure: ``fail_need`` errors on one target, each within ``fail_win`` of the last."""
+    if not P.fail_on or t == 0:
+        return False
+    if t != u.fail_target:
+        u.fail_target = t
+        u.fail_n = 0
+        u.fail_t = NEVER  # a new target starts a new run
+    if repeat(u, "fail_t", "fail_n", F_FAIL, te, P.fail_win, P.fail_need):
+        activate(u, REPEAT_FAILURE, P.fail_w * factor)
+        return True
+    return False
+
+
+def uturn(P: Any, u: _User, s: int, dur: float, te: float) -> None:
+    """uturn: back to the step before within ``uturn_bounce`` seconds, ``uturn_need`` times
+    in a run that started less than ``uturn_win`` ago."""
+    if not (P.uturn_on and s == u.prev_step and dur <= P.uturn_bounce):
+        return
+    if te - (u.base + u.uturn_t) > P.uturn_win:
+        u.uturn_n = 1
+        u.uturn_t = f32(te - u.base)
+        u.flags &= ~F_UTURN
+    elif u.uturn_n < U8_MAX:
+        u.uturn_n += 1
+    if u.uturn_n >= P.uturn_need and not u.flags & F_UTURN:
+        u.flags |= F_UTURN
+        activate(u, UTURN, P.uturn_w)
+
+
+def empty_search(P: Any, u: _User, results: int, te: float) -> None:
+    """empty_search: ``search_need`` searches with no result, each within ``search_win`` of the last."""
+    if P.search_on and results == 0 and repeat(u, "search_t", "search_n", F_SEARCH, te, P.search_win,
+                                               P.search_need):  # fmt: skip
+        activate(u, EMPTY_SEARCH, P.search_w)
+
+
+def help_seeking(P: Any, u: _User, code: int) -> None:
+    """help_seeking: every help or contact event; boosted when other friction is already high."""
+    if not P.help_on:
+        return
+    w = P.help_w if code == K.HELP else P.contact_w
+    other = 0.0
+    for i in range(N_DETECTORS):
+        if i != HELP_SEEKING:
+            other += u.pressure[i]
+    if other >= P.after_friction:
+        w *= P.boost
+    activate(u, HELP_SEEKING, w)
+
+
+def stall(P: Any, u: _User, limit: float, te: float) -> None:
+    """stall: on the current step longer than its ``limit`` (once per visit)."""
+    if limit >= 0.0 and te - u.step_ts > limit:
+        u.flags |= F_STALL
+        activate(u, STALL, P.stall_w)
+
+
+def custom(P: Any, u: _User, code: int) -> None:
+    """custom: a config-mapped event with a weight of its own."""
+    u.custom = code - K.CUSTOM_BASE
+    activate(u, CUSTOM, P.custom_w[u.custom])
+
+
+def success(P: Any, u: _User) -> None:
+    """A success relieves the pressures and ends every run."""
+    keep = P.keep_after_success
+    for i in range(N_DETECTORS):
+        u.pressure[i] = f32(u.pressure[i] * keep)
+    u.click_r = [NEVER] * RING_SIZE
+    u.dead_r = [NEVER] * RING_SIZE
+    u.err_r = [NEVER] * RING_SIZE
+    u.uturn_t = u.fail_t = u.search_t = NEVER
+    u.click_n = u.dead_n = u.err_n = u.fail_n = u.uturn_n = u.search_n = 0
+    u.flags &= ~LATCHES
+
+
+def slot_fields(u: _User) -> dict[str, Any]:
+    """The fields of a user's state that ``_episodes.make_episode`` reads (core: ``slot_fields``)."""
+    return {
+        "key": u.key, "step": u.step, "prev_step": u.prev_step, "step_ts": u.step_ts,
+        "pressure": list(u.pressure), "click_r": list(u.click_r), "dead_r": list(u.dead_r),
+        "err_r": list(u.err_r), "click_n": u.click_n, "click_target": u.click_target,
+        "dead_n": u.dead_n, "dead_target": u.dead_target, "err_n": u.err_n,
+        "fail_target": u.fail_target, "fail_n": u.fail_n, "uturn_n": u.uturn_n,
+        "search_n": u.search_n, "custom": u.custom,
+    }  # fmt: skip

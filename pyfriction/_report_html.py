@@ -10,7 +10,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from .report import ReportResult, duration, item_columns, pct
+from .report import ReportResult, deflection_note, duration, item_columns, pct
 
 __all__ = ["render_html"]
 
@@ -222,10 +222,11 @@ def render_html(result: ReportResult, *, top: int = 12) -> str:
         (f"{ins.tickets:,}", "support tickets"),
         (pct(lt.share, 0), "of tickets preceded by an episode"),
         (duration(lt.median), "median warning before a ticket"),
-        ("-" if d.difference is None else f"{d.difference * 100:+.1f} pts", "fewer tickets with guidance"),
     ]
+    if result.catalog:
+        cards.append(("-" if d.difference is None else f"{d.difference * 100:+.1f} pts", "fewer tickets with guidance"))
     card_html = "".join(
-        f'<div class="card"><div class="n">{_e(n)}</div><div class="l">{_e(l)}</div></div>' for n, l in cards
+        f'<div class="card"><div class="n">{_e(n)}</div><div class="l">{_e(label)}</div></div>' for n, label in cards
     )
     cols = item_columns(ins)
     items = _table(
@@ -236,11 +237,33 @@ def render_html(result: ReportResult, *, top: int = 12) -> str:
         ],  # fmt: skip
         [False, False] + [True] * (len(cols) + 2),
     )
+    guided = result.catalog  # without a catalog no one is guided: no column of zeros
     accounts = _table(
-        ["Account", "Users in friction", "Episodes", "Tickets", "Guided users", "Last episode (UTC)"],
-        [[a.account_id, a.users, a.episodes, a.tickets, a.guided, _utc(a.last_episode)] for a in ins.accounts[:25]],
-        [False, True, True, True, True, False],
-    )
+        ["Account", "Users in friction", "Episodes", "Tickets"] + (["Guided users"] if guided else [])
+        + ["Last episode (UTC)"],
+        [[a.account_id, a.users, a.episodes, a.tickets] + ([a.guided] if guided else []) + [_utc(a.last_episode)]
+         for a in ins.accounts[:25]],
+        [False, True, True, True] + ([True] if guided else []) + [False],
+    )  # fmt: skip
+    if result.catalog:
+        guidance = f"""<section id="deflection"><h2>Does guidance prevent tickets?</h2>
+<p class="lead">Share of users who filed a ticket within {duration(d.window)} of their first episode with guidance to
+offer: users offered guidance against the holdout, who never get any. Bars show each rate with its 95% interval.</p>
+{_deflection_chart(result)}
+{_verdict(result)}</section>
+
+<section id="items"><h2>Guidance items</h2>
+<p class="lead">Click and dismiss rates are among the offers that were shown.</p>
+{items}</section>
+"""
+        split = f" · {ins.guided_episodes:,} episodes got guidance, {ins.holdout_episodes:,} were in the holdout"
+    else:
+        section = '<section id="deflection"><h2>Does guidance prevent tickets?</h2>' if result.guidance_events else ""
+        guidance = f'{section}<p class="note" id="deflection-note">{_e(deflection_note(result))}</p>' + (
+            "</section>" if section else ""
+        )
+        split = ""
+    config = "no config" if result.config is None else "config " + result.config.rsplit("/", 1)[-1]
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -249,7 +272,7 @@ def render_html(result: ReportResult, *, top: int = 12) -> str:
 <body><main>
 <h1>Friction report</h1>
 <p class="sub">{_e(result.source)} · {_utc(ins.since)} to {_utc(ins.until)} UTC · {ins.events:,} events from
-{ins.users:,} users · {ins.guided_episodes:,} episodes got guidance, {ins.holdout_episodes:,} were in the holdout</p>
+{ins.users:,} users{split}</p>
 <div class="cards">{card_html}</div>
 
 <section id="hotspots"><h2>Where users struggle</h2>
@@ -261,19 +284,10 @@ def render_html(result: ReportResult, *, top: int = 12) -> str:
 the first episode fired a median {duration(lt.median)} before the ticket (90th percentile {duration(lt.p90)}).</p>
 {_lead_chart(result)}</section>
 
-<section id="deflection"><h2>Does guidance prevent tickets?</h2>
-<p class="lead">Share of users who filed a ticket within {duration(d.window)} of their first episode with guidance to
-offer: users offered guidance against the holdout, who never get any. Bars show each rate with its 95% interval.</p>
-{_deflection_chart(result)}
-{_verdict(result)}</section>
-
-<section id="items"><h2>Guidance items</h2>
-<p class="lead">Click and dismiss rates are among the offers that were shown.</p>
-{items}</section>
-
+{guidance}
 <section id="accounts"><h2>Accounts</h2>
 <p class="lead">Friction rolled up per customer account.</p>
 {accounts}</section>
-<footer>pyfriction report · config {_e(result.config.rsplit("/", 1)[-1])} · {ins.engine} engine</footer>
+<footer>pyfriction report · {_e(config)} · {ins.engine} engine</footer>
 </main></body></html>
 """

@@ -10,14 +10,14 @@ from __future__ import annotations
 import fnmatch
 import math
 import re
+from types import SimpleNamespace
 
-from ._layout import quantile
+import numpy as np
+
+from ._constants import CACHE_MAX, CUSTOM_BASE, MAX_CUSTOM, TYPE_CODES
+from ._layout import PARAMS_DTYPE, quantile
 from .config import Config, EventMapping
-from .events import CUSTOM_BASE, TYPE_CODES
-
-#: Bound on the exclusion caches and the name table; they are cleared when full, which costs
-#: a re-match, never correctness.
-CACHE_MAX = 1 << 16
+from .events import TsRange
 
 
 class _Globs:
@@ -66,6 +66,12 @@ class Rules:
         self.ordinary_statuses = frozenset(d.error_burst.ordinary_statuses)
         self.excluded_target = _Globs(config.exclude_targets)
         self.excluded_step = _Globs(config.exclude_steps)
+        ev_cfg = config.events
+        #: The plausible event times (``[events] ts_min``, ``ts_max_ahead``).
+        self.ts_range = TsRange(ev_cfg.ts_min, ev_cfg.ts_max_ahead)
+        self.params = make_params(config, self.decay_rate, self.custom_weights)
+        #: The same values as plain Python numbers, for the reference engine: ``p.rage_w``...
+        self.p = params_namespace(self.params)
 
     def stall_limit(self, count: int, buckets: list[int]) -> float:
         """Seconds on a step beyond which a user has stalled, or -1.0 without a baseline."""
@@ -73,6 +79,84 @@ class Rules:
         if count < st.min_samples:
             return -1.0
         return max(st.min_seconds, st.factor * quantile(buckets, count, st.quantile))
+
+
+def make_params(config: Config, decay_rate: float, custom_weights: list[float]) -> np.ndarray:
+    """The detector and scoring parameters of ``config`` as one ``PARAMS_DTYPE`` record (an
+    array of one), the form the compiled core copies into its C struct."""
+    if len(custom_weights) > MAX_CUSTOM:
+        raise ValueError(f"too many custom-weight events ({len(custom_weights)}; at most {MAX_CUSTOM})")
+    d = config.detectors
+    sc = config.scoring
+    rec = np.zeros(1, dtype=PARAMS_DTYPE)
+    values = {
+        "decay_rate": decay_rate,
+        "threshold": sc.threshold,
+        "rearm": sc.rearm,
+        "cooldown": sc.cooldown,
+        "keep_after_success": 1.0 - sc.success_relief,
+        "rage_on": d.rage_click.enabled,
+        "rage_w": d.rage_click.weight,
+        "rage_win": d.rage_click.window,
+        "rage_need": d.rage_click.min_clicks,
+        "dead_on": d.dead_click.enabled,
+        "dead_w": d.dead_click.weight,
+        "dead_win": d.dead_click.window,
+        "dead_need": d.dead_click.min_clicks,
+        "err_on": d.error_burst.enabled,
+        "err_w": d.error_burst.weight,
+        "err_win": d.error_burst.window,
+        "err_need": d.error_burst.min_errors,
+        "ordinary_factor": d.error_burst.ordinary_factor,
+        "fail_on": d.repeat_failure.enabled,
+        "fail_w": d.repeat_failure.weight,
+        "fail_win": d.repeat_failure.window,
+        "fail_need": d.repeat_failure.min_failures,
+        "uturn_on": d.uturn.enabled,
+        "uturn_w": d.uturn.weight,
+        "uturn_win": d.uturn.window,
+        "uturn_need": d.uturn.min_uturns,
+        "uturn_bounce": d.uturn.bounce,
+        "search_on": d.empty_search.enabled,
+        "search_w": d.empty_search.weight,
+        "search_win": d.empty_search.window,
+        "search_need": d.empty_search.min_searches,
+        "help_on": d.help_seeking.enabled,
+        "help_w": d.help_seeking.help_weight,
+        "contact_w": d.help_seeking.contact_weight,
+        "after_friction": d.help_seeking.after_friction,
+        "boost": d.help_seeking.boost,
+        "stall_on": d.stall.enabled,
+        "stall_w": d.stall.weight,
+        "stall_q": d.stall.quantile,
+        "stall_factor": d.stall.factor,
+        "stall_min_s": d.stall.min_seconds,
+        "stall_min_n": d.stall.min_samples,
+        "stall_max_dur": d.stall.max_duration,
+        "n_custom": len(custom_weights),
+    }
+    missing = set(PARAMS_DTYPE.names or ()) - set(values) - {"custom_w"}
+    assert not missing, missing  # a field added to PARAMS_DTYPE must be filled here
+    for name, value in values.items():
+        rec[0][name] = value
+    rec[0]["custom_w"][: len(custom_weights)] = custom_weights
+    return rec
+
+
+def params_namespace(params: np.ndarray) -> SimpleNamespace:
+    """A ``PARAMS_DTYPE`` record's fields as Python numbers (bool, int, float; ``custom_w`` a
+    list): exactly the values the compiled core reads from its copy."""
+    rec = params[0]
+    out: dict[str, object] = {}
+    for name in PARAMS_DTYPE.names or ():
+        value = rec[name]
+        if isinstance(value, np.ndarray):
+            out[name] = [float(x) for x in value]
+        elif PARAMS_DTYPE.fields[name][0].kind == "u":  # type: ignore[index]
+            out[name] = bool(value)
+        else:
+            out[name] = value.item()
+    return SimpleNamespace(**out)
 
 
 class Names(dict):  # type: ignore[type-arg]

@@ -482,7 +482,7 @@ def simulate_guidance(stream: list[Event], seed: int = 7, config: Any = None) ->
         rng, g = rngs[ep.user_id], ep.guidance
         steps = furthest.setdefault(ep.user_id, [])
 
-        def emit(kind: str, ts: float, target: str | None) -> None:
+        def emit(kind: str, ts: float, target: str | None, ep: Any = ep) -> None:  # ep bound now, not late
             added.append({"user_id": ep.user_id, "type": kind, "ts": round(ts, 3), "step": ep.step,
                           "target": target, "account_id": ep.account_id, "properties": None})  # fmt: skip
 

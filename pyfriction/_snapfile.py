@@ -29,7 +29,7 @@ import hashlib
 import os
 import zlib
 from collections.abc import Callable, Iterable
-from typing import Any, NamedTuple, Union
+from typing import Any, NamedTuple
 
 import msgspec
 import numpy as np
@@ -46,7 +46,7 @@ READABLE_VERSIONS = (1, 2, 3)
 #: Bytes per part of "slots" at most: whole records, well under MessagePack's 4 GiB per bin.
 PART_BYTES = (1 << 30) // SLOT_DTYPE.itemsize * SLOT_DTYPE.itemsize
 
-Buffer = Union[bytes, bytearray, memoryview, np.ndarray]
+Buffer = bytes | bytearray | memoryview | np.ndarray
 
 
 class SnapshotError(ValueError):

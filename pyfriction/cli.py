@@ -120,8 +120,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
-    parser = argparse.ArgumentParser(prog="pyfriction", description="Detect user friction in SaaS event streams.")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    parser = argparse.ArgumentParser(
+        prog="pyfriction",
+        description="Detect user friction in SaaS event streams: replay a stream (demo), simulate one (sample), "
+        "report on a recorded log (report), learn weights from your tickets (calibrate), or look after a shared "
+        "file:// store (store). `pyfriction COMMAND --help` explains each.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, help="the command to run")
 
     demo = commands.add_parser(
         "demo",
@@ -132,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--events",
         metavar="FILE",
-        help="JSON Lines file of events, '-' for stdin (default: the bundled sample)",
+        help="JSON Lines file of events, '-' for stdin (default: the bundled sample stream of 200 users)",
     )
     demo.add_argument(
         "--engine",
@@ -148,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     from pyfriction import store
 
     store.add_parser(commands)
+    from pyfriction import calibrate
+
+    calibrate.add_parser(commands)
     sample = commands.add_parser(
         "sample",
         help="write a simulated event stream (optionally with simulated guidance)",
@@ -155,12 +163,27 @@ def build_parser() -> argparse.ArgumentParser:
         "guidance (identify records, guidance feedback, fewer tickets for guided users; see "
         "pyfriction._sample.simulate_guidance: the reactions and effects are assumptions of the simulation).",
     )
-    sample.add_argument("-o", "--output", metavar="FILE", default="-", help="output file (default: stdout)")
-    sample.add_argument("--users", type=int, default=200, metavar="N", help="simulated users (default 200)")
-    sample.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
-    sample.add_argument("--guided", action="store_true", help="simulate guidance with the bundled guidance config")
-    sample.add_argument("--config", metavar="FILE", help="guidance config for --guided (default: the bundled one)")
-    sample.add_argument("--segment", action="store_true", help="write Segment-style track/page/identify payloads")
+    sample.add_argument("-o", "--output", metavar="FILE", default="-", help="output file (default: -, stdout)")
+    sample.add_argument("--users", type=int, default=200, metavar="N", help="simulated users (default: 200)")
+    sample.add_argument("--seed", type=int, default=7, metavar="N", help="random seed (default: 7)")
+    sample.add_argument(
+        "--guided", action="store_true", help="also simulate guidance and the users' reactions (default: off)"
+    )
+    sample.add_argument(
+        "--config",
+        metavar="FILE",
+        help="the guidance config --guided simulates (default: the sample app's, pyfriction/data/guidance.toml)",
+    )
+    sample.add_argument(
+        "--write-config",
+        metavar="FILE",
+        help="also write that guidance config to FILE, for `pyfriction report --config FILE` (default: not written)",
+    )
+    sample.add_argument(
+        "--segment",
+        action="store_true",
+        help="write Segment-style track/page/identify payloads (default: off, canonical events)",
+    )
     sample.set_defaults(func=_cmd_sample)
     return parser
 
@@ -171,6 +194,17 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     if args.users < 1:
         raise CliError("--users must be at least 1")
     events = _sample.generate(args.users, args.seed, guided=args.guided, config=args.config)
+    if args.write_config:
+        from pyfriction.report import default_config_path
+
+        source = args.config or default_config_path()
+        try:
+            with open(source, "rb") as src:
+                text = src.read()
+            with open(args.write_config, "wb") as dst:
+                dst.write(text)
+        except OSError as exc:
+            raise CliError(f"cannot copy {source} to {args.write_config}: {exc.strerror}") from None
     out = "/dev/stdout" if args.output == "-" else args.output
     try:
         n = _sample.write_events(out, events, segment=args.segment)
@@ -178,6 +212,8 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         raise CliError(f"cannot write {args.output}: {exc.strerror}") from None
     if args.output != "-":
         print(f"wrote {n:,} records to {args.output}", file=sys.stderr)
+    if args.write_config:
+        print(f"wrote the guidance config to {args.write_config}", file=sys.stderr)
     return 0
 
 

@@ -14,13 +14,17 @@ import math
 import os
 import tomllib
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import msgspec
+
+from . import _constants
+from ._constants import DETECTOR_NAMES, TYPE_CODES
 
 __all__ = [
     "MAX_WINDOW",
     "RING_SIZE",
+    "WEIGHT_FIELDS",
     "Config",
     "ConfigError",
     "DeadClick",
@@ -28,6 +32,7 @@ __all__ = [
     "EmptySearch",
     "ErrorBurst",
     "EventMapping",
+    "Events",
     "GuidanceCaps",
     "GuidanceConfig",
     "GuidanceItem",
@@ -42,11 +47,12 @@ __all__ = [
     "Stall",
     "UTurn",
     "Webhook",
+    "detector_weights",
     "load_config",
 ]
 
 #: Timestamps kept per windowed detector; a threshold of N events needs N - 1 of them.
-RING_SIZE = 4
+RING_SIZE = _constants.RING_SIZE
 #: Longest window any detector may use (seconds). Window timestamps are stored as float32
 #: offsets from a per-user base that is moved every REBASE_AFTER seconds, so they stay exact
 #: to about a millisecond inside any window.
@@ -233,7 +239,7 @@ class EventMapping(_Base):
 
 #: Guidance item ids, also used as event targets: letters, digits and ``_ . : -``.
 GUIDANCE_ID = r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$"
-TraitValue = Union[str, int, float, bool, list[str | int | float | bool]]
+TraitValue = str | int | float | bool | list[str | int | float | bool]
 
 
 class GuidanceItem(_Base, kw_only=True):
@@ -326,8 +332,6 @@ class GuidanceConfig(_Base):
     attribution_window: Positive = 86400.0
 
     def __post_init__(self) -> None:
-        from ._layout import DETECTOR_NAMES  # local: _layout imports this module
-
         seen: set[str] = set()
         for i, item in enumerate(self.items):
             if item.id in seen:
@@ -367,8 +371,6 @@ class Webhook(_Base, kw_only=True):
     queue_size: Annotated[int, msgspec.Meta(ge=1)] = 1000
 
     def __post_init__(self) -> None:
-        from ._layout import DETECTOR_NAMES  # local: _layout imports this module
-
         for name in self.detectors:
             if name not in DETECTOR_NAMES:
                 raise ValueError(f"detectors: unknown detector {name!r}; expected one of {', '.join(DETECTOR_NAMES)}")
@@ -393,11 +395,25 @@ class SegmentMapping(_Base):
     account_id: list[str] = msgspec.field(default_factory=lambda: ["context.groupId", "properties.account_id"])
 
 
+class Events(_Base):
+    """What an event may be. ``ts`` outside [``ts_min``, now + ``ts_max_ahead``] (seconds since
+    the epoch; now is the wall clock) is refused with ``InvalidEvent``: one event in
+    milliseconds would otherwise freeze its user's clock (the message names milliseconds
+    when that is what it looks like). Replaying old data: lower ``ts_min``."""
+
+    #: Earliest plausible event time (default 2000-01-01T00:00:00Z).
+    ts_min: Annotated[float, msgspec.Meta(ge=0)] = 946_684_800.0
+    #: How far past the wall clock an event time may lie, in seconds (default one day).
+    ts_max_ahead: Annotated[float, msgspec.Meta(ge=0, le=1e12)] = 86_400.0
+
+
 class Config(_Base):
     """The whole configuration. Every field has a default that works for a typical SaaS app."""
 
     detectors: Detectors = msgspec.field(default_factory=Detectors)
     scoring: Scoring = msgspec.field(default_factory=Scoring)
+    #: What an event may be: the plausible range of its time (see :class:`Events`).
+    events: Events = msgspec.field(default_factory=Events)
     #: Event name -> canonical type name, or an :class:`EventMapping`.
     event_map: dict[str, str | EventMapping] = msgspec.field(default_factory=dict)
     #: Glob patterns (fnmatch) of targets whose events are counted and otherwise ignored.
@@ -420,14 +436,12 @@ class Config(_Base):
     segment: SegmentMapping = msgspec.field(default_factory=SegmentMapping)
 
     def __post_init__(self) -> None:
-        from .events import CANONICAL_TYPES  # local: events imports config constants
-
         customs = 0
         for name, target in self.event_map.items():
             kind = target if isinstance(target, str) else target.type
-            if kind is not None and kind not in CANONICAL_TYPES:
+            if kind is not None and kind not in TYPE_CODES:
                 raise ValueError(
-                    f"event_map[{name!r}]: unknown type {kind!r}; expected one of {', '.join(sorted(CANONICAL_TYPES))}"
+                    f"event_map[{name!r}]: unknown type {kind!r}; expected one of {', '.join(sorted(TYPE_CODES))}"
                 )
             if kind is None:
                 customs += 1
@@ -507,7 +521,7 @@ def _check_event_map(event_map: Any) -> None:
     for name, mapped in event_map.items():
         where = f"$.event_map[{name!r}]"
         try:
-            msgspec.convert(mapped, Union[str, EventMapping])
+            msgspec.convert(mapped, str | EventMapping)
         except msgspec.ValidationError as exc:
             msg = str(exc)
             if "- at `$" in msg:
@@ -515,3 +529,21 @@ def _check_event_map(event_map: Any) -> None:
             else:
                 msg = f"{msg} - at `{where}`"
             raise ConfigError(msg) from None
+
+
+#: The weight fields of each built-in detector (``help_seeking`` has two, scaled together).
+WEIGHT_FIELDS: dict[str, tuple[str, ...]] = {
+    "rage_click": ("weight",),
+    "dead_click": ("weight",),
+    "error_burst": ("weight",),
+    "repeat_failure": ("weight",),
+    "uturn": ("weight",),
+    "empty_search": ("weight",),
+    "help_seeking": ("help_weight", "contact_weight"),
+    "stall": ("weight",),
+}
+
+
+def detector_weights(config: Config) -> dict[str, float]:
+    """Each built-in detector's weight (``help_seeking``: its ``help_weight``)."""
+    return {d: float(getattr(getattr(config.detectors, d), fields[0])) for d, fields in WEIGHT_FIELDS.items()}

@@ -9,58 +9,51 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import msgspec
+import numpy as np
+
+from ._constants import (  # noqa: F401  (re-exported: the event model's names)
+    API_ERROR,
+    CLICK,
+    CONTACT,
+    CUSTOM_BASE,
+    DEAD_CLICK,
+    ERROR,
+    FORM_ERROR,
+    GUIDANCE_CLICKED,
+    GUIDANCE_DISMISSED,
+    GUIDANCE_SHOWN,
+    HELP,
+    MAX_TEXT,
+    OUTCOME_FIRST,
+    OUTCOME_LAST,
+    PAGE,
+    SEARCH,
+    SUCCESS,
+    TARGET_FIRST,
+    TARGET_LAST,
+    TICKET,
+    TYPE_CODES,
+    UNKNOWN,
+)
 
 __all__ = [
     "CANONICAL_TYPES",
+    "DEFAULT_TS_RANGE",
     "MAX_TEXT",
     "TYPE_CODES",
     "Event",
     "InvalidEvent",
+    "TsRange",
+    "columns_of",
+    "columns_to_rows",
     "parse_event",
 ]
 
-#: Longest user id, type, step, target or account id accepted, in characters.
-MAX_TEXT = 1024
-
-# Type codes shared by both engines. Codes >= CUSTOM_BASE are config-mapped event names that
-# carry a weight of their own (detector "custom").
-UNKNOWN = 0
-PAGE = 1
-CLICK = 2
-DEAD_CLICK = 3
-ERROR = 4
-API_ERROR = 5
-FORM_ERROR = 6
-SEARCH = 7
-HELP = 8
-CONTACT = 9
-SUCCESS = 10
-TICKET = 11
-GUIDANCE_SHOWN = 12
-GUIDANCE_CLICKED = 13
-GUIDANCE_DISMISSED = 14
-CUSTOM_BASE = 32
-
-TYPE_CODES: dict[str, int] = {
-    "page": PAGE,
-    "click": CLICK,
-    "dead_click": DEAD_CLICK,
-    "error": ERROR,
-    "api_error": API_ERROR,
-    "form_error": FORM_ERROR,
-    "search": SEARCH,
-    "help": HELP,
-    "contact": CONTACT,
-    "success": SUCCESS,
-    "ticket": TICKET,
-    "guidance_shown": GUIDANCE_SHOWN,
-    "guidance_clicked": GUIDANCE_CLICKED,
-    "guidance_dismissed": GUIDANCE_DISMISSED,
-}
 CANONICAL_TYPES = frozenset(TYPE_CODES)
 TYPE_NAMES: dict[int, str] = {code: name for name, code in TYPE_CODES.items()}
 
@@ -93,6 +86,59 @@ class Event(msgspec.Struct, kw_only=True, omit_defaults=True):
     properties: dict[str, Any] | None = None
 
 
+#: 2000-01-01T00:00:00Z: the default earliest plausible event time.
+TS_MIN = 946_684_800.0
+#: Seconds past now (the wall clock) that an event time may lie: clocks drift, not by days.
+TS_MAX_AHEAD = 86_400.0
+
+
+class TsRange:
+    """The plausible event times: from ``ts_min`` to the wall clock plus ``max_ahead``.
+
+    A time outside is refused with :class:`InvalidEvent` (a time in milliseconds is named as
+    such): one such event would otherwise freeze its user's clock (an event never moves a
+    user's time back) and turn minutes into a burst. ``[events] ts_min`` and
+    ``ts_max_ahead`` in the config set the bounds.
+    """
+
+    __slots__ = ("max_ahead", "ts_min", "_hi")
+
+    def __init__(self, ts_min: float = TS_MIN, max_ahead: float = TS_MAX_AHEAD) -> None:
+        self.ts_min = float(ts_min)
+        self.max_ahead = float(max_ahead)
+        self._hi = -math.inf  # the upper bound, moved on when a time passes it (see check)
+
+    def upper(self) -> float:
+        """The latest plausible time now."""
+        self._hi = time.time() + self.max_ahead
+        return self._hi
+
+    def ok(self, ts: float) -> bool:
+        """True if ``ts`` is plausible. The upper bound is remembered and only recomputed when
+        a time exceeds it: it can only grow, so a stale bound never accepts a time too late."""
+        return self.ts_min <= ts and (ts <= self._hi or ts <= self.upper())
+
+    def check(self, ts: float) -> None:
+        """Raise :class:`InvalidEvent` unless ``ts`` is plausible."""
+        if self.ok(ts):
+            return
+        low = time.strftime("%Y-%m-%d", time.gmtime(self.ts_min)) if self.ts_min >= 0 else repr(self.ts_min)
+        hint = ""
+        if self.ts_min <= ts / 1000.0 <= self._hi:
+            hint = " (it looks like milliseconds since the epoch: send seconds, ts / 1000)"
+        elif self.ts_min <= ts / 1e6 <= self._hi:
+            hint = " (it looks like microseconds since the epoch: send seconds)"
+        raise InvalidEvent(
+            "ts",
+            f"{ts!r} is outside the plausible range of event times, {low} to now + "
+            f"{self.max_ahead:g} s{hint}; the config's [events] ts_min and ts_max_ahead set the range",
+        )
+
+
+#: The range of a default config.
+DEFAULT_TS_RANGE = TsRange()
+
+
 ParsedEvent = tuple[str, str, float, str | None, str | None, str | None, int, int]
 
 
@@ -111,6 +157,13 @@ def _text(value: Any, field: str, required: bool) -> str | None:
         return None
     if len(value) > MAX_TEXT:
         raise InvalidEvent(field, f"is longer than {MAX_TEXT} characters")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            # A lone surrogate cannot be written to a snapshot, a log line or a response:
+            # refused here rather than failing later for the whole tracker.
+            raise InvalidEvent(field, "is not well-formed Unicode (it holds a lone surrogate)") from None
     return value
 
 
@@ -137,11 +190,15 @@ def _int_property(props: Mapping[str, Any] | None, key: str) -> int:
     return int_value(props.get(key))
 
 
-def parse_event(event: Mapping[str, Any] | Event, clock: Callable[[], float]) -> ParsedEvent:
+def parse_event(
+    event: Mapping[str, Any] | Event, clock: Callable[[], float], ts_range: TsRange | None = None
+) -> ParsedEvent:
     """Validate ``event`` and return its fields as
     ``(user_id, type, ts, step, target, account_id, status, results)``.
 
-    ``status`` and ``results`` are -1 when absent. Raises :class:`InvalidEvent`.
+    ``status`` and ``results`` are -1 when absent. A ``ts`` given must lie in ``ts_range``
+    (default: :data:`DEFAULT_TS_RANGE`); one taken from ``clock`` is trusted. Raises
+    :class:`InvalidEvent`.
     """
     if isinstance(event, Event):
         get: Callable[[str], Any] = lambda k: getattr(event, k)  # noqa: E731
@@ -163,6 +220,8 @@ def parse_event(event: Mapping[str, Any] | Event, clock: Callable[[], float]) ->
         raise InvalidEvent("ts", f"must be a number of seconds, not {type(raw_ts).__name__}")
     if not (math.isfinite(ts) and ts >= 0.0):
         raise InvalidEvent("ts", "must be a finite, non-negative number of seconds since the epoch")
+    if raw_ts is not None:
+        (ts_range or DEFAULT_TS_RANGE).check(ts)
     step = _text(get("step"), "step", False)
     target = _text(get("target"), "target", False)
     account = _text(get("account_id"), "account_id", False)
@@ -179,3 +238,97 @@ def parse_event(event: Mapping[str, Any] | Event, clock: Callable[[], float]) ->
         _int_property(props, "status"),
         _int_property(props, "results"),
     )
+
+
+_COLUMNS = ("user_id", "type", "ts", "step", "target", "account_id")
+_INT_COLUMNS = ("status", "results")
+_ALLOWED = frozenset(_COLUMNS + _INT_COLUMNS + ("properties",))
+
+
+def columns_of(batch: Mapping[str, Any], keep_ts_array: bool = False) -> tuple[int, dict[str, Any]]:
+    """Validate a columnar batch and normalise its columns; returns ``(rows, columns)``.
+
+    The one column parser: both engines' ``observe_many`` and the SDK use it. A batch is
+    parallel sequences keyed by event field (``user_id`` and ``type`` required), plus optional
+    integer ``status`` and ``results`` columns (-1 or None for none) standing for those
+    properties. Other columns become lists of Python values (``ts`` may stay a float64 array
+    for the compiled core); integer columns become int64 arrays. Raises :class:`InvalidEvent`
+    naming the column: an unknown column, a column that is not a one-dimensional sequence, or
+    one whose length (what ``len()`` says and what iterating it yields) differs from
+    ``user_id``'s. Row values are judged later, row by row.
+    """
+    for name in batch:
+        if name not in _ALLOWED:
+            raise InvalidEvent(name, f"is not a column; expected one of {', '.join(sorted(_ALLOWED))}")
+    for name in ("user_id", "type"):
+        if batch.get(name) is None:
+            raise InvalidEvent(name, "column is required")
+    try:
+        n = len(batch["user_id"])
+    except TypeError:
+        raise InvalidEvent("user_id", "column must be a sequence") from None
+    cols: dict[str, Any] = {}
+    for name, col in batch.items():
+        if col is None:
+            continue
+        if isinstance(col, (str, bytes, Mapping)):
+            raise InvalidEvent(name, f"column must be a sequence of values, not {type(col).__name__}")
+        if isinstance(col, np.ndarray) and col.ndim != 1:
+            raise InvalidEvent(name, f"column must be one-dimensional, not an array of shape {col.shape}")
+        try:
+            size = len(col)
+        except TypeError:
+            raise InvalidEvent(name, f"column must be a sequence, not {type(col).__name__}") from None
+        if size != n:
+            raise InvalidEvent(name, f"column has {size} rows, user_id has {n}")
+        if name in _INT_COLUMNS:
+            col = _int_column(col)
+        elif isinstance(col, np.ndarray):
+            if name == "ts" and keep_ts_array and col.dtype.kind in "fiu":
+                col = np.ascontiguousarray(col, dtype=np.float64)
+            else:
+                col = col.tolist()
+        elif type(col) is not list:
+            try:
+                col = list(col)
+            except TypeError:
+                raise InvalidEvent(name, f"column must be a sequence, not {type(col).__name__}") from None
+        # What iterating gave is what the engines read by index: it must be as long as
+        # len() said (a sequence whose len() lies would be read past its end).
+        if len(col) != n:
+            raise InvalidEvent(name, f"column yields {len(col)} rows, but its len() says {size}")
+        cols[name] = col
+    return n, cols
+
+
+def _int_column(col: Any) -> np.ndarray:
+    """A status/results column as int64, -1 where an entry is no value (see ``int_value``)."""
+    if isinstance(col, np.ndarray) and col.dtype.kind in "iu":
+        a = col.astype(np.int64)
+        return np.where((a >= 0) & (a < (1 << 31)), a, -1)
+    if isinstance(col, np.ndarray) and col.dtype.kind == "f":
+        a = col.astype(np.float64)
+        ok = np.isfinite(a) & (np.floor(a) == a) & (a >= 0) & (a < (1 << 31))
+        return np.where(ok, np.where(ok, a, 0).astype(np.int64), -1)
+    return np.array([int_value(x) for x in col], dtype=np.int64)
+
+
+def columns_to_rows(cols: Mapping[str, Any], start: int, stop: int) -> Iterable[dict[str, Any]]:
+    """Event dicts of rows ``start:stop`` of normalised columns (see :func:`columns_of`)."""
+    present = [c for c in _COLUMNS if c in cols]
+    props = cols.get("properties")
+    ints = [c for c in _INT_COLUMNS if c in cols]
+    for i in range(start, stop):
+        row = {}
+        for c in present:
+            value = cols[c][i]
+            row[c] = value.item() if isinstance(value, np.generic) else value
+        if props is not None or ints:
+            p = props[i] if props is not None else None
+            if ints and (p is None or isinstance(p, Mapping)):
+                p = dict(p or {})
+                for c in ints:
+                    if cols[c][i] >= 0:
+                        p[c] = int(cols[c][i])
+            row["properties"] = p
+        yield row

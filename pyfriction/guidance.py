@@ -43,8 +43,10 @@ __all__ = [
     "render_body",
 ]
 
-#: What ``Tracker.ack`` accepts.
-OUTCOMES = ("shown", "clicked", "dismissed", "completed")
+#: What ``Tracker.ack`` accepts. ``anchor_missing``: a tooltip's anchor was not on the page, so
+#: the browser showed the item as a banner instead (counted per item; it says nothing about
+#: what the user did, so it changes no offer and implies nothing).
+OUTCOMES = ("shown", "clicked", "dismissed", "completed", "anchor_missing")
 #: Event types that report guidance feedback in an event stream; their ``target`` is the item id.
 EVENT_OUTCOMES = {"guidance_shown": "shown", "guidance_clicked": "clicked", "guidance_dismissed": "dismissed"}
 #: The rolling window of ``caps.per_day``.
@@ -464,10 +466,12 @@ class GuidanceEngine:
                 self.unattributed += 1
                 return False
             self._users.move_to_end(user_id)
-            if not offer.shown:
+            if outcome == "anchor_missing":
+                events.append((item_id, outcome))
+            elif not offer.shown:
                 offer.shown = ts
                 events.append((item_id, "shown"))
-            if outcome != "shown" and not getattr(offer, outcome):
+            if outcome not in ("shown", "anchor_missing") and not getattr(offer, outcome):
                 setattr(offer, outcome, ts)
                 events.append((item_id, outcome))
                 if outcome == "dismissed":  # the first dismissal of this offer starts the period

@@ -40,7 +40,10 @@ __all__ = [
     "LEAD_TIME_EDGES",
     "MAX_KEYS",
     "AccountStats",
+    "CalibrationSuggestion",
     "Deflection",
+    "DetectionQuality",
+    "DetectorQuality",
     "GroupOutcome",
     "Hotspot",
     "Insights",
@@ -49,6 +52,7 @@ __all__ = [
     "LeadTime",
     "LeadTimeBucket",
     "newcombe_interval",
+    "suggest_calibration",
     "wilson_interval",
 ]
 
@@ -148,6 +152,8 @@ class ItemStats(msgspec.Struct, kw_only=True):
     click_rate: float | None
     dismiss_rate: float | None
     completion_rate: float | None
+    #: Shown as a banner because the tooltip's anchor was not on the page.
+    anchor_missing: int = 0
 
 
 class AccountStats(msgspec.Struct, kw_only=True):
@@ -159,6 +165,36 @@ class AccountStats(msgspec.Struct, kw_only=True):
     tickets: int
     guided: int
     last_episode: float | None
+
+
+class DetectorQuality(msgspec.Struct, kw_only=True):
+    """How often one detector's episodes were followed by a ticket (``detector`` was the top
+    reason of the first episode of a struggle)."""
+
+    detector: str
+    struggles: int
+    #: Of them, followed by a ticket within the attribution window.
+    ticketed: int
+    #: ``ticketed / struggles`` (None without struggles).
+    precision: float | None
+
+
+class DetectionQuality(msgspec.Struct, kw_only=True):
+    """Detection against the tickets that followed: the labels that come for free.
+
+    ``tickets`` seen, ``preceded`` by an episode within the attribution window (the recall of
+    detection as far as tickets tell), ``struggles`` (first episodes of a struggle, one per
+    user per window) and how many were ``ticketed``; per detector, ranked by struggles.
+    """
+
+    tickets: int = 0
+    preceded: int = 0
+    recall: float | None = None
+    struggles: int = 0
+    ticketed: int = 0
+    #: Struggles with no ticket after them (so far).
+    unticketed: int = 0
+    detectors: list[DetectorQuality] = msgspec.field(default_factory=list)
 
 
 class Insights(msgspec.Struct, kw_only=True):
@@ -184,6 +220,7 @@ class Insights(msgspec.Struct, kw_only=True):
     deflection: Deflection
     items: list[ItemStats]
     accounts: list[AccountStats]
+    detection: DetectionQuality = msgspec.field(default_factory=DetectionQuality)
 
 
 # --- statistics -------------------------------------------------------------------------------
@@ -247,7 +284,7 @@ class _UserInsight:
         self.guided = False  # counted as a guided user of their account
 
 
-_ITEM_FIELDS = ("offered", "delivered", "shown", "clicked", "dismissed", "completed", "expired")
+_ITEM_FIELDS = ("offered", "delivered", "shown", "clicked", "dismissed", "completed", "expired", "anchor_missing")
 
 
 class InsightsCollector:
@@ -270,6 +307,11 @@ class InsightsCollector:
         self._buckets = [0] * len(_LABELS)
         self._reservoir: list[float] = []
         self._lead_seen = 0
+        # The top detector of each open struggle's first episode, until its ticket (bounded
+        # like the users; only users with an episode are here), and per detector
+        # [struggles, ticketed]: the online counterpart of `pyfriction calibrate`.
+        self._struggles: OrderedDict[str, str] = OrderedDict()
+        self._detectors: dict[str, list[int]] = {}
         self._rng = random.Random(0x5EED)
         self.tickets = 0
         self.preceded = 0
@@ -351,6 +393,12 @@ class InsightsCollector:
             if u.first_episode is None or ts - u.first_episode > self.window:
                 u.first_episode = ts
                 u.since_ticket = ()
+                top = episode.reasons[0].detector if episode.reasons else "none"
+                self._row(self._detectors, top, lambda: [0, 0])[0] += 1
+                self._struggles[episode.user_id] = top
+                self._struggles.move_to_end(episode.user_id)
+                while len(self._struggles) > self._capacity:
+                    self._struggles.popitem(last=False)
             if key not in u.since_ticket:
                 u.since_ticket = self._added(u.since_ticket, key)
             if u.account:
@@ -396,6 +444,9 @@ class InsightsCollector:
                     spot = self._hotspots.get(key)
                     if spot is not None:
                         spot[2] += 1
+                top = self._struggles.pop(user_id, None)
+                if top is not None and top in self._detectors:
+                    self._detectors[top][1] += 1
             u.first_episode = None
             u.since_ticket = ()
             if u.group is not None and not u.ticketed and 0.0 <= ts - u.exposed <= self.window:
@@ -457,6 +508,7 @@ class InsightsCollector:
                 buckets=buckets,
             )
             deflection = self._deflection()
+            detection = self._detection()
             since, until = self.since, self.until
             guided_episodes, holdout_episodes = self.guided_episodes, self.holdout_episodes
         if limit is not None:
@@ -476,6 +528,25 @@ class InsightsCollector:
             deflection=deflection,
             items=items,
             accounts=accounts,
+            detection=detection,
+        )
+
+    def _detection(self) -> DetectionQuality:
+        rows = [
+            DetectorQuality(detector=d, struggles=v[0], ticketed=v[1], precision=_rate(v[1], v[0]))
+            for d, v in self._detectors.items()
+        ]
+        rows.sort(key=lambda r: (-r.struggles, r.detector))
+        struggles = sum(r.struggles for r in rows)
+        ticketed = sum(r.ticketed for r in rows)
+        return DetectionQuality(
+            tickets=self.tickets,
+            preceded=self.preceded,
+            recall=_rate(self.preceded, self.tickets),
+            struggles=struggles,
+            ticketed=ticketed,
+            unticketed=struggles - ticketed,
+            detectors=rows,
         )
 
     def _deflection(self) -> Deflection:
@@ -511,6 +582,8 @@ class InsightsCollector:
                 "buckets": self._buckets,
                 "reservoir": self._reservoir,
                 "lead_seen": self._lead_seen,
+                "struggles": list(self._struggles.items()),
+                "detectors": self._detectors,
                 "counts": [self.tickets, self.preceded, self.episodes, self.guided_episodes, self.holdout_episodes],
                 "span": [self.since, self.until],
             }
@@ -532,12 +605,86 @@ class InsightsCollector:
                 self._users[str(uid)] = u
             self._hotspots = {tuple(k): [v[0], v[1], v[2], dict(v[3])] for k, v in data["hotspots"]}
             self._accounts = {str(k): list(v) for k, v in dict(data["accounts"]).items()}
-            self._items = {str(k): [int(x) for x in v] for k, v in dict(data["items"]).items()}
+            # Rows of older exports have fewer counters (anchor_missing came later): padded with 0.
+            width = len(_ITEM_FIELDS)
+            self._items = {str(k): ([int(x) for x in v] + [0] * width)[:width] for k, v in dict(data["items"]).items()}
             self._groups = {str(k): [int(x) for x in v] for k, v in dict(data["groups"]).items()}
             self._buckets = [int(x) for x in data["buckets"]]
             self._reservoir = [float(x) for x in data["reservoir"]]
             self._lead_seen = int(data["lead_seen"])
+            # Exports before detection quality have neither: counted from the restore on.
+            self._struggles = OrderedDict((str(u), str(d)) for u, d in data.get("struggles", ()))
+            self._detectors = {str(k): [int(x) for x in v] for k, v in dict(data.get("detectors", {})).items()}
             self.tickets, self.preceded, self.episodes, self.guided_episodes, self.holdout_episodes = (
                 int(x) for x in data["counts"]
             )
             self.since, self.until = data["span"]
+
+
+# --- online calibration ---------------------------------------------------------------------------
+
+#: Struggles a detector needs before its ticket rate suggests anything.
+MIN_STRUGGLES = 20
+
+
+class CalibrationSuggestion(msgspec.Struct, kw_only=True):
+    """What a running tracker's tickets suggest about its detector weights (``Tracker.calibration()``).
+
+    Only a suggestion: nothing is applied. A detector whose struggles are followed by tickets
+    more often than the others' is worth more (and less often, less): each suggested weight is
+    the current one times ``sqrt(its precision / the overall precision)``, within [1/2, 2], for
+    detectors with at least :data:`MIN_STRUGGLES` struggles (the others keep theirs).
+    ``pyfriction calibrate`` fits weights and the threshold on recorded logs instead, and
+    validates them: prefer it when logs are at hand.
+    """
+
+    tickets: int
+    preceded: int
+    recall: float | None
+    struggles: int
+    ticketed: int
+    precision: float | None
+    weights: dict[str, float]
+    suggested: dict[str, float]
+    #: detector -> [struggles, ticketed] behind the suggestion.
+    evidence: dict[str, list[int]]
+    enough_data: bool
+    note: str
+
+
+def suggest_calibration(quality: DetectionQuality, weights: Mapping[str, float]) -> CalibrationSuggestion:
+    """A :class:`CalibrationSuggestion` from detection counts and the current weights."""
+    precision = _rate(quality.ticketed, quality.struggles)
+    suggested = dict(weights)
+    evidence = {r.detector: [r.struggles, r.ticketed] for r in quality.detectors}
+    moved = 0
+    if precision:
+        for row in quality.detectors:
+            if row.detector in suggested and row.struggles >= MIN_STRUGGLES and row.precision is not None:
+                factor = min(2.0, max(0.5, math.sqrt(row.precision / precision)))
+                suggested[row.detector] = round(weights[row.detector] * factor, 4)
+                moved += 1
+    enough = moved > 0
+    if not quality.tickets:
+        note = "no tickets seen yet: nothing to learn from"
+    elif not enough:
+        note = f"too few struggles per detector (at least {MIN_STRUGGLES} needed) to suggest weights"
+    else:
+        note = (
+            f"{quality.preceded} of {quality.tickets} tickets followed an episode; suggested weights move each "
+            "detector toward its share of ticketed struggles. Not applied: put them in [detectors] to use them, "
+            "or run `pyfriction calibrate` on recorded logs for fitted and validated weights and threshold."
+        )
+    return CalibrationSuggestion(
+        tickets=quality.tickets,
+        preceded=quality.preceded,
+        recall=quality.recall,
+        struggles=quality.struggles,
+        ticketed=quality.ticketed,
+        precision=precision,
+        weights=dict(weights),
+        suggested=suggested,
+        evidence=evidence,
+        enough_data=enough,
+        note=note,
+    )

@@ -8,8 +8,10 @@ guidance saved.
 :func:`format_text` renders them as readable tables, :func:`to_json` for machines and
 :func:`pyfriction._report_html.render_html` as a self-contained HTML page with SVG charts.
 
-Without ``--config`` the bundled ``pyfriction/data/guidance.toml`` is used: the guidance of
-the sample app that ``pyfriction sample`` simulates.
+Deflection is measured against the guidance catalog that was live when the log was recorded,
+so it needs ``--config`` with that catalog. Without it the report has no catalog (it never
+borrows the sample app's, which only ``pyfriction demo`` and ``pyfriction sample`` use): it
+shows hotspots, lead time and accounts, and says what deflection needs.
 """
 
 from __future__ import annotations
@@ -29,13 +31,23 @@ from .insights import Insights
 from .segment import ReplayCounts, replay
 from .tracker import Tracker
 
-__all__ = ["Progress", "ReportResult", "add_parser", "default_config_path", "format_text", "replay_log", "to_json"]
+__all__ = [
+    "Progress",
+    "ReportResult",
+    "add_parser",
+    "default_config_path",
+    "deflection_note",
+    "format_text",
+    "replay_log",
+    "to_json",
+]
 
 DEFAULT_CONFIG = "guidance.toml"
 
 
 def default_config_path() -> str:
-    """The bundled guidance config of the sample app."""
+    """The bundled guidance config of the sample app (what ``pyfriction sample --guided``
+    simulates; ``report`` uses it only when given as ``--config``)."""
     return str(resources.files("pyfriction") / "data" / DEFAULT_CONFIG)
 
 
@@ -43,7 +55,12 @@ class ReportResult(msgspec.Struct, kw_only=True):
     """A replay's :class:`Insights` with where they came from."""
 
     source: str
-    config: str
+    #: The config file (or ``"<config>"`` for one given as an object); None without one.
+    config: str | None
+    #: Whether the config had guidance items: deflection and item figures mean something.
+    catalog: bool = False
+    #: ``guidance_shown``/``_clicked``/``_dismissed`` events in the log.
+    guidance_events: int = 0
     lines: int
     events: int
     identified: int
@@ -121,14 +138,17 @@ def replay_log(path: str, config: Any = None, *, engine: str = "auto", progress:
                progress_delay: float = 0.5, limit: int | None = None) -> ReportResult:  # fmt: skip
     """Replay the JSON Lines log at ``path`` (``-``: stdin) and return its insights.
 
-    ``config`` is a config (path, mapping or :class:`Config`), default the bundled guidance
-    config. The tracker's clock follows the log's timestamps. ``progress`` is a stream to
+    ``config`` is a config (path, mapping or :class:`Config`) with the guidance that was live
+    when the log was recorded; without one there is no catalog (no deflection or item
+    figures). The tracker's clock follows the log's timestamps. ``progress`` is a stream to
     draw a progress bar on (shown after ``progress_delay`` seconds). Lines that are not JSON
     or not events are skipped and counted. Raises OSError when the log cannot be read.
     """
-    cfg_name = default_config_path() if config is None else (
+    cfg_name = None if config is None else (
         os.fspath(config) if isinstance(config, (str, os.PathLike)) else "<config>")  # fmt: skip
-    cfg: Config = load_config(default_config_path() if config is None else config)
+    cfg: Config = load_config(config)
+    guidance_types = _guidance_types(cfg)
+    seen = [0]
     now = [0.0]
     tracker = Tracker(cfg, engine=engine, clock=lambda: now[0])
     counts = [0, 0]
@@ -146,6 +166,9 @@ def replay_log(path: str, config: Any = None, *, engine: str = "auto", progress:
         if isinstance(ts, (int, float)) and not isinstance(ts, bool) and ts > now[0]:
             now[0] = float(ts)
         tracker.observe(event)
+        kind = event.get("type") if isinstance(event, dict) else getattr(event, "type", None)
+        if kind in guidance_types:
+            seen[0] += 1
 
     def records() -> Iterator[Any]:
         for item in _lines(fh, bar, counts):
@@ -170,6 +193,8 @@ def replay_log(path: str, config: Any = None, *, engine: str = "auto", progress:
     return ReportResult(
         source=path,
         config=cfg_name,
+        catalog=bool(cfg.guidance.items),
+        guidance_events=seen[0],
         lines=counts[0],
         events=done.events,
         identified=done.identified,
@@ -178,6 +203,27 @@ def replay_log(path: str, config: Any = None, *, engine: str = "auto", progress:
         seconds=time.monotonic() - started,
         insights=insights,
     )
+
+
+def _guidance_types(cfg: Config) -> frozenset[str]:
+    """The event names that are guidance feedback: the canonical ones and their aliases."""
+    from .config import EventMapping
+    from .guidance import EVENT_OUTCOMES
+
+    names = set(EVENT_OUTCOMES)
+    for name, mapped in cfg.event_map.items():
+        kind = mapped if isinstance(mapped, str) else mapped.type if isinstance(mapped, EventMapping) else None
+        if kind in EVENT_OUTCOMES:
+            names.add(name)
+    return frozenset(names)
+
+
+def deflection_note(result: ReportResult) -> str:
+    """Why a report without a catalog has no deflection figures, and what to pass."""
+    needs = "deflection needs --config FILE with the guidance (catalog, rules, holdout) that was live"
+    if result.guidance_events:
+        return f"The log has {result.guidance_events:,} guidance events, but {needs} when it was recorded."
+    return f"No guidance catalog: {needs} when the log was recorded."
 
 
 # --- text ----------------------------------------------------------------------------------------
@@ -229,11 +275,15 @@ def format_text(result: ReportResult, *, top: int = 10) -> str:
     lines: list[str] = []
     add = lines.append
     add(f"pyfriction report: {result.source}")
-    add(
-        f"{ins.events:,} events from {ins.users:,} users -> {ins.episodes:,} friction episodes "
-        f"({ins.guided_episodes:,} with guidance, {ins.holdout_episodes:,} in the holdout), {ins.tickets:,} tickets"
+    split = (
+        f" ({ins.guided_episodes:,} with guidance, {ins.holdout_episodes:,} in the holdout)" if result.catalog else ""
     )
-    add(f"{_utc(ins.since)} to {_utc(ins.until)} UTC; {ins.engine} engine; config {os.path.basename(result.config)}")
+    add(
+        f"{ins.events:,} events from {ins.users:,} users -> {ins.episodes:,} friction episodes{split}, "
+        f"{ins.tickets:,} tickets"
+    )
+    config = "no config" if result.config is None else f"config {os.path.basename(result.config)}"
+    add(f"{_utc(ins.since)} to {_utc(ins.until)} UTC; {ins.engine} engine; {config}")
     if result.skipped:
         add(f"{result.skipped:,} lines skipped (first: {result.errors[0] if result.errors else '?'})")
 
@@ -263,7 +313,58 @@ def format_text(result: ReportResult, *, top: int = 10) -> str:
         bar = "#" * (round(30 * b.count / peak) if peak else 0)
         add(f"  {b.label:>10}  {bar:<30} {b.count:>6,}")
 
+    if ins.detection.tickets:
+        lines += _detection_text(ins)
+
+    if result.catalog:
+        lines += _deflection_text(result)
+    elif result.guidance_events:
+        add("")
+        add("DEFLECTION")
+        add("  " + deflection_note(result))
+
+    add("")
+    add("ACCOUNTS (friction per customer)")
+    if ins.accounts:
+        guided = result.catalog  # without a catalog no one is guided: no column of zeros
+        rows = [
+            [_cut(a.account_id, 24), a.users, a.episodes, a.tickets] + ([a.guided] if guided else [])
+            + [_utc(a.last_episode)]
+            for a in ins.accounts[:top]
+        ]  # fmt: skip
+        headers = ["account", "users in friction", "episodes", "tickets"] + (["guided users"] if guided else [])
+        lines += _table(headers + ["last episode (UTC)"], rows, [False] + [True] * (len(headers) - 1) + [False])
+        if len(ins.accounts) > top:
+            add(f"  ... and {len(ins.accounts) - top} more")
+    else:
+        add("  no account_id in the episodes")
+    if not result.catalog and not result.guidance_events:
+        add("")
+        add(deflection_note(result))
+    return "\n".join(lines) + "\n"
+
+
+def _detection_text(ins: Insights) -> list[str]:
+    """The DETECTION QUALITY section (a log with tickets): tickets are labels that come for free."""
+    d = ins.detection
+    lines = ["", "DETECTION QUALITY (tickets as labels; `pyfriction calibrate` learns weights from them)"]
+    lines.append(
+        f"  {d.preceded:,} of {d.tickets:,} tickets preceded by an episode ({pct(d.recall)}); "
+        f"{d.unticketed:,} of {d.struggles:,} struggles with an episode had no ticket after them"
+    )
+    rows = [[r.detector, r.struggles, r.ticketed, pct(r.precision)] for r in d.detectors]
+    if rows:
+        lines += _table(["detector (first episode)", "struggles", "then a ticket", "share"], rows,
+                        [False, True, True, True])  # fmt: skip
+    return lines
+
+
+def _deflection_text(result: ReportResult) -> list[str]:
+    """The DEFLECTION and GUIDANCE ITEMS sections (a report with a catalog)."""
+    ins = result.insights
     d = ins.deflection
+    lines: list[str] = []
+    add = lines.append
     add("")
     add(f"DEFLECTION (ticket within {duration(d.window)} of the first episode with guidance to offer)")
     rows = []
@@ -291,29 +392,15 @@ def format_text(result: ReportResult, *, top: int = 10) -> str:
                 pct(it.dismiss_rate, 0)] for it in ins.items]  # fmt: skip
         lines += _table(["item", "kind"] + cols + ["click", "dismiss"], rows, [False, False] + [True] * (len(cols) + 2))
     else:
-        add("  no guidance configured")
-
-    add("")
-    add("ACCOUNTS (friction per customer)")
-    if ins.accounts:
-        rows = [
-            [_cut(a.account_id, 24), a.users, a.episodes, a.tickets, a.guided, _utc(a.last_episode)]
-            for a in ins.accounts[:top]
-        ]
-        lines += _table(["account", "users in friction", "episodes", "tickets", "guided users", "last episode (UTC)"],
-                        rows, [False, True, True, True, True, False])  # fmt: skip
-        if len(ins.accounts) > top:
-            add(f"  ... and {len(ins.accounts) - top} more")
-    else:
-        add("  no account_id in the episodes")
-    return "\n".join(lines) + "\n"
+        add("  no item offered yet")
+    return lines
 
 
 def item_columns(ins: Insights) -> list[str]:
     """The item counters worth a column: ``completed`` and ``expired`` only when some item has
     them (a log replay sees neither: completion is reported with ``Tracker.ack``, and nothing
     fetches pending items)."""
-    cols = ["offered", "delivered", "shown", "clicked", "dismissed", "completed", "expired"]
+    cols = ["offered", "delivered", "shown", "clicked", "dismissed", "completed", "expired", "anchor_missing"]
     return [
         c for c in cols if c in ("offered", "shown", "clicked", "dismissed") or any(getattr(i, c) for i in ins.items)
     ]
@@ -331,21 +418,39 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
     """Add the ``report`` subcommand to an argparse subparsers object."""
     p = commands.add_parser(
         "report",
-        help="replay an event log and report hotspots, lead time, deflection and accounts",
+        help="replay an event log and report hotspots, lead time and accounts (deflection with --config)",
         description="Replay a JSON Lines event log (canonical events or Segment-style track/page/identify "
         "payloads) through a Tracker with guidance, and report friction hotspots, the lead time before "
-        "tickets, ticket deflection by guidance with its 95%% confidence interval, guidance items and accounts.",
+        "tickets and accounts; with --config (the guidance that was live when the log was recorded) also ticket "
+        "deflection by guidance, with its 95% confidence interval, and the guidance items.",
     )
-    p.add_argument("events", metavar="EVENTS.jsonl", help="the event log, '-' for stdin")
-    p.add_argument("--config", metavar="FILE", help="TOML config with [guidance] (default: the bundled sample's)")
-    p.add_argument("--html", metavar="OUT.html", help="also write a self-contained HTML page with charts")
-    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
-    p.add_argument("--top", type=int, default=10, metavar="N", help="rows of hotspots and accounts (default 10)")
-    p.add_argument("--engine", choices=("auto", "compiled", "reference"), default="auto")
+    p.add_argument("events", metavar="EVENTS.jsonl", help="the event log (JSON Lines), '-' for stdin")
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="TOML config with the [guidance] that was live, for deflection and item figures (default: none, "
+        "no guidance catalog)",
+    )
+    p.add_argument(
+        "--html", metavar="OUT.html", help="also write a self-contained HTML page with charts (default: none)"
+    )
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables (default: tables)")
+    p.add_argument("--top", type=int, default=10, metavar="N", help="rows of hotspots and accounts (default: 10)")
+    p.add_argument(
+        "--engine",
+        choices=("auto", "compiled", "reference"),
+        default="auto",
+        help="engine to replay with (default: auto, the compiled core when it is available)",
+    )
     bar = p.add_mutually_exclusive_group()
     bar.add_argument("--progress", dest="progress", action="store_true", default=None,
                      help="always draw a progress bar on stderr (default: on a terminal, for long replays)")  # fmt: skip
-    bar.add_argument("--no-progress", dest="progress", action="store_false")
+    bar.add_argument(
+        "--no-progress",
+        dest="progress",
+        action="store_false",
+        help="never draw the progress bar (default: on a terminal, for long replays)",
+    )
     p.set_defaults(func=run)
     return p  # type: ignore[no-any-return]
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import contextvars
-import inspect
 import logging
 import math
 import os
@@ -30,14 +29,14 @@ import sys
 import threading
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from ._episodes import Episode
 from ._hashing import _mix
 from .config import Config, ConfigError
-from .events import Event
+from .events import Event, columns_of, columns_to_rows
 from .tracker import Tracker
 
 __all__ = [
@@ -122,7 +121,8 @@ class UserContext:
         self._account_id = account_id
         self.traits = traits
         self._step = step
-        self._resolve = resolve
+        # True: a subclass resolves the user in an overridden _find().
+        self._resolve: Callable[[], Any] | Literal[True] | None = resolve
 
     @property
     def step(self) -> str | None:
@@ -270,13 +270,6 @@ def _check_rate(rate: Any) -> float:
     return value
 
 
-def _tracker_takes_store() -> bool:
-    try:
-        return "store" in inspect.signature(Tracker.__init__).parameters
-    except (TypeError, ValueError):
-        return False
-
-
 def init(
     config: None | Config | Mapping[str, Any] | str | os.PathLike[str] = None,
     *,
@@ -328,13 +321,7 @@ def init(
         raise TypeError(f"before_observe must be callable, not {type(before_observe).__name__}")
     if not isinstance(store, str):
         raise ConfigError(f"store must be a URL string such as 'memory://', not {type(store).__name__}")
-    if _tracker_takes_store():
-        tracker_options["store"] = store
-    elif store != MEMORY_STORE:
-        raise ConfigError(
-            f"store={store!r} is not supported by this pyfriction: only 'memory://' "
-            "(the shared file:// store is not available in this version)"
-        )
+    tracker_options["store"] = store
     if debug:
         _enable_debug_logging()
 
@@ -352,9 +339,7 @@ def init(
         opts.store = store
         opts.fast = enabled and rate >= 1.0 and before_observe is None
     if old is not None and old is not tracker:
-        tracker._sync.extend(old._sync)
-        tracker._inline_changed()
-        tracker._async.extend(old._async)
+        tracker.adopt_callbacks(old)
         old.close()
 
     from .integrations import setup_integrations
@@ -458,37 +443,11 @@ def observe(event: Mapping[str, Any] | Event) -> float:
     """
     tracker = _pkg()._default or get_tracker()
     if _options.fast and type(event) is dict and event.get("user_id") is not None:
-        return tracker.observe(event)  # type: ignore[no-any-return]
+        return tracker.observe(event)
     prepared = _prepare(event)
     if prepared is None:
         return 0.0
-    return tracker.observe(prepared)  # type: ignore[no-any-return]
-
-
-_COLUMNS = ("user_id", "type", "ts", "step", "target", "account_id", "properties")
-
-
-def _rows(columns: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """A columnar batch as row mappings (for the per-event SDK options)."""
-    n = len(columns["user_id"])
-    rows: list[dict[str, Any]] = [{} for _ in range(n)]
-    for key in _COLUMNS:
-        col = columns.get(key)
-        if col is None:
-            continue
-        for row, value in zip(rows, col):
-            if value is not None:
-                row[key] = value.item() if isinstance(value, np.generic) else value
-    for key in ("status", "results"):
-        col = columns.get(key)
-        if col is None:
-            continue
-        for row, value in zip(rows, col):
-            v = int(value)
-            if v >= 0:
-                row.setdefault("properties", {})
-                row["properties"] = {**row["properties"], key: v}
-    return rows
+    return tracker.observe(prepared)
 
 
 def observe_many(events: Iterable[Any] | Mapping[str, Any]) -> np.ndarray:
@@ -498,8 +457,13 @@ def observe_many(events: Iterable[Any] | Mapping[str, Any]) -> np.ndarray:
     """
     tracker = _pkg()._default or get_tracker()
     if _options.fast and not _user.get():
-        return tracker.observe_many(events)  # type: ignore[no-any-return]
-    items = _rows(events) if isinstance(events, Mapping) else list(events)
+        return tracker.observe_many(events)
+    if isinstance(events, Mapping):
+        # The tracker's own column parser: the same InvalidEvent for the same bad batch.
+        n, cols = columns_of(events)
+        items: list[Any] = list(columns_to_rows(cols, 0, n))
+    else:
+        items = list(events)
     if not _options.enabled:
         return np.zeros(len(items))
     kept: list[Any] = []

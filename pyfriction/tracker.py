@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import logging
 import os
@@ -15,18 +16,20 @@ import msgspec
 import numpy as np
 
 from . import _snapfile
+from ._constants import DETECTOR_NAMES
+from ._engine import Engine as EngineProtocol
 from ._episodes import Guidance, Stats, UserState, make_episode, make_state
 from ._layout import SLOT_DTYPE, STEP_DTYPE
 from ._reference import ReferenceCore
 from ._rules import Names, Rules
 from ._snapfile import SnapshotError
-from .config import Config, load_config
+from .config import Config, detector_weights, load_config
 from .dispatcher import Callback, Dispatcher, run_callbacks
 from .events import Event
 from .guidance import EVENT_OUTCOMES, OUTCOMES, GuidanceEngine
-from .insights import Insights, InsightsCollector
+from .insights import CalibrationSuggestion, Insights, InsightsCollector, suggest_calibration
 from .sinks import SinkStats, WebhookSink
-from .store import StoreError, config_json, parse_store
+from .store import StoreError, attach_config, parse_store
 
 __all__ = ["LAYOUT_HASH", "Engine", "Tracker", "compiled_available"]
 
@@ -57,6 +60,39 @@ def _reattach_after_fork() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reattach_after_fork)
+
+#: Every tracker not yet closed, for the flush at interpreter exit.
+_live_trackers: weakref.WeakSet[Tracker] = weakref.WeakSet()
+#: Seconds the exit flush may take in all, unless ``$PYFRICTION_SHUTDOWN_TIMEOUT`` says otherwise.
+SHUTDOWN_TIMEOUT = 2.0
+
+
+def _shutdown_timeout() -> float:
+    try:
+        value = float(os.environ.get("PYFRICTION_SHUTDOWN_TIMEOUT", SHUTDOWN_TIMEOUT))
+    except ValueError:
+        return SHUTDOWN_TIMEOUT
+    return value if value >= 0 else SHUTDOWN_TIMEOUT
+
+
+def _flush_at_exit() -> None:
+    """Deliver what the trackers still hold when the interpreter exits.
+
+    Callbacks run on a daemon thread, which would otherwise die with episodes still queued: a
+    script's last episodes would be lost without a word. As sentry-python's atexit integration
+    does, the exit waits for them, but never longer than ``$PYFRICTION_SHUTDOWN_TIMEOUT``
+    seconds (default 2) for all trackers together, so a stuck callback or webhook cannot hang
+    the exit; whatever is still queued then is dropped.
+    """
+    deadline = time.monotonic() + _shutdown_timeout()
+    for tracker in list(_live_trackers):
+        try:
+            tracker.flush(max(0.0, deadline - time.monotonic()))
+        except Exception:  # at exit, never a traceback from us
+            pass
+
+
+atexit.register(_flush_at_exit)
 
 
 class _Syncer:
@@ -154,6 +190,7 @@ class Tracker:
         self._names = Names()
         self._clock = clock or time.time
         self._dispatcher = Dispatcher(self.config.queue_size)
+        _live_trackers.add(self)
         self._async: list[Callback] = []
         self._sync: list[Callback] = []
         gcfg = self.config.guidance
@@ -165,16 +202,17 @@ class Tracker:
         hook = self.config.sinks.webhook
         self._webhook: WebhookSink | None = WebhookSink(hook) if hook is not None else None
         self._store_path = parse_store(store)
-        self._core = self._make_core(engine)
+        self._core: EngineProtocol = self._make_core(engine)
         if self._store_path is not None:
-            self._names = self._core.names_view  # the store's name table, shared
+            shared: Any = self._core  # a CompiledCore on a store file
+            self._names = shared.names_view  # the store's name table, shared
             _shared_cores.add(self._core)
             self._syncer = _Syncer(self._core, sync_interval)
         # The hot path: observe is the engine's own method, with no Python frame in between.
         self.observe = self._core.observe  # type: ignore[method-assign]
         self.observe_many = self._core.observe_many  # type: ignore[method-assign]
 
-    def _make_core(self, engine: Engine) -> Any:
+    def _make_core(self, engine: Engine) -> EngineProtocol:
         if engine not in ("auto", "compiled", "reference"):
             raise ValueError(f"engine must be 'auto', 'compiled' or 'reference', not {engine!r}")
         use_compiled = engine == "compiled" or (engine == "auto" and compiled_available())
@@ -193,10 +231,13 @@ class Tracker:
                     "the compiled engine pyfriction._core is not built; reinstall with a C "
                     "compiler available, or use engine='reference'"
                 ) from exc
+            compiled: EngineProtocol
             if self._store_path is not None:
-                return core.CompiledCore(*args, store=self._store_path,
-                                         config_json=config_json(self.config))  # fmt: skip
-            return core.CompiledCore(*args)
+                compiled = core.CompiledCore(*args, store=self._store_path,
+                                             config_json=attach_config(self._store_path, self.config))  # fmt: skip
+            else:
+                compiled = core.CompiledCore(*args)
+            return compiled
         return ReferenceCore(*args)
 
     # -- events ------------------------------------------------------------------------------
@@ -223,7 +264,7 @@ class Tracker:
         ``account_id``, ``properties``, ``status`` and ``results`` (integers, -1 for none).
         A malformed event is skipped and counted (its score is NaN); the rest go through.
         """
-        return self._core.observe_many(events)  # type: ignore[no-any-return]
+        return self._core.observe_many(events)
 
     # -- callbacks ---------------------------------------------------------------------------
     @overload
@@ -248,6 +289,23 @@ class Tracker:
             return cb
 
         return register if callback is None else register(callback)
+
+    def adopt_callbacks(self, other: Tracker) -> None:
+        """Register every ``on_friction`` callback of ``other`` here too (sync ones sync),
+        after this tracker's own: what :func:`pyfriction.init` does when it replaces the
+        default tracker."""
+        self._sync.extend(other._sync)
+        self._async.extend(other._async)
+        self._inline_changed()
+
+    def copy_state_to(self, target: Tracker) -> None:
+        """Replace ``target``'s users, step histograms and counters with this tracker's, and
+        add this tracker's step and target names to its names (``pyfriction store repair
+        --snapshot``: a snapshot restored here is copied into a new store file)."""
+        slots, steps, long_ids = self._core.export()
+        target._core.load(slots, steps, long_ids)
+        target._names.update(self._names.items())
+        target._core.set_counters(self._core.counters)
 
     def _inline_changed(self) -> None:
         # A batch may queue its episodes and deliver them in order a little later (see
@@ -316,8 +374,9 @@ class Tracker:
 
     def ack(self, user_id: str, guidance_id: str, outcome: str, *, ts: float | None = None) -> bool:
         """Record what ``user_id`` did with guidance ``guidance_id``: ``"shown"``, ``"clicked"``,
-        ``"dismissed"`` (not offered again for ``caps.dismiss_for`` seconds) or ``"completed"``
-        (relieves the user's friction like a ``success`` event, observed at ``ts``).
+        ``"dismissed"`` (not offered again for ``caps.dismiss_for`` seconds), ``"completed"``
+        (relieves the user's friction like a ``success`` event, observed at ``ts``) or
+        ``"anchor_missing"`` (a tooltip's anchor was not on the page: shown as a banner instead).
 
         ``ts`` defaults to the clock. Raises ValueError for another outcome; returns False when
         that guidance was never offered to that user (or is forgotten)."""
@@ -358,6 +417,13 @@ class Tracker:
         return self._insights.build(engine=self.engine, events=int(c["events"]), users=len(self._core),
                                     episodes=int(c["episodes"]), tickets=int(c["tickets"]), limit=limit)  # fmt: skip
 
+    def calibration(self) -> CalibrationSuggestion:
+        """What the tickets seen so far suggest about the detector weights: per detector, how
+        often its struggles were followed by a ticket, and weights moved toward that share. A
+        suggestion only: the tracker's weights never change by themselves (``pyfriction
+        calibrate`` fits and validates weights and the threshold on recorded logs)."""
+        return suggest_calibration(self.insights(limit=0).detection, detector_weights(self.config))
+
     def sink_stats(self) -> dict[str, SinkStats]:
         """Counters of each configured sink by name (``"webhook"``); empty without sinks."""
         return {} if self._webhook is None else {"webhook": self._webhook.stats()}
@@ -376,12 +442,14 @@ class Tracker:
         """Flush and stop the dispatcher and the sinks. Scoring keeps working; async callbacks
         stop. A sink gets at most ``timeout`` (default: its request timeout) to deliver what it
         holds; the rest is dropped and counted."""
+        _live_trackers.discard(self)
         done = self._dispatcher.close(timeout)
         if self._webhook is not None:
             done = self._webhook.close(timeout) and done
         if self._store_path is not None:
             self._syncer.stop()
-            self._core.close()  # msync, and detach from the shared store
+            shared: Any = self._core  # a CompiledCore on a store file
+            shared.close()  # msync, and detach from the shared store
         return done
 
     def __enter__(self) -> Tracker:
@@ -399,6 +467,16 @@ class Tracker:
         """The user's friction state as of their last event, or None if not tracked."""
         rec = self._core.record(user_id)
         return None if rec is None else make_state(rec, user_id, self._names)
+
+    def pressures(self, user_id: str) -> dict[str, float] | None:
+        """The user's pressure per active detector as of their last event (``state().detectors``
+        alone, at a tenth of its cost: for replays that read it after every event), or None if
+        the user is not tracked."""
+        rec = self._core.record(user_id)
+        if rec is None:
+            return None
+        values = rec["pressure"].tolist()
+        return {DETECTOR_NAMES[d]: v for d, v in enumerate(values) if v > 0.0}
 
     def tick(self, now: float | None = None) -> int:
         """Run the time-driven checks (stall, rearm, idle eviction) at ``now`` (default: the
@@ -432,7 +510,7 @@ class Tracker:
         else may use the tracker meanwhile), and the tables are freed once written, before
         the file is synced (the parent's writes stop copying the pages the two still share).
         """
-        core = self._core
+        core: Any = self._core  # the compiled one also frees its tables (release_tables)
         # Streaming (the tables straight to the file, no copy) suits a tracker nobody else
         # uses meanwhile: the forked child that release=True is for. A store's tables are
         # shared with other processes, so they are copied first (export) in any case.

@@ -9,6 +9,10 @@ when the environment variable ``CI`` is set (CI must build the extension).
 callback collecting every fired episode into ``tracker.episodes_seen``; trackers are closed
 at teardown.
 
+``@pytest.mark.compiled`` marks a test of the compiled core alone (``RecentIds``, the file
+store): skipped locally when it is not built, failed under CI, as the compiled variant above.
+``sdk_reset`` gives a test the SDK as a fresh import leaves it, and leaves it so.
+
 ``ev(user, type, ts, step=None, target=None, **props)`` builds an event mapping concisely
 (see ``tests/helpers.py``); ``T0`` is a round epoch time to start streams at.
 """
@@ -23,7 +27,7 @@ from hypothesis import Phase, settings
 
 import pyfriction
 
-from helpers import ENGINES, T0, compiled_core_error, ev, require_engine  # noqa: F401
+from helpers import ENGINES, T0, compiled_core_error, ev, require_engine, reset_sdk  # noqa: F401
 
 # `pytest --hypothesis-profile=no-shrink`: report the first failing example at once (for
 # mutation runs and quick checks; shrinking the big stream examples can take minutes).
@@ -59,3 +63,20 @@ def make_tracker(engine: str) -> Iterator[Callable[..., pyfriction.Tracker]]:
     yield factory
     for tracker in made:
         tracker.close(timeout=5.0)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "compiled: a test of the compiled core alone (skipped when not built)")
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("compiled") is not None:
+        require_engine("compiled")
+
+
+@pytest.fixture
+def sdk_reset() -> Iterator[None]:
+    """The SDK (``pyfriction.init`` and the module-level API) reset before and after the test."""
+    reset_sdk()
+    yield
+    reset_sdk()

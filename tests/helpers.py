@@ -72,6 +72,25 @@ def require_engine(name: str) -> None:
     pytest.skip("compiled core not built")
 
 
+def reset_sdk() -> None:
+    """Put the SDK back as a fresh import leaves it: no default tracker (the old one closed),
+    default options, no active integration, no current user, zero counters."""
+    import pyfriction
+    from pyfriction import sdk
+    from pyfriction.integrations import _all_classes
+
+    tracker = pyfriction._default
+    if tracker is not None:
+        tracker.close(timeout=5.0)
+    pyfriction._default = None
+    sdk._options.__init__()  # type: ignore[misc]
+    for cls in _all_classes():
+        cls.active = None
+    sdk._user.set(None)
+    for key in sdk._counters:
+        sdk._counters[key] = 0
+
+
 def legacy_snapshot(doc: dict[str, Any], version: int, drop: tuple[str, ...] = ()) -> bytes:
     """The file snapshot version 1 or 2 would have written for the state of ``doc`` (a decoded
     current snapshot): a BLAKE2b digest of one payload holding everything, ``drop`` left out."""

@@ -36,7 +36,7 @@ from pyfriction import _snapfile
 from pyfriction.events import CANONICAL_TYPES
 from pyfriction.tracker import LAYOUT_HASH
 
-from helpers import T0, ev, require_engine
+from helpers import ENGINES, T0, ev, require_engine
 
 AGAINST = os.environ.get("PYFRICTION_EQUIV_AGAINST", "compiled")
 TOL = 1e-9
@@ -916,3 +916,41 @@ def test_non_sequence_column_is_an_invalid_event(engine: str, batch: dict[str, A
         tracker.observe_many(batch)
     assert info.value.field == next(k for k, v in batch.items() if not isinstance(v, list))
     assert tracker.stats().events == 0
+
+
+# -- a damaged export is refused alike -------------------------------------------------------------
+def _exported(engine: str) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
+    tracker = pyfriction.Tracker(engine=engine)
+    for user in ("alice", "bob", "carol", "x" * 60):  # the last one's id is too long to inline
+        tracker.observe_many([ev(user, "page", T0, "home"), ev(user, "click", T0 + 1, "home", "#go")])
+    slots, steps, long_ids = tracker._core.export()
+    tracker.close()
+    return slots, steps, long_ids
+
+
+DAMAGE = {
+    "a user twice": lambda slots: slots.__setitem__(2, slots[0]),
+    "a zero key": lambda slots: slots["key"].__setitem__(1, 0),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+@pytest.mark.parametrize("source", ENGINES)
+def test_engines_refuse_a_damaged_export_alike(against: str, source: str, damage: str) -> None:
+    """load(): both engines raise the same ValueError for a damaged export (from either
+    engine), and both load the undamaged one."""
+    require_engine(source)
+    slots, steps, long_ids = _exported(source)
+    results = []
+    for engine in (against, "reference"):
+        fresh = pyfriction.Tracker(engine=engine)
+        fresh._core.load(slots.copy(), steps, long_ids)  # undamaged: loads
+        results.append(len(fresh._core))
+        broken = slots.copy()
+        DAMAGE[damage](broken)
+        with pytest.raises(ValueError) as info:
+            fresh._core.load(broken, steps, long_ids)
+        results.append(str(info.value))
+        fresh.close()
+    assert results[:2] == results[2:], results
+    assert results[0] == 4

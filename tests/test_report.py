@@ -31,6 +31,8 @@ ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / ".artifacts"
 CHROMIUM = "/usr/bin/chromium"
 USERS = 2000
+#: The guidance that was live when the sample's guided stream was "recorded".
+CONFIG = default_config_path()
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +49,7 @@ def guided_log(tmp_path_factory: pytest.TempPathFactory, guided_events: list[dic
 
 @pytest.fixture(scope="module")
 def report_doc(guided_log: Path) -> dict[str, Any]:
-    return msgspec.to_builtins(replay_log(str(guided_log)))  # type: ignore[no-any-return]
+    return msgspec.to_builtins(replay_log(str(guided_log), CONFIG))  # type: ignore[no-any-return]
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -61,7 +63,7 @@ def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, s
 
 def test_text_report_on_a_sample_log(capsys: pytest.CaptureFixture[str], guided_log: Path,
                                      report_doc: dict[str, Any]) -> None:  # fmt: skip
-    code, out, err = run_cli(capsys, "report", str(guided_log), "--no-progress")
+    code, out, err = run_cli(capsys, "report", str(guided_log), "--config", CONFIG, "--no-progress")
     assert code == 0 and err == ""
     ins = report_doc["insights"]
     assert f"{ins['episodes']:,} friction episodes" in out and f"{ins['tickets']:,} tickets" in out
@@ -107,7 +109,7 @@ def test_json_matches_an_in_process_replay(report_doc: dict[str, Any], guided_ev
 
 
 def test_json_output(capsys: pytest.CaptureFixture[str], guided_log: Path, report_doc: dict[str, Any]) -> None:
-    code, out, _ = run_cli(capsys, "report", str(guided_log), "--json", "--no-progress")
+    code, out, _ = run_cli(capsys, "report", str(guided_log), "--config", CONFIG, "--json", "--no-progress")
     doc = json.loads(out)
     assert code == 0 and doc["insights"] == report_doc["insights"]
     assert set(doc["insights"]) >= {"hotspots", "lead_time", "deflection", "items", "accounts"}
@@ -119,7 +121,7 @@ def test_segment_log_gives_the_same_figures(tmp_path: Path, guided_events: list[
     _sample.write_events(path, guided_events, segment=True)
     first = json.loads(path.read_text(encoding="utf-8").splitlines()[1])
     assert first["type"] in ("track", "page", "identify") and "userId" in first and "user_id" not in first
-    doc = msgspec.to_builtins(replay_log(str(path)))
+    doc = msgspec.to_builtins(replay_log(str(path), CONFIG))
     assert doc["insights"] == report_doc["insights"]
     assert doc["identified"] == USERS and doc["skipped"] == 0
 
@@ -127,11 +129,11 @@ def test_segment_log_gives_the_same_figures(tmp_path: Path, guided_events: list[
 def test_bundled_sample_and_progress_bar(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     path = tmp_path / "sample.jsonl"
     assert _sample.write_sample(path) == 4198
-    code, out, err = run_cli(capsys, "report", str(path), "--progress")
+    code, out, err = run_cli(capsys, "report", str(path), "--config", CONFIG, "--progress")
     assert code == 0
     assert "\r" in err and "100.0%" in err and "4,198 events" in err and err.endswith("\n")
     assert "FRICTION HOTSPOTS" in out and "LEAD TIME" in out and "ACCOUNTS" in out
-    # no identify records: no traits, but the bundled rules still match (and a 10% holdout)
+    # no identify records: no traits, but the sample's rules still match (and a 10% holdout)
     assert re.search(r"offered guidance\s+\d+", out)
 
 
@@ -163,12 +165,67 @@ def test_errors(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
 def test_empty_log(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     log = tmp_path / "e.jsonl"
     log.write_text("", encoding="utf-8")
-    code, out, _ = run_cli(capsys, "report", str(log), "--no-progress")
+    code, out, _ = run_cli(capsys, "report", str(log), "--config", CONFIG, "--no-progress")
     assert code == 0 and "no episodes" in out and "not enough data" in out
 
 
+# --- without --config: no catalog (issue 13 point 5) ---------------------------------------------
+
+SAMPLE_ITEMS = [item.id for item in pyfriction.load_config(CONFIG).guidance.items]
+
+
+def test_without_config_a_guided_log_gets_no_borrowed_catalog(capsys: pytest.CaptureFixture[str],
+                                                              guided_log: Path, report_doc: dict[str, Any]) -> None:  # fmt: skip
+    code, out, _ = run_cli(capsys, "report", str(guided_log), "--no-progress")
+    assert code == 0
+    ins = report_doc["insights"]
+    assert f"-> {ins['episodes']:,} friction episodes, {ins['tickets']:,} tickets" in out  # no guided/holdout split
+    assert "; no config" in out and "config guidance.toml" not in out
+    # the sample's items are nowhere (a hotspot target such as article:payment-methods is a page)
+    assert not [item for item in SAMPLE_ITEMS if re.search(rf"(?<![\w:-]){re.escape(item)}(?![\w-])", out)]
+    assert "GUIDANCE ITEMS" not in out and "offered guidance" not in out and "guided users" not in out
+    # guidance events in the log: a DEFLECTION section that says what it needs
+    shown = sum(1 for line in guided_log.read_text(encoding="utf-8").splitlines() if '"guidance_' in line)
+    section = out[out.index("DEFLECTION") : out.index("ACCOUNTS")]
+    assert f"The log has {shown:,} guidance events, but deflection needs --config FILE" in section
+    for heading in ("FRICTION HOTSPOTS", "LEAD TIME", "ACCOUNTS"):
+        assert heading in out
+    # the same hotspots, lead time and accounts as with the catalog
+    hot = ins["hotspots"][0]
+    assert re.search(rf"1\s+{re.escape(hot['step'])}\s+{re.escape(hot['target'])}\s+{hot['users']}\s", out)
+    lead = ins["lead_time"]
+    assert f"{lead['preceded']:,} preceded by an episode" in out
+
+
+def test_without_config_or_guidance_events_no_deflection_section(capsys: pytest.CaptureFixture[str],
+                                                                 tmp_path: Path) -> None:  # fmt: skip
+    log = tmp_path / "plain.jsonl"
+    _sample.write_events(log, _sample.generate(400, seed=3))
+    code, out, _ = run_cli(capsys, "report", str(log), "--no-progress")
+    assert code == 0 and "DEFLECTION" not in out and "GUIDANCE ITEMS" not in out and "offered guidance" not in out
+    assert out.rstrip().splitlines()[-1] == (
+        "No guidance catalog: deflection needs --config FILE with the guidance (catalog, rules, holdout) "
+        "that was live when the log was recorded."
+    )
+    # a catalog, even with no guidance event in the log, brings the section
+    code, out, _ = run_cli(capsys, "report", str(log), "--config", CONFIG, "--no-progress")
+    assert "DEFLECTION (ticket within" in out and "GUIDANCE ITEMS" in out and "No guidance catalog" not in out
+
+
+def test_without_config_json_and_html(capsys: pytest.CaptureFixture[str], guided_log: Path, tmp_path: Path) -> None:
+    page = tmp_path / "r.html"
+    code, out, _ = run_cli(capsys, "report", str(guided_log), "--json", "--html", str(page), "--no-progress")
+    doc = json.loads(out)
+    assert code == 0 and doc["config"] is None and doc["catalog"] is False and doc["guidance_events"] > 0
+    assert doc["insights"]["items"] == [] and doc["insights"]["guided_episodes"] == 0
+    html = page.read_text(encoding="utf-8")
+    assert "deflection-bar" not in html and 'id="items"' not in html and "Guided users" not in html
+    assert 'id="deflection-note"' in html and "needs --config FILE" in html and "no config" in html
+    assert html.count("<svg") == 2
+
+
 def test_report_command_in_a_subprocess(guided_log: Path, tmp_path: Path, report_doc: dict[str, Any]) -> None:
-    out = subprocess.run([sys.executable, "-m", "pyfriction", "report", str(guided_log), "--json"], cwd=ROOT,
+    out = subprocess.run([sys.executable, "-m", "pyfriction", "report", str(guided_log), "--config", CONFIG, "--json"], cwd=ROOT,
                          capture_output=True, check=True, timeout=120)  # fmt: skip
     assert json.loads(out.stdout)["insights"]["deflection"] == report_doc["insights"]["deflection"]
     assert out.stderr == b""  # not a terminal: no progress bar
@@ -184,6 +241,11 @@ def test_sample_command(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> N
     records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
     assert records == json.loads(json.dumps(_sample.generate(50, guided=True)))
     assert sum(r["type"] == "identify" for r in records) == 50
+    # --write-config: the guidance the simulation used, for `report --config`
+    cfg = tmp_path / "guidance.toml"
+    code, _, err = run_cli(capsys, "sample", "--users", "5", "-o", str(path), "--write-config", str(cfg))
+    assert code == 0 and f"wrote the guidance config to {cfg}" in err
+    assert cfg.read_bytes() == Path(CONFIG).read_bytes()
 
 
 def test_default_sample_is_unchanged() -> None:
@@ -218,7 +280,7 @@ def test_guided_simulation_is_honest(guided_events: list[dict[str, Any]]) -> Non
 @pytest.fixture(scope="module")
 def html_page(tmp_path_factory: pytest.TempPathFactory, guided_log: Path) -> Path:
     out = tmp_path_factory.mktemp("html") / "report.html"
-    assert main(["report", str(guided_log), "--html", str(out), "--no-progress", "--json"]) == 0
+    assert main(["report", str(guided_log), "--config", CONFIG, "--html", str(out), "--no-progress", "--json"]) == 0
     return out
 
 

@@ -749,7 +749,7 @@ def test_crash_recovery_rebuilds_the_index(tmp_path: Any, open_store: Any) -> No
         assert state is not None and state.events == 2 and state.step == "home", i
     assert int((index != 0).sum()) == 200
     # The rebuilt table works on: new users fill the remaining capacity, then evict.
-    fill(tracker, [f"new-{i}" for i in range(60)], 1.8e9)
+    fill(tracker, [f"new-{i}" for i in range(60)], 1.75e9)
     assert tracker.stats().users == 256 and tracker.stats().evictions == 4
 
 

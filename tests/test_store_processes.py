@@ -225,7 +225,10 @@ def test_concurrent_feeding_same_episodes_no_lost_events(tmp_path: Any, method: 
         for k, score in res["scores"]:
             scores[k] = score
     assert scores == want_scores
-    key = lambda e: (e["user_id"], e["ts"])
+
+    def key(e: dict[str, Any]) -> tuple[str, float]:
+        return (e["user_id"], e["ts"])
+
     got = sorted((e for res in results for e in res["episodes"]), key=key)
     assert len(want_episodes) > 10
     assert got == sorted(want_episodes, key=key)

@@ -5,9 +5,10 @@ Run it (one command, from the repository root)::
 
     python examples/fastapi_saas/app.py            # http://127.0.0.1:8000, sign in with any email
 
-pyfriction's part is four lines: ``pyfriction.init(config)``, the middleware (which knows the
-signed-in user from ``get_user``), the guidance endpoint mounted at ``/_pyfriction``, and a
-small script in the page layout that shows the user's pending guidance. Fail the import a few
+pyfriction's part is four lines: ``pyfriction.init(config)`` (the bundled browser config,
+``pyfriction/data/browser.toml``, plus ``friction.toml``), the middleware (which knows the
+signed-in user from ``get_user``), the guidance endpoint mounted at ``/_pyfriction``, and
+pyfriction.js in the page layout (in-process mode, ``data-mount``) that shows the user's guidance. Fail the import a few
 times with US dates (``03/15/2024``) and help appears before you reach for the contact page.
 """
 
@@ -21,6 +22,8 @@ import hmac
 import html
 import io
 import os
+import tomllib
+from importlib import resources
 from typing import Any
 from urllib.parse import quote
 
@@ -56,51 +59,36 @@ def get_user(scope: Any) -> Any:
 
 # -- the page layout, with the guidance script -------------------------------------------------
 
-GUIDANCE_SCRIPT = """
-<script>
-(function () {
-  var shown = {};
-  function post(path, body) {
-    return fetch("/_pyfriction/" + path, {method: "POST", headers: {"Content-Type": "application/json"},
-      body: JSON.stringify(body), keepalive: true}).catch(function () {});
-  }
-  function render(g) {
-    if (shown[g.id]) return;
-    var box = document.createElement("div");
-    box.className = "guidance " + g.kind;
-    box.setAttribute("role", "status");
-    box.setAttribute("data-pyfriction-guidance", g.id);
-    var title = document.createElement("strong"); title.textContent = g.title; box.appendChild(title);
-    if (g.body) { var p = document.createElement("p"); p.textContent = g.body; box.appendChild(p); }
-    if (g.url) {
-      var a = document.createElement("a"); a.href = g.url; a.textContent = "Show me how";
-      a.onclick = function () { post("ack", {id: g.id, outcome: "clicked"}); }; box.appendChild(a);
-    }
-    var x = document.createElement("button"); x.type = "button"; x.textContent = "Dismiss"; x.className = "dismiss";
-    x.onclick = function () { box.remove(); post("ack", {id: g.id, outcome: "dismissed"}); }; box.appendChild(x);
-    var anchor = g.anchor && document.querySelector(g.anchor);
-    if (g.kind === "tooltip" && anchor) anchor.insertAdjacentElement("afterend", box);
-    else document.querySelector("main").prepend(box);
-    shown[g.id] = box;
-    post("ack", {id: g.id, outcome: "shown"});
-  }
-  function poll() {
-    fetch("/_pyfriction/guidance", {cache: "no-store"}).then(function (r) { return r.ok ? r.json() : {guidance: []}; })
-      .then(function (d) { (d.guidance || []).forEach(render); }).catch(function () {});
-  }
-  var clicks = [];
-  document.addEventListener("click", function (e) {
-    var el = e.target.closest("button,a,input,[id]");
-    if (!el || el.closest("[data-pyfriction-guidance]")) return;
-    clicks.push({type: "click", step: location.pathname, target: el.id ? "#" + el.id : el.tagName.toLowerCase()});
-  }, true);
-  setInterval(function () { if (clicks.length) { post("events", {events: clicks.splice(0)}); } }, 1000);
-  addEventListener("pagehide", function () { if (clicks.length) post("events", {events: clicks.splice(0)}); });
-  poll();
-  setInterval(poll, 1500);
-})();
-</script>
-"""
+
+def script_tag() -> str:
+    """pyfriction.js, the sidecar's browser script, in-process: it sends the page's clicks, dead
+    clicks and JS errors to ``/_pyfriction/events``, polls ``/_pyfriction/guidance`` and shows
+    the items (tooltips next to their anchor, banners at the top of ``<main>``), reporting
+    shown / clicked / dismissed / completed to ``/_pyfriction/ack``."""
+    return (
+        f'<script src="/_static/pyfriction.{_script().version}.js" data-mount="/_pyfriction" '
+        'data-banner-container="main" data-poll-ms="1500"></script>'
+    )
+
+
+def _script() -> Any:
+    """The packaged browser script (pyfriction-server), served with its ETag and compression."""
+    from pyfriction_server.script import Script
+
+    return Script.load()
+
+
+def browser_config() -> dict[str, Any]:
+    """The bundled browser config (steps are URL paths, targets ``#ids`` and ``METHOD /path``,
+    as the middleware and pyfriction.js send them), plus this app's ``friction.toml``."""
+    with resources.files("pyfriction.data").joinpath("browser.toml").open("rb") as f:
+        config = tomllib.load(f)
+    with open(os.path.join(HERE, "friction.toml"), "rb") as f:
+        own = tomllib.load(f)
+    config["event_map"] = own.get("event_map", {})
+    config["guidance"].update(own.get("guidance", {}))
+    return config
+
 
 STYLE = """
 <style>
@@ -115,9 +103,9 @@ button { margin-top: 16px; padding: 8px 18px; border: 0; border-radius: 6px; bac
 .error { background: #fee2e2; color: #991b1b; padding: 10px 14px; border-radius: 6px; }
 .ok { background: #dcfce7; color: #166534; padding: 10px 14px; border-radius: 6px; }
 .hint { color: #6b7280; font-size: 13px; }
-.guidance { background: #1e3a8a; color: #fff; padding: 12px 16px; border-radius: 8px; margin: 0 0 16px; }
-.guidance p { margin: 4px 0; } .guidance a { color: #bfdbfe; margin-right: 12px; }
-.guidance button.dismiss { margin: 0; padding: 2px 10px; background: #3b82f6; }
+/* pyfriction.js's guidance, themed with its custom properties */
+.pf-guidance { --pf-accent: #1d4ed8; --pf-radius: 8px; }
+.pf-guidance button.pf-close { margin: 0; background: transparent; color: inherit; }
 </style>
 """
 
@@ -133,7 +121,7 @@ def page(request: Request, title: str, body: str, status: int = 200) -> HTMLResp
     )
     doc = f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)} · Ledgerly</title>
 {STYLE}</head><body><header><strong>Ledgerly</strong>{nav}</header><main><h1>{html.escape(title)}</h1>{body}</main>
-{GUIDANCE_SCRIPT if user else ""}</body></html>"""
+{script_tag() if user else ""}</body></html>"""
     return HTMLResponse(doc, status_code=status)
 
 
@@ -197,11 +185,13 @@ def check_card(number: str, expiry: str, today: dt.date | None = None) -> str | 
 
 
 def create_app(config: str | None = None) -> FastAPI:
-    pyfriction.init(config or os.path.join(HERE, "friction.toml"))
+    pyfriction.init(config or browser_config())
 
     app = FastAPI(title="Ledgerly (pyfriction example)")
     app.add_middleware(FrictionMiddleware, get_user=get_user)
     app.mount("/_pyfriction", guidance_app(get_user=get_user))
+    script = _script()
+    app.add_api_route("/_static/pyfriction.{version}.js", script.versioned, include_in_schema=False)
     settings: dict[str, dict[str, str]] = {}
 
     def signed_in(request: Request) -> str | None:

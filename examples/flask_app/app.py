@@ -6,7 +6,13 @@ Run it (one command, from the repository root)::
 
 The user comes from ``get_user`` (here an ``X-User`` header or ``?user=`` so you can try it
 with curl; with Flask-Login installed and set up, ``current_user`` is used by default).
-Submit a bad address three times and the page shows help.
+
+Submit a bad address three times and the third answer shows help: each bad address is a
+``form_error`` on the email field, which the handler observes *before* it renders the page,
+so the episode of the third one (three errors in a minute, the same field failing again) has
+picked its guidance by the time ``g.pyfriction.pending()`` is read. (A handler that just
+answered 422 would leave the event to the integration, which observes it after the response
+is built: the help would then appear on the next page, not this one.)
 """
 
 from __future__ import annotations
@@ -55,7 +61,11 @@ def create_app() -> Flask:
     def signup() -> Any:
         email = request.form.get("email", "")
         if not EMAIL.match(email):
-            return form("That email address is not valid."), 422  # -> form_error at /signup
+            # Observed here, not left to the integration's 4xx mapping: the page below must
+            # already see the guidance this failure may bring. Re-rendering the form with 200
+            # keeps the integration from counting the same failure a second time.
+            g.pyfriction.observe({"type": "form_error", "target": "email"})
+            return form("That email address is not valid.")
         pyfriction.observe({"type": "success", "target": "signup"})
         return f"<!doctype html><p>Welcome, {html.escape(email)}!</p>"
 

@@ -21,7 +21,7 @@ SLOW_AFTER = 3.0
 #: Event types a browser may send through the guidance endpoint (the rest are server-side).
 BROWSER_TYPES = frozenset({"page", "click", "dead_click", "error", "search", "help", "contact"})
 #: Guidance outcomes a browser may acknowledge.
-OUTCOMES = frozenset({"shown", "clicked", "dismissed", "completed"})
+OUTCOMES = frozenset({"shown", "clicked", "dismissed", "completed", "anchor_missing"})
 #: Header carrying a user's pending guidance (JSON) for SPA clients, when asked for.
 GUIDANCE_HEADER = "x-pyfriction-guidance"
 

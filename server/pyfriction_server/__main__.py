@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import resource
 import signal
+import socket
 import sys
 from collections.abc import Sequence
 
@@ -33,12 +35,33 @@ def raise_fd_limit() -> int:
     return int(soft)
 
 
+def listen(host: str, port: int) -> socket.socket:
+    """The listening socket, bound before anything else starts (so that a port in use is one
+    clear line, before the state directory is even opened). Raises OSError."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     try:
         settings = load_settings(sys.argv[1:] if argv is None else argv)
     except SettingsError as exc:
         print(f"pyfriction-server: {exc}", file=sys.stderr)
+        return 2
+    try:
+        sock = listen(settings.host, settings.port)
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        print(f"pyfriction-server: cannot listen on {settings.host}:{settings.port}: {reason}", file=sys.stderr)
         return 2
     setup_logging(settings.log_level)
     log = logging.getLogger("pyfriction.server")
@@ -47,6 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         app = create_app(settings)
     except (SettingsError, OSError) as exc:
         log.error("cannot start: %s", exc)
+        sock.close()
         return 2
     # Everything allocated so far lives for the whole run: keep the collector off it, and
     # collect less often (each ingest request allocates a few hundred short-lived objects).
@@ -60,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _stopped)
     try:
-        server.run()
+        server.run(sockets=[sock])
     except StateError as exc:
         log.error("cannot start: %s", exc)
         return 1

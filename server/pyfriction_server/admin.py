@@ -15,14 +15,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from .errors import HTTPError
-from .keys import header_key
+from .keys import client_address, header_key
 
 __all__ = ["hotspots", "user_state"]
 
 
 def _admin(request: Request) -> Any:
     sc = request.app.state.sidecar
-    sc.keys.check_admin(request.headers.get("x-admin-key") or header_key(request.headers))
+    sc.keys.check_admin(request.headers.get("x-admin-key") or header_key(request.headers), client_address(request))
     return sc
 
 

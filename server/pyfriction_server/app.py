@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from importlib import resources
 from typing import Any
 
 import msgspec
@@ -31,9 +29,11 @@ from .errors import HTTPError, error_response
 from .guidance import Hub
 from .ingest import Mapper, routes
 from .keys import KeyRing
+from .logs import LIMITER
 from .metrics import CONTENT_TYPE, Metrics
+from .script import Script
 from .settings import Settings
-from .state import State
+from .state import State, StateError
 
 __all__ = ["Server", "Sidecar", "create_app", "server_config"]
 
@@ -45,18 +45,25 @@ class Sidecar:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.keys = KeyRing(settings.write_keys, settings.admin_keys, settings.rate_limit, settings.rate_burst)
+        self.keys = KeyRing(
+            settings.write_keys,
+            settings.admin_keys,
+            settings.rate_limit,
+            settings.rate_burst,
+            client_rate=settings.client_rate_limit,
+            client_burst=settings.client_rate_burst,
+        )
         self.hub = Hub()
         self.metrics = Metrics(self._gauges())
         self.state = State(settings, self.metrics)
         self.state.guidance_listeners.append(self.hub.notify)
         config = settings.tracker_config()
-        self.mapper = Mapper(settings.events, getattr(config, "segment", None))
+        self.mapper = Mapper(settings.events, getattr(config, "segment", None), config.event_map)
         #: Clicks a PostHog $rageclick stands for (the engine's rage threshold).
         self.rage_clicks = config.detectors.rage_click.min_clicks
-        self.script = resources.files("pyfriction_server").joinpath("static/pyfriction.js").read_bytes()
-        self.script_etag = '"' + hashlib.sha256(self.script).hexdigest()[:16] + '"'
+        self.script = Script.load()
         self._rejections: dict[str, list[float]] = {}
+        self.count_suppressed: Callable[[str], None] = lambda level: self.metrics.log_suppressed.inc((level,))
 
     def _gauges(self) -> dict[str, Callable[[], float]]:
         def tracker_stat(name: str) -> Callable[[], float]:
@@ -76,7 +83,10 @@ class Sidecar:
         }
 
     def rejected(self, request: Request, exc: HTTPError) -> None:
-        """Count a refused request and log it (at most once a second per code, with a count)."""
+        """Count a refused request and log it (at most once a second per code, with a count).
+
+        The line names the route template (``/v1/users/{user_id}``), never the path: paths
+        carry user ids, and the logs promise none."""
         self.metrics.requests_rejected.inc((exc.code,))
         now = time.monotonic()
         slot = self._rejections.get(exc.code)
@@ -86,8 +96,14 @@ class Sidecar:
         if now - slot[0] >= 1.0:
             level = logging.WARNING if exc.status >= 500 else logging.INFO
             log.log(level, "request refused", extra={"status": exc.status, "code": exc.code, "reason": exc.message,
-                                                      "path": request.url.path, "count": int(slot[1])})  # fmt: skip
+                                                      "route": route_label(request.scope), "count": int(slot[1])})  # fmt: skip
             slot[0], slot[1] = now, 0.0
+
+
+def route_label(scope: Scope) -> str:
+    """The route template of a request (``/v1/guidance/{user_id}``), "unmatched" without one."""
+    label = scope.get("route_path") or getattr(scope.get("route"), "path", None)
+    return label.replace(":path}", "}") if label else "unmatched"
 
 
 # -- small endpoints ------------------------------------------------------------------------
@@ -101,12 +117,23 @@ async def livez(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    """Ready: state restored, engine loaded, config valid, not shutting down."""
+    """Ready: state restored, engine loaded, config valid, not shutting down, and the journal
+    writable (after a failed write, a probe record must go through first: while the disk is
+    full, every ingest would get 503, and so does this; as when the state directory's file
+    system has less room than the largest request). Journal damage found at replay is
+    reported in the body (``journal_damage``), and in the metrics and the logs."""
     sc: Sidecar = request.app.state.sidecar
     if not sc.state.ready or sc.hub.closed:
-        return _json({"status": "not ready"}, 503)
+        return _json({"status": "not ready", "reason": "starting or stopping"}, 503)
+    journal = sc.state.journal
+    if journal is not None:
+        if journal.failure is not None and not await sc.state.probe():
+            return _json({"status": "not ready", "reason": "journal_unavailable", **sc.state.health()}, 503)
+        free = sc.state.free_bytes()
+        if free is not None and free < sc.settings.max_batch_bytes:  # the largest request would not fit
+            return _json({"status": "not ready", "reason": "disk_full", "free_bytes": free, **sc.state.health()}, 503)
     tracker = sc.state.tracker
-    return _json({"status": "ready", "engine": tracker.engine if tracker is not None else None})
+    return _json({"status": "ready", "engine": tracker.engine if tracker is not None else None, **sc.state.health()})
 
 
 async def metrics(request: Request) -> Response:
@@ -121,12 +148,15 @@ async def openapi_json(request: Request) -> Response:
 
 
 async def script(request: Request) -> Response:
-    """``pyfriction.js``: the browser script."""
+    """``pyfriction.js``: the browser script (see :mod:`pyfriction_server.script`)."""
     sc: Sidecar = request.app.state.sidecar
-    headers = {"ETag": sc.script_etag, "Cache-Control": "public, max-age=300"}
-    if request.headers.get("if-none-match") == sc.script_etag:
-        return Response(status_code=304, headers=headers)
-    return Response(sc.script, media_type="application/javascript; charset=utf-8", headers=headers)
+    return await sc.script.current(request)
+
+
+async def script_versioned(request: Request) -> Response:
+    """``pyfriction.{version}.js``: the browser script under its versioned, long-cached URL."""
+    sc: Sidecar = request.app.state.sidecar
+    return await sc.script.versioned(request)
 
 
 # -- errors ---------------------------------------------------------------------------------
@@ -205,13 +235,13 @@ class SidecarMiddleware:
             else:
                 await self.app(scope, receive, wrapped)
         except Exception:
-            log.exception("unhandled error", extra={"path": scope.get("path")})
+            log.exception("unhandled error", extra={"route": route_label(scope)})
             try:
                 await error_response(HTTPError(500, "internal_error", "internal error"))(scope, receive, wrapped)
             except Exception:
                 pass
         finally:
-            label = scope.get("route_path") or getattr(scope.get("route"), "path", None) or "unmatched"
+            label = route_label(scope)
             elapsed = time.perf_counter() - started
             self.histogram.observe(elapsed, (label, scope["method"]))
             if self.access_log:
@@ -245,10 +275,15 @@ def _lifespan(sc: Sidecar) -> Callable[[Starlette], Any]:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         loop = asyncio.get_running_loop()
+        LIMITER.install(sc.count_suppressed)
         sc.hub.bind(loop)
         if sc.keys.open:
             log.warning("no write key configured: ingest and guidance accept any caller")
-        await asyncio.to_thread(sc.state.start, loop)
+        try:
+            await asyncio.to_thread(sc.state.start, loop)
+        except StateError as exc:
+            log.error("cannot start: %s", exc)  # the one line to read (uvicorn adds its traceback)
+            raise
         sc.state.open_journal()
         tracker = sc.state.tracker
         log.info("ready", extra={"engine": tracker.engine if tracker else None, "state_dir": sc.state.directory,
@@ -276,6 +311,7 @@ def _lifespan(sc: Sidecar) -> Callable[[Starlette], Any]:
             await asyncio.gather(*tasks, return_exceptions=True)
             await sc.state.close()
             log.info("stopped: state saved", extra={"state_dir": sc.state.directory})
+            LIMITER.remove(sc.count_suppressed)
 
     return lifespan
 
@@ -294,12 +330,15 @@ def create_app(settings: Settings | None = None) -> Starlette:
         *[Route(path, routes.posthog_v0, methods=post)
           for path in ("/batch/", "/capture/", "/e/")],
         Route("/i/v1/analytics/events", routes.posthog_v1, methods=post),
-        Route("/v1/guidance/{user_id}", guidance.poll, methods=get),
-        Route("/v1/guidance/{user_id}/stream", guidance.stream, methods=get),
-        Route("/v1/guidance/{user_id}/ack", guidance.ack, methods=post),
-        Route("/v1/users/{user_id}", admin.user_state, methods=get),
+        # ``:path``: a user id may hold "/" (sent as is or as %2F); the stream and ack routes
+        # come first, so ".../stream" and ".../ack" are those operations.
+        Route("/v1/guidance/{user_id:path}/stream", guidance.stream, methods=get),
+        Route("/v1/guidance/{user_id:path}/ack", guidance.ack, methods=post),
+        Route("/v1/guidance/{user_id:path}", guidance.poll, methods=get),
+        Route("/v1/users/{user_id:path}", admin.user_state, methods=get),
         Route("/v1/hotspots", admin.hotspots, methods=get),
         Route("/v1/pyfriction.js", script, methods=get),
+        Route("/v1/pyfriction.{version}.js", script_versioned, methods=get),
         Route("/livez", livez, methods=get),
         Route("/readyz", readyz, methods=get),
         Route("/metrics", metrics, methods=get),
@@ -324,8 +363,67 @@ class SidecarApp(Starlette):
         return SidecarMiddleware(super().build_middleware_stack(), self.state.sidecar, hot)
 
 
+_TIMEOUT_BODY = b'{"success":false,"code":"request_timeout","message":"the headers did not arrive in time"}'
+_TIMEOUT_RESPONSE = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
+                     b"content-length: " + str(len(_TIMEOUT_BODY)).encode() + b"\r\n\r\n" + _TIMEOUT_BODY)  # fmt: skip
+
+
+def header_timeout_protocol(base: type[asyncio.Protocol], timeout: float) -> type[asyncio.Protocol]:
+    """uvicorn's httptools protocol with a header timeout. uvicorn times out idle kept-alive
+    connections only: a connection that never sends a byte, or sends its headers one byte at
+    a time, would stay open for ever (slowloris). Here the headers of every request must be
+    complete within ``timeout`` seconds of the connection (or of the request's first byte);
+    else 408 and the connection is closed. The body has its own limit (``body_timeout``)."""
+
+    class HeaderTimeoutProtocol(base):  # type: ignore[valid-type,misc]
+        _header_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self._arm_header_timer()
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._arm_header_timer()
+
+        def on_headers_complete(self) -> None:
+            self._disarm_header_timer()
+            super().on_headers_complete()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm_header_timer()
+            super().connection_lost(exc)
+
+        def _arm_header_timer(self) -> None:
+            if self._header_timer is None:
+                self._header_timer = self.loop.call_later(timeout, self._headers_late)
+
+        def _disarm_header_timer(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _headers_late(self) -> None:
+            self._header_timer = None
+            transport = self.transport
+            if transport.is_closing():
+                return
+            cycle = self.cycle
+            if cycle is not None and not cycle.response_complete:
+                # A pipelined request waits behind one still being answered (reading may be
+                # paused meanwhile): its clock starts once that one is done.
+                self._arm_header_timer()
+                return
+            transport.write(_TIMEOUT_RESPONSE)
+            transport.close()
+
+    HeaderTimeoutProtocol.__name__ = HeaderTimeoutProtocol.__qualname__ = "HeaderTimeout" + base.__name__
+    return HeaderTimeoutProtocol
+
+
 def server_config(app: Starlette, settings: Settings, **overrides: Any) -> uvicorn.Config:
-    """uvicorn's config for the sidecar: httptools + uvloop when installed, our JSON logs."""
+    """uvicorn's config for the sidecar: httptools (with a header timeout) + uvloop when
+    installed, our JSON logs."""
     options: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,
@@ -339,10 +437,11 @@ def server_config(app: Starlette, settings: Settings, **overrides: Any) -> uvico
         "proxy_headers": False,  # no X-Forwarded-* rewriting: one ASGI layer less per request
     }
     try:
-        import httptools  # noqa: F401
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-        options["http"] = "httptools"
-    except ImportError:
+        options["http"] = header_timeout_protocol(HttpToolsProtocol, settings.header_timeout)
+    except ImportError:  # httptools is a dependency: only a broken install gets here
+        log.warning("httptools is not installed: h11, without a header timeout")
         options["http"] = "h11"
     try:
         import uvloop  # noqa: F401

@@ -6,13 +6,18 @@
   stream), as ``event: guidance`` with the item as ``data``; a comment every
   ``sse_keepalive`` seconds keeps proxies from closing an idle stream.
 * ``POST /v1/guidance/{user_id}/ack``: ``{"guidance_id", "outcome"}`` with outcome ``shown``,
-  ``clicked``, ``dismissed`` or ``completed`` (``Tracker.ack``; journaled like events).
+  ``clicked``, ``dismissed``, ``completed`` or ``anchor_missing`` (``Tracker.ack``; journaled
+  like events; counted per item in ``pyfriction_guidance_item_feedback_total``).
 
 Identity verification (Intercom's scheme): when ``identity_secret`` is set, each of these
 needs the user's token, ``X-Pyfriction-User-Token`` header or ``token`` query parameter,
 computed by the host backend with :func:`user_token`, so nobody can read another user's
 guidance by guessing ids. A token is ``hex(HMAC-SHA256(secret, user_id))``, or with an expiry
-``"<exp>.<hex(HMAC-SHA256(secret, '<exp>:<user_id>'))>"`` (``exp``: epoch seconds).
+``"<exp>.<hex(HMAC-SHA256(secret, '<exp>:<user_id>'))>"`` (``exp``: epoch seconds). An open
+stream ends (``event: expired``) when its token expires.
+
+Reading guidance marks it delivered, so a browser request from an origin outside
+``cors_origins`` (one that could not read the answer) is refused with 403 before that.
 """
 
 from __future__ import annotations
@@ -31,8 +36,8 @@ from starlette.responses import Response, StreamingResponse
 from pyfriction.guidance import render_body
 
 from .errors import HTTPError
-from .keys import header_key
-from .limits import read_body
+from .keys import client_address, header_key
+from .limits import check_depth, read_body
 from .state import OUTCOMES
 
 __all__ = ["AckBody", "Hub", "ack", "poll", "stream", "user_token", "verify_token"]
@@ -49,8 +54,9 @@ def user_token(secret: str, user_id: str, expires_at: int | None = None) -> str:
     return f"{exp}.{mac}"
 
 
-def verify_token(secret: str, user_id: str, token: str | None, now: float | None = None) -> None:
-    """Raise 401 unless ``token`` is a valid, unexpired token for ``user_id``."""
+def verify_token(secret: str, user_id: str, token: str | None, now: float | None = None) -> int | None:
+    """Raise 401 unless ``token`` is a valid, unexpired token for ``user_id``; returns its
+    expiry (epoch seconds), None for a token without one."""
     if not token:
         raise HTTPError(401, "user_token_required", "this user's token is required (identity verification is on)")
     exp_text, dot, mac = token.rpartition(".")
@@ -62,10 +68,11 @@ def verify_token(secret: str, user_id: str, token: str | None, now: float | None
             raise HTTPError(401, "invalid_user_token", "the user token does not match this user")
         if int(exp_text) <= (time.time() if now is None else now):
             raise HTTPError(401, "user_token_expired", "the user token has expired")
-        return
+        return int(exp_text)
     expected = user_token(secret, user_id)
     if not hmac.compare_digest(expected.encode(), token.encode("utf-8", "surrogateescape")):
         raise HTTPError(401, "invalid_user_token", "the user token does not match this user")
+    return None
 
 
 class Hub:
@@ -127,15 +134,23 @@ class AckBody(msgspec.Struct, forbid_unknown_fields=False):
     outcome: str
 
 
-def _authorize(request: Request, user_id: str) -> Any:
+def _authorize(request: Request, user_id: str, reads: bool = False) -> tuple[Any, int | None]:
+    """Check the key, the client's rate, the origin (``reads``: the answer marks guidance
+    delivered) and the user token; returns the sidecar and the token's expiry."""
     sc = request.app.state.sidecar
     key = header_key(request.headers) or request.query_params.get("key")
-    sc.keys.check_write(key)
+    sc.keys.check_write(key, client_address(request))
+    if reads:
+        origin = request.headers.get("origin")
+        allowed = sc.settings.cors_origins
+        if origin is not None and "*" not in allowed and origin not in allowed:
+            raise HTTPError(403, "origin_not_allowed", "this origin is not in cors_origins: it may not read guidance")
     secret = sc.settings.identity_secret
+    expires = None
     if secret:
         token = request.headers.get("x-pyfriction-user-token") or request.query_params.get("token")
-        verify_token(secret, user_id, token)
-    return sc
+        expires = verify_token(secret, user_id, token)
+    return sc, expires
 
 
 def _pending(sc: Any, user_id: str) -> list[Any]:
@@ -155,7 +170,7 @@ def _item(g: Any) -> Any:
 async def poll(request: Request) -> Response:
     """``GET /v1/guidance/{user_id}``: the pending guidance, marked delivered."""
     user_id = request.path_params["user_id"]
-    sc = _authorize(request, user_id)
+    sc, _ = _authorize(request, user_id, reads=True)
     items = _pending(sc, user_id)
     if items:
         sc.metrics.guidance_delivered.inc(("poll",), len(items))
@@ -165,7 +180,7 @@ async def poll(request: Request) -> Response:
 async def stream(request: Request) -> Response:
     """``GET /v1/guidance/{user_id}/stream``: Server-Sent Events of the user's guidance."""
     user_id = request.path_params["user_id"]
-    sc = _authorize(request, user_id)
+    sc, expires = _authorize(request, user_id, reads=True)
     hub: Hub = sc.hub
     if hub.closed:
         raise HTTPError(503, "shutting_down", "the sidecar is shutting down", retry_after=1)
@@ -179,6 +194,9 @@ async def stream(request: Request) -> Response:
             yield b"retry: 3000\n: pyfriction guidance stream\n\n"
             while not hub.closed:
                 event.clear()
+                if expires is not None and expires <= time.time():  # checked before every delivery
+                    yield b'event: expired\ndata: {"code":"user_token_expired"}\n\n'
+                    return
                 items = _pending(sc, user_id)
                 if items:
                     sc.metrics.guidance_delivered.inc(("stream",), len(items))
@@ -190,10 +208,12 @@ async def stream(request: Request) -> Response:
                         + b"\n\n"
                         for g in items
                     )
+                wait = keepalive if expires is None else max(0.0, min(keepalive, expires - time.time()))
                 try:
-                    await asyncio.wait_for(event.wait(), keepalive)
+                    await asyncio.wait_for(event.wait(), wait)
                 except TimeoutError:
-                    yield b": keep-alive\n\n"
+                    if expires is None or time.time() < expires:
+                        yield b": keep-alive\n\n"
         finally:
             hub.release(user_id, event)
 
@@ -210,12 +230,13 @@ _ack_decoder = msgspec.json.Decoder(AckBody)
 async def ack(request: Request) -> Response:
     """``POST /v1/guidance/{user_id}/ack``: shown / clicked / dismissed / completed."""
     user_id = request.path_params["user_id"]
-    sc = _authorize(request, user_id)
+    sc, _ = _authorize(request, user_id)
     s = sc.settings
     body = await read_body(request, s.max_body_bytes, s.max_event_bytes, s.body_timeout)
+    check_depth(body)
     try:
         doc = _ack_decoder.decode(body)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, RecursionError) as exc:
         raise HTTPError(400, "bad_request", f"malformed payload: {exc}") from None
     if doc.outcome not in OUTCOMES:
         raise HTTPError(400, "bad_request", f"outcome must be one of {', '.join(OUTCOMES)}")
@@ -226,4 +247,5 @@ async def ack(request: Request) -> Response:
     if not known:
         raise HTTPError(404, "unknown_guidance", "no such guidance for this user")
     sc.metrics.guidance_feedback.inc((doc.outcome,))
+    sc.metrics.guidance_item_feedback.inc((doc.guidance_id, doc.outcome))
     return Response(b'{"ok":true}', media_type="application/json")

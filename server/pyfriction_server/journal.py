@@ -7,8 +7,23 @@ sync serves every request written since the last one) and tells the loop, which 
 the records and answers their requests. After a crash, the records of the segments newer
 than the last snapshot are replayed in order, so an answered request is never lost.
 
-A record on disk is ``u32 length | u32 crc32 | payload`` (little-endian). A torn or damaged
-tail (the crash hit mid-write, before any answer) ends the replay of that segment.
+A segment starts with a 12-byte preamble, ``b"PFJ1"`` and a random u32 *salt* written twice
+(one damaged copy is recognised: the other one checks against the records); then records
+``u32 length | u32 crc32(payload, salt) | payload`` (little-endian). Segments written before
+the preamble existed (no ``PFJ1``) are read with salt 0.
+
+Failures, and what they cost:
+
+* A write that fails part-way (``ENOSPC``, ``EIO``) is cut off: the file is truncated back to
+  the end of the last whole record and synced before the failed requests are answered (503),
+  so the records appended once the disk has room again follow a clean record boundary.
+* A record that is damaged (a flipped bit, a length that points nowhere) is skipped on replay
+  and only it: the reader resynchronises on the next valid header (a plausible length, a
+  MessagePack map, a matching CRC). The salt makes that CRC unguessable from outside, so the
+  bytes of an event cannot pass for a record of their own. Every skip is reported
+  (:class:`Damage`), and the segment is kept aside for inspection.
+* A torn tail (the crash hit mid-write, before any answer) is dropped and reported as such.
+
 Segments are ``journal-<seq>.log``; a snapshot taken at sequence ``n`` makes every segment
 below ``n`` obsolete.
 """
@@ -25,14 +40,22 @@ import subprocess
 import sys
 import zlib
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Journal", "read_segment", "segment_path", "segments"]
+__all__ = ["MAGIC", "Damage", "Journal", "read_segment", "segment_path", "segments"]
 
 log = logging.getLogger("pyfriction.server")
 
 _HEADER = struct.Struct("<II")
+_PREAMBLE = struct.Struct("<4sII")
+#: The first bytes of a segment with a salt (older segments start with a record header).
+MAGIC = b"PFJ1"
+#: No record is larger (a request body is at most a few MB): longer lengths are damage.
+MAX_RECORD = 64 << 20
 _SEGMENT = re.compile(r"^journal-(\d{12})\.log$")
+#: A record's payload is a MessagePack map of at most 15 keys: its first byte is a fixmap.
+_FIXMAP = re.compile(rb"[\x80-\x8f]")
 Item = tuple[bytes, Any, "asyncio.Future[Any]"]
 OnCommit = Callable[[list[tuple[Any, "asyncio.Future[Any]"]], BaseException | None], None]
 
@@ -51,23 +74,107 @@ def segments(directory: str) -> list[tuple[int, str]]:
     return sorted(out)
 
 
-def read_segment(path: str) -> Iterator[bytes]:
-    """The payloads of a segment, up to its first torn or damaged record."""
+@dataclass(frozen=True)
+class Damage:
+    """Bytes of a segment that replay skipped: ``length`` bytes at ``offset`` of ``path``.
+
+    ``torn`` means nothing valid follows them: the tail of a write the process died in (those
+    requests were never answered), or damage to the segment's last records. Otherwise valid
+    records follow (a damaged record in the middle: what was accepted in it is lost)."""
+
+    path: str
+    offset: int
+    length: int
+    torn: bool
+
+
+def _salt(data: bytes | memoryview) -> tuple[int, int]:
+    """``(salt, offset of the first record)`` of a segment's bytes."""
+    n = len(data)
+    if n < _PREAMBLE.size:
+        if bytes(data[: min(n, 4)]) == MAGIC[: min(n, 4)]:
+            return 0, n  # a torn preamble: an empty segment
+        return 0, 0
+    magic, first, second = _PREAMBLE.unpack_from(data, 0)
+    if magic != MAGIC and first != second:
+        return 0, 0  # a segment of the unsalted format
+    if first != second:  # one copy is damaged: the one the first valid record agrees with
+        view = memoryview(data)
+        for candidate in (first, second):
+            for m in _FIXMAP.finditer(view, _PREAMBLE.size + _HEADER.size):
+                if _record_end(view, m.start() - _HEADER.size, n, candidate) > 0:
+                    return candidate, _PREAMBLE.size
+    return first, _PREAMBLE.size
+
+
+def _record_end(data: memoryview, pos: int, end: int, salt: int) -> int:
+    """The end of the valid record at ``pos``, or -1."""
+    if pos + _HEADER.size > end:
+        return -1
+    length: int
+    crc: int
+    length, crc = _HEADER.unpack_from(data, pos)
+    start = pos + _HEADER.size
+    if not 0 < length <= MAX_RECORD or start + length > end or not 0x80 <= data[start] <= 0x8F:
+        return -1
+    if zlib.crc32(data[start : start + length], salt) != crc:
+        return -1
+    return start + length
+
+
+def _resync(data: memoryview, pos: int, end: int, salt: int) -> int:
+    """The offset of the next valid record after the damaged one at ``pos``, or -1.
+
+    Every byte that could start a payload (a fixmap) is a candidate, its header 8 bytes before
+    it: the first one whose length and CRC check is the next record. (Not the damaged
+    record's own length: that may be what is damaged, and point past a good record.)"""
+    for m in _FIXMAP.finditer(data, pos + 1 + _HEADER.size):
+        candidate = m.start() - _HEADER.size
+        if _record_end(data, candidate, end, salt) > 0:
+            return candidate
+    return -1
+
+
+def _torn(data: bytes, pos: int) -> bool:
+    """Whether the invalid tail at ``pos`` looks like a write cut short (a header or a
+    record running past the end, or only zeros: blocks the data never reached) rather than a whole
+    record damaged afterwards."""
+    end = len(data)
+    if pos + _HEADER.size > end:
+        return True
+    length = _HEADER.unpack_from(data, pos)[0]
+    return pos + _HEADER.size + length > end or not data[pos:].strip(b"\0")
+
+
+def read_segment(path: str, damage: list[Damage] | None = None) -> Iterator[bytes]:
+    """The payloads of a segment's valid records. A damaged record is skipped (replay goes
+    on at the next valid one) and a torn tail dropped; each is appended to ``damage``."""
     with open(path, "rb") as fh:
-        data = fh.read()
-    pos, end = 0, len(data)
-    while pos + _HEADER.size <= end:
-        length, crc = _HEADER.unpack_from(data, pos)
-        start = pos + _HEADER.size
-        if start + length > end:
-            log.warning("journal: torn record at the end of %s (%d bytes dropped)", path, end - pos)
+        raw = fh.read()
+    data = memoryview(raw)
+    salt, pos = _salt(data)
+    end = len(data)
+    while pos < end:
+        nxt = _record_end(data, pos, end, salt)
+        if nxt > 0:
+            yield raw[pos + _HEADER.size : nxt]
+            pos = nxt
+            continue
+        resume = _resync(data, pos, end, salt)
+        skipped = Damage(path, pos, (resume if resume > 0 else end) - pos, torn=resume < 0 and _torn(raw, pos))
+        if damage is not None:
+            damage.append(skipped)
+        if skipped.torn:
+            log.warning("journal: torn tail dropped", extra={"segment": os.path.basename(path), "offset": pos,
+                                                             "bytes": skipped.length})  # fmt: skip
             return
-        payload = data[start : start + length]
-        if zlib.crc32(payload) != crc:
-            log.warning("journal: damaged record in %s at offset %d; the rest is dropped", path, pos)
+        if resume < 0:
+            log.error("journal: the last record of a segment is damaged", extra={
+                "segment": os.path.basename(path), "offset": pos, "bytes": skipped.length})  # fmt: skip
             return
-        yield payload
-        pos = start + length
+        log.error("journal: damaged record skipped", extra={"segment": os.path.basename(path), "offset": pos,
+                                                            "bytes": skipped.length})  # fmt: skip
+        pos = resume
 
 
 #: The syncer: a tiny separate process that fdatasyncs the journal for the event loop, so
@@ -86,7 +193,8 @@ def sync():
     if last is None:
         return
     try:
-        os.fdatasync(fd)
+        if fd >= 0:  # -1: the segment was gone when opened (a snapshot superseded it, empty)
+            os.fdatasync(fd)
         os.write(1, b"D " + last + b"\n")
     except OSError as exc:
         os.write(1, b"E " + last + b" " + str(exc).encode(errors="replace") + b"\n")
@@ -100,26 +208,35 @@ def handle(data):
             sync()
             if fd >= 0:
                 os.close(fd)
-            fd = os.open(line[2:].decode(), os.O_WRONLY | os.O_APPEND)
+            try:
+                fd = os.open(line[2:].decode(), os.O_WRONLY | os.O_APPEND)
+            except FileNotFoundError:
+                fd = -1
         elif line[:2] == b"S ":
             last = line[2:]
 
-while True:
-    data = os.read(0, 65536)
-    if not data:
-        break
-    handle(data)
-    wait = prev + gap - time.monotonic()
-    while wait > 0 and select.select([0], [], [], wait)[0]:
+def main():
+    while True:
         data = os.read(0, 65536)
         if not data:
             break
         handle(data)
         wait = prev + gap - time.monotonic()
+        while wait > 0 and select.select([0], [], [], wait)[0]:
+            data = os.read(0, 65536)
+            if not data:
+                break
+            handle(data)
+            wait = prev + gap - time.monotonic()
+        sync()
+        if not data:
+            break
     sync()
-    if not data:
-        break
-sync()
+
+try:
+    main()
+except BaseException:  # the sidecar is gone (a closed pipe): nothing left to tell, no traceback
+    os._exit(0)
 """
 
 
@@ -140,8 +257,13 @@ class Journal:
         self.on_commit = on_commit
         self.on_rotate = on_rotate
         self.on_bytes = on_bytes
-        #: Bytes in the current segment.
+        #: Bytes in the current segment: where its last whole record ends.
         self.size = 0
+        self.salt = 0
+        #: The last write or sync error, None once a write has succeeded again.
+        self.failure: BaseException | None = None
+        #: A failed write could not be cut off: the next commit starts a new segment.
+        self._cut_failed = False
         self._batch: list[Item] = []
         #: Committed groups waiting for the syncer, in order: (token, group or rotation future).
         self._waiting: collections.deque[tuple[int, Any]] = collections.deque()
@@ -154,8 +276,30 @@ class Journal:
             self._start_syncer()
 
     def _open(self, seq: int) -> int:
-        fd = os.open(segment_path(self.directory, seq), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        _fsync_dir(self.directory)
+        """Open segment ``seq`` (created with its preamble); sets ``size`` and ``salt``."""
+        path = segment_path(self.directory, seq)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        created = False
+        try:
+            size = os.fstat(fd).st_size
+            if size == 0:
+                created = True
+                salt = int.from_bytes(os.urandom(4), "little")
+                _write_all(fd, _PREAMBLE.pack(MAGIC, salt, salt))
+                size = _PREAMBLE.size
+            else:  # an existing segment (not done by the sidecar itself): append after its records
+                with open(path, "rb") as fh:
+                    salt = _salt(fh.read(_PREAMBLE.size))[0]
+            _fsync_dir(self.directory)
+        except OSError:
+            os.close(fd)
+            if created:
+                try:
+                    os.unlink(path)  # no half-written preamble left behind
+                except OSError:
+                    pass
+            raise
+        self.size, self.salt = size, salt
         return fd
 
     def _start_syncer(self) -> None:
@@ -189,21 +333,24 @@ class Journal:
         group, self._batch = self._batch, []
         if not group:
             return
-        data = b"".join(_HEADER.pack(len(p), zlib.crc32(p)) + p for p, _, _ in group)
         done = [(record, fut) for _, record, fut in group]
         try:
             if self._fd is None:
                 raise OSError("the journal is closed")
-            view = memoryview(data)
-            while view:
-                view = view[os.write(self._fd, view) :]
+            if self._cut_failed:
+                self._next_segment()
+            salt = self.salt
+            data = b"".join(_HEADER.pack(len(p), zlib.crc32(p, salt)) + p for p, _, _ in group)
+            _write_all(self._fd, data)
             if self.fsync and self._syncer is None:
                 os.fdatasync(self._fd)  # no syncer (it died): sync here, the loop waits
         except OSError as exc:
-            log.error("journal: write failed: %s", exc)
+            self._write_failed(exc)
             self.on_commit(done, exc)
             return
         self.size += len(data)
+        if self._syncer is None:
+            self.failure = None
         if self._syncer is None:
             self.on_bytes(len(data), 1 if self.fsync else 0)
             self.on_commit(done, None)
@@ -213,6 +360,35 @@ class Journal:
         self._waiting.append((self._token, done))
         self.on_bytes(len(data), 0)
         self._tell(b"S %d" % self._token)
+
+    def _write_failed(self, exc: OSError) -> None:
+        """Cut a failed write off: truncate the segment back to its last whole record and
+        sync that, before the requests of the failed write are answered (503). Records
+        appended later then follow a clean boundary, and replay reads every one of them."""
+        self.failure = exc
+        log.error("journal: write failed; the partial write is cut off", extra={"error": str(exc)})
+        if self._fd is None or self._cut_failed:
+            return
+        try:
+            os.ftruncate(self._fd, self.size)
+            if self.fsync:
+                os.fdatasync(self._fd)
+        except OSError as cut:
+            # Cannot cut (the file system refuses even that): the next commit starts a new
+            # segment, and replay drops this one's damaged tail (reported as torn).
+            log.error("journal: cannot truncate a failed write; starting a new segment", extra={"error": str(cut)})
+            self._cut_failed = True
+
+    def _next_segment(self) -> None:
+        """Continue in segment ``seq + 1`` (after a failed write that could not be cut off)."""
+        assert self._fd is not None
+        new_fd = self._open(self.seq + 1)
+        old_fd, self._fd = self._fd, new_fd
+        self.seq += 1
+        self._cut_failed = False
+        if self._syncer is not None:
+            self._tell(b"O " + segment_path(self.directory, self.seq).encode())
+        os.close(old_fd)
 
     def _on_synced(self) -> None:
         assert self._syncer is not None and self._syncer.stdout is not None
@@ -230,6 +406,7 @@ class Journal:
             kind, _, rest = line.partition(b" ")
             token_text, _, message = rest.partition(b" ")
             error = OSError(message.decode(errors="replace")) if kind == b"E" else None
+            self.failure = error
             self.on_bytes(0, 1)
             self._release(int(token_text), error)
 
@@ -277,7 +454,7 @@ class Journal:
         assert self._fd is not None
         old_fd, self._fd = self._fd, new_fd
         self.seq += 1
-        self.size = 0
+        self._cut_failed = False
         if self._syncer is not None:
             self._tell(b"O " + segment_path(self.directory, self.seq).encode())  # syncs the old one first
         elif self.fsync:
@@ -309,6 +486,12 @@ class Journal:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def _fsync_dir(directory: str) -> None:

@@ -4,6 +4,10 @@
   a body that turns out longer while streaming is refused the same way.
 * ``Content-Encoding: gzip`` / ``deflate`` bodies are inflated at most to ``max_batch_bytes``
   (plus one byte, to notice): a gzip bomb costs that much memory, never more, and gets 413.
+  A gzip body holds at most :data:`MAX_GZIP_MEMBERS` members (each costs a decompressor, so
+  thousands of empty ones would cost CPU, not memory): more get 400.
+* JSON nested deeper than ``max_json_depth`` is refused with 400 before it is decoded
+  (:func:`check_depth`), so no decoder ever recurses that deep.
 * The whole body must arrive within ``body_timeout`` seconds, else 408 (slow clients cannot
   hold a worker; the connection is closed).
 """
@@ -11,13 +15,45 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import zlib
 
+import numpy as np
 from starlette.requests import ClientDisconnect, Request
 
 from .errors import HTTPError
 
-__all__ = ["inflate", "read_body"]
+__all__ = ["MAX_GZIP_MEMBERS", "check_depth", "inflate", "json_depth", "read_body"]
+
+#: Members of a gzip body at most (clients send one; concatenated files a few).
+MAX_GZIP_MEMBERS = 16
+#: Nesting deeper than this is refused when no depth is given.
+DEFAULT_MAX_DEPTH = 64
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
+
+
+def json_depth(body: bytes) -> int:
+    """The deepest nesting of arrays and objects in a JSON text (a malformed text may give
+    any number: the decoder refuses it anyway)."""
+    brackets = body.translate(None, _NOT_BRACKETS)
+    if not brackets:
+        return 0
+    a = np.frombuffer(brackets, dtype=np.uint8)
+    return int(np.cumsum(np.where((a == 0x5B) | (a == 0x7B), 1, -1), dtype=np.int64).max())
+
+
+def check_depth(body: bytes, limit: int = DEFAULT_MAX_DEPTH) -> None:
+    """Raise 400 when ``body`` (JSON) nests deeper than ``limit``: decoders recurse per level,
+    and a body 1,000 deep would otherwise end in a RecursionError."""
+    if body.count(b"[") + body.count(b"{") <= limit:
+        return  # cannot be that deep (the common case for small bodies; C-speed counts)
+    if json_depth(body) <= limit:
+        return  # brackets inside strings only count more, never less: no need to look closer
+    if b'"' in body and json_depth(_STRING.sub(b'""', body)) <= limit:
+        return
+    raise HTTPError(400, "too_deep", f"JSON nested deeper than {limit} levels")
+
 
 #: A body declared this many times over the limit is not drained before answering 413.
 DRAIN_FACTOR = 4
@@ -81,8 +117,12 @@ def inflate(body: bytes, encoding: str | None, limit: int) -> bytes:
     out: list[bytes] = []
     total = 0
     data = body
+    members = 0
     try:
         while True:
+            members += 1
+            if members > MAX_GZIP_MEMBERS:
+                raise HTTPError(400, "bad_encoding", f"more than {MAX_GZIP_MEMBERS} gzip members in one body")
             d = zlib.decompressobj(wbits)
             piece = d.decompress(data, limit + 1 - total)
             total += len(piece)

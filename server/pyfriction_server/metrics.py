@@ -141,7 +141,12 @@ class Registry:
 
 
 SOURCES = ("segment", "posthog", "native", "browser")
-REJECT_REASONS = ("invalid", "duplicate")
+#: Why a received message was not accepted (see ``pyfriction_server.ingest.REJECT_REASONS``).
+REJECT_REASONS = ("missing_user", "missing_event", "unknown_type", "unknown_call", "invalid", "duplicate",
+                  "invalid_traits")  # fmt: skip
+#: What an accepted message was: an event scored, a screen view (scored as a page), identify
+#: traits, or a call accepted without scoring (group, alias, other: PostHog's other $ events).
+ACCEPTED_KINDS = ("event", "screen", "identify", "group", "alias", "other")
 
 
 class Metrics:
@@ -154,11 +159,17 @@ class Metrics:
             "pyfriction_events_received_total", "Events received in accepted requests, by source.",
             ("source",), [(s,) for s in SOURCES]))  # fmt: skip
         self.events_accepted = r.add(Counter(
-            "pyfriction_events_accepted_total", "Events persisted and scored, by source.",
-            ("source",), [(s,) for s in SOURCES]))  # fmt: skip
+            "pyfriction_events_accepted_total",
+            "Events (and identify, group, alias calls) persisted and applied, by source: with the rejected "
+            "ones, every event received.", ("source",), [(s,) for s in SOURCES]))  # fmt: skip
+        self.events_accepted_kinds = r.add(Counter(
+            "pyfriction_events_accepted_kinds_total",
+            "Accepted events by kind (event, screen, identify, group, alias, other).",
+            ("kind",), [(k,) for k in ACCEPTED_KINDS]))  # fmt: skip
         self.events_rejected = r.add(Counter(
-            "pyfriction_events_rejected_total", "Events dropped, by reason (invalid, duplicate).",
-            ("reason",), [(x,) for x in REJECT_REASONS]))  # fmt: skip
+            "pyfriction_events_rejected_total",
+            "Events received but not accepted, by reason (missing_user, missing_event, unknown_type, "
+            "unknown_call, invalid, duplicate, invalid_traits).", ("reason",), [(x,) for x in REJECT_REASONS]))  # fmt: skip
         self.requests_rejected = r.add(Counter(
             "pyfriction_requests_rejected_total",
             "Requests refused, by reason (unauthorized, rate_limited, payload_too_large, bad_json...).",
@@ -169,7 +180,13 @@ class Metrics:
             ("channel",), [("poll",), ("stream",)]))  # fmt: skip
         self.guidance_feedback = r.add(Counter(
             "pyfriction_guidance_feedback_total", "Guidance feedback from browsers (shown, clicked, dismissed, completed).",
-            ("outcome",), [(o,) for o in ("shown", "clicked", "dismissed", "completed")]))  # fmt: skip
+            ("outcome",), [(o,) for o in ("shown", "clicked", "dismissed", "completed", "anchor_missing")]))  # fmt: skip
+        # Per catalog item: only acks of items offered to that user count, so the label set is
+        # bounded by the catalog.
+        self.guidance_item_feedback = r.add(Counter(
+            "pyfriction_guidance_item_feedback_total",
+            "Guidance feedback from browsers per catalog item (shown, clicked, dismissed, completed, anchor_missing).",
+            ("item", "outcome")))  # fmt: skip
         self.request_seconds = r.add(Histogram(
             "pyfriction_request_duration_seconds", "Request latency, by route template and method.",
             ("route", "method")))  # fmt: skip
@@ -177,6 +194,21 @@ class Metrics:
             Counter("pyfriction_journal_written_bytes_total", "Bytes appended to the ingest journal.")
         )
         self.journal_syncs = r.add(Counter("pyfriction_journal_fsyncs_total", "Journal fsyncs (group commits)."))
+        self.journal_write_errors = r.add(Counter(
+            "pyfriction_journal_write_errors_total",
+            "Journal writes or syncs that failed (disk full, I/O error): their requests were answered 503."))  # fmt: skip
+        self.journal_damaged = r.add(Counter(
+            "pyfriction_journal_damaged_records_total",
+            "Damaged journal records skipped at replay, valid records after them (what they held is lost)."))  # fmt: skip
+        self.journal_torn = r.add(Counter(
+            "pyfriction_journal_torn_tails_total",
+            "Torn journal tails dropped at replay (a write cut by a crash, never answered)."))  # fmt: skip
+        self.journal_skipped_bytes = r.add(Counter(
+            "pyfriction_journal_skipped_bytes_total", "Journal bytes skipped at replay (damaged records and torn tails)."))  # fmt: skip
+        self.log_suppressed = r.add(Counter(
+            "pyfriction_log_lines_suppressed_total",
+            "Log lines not written by the log limiter (a message repeated too often), by level.",
+            ("level",), [("warning",), ("error",), ("info",)]))  # fmt: skip
         self.snapshots = r.add(Counter("pyfriction_snapshots_total", "Snapshots written."))
         self.snapshot_seconds = r.add(Histogram(
             "pyfriction_snapshot_duration_seconds", "Time to write a snapshot.",

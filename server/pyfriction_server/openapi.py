@@ -33,17 +33,21 @@ def _ok(schema: str, description: str = "Accepted: persisted and scored.") -> di
 
 
 INGEST_ERRORS = {
-    "400": _error("Malformed body (bad JSON, wrong field types, bad encoding)."),
+    "400": _error("Malformed body (bad JSON, nested deeper than max_json_depth, wrong field types, bad encoding)."),
     "401": _error("Missing or unknown write key."),
     "408": _error("The body did not arrive in time."),
     "413": _error("Body, decompressed body, event or batch too large (gzip bombs included)."),
     "415": _error("Unsupported Content-Encoding."),
-    "429": _error("Rate limit of the key exceeded.", retry=True),
-    "503": _error("Ingest queue full or journal unavailable.", retry=True),
+    "429": _error("Rate limit of the client or of the key exceeded.", retry=True),
+    "503": _error("Ingest queue full or journal unavailable (disk full).", retry=True),
 }
 AUTH_ERRORS = {
     "401": _error("Missing/unknown key, or missing/invalid/expired user token."),
-    "429": _error("Rate limit of the key exceeded.", retry=True),
+    "429": _error("Rate limit of the client or of the key exceeded.", retry=True),
+}
+READ_ERRORS = {
+    **AUTH_ERRORS,
+    "403": _error("A browser origin outside cors_origins (guidance is not marked delivered)."),
 }
 
 USER_ID = {
@@ -169,7 +173,7 @@ SCHEMAS: dict[str, Any] = {
         "required": ["guidance_id", "outcome"],
         "properties": {
             "guidance_id": {"type": "string", "minLength": 1, "maxLength": 256},
-            "outcome": {"type": "string", "enum": ["shown", "clicked", "dismissed", "completed"]},
+            "outcome": {"type": "string", "enum": ["shown", "clicked", "dismissed", "completed", "anchor_missing"]},
         },
     },
     "AckOK": {"type": "object", "required": ["ok"], "properties": {"ok": {"type": "boolean"}}},
@@ -180,7 +184,13 @@ SCHEMAS: dict[str, Any] = {
                                  "events": {"type": "integer"}, "in_episode": {"type": "boolean"}}},
     "Hotspots": {"type": "object", "required": ["hotspots"],
                  "properties": {"hotspots": {"type": "array", "items": {"type": "object", "additionalProperties": True}}}},
-    "Status": {"type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}},
+    "Status": {"type": "object", "required": ["status"], "properties": {
+        "status": {"type": "string"},
+        "reason": {"type": "string"},
+        "journal_error": {"type": "string", "description": "The journal's last write error."},
+        "journal_damage": {"type": "object", "description": "Damaged records skipped at replay (lost)."},
+        "journal_torn_tails": {"type": "integer", "description": "Torn tails dropped at replay (never answered)."},
+    }},
 }  # fmt: skip
 
 
@@ -235,15 +245,16 @@ def document() -> dict[str, Any]:
         parameters=guidance_params,
         security=[{"writeKey": []}, {"bearer": []}, {}],
     )
-    paths["/v1/guidance/{user_id}"]["get"]["responses"].update(AUTH_ERRORS)
+    paths["/v1/guidance/{user_id}"]["get"]["responses"].update(READ_ERRORS)
     paths["/v1/guidance/{user_id}/stream"] = _get(
         "Guidance as Server-Sent Events",
-        {"description": "An event stream: `event: guidance` with a Guidance as data; comments as keep-alive.",
+        {"description": "An event stream: `event: guidance` with a Guidance as data; comments as keep-alive; "
+                        "`event: expired` ends it when the user token expires.",
          "content": {"text/event-stream": {"schema": {"type": "string"}}}},
         "guidance", parameters=guidance_params, security=[{"writeKey": []}, {"bearer": []}, {}],
     )  # fmt: skip
     paths["/v1/guidance/{user_id}/stream"]["get"]["responses"].update(
-        {**AUTH_ERRORS, "503": _error("Shutting down or too many streams.", retry=True)}
+        {**READ_ERRORS, "503": _error("Shutting down or too many streams.", retry=True)}
     )
     paths["/v1/guidance/{user_id}/ack"] = {
         "post": {
@@ -282,9 +293,24 @@ def document() -> dict[str, Any]:
         "ops",
     )
     paths["/v1/pyfriction.js"]["get"]["responses"]["304"] = {"description": "Not modified (If-None-Match)."}
+    paths["/v1/pyfriction.{version}.js"] = _get(
+        "The browser script under its versioned URL (cached for a year)",
+        {"description": "JavaScript.", "content": {"application/javascript": {"schema": {"type": "string"}}}},
+        "ops",
+        parameters=[{"name": "version", "in": "path", "required": True,
+                     "schema": {"type": "string", "pattern": "^[0-9a-f]{12}$"},
+                     "description": "The first 12 hex digits of the script's SHA-256 (header X-Pyfriction-Script)."}],
+    )  # fmt: skip
+    paths["/v1/pyfriction.{version}.js"]["get"]["responses"].update({
+        "302": {"description": "Another version: redirects to the current one."},
+        "404": _error("Not a script version."),
+        "304": {"description": "Not modified (If-None-Match)."},
+    })  # fmt: skip
     paths["/livez"] = _get("Liveness", _ok("Status", "Alive."), "ops")
     paths["/readyz"] = _get("Readiness", _ok("Status", "Ready."), "ops")
-    paths["/readyz"]["get"]["responses"]["503"] = _ok("Status", "Not ready (starting or stopping).")
+    paths["/readyz"]["get"]["responses"]["503"] = _ok(
+        "Status", "Not ready: starting, stopping, or the journal cannot be written (disk full)."
+    )
     paths["/metrics"] = _get(
         "Prometheus metrics",
         {"description": "Text exposition format 0.0.4.", "content": {"text/plain": {"schema": {"type": "string"}}}},

@@ -121,9 +121,19 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_batch_events: PositiveInt = 10_000
     #: Seconds a client may take to send its whole body.
     body_timeout: Seconds = 10.0
+    #: Seconds a client may take to send a request's headers (from the connection, or from the
+    #: first byte of a request on a kept-alive one); then 408 and the connection is closed.
+    header_timeout: Seconds = 10.0
+    #: Deepest nesting of arrays and objects in a JSON body (deeper: 400).
+    max_json_depth: Annotated[int, msgspec.Meta(ge=4, le=256)] = 64
     #: Requests per second per key (token bucket), and the burst allowed above it.
     rate_limit: Seconds = 5_000.0
     rate_burst: PositiveInt = 10_000
+    #: Requests per second per client address (an IPv6 client by its /64), and its burst,
+    #: spent before the key's, so that one client cannot use up a public write key for
+    #: everyone. Not set: a tenth of ``rate_limit`` and ``rate_burst``.
+    client_rate_limit: Annotated[float, msgspec.Meta(gt=0)] | None = None
+    client_rate_burst: PositiveInt | None = None
     #: Ingest records waiting for the journal before new requests get 503.
     max_pending: PositiveInt = 10_000
     #: Delivery ids (messageId / uuid) remembered to drop retried deliveries: exactly the
@@ -169,18 +179,24 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             raise SettingsError(str(exc)) from None
 
 
-#: (flag, field, kind) for every command-line flag; the environment variable is
-#: PYFRICTION_SERVER_<FLAG in upper case with dashes as underscores> (lists comma-separated).
-FLAGS: list[tuple[str, str, str, str]] = [
-    ("--host", "host", "str", "address to listen on (default 127.0.0.1)"),
-    ("--port", "port", "int", "port to listen on (default 8700)"),
-    ("--write-key", "write_keys", "list", "publishable write key (repeatable)"),
-    ("--admin-key", "admin_keys", "list", "secret admin key (repeatable)"),
-    ("--identity-secret", "identity_secret", "str", "HMAC secret for user tokens"),
-    ("--cors-origin", "cors_origins", "list", "browser origin allowed (repeatable; * for any)"),
-    ("--state-dir", "state_dir", "str", "journal and snapshot directory ('' for memory only)"),
-    ("--log-level", "log_level", "str", "debug, info, warning, error"),
-]
+#: (flag, field, kind, metavar, help, default as shown) for every command-line flag; the
+#: environment variable is PYFRICTION_SERVER_<FLAG in upper case with dashes as underscores>
+#: (lists comma-separated).
+FLAGS: list[tuple[str, str, str, str, str, str]] = [
+    ("--host", "host", "str", "ADDRESS", "address to listen on", "127.0.0.1"),
+    ("--port", "port", "int", "PORT", "port to listen on", "8700"),
+    ("--write-key", "write_keys", "list", "KEY", "publishable write key: ingest and guidance",
+     "none: ingest and guidance accept any caller"),
+    ("--admin-key", "admin_keys", "list", "KEY", "secret admin key: also the support endpoints",
+     "none: the support endpoints are closed"),
+    ("--identity-secret", "identity_secret", "str", "SECRET", "HMAC secret for the user tokens of the guidance "
+     "endpoints", "none: no user token needed"),
+    ("--cors-origin", "cors_origins", "list", "ORIGIN", "browser origin allowed (* for any)",
+     "none: no browser origin"),
+    ("--state-dir", "state_dir", "str", "DIR", "journal and snapshot directory ('' keeps everything in memory)",
+     "./pyfriction-state, in the working directory"),
+    ("--log-level", "log_level", "str", "LEVEL", "debug, info, warning, error or critical", "info"),
+]  # fmt: skip
 
 
 def env_name(flag: str) -> str:
@@ -188,21 +204,30 @@ def env_name(flag: str) -> str:
     return ENV_PREFIX + flag.lstrip("-").replace("-", "_").upper()
 
 
+def _help(text: str, flag: str, default: str) -> str:
+    # argparse formats help with %: a literal one must be doubled
+    return f"{text} [env {env_name(flag)}; default: {default}]".replace("%", "%%")
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Parse the command line (``--config FILE`` and the :data:`FLAGS`)."""
     parser = argparse.ArgumentParser(
         prog="pyfriction-server",
-        description="The pyfriction sidecar: Segment, RudderStack, PostHog and native ingest; "
-        "friction scoring; guidance for the browser.",
-        epilog="Every flag also reads an environment variable: --config is PYFRICTION_SERVER_CONFIG, "
-        "--write-key is PYFRICTION_SERVER_WRITE_KEY (comma-separated for several), and so on.",
+        description="The pyfriction sidecar: Segment, RudderStack and PostHog ingest, native events, friction "
+        "scoring, guidance for the browser.",
+        epilog="Precedence: defaults < --config file ([server] table) < environment < command line. Every other "
+        "setting (rate limits, timeouts, snapshots...) is a key of the [server] table; see docs/sidecar.md.",
     )
-    parser.add_argument("--config", metavar="FILE", help="TOML config file ([server] table + engine config)")
-    for flag, field, kind, help_text in FLAGS:
+    parser.add_argument("--config", metavar="FILE",
+                        help=_help("TOML config file: a [server] table and the engine's configuration", "--config",
+                                   "none: the embedded defaults"))  # fmt: skip
+    for flag, field, kind, metavar, help_text, default in FLAGS:
+        text = _help(help_text + (" (repeatable; comma-separated in the environment)" if kind == "list" else ""),
+                     flag, default)  # fmt: skip
         if kind == "list":
-            parser.add_argument(flag, dest=field, action="append", metavar="V", help=help_text)
+            parser.add_argument(flag, dest=field, action="append", metavar=metavar, help=text)
         else:
-            parser.add_argument(flag, dest=field, type=int if kind == "int" else str, metavar="V", help=help_text)
+            parser.add_argument(flag, dest=field, type=int if kind == "int" else str, metavar=metavar, help=text)
     return parser.parse_args(argv)
 
 
@@ -241,7 +266,7 @@ def load_settings(
     config_path = args.config or env.get(ENV_PREFIX + "CONFIG")
     if config_path:
         raw, engine = _read_file(config_path)
-    for flag, field, kind, _ in FLAGS:
+    for flag, field, kind, *_ in FLAGS:
         name = env_name(flag)
         if name in env:
             value = env[name]
@@ -254,7 +279,7 @@ def load_settings(
                     raise SettingsError(f"{name}: expected an integer, not {value!r}") from None
             else:
                 raw[field] = value
-    for _, field, _, _ in FLAGS:
+    for _, field, *_ in FLAGS:
         value = getattr(args, field)
         if value is not None:
             raw[field] = [v for item in value for v in _split(item)] if isinstance(value, list) else value

@@ -38,7 +38,7 @@ from pyfriction.directio import replace_atomically
 from pyfriction.recent import RecentIds
 
 from .errors import HTTPError
-from .journal import Journal, _fsync_dir, read_segment, segments
+from .journal import Damage, Journal, _fsync_dir, read_segment, segments
 from .metrics import Metrics
 from .settings import Settings
 
@@ -51,7 +51,7 @@ STATE_FILE = "state.msgpack"
 #: 1 (two lists of the ids themselves) is still read.
 STATE_VERSION = 2
 _READABLE_STATES = (1, 2)
-OUTCOMES = ("shown", "clicked", "dismissed", "completed")
+OUTCOMES = ("shown", "clicked", "dismissed", "completed", "anchor_missing")
 
 _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder().decode
@@ -81,6 +81,8 @@ class State:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._snapshot_file: str | None = None
         self._next_seq = 0
+        #: What replay skipped: damaged records (valid ones after them) and torn tails.
+        self.damage: list[Damage] = []
 
     # -- start -------------------------------------------------------------------------------
     @property
@@ -117,19 +119,84 @@ class State:
                     last = max(last, seq)
                     if seq < start_seq:
                         continue
-                    for payload in read_segment(path):
+                    found: list[Damage] = []
+                    for payload in read_segment(path, found):
                         try:
                             record = _decode(payload)
                         except msgspec.DecodeError:
-                            log.warning("journal: undecodable record in %s skipped", path)
+                            log.warning(
+                                "journal: undecodable record skipped", extra={"segment": os.path.basename(path)}
+                            )
                             continue
                         self.apply(record)
                         replayed += 1
+                    if found:
+                        self._damaged(directory, path, found)
             finally:
                 self.replaying = False
             log.info("state restored", extra={"snapshot": meta is not None, "replayed_records": replayed,
+                                              "damaged_records": sum(not d.torn for d in self.damage),
                                               "seconds": round(time.perf_counter() - started, 3)})  # fmt: skip
             self._next_seq = last + 1
+
+    def _damaged(self, directory: str, path: str, found: list[Damage]) -> None:
+        """Report what replay skipped in ``path``; keep a damaged segment (not a mere torn
+        tail) aside in ``damaged/``, since the next snapshot deletes the original."""
+        self.damage.extend(found)
+        m = self.metrics
+        for d in found:
+            (m.journal_torn if d.torn else m.journal_damaged).inc()
+            m.journal_skipped_bytes.inc((), d.length)
+        if all(d.torn for d in found):
+            return
+        keep = os.path.join(directory, "damaged")
+        try:
+            os.makedirs(keep, exist_ok=True)
+            target = os.path.join(keep, os.path.basename(path))
+            if not os.path.exists(target):
+                os.link(path, target)  # a second name: no copy, no space
+        except OSError as exc:
+            log.error("journal: cannot keep the damaged segment aside", extra={"error": str(exc)})
+        log.error("journal: damaged records skipped at replay; what they held is lost",
+                  extra={"segment": os.path.basename(path), "damaged_records": sum(not d.torn for d in found),
+                         "bytes": sum(d.length for d in found), "kept_in": keep})  # fmt: skip
+
+    def health(self) -> dict[str, Any]:
+        """What ``/readyz`` reports about the journal: write failures and replay damage."""
+        doc: dict[str, Any] = {}
+        journal = self.journal
+        if journal is not None and journal.failure is not None:
+            doc["journal_error"] = str(journal.failure)
+        damaged = [d for d in self.damage if not d.torn]
+        if damaged:
+            doc["journal_damage"] = {"damaged_records": len(damaged), "skipped_bytes": sum(d.length for d in damaged),
+                                     "segments": sorted({os.path.basename(d.path) for d in damaged}),
+                                     "kept_in": "damaged/"}  # fmt: skip
+        torn = [d for d in self.damage if d.torn]
+        if torn:
+            doc["journal_torn_tails"] = len(torn)
+        return doc
+
+    def free_bytes(self) -> int | None:
+        """Bytes the state directory's file system has left for the journal (None: unknown)."""
+        directory = self.directory
+        if directory is None:
+            return None
+        try:
+            st = os.statvfs(directory)
+        except OSError:
+            return None
+        return st.f_bavail * st.f_frsize
+
+    async def probe(self) -> bool:
+        """After a journal failure: can it take a record again? (A no-op record, synced.)"""
+        if self.journal is None:
+            return True
+        try:
+            await self.submit({"k": "p"})
+        except HTTPError:
+            return False
+        return self.journal.failure is None
 
     def open_journal(self) -> None:
         """Start the journal after :meth:`start` (on the event loop's thread); ready then."""
@@ -214,12 +281,17 @@ class State:
             return self.apply(record)
         if self.pending >= self.settings.max_pending:
             raise HTTPError(503, "overloaded", "the ingest queue is full; retry shortly", retry_after=1)
+        try:
+            payload = _encode(record)
+        except (UnicodeEncodeError, OverflowError, RecursionError):  # unreachable from JSON bodies: decoders refuse
+            raise HTTPError(400, "bad_request", "the payload holds text or numbers that cannot be stored") from None
         fut: asyncio.Future[Any] = self._loop.create_future()  # type: ignore[union-attr]
-        journal.submit(_encode(record), record, fut)
+        journal.submit(payload, record, fut)
         return await fut
 
     def _committed(self, done: list[tuple[Any, asyncio.Future[Any]]], error: BaseException | None) -> None:
         if error is not None:
+            self.metrics.journal_write_errors.inc()
             for _, fut in done:
                 if not fut.done():
                     fut.set_exception(
@@ -260,52 +332,94 @@ class State:
                 return False
         if kind == "t":
             return tracker.tick(float(record["now"]))
+        if kind == "p":  # a readiness probe: the journal takes records again
+            return None
         log.warning("journal: unknown record kind %r skipped", kind)
         return None
 
     def _apply_events(self, record: dict[str, Any]) -> dict[str, int]:
+        """Score a batch record. Every message of it ends up accepted (as an event, a screen,
+        an identify or another call) or rejected with a reason; the metrics count each."""
         tracker = self.tracker
         assert tracker is not None
-        m = self.metrics
         cols: dict[str, list[Any]] = record["cols"]
         ids: list[str | None] = record["ids"]
-        source: str = record["src"]
         n = len(ids)
+        rejected: dict[str, int] = dict(record.get("rej") or {})
+        if "bad" in record:  # a record of an older sidecar: one count for every reason
+            rejected["invalid"] = rejected.get("invalid", 0) + int(record["bad"])
         keep = self.dedupe.filter(ids)
-        duplicates = 0
+        kept = n if keep is None else len(keep)
         if keep is not None:
-            duplicates = n - len(keep)
             cols = {name: [col[i] for i in keep] for name, col in cols.items()}
-        invalid = int(record.get("bad", 0))
-        accepted = 0
-        if n - duplicates:
+        nan: np.ndarray | None = None
+        if kept:
             try:
                 # Numbers as arrays: the engine takes them without a Python call per value.
-                cols = dict(cols, ts=np.asarray(cols["ts"], dtype=np.float64),
-                            status=np.asarray(cols["status"], dtype=np.int64),
-                            results=np.asarray(cols["results"], dtype=np.int64))  # fmt: skip
-                scores = tracker.observe_many(cols)
-                bad = int(np.count_nonzero(np.isnan(scores)))
+                columns: dict[str, Any] = dict(cols, ts=np.asarray(cols["ts"], dtype=np.float64),
+                                               status=np.asarray(cols["status"], dtype=np.int64),
+                                               results=np.asarray(cols["results"], dtype=np.int64))  # fmt: skip
+                nan = np.isnan(tracker.observe_many(columns))
             except (pyfriction.InvalidEvent, TypeError, ValueError, OverflowError) as exc:
-                log.warning("a batch was refused by the engine: %s", exc)
-                bad = n - duplicates
-            invalid += bad
-            accepted = n - duplicates - bad
+                log.warning("a batch was refused by the engine", extra={"error": type(exc).__name__,
+                                                                        "events": kept})  # fmt: skip
+                nan = np.ones(kept, dtype=bool)
+        kinds: dict[str, int] = {}
+        extras, screens = record.get("ext"), record.get("scr")
+        if not extras and not screens:  # one message per row, all of them events
+            bad = 0 if nan is None else int(np.count_nonzero(nan))
+            duplicates, invalid, events = n - kept, bad, kept - bad
+        else:
+            weight = np.ones(n, dtype=np.int64)  # 0: a row added for a message that has one already
+            weight[extras or []] = 0
+            screen = np.zeros(n, dtype=bool)
+            screen[screens or []] = True
+            taken = np.zeros(n, dtype=bool)
+            taken[slice(None) if keep is None else keep] = True
+            ok = taken.copy()
+            if nan is not None:
+                ok[taken] = ~nan
+            duplicates = int(weight[~taken].sum())
+            invalid = int(weight[taken & ~ok].sum())
+            events = int(weight[ok & ~screen].sum())
+            kinds["screen"] = int(weight[ok & screen].sum())
+        kinds["event"] = events
         identify = getattr(tracker, "identify", None)
+        identified = refused = 0
+        reason = ""
         for user_id, traits in record.get("idn", ()):
-            if identify is not None:
-                try:
-                    identify(user_id, traits)
-                except (TypeError, ValueError) as exc:
-                    log.warning("identify refused by the engine: %s", exc)
+            try:
+                if identify is None:
+                    raise TypeError("this engine has no identify")
+                identify(user_id, traits)
+                identified += 1
+            except (TypeError, ValueError) as exc:
+                refused += 1
+                reason = type(exc).__name__
+        if refused:
+            # One line per batch, not per message (and the log limiter caps repeats): the
+            # message could carry the user id, so only its type is logged.
+            log.warning("identify calls refused by the engine", extra={"refused": refused, "error": reason})
         if not self.replaying:
+            m = self.metrics
+            source: str = record["src"]
+            kinds["identify"] = identified
+            for call, count in (record.get("calls") or {}).items():
+                kinds[call] = kinds.get(call, 0) + int(count)
+            for reason_name, count in (("duplicate", duplicates), ("invalid", invalid), ("invalid_traits", refused)):
+                if count:
+                    rejected[reason_name] = rejected.get(reason_name, 0) + count
             m.events_received.inc((source,), record.get("n", n))
-            m.events_accepted.inc((source,), accepted)
-            if invalid:
-                m.events_rejected.inc(("invalid",), invalid)
-            if duplicates:
-                m.events_rejected.inc(("duplicate",), duplicates)
-        return {"accepted": accepted, "duplicates": duplicates, "invalid": invalid}
+            m.events_accepted.inc((source,), sum(kinds.values()))
+            for kind, count in kinds.items():
+                if count:
+                    m.events_accepted_kinds.inc((kind,), count)
+            for reason_name, count in rejected.items():
+                if count:
+                    m.events_rejected.inc((reason_name,), count)
+        decode_rejects = sum(v for k, v in rejected.items() if k not in ("duplicate", "invalid", "invalid_traits"))
+        return {"accepted": events + kinds.get("screen", 0), "duplicates": duplicates,
+                "invalid": invalid + decode_rejects}  # fmt: skip
 
     # -- snapshots ---------------------------------------------------------------------------
     def _journal_bytes(self, nbytes: int, syncs: int) -> None:

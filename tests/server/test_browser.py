@@ -1,5 +1,6 @@
 """Acceptance 3: headless Chromium loads a page with pyfriction.js, rage-clicks a dead
-button, and the guidance tooltip appears next to it (screenshot in ``.artifacts/``).
+button, and the guidance tooltip appears next to it (screenshot in ``.artifacts/``). The
+guidance UI itself is tested in detail by ``test_browser_guidance.py``.
 
 Debian's ``/usr/bin/chromium`` driven by Playwright (``executable_path``; Playwright's own
 browser download is not used). Without Chromium or Playwright the tests skip, and FAIL when
@@ -116,19 +117,22 @@ def test_rage_click_on_dead_button_shows_tooltip_next_to_it(site: tuple[str, Thr
 
             box, pay = tooltip.bounding_box(), page.query_selector("#pay").bounding_box()  # type: ignore[union-attr]
             assert box is not None and pay is not None
-            assert 0 <= box["y"] - (pay["y"] + pay["height"]) <= 20, (box, pay)  # just below the button
-            assert abs(box["x"] - pay["x"]) <= 10, (box, pay)
+            # next to the button (the free side: right of it), never over it
+            assert 0 <= box["x"] - (pay["x"] + pay["width"]) <= 20, (box, pay)
+            assert box["y"] <= pay["y"] + pay["height"] and box["y"] + box["height"] >= pay["y"], (box, pay)
             assert tooltip.get_attribute("role") == "dialog"
             title_id = tooltip.get_attribute("aria-labelledby")
             assert title_id and page.text_content(f"#{title_id}") == "Payment is on its way"
             assert "Pay" in (tooltip.inner_html()) and "<strong>" in tooltip.inner_html()  # safe Markdown
-            assert page.get_attribute("#pay", "aria-describedby") == title_id
-            assert tooltip.get_attribute("tabindex") == "0"
+            assert title_id in (page.get_attribute("#pay", "aria-describedby") or "").split()
             assert page.query_selector('[data-pyfriction-ui] button[aria-label="Dismiss"]') is not None
 
-            # Escape closes it and reports "dismissed" (after "shown").
+            # Escape with focus in it closes it and reports "dismissed" (after "shown").
+            page.focus('[data-pyfriction-ui] button[aria-label="Dismiss"]')
             page.keyboard.press("Escape")
             page.wait_for_selector('[data-pyfriction-ui="tooltip"]', state="detached", timeout=5_000)
+            assert page.evaluate("document.activeElement.id") == "pay"  # focus back on the anchor
+            assert page.get_attribute("#pay", "aria-describedby") is None  # restored exactly
 
             def feedback() -> bool:
                 text = httpx.get(sidecar.url + "/metrics").text

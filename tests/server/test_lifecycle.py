@@ -152,7 +152,8 @@ def test_graceful_shutdown_drains_snapshots_and_restores(tmp_path: Any, fork: st
     files = sorted(os.listdir(state))
     assert "state.msgpack" in files and any(f.startswith("snapshot-") for f in files)
     segments = [f for f in files if f.startswith("journal-")]
-    assert len(segments) == 1 and os.path.getsize(state / segments[0]) == 0  # everything is in the snapshot
+    # everything is in the snapshot: the segment holds its preamble only (magic + salt, twice)
+    assert len(segments) == 1 and os.path.getsize(state / segments[0]) == 12
     meta = msgspec.msgpack.decode((state / "state.msgpack").read_bytes())
     assert meta["version"] == 2
     remembered = np.frombuffer(meta["dedupe"], dtype="<u8")  # fingerprints, oldest first
@@ -249,3 +250,53 @@ def test_journal_survives_its_syncer_dying(tmp_path: Any) -> None:
     with ThreadServer(write_keys=[WRITE_KEY], admin_keys=[ADMIN_KEY], state_dir=str(tmp_path / "state")) as s:
         state = httpx.get(s.url + "/v1/users/u-syncer", headers={"Authorization": f"Bearer {ADMIN_KEY}"}).json()
         assert state["events"] == 5
+
+
+def test_help_shows_every_option_with_its_variable_and_default() -> None:
+    from pyfriction_server.settings import FLAGS, env_name
+
+    env = {**os.environ, "PYTHONPATH": ROOT, "COLUMNS": "200"}
+    out = subprocess.run([sys.executable, "-m", "pyfriction_server", "--help"], capture_output=True, text=True,
+                         env=env, cwd=ROOT, timeout=60)  # fmt: skip
+    assert out.returncode == 0
+    entries = {}  # flag -> its help entry (the line of the flag and its continuation lines)
+    for line in out.stdout.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("--"):
+            current = stripped.split()[0]
+            entries[current] = stripped
+        elif line.startswith("    ") and entries and stripped:
+            entries[current] += " " + stripped
+    for flag in ["--config", *(f[0] for f in FLAGS)]:
+        assert flag in entries, flag
+        assert f"[env {env_name(flag)}; default: " in entries[flag], entries[flag]
+    assert "./pyfriction-state" in entries["--state-dir"]
+    assert " V " not in out.stdout and not out.stdout.rstrip().endswith(" V")
+
+
+def test_a_port_in_use_is_one_clear_line(tmp_path: Any) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {**os.environ, "PYTHONPATH": ROOT}
+        out = subprocess.run([sys.executable, "-m", "pyfriction_server", "--port", str(port), "--state-dir",
+                              str(tmp_path / "state")], capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)  # fmt: skip
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        f"pyfriction-server: cannot listen on 127.0.0.1:{port}: Address already in use"
+    ]
+    assert not (tmp_path / "state").exists()  # nothing was started
+
+
+def test_the_journal_syncer_never_prints_a_traceback() -> None:
+    """The syncer may be told to open a segment a snapshot has already deleted (it starts
+    slowly; the snapshot is quick), and its sidecar may die under it: neither is an error."""
+    from pyfriction_server.journal import SYNCER
+
+    out = subprocess.run([sys.executable, "-I", "-c", SYNCER, "0.001"], input=b"O /nonexistent/journal.log\nS 1\n",
+                         capture_output=True, timeout=60)  # fmt: skip
+    assert out.returncode == 0 and out.stderr == b""
+    assert out.stdout == b"D 1\n"

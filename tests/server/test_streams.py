@@ -83,7 +83,10 @@ async def _hold_and_ingest(server: ProcessServer) -> dict[str, Any]:
 def test_ten_thousand_idle_streams_while_ingest_continues(tmp_path: Any) -> None:
     _raise_fd_limit(STREAMS + 2_000)
     config = tmp_path / "c.toml"
-    config.write_text(json_to_toml(GUIDANCE_CONFIG))
+    # 10,000 streams from one address: past the default per-client rate (a tenth of the key's)
+    config.write_text(
+        "[server]\nclient_rate_limit = 1e6\nclient_rate_burst = 1000000\n" + json_to_toml(GUIDANCE_CONFIG)
+    )
     with ProcessServer(str(tmp_path / "state"), config=str(config)) as server:
         result = asyncio.run(_hold_and_ingest(server))
         assert result["held"] == STREAMS

@@ -9,22 +9,29 @@ the offending path), maps every message onto a canonical event with :class:`Mapp
 corrects its time for client clock skew the way Segment does:
 ``ts = receivedAt - (sentAt - timestamp)``. A message that still cannot be an event (no user)
 is dropped and counted; the rest of the batch goes through.
+
+Every message received is accounted for, so that ``received = accepted + rejected`` in the
+metrics: an event the engine scores, an identify call (traits), or a call accepted without
+scoring (``group``, ``alias``, PostHog's other ``$`` events) is *accepted*; a message without a
+user or a name, or whose type neither the engine nor its ``event_map`` knows
+(``unknown_type``), is *rejected* with that reason.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime, timezone
-from typing import Any, Optional, Union
+from datetime import UTC, datetime
+from typing import Any
 
 import msgspec
 
 from pyfriction.config import SegmentMapping
+from pyfriction.events import CANONICAL_TYPES
 
 from ..errors import HTTPError
 from ..settings import EventRule
 
-__all__ = ["Batch", "Identity", "Mapper", "View", "decode_error", "epoch", "text"]
+__all__ = ["REJECT_REASONS", "Batch", "Identity", "Mapper", "View", "decode_error", "epoch", "text"]
 
 UTC = UTC
 Identity = tuple[str, dict[str, Any]]
@@ -56,6 +63,11 @@ def decode_error(exc: Exception) -> HTTPError:
 
 
 COLUMNS = ("user_id", "type", "ts", "step", "target", "account_id", "status", "results")
+#: Why a message is rejected: no user, no event name, a type the engine does not know, a call
+#: type the protocol does not have; then, once applied: refused by the engine (``invalid``),
+#: a retried delivery (``duplicate``), identify traits the engine refused (``invalid_traits``).
+REJECT_REASONS = ("missing_user", "missing_event", "unknown_type", "unknown_call", "invalid", "duplicate",
+                  "invalid_traits")  # fmt: skip
 
 
 def _column(index: int) -> Any:
@@ -64,28 +76,54 @@ def _column(index: int) -> Any:
 
 class Batch:
     """Canonical events, one row tuple each, turned into the columns ``Tracker.observe_many``
-    takes by :meth:`record`; plus delivery ids, identify calls and the count of dropped ones.
+    takes by :meth:`record`; plus delivery ids, identify calls and what was not scored.
 
     A row is ``(user_id, type, ts, step, target, account_id, status, results, id)`` with
     ``status``/``results`` already integers (-1: none) and ``id`` the delivery id (None: never
-    deduplicated). ``identities`` holds the ``(user_id, traits)`` of identify calls.
+    deduplicated). ``identities`` holds the ``(user_id, traits)`` of identify calls. ``known``
+    is the set of event types the engine scores (others are rejected as ``unknown_type``).
     """
 
-    __slots__ = ("source", "rows", "identities", "invalid", "received")
+    __slots__ = ("source", "rows", "identities", "rejected", "calls", "received", "known", "screens", "extras")
 
-    def __init__(self, source: str) -> None:
+    def __init__(self, source: str, known: frozenset[str] | None = None) -> None:
         self.source = source
         self.rows: list[tuple[Any, ...]] = []
         self.identities: list[Identity] = []
-        #: Messages dropped while mapping (no user, no event name, unknown call type).
-        self.invalid = 0
+        #: Messages rejected while mapping, by reason (see :data:`REJECT_REASONS`).
+        self.rejected: dict[str, int] = {}
+        #: Messages accepted without an event to score, by call (``group``, ``alias``, ``other``).
+        self.calls: dict[str, int] = {}
         #: Messages in the request (events, identifies and ignored calls alike).
         self.received = 0
+        self.known = CANONICAL_TYPES if known is None else known
+        #: Rows that came from a ``screen`` call (counted under their own label).
+        self.screens: list[int] = []
+        #: Rows added for a message that already has one (a PostHog ``$rageclick``'s clicks):
+        #: they are scored but not counted as messages.
+        self.extras: list[int] = []
+
+    @property
+    def invalid(self) -> int:
+        """Messages rejected while mapping, whatever the reason."""
+        return sum(self.rejected.values())
+
+    def reject(self, reason: str) -> None:
+        """Count one message rejected for ``reason``."""
+        self.rejected[reason] = self.rejected.get(reason, 0) + 1
+
+    def call(self, kind: str) -> None:
+        """Count one message accepted without an event (``group``, ``alias``, ``other``)."""
+        self.calls[kind] = self.calls.get(kind, 0) + 1
 
     def add(self, user_id: str, kind: str, ts: float, step: str | None, target: str | None,
-            account_id: str | None, status: Any, results: Any, msg_id: str | None) -> None:  # fmt: skip
-        """Append one canonical event."""
+            account_id: str | None, status: Any, results: Any, msg_id: str | None) -> bool:  # fmt: skip
+        """Append one canonical event (False: its type is unknown, it is rejected instead)."""
+        if kind not in self.known:
+            self.reject("unknown_type")
+            return False
         self.rows.append((user_id, kind, ts, step, target, account_id, as_int(status), as_int(results), msg_id))
+        return True
 
     user_id = _column(0)
     type = _column(1)
@@ -106,15 +144,21 @@ class Batch:
             cols = list(zip(*self.rows))
         else:
             cols = [()] * (len(COLUMNS) + 1)
-        return {
+        record = {
             "k": "e",
             "src": self.source,
             "cols": dict(zip(COLUMNS, cols)),
             "ids": cols[-1],
             "idn": self.identities,
             "n": self.received,
-            "bad": self.invalid,
+            "rej": self.rejected,
+            "calls": self.calls,
         }
+        if self.screens:
+            record["scr"] = self.screens
+        if self.extras:
+            record["ext"] = self.extras
+        return record
 
 
 def as_int(value: Any) -> int:
@@ -203,8 +247,10 @@ class Mapper:
     the type, and sets fixed values or paths for the fields.
     """
 
-    def __init__(self, rules: dict[str, EventRule], segment: Any = None) -> None:
+    def __init__(self, rules: dict[str, EventRule], segment: Any = None, event_map: Any = ()) -> None:
         self.rules = {name: _Compiled(rule) for name, rule in rules.items()}
+        #: The event types the engine scores: its canonical ones and the config's ``event_map`` names.
+        self.known: frozenset[str] = CANONICAL_TYPES | frozenset(event_map)
         seg = segment if segment is not None else SegmentMapping()
         #: No rules and the default [segment] paths: decoders may take their fast path, which
         #: implements exactly these paths with typed structs instead of dicts.

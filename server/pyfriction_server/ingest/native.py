@@ -11,12 +11,13 @@ it) or MessagePack (``application/msgpack``, ``application/x-msgpack``,
 An event is a :class:`pyfriction.Event` plus an optional delivery ``id`` that deduplicates
 retried deliveries. ``sent_at`` (seconds) enables skew correction of ``ts``; an event
 without ``ts`` gets the receive time. Events without ``user_id`` or ``type`` are dropped and
-counted; the rest go through.
+counted; the rest go through. A ``click`` with a truthy ``properties.selection`` (pyfriction.js:
+the click selected text or ended a scroll) is accepted but not scored.
 """
 
 from __future__ import annotations
 
-from typing import Any, Union
+from typing import Any
 
 import msgspec
 
@@ -26,7 +27,7 @@ from . import Batch, Mapper, View, decode_error, text
 __all__ = ["MSGPACK_TYPES", "Envelope", "NativeEvent", "decode"]
 
 MSGPACK_TYPES = frozenset({"application/msgpack", "application/x-msgpack", "application/vnd.msgpack"})
-Id = Union[str, int, None]
+Id = str | int | None
 
 
 class NativeEvent(msgspec.Struct, gc=False):
@@ -51,7 +52,7 @@ class Envelope(msgspec.Struct, gc=False):
     lib: str | None = None
 
 
-Body = Union[Envelope, list[NativeEvent]]
+Body = Envelope | list[NativeEvent]
 _json = msgspec.json.Decoder(Body)
 _msgpack = msgspec.msgpack.Decoder(Body)
 
@@ -75,14 +76,14 @@ def decode(body: bytes, content_type: str, received: float, mapper: Mapper, *, s
         for i, e in enumerate(events):
             if len(enc(e)) > max_event:
                 raise HTTPError(413, "payload_too_large", f"event {i} exceeds {max_event} bytes")
-    out = Batch("browser" if lib == "pyfriction.js" else "native")
+    out = Batch("browser" if lib == "pyfriction.js" else "native", mapper.known)
     out.received = len(events)
     rules = mapper.rules
     for e in events:
         uid = e.user_id if type(e.user_id) is str else text(e.user_id)
         kind = e.type
         if not uid or not kind:
-            out.invalid += 1
+            out.reject("missing_user" if not uid else "missing_event")
             continue
         ts = e.ts
         if ts is None:
@@ -95,6 +96,11 @@ def decode(body: bytes, content_type: str, received: float, mapper: Mapper, *, s
             etype, step, target, account, status, results = mapper.track(kind, View(e, props))
             out.add(uid, etype, ts, e.step or step, e.target or target, e.account_id or account, status, results, mid)
         elif props:
+            if kind == "click" and props.get("selection"):
+                # pyfriction.js: a click that selected text or ended a scroll. Accepted, not scored:
+                # reading and scrolling must not look like rage clicks.
+                out.call("other")
+                continue
             out.add(uid, kind, ts, e.step, e.target, e.account_id, props.get("status"), props.get("results"), mid)
         else:
             out.add(uid, kind, ts, e.step, e.target, e.account_id, -1, -1, mid)

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Any, Union
+from typing import Any
 from urllib.parse import urlsplit
 
 import msgspec
@@ -37,7 +37,7 @@ from . import Batch, Mapper, View, decode_error, epoch, text
 
 __all__ = ["Envelope", "Event", "V1Envelope", "decode_v0", "decode_v1"]
 
-Id = Union[str, int, None]
+Id = str | int | None
 
 
 class Event(msgspec.Struct, gc=False):
@@ -74,7 +74,7 @@ class V1Envelope(msgspec.Struct, gc=False):
     created_at: datetime | None = None
 
 
-_v0 = msgspec.json.Decoder(Union[Envelope, list[Event]])
+_v0 = msgspec.json.Decoder(Envelope | list[Event])
 _v1 = msgspec.json.Decoder(V1Envelope)
 
 _CHAIN_ID = re.compile(r'attr_id="([^"]*)"')
@@ -104,13 +104,13 @@ def element_target(props: dict[str, Any]) -> str | None:
         found = _CHAIN_ID.search(first)
         if found and found.group(1):
             return "#" + found.group(1)
-        tag = _CHAIN_TAG.match(first)
-        if tag:
-            name, classes = tag.group(1), tag.group(2)
+        tag_match = _CHAIN_TAG.match(first)
+        if tag_match:
+            name, classes = tag_match.group(1), tag_match.group(2)
             if classes:
                 return name + "." + classes[1:].split(".", 1)[0]
-            label = _CHAIN_TEXT.search(first)
-            return f'{name} "{label.group(1)[:40]}"' if label and label.group(1) else name
+            text_match = _CHAIN_TEXT.search(first)
+            return f'{name} "{text_match.group(1)[:40]}"' if text_match and text_match.group(1) else name
     return None
 
 
@@ -134,7 +134,7 @@ def _add(out: Batch, e: Event, uid: str, ts: float, mapper: Mapper, rage_clicks:
     props = e.properties or {}
     mid = e.uuid
     if not name:
-        out.invalid += 1
+        out.reject("missing_event")
         return
     if name[0] != "$":
         etype, step, target, account, status, results = mapper.track(name, View(e, props))
@@ -145,6 +145,7 @@ def _add(out: Batch, e: Event, uid: str, ts: float, mapper: Mapper, rage_clicks:
         out.add(uid, "page", ts, page_step(props), None, account, -1, -1, mid)
     elif name == "$rageclick":
         target, step = element_target(props), page_step(props)
+        out.extras.extend(range(len(out.rows) + 1, len(out.rows) + rage_clicks))
         for i in range(rage_clicks):
             out.add(uid, "click", ts + i * 0.001, step, target, account, -1, -1,
                     None if mid is None else (mid if i == 0 else f"{mid}#{i}"))  # fmt: skip
@@ -160,13 +161,16 @@ def _add(out: Batch, e: Event, uid: str, ts: float, mapper: Mapper, rage_clicks:
     elif name == "$autocapture":
         if props.get("$event_type") == "click":
             out.add(uid, "click", ts, page_step(props), element_target(props), account, -1, -1, mid)
+        else:
+            out.call("other")
     elif name in ("$identify", "$set"):
         traits = props.get("$set")
         out.identities.append((uid, traits if isinstance(traits, dict) else {}))
     elif name in mapper.rules:
         etype, step, target, account, status, results = mapper.track(name, View(e, props))
         out.add(uid, etype, ts, step or page_step(props), target, account, status, results, mid)
-    # other $ events ($pageleave, $groupidentify, feature flag calls...): nothing to score
+    else:  # other $ events ($pageleave, $groupidentify, feature flag calls...): nothing to score
+        out.call("other")
 
 
 def _uid(e: Event) -> str | None:
@@ -234,12 +238,12 @@ def _decode(events: list[Any], body: bytes, received: float, sent: float | None,
         for i, e in enumerate(events):  # only large bodies pay for the per-event check
             if len(msgspec.json.encode(e)) > max_event:
                 raise HTTPError(413, "payload_too_large", f"event {i} exceeds {max_event} bytes")
-    out = Batch("posthog")
+    out = Batch("posthog", mapper.known)
     out.received = len(events)
     for e in events:
         uid = _uid(e)
         if not uid:
-            out.invalid += 1
+            out.reject("missing_user")
             continue
         opts = getattr(e, "options", None)
         event_skew = skew and not (opts is not None and opts.disable_skew_correction)

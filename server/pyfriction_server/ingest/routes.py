@@ -21,8 +21,8 @@ from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
 from ..errors import HTTPError, error_response
-from ..keys import header_key
-from ..limits import inflate, read_body
+from ..keys import client_address, header_key
+from ..limits import check_depth, inflate, read_body
 from . import Batch, native, posthog, segment
 
 __all__ = ["Endpoint", "native_events", "posthog_v0", "posthog_v1", "segment_batch", "segment_single"]
@@ -32,20 +32,27 @@ POSTHOG_OK = b'{"status":1}'
 POSTHOG_V1_OK = b'{"results":{}}'
 
 
-async def _body(request: Request) -> tuple[Any, str | None, bytes, float]:
-    """The sidecar, the header key (checked at once when present), the body and its arrival time."""
+async def _body(request: Request, json: bool = True) -> tuple[Any, str | None, bytes, float]:
+    """The sidecar, the header key, the body and its arrival time.
+
+    Everything that can be checked before the body is read is: the client's rate, then the
+    header key and its rate (a key in the body can only be checked once it is decoded). A
+    JSON body (``json``) nested deeper than ``max_json_depth`` is refused before decoding."""
     sc = request.app.state.sidecar
+    sc.keys.check_client(client_address(request))
     key = header_key(request.headers)
     if key is not None:
         sc.keys.check_write(key)
     s = sc.settings
     body = await read_body(request, s.max_body_bytes, s.max_batch_bytes, s.body_timeout)
+    if json:
+        check_depth(body, s.max_json_depth)
     return sc, key, body, time.time()
 
 
 async def _accept(sc: Any, batch: Batch, header: str | None, body_key: str | None) -> dict[str, int]:
     if header is None:
-        sc.keys.check_write(body_key)
+        sc.keys.check_write(body_key)  # the client's rate was checked before the body was read
     return await sc.state.submit(batch.record())  # type: ignore[no-any-return]
 
 
@@ -65,7 +72,10 @@ class Endpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive)
         try:
-            body = await self.handler(request)
+            try:
+                body = await self.handler(request)
+            except RecursionError:  # a decoder's last line of defence (check_depth comes first)
+                raise HTTPError(400, "too_deep", "payload nested too deeply") from None
         except HTTPError as exc:
             scope["app"].state.sidecar.rejected(request, exc)
             await error_response(exc)(scope, receive, send)
@@ -101,10 +111,13 @@ async def segment_single(request: Request) -> bytes:
 @Endpoint
 async def posthog_v0(request: Request) -> bytes:
     """``POST /batch/``, ``/capture/``, ``/e/`` (PostHog's legacy capture)."""
-    sc, key, body, received = await _body(request)
+    gzip_js = request.query_params.get("compression") == "gzip-js"
+    sc, key, body, received = await _body(request, json=not gzip_js)
     s = sc.settings
-    if request.query_params.get("compression") == "gzip-js" and body[:2] == b"\x1f\x8b":
+    if gzip_js and body[:2] == b"\x1f\x8b":
         body = inflate(body, "gzip", s.max_batch_bytes)  # posthog-js gzips without the header
+    if gzip_js:
+        check_depth(body, s.max_json_depth)
     batch, body_key = posthog.decode_v0(body, received, sc.mapper, skew=s.skew_correction,
                                         max_event=s.max_event_bytes, max_events=s.max_batch_events,
                                         rage_clicks=sc.rage_clicks)  # fmt: skip
@@ -127,7 +140,8 @@ async def posthog_v1(request: Request) -> bytes:
 @Endpoint
 async def native_events(request: Request) -> bytes:
     """``POST /v1/events``: canonical events, JSON or MessagePack; answers the counts."""
-    sc, key, body, received = await _body(request)
+    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    sc, key, body, received = await _body(request, json=media not in native.MSGPACK_TYPES)
     s = sc.settings
     batch, body_key = native.decode(body, request.headers.get("content-type", ""), received, sc.mapper,
                                     skew=s.skew_correction, max_event=s.max_event_bytes,

@@ -11,9 +11,12 @@ canonical events:
 ``screen``
 ``identify``   ``Tracker.identify(user, traits)`` (guidance rules match traits), as
                :func:`pyfriction.segment.to_identify` maps it.
-``group``      accepted, not scored.
+``group``      accepted, not scored (counted under their own labels).
 ``alias``
 =============  ================================================================================
+
+A message of another ``type`` is rejected as ``unknown_call``; a ``track`` whose name the engine
+does not know (not canonical, not in its ``event_map``, no rule) as ``unknown_type``.
 
 This is the mapping of :mod:`pyfriction.segment`, with the same ``[segment]`` paths of the
 engine config for step, target and account (by default ``properties.step`` / ``name`` /
@@ -26,8 +29,8 @@ time is ``timestamp`` (else ``originalTimestamp``) corrected by the batch's (or 
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any, Union
+from datetime import UTC, datetime
+from typing import Any
 
 import msgspec
 
@@ -40,7 +43,7 @@ __all__ = ["MESSAGE_TYPES", "Envelope", "Message", "decode"]
 
 MESSAGE_TYPES = ("track", "identify", "page", "screen", "group", "alias")
 
-Id = Union[str, int, None]
+Id = str | int | None
 
 
 class Message(msgspec.Struct, gc=False):
@@ -126,6 +129,7 @@ _context = raw_decoder(dict[str, Any])
 def _messages(
     body: bytes, max_event: int, max_events: int, fast: bool
 ) -> tuple[list[Any], datetime | None, str | None]:
+    messages: list[Any]
     try:
         if len(body) <= max_event:  # no single event can be over the limit: one pass
             env = (_fast_envelope if fast else _envelope).decode(body)
@@ -167,8 +171,8 @@ def decode(body: bytes, single: str | None, received: float, mapper: Mapper, *, 
         msg.type = single
         messages, batch_sent, key = [msg], None, msg.writeKey
     if fast:
-        return _fast(messages, batch_sent, received, skew, source), key
-    out = Batch(source)
+        return _fast(messages, batch_sent, received, skew, source, mapper.known), key
+    out = Batch(source, mapper.known)
     out.received = len(messages)
     b_sent = epoch(batch_sent)
     track = mapper.track
@@ -178,7 +182,7 @@ def decode(body: bytes, single: str | None, received: float, mapper: Mapper, *, 
         if not uid:
             uid = text(m.anonymousId)
             if not uid:
-                out.invalid += 1
+                out.reject("missing_user")
                 continue
         kind = m.type
         ts = epoch(m.timestamp if m.timestamp is not None else m.originalTimestamp)
@@ -192,12 +196,14 @@ def decode(body: bytes, single: str | None, received: float, mapper: Mapper, *, 
         if kind == "track":
             name = m.event
             if not name:
-                out.invalid += 1
+                out.reject("missing_event")
                 continue
             etype, step, target, account, status, results = track(name, View(m, m.properties, m.context))
             out.add(uid, etype, ts, step, target, account, status, results, mid)
         elif kind == "page" or kind == "screen":
             step, target, account = fields(View(m, m.properties, m.context))
+            if kind == "screen":
+                out.screens.append(len(out.rows))
             out.add(uid, "page", ts, step, target, account, -1, -1, mid)
         elif kind == "identify":
             payload = {"type": "identify", "userId": uid, "traits": m.traits or {}}
@@ -206,19 +212,19 @@ def decode(body: bytes, single: str | None, received: float, mapper: Mapper, *, 
             identity = to_identify(payload)
             if identity is not None:
                 out.identities.append(identity)
-        elif kind in ("group", "alias"):
-            pass  # understood, nothing to score
+        elif kind == "group" or kind == "alias":
+            out.call(kind)  # understood, nothing to score
         else:
-            out.invalid += 1
+            out.reject("unknown_call")
     return out, key
 
 
 def _fast(messages: list[_FastMessage], batch_sent: datetime | None, received: float, skew: bool,
-          source: str) -> Batch:  # fmt: skip
+          source: str, known: frozenset[str]) -> Batch:  # fmt: skip
     """The default mapping (see the module docstring), inlined for the ingest hot path: the
     same result as the general loop with the default ``[segment]`` paths, at a fraction of
     the cost per event."""
-    out = Batch(source)
+    out = Batch(source, known)
     out.received = len(messages)
     rows = out.rows
     b_sent = epoch(batch_sent)
@@ -227,28 +233,33 @@ def _fast(messages: list[_FastMessage], batch_sent: datetime | None, received: f
         if type(uid) is not str or not uid:
             uid = text(uid) or text(m.anonymousId)
             if not uid:
-                out.invalid += 1
+                out.reject("missing_user")
                 continue
         kind = m.type
         t = m.timestamp if m.timestamp is not None else m.originalTimestamp
         if t is None:
             ts = received
         else:
-            ts = t.timestamp() if t.tzinfo is not None else epoch(t)
+            ts = t.timestamp() if t.tzinfo is not None else t.replace(tzinfo=UTC).timestamp()  # naive: UTC
             if skew:
                 sent = b_sent if m.sentAt is None else epoch(m.sentAt)
                 if sent is not None:
-                    ts = received - (sent - ts)  # type: ignore[operator]
+                    ts = received - (sent - ts)
         mid = m.messageId
         if type(mid) is not str:
             mid = text(mid)
         if kind == "track":
             etype = m.event
             if not etype:
-                out.invalid += 1
+                out.reject("missing_event")
+                continue
+            if etype not in known:
+                out.reject("unknown_type")
                 continue
         elif kind == "page" or kind == "screen":
             etype = "page"
+            if kind == "screen":
+                out.screens.append(len(rows))
         elif kind == "identify":
             payload: dict[str, Any] = {"type": "identify", "userId": uid, "traits": m.traits or {}}
             if type(m.context) is _FastContext:
@@ -258,9 +269,10 @@ def _fast(messages: list[_FastMessage], batch_sent: datetime | None, received: f
                 out.identities.append(identity)
             continue
         elif kind == "group" or kind == "alias":
+            out.call(kind)
             continue
         else:
-            out.invalid += 1
+            out.reject("unknown_call")
             continue
         p = m.properties
         if p is not None:

@@ -1,304 +1,43 @@
-/*! pyfriction.js: friction signals from the browser, guidance back into the page.
+(()=>{var be={en:{dismiss:"Dismiss",more:"Learn more",help:"Help"},de:{dismiss:"Schließen",more:"Mehr erfahren",help:"Hilfe"},fr:{dismiss:"Fermer",more:"En savoir plus",help:"Aide"},es:{dismiss:"Cerrar",more:"Más información",help:"Ayuda"},it:{dismiss:"Chiudi",more:"Scopri di più",help:"Aiuto"},nl:{dismiss:"Sluiten",more:"Meer informatie",help:"Hulp"},pt:{dismiss:"Fechar",more:"Saiba mais",help:"Ajuda"},ar:{dismiss:"إغلاق",more:"اعرف المزيد",help:"مساعدة"},he:{dismiss:"סגירה",more:"מידע נוסף",help:"עזרה"}},sn=["ar","he","fa","ur"];function xe(t){let e=String(t||"en").toLowerCase().split(/[-_]/)[0];return be[e]||be.en}function we(t){return sn.indexOf(String(t||"").toLowerCase().split(/[-_]/)[0])>=0}var tt=Math.min,G=Math.max,xt=Math.round,wt=Math.floor,K=t=>({x:t,y:t}),cn={left:"right",right:"left",bottom:"top",top:"bottom"};function Ut(t,e,o){return G(t,tt(e,o))}function ft(t,e){return typeof t=="function"?t(e):t}function ot(t){return t.split("-")[0]}function ut(t){return t.split("-")[1]}function Xt(t){return t==="x"?"y":"x"}function Tt(t){return t==="y"?"height":"width"}function Q(t){let e=t[0];return e==="t"||e==="b"?"y":"x"}function Pt(t){return Xt(Q(t))}function Ae(t,e,o){o===void 0&&(o=!1);let n=ut(t),i=Pt(t),r=Tt(i),c=i==="x"?n===(o?"end":"start")?"right":"left":n==="start"?"bottom":"top";return e.reference[r]>e.floating[r]&&(c=bt(c)),[c,bt(c)]}function Se(t){let e=bt(t);return[Lt(t),e,Lt(e)]}function Lt(t){return t.includes("start")?t.replace("start","end"):t.replace("end","start")}var ye=["left","right"],ve=["right","left"],ln=["top","bottom"],an=["bottom","top"];function fn(t,e,o){switch(t){case"top":case"bottom":return o?e?ve:ye:e?ye:ve;case"left":case"right":return e?ln:an;default:return[]}}function Oe(t,e,o,n){let i=ut(t),r=fn(ot(t),o==="start",n);return i&&(r=r.map(c=>c+"-"+i),e&&(r=r.concat(r.map(Lt)))),r}function bt(t){let e=ot(t);return cn[e]+t.slice(e.length)}function un(t){var e,o,n,i;return{top:(e=t.top)!=null?e:0,right:(o=t.right)!=null?o:0,bottom:(n=t.bottom)!=null?n:0,left:(i=t.left)!=null?i:0}}function Kt(t){return typeof t!="number"?un(t):{top:t,right:t,bottom:t,left:t}}function it(t){let{x:e,y:o,width:n,height:i}=t;return{width:n,height:i,top:o,left:e,right:e+n,bottom:o+i,x:e,y:o}}function Ce(t,e,o){let{reference:n,floating:i}=t,r=Q(e),c=Pt(e),l=Tt(c),f=ot(e),p=r==="y",u=n.x+n.width/2-i.width/2,d=n.y+n.height/2-i.height/2,h=n[l]/2-i[l]/2,m;switch(f){case"top":m={x:u,y:n.y-i.height};break;case"bottom":m={x:u,y:n.y+n.height};break;case"right":m={x:n.x+n.width,y:d};break;case"left":m={x:n.x-i.width,y:d};break;default:m={x:n.x,y:n.y}}let g=ut(e);return g&&(m[c]+=h*(g==="end"?1:-1)*(o&&p?-1:1)),m}async function Re(t,e){var o;e===void 0&&(e={});let{x:n,y:i,platform:r,rects:c,elements:l,strategy:f}=t,{boundary:p="clippingAncestors",rootBoundary:u="viewport",elementContext:d="floating",altBoundary:h=!1,padding:m=0}=ft(e,t),g=Kt(m),v=l[h?d==="floating"?"reference":"floating":d],y=it(await r.getClippingRect({element:(o=await(r.isElement==null?void 0:r.isElement(v)))==null||o?v:v.contextElement||await(r.getDocumentElement==null?void 0:r.getDocumentElement(l.floating)),boundary:p,rootBoundary:u,strategy:f})),S=d==="floating"?{x:n,y:i,width:c.floating.width,height:c.floating.height}:c.reference,A=await(r.getOffsetParent==null?void 0:r.getOffsetParent(l.floating)),O=await(r.isElement==null?void 0:r.isElement(A))&&await(r.getScale==null?void 0:r.getScale(A))||{x:1,y:1},T=it(r.convertOffsetParentRelativeRectToViewportRelativeRect?await r.convertOffsetParentRelativeRectToViewportRelativeRect({elements:l,rect:S,offsetParent:A,strategy:f}):S);return{top:(y.top-T.top+g.top)/O.y,bottom:(T.bottom-y.bottom+g.bottom)/O.y,left:(y.left-T.left+g.left)/O.x,right:(T.right-y.right+g.right)/O.x}}var dn=50,Ee=async(t,e,o)=>{let{placement:n="bottom",strategy:i="absolute",middleware:r=[],platform:c}=o,l=c.detectOverflow?c:{...c,detectOverflow:Re},f=await(c.isRTL==null?void 0:c.isRTL(e)),p=await c.getElementRects({reference:t,floating:e,strategy:i}),{x:u,y:d}=Ce(p,n,f),h=n,m=0,g={};for(let x=0;x<r.length;x++){let v=r[x];if(!v)continue;let{name:y,fn:S}=v,{x:A,y:O,data:T,reset:R}=await S({x:u,y:d,initialPlacement:n,placement:h,strategy:i,middlewareData:g,rects:p,platform:l,elements:{reference:t,floating:e}});u=A??u,d=O??d,g[y]={...g[y],...T},R&&m<dn&&(m++,typeof R=="object"&&(R.placement&&(h=R.placement),R.rects&&(p=R.rects===!0?await c.getElementRects({reference:t,floating:e,strategy:i}):R.rects),{x:u,y:d}=Ce(p,h,f)),x=-1)}return{x:u,y:d,placement:h,strategy:i,middlewareData:g}},ke=t=>({name:"arrow",options:t,async fn(e){let{x:o,y:n,placement:i,rects:r,platform:c,elements:l,middlewareData:f}=e,{element:p,padding:u=0}=ft(t,e)||{};if(p==null)return{};let d=Kt(u),h={x:o,y:n},m=Pt(i),g=Tt(m),x=await c.getDimensions(p),v=m==="y",y=v?"top":"left",S=v?"bottom":"right",A=v?"clientHeight":"clientWidth",O=r.reference[g]+r.reference[m]-h[m]-r.floating[g],T=h[m]-r.reference[m],R=await(c.getOffsetParent==null?void 0:c.getOffsetParent(p)),F=R?R[A]:0;(!F||!await(c.isElement==null?void 0:c.isElement(R)))&&(F=l.floating[A]||r.floating[g]);let j=O/2-T/2,I=F/2-x[g]/2-1,k=tt(d[y],I),P=tt(d[S],I),nt=F-x[g]-P,N=F/2-x[g]/2+j,E=Ut(k,N,nt),U=!f.arrow&&ut(i)!=null&&N!==E&&r.reference[g]/2-(N<k?k:P)-x[g]/2<0,W=U?N<k?N-k:N-nt:0;return{[m]:h[m]+W,data:{[m]:E,centerOffset:N-E-W,...U&&{alignmentOffset:W}},reset:U}}});var Le=function(t){return t===void 0&&(t={}),{name:"flip",options:t,async fn(e){var o,n;let{placement:i,middlewareData:r,rects:c,initialPlacement:l,platform:f,elements:p}=e,{mainAxis:u=!0,crossAxis:d=!0,fallbackPlacements:h,fallbackStrategy:m="bestFit",fallbackAxisSideDirection:g="none",flipAlignment:x=!0,...v}=ft(t,e);if((o=r.arrow)!=null&&o.alignmentOffset)return{};let y=ot(i),S=Q(l),A=ot(l)===l,O=await(f.isRTL==null?void 0:f.isRTL(p.floating)),T=h||(A||!x?[bt(l)]:Se(l)),R=g!=="none";!h&&R&&T.push(...Oe(l,x,g,O));let F=[l,...T],j=await f.detectOverflow(e,v),I=[],k=((n=r.flip)==null?void 0:n.overflows)||[];if(u&&I.push(j[y]),d){let E=Ae(i,c,O);I.push(j[E[0]],j[E[1]])}if(k=[...k,{placement:i,overflows:I}],!I.every(E=>E<=0)){var P,nt;let E=(((P=r.flip)==null?void 0:P.index)||0)+1,U=F[E];if(U&&(!(d==="alignment"?S!==Q(U):!1)||k.every(_=>Q(_.placement)===S?_.overflows[0]>0:!0)))return{data:{index:E,overflows:k},reset:{placement:U}};let W=(nt=k.filter(H=>H.overflows[0]<=0).sort((H,_)=>H.overflows[1]-_.overflows[1])[0])==null?void 0:nt.placement;if(!W)switch(m){case"bestFit":{var N;let H=(N=k.filter(_=>{if(R){let $=Q(_.placement);return $===S||$==="y"}return!0}).map(_=>[_.placement,_.overflows.filter($=>$>0).reduce(($,Ht)=>$+Ht,0)]).sort((_,$)=>_[1]-$[1])[0])==null?void 0:N[0];H&&(W=H);break}case"initialPlacement":W=l;break}if(i!==W)return{reset:{placement:W}}}return{}}}};var pn=new Set(["left","top"]);async function mn(t,e){let{placement:o,platform:n,elements:i}=t,r=await(n.isRTL==null?void 0:n.isRTL(i.floating)),c=ot(o),l=ut(o),f=Q(o)==="y",p=pn.has(c)?-1:1,u=r&&f?-1:1,d=ft(e,t),{mainAxis:h,crossAxis:m,alignmentAxis:g}=typeof d=="number"?{mainAxis:d,crossAxis:0,alignmentAxis:null}:{mainAxis:d.mainAxis||0,crossAxis:d.crossAxis||0,alignmentAxis:d.alignmentAxis};return l&&typeof g=="number"&&(m=l==="end"?g*-1:g),f?{x:m*u,y:h*p}:{x:h*p,y:m*u}}var Te=function(t){return t===void 0&&(t=0),{name:"offset",options:t,async fn(e){var o,n;let{x:i,y:r,placement:c,middlewareData:l}=e,f=await mn(e,t);return c===((o=l.offset)==null?void 0:o.placement)&&(n=l.arrow)!=null&&n.alignmentOffset?{}:{x:i+f.x,y:r+f.y,data:{...f,placement:c}}}}},Pe=function(t){return t===void 0&&(t={}),{name:"shift",options:t,async fn(e){let{x:o,y:n,placement:i,platform:r}=e,{mainAxis:c=!0,crossAxis:l=!1,limiter:f={fn:S=>{let{x:A,y:O}=S;return{x:A,y:O}}},...p}=ft(t,e),u={x:o,y:n},d=await r.detectOverflow(e,p),h=Q(i),m=Xt(h),g=u[m],x=u[h],v=(S,A)=>Ut(A+d[S==="y"?"top":"left"],A,A-d[S==="y"?"bottom":"right"]);c&&(g=v(m,g)),l&&(x=v(h,x));let y=f.fn({...e,[m]:g,[h]:x});return{...y,data:{x:y.x-o,y:y.y-n,enabled:{[m]:c,[h]:l}}}}}};function Mt(){return typeof window<"u"}function st(t){return De(t)?(t.nodeName||"").toLowerCase():"#document"}function D(t){var e;return(t==null||(e=t.ownerDocument)==null?void 0:e.defaultView)||window}function Y(t){var e;return(e=(De(t)?t.ownerDocument:t.document)||window.document)==null?void 0:e.documentElement}function De(t){return Mt()?t instanceof Node||t instanceof D(t).Node:!1}function z(t){return Mt()?t instanceof Element||t instanceof D(t).Element:!1}function Z(t){return Mt()?t instanceof HTMLElement||t instanceof D(t).HTMLElement:!1}function Me(t){return!Mt()||typeof ShadowRoot>"u"?!1:t instanceof ShadowRoot||t instanceof D(t).ShadowRoot}function yt(t){let{overflow:e,overflowX:o,overflowY:n,display:i}=V(t);return/auto|scroll|overlay|hidden|clip/.test(e+n+o)&&i!=="inline"&&i!=="contents"}function Ne(t){return/^(table|td|th)$/.test(st(t))}function vt(t){try{if(t.matches(":popover-open"))return!0}catch{}try{return t.matches(":modal")}catch{return!1}}var hn=/transform|translate|scale|rotate|perspective|filter/,gn=/paint|layout|strict|content/,rt=t=>!!t&&t!=="none",Yt;function Dt(t){let e=z(t)?V(t):t;return rt(e.transform)||rt(e.translate)||rt(e.scale)||rt(e.rotate)||rt(e.perspective)||!Nt()&&(rt(e.backdropFilter)||rt(e.filter))||hn.test(e.willChange||"")||gn.test(e.contain||"")}function _e(t){let e=et(t);for(;Z(e)&&!pt(e);){if(Dt(e))return e;if(vt(e))return null;e=et(e)}return null}function Nt(){return Yt==null&&(Yt=typeof CSS<"u"&&CSS.supports&&CSS.supports("-webkit-backdrop-filter","none")),Yt}function pt(t){return/^(html|body|#document)$/.test(st(t))}function V(t){return D(t).getComputedStyle(t)}function At(t){return z(t)?{scrollLeft:t.scrollLeft,scrollTop:t.scrollTop}:{scrollLeft:t.scrollX,scrollTop:t.scrollY}}function et(t){if(st(t)==="html")return t;let e=t.assignedSlot||t.parentNode||Me(t)&&t.host||Y(t);return Me(e)?e.host:e}function Be(t){let e=et(t);return pt(e)?(t.ownerDocument||t).body:Z(e)&&yt(e)?e:Be(e)}function dt(t,e,o){var n;e===void 0&&(e=[]),o===void 0&&(o=!0);let i=Be(t),r=i===((n=t.ownerDocument)==null?void 0:n.body),c=D(i);if(r){let l=_t(c);return e.concat(c,c.visualViewport||[],yt(i)?i:[],l&&o?dt(l):[])}else return e.concat(i,dt(i,[],o))}function _t(t){return t.parent&&Object.getPrototypeOf(t.parent)?t.frameElement:null}function We(t){let e=V(t),o=parseFloat(e.width)||0,n=parseFloat(e.height)||0,i=Z(t),r=i?t.offsetWidth:o,c=i?t.offsetHeight:n,l=xt(o)!==r||xt(n)!==c;return l&&(o=r,n=c),{width:o,height:n,$:l}}function Gt(t){return z(t)?t:t.contextElement}function mt(t){let e=Gt(t);if(!Z(e))return K(1);let o=e.getBoundingClientRect(),{width:n,height:i,$:r}=We(e),c=(r?xt(o.width):o.width)/n,l=(r?xt(o.height):o.height)/i;return(!c||!Number.isFinite(c))&&(c=1),(!l||!Number.isFinite(l))&&(l=1),{x:c,y:l}}var bn=K(0);function He(t){let e=D(t);return!Nt()||!e.visualViewport?bn:{x:e.visualViewport.offsetLeft,y:e.visualViewport.offsetTop}}function xn(t,e,o){return e===void 0&&(e=!1),!!o&&e&&o===D(t)}function ct(t,e,o,n){e===void 0&&(e=!1),o===void 0&&(o=!1);let i=t.getBoundingClientRect(),r=Gt(t),c=K(1);e&&(n?z(n)&&(c=mt(n)):c=mt(t));let l=xn(r,o,n)?He(r):K(0),f=(i.left+l.x)/c.x,p=(i.top+l.y)/c.y,u=i.width/c.x,d=i.height/c.y;if(r&&n){let h=D(r),m=z(n)?D(n):n,g=h,x=_t(g);for(;x&&m!==g;){let v=mt(x),y=x.getBoundingClientRect(),S=V(x),A=y.left+(x.clientLeft+parseFloat(S.paddingLeft))*v.x,O=y.top+(x.clientTop+parseFloat(S.paddingTop))*v.y;f*=v.x,p*=v.y,u*=v.x,d*=v.y,f+=A,p+=O,g=D(x),x=_t(g)}}return it({width:u,height:d,x:f,y:p})}function Bt(t,e){let o=At(t).scrollLeft;return e?e.left+o:ct(Y(t)).left+o}function $e(t,e){let o=t.getBoundingClientRect(),n=o.left+e.scrollLeft-Bt(t,o),i=o.top+e.scrollTop;return{x:n,y:i}}function wn(t){let{elements:e,rect:o,offsetParent:n,strategy:i}=t,r=i==="fixed",c=Y(n),l=e?vt(e.floating):!1;if(n===c||l&&r)return o;let f={scrollLeft:0,scrollTop:0},p=K(1),u=K(0),d=Z(n);if((d||!r)&&((st(n)!=="body"||yt(c))&&(f=At(n)),d)){let m=ct(n);p=mt(n),u.x=m.x+n.clientLeft,u.y=m.y+n.clientTop}let h=c&&!d&&!r?$e(c,f):K(0);return{width:o.width*p.x,height:o.height*p.y,x:o.x*p.x-f.scrollLeft*p.x+u.x+h.x,y:o.y*p.y-f.scrollTop*p.y+u.y+h.y}}function yn(t){return t.getClientRects?Array.from(t.getClientRects()):[]}function vn(t){let e=At(t),o=t.ownerDocument.body,n=G(t.scrollWidth,t.clientWidth,o.scrollWidth,o.clientWidth),i=G(t.scrollHeight,t.clientHeight,o.scrollHeight,o.clientHeight),r=-e.scrollLeft+Bt(t),c=-e.scrollTop;return V(o).direction==="rtl"&&(r+=G(t.clientWidth,o.clientWidth)-n),{width:n,height:i,x:r,y:c}}var An=25;function Sn(t,e,o){o===void 0&&(o="viewport");let n=o==="layoutViewport",i=D(t),r=Y(t),c=i.visualViewport,l=r.clientWidth,f=r.clientHeight,p=0,u=0;if(c){let h=!Nt()||e==="fixed";n?h||(p=-c.offsetLeft,u=-c.offsetTop):(l=c.width,f=c.height,h&&(p=c.offsetLeft,u=c.offsetTop))}if(Bt(r)<=0){let h=r.ownerDocument,m=h.body,g=getComputedStyle(m),x=h.compatMode==="CSS1Compat"&&parseFloat(g.marginLeft)+parseFloat(g.marginRight)||0,v=Math.abs(r.clientWidth-m.clientWidth-x),y=getComputedStyle(r).scrollbarGutter==="stable both-edges"?v/2:v;y<=An&&(l-=y)}return{width:l,height:f,x:p,y:u}}function On(t,e){let o=ct(t,!0,e==="fixed"),n=o.top+t.clientTop,i=o.left+t.clientLeft,r=mt(t),c=t.clientWidth*r.x,l=t.clientHeight*r.y,f=i*r.x,p=n*r.y;return{width:c,height:l,x:f,y:p}}function Fe(t,e,o){let n;if(e==="viewport"||e==="layoutViewport")n=Sn(t,o,e);else if(e==="document")n=vn(Y(t));else if(z(e))n=On(e,o);else{let i=He(t);n={x:e.x-i.x,y:e.y-i.y,width:e.width,height:e.height}}return it(n)}function Cn(t,e){let o=e.get(t);if(o)return o;let n=dt(t,[],!1).filter(l=>z(l)&&st(l)!=="body"),i=null,r=V(t).position==="fixed",c=r?et(t):t;for(;z(c)&&!pt(c);){let l=V(c),f=Dt(c),p=i?i.position:r?"fixed":"";!f&&(p==="fixed"||p==="absolute"&&l.position==="static")?n=n.filter(d=>d!==c):i=l,c=et(c)}return e.set(t,n),n}function Rn(t){let{element:e,boundary:o,rootBoundary:n,strategy:i}=t,c=[...o==="clippingAncestors"?vt(e)?[]:Cn(e,this._c):[].concat(o),n],l=Fe(e,c[0],i),f=l.top,p=l.right,u=l.bottom,d=l.left;for(let h=1;h<c.length;h++){let m=Fe(e,c[h],i);f=G(m.top,f),p=tt(m.right,p),u=tt(m.bottom,u),d=G(m.left,d)}return{width:p-d,height:u-f,x:d,y:f}}function En(t){let{width:e,height:o}=We(t);return{width:e,height:o}}function kn(t,e,o){let n=Z(e),i=Y(e),r=o==="fixed",c=ct(t,!0,r,e),l={scrollLeft:0,scrollTop:0},f=K(0);if((n||!r)&&((st(e)!=="body"||yt(i))&&(l=At(e)),n)){let h=ct(e,!0,r,e);f.x=h.x+e.clientLeft,f.y=h.y+e.clientTop}!n&&i&&(f.x=Bt(i));let p=i&&!n&&!r?$e(i,l):K(0),u=c.left+l.scrollLeft-f.x-p.x,d=c.top+l.scrollTop-f.y-p.y;return{x:u,y:d,width:c.width,height:c.height}}function Jt(t){return V(t).position==="static"}function Ie(t,e){if(!Z(t)||V(t).position==="fixed")return null;if(e)return e(t);let o=t.offsetParent;return Y(t)===o&&(o=o.ownerDocument.body),o}function qe(t,e){let o=D(t);if(vt(t))return o;if(!Z(t)){let i=et(t);for(;i&&!pt(i);){if(z(i)&&!Jt(i))return i;i=et(i)}return o}let n=Ie(t,e);for(;n&&Ne(n)&&Jt(n);)n=Ie(n,e);return n&&pt(n)&&Jt(n)&&!Dt(n)?o:n||_e(t)||o}var Ln=async function(t){let e=this.getOffsetParent||qe,o=this.getDimensions,n=await o(t.floating);return{reference:kn(t.reference,await e(t.floating),t.strategy),floating:{x:0,y:0,width:n.width,height:n.height}}};function Tn(t){return V(t).direction==="rtl"}var Pn={convertOffsetParentRelativeRectToViewportRelativeRect:wn,getDocumentElement:Y,getClippingRect:Rn,getOffsetParent:qe,getElementRects:Ln,getClientRects:yn,getDimensions:En,getScale:mt,isElement:z,isRTL:Tn};function ze(t,e){return t.x===e.x&&t.y===e.y&&t.width===e.width&&t.height===e.height}function Mn(t,e,o){let n=null,i,r=Y(t);function c(){var u;clearTimeout(i),(u=n)==null||u.disconnect(),n=null}function l(u,d){u===void 0&&(u=!1),d===void 0&&(d=1),c();let h=t.getBoundingClientRect(),{left:m,top:g,width:x,height:v}=h;if(u||e(),!x||!v)return;let y=wt(g),S=wt(r.clientWidth-(m+x)),A=wt(r.clientHeight-(g+v)),O=wt(m),R={rootMargin:-y+"px "+-S+"px "+-A+"px "+-O+"px",threshold:G(0,tt(1,d))||1},F=!0;function j(I){let k=I[0].intersectionRatio;if(!ze(h,t.getBoundingClientRect()))return l();if(k!==d){if(!F)return l();k?l(!1,k):i=setTimeout(()=>{l(!1,1e-7)},1e3)}F=!1}try{n=new IntersectionObserver(j,{...R,root:r.ownerDocument})}catch{n=new IntersectionObserver(j,R)}n.observe(t)}let f=D(t),p=()=>l(o);return f.addEventListener("resize",p),l(!0),()=>{f.removeEventListener("resize",p),c()}}function Ve(t,e,o,n){n===void 0&&(n={});let{ancestorScroll:i=!0,ancestorResize:r=!0,elementResize:c=typeof ResizeObserver=="function",layoutShift:l=typeof IntersectionObserver=="function",animationFrame:f=!1}=n,p=Gt(t),u=i||r?[...p?dt(p):[],...e?dt(e):[]]:[];u.forEach(y=>{i&&y.addEventListener("scroll",o),r&&y.addEventListener("resize",o)});let d=p&&l?Mn(p,o,r):null,h=-1,m=null;c&&(m=new ResizeObserver(y=>{let[S]=y;S&&S.target===p&&m&&e&&(m.unobserve(e),cancelAnimationFrame(h),h=requestAnimationFrame(()=>{var A;(A=m)==null||A.observe(e)})),o()}),p&&!f&&m.observe(p),e&&m.observe(e));let g,x=f?ct(t):null;f&&v();function v(){let y=ct(t);x&&!ze(x,y)&&o(),x=y,g=requestAnimationFrame(v)}return o(),()=>{var y;u.forEach(S=>{i&&S.removeEventListener("scroll",o),r&&S.removeEventListener("resize",o)}),d==null||d(),(y=m)==null||y.disconnect(),m=null,f&&cancelAnimationFrame(g)}}var Qt=Te;var Zt=Pe,je=Le;var te=ke;var ee=(t,e,o)=>{let n=new Map,i=o??{},r={...Pn,...i.platform,_c:n};return Ee(t,e,{...i,platform:r})};var Dn=`
+.pf-guidance{--pf-d-bg:#fff;--pf-d-fg:#111827;--pf-d-muted:#374151;--pf-d-accent:#1d4ed8;--pf-d-focus:#1d4ed8;
+--pf-d-border:#6b7280;box-sizing:border-box;max-width:var(--pf-max-width,min(340px,calc(100vw - 16px)));
+padding:12px 40px 12px 14px;border:1px solid var(--pf-border,var(--pf-d-border));border-radius:var(--pf-radius,8px);
+background:var(--pf-bg,var(--pf-d-bg));color:var(--pf-fg,var(--pf-d-fg));font:var(--pf-font,14px/1.45 system-ui,sans-serif);
+box-shadow:var(--pf-shadow,0 6px 24px rgba(0,0,0,.22));z-index:var(--pf-z,2147483000);text-align:start}
+.pf-guidance[popover]{inset:auto;margin:0;overflow:visible}
+.pf-theme-dark{--pf-d-bg:#1f2937;--pf-d-fg:#f9fafb;--pf-d-muted:#e5e7eb;--pf-d-accent:#93c5fd;--pf-d-focus:#fbbf24;--pf-d-border:#9ca3af}
+@media (prefers-color-scheme:dark){.pf-theme-auto{--pf-d-bg:#1f2937;--pf-d-fg:#f9fafb;--pf-d-muted:#e5e7eb;
+--pf-d-accent:#93c5fd;--pf-d-focus:#fbbf24;--pf-d-border:#9ca3af}}
+.pf-tooltip{position:fixed;top:0;left:0;width:max-content}
+.pf-banner,.pf-link-item{position:relative}
+.pf-title{display:block;font-weight:600;margin:0 0 2px;font-size:1em}
+.pf-body{color:var(--pf-fg,var(--pf-d-muted))}
+.pf-body p{margin:2px 0}.pf-body ul{margin:2px 0;padding-inline-start:18px}
+.pf-body a,.pf-link{color:var(--pf-accent,var(--pf-d-accent));text-decoration:underline}
+.pf-actions{margin-top:6px}
+.pf-close{position:absolute;top:6px;inset-inline-end:6px;min-width:28px;min-height:28px;padding:0;border:0;border-radius:4px;
+background:transparent;color:inherit;font:inherit;font-size:18px;line-height:1;cursor:pointer}
+.pf-guidance :focus-visible,.pf-guidance:focus-visible{outline:3px solid var(--pf-focus,var(--pf-d-focus));outline-offset:2px}
+.pf-arrow{position:absolute;width:10px;height:10px;background:inherit;border:inherit;transform:rotate(45deg);pointer-events:none}
+.pf-side-bottom>.pf-arrow{top:-6px;border-right-color:transparent;border-bottom-color:transparent}
+.pf-side-top>.pf-arrow{bottom:-6px;border-left-color:transparent;border-top-color:transparent}
+.pf-side-right>.pf-arrow{left:-6px;border-right-color:transparent;border-top-color:transparent}
+.pf-side-left>.pf-arrow{right:-6px;border-left-color:transparent;border-bottom-color:transparent}
+.pf-region{position:fixed;top:var(--pf-region-top,8px);inset-inline:0;margin:0 auto;width:min(640px,calc(100vw - 16px));
+z-index:var(--pf-z,2147483000);background:transparent;border:0;padding:0;overflow:visible;pointer-events:none}
+.pf-region[popover]{inset:auto;inset-inline:0;top:var(--pf-region-top,8px);margin:0 auto}
+.pf-region>.pf-guidance{pointer-events:auto;max-width:none}
+.pf-region-inline{position:static;width:auto;margin:8px 0}
+.pf-modal{max-width:min(480px,calc(100vw - 32px));padding:20px 44px 20px 20px}
+.pf-modal::backdrop{background:rgba(17,24,39,.55)}
+.pf-modal .pf-title{font-size:1.15em}
+@media (prefers-reduced-motion:no-preference){.pf-guidance{animation:pf-in .16s ease-out}}
+@keyframes pf-in{from{opacity:0}to{opacity:1}}
+`,St=null;function ne(t){try{St||(St=new CSSStyleSheet,St.replaceSync(Dn));let e=t.adoptedStyleSheets;return e&&e.indexOf(St)<0&&(t.adoptedStyleSheets=[...e,St]),!0}catch{return!1}}var lt="data-pyfriction-ui",se='a[href],button:not([disabled]),input:not([disabled]):not([type="hidden"]),select:not([disabled]),textarea:not([disabled]),summary,[tabindex]:not([tabindex="-1"]),[contenteditable=""],[contenteditable="true"]',Ue={modal:3,tooltip:2,banner:1,link:0},Xe=12,Nn=0,B=null,q={tooltip:oe(),banner:oe(),modal:oe()},ie={},L=null;function oe(){return{cur:null,queue:[]}}function Ft(){let t=document.activeElement;for(;t&&t.shadowRoot&&t.shadowRoot.activeElement;)t=t.shadowRoot.activeElement;return t}function _n(t){try{let e=new URL(t,location.href);return/^https?:$/.test(e.protocol)?e.href:null}catch{return null}}function Bn(t){return t.expires_at&&t.expires_at*1e3<Date.now()}function re(t){let e=String(t).split(">>>").map(i=>i.trim()),o=[document],n=null;for(let i=0;i<e.length;i++){n=null;for(let r of o){try{n=r.querySelector(e[i])||Qe(r,e[i])}catch{return null}if(n)break}if(!n)return null;if(i<e.length-1){if(!n.shadowRoot)return null;o=[n.shadowRoot]}}return n&&It(n)?n:null}function Qe(t,e){let o=t.querySelectorAll("*");for(let n=0;n<o.length;n++){let i=o[n].shadowRoot;if(i){let r=i.querySelector(e)||Qe(i,e);if(r)return r}}return null}function It(t){let e=t.getBoundingClientRect();return e.width>0||e.height>0}function Ze(t){B=t,ne(document),document.addEventListener("keydown",Fn,!0)}function Fn(t){if(t.key!=="Escape"||t.defaultPrevented)return;let e=Ft();for(let o of["tooltip","banner"]){let n=q[o].cur;if(n){if(n.box.contains(e)){t.preventDefault(),t.stopPropagation(),ht(n,"dismissed");return}if(n.anchor&&e===n.anchor){ht(n,null);return}}}}function Wt(t,e){if(!t||!t.id||ie[t.id])return;if(t.kind==="tooltip"&&t.anchor&&!re(t.anchor)){let i=e||0;if(i<3){setTimeout(()=>Wt(t,i+1),[150,400,800][i]);return}}ie[t.id]=!0;let o=t.kind==="modal"?"modal":t.kind==="tooltip"&&t.anchor&&re(t.anchor)?"tooltip":"banner",n=q[o];n.queue.push(t),n.queue.sort((i,r)=>(r.priority||0)-(i.priority||0)||(Ue[r.kind]||0)-(Ue[i.kind]||0)||(i.created_at||0)-(r.created_at||0)),tn()}function Ot(t){return!!ie[t]}function tn(){for(let t of["modal","tooltip","banner"]){let e=q[t];if(!(e.cur||t!=="modal"&&q.modal.cur))for(;e.queue.length&&!e.cur;){let o=e.queue.shift();if(!Bn(o))if(t==="modal")Yn(o);else if(t==="tooltip"){let n=re(o.anchor);n?$n(o,n):Ge(o,!0)}else Ge(o,o.kind==="tooltip")}}}function In(){let t=B.theme;return t==="dark"||t==="light"?t:"auto"}function ce(t,e,o){let n=B.words,i=document.createElement(o||"div"),r="pf-"+ ++Nn;i.className=`pf-guidance pf-${e==="link"?"link-item":e} pf-theme-${In()}`,i.setAttribute(lt,e),i.setAttribute("data-guidance-id",t.id),i.setAttribute("data-pyfriction-guidance",t.id),i.setAttribute("dir",B.dir),t.locale&&i.setAttribute("lang",t.locale);let c=[],l=t.url&&_n(t.url);if(t.kind==="link"&&l){i.setAttribute("aria-label",n.help);let u=Ke(t,l,t.title);u.id=r+"-t",c.push(u.id),i.appendChild(u)}else{let u=document.createElement("strong");if(u.className="pf-title",u.id=r+"-t",u.textContent=t.title||n.help,i.appendChild(u),i.setAttribute("aria-labelledby",u.id),c.push(u.id),t.body){let d=document.createElement("div");d.className="pf-body",d.id=r+"-b",t.body_html?d.innerHTML=t.body_html:d.textContent=t.body,i.appendChild(d),c.push(d.id)}if(l){let d=document.createElement("div");d.className="pf-actions",d.appendChild(Ke(t,l,n.more)),i.appendChild(d)}}let f=document.createElement("button");f.type="button",f.className="pf-close",f.setAttribute("aria-label",n.dismiss),f.textContent="×",i.appendChild(f);let p={g:t,box:i,ids:c,kind:e,closeButton:f};return f.addEventListener("click",()=>ht(p,"dismissed")),i.addEventListener("click",u=>{let d=u.target&&u.target.closest?u.target.closest("a[href]"):null;d&&d!==f&&B.ack(t.id,"clicked")}),p}function Ke(t,e,o){let n=document.createElement("a");return n.className="pf-link",n.href=e,n.textContent=o,n}function en(t){if(typeof t.showPopover=="function")try{t.setAttribute("popover","manual"),t.showPopover()}catch{t.removeAttribute("popover")}}function Wn(t){let e=t.getRootNode(),o=[t];for(let c of["aria-describedby","aria-errormessage"])for(let l of(t.getAttribute(c)||"").split(/\s+/)){let f=l&&e.getElementById?e.getElementById(l):null;f&&o.indexOf(f)<0&&o.push(f)}let n=t;for(;n&&!Ye(n)&&n.parentElement&&n.parentElement!==document.body;)n=n.parentElement;let i=n&&Ye(n);i&&o.indexOf(i)<0&&o.push(i);for(let c of t.labels||[])o.indexOf(c)<0&&o.push(c);let r=(e.querySelectorAll?e:document).querySelectorAll(se);for(let c=0;c<r.length;c++){let l=r[c];if(!(l===t||t.contains(l)||l.closest("["+lt+"]"))&&t.compareDocumentPosition(l)&Node.DOCUMENT_POSITION_FOLLOWING&&It(l)){o.indexOf(l)<0&&o.push(l);break}}return o}function Ye(t){let e=t.nextElementSibling;for(;e&&e.hasAttribute(lt);)e=e.nextElementSibling;return e}function Hn(t,e){let o=t.getAttribute("aria-describedby"),n=e.join(" "),i=o?o+" "+n:n;return t.setAttribute("aria-describedby",i),()=>{let r=t.getAttribute("aria-describedby");if(r===i)o===null?t.removeAttribute("aria-describedby"):t.setAttribute("aria-describedby",o);else if(r!==null){let c=r.split(/\s+/).filter(l=>l&&e.indexOf(l)<0);c.length?t.setAttribute("aria-describedby",c.join(" ")):t.removeAttribute("aria-describedby")}}}function $n(t,e){let o=e.getRootNode();o!==document&&ne(o);let n=ce(t,"tooltip");n.region="tooltip",n.anchor=e,n.box.setAttribute("role","dialog"),n.protect=Wn(e);let i=document.createElement("div");i.className="pf-arrow",i.setAttribute("aria-hidden","true"),n.box.insertBefore(i,n.box.firstChild),n.arrow=i,(e.parentElement&&e.parentElement.closest("label,a,button,summary")||e).insertAdjacentElement("afterend",n.box),en(n.box),n.restore=Hn(e,n.ids),q.tooltip.cur=n,n.cleanup=Ve(e,n.box,()=>Vn(n)),B.ack(t.id,"shown")}function qn(t){if(t.matches(se)||!t.firstChild)return t.getBoundingClientRect();let e=document.createRange();e.selectNodeContents(t);let o=e.getBoundingClientRect();return o.width||o.height?o:t.getBoundingClientRect()}function zn(t,e){let o=Math.min(t.right,e.right)-Math.max(t.left,e.left),n=Math.min(t.bottom,e.bottom)-Math.max(t.top,e.top);return o>0&&n>0?o*n:0}function Je(t,e){let o=e.placement.split("-")[0];t.box.style.left=e.x+"px",t.box.style.top=e.y+"px",t.box.classList.remove("pf-side-top","pf-side-bottom","pf-side-left","pf-side-right"),t.box.classList.add("pf-side-"+o),t.side=o;let n=e.middlewareData.arrow||{};t.arrow.style.left=n.x!=null?n.x+"px":"",t.arrow.style.top=n.y!=null?n.y+"px":""}async function Vn(t){if(t.placing){t.again=!0;return}t.placing=!0;try{do t.again=!1,await jn(t);while(t.again&&q.tooltip.cur===t)}finally{t.placing=!1}}async function jn(t){let{anchor:e,box:o}=t;if(q.tooltip.cur!==t)return;if(!e.isConnected){ht(t,null);return}let n=t.protect.filter(u=>u.isConnected&&It(u)).map(qn),i=document.documentElement.clientWidth,r=document.documentElement.clientHeight,l=getComputedStyle(e).direction==="rtl"?["left-start","right-start","bottom-start","top-start"]:["right-start","left-start","bottom-start","top-start"],f=[Qt(Xe),Zt({padding:8}),te({element:t.arrow,padding:10})],p=null;for(let u of l){let d=await ee(e,o,{placement:u,strategy:"fixed",middleware:f});Je(t,d);let h=o.getBoundingClientRect(),g=h.left<0||h.top<0||h.right>i||h.bottom>r?1e9:0;for(let x of n)g+=zn(h,x);if((!p||g<p.cost)&&(p={r:d,cost:g}),g===0)break}p.cost>=1e9&&(p={r:await ee(e,o,{placement:l[2],strategy:"fixed",middleware:[Qt(Xe),je({fallbackPlacements:l}),Zt({padding:8}),te({element:t.arrow,padding:10})]})}),Je(t,p.r)}function Un(){let t=0;for(let e of[8,document.documentElement.clientWidth/2,document.documentElement.clientWidth-8])for(let o of document.elementsFromPoint(e,1))for(;o&&o!==document.body&&o!==document.documentElement&&!(o.closest("["+lt+"]")||o.classList.contains("pf-region"));o=o.parentElement){let n=getComputedStyle(o).position;if(n==="fixed"||n==="sticky"){let i=o.getBoundingClientRect();i.top<=1&&i.bottom>t&&i.height<innerHeight/2&&(t=i.bottom)}}return t}function Xn(){let t=B.bannerContainer?document.querySelector(B.bannerContainer):null;return L&&L.isConnected&&(!t||t.contains(L))||(L=document.createElement("div"),L.className="pf-region",L.setAttribute(lt,"region"),t?(L.classList.add("pf-region-inline"),t.insertBefore(L,t.firstChild)):document.body.appendChild(L)),L}function Ge(t,e){let o=t.kind==="link"?"link":"banner",n=ce(t,o);n.region="banner",n.box.setAttribute("role","region"),n.box.setAttribute("aria-live","polite");let i=Xn();if(!i.classList.contains("pf-region-inline")){let r=B.bannerOffset!=null?B.bannerOffset:Un()+8;i.style.setProperty("--pf-region-top",r+"px")}i.appendChild(n.box),!i.classList.contains("pf-region-inline")&&!i.matches(":popover-open")&&en(i),n.box.addEventListener("focusin",r=>{n.box.contains(r.relatedTarget)||(n.returnTo=r.relatedTarget)}),q.banner.cur=n,e&&B.ack(t.id,"anchor_missing"),B.ack(t.id,"shown")}function Kn(t){return Array.prototype.filter.call(t.querySelectorAll(se),e=>It(e))}function Yn(t){let e=ce(t,"modal","dialog");e.region="modal",e.returnTo=Ft();let o=e.box;o.setAttribute("aria-modal","true"),document.body.appendChild(o),o.addEventListener("cancel",n=>{n.preventDefault(),ht(e,"dismissed")}),o.addEventListener("keydown",n=>{if(n.key!=="Tab")return;let i=Kn(o);if(!i.length)return;let r=i[0],c=i[i.length-1],l=Ft();n.shiftKey&&(l===r||!o.contains(l))?(n.preventDefault(),c.focus()):!n.shiftKey&&l===c&&(n.preventDefault(),r.focus())}),q.modal.cur=e,o.showModal(),(e.closeButton||o).focus(),B.ack(t.id,"shown")}function ht(t,e){let o=q[t.region];if(!o||o.cur!==t)return;o.cur=null;let n=Ft(),i=t.box.contains(n)||t.region==="modal";if(t.cleanup&&t.cleanup(),t.restore&&t.restore(),t.region==="modal"&&t.box.open&&t.box.close(),t.box.matches&&t.box.matches(":popover-open")&&t.box.hidePopover(),t.box.remove(),t.region==="banner"&&L&&!L.children.length&&(L.matches(":popover-open")&&L.hidePopover(),L.remove(),L=null),e&&B.ack(t.g.id,e),i){let r=[t.anchor,t.returnTo].find(c=>c&&c.isConnected&&c!==document.body);r&&r.focus&&r.focus()}tn()}function nn(t,e){for(let o of Object.keys(q)){let n=q[o];if(n.cur&&n.cur.g.id===t)return ht(n.cur,e),!0;let i=n.queue.findIndex(r=>r.id===t);i>=0&&n.queue.splice(i,1)}return!1}/*! pyfriction.js: friction signals from the browser, guidance back into the page.
  *
  * <script src="https://friction.example.com/v1/pyfriction.js" async
- *         data-write-key="wk_..." data-user-id="u42" data-user-token="..."></script>
+ *         data-write-key="wk_..." data-user-id="u42" data-user-token="..."><\/script>
  *
- * Captures page views (including history-API navigation), clicks with a stable target
- * (element id, data-pyfriction name, or a short CSS path), dead clicks (no DOM change,
- * navigation, scroll or request shortly after), JS errors and failed fetch/XHR responses.
- * Sends them batched to the sidecar's /v1/events (sendBeacon when the page is hidden).
- * Subscribes to the user's guidance stream and renders a tooltip (next to the guidance's
- * anchor), a banner or a link; accessible (focusable, Escape closes, ARIA roles); reports
- * shown / clicked / dismissed. Elements inside [data-pyfriction-ignore] are not tracked.
- * No dependencies. API: window.pyfriction.identify(userId, token), .track(type, fields), .flush().
- */
-(function () {
-  "use strict";
-  if (window.pyfriction && window.pyfriction.version) return;
-
-  var script = document.currentScript || document.querySelector("script[data-write-key]");
-  var data = (script && script.dataset) || {};
-  var host = (data.host || (script && script.src ? new URL(script.src, location.href).origin : location.origin)).replace(/\/$/, "");
-  var cfg = {
-    key: data.writeKey || "",
-    user: data.userId || "",
-    token: data.userToken || "",
-    flushMs: +data.flushMs || 1000,
-    deadMs: +data.deadClickMs || 1000,
-    maxQueue: 500
-  };
-  var UI = "data-pyfriction-ui";
-  var queue = [];
-  var timer = null;
-  var seq = 0;
-  var lastActivity = 0; // last DOM change, scroll, navigation or request (for dead clicks)
-  var stream = null;
-  var shown = {}; // guidance id -> element
-
-  function now() { return Date.now() / 1000; }
-  function rid() { return (Date.now().toString(36) + Math.random().toString(36).slice(2, 10) + (seq++).toString(36)); }
-  function anonId() {
-    try {
-      var id = localStorage.getItem("pyfriction_anon");
-      if (!id) { id = "anon-" + rid(); localStorage.setItem("pyfriction_anon", id); }
-      return id;
-    } catch (e) { return "anon-" + rid(); }
-  }
-  function userId() { return cfg.user || (cfg.user = anonId()); }
-  function step() { return location.pathname || "/"; }
-  function ignored(el) { return !!(el && el.closest && el.closest("[data-pyfriction-ignore],[" + UI + "]")); }
-  function query(params) {
-    var parts = [];
-    for (var k in params) if (params[k]) parts.push(k + "=" + encodeURIComponent(params[k]));
-    return parts.length ? "?" + parts.join("&") : "";
-  }
-
-  // -- stable targets ------------------------------------------------------------------------
-  var ACTIONABLE = "a,button,input,select,textarea,label,summary,[role=button],[role=link],[role=tab],[role=menuitem],[data-pyfriction],[onclick]";
-  function cssPath(el) {
-    var parts = [];
-    for (var depth = 0; el && el.nodeType === 1 && depth < 3; depth++, el = el.parentElement) {
-      if (el.id) { parts.unshift("#" + el.id); break; }
-      var name = el.tagName.toLowerCase();
-      var cls = (el.getAttribute("class") || "").trim().split(/\s+/)[0];
-      if (cls) name += "." + cls;
-      var parent = el.parentElement;
-      if (parent) {
-        var same = 0, index = 0;
-        for (var c = parent.firstElementChild; c; c = c.nextElementSibling) {
-          if (c.tagName === el.tagName) { same++; if (c === el) index = same; }
-        }
-        if (same > 1) name += ":nth-of-type(" + index + ")";
-      }
-      parts.unshift(name);
-    }
-    return parts.join(" > ");
-  }
-  function targetOf(el) {
-    var hit = (el.closest && el.closest(ACTIONABLE)) || el;
-    var named = el.closest && el.closest("[data-pyfriction]");
-    if (named) return named.getAttribute("data-pyfriction");
-    if (hit.id) return "#" + hit.id;
-    return cssPath(hit);
-  }
-
-  // -- sending -------------------------------------------------------------------------------
-  function push(type, fields) {
-    var ev = { id: rid(), user_id: userId(), type: type, ts: now(), step: step() };
-    for (var k in fields || {}) ev[k] = fields[k];
-    queue.push(ev);
-    if (queue.length > cfg.maxQueue) queue.splice(0, queue.length - cfg.maxQueue);
-    if (!timer) timer = setTimeout(flush, cfg.flushMs);
-  }
-  function payload(events) {
-    return JSON.stringify({ writeKey: cfg.key, sent_at: now(), lib: "pyfriction.js", events: events });
-  }
-  function flush(beacon) {
-    clearTimeout(timer); timer = null;
-    if (!queue.length) return;
-    var events = queue.splice(0, 100);
-    var url = host + "/v1/events";
-    // text/plain keeps it a "simple" request: no CORS preflight, and sendBeacon allows it.
-    if (beacon === true && navigator.sendBeacon) {
-      if (navigator.sendBeacon(url, new Blob([payload(events)], { type: "text/plain" }))) return flush(true);
-    }
-    origFetch(url, { method: "POST", body: payload(events), headers: { "Content-Type": "text/plain" }, keepalive: true, credentials: "omit" })
-      .then(function (r) { if (r.status >= 500 || r.status === 429) requeue(events); })
-      .catch(function () { requeue(events); });
-    if (queue.length) timer = setTimeout(flush, 0);
-  }
-  function requeue(events) {
-    queue = events.concat(queue).slice(-cfg.maxQueue); // same ids: the sidecar drops duplicates
-    if (!timer) timer = setTimeout(flush, cfg.flushMs * 5);
-  }
-  function ownUrl(url) { return String(url).indexOf(host + "/v1/") === 0; }
-  function endpoint(url) {
-    try { var u = new URL(url, location.href); return (u.origin === location.origin ? "" : u.host) + u.pathname; }
-    catch (e) { return String(url).split("?")[0].slice(0, 200); }
-  }
-
-  // -- capture -------------------------------------------------------------------------------
-  var lastPath = null;
-  function pageView() {
-    lastActivity = Date.now();
-    if (step() === lastPath) return;
-    lastPath = step();
-    push("page", {});
-  }
-  ["pushState", "replaceState"].forEach(function (name) {
-    var orig = history[name];
-    history[name] = function () { var r = orig.apply(this, arguments); pageView(); return r; };
-  });
-  addEventListener("popstate", pageView);
-  addEventListener("hashchange", function () { lastActivity = Date.now(); });
-  addEventListener("scroll", function () { lastActivity = Date.now(); }, true);
-
-  new MutationObserver(function (records) {
-    for (var i = 0; i < records.length; i++) {
-      var t = records[i].target;
-      var el = t.nodeType === 1 ? t : t.parentElement;
-      if (!ignored(el)) { lastActivity = Date.now(); return; }
-    }
-  }).observe(document.documentElement, { childList: true, subtree: true, attributes: true, characterData: true });
-
-  document.addEventListener("click", function (e) {
-    var el = e.target;
-    if (!el || el.nodeType !== 1 || ignored(el)) return;
-    var target = targetOf(el);
-    var at = Date.now();
-    push("click", { target: target });
-    var live = el.closest("a[href],input,select,textarea,label,summary,[contenteditable]");
-    if (live) return; // these always do something
-    setTimeout(function () {
-      if (lastActivity < at) push("dead_click", { target: target });
-    }, cfg.deadMs);
-  }, true);
-
-  addEventListener("error", function (e) {
-    if (e.target && e.target !== window) return; // resource load errors: not the user's
-    var where = e.filename ? endpoint(e.filename) + ":" + e.lineno : "script";
-    push("error", { target: (e.error && e.error.name) || "Error", properties: { message: String(e.message).slice(0, 200), where: where } });
-  });
-  addEventListener("unhandledrejection", function (e) {
-    var r = e.reason;
-    push("error", { target: (r && r.name) || "UnhandledRejection", properties: { message: String((r && r.message) || r).slice(0, 200) } });
-  });
-
-  var origFetch = window.fetch ? window.fetch.bind(window) : null;
-  if (origFetch) {
-    window.fetch = function (input, init) {
-      var url = typeof input === "string" ? input : (input && input.url) || String(input);
-      var method = ((init && init.method) || (input && input.method) || "GET").toUpperCase();
-      lastActivity = Date.now();
-      var p = origFetch(input, init);
-      if (ownUrl(url)) return p;
-      return p.then(function (r) {
-        if (r.status >= 400) push("api_error", { target: method + " " + endpoint(url), properties: { status: r.status } });
-        return r;
-      }, function (err) {
-        push("api_error", { target: method + " " + endpoint(url), properties: { status: 0 } });
-        throw err;
-      });
-    };
-  }
-  var XHR = window.XMLHttpRequest && window.XMLHttpRequest.prototype;
-  if (XHR) {
-    var open = XHR.open, send = XHR.send;
-    XHR.open = function (method, url) { this._pf = [String(method).toUpperCase(), url]; return open.apply(this, arguments); };
-    XHR.send = function () {
-      var xhr = this;
-      lastActivity = Date.now();
-      if (xhr._pf && !ownUrl(xhr._pf[1])) {
-        xhr.addEventListener("loadend", function () {
-          if (xhr.status >= 400 || xhr.status === 0) push("api_error", { target: xhr._pf[0] + " " + endpoint(xhr._pf[1]), properties: { status: xhr.status } });
-        });
-      }
-      return send.apply(this, arguments);
-    };
-  }
-
-  document.addEventListener("visibilitychange", function () { if (document.visibilityState === "hidden") flush(true); });
-  addEventListener("pagehide", function () { flush(true); });
-
-  // -- guidance ------------------------------------------------------------------------------
-  function ack(id, outcome) {
-    var url = host + "/v1/guidance/" + encodeURIComponent(userId()) + "/ack" + query({ key: cfg.key, token: cfg.token });
-    origFetch(url, { method: "POST", body: JSON.stringify({ guidance_id: id, outcome: outcome }), headers: { "Content-Type": "text/plain" }, keepalive: true, credentials: "omit" })
-      .catch(function () {});
-  }
-  function safeUrl(url) {
-    try { var u = new URL(url, location.href); return /^https?:$/.test(u.protocol) ? u.href : null; } catch (e) { return null; }
-  }
-  var STYLE = "position:absolute;z-index:2147483647;max-width:320px;padding:12px 36px 12px 14px;border-radius:8px;" +
-    "background:#1f2937;color:#fff;font:14px/1.4 system-ui,sans-serif;box-shadow:0 6px 24px rgba(0,0,0,.25)";
-  function close(id, outcome) {
-    var el = shown[id];
-    if (!el) return;
-    delete shown[id];
-    if (el.parentNode) el.parentNode.removeChild(el);
-    if (outcome) ack(id, outcome);
-  }
-  function render(g) {
-    if (!g || !g.id || shown[g.id]) return;
-    var anchor = null;
-    if (g.anchor) { try { anchor = document.querySelector(g.anchor); } catch (e) { anchor = null; } }
-    var kind = g.kind === "tooltip" && !anchor ? "banner" : g.kind || "banner";
-    var box = document.createElement("div");
-    box.setAttribute(UI, kind);
-    box.setAttribute("data-guidance-id", g.id);
-    box.tabIndex = 0;
-    var titleId = "pyfriction-title-" + g.id;
-    box.setAttribute("role", kind === "tooltip" ? "dialog" : kind === "modal" ? "dialog" : "status");
-    if (kind === "modal") box.setAttribute("aria-modal", "true");
-    box.setAttribute("aria-live", "polite");
-    if (g.title) {
-      var h = document.createElement("strong");
-      h.id = titleId; h.textContent = g.title; h.style.display = "block";
-      box.appendChild(h);
-      box.setAttribute("aria-labelledby", titleId);
-    } else {
-      box.setAttribute("aria-label", "Help");
-    }
-    if (g.body) {
-      var p = document.createElement("div");
-      // body_html: the sidecar renders the body's small Markdown subset with everything escaped first
-      if (g.body_html) p.innerHTML = g.body_html; else p.textContent = g.body;
-      box.appendChild(p);
-    }
-    var href = g.url && safeUrl(g.url);
-    if (href) {
-      var a = document.createElement("a");
-      a.href = href; a.textContent = kind === "link" ? (g.title || "Help") : "Learn more";
-      a.style.color = "#93c5fd";
-      a.addEventListener("click", function () { close(g.id, "clicked"); });
-      box.appendChild(a);
-    }
-    var x = document.createElement("button");
-    x.type = "button"; x.textContent = "\u00d7"; x.setAttribute("aria-label", "Dismiss");
-    x.style.cssText = "position:absolute;top:6px;right:8px;border:0;background:none;color:inherit;font-size:18px;cursor:pointer";
-    x.addEventListener("click", function () { close(g.id, "dismissed"); });
-    box.appendChild(x);
-    box.style.cssText = STYLE;
-    if (kind === "tooltip") {
-      var r = anchor.getBoundingClientRect();
-      box.style.top = (r.bottom + window.scrollY + 8) + "px";
-      box.style.left = Math.max(8, r.left + window.scrollX) + "px";
-      if (!anchor.id) anchor.id = "pyfriction-anchor-" + g.id;
-      anchor.setAttribute("aria-describedby", titleId);
-    } else {
-      box.style.position = "fixed"; box.style.left = "50%"; box.style.transform = "translateX(-50%)";
-      box.style.top = kind === "modal" ? "30%" : "16px";
-    }
-    document.body.appendChild(box);
-    shown[g.id] = box;
-    ack(g.id, "shown");
-  }
-  document.addEventListener("keydown", function (e) {
-    if (e.key !== "Escape") return;
-    for (var id in shown) close(id, "dismissed");
-  });
-  function subscribe() {
-    if (stream) { stream.close(); stream = null; }
-    var url = host + "/v1/guidance/" + encodeURIComponent(userId()) + "/stream" + query({ key: cfg.key, token: cfg.token });
-    if (window.EventSource) {
-      stream = new EventSource(url);
-      stream.addEventListener("guidance", function (e) { try { render(JSON.parse(e.data)); } catch (err) {} });
-    } else {
-      setInterval(function () {
-        origFetch(url.replace("/stream", ""), { credentials: "omit" }).then(function (r) { return r.json(); })
-          .then(function (d) { (d.guidance || []).forEach(render); }).catch(function () {});
-      }, 30000);
-    }
-  }
-
-  window.pyfriction = {
-    version: "0.1.0",
-    config: cfg,
-    identify: function (id, token) { cfg.user = String(id); cfg.token = token || ""; subscribe(); },
-    track: function (type, fields) { push(type, fields); },
-    flush: flush,
-    render: render
-  };
-  pageView();
-  subscribe();
-})();
+ * Built from browser/src with esbuild (Floating UI bundled); see browser/README.md.
+ * API: window.pyfriction.identify(userId, token), .track(type, fields), .flush(), .complete(id).
+ */var Gn="0.2.0";(function(){if(window.pyfriction&&window.pyfriction.version)return;let t=document.currentScript||document.querySelector("script[data-write-key]"),e=t&&t.dataset||{},o=(e.host||(t&&t.src?new URL(t.src,location.href).origin:location.origin)).replace(/\/$/,""),n=e.locale||navigator.language||"en",i=e.mount?e.mount.replace(/\/$/,""):null,r={key:e.writeKey||"",user:e.userId||"",token:e.userToken||"",flushMs:+e.flushMs||1e3,deadMs:+e.deadClickMs||1e3,retryMs:+e.retryMs||1e3,maxQueue:500,locale:n},c="[data-pyfriction-ignore],["+lt+"]",l=[],f=null,p=0,u=0,d=0,h=null,m=null,g=0,x=null,v=()=>Date.now()/1e3,y=()=>Date.now().toString(36)+Math.random().toString(36).slice(2,10)+(p++).toString(36);function S(){try{let s=localStorage.getItem("pyfriction_anon");return s||(s="anon-"+y(),localStorage.setItem("pyfriction_anon",s)),s}catch{return"anon-"+y()}}let A=()=>r.user||(r.user=S()),O=()=>location.pathname||"/",T=s=>{let a=[];for(let b in s)s[b]&&a.push(b+"="+encodeURIComponent(s[b]));return a.length?"?"+a.join("&"):""},R="a,button,input,select,textarea,label,summary,[role=button],[role=link],[role=tab],[role=menuitem],[data-pyfriction],[onclick]";function F(s){let a=[];for(let b=0;s&&s.nodeType===1&&b<3;b++,s=s.parentElement){if(s.id){a.unshift("#"+s.id);break}let w=s.tagName.toLowerCase(),C=(s.getAttribute("class")||"").trim().split(/\s+/)[0];C&&(w+="."+C);let M=s.parentElement;if(M){let X=0,at=0;for(let J=M.firstElementChild;J;J=J.nextElementSibling)J.tagName===s.tagName&&(X++,J===s&&(at=X));X>1&&(w+=":nth-of-type("+at+")")}a.unshift(w)}return a.join(" > ")}function j(s){let a=s.closest(R)||s,b=s.closest("[data-pyfriction]");return b?b.getAttribute("data-pyfriction"):a.id?"#"+a.id:F(a)}function I(s){let a=s.find(C=>C&&C.nodeType===1);if(!a)return null;let b=[],w=a;for(;w;){b.unshift(j(w));let C=w.getRootNode();if(C instanceof ShadowRoot&&!w.closest("[data-pyfriction]"))w=C.host;else break}return{el:a,target:b.join(" >>> ")}}let k=s=>s.some(a=>a&&a.nodeType===1&&a.matches(c));function P(s,a){let b={id:y(),user_id:A(),type:s,ts:v(),step:O()};for(let w in a||{})b[w]=a[w];l.push(b),l.length>r.maxQueue&&l.splice(0,l.length-r.maxQueue),f||(f=setTimeout(E,r.flushMs))}let nt=s=>JSON.stringify({writeKey:r.key,sent_at:v(),lib:"pyfriction.js",events:s});function N(s,a){return Rt(s,{method:"POST",body:a,headers:{"Content-Type":"text/plain"},keepalive:!0,credentials:i?"same-origin":"omit"})}function E(s){if(clearTimeout(f),f=null,!l.length)return;let a=l.splice(0,100),b=i?i+"/events":o+"/v1/events",w=i?JSON.stringify({events:a}):nt(a);if(s===!0&&navigator.sendBeacon&&navigator.sendBeacon(b,new Blob([w],{type:"text/plain"})))return E(!0);N(b,w).then(C=>{(C.status>=500||C.status===429)&&U(a)}).catch(()=>U(a)),l.length&&(f=setTimeout(E,0))}function U(s){l=s.concat(l).slice(-r.maxQueue),f||(f=setTimeout(E,r.flushMs*5))}let W=s=>String(s).indexOf(o+"/v1/")===0||!!i&&String(s).indexOf(i+"/")>=0;function H(s){try{let a=new URL(s,location.href);return(a.origin===location.origin?"":a.host)+a.pathname}catch{return String(s).split("?")[0].slice(0,200)}}let _=null;function $(){O()!==_&&(_=O(),i||P("page",{})),setTimeout(jt,0),$t()}for(let s of["pushState","replaceState"]){let a=history[s];history[s]=function(){let b=a.apply(this,arguments);return $(),b}}addEventListener("popstate",$),addEventListener("scroll",()=>u=Date.now(),{capture:!0,passive:!0}),addEventListener("pointerdown",()=>d=u,{capture:!0,passive:!0});function Ht(s,a){let b=Date.now(),w=location.href,C=Ct,M=!1,X=new MutationObserver(at=>{for(let J of at){let ge=J.target.nodeType===1?J.target:J.target.parentElement;if(!ge||!ge.closest(c)){M=!0,X.disconnect();return}}});X.observe(document.documentElement,{childList:!0,subtree:!0,attributes:!0,characterData:!0}),setTimeout(()=>{X.disconnect(),a(M||location.href!==w||u>=b||Ct!==C)},s)}let Ct=0;document.addEventListener("click",s=>{let a=s.composedPath?s.composedPath():[s.target];if(k(a))return;let b=I(a);if(!b)return;let w={target:b.target},C=window.getSelection&&window.getSelection(),M=C&&!C.isCollapsed&&String(C).trim()!=="",X=u>d||Date.now()-u<150;(M||X)&&(w.properties={selection:M?"text":"scroll"}),P("click",w),setTimeout($t,300),!(M||X||b.el.closest("a[href],input,select,textarea,label,summary,[contenteditable]"))&&Ht(r.deadMs,at=>{at||P("dead_click",{target:b.target})})},!0),addEventListener("error",s=>{if(s.target&&s.target!==window)return;let a=s.filename?H(s.filename)+":"+s.lineno:"script";P("error",{target:s.error&&s.error.name||"Error",properties:{message:String(s.message).slice(0,200),where:a}})}),addEventListener("unhandledrejection",s=>{let a=s.reason;P("error",{target:a&&a.name||"UnhandledRejection",properties:{message:String(a&&a.message||a).slice(0,200)}})});let Rt=window.fetch?window.fetch.bind(window):null;Rt&&(window.fetch=function(s,a){let b=typeof s=="string"?s:s&&s.url||String(s),w=(a&&a.method||s&&s.method||"GET").toUpperCase(),C=Rt(s,a);return W(b)?C:(Ct++,C.then(M=>(M.status>=400?P("api_error",{target:w+" "+H(b),properties:{status:M.status}}):setTimeout($t,50),M),M=>{throw P("api_error",{target:w+" "+H(b),properties:{status:0}}),M}))});let gt=window.XMLHttpRequest&&window.XMLHttpRequest.prototype;if(gt){let s=gt.open,a=gt.send;gt.open=function(b,w){return this._pf=[String(b).toUpperCase(),w],s.apply(this,arguments)},gt.send=function(){let b=this;return b._pf&&!W(b._pf[1])&&(Ct++,b.addEventListener("loadend",()=>{(b.status>=400||b.status===0)&&P("api_error",{target:b._pf[0]+" "+H(b._pf[1]),properties:{status:b.status}})})),a.apply(this,arguments)}}document.addEventListener("visibilitychange",()=>{document.visibilityState==="hidden"?E(!0):jt()}),addEventListener("pagehide",()=>E(!0)),addEventListener("focus",jt);let le={};function ae(s,a){if(le[s+" "+a])return;le[s+" "+a]=!0,a==="shown"&&on(s);let b=o+"/v1/guidance/"+encodeURIComponent(A())+"/ack"+T({key:r.key,token:r.token}),w=i?{id:s,outcome:a}:{guidance_id:s,outcome:a};N(i?i+"/ack":b,JSON.stringify(w)).catch(()=>{})}function fe(s){s&&(nn(s,null),ae(s,"completed"))}function $t(){let s=document.querySelectorAll("[data-pyfriction-complete]");for(let a=0;a<s.length;a++){let b=(s[a].getAttribute("data-pyfriction-complete")||"").split(/\s+/).filter(Boolean);for(let w of b.length?b:Et)Et.indexOf(w)>=0&&fe(w)}}let Et=[];function on(s){Et.indexOf(s)<0&&Et.push(s)}let ue=()=>"pyfriction_box:"+A();function qt(){try{let s=JSON.parse(localStorage.getItem(ue())||"{}");for(let a in s)s[a].expires_at&&s[a].expires_at<v()&&delete s[a];return s}catch{return de}}let de={};function pe(s){try{localStorage.setItem(ue(),JSON.stringify(s))}catch{de=s}}function me(s){if(!s||!s.id||Ot(s.id))return;let a=qt();a[s.id]=s,pe(a),x&&x.postMessage({t:"item",g:s}),zt(s)}function zt(s){if(Ot(s.id)||s.step&&s.step!==O()||document.visibilityState!=="visible")return;let a=()=>{if(Vt[s.id]||Ot(s.id))return;Vt[s.id]=!0;let b=qt();delete b[s.id],pe(b),x&&x.postMessage({t:"taken",id:s.id}),Wt(s)};document.hasFocus()?a():setTimeout(a,400)}let Vt={};function jt(){let s=qt();for(let a in s)zt(s[a])}function he(){x&&x.close(),x=null,window.BroadcastChannel&&(x=new BroadcastChannel("pyfriction:"+A()),x.onmessage=s=>{let a=s.data||{};a.t==="item"&&a.g?zt(a.g):a.t==="taken"&&!Ot(a.id)&&(Vt[a.id]=!0)})}function kt(){clearTimeout(m),h&&h.close(),h=null;let s=o+"/v1/guidance/"+encodeURIComponent(A())+"/stream"+T({key:r.key,token:r.token});if(i||!window.EventSource){Rt(i?i+"/guidance":s.replace("/stream",""),{credentials:i?"same-origin":"omit",cache:"no-store"}).then(w=>w.ok?w.json():{}).then(w=>(w.guidance||[]).forEach(me)).catch(()=>{}).then(()=>m=setTimeout(kt,i?+e.pollMs||1500:3e4));return}let a=new EventSource(s);h=a;let b=null;a.addEventListener("open",()=>{b=setTimeout(()=>g=0,5e3)}),a.addEventListener("guidance",w=>{g=0;try{me(JSON.parse(w.data))}catch{}}),a.addEventListener("error",()=>{if(clearTimeout(b),a.close(),h!==a)return;h=null;let w=Math.min(6e4,r.retryMs*Math.pow(2,g++))*(.5+Math.random()/2);m=setTimeout(kt,w)})}Ze({words:xe(n),locale:n,dir:document.documentElement.dir||(we(n)?"rtl":"ltr"),theme:e.theme,bannerContainer:e.bannerContainer||null,bannerOffset:e.bannerOffset!=null&&e.bannerOffset!==""?+e.bannerOffset:null,ack:ae}),window.pyfriction={version:Gn,config:r,identify(s,a){r.user=String(s),r.token=a||"",he(),kt()},track:(s,a)=>P(s,a),flush:E,complete:fe,render:s=>Wt(s)},he(),$(),kt(),!e.locale&&!i&&rn();function rn(){try{if(sessionStorage.getItem("pyfriction_locale")===A()+" "+n)return;sessionStorage.setItem("pyfriction_locale",A()+" "+n)}catch{}N(o+"/v1/identify",JSON.stringify({writeKey:r.key,userId:A(),traits:{},context:{locale:n}})).catch(()=>{})}})();})();

@@ -1,0 +1,285 @@
+# Event intake: one event's path (validate, apply, report) and the episode queue.
+# Part of the one extension pyfriction._core: included by core.pyx (see docs/architecture.md).
+
+cdef emit(CompiledCore self, object uid, object account, object step, object target):
+    """Report the episode fired by the last update, if any (no slot held now)."""
+    if not self.did_fire:
+        return
+    self.did_fire = False
+    rec = slot_fields(&self.fired)
+    if uid is None:
+        uid = uid_of(self, &self.fired)
+    self.on_episode(rec, uid, account, step, target, self.fired.episode_ts, self.fired_score,
+                    self.fired_stall)
+
+
+cdef report(CompiledCore self, PyObject* uid, int code, object account, object step, object target):
+    """Hand the last update's episode and outcome (if any) to the tracker; while this
+    thread scores a batch, queue them instead (see ``begin_batch``)."""
+    cdef bint outcome = T_TICKET <= code <= T_GUIDANCE_DISMISSED
+    if self.deferring and self.defer_thread == PyThread_get_thread_ident():
+        if self.did_fire:
+            self.did_fire = False
+            push(self, &self.fired, 0, self.fired_score, self.fired.episode_ts, self.fired_stall,
+                      uid, account, step, target)
+        if outcome:
+            push(self, NULL, code, 0.0, self.last_te, 0.0, uid, account, step, target)
+        return
+    emit(self, <object>uid, account, step, target)
+    if outcome:
+        self.on_outcome(self.type_names[code], <object>uid, account, step, target, self.last_te)
+
+
+cdef int push(CompiledCore self, Slot* rec, int code, double score, double te, double stall,
+              PyObject* uid, object account, object step, object target) except -1:
+    cdef Pending* p
+    cdef Py_ssize_t cap
+    if self.pend_n == self.pend_cap:
+        cap = 64 if self.pend_cap == 0 else 2 * self.pend_cap
+        p = <Pending*>realloc(self.pend, cap * sizeof(Pending))
+        if p == NULL:
+            raise MemoryError("cannot queue a batch's episodes")
+        self.pend = p
+        self.pend_cap = cap
+    p = &self.pend[self.pend_n]
+    if rec != NULL:
+        memcpy(&p.rec, rec, sizeof(Slot))
+    p.code = code
+    p.score = score
+    p.te = te
+    p.stall = stall
+    p.uid = uid
+    p.account = NULL if account is None else <PyObject*>account
+    p.step = NULL if step is None else <PyObject*>step
+    p.target = NULL if target is None else <PyObject*>target
+    Py_XINCREF(p.uid)
+    Py_XINCREF(p.account)
+    Py_XINCREF(p.step)
+    Py_XINCREF(p.target)
+    self.pend_n += 1
+    return 0
+
+
+cdef bint begin_batch(CompiledCore self):
+    """From here until ``end_batch``, this thread's episodes and outcomes are queued and
+    delivered in order at each ``drain``: the batch loop stays in C with its data in
+    cache, and the Python work runs in one warm stretch. The tracker allows it only
+    while no callback runs inline (``batch_queue``): an inline callback may observe, and
+    must see the state of the moment its episode fired. False when not allowed, or when
+    another thread is inside a batch of this core (this call then reports as it goes)."""
+    cdef unsigned long me = PyThread_get_thread_ident()
+    if not self.batch_queue or (self.deferring and self.defer_thread != me):
+        return False
+    self.defer_thread = me
+    self.deferring += 1
+    return True
+
+
+cdef end_batch(CompiledCore self, bint began):
+    if began:
+        self.deferring -= 1
+    drain(self)
+
+
+cdef drain(CompiledCore self):
+    """Deliver the queued episodes and outcomes, oldest first. A callback may re-enter
+    ``observe``: what it queues is delivered by this same loop."""
+    cdef Pending* p
+    cdef int code
+    cdef double score, te, stall
+    while self.pend_head < self.pend_n:
+        p = &self.pend[self.pend_head]
+        self.pend_head += 1
+        code, score, te, stall = p.code, p.score, p.te, p.stall
+        uid = None if p.uid == NULL else <object>p.uid
+        account = None if p.account == NULL else <object>p.account
+        step = None if p.step == NULL else <object>p.step
+        target = None if p.target == NULL else <object>p.target
+        Py_XDECREF(p.uid)
+        Py_XDECREF(p.account)
+        Py_XDECREF(p.step)
+        Py_XDECREF(p.target)
+        if code == 0:
+            rec = slot_fields(&p.rec)
+            if uid is None:
+                uid = uid_of(self, &p.rec)
+            # p may move from here on: a callback can queue more.
+            self.on_episode(rec, uid, account, step, target, te, score, stall)
+        else:
+            self.on_outcome(self.type_names[code], uid, account, step, target, te)
+    self.pend_head = self.pend_n = 0
+
+
+cdef inline int code_of(CompiledCore self, object kind) except -1:
+    cdef PyObject* o = PyDict_GetItemWithError(self.type_codes, kind)
+    return T_UNKNOWN if o == NULL else <int><object>o
+
+
+cdef double apply(CompiledCore self, PyObject* uid, uint64_t key, object kind, double ts, object step,
+                  object target, object account, long status, long results,
+                  int code=-1, uint32_t step_k=0, uint32_t target_k=0) except? -1.0:
+    """One valid event. ``uid`` is borrowed and only read for a new user, an episode or
+    an outcome: in a batch over many users, touching each id object again would cost a
+    cache miss per event."""
+    cdef uint32_t s
+    cdef double score
+    self.ctr[C_EVENTS] += 1
+    if code < 0:
+        code = code_of(self, kind)
+    # Python code (the exclusion globs) runs before the slot is looked up: it may let
+    # another thread in, which must not find us holding a slot.
+    if (code == T_UNKNOWN or (self.has_excl_step and self.excl_step(step))
+            or (self.has_excl_target and self.excl_target(target))):
+        if code == T_UNKNOWN:
+            self.ctr[C_UNKNOWN] += 1
+        else:
+            self.ctr[C_EXCLUDED] += 1
+        s = hold(self, key)
+        if s == NONE32:
+            return 0.0
+        score = current(&self.slots[s])
+        release(self, s)
+        return score
+    if step_k == 0 and code == T_PAGE and step is not None:
+        step_k = key32(step)
+    if target_k == 0 and T_CLICK <= code <= T_FORM_ERROR and target is not None:
+        target_k = key32(target)
+    if self.shared:
+        s = acquire(self, key, <object>uid, ts)
+    else:
+        s = find(self, key)
+        if s == 0:
+            s = insert(self, key, <object>uid, ts)
+        else:
+            s -= 1
+            touch(self, s)
+    score = update(self, &self.slots[s], code, ts, step_k, target_k, status, results)
+    release(self, s)
+    if self.note:
+        settle(self, step_k, step, target_k, target)
+    if self.did_fire or T_TICKET <= code <= T_GUIDANCE_DISMISSED:
+        report(self, uid, code, account, step, target)
+    return score
+
+
+cdef void settle(CompiledCore self, uint32_t step_k, object step, uint32_t target_k, object target) except *:
+    """Remember the names an update noted (no slot held: Python may run)."""
+    cdef int note = self.note
+    self.note = 0
+    if note & NOTE_STEP:
+        remember(self, step_k, step)
+    if note & NOTE_TARGET:
+        remember(self, target_k, target)
+
+
+cdef double observe_dict(CompiledCore self, dict d) except? -1.0:
+    """The fast path for a plain dict; anything unusual goes to the reference parser."""
+    cdef PyObject* o
+    cdef object uid, kind, step = None, target = None, account = None
+    cdef double ts
+    cdef long status = -1, results = -1
+    o = PyDict_GetItemWithError(d, "user_id")
+    if o == NULL or not PyUnicode_CheckExact(<object>o):
+        return observe_slow(self, d)
+    uid = <object>o
+    o = PyDict_GetItemWithError(d, "type")
+    if o == NULL or not PyUnicode_CheckExact(<object>o):
+        return observe_slow(self, d)
+    kind = <object>o
+    if not (0 < PyUnicode_GET_LENGTH(uid) <= MAX_TEXT and 0 < PyUnicode_GET_LENGTH(kind) <= MAX_TEXT
+            and well_formed(uid) and well_formed(kind)):
+        return observe_slow(self, d)
+    o = PyDict_GetItemWithError(d, "ts")
+    if o == NULL or <object>o is None:
+        return observe_slow(self, d)  # the clock: rare enough for the general path
+    if PyFloat_CheckExact(<object>o):
+        ts = PyFloat_AS_DOUBLE(<object>o)
+    elif PyLong_CheckExact(<object>o):
+        ts = PyLong_AsDouble(<object>o)
+        if ts == -1.0 and PyErr_Occurred() != NULL:
+            PyErr_Clear()  # too large for a double: the general path says so
+            return observe_slow(self, d)
+    else:
+        return observe_slow(self, d)
+    if not ts_plausible(self, ts):
+        return observe_slow(self, d)  # out of range (or not finite): the general path says why
+    step = optional_text(d, "step")
+    target = optional_text(d, "target")
+    account = optional_text(d, "account_id")
+    if step is _BAD or target is _BAD or account is _BAD:
+        return observe_slow(self, d)
+    o = PyDict_GetItemWithError(d, "properties")
+    if o != NULL and <object>o is not None:
+        if not PyDict_CheckExact(<object>o):
+            return observe_slow(self, d)
+        status = int_property(<dict>o, "status")
+        results = int_property(<dict>o, "results")
+    return apply(self, <PyObject*>uid, key64(uid), kind, ts, step, target, account, status, results)
+
+
+cdef double observe_slow(CompiledCore self, object event) except? -1.0:
+    try:
+        p = _ev.parse_event(event, self.clock, self.ts_range)
+    except _ev.InvalidEvent:
+        self.ctr[C_INVALID] += 1
+        raise
+    uid = p[0]
+    return apply(self, <PyObject*>uid, key64(uid), p[1], p[2], p[3], p[4], p[5], p[6], p[7])
+
+
+cdef inline long int_property(dict props, str name) except? -2:
+    """Reference: ``events._int_property``; exact ints here, anything else in Python."""
+    cdef PyObject* o = PyDict_GetItemWithError(props, name)
+    cdef long long v
+    cdef int overflow = 0
+    if o == NULL:
+        return -1
+    if PyLong_CheckExact(<object>o):
+        v = PyLong_AsLongLongAndOverflow(<object>o, &overflow)
+        return <long>v if overflow == 0 and 0 <= v <= I31 else -1
+    return _ev.int_value(<object>o)
+
+
+_BAD = object()
+
+
+cdef inline object optional_text(dict d, str key):
+    """An optional text field of a dict event: None when absent or empty, the str when fine,
+    ``_BAD`` when the reference parser has to judge it (and raise)."""
+    cdef PyObject* o = PyDict_GetItemWithError(d, key)
+    if o == NULL or <object>o is None:
+        return None
+    if not PyUnicode_CheckExact(<object>o) or PyUnicode_GET_LENGTH(<object>o) > MAX_TEXT or not well_formed(<object>o):
+        return _BAD
+    return <object>o if PyUnicode_GET_LENGTH(<object>o) > 0 else None
+
+
+cdef inline bint well_formed(object s):
+    """A str that encodes to UTF-8 (no lone surrogate): ``events._text`` refuses the others.
+    ASCII is the common case and free to tell; else the UTF-8 form is made (and kept by the
+    str, which needs it anyway for its key)."""
+    cdef Py_ssize_t n
+    if PyUnicode_IS_ASCII(s):
+        return True
+    if PyUnicode_AsUTF8AndSize(s, &n) == NULL:
+        PyErr_Clear()
+        return False
+    return True
+
+
+cdef inline double wall_clock() noexcept nogil:
+    cdef timespec t
+    clock_gettime(CLOCK_REALTIME, &t)
+    return <double>t.tv_sec + <double>t.tv_nsec * 1e-9
+
+
+cdef inline bint ts_plausible(CompiledCore self, double ts) noexcept nogil:
+    """``events.TsRange.ok``: within [ts_min, wall clock + max_ahead]. The upper bound is
+    kept and recomputed only when a time passes it (it only grows, so a stale bound never
+    accepts too late a time): the common case is two comparisons."""
+    if not (ts >= self.ts_min):  # also NaN
+        return False
+    if ts <= self.ts_hi:
+        return True
+    self.ts_hi = wall_clock() + self.ts_ahead
+    return ts <= self.ts_hi

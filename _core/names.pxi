@@ -1,0 +1,113 @@
+# Names (32-bit key -> text) and the step histograms.
+# Part of the one extension pyfriction._core: included by core.pyx (see docs/architecture.md).
+
+cdef inline void remember(CompiledCore self, uint32_t key, object text) except *:
+    """Reference: ``_rules.Names.remember``. Memory: C calls only on the names dict (no
+    Python code may run while a slot is held). Shared: the file's name table."""
+    if self.shared:
+        remember_shared(self, key, text)
+        return
+    # Most calls name a step or target seen moments ago: skip the dict (and the int
+    # object its key needs) when this core put that key there. Only this core removes
+    # names (the clear below), and it forgets what it knew when it does.
+    if self.known[key & 4095] == key:
+        return
+    k = key
+    if not PyDict_Contains(self.names, k):
+        if PyDict_Size(self.names) >= NAMES_MAX:
+            PyDict_Clear(self.names)
+            memset(self.known, 0, sizeof(self.known))
+        PyDict_SetItem(self.names, k, text)
+    self.known[key & 4095] = key
+
+
+cdef NameRec* name_rec(CompiledCore self, uint32_t key) noexcept:
+    cdef uint32_t i = <uint32_t>mix64(key) & (N_NAMES - 1)
+    cdef uint32_t k
+    while True:
+        k = pf_load32(&self.ntab[i].key)
+        if k == 0 or k == key:
+            return &self.ntab[i]
+        i = (i + 1) & (N_NAMES - 1)
+
+
+cdef void remember_shared(CompiledCore self, uint32_t key, object text) except *:
+    cdef NameRec* r = name_rec(self, key)
+    cdef Py_ssize_t n
+    cdef const char* p
+    if r.key == key:
+        return
+    p = PyUnicode_AsUTF8AndSize(text, &n)
+    if p == NULL:
+        PyErr_Clear()
+        return
+    if n > NAME_TEXT or self.meta.n_names >= N_NAMES * 3 // 4:
+        return  # too long or table full: episodes fall back to the key
+    pf_lock(&self.meta.names_lock, self.pid)
+    r = name_rec(self, key)
+    if r.key == 0:
+        memcpy(r.text, p, n)
+        r.len = <uint8_t>n
+        pf_store32(&r.key, key)
+        self.meta.n_names += 1
+    pf_unlock(&self.meta.names_lock)
+
+
+cdef object name_of(CompiledCore self, uint32_t key):
+    cdef NameRec* r = name_rec(self, key)
+    if r.key != key:
+        return None
+    return (<bytes>PyBytes_FromStringAndSize(r.text, r.len)).decode("utf-8", "replace")
+
+
+cdef StepRec* step_rec(CompiledCore self, uint32_t step, bint create) noexcept nogil:
+    cdef uint32_t i = mix64(step) & self.step_mask
+    cdef uint32_t e
+    cdef StepRec* r
+    while True:
+        e = pf_load32(&self.step_index[i])
+        if e == 0:
+            if not create or self.meta.n_steps >= self.max_steps:
+                return NULL
+            if self.shared:
+                pf_lock(&self.meta.steps_lock, self.pid)
+                if pf_load32(&self.step_index[i]) != 0:  # someone else added one: look again
+                    pf_unlock(&self.meta.steps_lock)
+                    continue
+                if self.meta.n_steps >= self.max_steps:
+                    pf_unlock(&self.meta.steps_lock)
+                    return NULL
+            r = &self.steps[self.meta.n_steps]
+            memset(r, 0, sizeof(StepRec))
+            r.key = step
+            self.meta.n_steps += 1
+            pf_store32(&self.step_index[i], self.meta.n_steps)
+            if self.shared:
+                pf_unlock(&self.meta.steps_lock)
+            return r
+        if self.steps[e - 1].key == step:
+            return &self.steps[e - 1]
+        i = (i + 1) & self.step_mask
+
+
+cdef double c_stall_limit(CompiledCore self, uint32_t step) noexcept nogil:
+    """Reference: ``Rules.stall_limit`` via ``ReferenceCore.stall_limit``."""
+    cdef StepRec* r = step_rec(self, step, False)
+    cdef double need, q
+    cdef uint64_t seen = 0
+    cdef uint32_t count
+    cdef int b
+    if r == NULL:
+        return -1.0
+    count = r.count
+    if count < <uint32_t>self.P.stall_min_n:
+        return -1.0
+    need = self.P.stall_q * count
+    q = bucket_upper(NB - 1)
+    for b in range(NB):
+        seen += r.buckets[b]
+        if seen >= need:
+            q = bucket_upper(b)
+            break
+    q = self.P.stall_factor * q
+    return self.P.stall_min_s if self.P.stall_min_s >= q else q
