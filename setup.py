@@ -6,7 +6,10 @@ All metadata lives in pyproject.toml; this file only declares the extension. Set
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
+import types
 from glob import glob
 
 from setuptools import Extension, setup
@@ -21,6 +24,27 @@ CYTHON_DIRECTIVES = {
 }
 
 
+def check_generated_constants() -> None:
+    """Refuse to build from a stale ``_core/consts.pxi`` (generated from
+    ``pyfriction/_constants.py``). The generator is loaded by path: the package itself may not
+    be importable where the build runs (no numpy in an isolated build environment)."""
+    pkg = types.ModuleType("_pyfriction_build")
+    pkg.__path__ = [os.path.abspath("pyfriction")]
+    sys.modules[pkg.__name__] = pkg
+    gen = None
+    for name in ("_constants", "_gen_consts"):
+        spec = importlib.util.spec_from_file_location(
+            f"{pkg.__name__}.{name}", os.path.join("pyfriction", f"{name}.py")
+        )
+        assert spec is not None and spec.loader is not None
+        gen = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = gen
+        spec.loader.exec_module(gen)
+    assert gen is not None
+    if gen.main(["--check"]) != 0:
+        raise SystemExit("_core/consts.pxi is out of date: run `python -m pyfriction._gen_consts`, then build again")
+
+
 class CythonBuildExt(build_ext):
     """Cythonize at build time, so that sdists carry the .pyx sources rather than generated C
     and the generated C stays out of the source tree (in ``build/cython``)."""
@@ -30,6 +54,7 @@ class CythonBuildExt(build_ext):
 
         modules = self.distribution.ext_modules or []
         if any(src.endswith(".pyx") for ext in modules for src in ext.sources):  # not yet done
+            check_generated_constants()
             self.distribution.ext_modules = cythonize(
                 modules,
                 compiler_directives=CYTHON_DIRECTIVES,

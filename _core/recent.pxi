@@ -44,14 +44,6 @@ cdef class RecentIds:
     def __len__(self):
         return self.count
 
-    cdef inline bint has(self, uint64_t fp) noexcept nogil:
-        cdef uint32_t i = <uint32_t>fp & self.mask
-        while self.index[i]:
-            if self.ring[self.index[i] - 1] == fp:
-                return True
-            i = (i + 1) & self.mask
-        return False
-
     cdef bint add(self, uint64_t fp) noexcept nogil:
         """True if ``fp`` is remembered; else remember it (forgetting the oldest when full)."""
         cdef uint32_t i = <uint32_t>fp & self.mask, pos

@@ -144,7 +144,7 @@ _F32 = struct.Struct("<f")
 def f32(value: float) -> float:
     """Round a double to the nearest float32, as the C core's ``(float)`` cast does."""
     try:
-        return _F32.unpack(_F32.pack(value))[0]
+        return float(_F32.unpack(_F32.pack(value))[0])
     except OverflowError:
         return math.copysign(math.inf, value)
 

@@ -130,7 +130,7 @@ class _User:
         return u
 
 
-_UID_AT = SLOT_DTYPE.fields["uid"][1]
+_UID_AT: int = SLOT_DTYPE.fields["uid"][1]  # type: ignore[index]  # a structured dtype: fields is set
 
 
 def _uid_of(rec: Any, long_ids: Mapping[int, str]) -> str:
@@ -138,7 +138,8 @@ def _uid_of(rec: Any, long_ids: Mapping[int, str]) -> str:
     if n == UID_LONG:
         return long_ids[int(rec["key"])]
     # Not rec["uid"]: numpy strips trailing NUL bytes from an "S" field, and an id may end in one.
-    return rec.tobytes()[_UID_AT : _UID_AT + n].decode("utf-8", "surrogatepass")
+    raw: bytes = rec.tobytes()
+    return raw[_UID_AT : _UID_AT + n].decode("utf-8", "surrogatepass")
 
 
 _live: weakref.WeakSet[ReferenceCore] = weakref.WeakSet()
@@ -473,7 +474,7 @@ class ReferenceCore:
 
     @staticmethod
     def _record(u: _User) -> np.void:
-        rec = np.zeros(1, dtype=SLOT_DTYPE)[0]
+        rec: np.void = np.zeros(1, dtype=SLOT_DTYPE)[0]
         u.to_record(rec)
         return rec
 

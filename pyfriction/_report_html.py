@@ -10,7 +10,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from .report import ReportResult, deflection_note, duration, item_columns, pct
+from ._report_model import ReportResult, deflection_note, duration, item_columns, pct
 
 __all__ = ["render_html"]
 

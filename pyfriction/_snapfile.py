@@ -90,7 +90,7 @@ def _array_header(n: int) -> bytes:
 
 
 def _bytes(buf: Buffer) -> memoryview:
-    view = memoryview(buf)
+    view = memoryview(buf)  # type: ignore[arg-type]  # numpy arrays export the buffer protocol
     return view if view.format == "B" and view.ndim == 1 else view.cast("B")
 
 
@@ -173,6 +173,7 @@ def read(path: str | os.PathLike[str], layout: str) -> Snapshot:
     except OSError as exc:
         raise SnapshotError(f"cannot read snapshot {name!r}: {exc}") from None
     problem = None
+    doc: _Document | None
     try:
         doc = msgspec.msgpack.decode(data, type=_Document)
     except msgspec.ValidationError as exc:  # a map, with a key of the wrong type somewhere

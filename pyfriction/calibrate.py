@@ -37,7 +37,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import IO, Any
 
@@ -143,7 +143,7 @@ class _Log:
         self.errors: list[str] = []
         self.events = 0
 
-    def _skip(self, why: str) -> None:
+    def skip(self, why: str) -> None:
         self.skipped += 1
         if len(self.errors) < 5:
             self.errors.append(why)
@@ -165,17 +165,17 @@ class _Log:
                     try:
                         record = decode(line)
                     except msgspec.DecodeError:
-                        self._skip(f"{os.path.basename(path)} line {line_no}: not valid JSON")
+                        self.skip(f"{os.path.basename(path)} line {line_no}: not valid JSON")
                         continue
                     if not isinstance(record, dict):
-                        self._skip(f"{os.path.basename(path)} line {line_no}: not an event object")
+                        self.skip(f"{os.path.basename(path)} line {line_no}: not an event object")
                         continue
                     if is_segment(record):
                         if to_identify(record) is not None:
                             continue
                         event = to_event(record, self.cfg.segment)
                         if event is None:
-                            self._skip(f"{os.path.basename(path)} line {line_no}: a Segment call without a user")
+                            self.skip(f"{os.path.basename(path)} line {line_no}: a Segment call without a user")
                             continue
                     elif record.get("type") == "identify":
                         continue
@@ -183,7 +183,7 @@ class _Log:
                         event = record
                     ts, uid = event.get("ts"), event.get("user_id")
                     if not isinstance(uid, str) or not uid or not isinstance(ts, (int, float)) or isinstance(ts, bool):
-                        self._skip(f"{os.path.basename(path)} line {line_no}: no user_id or numeric ts")
+                        self.skip(f"{os.path.basename(path)} line {line_no}: no user_id or numeric ts")
                         continue
                     self.events += 1
                     yield event
@@ -294,7 +294,8 @@ def _replay_evidence(
     tickets, contacts = _label_types(base)
     now = [0.0]
     tracker = Tracker(cfg, engine=engine, clock=lambda: now[0])
-    active: dict[str, float] = {}  # user -> last event ts, for the probes at ticks
+    active: OrderedDict[str, float] = OrderedDict()  # user -> last event ts, oldest first
+    ticks = 0
     idle = base.detectors.stall.max_duration
     next_tick: float | None = None
     try:
@@ -304,8 +305,9 @@ def _replay_evidence(
             if next_tick is None:
                 next_tick = ts + TICK_EVERY
             while ts >= next_tick:
-                _tick_probe(tracker, ev, active, next_tick, idle)
+                _tick_probe(tracker, ev, active, next_tick, idle, ticks)
                 next_tick += TICK_EVERY
+                ticks += 1
             now[0] = max(now[0], ts)
             if uid in ev.label_ts:
                 continue  # after their ticket: nothing more to learn from this user
@@ -323,9 +325,10 @@ def _replay_evidence(
             try:
                 after = tracker.observe(event)
             except ValueError as exc:
-                log._skip(f"{uid}: {exc}")
+                log.skip(f"{uid}: {exc}")
                 continue
             active[uid] = ts
+            active.move_to_end(uid)
             # Evidence only grows when a detector activates (the score jumps); otherwise it
             # decays, and a decayed point adds nothing to the front.
             if after > before + 1e-12:
@@ -333,7 +336,7 @@ def _replay_evidence(
                 if pressures:
                     ev.note(uid, ts, pressures)
         if next_tick is not None:
-            _tick_probe(tracker, ev, active, next_tick, idle)
+            _tick_probe(tracker, ev, active, next_tick, idle, ticks)
     finally:
         tracker.close(1.0)
     # A positive's evidence only counts within the horizon before the ticket (whole segments:
@@ -343,17 +346,28 @@ def _replay_evidence(
     return ev
 
 
-def _tick_probe(tracker: Tracker, ev: _Evidence, active: dict[str, float], at: float, idle: float) -> None:
+def _tick_probe(tracker: Tracker, ev: _Evidence, active: OrderedDict[str, float], at: float, idle: float,
+                tick: int) -> None:  # fmt: skip
     """Tick, and read the evidence of the users the tick activated a detector for (a stall).
 
     Reading every user's pressures at every tick would dominate the replay: a user's score at
-    ``at``, read before and after the tick (a fraction of the cost), tells which ones grew."""
+    ``at``, read before and after the tick (a fraction of the cost), tells which ones grew.
+    ``active`` is ordered by last event, oldest first. Users quiet for over 10 minutes are
+    looked at every 2nd tick, over 30 minutes every 4th (their stall evidence is read up to a
+    tick or three late, slightly decayed); users gone longer than ``idle`` are dropped."""
+    while active:
+        uid, last = next(iter(active.items()))
+        if at - last <= idle:
+            break
+        del active[uid]
     before: list[tuple[str, float]] = []
-    for uid, last in list(active.items()):
-        if at - last > idle:
-            del active[uid]
-        elif at - last >= TICK_EVERY:  # the ones active since are read at their next event
-            before.append((uid, tracker.score(uid, at)))
+    for uid, last in active.items():
+        quiet = at - last
+        if quiet < TICK_EVERY:
+            break  # the rest were active since the last tick: read at their next event
+        if (quiet > 1800.0 and tick % 4) or (quiet > 600.0 and tick % 2):
+            continue
+        before.append((uid, tracker.score(uid, at)))
     tracker.tick(at)
     for uid, score in before:
         if tracker.score(uid, at) > score + 1e-12:

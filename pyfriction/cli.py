@@ -19,14 +19,11 @@ from typing import IO, Any
 import msgspec
 
 from pyfriction import Episode, InvalidEvent, Tracker
+from pyfriction._cli_error import CliError
 
 __all__ = ["build_parser", "format_episode", "main"]
 
 SAMPLE = "sample_events.jsonl"
-
-
-class CliError(Exception):
-    """A user-facing error: printed as ``pyfriction: error: ...`` with exit status 2."""
 
 
 @contextlib.contextmanager
@@ -150,9 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     from pyfriction import report
 
     report.add_parser(commands)
-    from pyfriction import store
+    from pyfriction import store_admin
 
-    store.add_parser(commands)
+    store_admin.add_parser(commands)
     from pyfriction import calibrate
 
     calibrate.add_parser(commands)

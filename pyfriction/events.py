@@ -149,22 +149,21 @@ def _text(value: Any, field: str, required: bool) -> str | None:
         return None
     if not isinstance(value, str):
         raise InvalidEvent(field, f"must be a string, not {type(value).__name__}")
-    if type(value) is not str:
-        value = str.__str__(value)  # numpy.str_ and other subclasses: the plain text
-    if not value:
+    text: str = value if type(value) is str else str.__str__(value)  # numpy.str_ and other subclasses: plain text
+    if not text:
         if required:
             raise InvalidEvent(field, "must not be empty")
         return None
-    if len(value) > MAX_TEXT:
+    if len(text) > MAX_TEXT:
         raise InvalidEvent(field, f"is longer than {MAX_TEXT} characters")
-    if not value.isascii():
+    if not text.isascii():
         try:
-            value.encode("utf-8")
+            text.encode("utf-8")
         except UnicodeEncodeError:
             # A lone surrogate cannot be written to a snapshot, a log line or a response:
             # refused here rather than failing later for the whole tracker.
             raise InvalidEvent(field, "is not well-formed Unicode (it holds a lone surrogate)") from None
-    return value
+    return text
 
 
 def int_value(value: Any) -> int:
@@ -230,7 +229,7 @@ def parse_event(
         raise InvalidEvent("properties", f"must be a mapping, not {type(props).__name__}")
     return (
         user_id,  # type: ignore[return-value]
-        kind,  # type: ignore[return-value]
+        kind,
         ts,
         step,
         target,

@@ -26,6 +26,7 @@ from typing import IO, Any
 
 import msgspec
 
+from ._report_model import ReportResult, deflection_note, duration, item_columns, pct
 from .config import Config, load_config
 from .insights import Insights
 from .segment import ReplayCounts, replay
@@ -49,25 +50,6 @@ def default_config_path() -> str:
     """The bundled guidance config of the sample app (what ``pyfriction sample --guided``
     simulates; ``report`` uses it only when given as ``--config``)."""
     return str(resources.files("pyfriction") / "data" / DEFAULT_CONFIG)
-
-
-class ReportResult(msgspec.Struct, kw_only=True):
-    """A replay's :class:`Insights` with where they came from."""
-
-    source: str
-    #: The config file (or ``"<config>"`` for one given as an object); None without one.
-    config: str | None
-    #: Whether the config had guidance items: deflection and item figures mean something.
-    catalog: bool = False
-    #: ``guidance_shown``/``_clicked``/``_dismissed`` events in the log.
-    guidance_events: int = 0
-    lines: int
-    events: int
-    identified: int
-    skipped: int
-    errors: list[str]
-    seconds: float
-    insights: Insights
 
 
 class Progress:
@@ -218,36 +200,6 @@ def _guidance_types(cfg: Config) -> frozenset[str]:
     return frozenset(names)
 
 
-def deflection_note(result: ReportResult) -> str:
-    """Why a report without a catalog has no deflection figures, and what to pass."""
-    needs = "deflection needs --config FILE with the guidance (catalog, rules, holdout) that was live"
-    if result.guidance_events:
-        return f"The log has {result.guidance_events:,} guidance events, but {needs} when it was recorded."
-    return f"No guidance catalog: {needs} when the log was recorded."
-
-
-# --- text ----------------------------------------------------------------------------------------
-
-
-def duration(seconds: float | None) -> str:
-    """``45 s``, ``12 min``, ``1 h 20 min``, ``24 h``, ``2.5 d``; ``-`` for None."""
-    if seconds is None:
-        return "-"
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    if seconds < 2 * 86400:
-        h, m = divmod(int(round(seconds / 60)), 60)
-        return f"{h} h {m} min" if m else f"{h} h"
-    return f"{seconds / 86400:.1f} d"
-
-
-def pct(x: float | None, digits: int = 1) -> str:
-    """``31.9%``; ``-`` for None."""
-    return "-" if x is None else f"{x * 100:.{digits}f}%"
-
-
 def _utc(ts: float | None) -> str:
     return "-" if ts is None else time.strftime("%Y-%m-%d %H:%M", time.gmtime(ts))
 
@@ -396,16 +348,6 @@ def _deflection_text(result: ReportResult) -> list[str]:
     return lines
 
 
-def item_columns(ins: Insights) -> list[str]:
-    """The item counters worth a column: ``completed`` and ``expired`` only when some item has
-    them (a log replay sees neither: completion is reported with ``Tracker.ack``, and nothing
-    fetches pending items)."""
-    cols = ["offered", "delivered", "shown", "clicked", "dismissed", "completed", "expired", "anchor_missing"]
-    return [
-        c for c in cols if c in ("offered", "shown", "clicked", "dismissed") or any(getattr(i, c) for i in ins.items)
-    ]
-
-
 def to_json(result: ReportResult) -> bytes:
     """The whole result as JSON (the insights under ``"insights"``)."""
     return msgspec.json.encode(result)
@@ -457,7 +399,7 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """The ``report`` command: returns the exit status; raises the CLI's error type for user errors."""
-    from .cli import CliError
+    from ._cli_error import CliError
     from .config import ConfigError
 
     show = sys.stderr.isatty() if args.progress is None else args.progress

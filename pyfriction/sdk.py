@@ -85,7 +85,8 @@ class _Options:
         self.fast = True
 
 
-_options = _Options()
+#: The options :func:`init` set (the integrations read them on every request).
+options = _Options()
 _lock = threading.Lock()
 #: How many events the SDK dropped, and why (see :func:`counters`).
 _counters = {"sampled_out": 0, "dropped_by_hook": 0, "hook_errors": 0, "integration_errors": 0}
@@ -153,6 +154,10 @@ class UserContext:
             if account is not None and self._account_id is None:
                 self._account_id = str(account)
 
+    def assign(self, user_id: str) -> None:
+        """Set the user once they are known (an integration that resolves them late)."""
+        self._user_id = user_id
+
     @property
     def user_id(self) -> str | None:
         if self._user_id is None and self._resolve is not None:
@@ -169,12 +174,13 @@ class UserContext:
         return f"UserContext(user_id={self._user_id!r}, account_id={self._account_id!r}, step={self.step!r})"
 
 
-_user: contextvars.ContextVar[UserContext | None] = contextvars.ContextVar("pyfriction_user", default=None)
+#: The current code's user (a request's, set by the integrations; see :func:`current_user`).
+user_var: contextvars.ContextVar[UserContext | None] = contextvars.ContextVar("pyfriction_user", default=None)
 
 
 def current_user() -> UserContext | None:
     """The :class:`UserContext` of the current context, or None."""
-    return _user.get()
+    return user_var.get()
 
 
 def _identify(user_id: str, traits: Mapping[str, Any] | None) -> None:
@@ -204,14 +210,14 @@ def set_user(
     the tracker's ``identify()`` when it has one (the guidance rules use them).
     """
     if user_id is None:
-        _user.set(None)
+        user_var.set(None)
         return
     user_id = str(user_id)
     step = None
-    current = _user.get()
+    current = user_var.get()
     if current is not None:
         step = current.step  # the request's step carries over to the user it identified
-    _user.set(UserContext(user_id, account_id, traits, step))
+    user_var.set(UserContext(user_id, account_id, traits, step))
     _identify(user_id, traits)
 
 
@@ -226,13 +232,13 @@ def user_context(
     """``with pyfriction.user_context("u42"):`` the user (and ``step``) of the events observed
     inside the block; the previous context is back afterwards."""
     ctx = None if user_id is None else UserContext(str(user_id), account_id, traits, step)
-    token = _user.set(ctx)
+    token = user_var.set(ctx)
     try:
         if ctx is not None:
             _identify(ctx._user_id, traits)  # type: ignore[arg-type]
         yield ctx
     finally:
-        _user.reset(token)
+        user_var.reset(token)
 
 
 # -- init --------------------------------------------------------------------------------------
@@ -329,7 +335,7 @@ def init(
     pkg = _pkg()
     with _lock:
         old, pkg._default = pkg._default, tracker
-        opts = _options
+        opts = options
         opts.enabled = enabled
         opts.sample_rate = rate
         opts.threshold = int(rate * (1 << 64))
@@ -344,10 +350,10 @@ def init(
 
     from .integrations import setup_integrations
 
-    _options.integrations = setup_integrations(integrations or (), default_integrations)
+    options.integrations = setup_integrations(integrations or (), default_integrations)
     log.debug(
         "pyfriction: init engine=%s store=%s enabled=%s sample_rate=%s integrations=%s",
-        tracker.engine, store, enabled, rate, sorted(_options.integrations),
+        tracker.engine, store, enabled, rate, sorted(options.integrations),
     )  # fmt: skip
     return tracker
 
@@ -364,7 +370,12 @@ def _enable_debug_logging() -> None:
 
 def is_enabled() -> bool:
     """False after ``init(enabled=False)`` (or ``PYFRICTION_ENABLED=0``)."""
-    return _options.enabled
+    return options.enabled
+
+
+def count_integration_error() -> None:
+    """Count a failure inside an integration (see :func:`counters`); integrations never raise."""
+    _counters["integration_errors"] += 1
 
 
 def counters() -> dict[str, int]:
@@ -391,21 +402,21 @@ def get_tracker() -> Tracker:
 
 def sampled(user_id: str) -> bool:
     """True when ``user_id`` is in the sample (always at ``sample_rate=1``)."""
-    if _options.sample_rate >= 1.0:
+    if options.sample_rate >= 1.0:
         return True
     return (
         _mix(zlib.crc32(user_id.encode("utf-8", "surrogatepass")) * 0x9E3779B97F4A7C15 & ((1 << 64) - 1))
-        < _options.threshold
+        < options.threshold
     )
 
 
 def _prepare(event: Any) -> Any:
     """The event to hand to the tracker after the context, sampling and the hook; None to drop."""
-    opts = _options
+    opts = options
     if not opts.enabled:
         return None
     if isinstance(event, Mapping) and event.get("user_id") is None:
-        ctx = _user.get()
+        ctx = user_var.get()
         if ctx is not None:
             uid = ctx.user_id
             if uid is not None:
@@ -442,7 +453,7 @@ def observe(event: Mapping[str, Any] | Event) -> float:
     for an event that is dropped (disabled, sampled out, dropped by ``before_observe``).
     """
     tracker = _pkg()._default or get_tracker()
-    if _options.fast and type(event) is dict and event.get("user_id") is not None:
+    if options.fast and type(event) is dict and event.get("user_id") is not None:
         return tracker.observe(event)
     prepared = _prepare(event)
     if prepared is None:
@@ -456,7 +467,7 @@ def observe_many(events: Iterable[Any] | Mapping[str, Any]) -> np.ndarray:
     Dropped events (see :func:`observe`) score 0.0; the result has one score per input event.
     """
     tracker = _pkg()._default or get_tracker()
-    if _options.fast and not _user.get():
+    if options.fast and not user_var.get():
         return tracker.observe_many(events)
     if isinstance(events, Mapping):
         # The tracker's own column parser: the same InvalidEvent for the same bad batch.
@@ -464,7 +475,7 @@ def observe_many(events: Iterable[Any] | Mapping[str, Any]) -> np.ndarray:
         items: list[Any] = list(columns_to_rows(cols, 0, n))
     else:
         items = list(events)
-    if not _options.enabled:
+    if not options.enabled:
         return np.zeros(len(items))
     kept: list[Any] = []
     where: list[int] = []
@@ -500,7 +511,7 @@ def _flush_at_exit() -> None:
     tracker = getattr(_pkg(), "_default", None)
     if tracker is not None:
         try:
-            tracker.close(timeout=_options.shutdown_timeout)
+            tracker.close(timeout=options.shutdown_timeout)
         except Exception:  # at exit, never a traceback from us
             pass
 

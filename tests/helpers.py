@@ -83,10 +83,10 @@ def reset_sdk() -> None:
     if tracker is not None:
         tracker.close(timeout=5.0)
     pyfriction._default = None
-    sdk._options.__init__()  # type: ignore[misc]
+    sdk.options.__init__()  # type: ignore[misc]
     for cls in _all_classes():
         cls.active = None
-    sdk._user.set(None)
+    sdk.user_var.set(None)
     for key in sdk._counters:
         sdk._counters[key] = 0
 

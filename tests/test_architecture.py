@@ -274,6 +274,13 @@ def test_the_engine_layer_has_no_cycle_even_in_local_imports() -> None:
     assert graph["pyfriction._constants"] == set()  # the leaf
 
 
+def test_no_import_cycle_even_in_local_imports() -> None:
+    """Not even a function-level import closes a cycle (the store's offline tools, which need
+    the tracker, live in store_admin; the CLI's error type in _cli_error; the report's shared
+    parts in _report_model)."""
+    assert cycles(import_graph(toplevel_only=False)) == []
+
+
 def test_the_cycle_finder_finds_a_cycle() -> None:
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
@@ -292,3 +299,31 @@ def test_the_core_imports_nothing_of_the_reference() -> None:
     # One backward-shift deletion, used by the user index and RecentIds alike.
     assert sources.count("cdef inline void index_delete(") == 1
     assert sources.count("index_delete(") == 3
+
+
+def _setup_check() -> Any:
+    """``check_generated_constants`` of setup.py (setup.py itself runs setup() on import)."""
+    source = (ROOT / "setup.py").read_text()
+    fn = next(
+        n for n in ast.parse(source).body if isinstance(n, ast.FunctionDef) and n.name == "check_generated_constants"
+    )
+    namespace: dict[str, Any] = {}
+    exec("import importlib.util, os, sys, types\n" + (ast.get_source_segment(source, fn) or ""), namespace)
+    return namespace["check_generated_constants"]
+
+
+@pytest.mark.parametrize("stale", [False, True])
+def test_the_build_refuses_stale_constants(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stale: bool) -> None:
+    (tmp_path / "pyfriction").mkdir()
+    (tmp_path / "_core").mkdir()
+    for name in ("_constants.py", "_gen_consts.py"):
+        (tmp_path / "pyfriction" / name).write_text((PACKAGE / name).read_text())
+    text = (ROOT / "_core" / "consts.pxi").read_text()
+    (tmp_path / "_core" / "consts.pxi").write_text(text.replace("DEF NDET = 9", "DEF NDET = 8") if stale else text)
+    monkeypatch.chdir(tmp_path)
+    check = _setup_check()
+    if stale:
+        with pytest.raises(SystemExit, match="out of date"):
+            check()
+    else:
+        check()

@@ -55,7 +55,7 @@ def clean_sdk() -> Iterator[None]:
         if pyfriction._default is not None:
             pyfriction._default.close(timeout=5)
         pyfriction._default = None
-        sdk._options.__init__()  # type: ignore[misc]
+        sdk.options.__init__()  # type: ignore[misc]
         for cls in _all_classes():
             cls.active = None
 

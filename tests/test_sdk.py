@@ -74,8 +74,8 @@ def rage(user: str, t0: float = T0) -> list[dict[str, Any]]:
 def test_init_defaults(seen: list[Any]) -> None:
     tracker = pyfriction.init()
     assert pyfriction.get_tracker() is tracker
-    assert sdk.is_enabled() and sdk._options.sample_rate == 1.0 and sdk._options.shutdown_timeout == 2.0
-    assert sdk._options.store == "memory://" and sdk._options.fast
+    assert sdk.is_enabled() and sdk.options.sample_rate == 1.0 and sdk.options.shutdown_timeout == 2.0
+    assert sdk.options.store == "memory://" and sdk.options.fast
     assert pyfriction.observe(ev("u1", "page", T0, "a")) == 0.0
     assert len(seen) == 1
 
@@ -90,12 +90,12 @@ def test_environment_fallbacks(seen: list[Any], monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setenv("PYFRICTION_SHUTDOWN_TIMEOUT", "0.5")
     tracker = pyfriction.init()
     assert tracker.config.scoring.threshold == 0.5
-    assert not sdk.is_enabled() and sdk._options.sample_rate == 0.25
-    assert sdk._options.debug and logging.getLogger("pyfriction").level == logging.DEBUG
-    assert sdk._options.shutdown_timeout == 0.5
+    assert not sdk.is_enabled() and sdk.options.sample_rate == 0.25
+    assert sdk.options.debug and logging.getLogger("pyfriction").level == logging.DEBUG
+    assert sdk.options.shutdown_timeout == 0.5
     # explicit arguments win over the environment
     tracker = pyfriction.init({"scoring": {"threshold": 0.7}}, enabled=True, sample_rate=1.0, debug=False)
-    assert tracker.config.scoring.threshold == 0.7 and sdk.is_enabled() and sdk._options.fast
+    assert tracker.config.scoring.threshold == 0.7 and sdk.is_enabled() and sdk.options.fast
     logging.getLogger("pyfriction").setLevel(logging.NOTSET)
 
 
@@ -124,7 +124,7 @@ def test_bad_arguments(seen: list[Any]) -> None:
 
 def test_store(seen: list[Any], tmp_path: Any) -> None:
     pyfriction.init(store="memory://")
-    assert sdk._options.store == "memory://"
+    assert sdk.options.store == "memory://"
     # the tracker's own store: init() hands the URL on
     with pytest.raises(Exception, match="redis"):  # the store's own StoreError
         pyfriction.init(store="redis://localhost/0")
@@ -364,15 +364,15 @@ def test_integration_registry(seen: list[Any], monkeypatch: pytest.MonkeyPatch) 
     defaults = registry.default_integrations
     monkeypatch.setattr(registry, "default_integrations", lambda: [*defaults(), Missing()])
     pyfriction.init(default_integrations=True)  # skipped quietly
-    assert "missing-framework" not in sdk._options.integrations
-    assert {"logging"} <= set(sdk._options.integrations)
+    assert "missing-framework" not in sdk.options.integrations
+    assert {"logging"} <= set(sdk.options.integrations)
     with pytest.raises(DidNotEnable, match="no_such_framework"):
         pyfriction.init(integrations=[Missing()])
     pyfriction.init(integrations=[Counting()])
     pyfriction.init(integrations=[Counting()])
     assert Counting.calls == 1 and isinstance(Counting.active, Counting)
     pyfriction.init()
-    assert Counting.active is None and sdk._options.integrations == {}
+    assert Counting.active is None and sdk.options.integrations == {}
     with pytest.raises(TypeError, match="Integration instances"):
         pyfriction.init(integrations=["flask"])
 
@@ -386,7 +386,7 @@ def test_integrations_skip_quietly_without_their_frameworks(tmp_path: Any) -> No
         logging.basicConfig(level=logging.DEBUG)
         import pyfriction
         pyfriction.init(engine="reference")
-        print(sorted(pyfriction.sdk._options.integrations))
+        print(sorted(pyfriction.sdk.options.integrations))
     """)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "['logging']"

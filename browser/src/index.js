@@ -222,13 +222,17 @@ const VERSION = "0.2.0";
       // A click that selected text (drag, double or triple click) or ended a scroll is not rage.
       const sel = window.getSelection && window.getSelection();
       const selected = sel && !sel.isCollapsed && String(sel).trim() !== "";
-      const scrolled = lastScroll > downScroll || Date.now() - lastScroll < 150;
-      if (selected || scrolled) fields.properties = { selection: selected ? "text" : "scroll" };
+      const during = lastScroll > downScroll; // scrolled between press and release (touch, wheel)
+      const scrolled = during || Date.now() - lastScroll < 150;
+      if (selected || scrolled) fields.properties = { selection: during || !selected ? "scroll" : "text" };
       push("click", fields);
       setTimeout(checkComplete, 300);
       if (selected || scrolled || t.el.closest("a[href],input,select,textarea,label,summary,[contenteditable]")) return;
       reacted(cfg.deadMs, (live) => {
-        if (!live) push("dead_click", { target: t.target });
+        // The first click of a double or triple click that went on to select text: not dead.
+        const now = window.getSelection && window.getSelection();
+        const selecting = now && !now.isCollapsed && t.el.contains(now.anchorNode);
+        if (!live && !selecting) push("dead_click", { target: t.target });
       });
     },
     true,

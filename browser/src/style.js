@@ -36,6 +36,7 @@ background:transparent;color:inherit;font:inherit;font-size:18px;line-height:1;c
 .pf-region{position:fixed;top:var(--pf-region-top,8px);inset-inline:0;margin:0 auto;width:min(640px,calc(100vw - 16px));
 z-index:var(--pf-z,2147483000);background:transparent;border:0;padding:0;overflow:visible;pointer-events:none}
 .pf-region[popover]{inset:auto;inset-inline:0;top:var(--pf-region-top,8px);margin:0 auto}
+.pf-region.pf-region-bottom{top:auto;bottom:8px}
 .pf-region>.pf-guidance{pointer-events:auto;max-width:none}
 .pf-region-inline{position:static;width:auto;margin:8px 0}
 .pf-modal{max-width:min(480px,calc(100vw - 32px));padding:20px 44px 20px 20px}

@@ -387,7 +387,14 @@ async function placeOnce(it) {
     close(it, null);
     return;
   }
-  const rects = it.protect.filter((e) => e.isConnected && visible(e)).map(contentRect);
+  const labels = anchor.labels ? Array.from(anchor.labels) : [];
+  const shown = it.protect.filter((e) => e.isConnected && visible(e));
+  const rects = shown.map(contentRect);
+  const soft = shown.map((e) => labels.indexOf(e) >= 0); // its label: better covered than the rest
+  // Nor the banner on screen (the regions share the viewport); but the app's own hint, error and
+  // controls come first: when only the banner is in the way, the banner moves to the bottom.
+  const banner = regions.banner.cur;
+  const movable = banner && bannerHost && !bannerHost.classList.contains("pf-region-inline");
   const vw = document.documentElement.clientWidth;
   const vh = document.documentElement.clientHeight;
   const rtl = getComputedStyle(anchor).direction === "rtl";
@@ -396,15 +403,24 @@ async function placeOnce(it) {
     : ["right-start", "left-start", "bottom-start", "top-start"];
   const middleware = [offset(GAP), shift({ padding: 8 }), arrow({ element: it.arrow, padding: 10 })];
   let best = null;
+  let clear = null; // the first side clear of the app's elements (maybe not of the banner)
   for (const placement of order) {
     const r = await computePosition(anchor, box, { placement, strategy: "fixed", middleware });
     applyPosition(it, r);
     const b = box.getBoundingClientRect();
     const outside = b.left < 0 || b.top < 0 || b.right > vw || b.bottom > vh;
     let cost = outside ? 1e9 : 0;
-    for (const rc of rects) cost += overlap(b, rc);
+    let label = 0;
+    rects.forEach((rc, i) => (soft[i] ? (label += overlap(b, rc)) : (cost += overlap(b, rc))));
+    const covered = banner && banner.box.isConnected ? overlap(b, banner.box.getBoundingClientRect()) : 0;
+    if (cost === 0 && !clear) clear = r;
+    cost += covered + label / 4;
     if (!best || cost < best.cost) best = { r, cost };
     if (cost === 0) break;
+  }
+  if (best.cost > 0 && clear && movable) {
+    bannerHost.classList.add("pf-region-bottom");
+    best = { r: clear, cost: 0 };
   }
   if (best.cost >= 1e9) {
     const r = await computePosition(anchor, box, {
@@ -415,6 +431,11 @@ async function placeOnce(it) {
     best = { r };
   }
   applyPosition(it, best.r);
+}
+
+function replaceTooltip() {
+  const t = regions.tooltip.cur;
+  if (t) place(t);
 }
 
 // -- banner ---------------------------------------------------------------------------------------
@@ -459,6 +480,7 @@ function showBanner(g, anchorMissing) {
   it.box.setAttribute("role", "region");
   it.box.setAttribute("aria-live", "polite");
   const host = bannerRegion();
+  host.classList.remove("pf-region-bottom");
   if (!host.classList.contains("pf-region-inline")) {
     const top = opts.bannerOffset != null ? opts.bannerOffset : headerBottom() + 8;
     host.style.setProperty("--pf-region-top", top + "px");
@@ -469,6 +491,7 @@ function showBanner(g, anchorMissing) {
     if (!it.box.contains(e.relatedTarget)) it.returnTo = e.relatedTarget;
   });
   regions.banner.cur = it;
+  replaceTooltip();
   if (anchorMissing) opts.ack(g.id, "anchor_missing");
   opts.ack(g.id, "shown");
 }
@@ -529,6 +552,7 @@ export function close(it, outcome) {
     bannerHost = null;
   }
   if (outcome) opts.ack(it.g.id, outcome);
+  if (it.region === "banner") replaceTooltip();
   if (hadFocus) {
     const back = [it.anchor, it.returnTo].find((el) => el && el.isConnected && el !== document.body);
     if (back && back.focus) back.focus();

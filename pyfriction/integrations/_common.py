@@ -31,7 +31,7 @@ _warned = 0
 def failed(what: str) -> None:
     """Count and log a swallowed pyfriction failure (with traceback for the first few)."""
     global _warned
-    sdk._counters["integration_errors"] += 1
+    sdk.count_integration_error()
     if _warned < 10:
         _warned += 1
         log.warning("pyfriction: %s failed; the request goes on unaffected", what, exc_info=True)
@@ -123,7 +123,7 @@ def normalize(found: Any) -> Any:
 
 def pending(user_id: str | None) -> list[Any]:
     """The user's pending guidance (marked delivered), or [] (no user, no guidance engine)."""
-    if not user_id or not sdk._options.enabled:
+    if not user_id or not sdk.options.enabled:
         return []
     fn = getattr(sdk.get_tracker(), "pending", None)
     if fn is None:

@@ -68,8 +68,8 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 GetUser = Callable[[Scope], Any]
 
 _perf = time.perf_counter
-_user_var = sdk._user
-_options = sdk._options
+_user_var = sdk.user_var
+_options = sdk.options
 #: Scope key marking a request the middleware must not observe (the guidance endpoint's own).
 IGNORE = "pyfriction.ignore"
 
@@ -231,7 +231,7 @@ class FrictionMiddleware:
         if exc is not None and not isinstance(exc, Exception):
             return  # cancelled / interpreter exit: not the user's friction
         try:
-            ctx = sdk._user.get()  # the handler may have called set_user()
+            ctx = sdk.user_var.get()  # the handler may have called set_user()
             if ctx is None:
                 return
             uid = ctx.user_id
@@ -290,7 +290,7 @@ def guidance_app(*, get_user: GetUser | None = None) -> ASGIApp:
         path = scope.get("path", "")
         method = scope.get("method", "GET")
         try:
-            found = _scope_user(scope, get_user) if sdk._options.enabled else None
+            found = _scope_user(scope, get_user) if sdk.options.enabled else None
         except Exception:
             failed("resolving the user")
             found = None

@@ -115,12 +115,12 @@ class FrictionMiddleware:
     def _begin(self, request: Any, resolve: Callable[[], Any]) -> Any:
         ctx = RequestFriction(resolve, lambda: _step(request))
         request.pyfriction = ctx
-        return ctx, sdk._user.set(ctx), time.perf_counter()
+        return ctx, sdk.user_var.set(ctx), time.perf_counter()
 
     def __call__(self, request: Any) -> Any:
         if self.is_async:
             return self.__acall__(request)
-        if not sdk._options.enabled:
+        if not sdk.options.enabled:
             return self.get_response(request)
         try:
             ctx, token, start = self._begin(request, lambda: self._sync_user(request))
@@ -136,7 +136,7 @@ class FrictionMiddleware:
             _reset(token)
 
     async def __acall__(self, request: Any) -> Any:
-        if not sdk._options.enabled:
+        if not sdk.options.enabled:
             return await self.get_response(request)
         try:
             ctx, token, start = self._begin(request, lambda: self._async_safe_user(request))
@@ -152,7 +152,7 @@ class FrictionMiddleware:
                         user = await auser()
                         uid = user_of(user)
                         if uid is not None:
-                            ctx._user_id = uid
+                            ctx.assign(uid)
                     except Exception:
                         failed("resolving the user")
             self._finish(request, response, ctx, start)
@@ -175,7 +175,7 @@ class FrictionMiddleware:
             duration = time.perf_counter() - start
             exc = request.__dict__.get("_pyfriction_exception")
             page = self._is_page(request, response, code)
-            current = sdk._user.get()
+            current = sdk.user_var.get()
             if self.guidance_header and code < 400 and isinstance(current, RequestFriction):
                 items = current.pending()
                 if items:
@@ -210,9 +210,9 @@ def _needs_user(mw: FrictionMiddleware, request: Any, response: Any, start: floa
 
 def _reset(token: Any) -> None:
     try:
-        sdk._user.reset(token)
+        sdk.user_var.reset(token)
     except ValueError:
-        sdk._user.set(None)
+        sdk.user_var.set(None)
 
 
 class DjangoIntegration(Integration):

@@ -133,7 +133,7 @@ def _step() -> str | None:
 
 
 def _started(sender: flask.Flask, **_: Any) -> None:
-    if not sdk._options.enabled:
+    if not sdk.options.enabled:
         return
     try:
         opts = _options_of(sender)
@@ -141,7 +141,7 @@ def _started(sender: flask.Flask, **_: Any) -> None:
             return
         ctx = RequestFriction(lambda: _resolve_user(opts), _step)
         flask.g.pyfriction = ctx
-        flask.g._pyfriction = [opts, sdk._user.set(ctx), time.perf_counter(), None]
+        flask.g._pyfriction = [opts, sdk.user_var.set(ctx), time.perf_counter(), None]
     except Exception:
         failed("request set-up")
 
@@ -165,7 +165,7 @@ def _finished(sender: flask.Flask, response: flask.Response, **_: Any) -> None:
         code = response.status_code
         page = opts.pages and code < 300 and flask.request.method == "GET" and response.mimetype == "text/html"
         slow = opts.slow_after is not None and duration >= opts.slow_after
-        ctx = sdk._user.get()
+        ctx = sdk.user_var.get()
         if opts.guidance_header and code < 400 and isinstance(ctx, sdk.UserContext):
             items = ctx.pending() if isinstance(ctx, RequestFriction) else []
             if items:
@@ -192,7 +192,7 @@ def _teardown(sender: flask.Flask, exc: BaseException | None = None, **_: Any) -
         if state[3] is not None and exc is not None:
             # an exception that never produced a response (propagated, e.g. in testing mode)
             opts, _token, start, error = state
-            ctx = sdk._user.get()
+            ctx = sdk.user_var.get()
             uid = ctx.user_id if ctx is not None else None
             if uid is not None:
                 response_events(uid, ctx.account_id, ctx.step or _step(), flask.request.method, 500,  # type: ignore[union-attr]
@@ -202,6 +202,6 @@ def _teardown(sender: flask.Flask, exc: BaseException | None = None, **_: Any) -
     finally:
         flask.g._pyfriction = None
         try:
-            sdk._user.reset(state[1])
+            sdk.user_var.reset(state[1])
         except ValueError:
-            sdk._user.set(None)
+            sdk.user_var.set(None)

@@ -46,7 +46,7 @@ class FrictionHandler(logging.Handler):
         uid: str | None = getattr(record, "user_id", None)
         account = getattr(record, "account_id", None)
         step = getattr(record, "step", None)
-        ctx = sdk._user.get()
+        ctx = sdk.user_var.get()
         if isinstance(ctx, RequestFriction) and ((ctx.error_seen and record.exc_info) or name in FRAMEWORK_LOGGERS):
             return  # the web integration observes this failure itself
         if uid is None:
@@ -65,7 +65,7 @@ class FrictionHandler(logging.Handler):
             sdk.observe({"user_id": str(uid), "account_id": account, "type": "error", "step": step,
                          "target": name, "properties": props})  # fmt: skip
         except Exception:
-            sdk._counters["integration_errors"] += 1
+            sdk.count_integration_error()
         finally:
             _guard.busy = False
 

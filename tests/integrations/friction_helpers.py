@@ -18,8 +18,8 @@ import msgspec
 import pytest
 
 import pyfriction
-from pyfriction import sdk
-from pyfriction.integrations import _all_classes
+
+from helpers import reset_sdk
 
 
 class FakeGuidance(msgspec.Struct, kw_only=True):
@@ -75,19 +75,6 @@ class Friction:
 
     def of(self, kind: str) -> list[dict[str, Any]]:
         return [e for e in self.events if e.get("type") == kind]
-
-
-def reset_sdk() -> None:
-    tracker = pyfriction._default
-    if tracker is not None:
-        tracker.close(timeout=5.0)
-    pyfriction._default = None
-    sdk._options.__init__()  # type: ignore[misc]
-    for cls in _all_classes():
-        cls.active = None
-    sdk._user.set(None)
-    for key in sdk._counters:
-        sdk._counters[key] = 0
 
 
 @pytest.fixture

@@ -294,7 +294,7 @@ def test_disabled_is_a_no_op(friction: Friction) -> None:
 
 def test_auto_instrumentation_by_init(friction: Friction) -> None:
     friction.init(default_integrations=True)
-    assert "starlette" in sdk._options.integrations
+    assert "starlette" in sdk.options.integrations
     c = client(make_app(middleware=False))
     c.get("/items/404", headers=U)
     c.get("/boom", headers=U)

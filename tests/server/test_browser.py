@@ -115,7 +115,7 @@ def test_rage_click_on_dead_button_shows_tooltip_next_to_it(site: tuple[str, Thr
             os.makedirs(ARTIFACTS, exist_ok=True)
             page.screenshot(path=os.path.join(ARTIFACTS, "pyfriction-tooltip.png"))
 
-            box, pay = tooltip.bounding_box(), page.query_selector("#pay").bounding_box()  # type: ignore[union-attr]
+            box, pay = tooltip.bounding_box(), page.query_selector("#pay").bounding_box()
             assert box is not None and pay is not None
             # next to the button (the free side: right of it), never over it
             assert 0 <= box["x"] - (pay["x"] + pay["width"]) <= 20, (box, pay)
@@ -166,7 +166,12 @@ def test_browser_events_are_tracked_with_stable_targets(site: tuple[str, ThreadS
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
         try:
             page = browser.new_page()
-            page.route("**/v1/events", lambda route: (seen.append(route.request.post_data_json), route.continue_()))
+
+            def capture(route: Any) -> None:
+                seen.append(route.request.post_data_json)
+                route.continue_()
+
+            page.route("**/v1/events", capture)
             page.goto(origin + "/other")
             page.wait_for_function("window.pyfriction && window.pyfriction.version")
             page.click("#stepper")

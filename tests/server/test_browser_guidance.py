@@ -267,7 +267,8 @@ def test_one_banner_at_a_time_by_priority_below_the_fixed_header(
     context: Any, site: tuple[ThreadServer, PageServer]
 ) -> None:
     _, pages = site
-    page = _open(context, pages.origin + "/import?user=queue")
+    acks: list[tuple[str, str]] = []
+    page = _open(context, pages.origin + "/import?user=queue", acks)
     _render(page, DATE_TIP)
     _render(page, _banner("first"))
     _render(page, _banner("low", 1))
@@ -278,6 +279,7 @@ def test_one_banner_at_a_time_by_priority_below_the_fixed_header(
     header = rect(page, ".topbar")
     b = rect(page, BANNER)
     assert b["top"] >= header["bottom"], (b, header)
+    assert violations(page) == []
     screenshot(page, "banner-1280.png")
     order = []
     for _ in range(3):
@@ -292,7 +294,21 @@ def test_one_banner_at_a_time_by_priority_below_the_fixed_header(
     page.wait_for_selector(BANNER, state="visible")
     b = rect(page, BANNER)
     assert b["top"] >= rect(page, ".topbar")["bottom"] and b["right"] <= 390 and b["left"] >= 0
+    page.wait_for_timeout(100)
+    # the regions share the screen: the tooltip keeps clear of the app's field, hint, error and
+    # next control; the banner gives way (to the bottom) rather than overlap it
+    b = rect(page, BANNER)
+    assert not overlaps(b, rect(page, TOOLTIP))
+    _check_tooltip_clear(page, ("#save", "#cancel"))
     screenshot(page, "banner-390.png")
+    # feedback: its link is "clicked"; window.pyfriction.complete(id) closes it as "completed"
+    page.eval_on_selector(BANNER + " .pf-link", "a => a.addEventListener('click', e => e.preventDefault())")
+    page.click(BANNER + " .pf-link")
+    page.evaluate("window.pyfriction.complete('narrow')")
+    page.wait_for_selector(BANNER, state="detached")
+    _until(page, lambda: ("narrow", "completed") in acks)
+    assert [o for i, o in acks if i == "narrow"] == ["shown", "clicked", "completed"]
+    assert [o for i, o in acks if i in ("first", "high", "low")].count("dismissed") == 3
 
 
 def test_banner_region_container_and_offset_are_configurable(
@@ -578,14 +594,25 @@ def test_shadow_dom_targets_anchors_and_selection(context: Any, site: tuple[Thre
     # selecting text with a triple click, then clicking again: not rage
     for _ in range(2):
         page.click("#text", click_count=3)
+    # a press, a scroll (touch-style), a release: the click that ends a scroll is marked too
+    box = rect(page, "#text")
+    page.mouse.move(box["left"] + 20, box["top"] + 5)
+    page.mouse.down()
+    page.evaluate("window.scrollBy(0, 40)")
+    page.wait_for_function("window.scrollY >= 40")
+    page.wait_for_timeout(50)
+    page.mouse.up()
     page.wait_for_timeout(50)
     page.evaluate("window.pyfriction.flush()")
     _until(page, lambda: any(e["type"] == "dead_click" for e in sent))
+    _until(page, lambda: any(e.get("properties", {}).get("selection") == "scroll" for e in sent))
     clicks = [e for e in sent if e["type"] == "click"]
     assert clicks[0]["target"] == "#stepper >>> #inc"
     assert any(e["type"] == "dead_click" and e["target"] == "#stepper >>> #inc" for e in sent)
     selection = [e for e in clicks if e["target"] == "#text"]
-    assert selection and all(e.get("properties", {}).get("selection") == "text" for e in selection[1:])
+    # two triple clicks (6 clicks): all but the first one selected text; the 7th ended a scroll
+    assert len(selection) == 7 and selection[6]["properties"]["selection"] == "scroll"
+    assert all(e.get("properties", {}).get("selection") == "text" for e in selection[1:6])
     assert not any(e["type"] == "dead_click" and e["target"] == "#text" for e in sent)
     _until(page, lambda: sidecar.tracker.stats().events > 0)
     state = httpx.get(f"{sidecar.url}/v1/users/shadow-user", headers={"Authorization": f"Bearer {ADMIN_KEY}"}).json()

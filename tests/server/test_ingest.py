@@ -1,5 +1,6 @@
 """The wire formats, decoded without a server: mapping, clock-skew correction, dedupe,
-decompression limits, the journal's torn-tail handling, the metrics text format."""
+decompression limits, the journal's torn-tail handling (damage in the middle: test_fault_injection), the
+metrics text format."""
 
 from __future__ import annotations
 
@@ -161,7 +162,7 @@ def test_user_tokens() -> None:
         verify_token("s", "alice", user_token("s", "alice", 1_000), now=2_000)
 
 
-def test_journal_stops_at_a_torn_or_damaged_tail(tmp_path: Any) -> None:
+def test_journal_drops_a_torn_or_damaged_tail(tmp_path: Any) -> None:
     import struct
 
     path = str(tmp_path / "journal-000000000000.log")
