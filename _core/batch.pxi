@@ -124,7 +124,7 @@ cdef Py_ssize_t fill_rows(CompiledCore self, Cols* c, Py_ssize_t lo, Py_ssize_t 
                 r.status = <long>v
         if c.results != NULL:
             v = c.results[i]
-            if 0 <= v <= I31:
+            if 0 <= v <= I31 or v == SELECTION:
                 r.results = <long>v
         if c.ts != NULL:
             ts = c.ts[i]

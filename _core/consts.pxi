@@ -3,10 +3,11 @@
 
 # sizes and limits
 DEF RING = 4
-DEF NDET = 9
+DEF NDET = 10
 DEF UIDB = 40
 DEF UID_LONG = 255
 DEF NB = 24
+DEF GAMMA = 1.5
 DEF MAX_TEXT = 1024
 DEF MAX_CUSTOM = 256
 DEF NAMES_MAX = 65536
@@ -14,6 +15,7 @@ DEF REBASE = 16384.0
 DEF U8MAX = 255
 DEF U16MAX = 65535
 DEF I31 = 2147483647
+DEF SELECTION = -2
 
 # detector indices (the order of a slot's pressure)
 DEF D_RAGE = 0
@@ -25,18 +27,19 @@ DEF D_SEARCH = 5
 DEF D_HELP = 6
 DEF D_STALL = 7
 DEF D_CUSTOM = 8
+DEF D_ECLICK = 9
 
 # bits of a slot's flags
 DEF F_IN_EPISODE = 1
 DEF F_HAS_EPISODE = 2
 DEF F_RAGE = 4
-DEF F_DEAD = 8
+DEF F_SLOW = 8
 DEF F_ERR = 16
-DEF F_FAIL = 32
-DEF F_UTURN = 64
-DEF F_SEARCH = 128
-DEF F_STALL = 256
-DEF LATCHES = 252
+DEF F_CLICK_USED = 32
+DEF F_STUCK = 64
+DEF F_DONE = 128
+DEF F_FAIL_MIXED = 256
+DEF LATCHES = 60
 
 # event type codes
 DEF T_UNKNOWN = 0
@@ -70,7 +73,7 @@ DEF C_EVICTIONS = 5
 DEF C_TICKETS = 6
 DEF N_COUNTERS = 7
 COUNTER_NAMES = ('events', 'invalid', 'unknown', 'excluded', 'episodes', 'evictions', 'tickets')
-DETECTOR_NAMES = ('rage_click', 'dead_click', 'error_burst', 'repeat_failure', 'uturn', 'empty_search', 'help_seeking', 'stall', 'custom')
+DETECTOR_NAMES = ('rage_click', 'dead_click', 'error_burst', 'repeat_failure', 'uturn', 'empty_search', 'help_seeking', 'stall', 'custom', 'error_click')
 
 
 def compiled_constants():
@@ -81,6 +84,7 @@ def compiled_constants():
         'UID_BYTES': UIDB,
         'UID_LONG': UID_LONG,
         'N_BUCKETS': NB,
+        'GAMMA': GAMMA,
         'MAX_TEXT': MAX_TEXT,
         'MAX_CUSTOM': MAX_CUSTOM,
         'CACHE_MAX': NAMES_MAX,
@@ -88,6 +92,7 @@ def compiled_constants():
         'U8_MAX': U8MAX,
         'U16_MAX': U16MAX,
         'I31_MAX': I31,
+        'SELECTION': SELECTION,
         'RAGE_CLICK': D_RAGE,
         'DEAD_CLICK_DET': D_DEAD,
         'ERROR_BURST': D_ERR,
@@ -97,15 +102,16 @@ def compiled_constants():
         'HELP_SEEKING': D_HELP,
         'STALL': D_STALL,
         'CUSTOM': D_CUSTOM,
+        'ERROR_CLICK': D_ECLICK,
         'F_IN_EPISODE': F_IN_EPISODE,
         'F_HAS_EPISODE': F_HAS_EPISODE,
         'F_RAGE': F_RAGE,
-        'F_DEAD': F_DEAD,
+        'F_SLOW': F_SLOW,
         'F_ERR': F_ERR,
-        'F_FAIL': F_FAIL,
-        'F_UTURN': F_UTURN,
-        'F_SEARCH': F_SEARCH,
-        'F_STALL': F_STALL,
+        'F_CLICK_USED': F_CLICK_USED,
+        'F_STUCK': F_STUCK,
+        'F_DONE': F_DONE,
+        'F_FAIL_MIXED': F_FAIL_MIXED,
         'LATCHES': LATCHES,
         'UNKNOWN': T_UNKNOWN,
         'PAGE': T_PAGE,

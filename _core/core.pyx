@@ -120,6 +120,8 @@ cdef class CompiledCore:
     cdef Py_ssize_t gone_n, gone_cap
     cdef long* ordinary_c  # statuses an api_error weighs less for
     cdef int n_ordinary
+    cdef long* refusal_c  # statuses an api_error weighs more for
+    cdef int n_refusal
     # Large columnar batches (see Row): rows per chunk, and the batch size from which phase
     # B runs on a thread of its own. While it does (``piping``), every other entry point
     # waits; ``inside`` counts the calls in progress (a call may be suspended in a callback,
@@ -192,6 +194,12 @@ cdef class CompiledCore:
         for st in self.ordinary:
             self.ordinary_c[self.n_ordinary] = st
             self.n_ordinary += 1
+        self.refusal_c = <long*>calloc(len(rules.refusal_statuses) + 1, sizeof(long))
+        if self.refusal_c == NULL:
+            raise MemoryError()
+        for st in rules.refusal_statuses:
+            self.refusal_c[self.n_refusal] = st
+            self.n_refusal += 1
         self.excl_step = rules.excluded_step
         self.excl_target = rules.excluded_target
         self.has_excl_step = bool(rules.excluded_step)
@@ -224,6 +232,7 @@ cdef class CompiledCore:
         free(self.pend)
         free(self.gone)
         free(self.ordinary_c)
+        free(self.refusal_c)
         if self.shared:
             if self.map_base != NULL:
                 munmap(self.map_base, self.map_len)
@@ -317,6 +326,13 @@ cdef class CompiledCore:
         enter(self)
         try:
             return c_stall_limit(self, step)
+        finally:
+            leave(self)
+
+    def stall_need(self, step):
+        enter(self)
+        try:
+            return c_stall_need(self, step)
         finally:
             leave(self)
 

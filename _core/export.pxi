@@ -65,12 +65,12 @@ cdef dict slot_fields(Slot* u):
     (the same values a ``SLOT_DTYPE`` record gives: each float32 widened to a double)."""
     cdef int i
     return {
-        "key": u.key, "step": u.step, "prev_step": u.prev_step, "step_ts": u.step_ts,
+        "key": u.key, "step": u.step, "prev_step": u.prev_step, "step_ts": u.step_ts, "base": u.base,
         "pressure": [<double>u.pressure[i] for i in range(NDET)],
         "click_r": [<double>u.click_r[i] for i in range(RING)],
-        "dead_r": [<double>u.dead_r[i] for i in range(RING)],
         "err_r": [<double>u.err_r[i] for i in range(RING)],
         "click_n": u.click_n, "click_target": u.click_target, "dead_n": u.dead_n,
         "dead_target": u.dead_target, "err_n": u.err_n, "fail_target": u.fail_target,
-        "fail_n": u.fail_n, "uturn_n": u.uturn_n, "search_n": u.search_n, "custom": u.custom,
+        "fail_n": u.fail_n, "fail_t": <double>u.fail_t, "fail_t0": <double>u.fail_t0, "flags": u.flags,
+        "uturn_n": u.uturn_n, "search_n": u.search_n, "custom": u.custom,
     }

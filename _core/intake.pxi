@@ -213,7 +213,10 @@ cdef double observe_dict(CompiledCore self, dict d) except? -1.0:
         if not PyDict_CheckExact(<object>o):
             return observe_slow(self, d)
         status = int_property(<dict>o, "status")
-        results = int_property(<dict>o, "results")
+        if PyDict_GetItemWithError(<dict>o, "selection") == NULL:
+            results = int_property(<dict>o, "results")
+        else:
+            results = _ev.results_of(<object>o)  # rare: the reference decides
     return apply(self, <PyObject*>uid, key64(uid), kind, ts, step, target, account, status, results)
 
 

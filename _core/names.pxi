@@ -90,12 +90,13 @@ cdef StepRec* step_rec(CompiledCore self, uint32_t step, bint create) noexcept n
         i = (i + 1) & self.step_mask
 
 
-cdef double c_stall_limit(CompiledCore self, uint32_t step) noexcept nogil:
-    """Reference: ``Rules.stall_limit`` via ``ReferenceCore.stall_limit``."""
+cdef double c_stall_need(CompiledCore self, uint32_t step) noexcept nogil:
+    """Reference: ``Rules.stall_need`` via ``ReferenceCore.stall_need``: the step's stall
+    quantile, interpolated inside its bucket (``_layout.quantile``); -1 without a baseline."""
     cdef StepRec* r = step_rec(self, step, False)
-    cdef double need, q
+    cdef double need, frac
     cdef uint64_t seen = 0
-    cdef uint32_t count
+    cdef uint32_t count, c
     cdef int b
     if r == NULL:
         return -1.0
@@ -103,11 +104,21 @@ cdef double c_stall_limit(CompiledCore self, uint32_t step) noexcept nogil:
     if count < <uint32_t>self.P.stall_min_n:
         return -1.0
     need = self.P.stall_q * count
-    q = bucket_upper(NB - 1)
     for b in range(NB):
-        seen += r.buckets[b]
-        if seen >= need:
-            q = bucket_upper(b)
-            break
+        c = r.buckets[b]
+        if c > 0 and <double>(seen + c) >= need:
+            frac = (need - <double>seen) / <double>c
+            if b == 0:
+                return frac
+            return pow(GAMMA, <double>(b - 1) + frac)
+        seen += c
+    return bucket_upper(NB - 1)
+
+
+cdef double c_stall_limit(CompiledCore self, uint32_t step) noexcept nogil:
+    """Reference: ``Rules.limit_of(stall_need)``: -1 without a baseline."""
+    cdef double q = c_stall_need(self, step)
+    if q < 0.0:
+        return -1.0
     q = self.P.stall_factor * q
     return self.P.stall_min_s if self.P.stall_min_s >= q else q

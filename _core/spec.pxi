@@ -11,16 +11,18 @@
 
 # --- scoring steps ------------------------------------------------------------------------------
 cdef inline void rebase(Slot* u, double te) noexcept nogil:
-    """Re-express every window offset from the new base ``te``."""
+    """Re-express every time offset from the new base ``te``."""
     cdef double shift = u.base
     cdef int i
     for i in range(RING):
         u.click_r[i] = <float>((shift + <double>u.click_r[i]) - te)
-        u.dead_r[i] = <float>((shift + <double>u.dead_r[i]) - te)
         u.err_r[i] = <float>((shift + <double>u.err_r[i]) - te)
+    u.dead_t = <float>((shift + <double>u.dead_t) - te)
     u.uturn_t = <float>((shift + <double>u.uturn_t) - te)
     u.fail_t = <float>((shift + <double>u.fail_t) - te)
+    u.fail_t0 = <float>((shift + <double>u.fail_t0) - te)
     u.search_t = <float>((shift + <double>u.search_t) - te)
+    u.stall_t = <float>((shift + <double>u.stall_t) - te)
     u.base = te
 
 
@@ -61,7 +63,7 @@ cdef inline bint crossing(const Params* P, Slot* u, double score, double te, int
         return False
     if (score >= P.threshold and code != T_TICKET
             and (not u.flags & F_HAS_EPISODE or te - u.episode_ts >= P.cooldown)):
-        u.flags |= F_IN_EPISODE | F_HAS_EPISODE
+        u.flags |= F_IN_EPISODE | F_HAS_EPISODE | F_STUCK
         u.episode_ts = te
         if u.episodes < U16MAX:
             u.episodes += 1
@@ -70,23 +72,36 @@ cdef inline bint crossing(const Params* P, Slot* u, double score, double te, int
     return False
 
 
-# --- window helpers -------------------------------------------------------------------------------
-cdef inline bint burst(Slot* u, float* ring, uint8_t* n, uint16_t flag, double te, double window,
-                       int need) noexcept nogil:
-    """Push ``te`` into a ring; True when this event makes ``need`` within ``window`` and the
-    run has not activated yet. A gap longer than ``window`` starts a new run."""
+# --- run helpers ----------------------------------------------------------------------------------
+cdef inline int within_window(const Slot* u, const float* ring, double te, double window) noexcept nogil:
+    """Events a new one at ``te`` makes within ``window``: itself and the ring's recent ones."""
     cdef int i, within = 1
-    if te - (u.base + <double>ring[0]) > window:
-        n[0] = 0
-        u.flags &= ~flag
     for i in range(RING):
         if te - (u.base + <double>ring[i]) <= window:
             within += 1
         else:
             break
+    return within
+
+
+cdef inline void push_time(Slot* u, float* ring, double te) noexcept nogil:
+    """``te`` becomes the ring's newest entry."""
+    cdef int i
     for i in range(RING - 1, 0, -1):
         ring[i] = ring[i - 1]
     ring[0] = <float>(te - u.base)
+
+
+cdef inline bint burst(Slot* u, float* ring, uint8_t* n, uint16_t flag, double te, double window,
+                       int need) noexcept nogil:
+    """Push ``te`` into a ring; True when this event makes ``need`` within ``window`` and the
+    run has not activated yet. A gap longer than ``window`` starts a new run."""
+    cdef int within
+    if te - (u.base + <double>ring[0]) > window:
+        n[0] = 0
+        u.flags &= ~flag
+    within = within_window(u, ring, te, window)
+    push_time(u, ring, te)
     if n[0] < U8MAX:
         n[0] += 1
     if within >= need and not u.flags & flag:
@@ -95,54 +110,90 @@ cdef inline bint burst(Slot* u, float* ring, uint8_t* n, uint16_t flag, double t
     return False
 
 
-cdef inline bint target_burst(Slot* u, uint32_t* current_target, float* ring, uint8_t* n, uint16_t flag,
-                              uint32_t t, double te, double window, int need) noexcept nogil:
-    """A burst on one target; an event on another target starts the run over."""
-    cdef int i
-    if t != current_target[0]:
-        current_target[0] = t
-        for i in range(RING):
-            ring[i] = -INFINITY
-        n[0] = 0
-        u.flags &= ~flag
-    return burst(u, ring, n, flag, te, window, need)
-
-
-cdef inline bint repeat(Slot* u, float* last, uint8_t* n, uint16_t flag, double te, double window,
-                        int need) noexcept nogil:
-    """A run of events each within ``window`` of the one before; True when it reaches
-    ``need`` and has not activated yet."""
+cdef inline int run_length(Slot* u, float* last, uint8_t* n, double te, double window) noexcept nogil:
+    """A run of events each within ``window`` of the one before: the run's length with this
+    one (1 when it starts a new run); ``last`` becomes ``te``."""
     if te - (u.base + <double>last[0]) <= window:
         if n[0] < U8MAX:
             n[0] += 1
     else:
         n[0] = 1
-        u.flags &= ~flag
     last[0] = <float>(te - u.base)
-    if n[0] >= need and not u.flags & flag:
-        u.flags |= flag
-        return True
-    return False
+    return n[0]
 
 
 # --- detectors, in the order of their indices ------------------------------------------------------
-cdef inline bint rage_click(const Params* P, Slot* u, uint32_t t, double te) noexcept nogil:
-    """D_RAGE: ``rage_need`` clicks on one target within ``rage_win``. True: it fired (the
-    caller remembers the target's name)."""
-    if P.rage_on and t != 0 and target_burst(u, &u.click_target, u.click_r, &u.click_n, F_RAGE, t, te,
-                                             P.rage_win, P.rage_need):
+cdef inline bint rage_click(const Params* P, Slot* u, uint32_t t, double te, bint selection) noexcept nogil:
+    """D_RAGE on a click: ``rage_need`` clicks on one target within ``rage_win`` (fast), or
+    ``slow_need`` within ``slow_win`` on a target that gave a dead click meanwhile (slow: an
+    element that does not respond), once per run each. A click that selected text or
+    scrolled vetoes the run, as Datadog's does. Also keeps the last click for
+    ``error_click``. True: it fired (the caller remembers the target's name)."""
+    cdef int i, fast, slow
+    cdef double gap
+    if t == 0:
+        return False
+    if t != u.click_target:
+        u.click_target = t
+        for i in range(RING):
+            u.click_r[i] = -INFINITY
+        u.click_n = 0
+        u.flags &= ~(F_RAGE | F_SLOW)
+    gap = te - (u.base + <double>u.click_r[0])
+    if gap > P.rage_win:
+        u.flags &= ~F_RAGE
+    if gap > P.slow_win:
+        u.flags &= ~F_SLOW
+        u.click_n = 0
+    fast = within_window(u, u.click_r, te, P.rage_win)
+    slow = within_window(u, u.click_r, te, P.slow_win)
+    push_time(u, u.click_r, te)
+    if u.click_n < U8MAX:
+        u.click_n += 1
+    u.flags &= ~F_CLICK_USED
+    if selection:
+        u.flags |= F_RAGE | F_SLOW
+        return False
+    if not P.rage_on:
+        return False
+    if fast >= P.rage_need and not u.flags & F_RAGE:
+        u.flags |= F_RAGE | F_SLOW  # the fast run includes the slow one
         activate(u, D_RAGE, P.rage_w)
+        return True
+    return slow_rage(P, u, t, te, slow)
+
+
+cdef inline bint slow_rage(const Params* P, Slot* u, uint32_t t, double te, int clicks) noexcept nogil:
+    """The slow rage of ``rage_click``: ``clicks`` on ``t`` within ``slow_win`` of ``te``, and
+    a dead click on it within ``slow_win`` (the browser script sends a click, and a second
+    later a dead click when nothing responded: the dead click is not a click more)."""
+    if (clicks >= P.slow_need and not u.flags & F_SLOW and u.dead_target == t
+            and te - (u.base + <double>u.dead_t) <= P.slow_win):
+        u.flags |= F_SLOW
+        activate(u, D_RAGE, P.slow_w)
         return True
     return False
 
 
 cdef inline bint dead_click(const Params* P, Slot* u, uint32_t t, double te) noexcept nogil:
-    """D_DEAD: ``dead_need`` dead clicks on one target within ``dead_win``."""
-    if P.dead_on and t != 0 and target_burst(u, &u.dead_target, u.dead_r, &u.dead_n, F_DEAD, t, te,
-                                             P.dead_win, P.dead_need):
-        activate(u, D_DEAD, P.dead_w)
-        return True
-    return False
+    """D_DEAD: every dead click adds ``dead_w`` once a run on one target (each within
+    ``dead_win`` of the last) reaches ``dead_need``, ``dead_single_w`` before; it may complete
+    a slow rage on the clicks before it."""
+    cdef int n
+    if not P.dead_on:
+        return False
+    if t == 0:
+        activate(u, D_DEAD, P.dead_single_w if P.dead_need > 1 else P.dead_w)
+        return False
+    if t != u.dead_target:
+        u.dead_target = t
+        u.dead_n = 0
+        u.dead_t = -INFINITY  # a new target starts a new run
+    n = run_length(u, &u.dead_t, &u.dead_n, te, P.dead_win)
+    activate(u, D_DEAD, P.dead_w if n >= P.dead_need else P.dead_single_w)
+    if P.rage_on and t == u.click_target:
+        slow_rage(P, u, t, te, within_window(u, u.click_r, te, P.slow_win) - 1)
+    return True
 
 
 cdef inline void error_burst(const Params* P, Slot* u, double te, double factor) noexcept nogil:
@@ -152,46 +203,59 @@ cdef inline void error_burst(const Params* P, Slot* u, double te, double factor)
 
 
 cdef inline bint repeat_failure(const Params* P, Slot* u, uint32_t t, double te, double factor) noexcept nogil:
-    """D_FAIL: ``fail_need`` errors on one target, each within ``fail_win`` of the last."""
-    if not P.fail_on or t == 0:
+    """D_FAIL: failures each within ``fail_win`` of the last, on the same target or the same
+    step visit; from the ``fail_need``-th on each adds ``fail_w`` (same target as the last) or
+    ``area_w`` (another target), times ``factor``."""
+    cdef double last
+    cdef bint same
+    if not P.fail_on:
         return False
-    if t != u.fail_target:
+    last = u.base + <double>u.fail_t
+    same = t != 0 and t == u.fail_target
+    if te - last <= P.fail_win and (same or last >= u.step_ts):
+        if u.fail_n < U8MAX:
+            u.fail_n += 1
+        if not same:
+            u.flags |= F_FAIL_MIXED
+    else:
+        u.fail_n = 1
+        u.fail_t0 = <float>(te - u.base)
+        u.flags &= ~F_FAIL_MIXED
+    u.fail_t = <float>(te - u.base)
+    if t != 0:
         u.fail_target = t
-        u.fail_n = 0
-        u.fail_t = -INFINITY  # a new target starts a new run
-    if repeat(u, &u.fail_t, &u.fail_n, F_FAIL, te, P.fail_win, P.fail_need):
-        activate(u, D_FAIL, P.fail_w * factor)
-        return True
+    if u.fail_n >= P.fail_need:
+        activate(u, D_FAIL, (P.fail_w if same else P.area_w) * factor)
+        return t != 0
     return False
 
 
 cdef inline void uturn(const Params* P, Slot* u, uint32_t s, double dur, double te) noexcept nogil:
-    """D_UTURN: back to the step before within ``uturn_bounce`` seconds, ``uturn_need`` times
-    in a run that started less than ``uturn_win`` ago."""
+    """D_UTURN: back to the step before within ``uturn_bounce`` seconds; from the
+    ``uturn_need``-th of a run on (each within ``uturn_win`` of the last) each adds
+    ``uturn_w``, before that ``uturn_single_w``."""
+    cdef int n
     if not (P.uturn_on and s == u.prev_step and dur <= P.uturn_bounce):
         return
-    if te - (u.base + <double>u.uturn_t) > P.uturn_win:
-        u.uturn_n = 1
-        u.uturn_t = <float>(te - u.base)
-        u.flags &= ~F_UTURN
-    elif u.uturn_n < U8MAX:
-        u.uturn_n += 1
-    if u.uturn_n >= P.uturn_need and not u.flags & F_UTURN:
-        u.flags |= F_UTURN
-        activate(u, D_UTURN, P.uturn_w)
+    n = run_length(u, &u.uturn_t, &u.uturn_n, te, P.uturn_win)
+    activate(u, D_UTURN, P.uturn_w if n >= P.uturn_need else P.uturn_single_w)
 
 
 cdef inline void empty_search(const Params* P, Slot* u, long results, double te) noexcept nogil:
-    """D_SEARCH: ``search_need`` searches with no result, each within ``search_win`` of the last."""
-    if P.search_on and results == 0 and repeat(u, &u.search_t, &u.search_n, F_SEARCH, te, P.search_win,
-                                               P.search_need):
-        activate(u, D_SEARCH, P.search_w)
+    """D_SEARCH: searches with no result; from the ``search_need``-th of a run on (each within
+    ``search_win`` of the last) each adds ``search_w``, before that ``search_single_w``."""
+    cdef int n
+    if P.search_on and results == 0:
+        n = run_length(u, &u.search_t, &u.search_n, te, P.search_win)
+        activate(u, D_SEARCH, P.search_w if n >= P.search_need else P.search_single_w)
 
 
 cdef inline void help_seeking(const Params* P, Slot* u, int code) noexcept nogil:
-    """D_HELP: every help or contact event; boosted when other friction is already high."""
+    """D_HELP: every help or contact event; boosted when other friction is already high. The
+    visit is then a stuck one (out of the step's baseline)."""
     cdef double w, other = 0.0
     cdef int i
+    u.flags |= F_STUCK
     if not P.help_on:
         return
     w = P.help_w if code == T_HELP else P.contact_w
@@ -204,10 +268,20 @@ cdef inline void help_seeking(const Params* P, Slot* u, int code) noexcept nogil
 
 
 cdef inline void stall(const Params* P, Slot* u, double limit, double te) noexcept nogil:
-    """D_STALL: on the current step longer than its ``limit`` (once per visit)."""
-    if limit >= 0.0 and te - u.step_ts > limit:
-        u.flags |= F_STALL
-        activate(u, D_STALL, P.stall_w)
+    """D_STALL: past the step's ``limit``, the stall pressure is at least ``stall_w`` per
+    ``limit`` seconds beyond it: a level set from the time on the step (not added), so it
+    grows while the user stays, whatever the decay, and does not depend on how often it is
+    judged."""
+    cdef double over
+    cdef float level
+    if limit <= 0.0:
+        return
+    over = te - (u.step_ts + limit)
+    if over > 0.0:
+        level = <float>(P.stall_w * over / limit)
+        if level > u.pressure[D_STALL]:
+            u.pressure[D_STALL] = level
+        u.stall_t = <float>(te - u.base)
 
 
 cdef inline void custom(const Params* P, Slot* u, int code) noexcept nogil:
@@ -216,17 +290,29 @@ cdef inline void custom(const Params* P, Slot* u, int code) noexcept nogil:
     activate(u, D_CUSTOM, P.custom_w[code - T_CUSTOM])
 
 
+cdef inline void error_click(const Params* P, Slot* u, double te, double factor) noexcept nogil:
+    """D_ECLICK: an error within ``eclick_win`` of a click on this step visit, once per click."""
+    cdef double clicked
+    if not P.eclick_on or u.flags & F_CLICK_USED:
+        return
+    clicked = u.base + <double>u.click_r[0]
+    if te - clicked <= P.eclick_win and clicked >= u.step_ts:
+        u.flags |= F_CLICK_USED
+        activate(u, D_ECLICK, P.eclick_w * factor)
+
+
 cdef inline void success(const Params* P, Slot* u) noexcept nogil:
-    """A success relieves the pressures and ends every run."""
+    """A success relieves the pressures, ends every run and the visit's stall."""
     cdef int i
     for i in range(NDET):
         u.pressure[i] = <float>(<double>u.pressure[i] * P.keep_after_success)
     for i in range(RING):
         u.click_r[i] = -INFINITY
-        u.dead_r[i] = -INFINITY
         u.err_r[i] = -INFINITY
+    u.dead_t = -INFINITY
     u.uturn_t = -INFINITY
     u.fail_t = -INFINITY
+    u.fail_t0 = -INFINITY
     u.search_t = -INFINITY
     u.click_n = 0
     u.dead_n = 0
@@ -234,22 +320,27 @@ cdef inline void success(const Params* P, Slot* u) noexcept nogil:
     u.fail_n = 0
     u.uturn_n = 0
     u.search_n = 0
-    u.flags &= ~LATCHES
+    u.flags &= ~(LATCHES | F_FAIL_MIXED)
+    u.flags |= F_DONE
 
 
 # --- the steps that need the tables ------------------------------------------------------------------
 cdef inline double error_factor(CompiledCore self, int code, long status) noexcept nogil:
-    """An api_error with an ordinary status weighs ``ordinary_factor`` of an error."""
+    """An api_error's status scales the error detectors: ``ordinary_factor`` for an ordinary
+    status, ``refusal_factor`` for a refusal, 1 otherwise."""
     cdef int i
     if code == T_API_ERROR:
         for i in range(self.n_ordinary):
             if self.ordinary_c[i] == status:
                 return self.P.ordinary_factor
+        for i in range(self.n_refusal):
+            if self.refusal_c[i] == status:
+                return self.P.refusal_factor
     return 1.0
 
 
 cdef inline void check_stall(CompiledCore self, Slot* u, double te) noexcept nogil:
-    if not self.P.stall_on or u.step == 0 or u.flags & F_STALL:
+    if not self.P.stall_on or u.step == 0 or u.flags & F_DONE:
         return
     stall(&self.P, u, c_stall_limit(self, u.step), te)
 
@@ -262,7 +353,9 @@ cdef void navigate(CompiledCore self, Slot* u, uint32_t s, double te) noexcept n
     self.note |= NOTE_STEP
     if u.step != 0:
         dur = te - u.step_ts
-        if dur <= self.P.stall_max_dur:
+        # A visit that saw an episode, help or contact was a stuck user: it would teach the
+        # step that being stuck is normal.
+        if dur <= self.P.stall_max_dur and not u.flags & F_STUCK:
             r = step_rec(self, u.step, True)
             if r != NULL and r.count < U32MAX:
                 if self.shared:
@@ -275,7 +368,8 @@ cdef void navigate(CompiledCore self, Slot* u, uint32_t s, double te) noexcept n
     u.prev_step = u.step
     u.step = s
     u.step_ts = te
-    u.flags &= ~F_STALL
+    u.stall_t = -INFINITY
+    u.flags &= ~(F_STUCK | F_DONE)
 
 
 cdef double check_episode(CompiledCore self, Slot* u, double te, int code) noexcept nogil:
@@ -287,7 +381,7 @@ cdef double check_episode(CompiledCore self, Slot* u, double te, int code) noexc
         memcpy(&self.fired, u, sizeof(Slot))
         self.fired.lock = 0
         self.fired_score = score
-        self.fired_stall = c_stall_limit(self, u.step)
+        self.fired_stall = c_stall_need(self, u.step)
         self.did_fire = True
     return score
 
@@ -317,7 +411,8 @@ cdef double update(CompiledCore self, Slot* u, int code, double ts, uint32_t ste
         check_stall(self, u, te)
 
     if code == T_CLICK:
-        if rage_click(P, u, target_k, te):
+        # A click that selected text or scrolled (``events.results_of``) is not rage.
+        if rage_click(P, u, target_k, te, results == SELECTION):
             self.note |= NOTE_TARGET
     elif code == T_DEAD:
         if dead_click(P, u, target_k, te):
@@ -325,6 +420,7 @@ cdef double update(CompiledCore self, Slot* u, int code, double ts, uint32_t ste
     elif code == T_ERROR or code == T_API_ERROR or code == T_FORM_ERROR:
         factor = error_factor(self, code, status)
         error_burst(P, u, te, factor)
+        error_click(P, u, te, factor)
         if repeat_failure(P, u, target_k, te, factor):
             self.note |= NOTE_TARGET
     elif code == T_SEARCH:

@@ -252,11 +252,13 @@ cdef uint32_t insert_raw(CompiledCore self, uint64_t key, const char* p, Py_ssiz
     u.base = ts
     for i in range(RING):
         u.click_r[i] = -INFINITY
-        u.dead_r[i] = -INFINITY
         u.err_r[i] = -INFINITY
+    u.dead_t = -INFINITY
     u.uturn_t = -INFINITY
     u.fail_t = -INFINITY
+    u.fail_t0 = -INFINITY
     u.search_t = -INFINITY
+    u.stall_t = -INFINITY
     memcpy(u.uid, p, n if n < UIDB else UIDB)
     if n <= UIDB:
         u.uid_len = <uint8_t>n

@@ -178,21 +178,29 @@ def stall_active(j: _Journey) -> None:
         k += 1
 
 
+def _unanswered_click(j: _Journey, target: str) -> None:
+    """A click nothing answers, as the browser script reports it: the click at once, a
+    ``dead_click`` a second later (no DOM change, no navigation, no request)."""
+    j.emit("click", target)
+    j.wait(1.0, 1.0)
+    j.emit("dead_click", target)
+
+
 def broken_widget(j: _Journey) -> None:
     """An element that never responds: clicks on it spread over several seconds, again later."""
     j.page("reports")
     for _ in range(j.rng.randint(2, 4)):
         j.wait(10, 60)
         for _ in range(j.rng.randint(3, 5)):
-            j.emit("click", "#export-csv")
-            j.wait(1.5, 5)
+            _unanswered_click(j, "#export-csv")
+            j.wait(0.5, 4)
 
 
 def dead_clicks(j: _Journey) -> None:
     j.page("billing.overview")
     for _ in range(j.rng.randint(3, 6)):
         j.wait(5, 45)
-        j.emit("dead_click", j.rng.choice(("#invoice-total", "#plan-name")))
+        _unanswered_click(j, j.rng.choice(("#invoice-total", "#plan-name")))
 
 
 def nav_loop(j: _Journey) -> None:
@@ -291,7 +299,7 @@ def checkbox_ticker(j: _Journey) -> None:
 def dead_label_once(j: _Journey) -> None:
     j.page("settings.profile")
     j.wait(5, 20)
-    j.emit("dead_click", "#label-email")
+    _unanswered_click(j, "#label-email")
     j.wait(5, 20)
     j.emit("click", "#save")
     j.wait(1, 3)

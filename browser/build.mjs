@@ -16,6 +16,10 @@ const result = await build({
   bundle: true,
   format: "iife",
   minify: true,
+  // Internal property names start with "_" (browser/src): renamed to short ones. `_pf` is kept:
+  // it is set on the page's XMLHttpRequest objects.
+  mangleProps: /^_/,
+  reserveProps: /^_pf$/,
   target: ["chrome90", "firefox90", "safari15"],
   legalComments: "inline",
   charset: "utf8",

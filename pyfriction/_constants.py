@@ -66,7 +66,8 @@ EMPTY_SEARCH = 5
 HELP_SEEKING = 6
 STALL = 7
 CUSTOM = 8
-N_DETECTORS = 9
+ERROR_CLICK = 9
+N_DETECTORS = 10
 DETECTOR_NAMES = (
     "rage_click",
     "dead_click",
@@ -77,20 +78,21 @@ DETECTOR_NAMES = (
     "help_seeking",
     "stall",
     "custom",
+    "error_click",
 )
 
-# --- bits of a slot's ``flags`` (the latch bits make one burst one activation) ---------------
+# --- bits of a slot's ``flags`` -------------------------------------------------------------
 F_IN_EPISODE = 1 << 0  # score crossed the threshold and has not fallen below rearm since
 F_HAS_EPISODE = 1 << 1  # episode_ts is valid
-F_RAGE = 1 << 2
-F_DEAD = 1 << 3
-F_ERR = 1 << 4
-F_FAIL = 1 << 5
-F_UTURN = 1 << 6
-F_SEARCH = 1 << 7
-F_STALL = 1 << 8  # stall already activated during the current step visit
+F_RAGE = 1 << 2  # the fast rage run on click_target has activated (one activation per run)
+F_SLOW = 1 << 3  # ... the slow (unresponsive element) rage run has activated
+F_ERR = 1 << 4  # the error burst has activated
+F_CLICK_USED = 1 << 5  # the last click already made an error click
+F_STUCK = 1 << 6  # this step visit saw an episode, help or contact: it stays out of the baseline
+F_DONE = 1 << 7  # a success on this step visit: no more stall pressure until the next step
+F_FAIL_MIXED = 1 << 8  # the failure run spans several targets of the step
 #: The latches a success event clears.
-LATCHES = F_RAGE | F_DEAD | F_ERR | F_FAIL | F_UTURN | F_SEARCH
+LATCHES = F_RAGE | F_SLOW | F_ERR | F_CLICK_USED
 
 # --- counters, in the order both engines keep them -------------------------------------------
 COUNTER_NAMES = ("events", "invalid", "unknown", "excluded", "episodes", "evictions", "tickets")
@@ -104,8 +106,10 @@ MAX_TEXT = 1024
 #: ``uid_len == UID_LONG``, the full id lives in a side table bounded by capacity.
 UID_BYTES = 40
 UID_LONG = 255
-#: Buckets of a step's duration histogram.
+#: Buckets of a step's duration histogram: bucket 0 holds visits under 1 s, bucket b >= 1 holds
+#: [GAMMA**(b-1), GAMMA**b) seconds; the last also takes everything longer.
 N_BUCKETS = 24
+GAMMA = 1.5
 #: Window timestamps are float32 offsets from ``base``; ``base`` moves to the event time once
 #: it is this many seconds old, keeping offsets within about 2 ms of exact.
 REBASE_AFTER = 16384.0
@@ -115,5 +119,8 @@ CACHE_MAX = 1 << 16
 U8_MAX = 0xFF
 U16_MAX = 0xFFFF
 U32_MAX = 0xFFFFFFFF
-#: Integer properties (status, results) are values in [0, I31_MAX]; anything else is "none".
+#: Integer properties (status, results) are values in [0, I31_MAX]; anything else is "none" (-1).
 I31_MAX = 0x7FFFFFFF
+#: ``results`` of an event whose ``properties.selection`` is set: a click that selected text or
+#: scrolled the page (rage ignores it). A search with a selection is not an empty one either.
+SELECTION = -2

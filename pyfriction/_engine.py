@@ -19,8 +19,9 @@ __all__ = ["Engine", "EpisodeSink", "OutcomeSink"]
 #: ``(type, user_id, account_id, step, target, ts)``.
 OutcomeSink = Callable[[str, str, str | None, str | None, str | None, float], None]
 #: Called when an episode fires: ``(fields, user_id, account_id, step, target, ts, score,
-#: stall_limit)``; ``fields`` is a dict of the slot fields ``_episodes.make_episode`` reads
-#: (the same from both engines), ``stall_limit`` the step's limit at that moment.
+#: stall_need)``; ``fields`` is a dict of the slot fields ``_episodes.make_episode`` reads
+#: (the same from both engines), ``stall_need`` what users need on the step at that moment
+#: (``stall_need``).
 EpisodeSink = Callable[[Any, str, str | None, str | None, str | None, float, float, float], None]
 
 
@@ -51,6 +52,10 @@ class Engine(Protocol):
 
     def stall_limit(self, step: int) -> float:
         """Seconds on ``step`` beyond which a user has stalled, or -1.0."""
+        ...
+
+    def stall_need(self, step: int) -> float:
+        """What users need on ``step``: the stall quantile of its visits in seconds, or -1.0."""
         ...
 
     @property

@@ -17,6 +17,8 @@ from ._layout import (
     DETECTOR_NAMES,
     EMPTY_SEARCH,
     ERROR_BURST,
+    ERROR_CLICK,
+    F_FAIL_MIXED,
     F_HAS_EPISODE,
     F_IN_EPISODE,
     HELP_SEEKING,
@@ -142,48 +144,81 @@ def _burst_detail(rec: Any, ring: str, n_field: str, what: str) -> str:
     return f"{n} {what} within {span:.1f} s"
 
 
-def detail(d: int, rec: Any, names: Names, rules: Rules, stall_limit: float, now: float) -> str:
-    """Human-readable account of what detector ``d`` saw, from the slot record, at ``now``."""
+def duration(seconds: float) -> str:
+    """``45 s``, ``1.5 min``, ``12 min``, ``2.5 h``: the unit a person would use."""
+    if seconds < 90.0:
+        return f"{seconds:.0f} s"
+    minutes = seconds / 60.0
+    if minutes < 90.0:
+        return f"{minutes:.1f} min".replace(".0 min", " min") if minutes < 10.0 else f"{minutes:.0f} min"
+    return f"{minutes / 60.0:.1f} h".replace(".0 h", " h")
+
+
+def _times(n: int) -> str:
+    return "once" if n == 1 else "twice" if n == 2 else f"{n} times"
+
+
+def detail(d: int, rec: Any, names: Names, rules: Rules, stall_need: float, now: float) -> str:
+    """Human-readable account of what detector ``d`` saw, from the slot record, at ``now``:
+    what accumulated (``#vat-number rejected 5 times in 6 min``)."""
     if d == RAGE_CLICK:
         return _burst_detail(rec, "click_r", "click_n", "clicks on " + _name(names, int(rec["click_target"])))
     if d == DEAD_CLICK:
-        return _burst_detail(rec, "dead_r", "dead_n", "dead clicks on " + _name(names, int(rec["dead_target"])))
+        n = int(rec["dead_n"])
+        target = _name(names, int(rec["dead_target"]))
+        return f"{n} dead clicks in a row on {target}" if n > 1 else f"a dead click on {target}"
     if d == ERROR_BURST:
         return _burst_detail(rec, "err_r", "err_n", "errors")
     if d == REPEAT_FAILURE:
-        return f"{_name(names, int(rec['fail_target']))} failed {int(rec['fail_n'])} times in a row"
+        n = int(rec["fail_n"])
+        span = float(rec["fail_t"]) - float(rec["fail_t0"])
+        within = f" in {duration(span)}" if math.isfinite(span) and n > 1 else ""
+        failed = int(rec["fail_target"])
+        if int(rec["flags"]) & F_FAIL_MIXED or failed == 0:
+            where = _name(names, int(rec["step"]), "this step")
+            last = f", last {_name(names, failed)}" if failed else ""
+            return f"{n} failures on {where}{within}{last}"
+        return f"{_name(names, failed)} rejected {_times(n)}{within}"
     if d == UTURN:
         a, b = _name(names, int(rec["step"])), _name(names, int(rec["prev_step"]))
-        return f"{int(rec['uturn_n'])} u-turns between {b} and {a}"
+        n = int(rec["uturn_n"])
+        return f"{n} u-turns between {b} and {a}" if n > 1 else f"went straight back from {b} to {a}"
     if d == EMPTY_SEARCH:
         return f"{int(rec['search_n'])} searches with no results"
     if d == HELP_SEEKING:
         return "looked for help or support"
     if d == STALL:
         spent = now - float(rec["step_ts"])
-        usual = f" (stall after {stall_limit:.0f} s)" if stall_limit >= 0 else ""
-        return f"{spent:.0f} s on {_name(names, int(rec['step']))}{usual}"
+        usual = f", others need {duration(stall_need)}" if stall_need >= 0 else ""
+        return f"{duration(spent)} on {_name(names, int(rec['step']))}{usual}"
     if d == CUSTOM:
         i = int(rec["custom"])
         return rules.custom_names[i] if i < len(rules.custom_names) else "custom event"
+    if d == ERROR_CLICK:
+        # Not the clicked target's name: it is only remembered when rage fired on it.
+        return "an error right after a click"
     raise ValueError(d)
 
 
-def reasons(rec: Any, names: Names, rules: Rules, stall_limit: float, now: float) -> list[Reason]:
+def reasons(rec: Any, names: Names, rules: Rules, stall_need: float, now: float) -> list[Reason]:
     pressure = rec["pressure"]
     active = [(float(pressure[d]), d) for d in range(len(DETECTOR_NAMES)) if pressure[d] > 0.0]
     active.sort(key=lambda pd: (-pd[0], pd[1]))
-    return [Reason(DETECTOR_NAMES[d], round(p, 6), detail(d, rec, names, rules, stall_limit, now)) for p, d in active]
+    return [Reason(DETECTOR_NAMES[d], round(p, 6), detail(d, rec, names, rules, stall_need, now)) for p, d in active]
 
 
-_TARGETED = {RAGE_CLICK: "click_target", DEAD_CLICK: "dead_target", REPEAT_FAILURE: "fail_target"}
+_TARGETED = {
+    RAGE_CLICK: "click_target",
+    DEAD_CLICK: "dead_target",
+    REPEAT_FAILURE: "fail_target",
+}
 
 
 def make_episode(rec: Any, user_id: str, account_id: str | None, step: str | None,
                  target: str | None, ts: float, score: float, names: Names, rules: Rules,
-                 stall_limit: float) -> Episode:  # fmt: skip
+                 stall_need: float) -> Episode:  # fmt: skip
     """The episode an engine fired for slot ``rec`` on an event (or a tick) at ``ts``."""
-    why = reasons(rec, names, rules, stall_limit, ts)
+    why = reasons(rec, names, rules, stall_need, ts)
     if step is None and int(rec["step"]):
         step = _name(names, int(rec["step"]))
     if target is None:

@@ -21,15 +21,17 @@ from ._constants import (
     DETECTOR_NAMES,
     EMPTY_SEARCH,
     ERROR_BURST,
-    F_DEAD,
+    ERROR_CLICK,
+    F_CLICK_USED,
+    F_DONE,
     F_ERR,
-    F_FAIL,
+    F_FAIL_MIXED,
     F_HAS_EPISODE,
     F_IN_EPISODE,
     F_RAGE,
-    F_SEARCH,
-    F_STALL,
-    F_UTURN,
+    F_SLOW,
+    F_STUCK,
+    GAMMA,
     HELP_SEEKING,
     LATCHES,
     MAX_CUSTOM,
@@ -51,15 +53,16 @@ __all__ = [
     "DETECTOR_NAMES",
     "EMPTY_SEARCH",
     "ERROR_BURST",
-    "F_DEAD",
+    "ERROR_CLICK",
+    "F_CLICK_USED",
+    "F_DONE",
     "F_ERR",
-    "F_FAIL",
+    "F_FAIL_MIXED",
     "F_HAS_EPISODE",
     "F_IN_EPISODE",
     "F_RAGE",
-    "F_SEARCH",
-    "F_STALL",
-    "F_UTURN",
+    "F_SLOW",
+    "F_STUCK",
     "GAMMA",
     "HELP_SEEKING",
     "LATCHES",
@@ -96,13 +99,15 @@ SLOT_DTYPE = np.dtype(
         ("last_ts", "<f8"),  # newest effective event time
         ("episode_ts", "<f8"),  # time of the last episode (valid with F_HAS_EPISODE)
         ("step_ts", "<f8"),  # when the current step was entered
-        ("base", "<f8"),  # origin of the float32 window offsets below
-        ("click_r", "<f4", (RING_SIZE,)),  # recent clicks on click_target, newest first
-        ("dead_r", "<f4", (RING_SIZE,)),  # recent dead clicks on dead_target
+        ("base", "<f8"),  # origin of the float32 time offsets below
+        ("click_r", "<f4", (RING_SIZE,)),  # recent clicks and dead clicks on click_target, newest first
         ("err_r", "<f4", (RING_SIZE,)),  # recent errors
-        ("uturn_t", "<f4"),  # first u-turn of the current run
-        ("fail_t", "<f4"),  # last failure on fail_target
+        ("dead_t", "<f4"),  # last dead click on dead_target
+        ("uturn_t", "<f4"),  # last u-turn
+        ("fail_t", "<f4"),  # last failure
+        ("fail_t0", "<f4"),  # first failure of the current run
         ("search_t", "<f4"),  # last empty search
+        ("stall_t", "<f4"),  # stall last judged past the limit in this visit (NEVER: not yet)
         # The pressures are valued at last_ts + p_off: 0 after every event (exact), positive
         # after tick() decayed them past the user's last event.
         ("p_off", "<f4"),
@@ -113,7 +118,7 @@ SLOT_DTYPE = np.dtype(
         ("prev_step", "<u4"),
         ("click_target", "<u4"),
         ("dead_target", "<u4"),
-        ("fail_target", "<u4"),
+        ("fail_target", "<u4"),  # target of the last failure
         ("lock", "<u4"),  # shared: pid of the process updating it (0: free); private: recency log position
         ("flags", "<u2"),
         ("episodes", "<u2"),  # saturating at 65535
@@ -130,9 +135,7 @@ SLOT_DTYPE = np.dtype(
 )
 assert SLOT_DTYPE.itemsize == 224, SLOT_DTYPE.itemsize
 
-# Buckets of a step's duration histogram (N_BUCKETS): bucket 0 holds visits under 1 s,
-# bucket b >= 1 holds [GAMMA**(b-1), GAMMA**b) seconds; the last also takes everything longer.
-GAMMA = 1.5
+# Buckets of a step's duration histogram: see ``_constants.N_BUCKETS`` and ``GAMMA``.
 LOG_GAMMA = math.log(GAMMA)
 
 STEP_DTYPE = np.dtype([("key", "<u4"), ("count", "<u4"), ("buckets", "<u4", (N_BUCKETS,))])
@@ -163,13 +166,19 @@ def bucket_upper(b: int) -> float:
 
 
 def quantile(buckets: list[int] | np.ndarray, count: int, q: float) -> float:
-    """The ``q`` quantile of a step's durations, from its histogram."""
+    """The ``q`` quantile of a step's durations, from its histogram, interpolated inside its
+    bucket (linearly in bucket 0, geometrically in the others, whose bounds grow by GAMMA):
+    an estimate within a few percent where the bucket's upper bound was up to 50% off."""
     need = q * count
     seen = 0
     for b in range(N_BUCKETS):
-        seen += int(buckets[b])
-        if seen >= need:
-            return bucket_upper(b)
+        c = int(buckets[b])
+        if c > 0 and seen + c >= need:
+            frac = (need - seen) / c
+            if b == 0:
+                return frac
+            return math.pow(GAMMA, (b - 1) + frac)
+        seen += c
     return bucket_upper(N_BUCKETS - 1)
 
 
@@ -189,17 +198,24 @@ PARAMS_DTYPE = np.dtype(
         # detectors, in the order of their indices
         ("rage_w", "<f8"),
         ("rage_win", "<f8"),
+        ("slow_w", "<f8"),
+        ("slow_win", "<f8"),
         ("dead_w", "<f8"),
+        ("dead_single_w", "<f8"),
         ("dead_win", "<f8"),
         ("err_w", "<f8"),
         ("err_win", "<f8"),
         ("ordinary_factor", "<f8"),
+        ("refusal_factor", "<f8"),
         ("fail_w", "<f8"),
+        ("area_w", "<f8"),
         ("fail_win", "<f8"),
         ("uturn_w", "<f8"),
+        ("uturn_single_w", "<f8"),
         ("uturn_win", "<f8"),
         ("uturn_bounce", "<f8"),
         ("search_w", "<f8"),
+        ("search_single_w", "<f8"),
         ("search_win", "<f8"),
         ("help_w", "<f8"),
         ("contact_w", "<f8"),
@@ -210,8 +226,11 @@ PARAMS_DTYPE = np.dtype(
         ("stall_factor", "<f8"),
         ("stall_min_s", "<f8"),
         ("stall_max_dur", "<f8"),
+        ("eclick_w", "<f8"),
+        ("eclick_win", "<f8"),
         ("custom_w", "<f8", (MAX_CUSTOM,)),
         ("rage_need", "<i4"),
+        ("slow_need", "<i4"),
         ("dead_need", "<i4"),
         ("err_need", "<i4"),
         ("fail_need", "<i4"),
@@ -227,6 +246,8 @@ PARAMS_DTYPE = np.dtype(
         ("search_on", "u1"),
         ("help_on", "u1"),
         ("stall_on", "u1"),
+        ("eclick_on", "u1"),
+        ("pad", "u1", (3,)),  # to a multiple of 8 bytes, as the C struct
     ]
 )
-assert PARAMS_DTYPE.itemsize == 28 * 8 + MAX_CUSTOM * 8 + 8 * 4 + 8, PARAMS_DTYPE.itemsize
+assert PARAMS_DTYPE.itemsize == 37 * 8 + MAX_CUSTOM * 8 + 9 * 4 + 12, PARAMS_DTYPE.itemsize

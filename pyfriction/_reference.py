@@ -44,15 +44,16 @@ from ._layout import (
     DEAD_CLICK,
     EMPTY_SEARCH,
     ERROR_BURST,
-    F_DEAD,
+    ERROR_CLICK,
+    F_CLICK_USED,
+    F_DONE,
     F_ERR,
-    F_FAIL,
+    F_FAIL_MIXED,
     F_HAS_EPISODE,
     F_IN_EPISODE,
     F_RAGE,
-    F_SEARCH,
-    F_STALL,
-    F_UTURN,
+    F_SLOW,
+    F_STUCK,
     HELP_SEEKING,
     N_BUCKETS,
     N_DETECTORS,
@@ -78,7 +79,7 @@ class _User:
 
     __slots__ = (
         "key", "uid", "last_ts", "episode_ts", "step_ts", "base",
-        "click_r", "dead_r", "err_r", "uturn_t", "fail_t", "search_t", "p_off",
+        "click_r", "err_r", "dead_t", "uturn_t", "fail_t", "fail_t0", "search_t", "stall_t", "p_off",
         "pressure", "episode_score", "events", "episodes", "step", "prev_step",
         "click_target", "dead_target", "fail_target", "flags",
         "click_n", "dead_n", "err_n", "fail_n", "uturn_n", "search_n", "custom",
@@ -91,9 +92,8 @@ class _User:
         self.p_off = 0.0  # the pressures are valued at last_ts + p_off
         self.episode_ts = 0.0
         self.click_r = [NEVER] * RING_SIZE
-        self.dead_r = [NEVER] * RING_SIZE
         self.err_r = [NEVER] * RING_SIZE
-        self.uturn_t = self.fail_t = self.search_t = NEVER
+        self.dead_t = self.uturn_t = self.fail_t = self.fail_t0 = self.search_t = self.stall_t = NEVER
         self.pressure = [0.0] * N_DETECTORS
         self.episode_score = 0.0
         self.events = self.episodes = 0
@@ -230,9 +230,13 @@ class ReferenceCore:
         u = self._users.get(key64(user_id))
         return None if u is None else self._record(u)
 
-    def stall_limit(self, step: int) -> float:
+    def stall_need(self, step: int) -> float:
+        """What users need on ``step`` (``Rules.stall_need``), -1.0 without a baseline."""
         counts = self._steps.get(step)
-        return -1.0 if counts is None else self._rules.stall_limit(counts[0], counts[1:])
+        return -1.0 if counts is None else self._rules.stall_need(counts[0], counts[1:])
+
+    def stall_limit(self, step: int) -> float:
+        return self._rules.limit_of(self.stall_need(step))
 
     def set_counters(self, counters: Mapping[str, int]) -> None:
         self.counters.update(counters)
@@ -361,8 +365,8 @@ class ReferenceCore:
         """Report the episode the last update fired (core: ``emit``)."""
         fired, self._fired = self._fired, None
         assert fired is not None
-        rec, te, score, stall_limit = fired
-        self._on_episode(rec, u.uid, account, step, target, te, score, stall_limit)
+        rec, te, score, stall_need = fired
+        self._on_episode(rec, u.uid, account, step, target, te, score, stall_need)
 
     def update(self, u: _User, code: int, ts: float, step_k: int, target_k: int, status: int,
                results: int) -> float:  # fmt: skip
@@ -385,7 +389,8 @@ class ReferenceCore:
             self.check_stall(u, te)
 
         if code == K.CLICK:
-            if rage_click(P, u, target_k, te):
+            # A click that selected text or scrolled (``events.results_of``) is not rage.
+            if rage_click(P, u, target_k, te, results == K.SELECTION):
                 self._note |= NOTE_TARGET
         elif code == K.DEAD_CLICK:
             if dead_click(P, u, target_k, te):
@@ -393,6 +398,7 @@ class ReferenceCore:
         elif code == K.ERROR or code == K.API_ERROR or code == K.FORM_ERROR:
             factor = self.error_factor(code, status)
             error_burst(P, u, te, factor)
+            error_click(P, u, te, factor)
             if repeat_failure(P, u, target_k, te, factor):
                 self._note |= NOTE_TARGET
         elif code == K.SEARCH:
@@ -408,13 +414,17 @@ class ReferenceCore:
         return self.check_episode(u, te, code)
 
     def error_factor(self, code: int, status: int) -> float:
-        """An api_error with an ordinary status weighs ``ordinary_factor`` of an error."""
-        if code == K.API_ERROR and status in self._rules.ordinary_statuses:
-            return float(self._rules.p.ordinary_factor)
+        """An api_error's status scales the error detectors: ``ordinary_factor`` for an
+        ordinary status, ``refusal_factor`` for a refusal, 1 otherwise."""
+        if code == K.API_ERROR:
+            if status in self._rules.ordinary_statuses:
+                return float(self._rules.p.ordinary_factor)
+            if status in self._rules.refusal_statuses:
+                return float(self._rules.p.refusal_factor)
         return 1.0
 
     def check_stall(self, u: _User, te: float) -> None:
-        if not self._rules.p.stall_on or u.step == 0 or u.flags & F_STALL:
+        if not self._rules.p.stall_on or u.step == 0 or u.flags & F_DONE:
             return
         stall(self._rules.p, u, self.stall_limit(u.step), te)
 
@@ -425,13 +435,16 @@ class ReferenceCore:
         self._note |= NOTE_STEP
         if u.step != 0:
             dur = te - u.step_ts
-            if dur <= P.stall_max_dur:
+            # A visit that saw an episode, help or contact was a stuck user: it would teach
+            # the step that being stuck is normal.
+            if dur <= P.stall_max_dur and not u.flags & F_STUCK:
                 self._record_duration(u.step, dur)
             uturn(P, u, s, dur, te)
         u.prev_step = u.step
         u.step = s
         u.step_ts = te
-        u.flags &= ~F_STALL
+        u.stall_t = NEVER
+        u.flags &= ~(F_STUCK | F_DONE)
 
     def _record_duration(self, step: int, duration: float) -> None:
         counts = self._steps.get(step)
@@ -448,7 +461,7 @@ class ReferenceCore:
         score = current(u)
         if crossing(self._rules.p, u, score, te, code):
             self.counters["episodes"] += 1
-            self._fired = (slot_fields(u), te, score, self.stall_limit(u.step))
+            self._fired = (slot_fields(u), te, score, self.stall_need(u.step))
         return score
 
     # -- the table ---------------------------------------------------------------------------
@@ -488,15 +501,18 @@ NOTE_TARGET = 2  # ... a detector fired on a target: remember its name
 
 
 def rebase(u: _User, te: float) -> None:
-    """Re-express every window offset from the new base ``te``. Entries older than any
+    """Re-express every time offset from the new base ``te``. Entries older than any
     window lose precision, which cannot matter: they are outside every window either way."""
     shift = u.base
-    for ring in (u.click_r, u.dead_r, u.err_r):
+    for ring in (u.click_r, u.err_r):
         for i in range(RING_SIZE):
             ring[i] = f32((shift + ring[i]) - te)
+    u.dead_t = f32((shift + u.dead_t) - te)
     u.uturn_t = f32((shift + u.uturn_t) - te)
     u.fail_t = f32((shift + u.fail_t) - te)
+    u.fail_t0 = f32((shift + u.fail_t0) - te)
     u.search_t = f32((shift + u.search_t) - te)
+    u.stall_t = f32((shift + u.stall_t) - te)
     u.base = te
 
 
@@ -534,7 +550,7 @@ def crossing(P: Any, u: _User, score: float, te: float, code: int) -> bool:
             u.flags &= ~F_IN_EPISODE
         return False
     if score >= P.threshold and code != K.TICKET and (not u.flags & F_HAS_EPISODE or te - u.episode_ts >= P.cooldown):
-        u.flags |= F_IN_EPISODE | F_HAS_EPISODE
+        u.flags |= F_IN_EPISODE | F_HAS_EPISODE | F_STUCK
         u.episode_ts = te
         if u.episodes < U16_MAX:
             u.episodes += 1
@@ -543,6 +559,7 @@ def crossing(P: Any, u: _User, score: float, te: float, code: int) -> bool:
     return False
 
 
+# --- run helpers -------------------------------------------------------------------------------
 def burst(u: _User, ring_name: str, n_name: str, flag: int, te: float, window: float, need: int) -> bool:
     """Push ``te`` into a ring; True when this event makes ``need`` within ``window`` and the
     run has not activated yet. A gap longer than ``window`` starts a new run."""
@@ -551,12 +568,7 @@ def burst(u: _User, ring_name: str, n_name: str, flag: int, te: float, window: f
     if te - (u.base + ring[0]) > window:
         n = 0
         u.flags &= ~flag
-    within = 1
-    for x in ring:
-        if te - (u.base + x) <= window:
-            within += 1
-        else:
-            break
+    within = within_window(u, ring, te, window)
     ring.insert(0, f32(te - u.base))
     ring.pop()
     setattr(u, n_name, n + 1 if n < U8_MAX else U8_MAX)
@@ -566,50 +578,100 @@ def burst(u: _User, ring_name: str, n_name: str, flag: int, te: float, window: f
     return False
 
 
-def target_burst(u: _User, kind: str, flag: int, t: int, te: float, window: float, need: int) -> bool:
-    """A burst on one target (``kind`` "click" or "dead": the fields ``{kind}_target``,
-    ``{kind}_r``, ``{kind}_n``); an event on another target starts the run over."""
-    if t != getattr(u, kind + "_target"):
-        setattr(u, kind + "_target", t)
-        setattr(u, kind + "_r", [NEVER] * RING_SIZE)
-        setattr(u, kind + "_n", 0)
-        u.flags &= ~flag
-    return burst(u, kind + "_r", kind + "_n", flag, te, window, need)
+def within_window(u: _User, ring: list[float], te: float, window: float) -> int:
+    """Events a new one at ``te`` makes within ``window``: itself and the ring's recent ones."""
+    within = 1
+    for x in ring:
+        if te - (u.base + x) <= window:
+            within += 1
+        else:
+            break
+    return within
 
 
-def repeat(u: _User, last_name: str, n_name: str, flag: int, te: float, window: float, need: int) -> bool:
-    """A run of events each within ``window`` of the one before; True when it reaches
-    ``need`` and has not activated yet."""
+def run_length(u: _User, last_name: str, n_name: str, te: float, window: float) -> int:
+    """A run of events each within ``window`` of the one before: the run's length with this
+    one (1 when it starts a new run); ``last_name`` becomes ``te``."""
     n = getattr(u, n_name)
     if te - (u.base + getattr(u, last_name)) <= window:
         if n < U8_MAX:
             n += 1
     else:
         n = 1
-        u.flags &= ~flag
     setattr(u, n_name, n)
     setattr(u, last_name, f32(te - u.base))
-    if n >= need and not u.flags & flag:
-        u.flags |= flag
-        return True
-    return False
+    return int(n)
 
 
-def rage_click(P: Any, u: _User, t: int, te: float) -> bool:
-    """rage_click: ``rage_need`` clicks on one target within ``rage_win``. True: it fired
-    (the caller remembers the target's name)."""
-    if P.rage_on and t != 0 and target_burst(u, "click", F_RAGE, t, te, P.rage_win, P.rage_need):
+# --- detectors, in the order of their indices ----------------------------------------------------
+def rage_click(P: Any, u: _User, t: int, te: float, selection: bool) -> bool:
+    """rage_click on a click: ``rage_need`` clicks on one target within ``rage_win`` (fast),
+    or ``slow_need`` within ``slow_win`` on a target that gave a dead click meanwhile (slow:
+    an element that does not respond), once per run each. A click that selected text or
+    scrolled vetoes the run, as Datadog's does. Also keeps the last click for
+    ``error_click``. True: it fired (the caller remembers the target's name)."""
+    if t == 0:
+        return False
+    if t != u.click_target:
+        u.click_target = t
+        u.click_r = [NEVER] * RING_SIZE
+        u.click_n = 0
+        u.flags &= ~(F_RAGE | F_SLOW)
+    gap = te - (u.base + u.click_r[0])
+    if gap > P.rage_win:
+        u.flags &= ~F_RAGE
+    if gap > P.slow_win:
+        u.flags &= ~F_SLOW
+        u.click_n = 0
+    fast = within_window(u, u.click_r, te, P.rage_win)
+    slow = within_window(u, u.click_r, te, P.slow_win)
+    u.click_r.insert(0, f32(te - u.base))
+    u.click_r.pop()
+    if u.click_n < U8_MAX:
+        u.click_n += 1
+    u.flags &= ~F_CLICK_USED
+    if selection:
+        u.flags |= F_RAGE | F_SLOW
+        return False
+    if not P.rage_on:
+        return False
+    if fast >= P.rage_need and not u.flags & F_RAGE:
+        u.flags |= F_RAGE | F_SLOW  # the fast run includes the slow one
         activate(u, RAGE_CLICK, P.rage_w)
+        return True
+    return slow_rage(P, u, t, te, slow)
+
+
+def slow_rage(P: Any, u: _User, t: int, te: float, clicks: int) -> bool:
+    """The slow rage of ``rage_click``: ``clicks`` on ``t`` within ``slow_win`` of ``te``,
+    and a dead click on it within ``slow_win`` (the browser script sends a click, and a
+    second later a dead click when nothing responded: the dead click is not a click more)."""
+    if (clicks >= P.slow_need and not u.flags & F_SLOW and u.dead_target == t
+            and te - (u.base + u.dead_t) <= P.slow_win):  # fmt: skip
+        u.flags |= F_SLOW
+        activate(u, RAGE_CLICK, P.slow_w)
         return True
     return False
 
 
 def dead_click(P: Any, u: _User, t: int, te: float) -> bool:
-    """dead_click: ``dead_need`` dead clicks on one target within ``dead_win``."""
-    if P.dead_on and t != 0 and target_burst(u, "dead", F_DEAD, t, te, P.dead_win, P.dead_need):
-        activate(u, DEAD_CLICK, P.dead_w)
-        return True
-    return False
+    """dead_click: every dead click adds ``dead_w`` once a run on one target (each within
+    ``dead_win`` of the last) reaches ``dead_need``, ``dead_single_w`` before; it may
+    complete a slow rage on the clicks before it."""
+    if not P.dead_on:
+        return False
+    if t == 0:
+        activate(u, DEAD_CLICK, P.dead_single_w if P.dead_need > 1 else P.dead_w)
+        return False
+    if t != u.dead_target:
+        u.dead_target = t
+        u.dead_n = 0
+        u.dead_t = NEVER  # a new target starts a new run
+    n = run_length(u, "dead_t", "dead_n", te, P.dead_win)
+    activate(u, DEAD_CLICK, P.dead_w if n >= P.dead_need else P.dead_single_w)
+    if P.rage_on and t == u.click_target:
+        slow_rage(P, u, t, te, within_window(u, u.click_r, te, P.slow_win) - 1)
+    return True
 
 
 def error_burst(P: Any, u: _User, te: float, factor: float) -> None:
@@ -619,44 +681,53 @@ def error_burst(P: Any, u: _User, te: float, factor: float) -> None:
 
 
 def repeat_failure(P: Any, u: _User, t: int, te: float, factor: float) -> bool:
-    """repeat_failure: ``fail_need`` errors on one target, each within ``fail_win`` of the last."""
-    if not P.fail_on or t == 0:
+    """repeat_failure: failures each within ``fail_win`` of the last, on the same target or
+    the same step visit; from the ``fail_need``-th on each adds ``fail_w`` (same target as the
+    last) or ``area_w`` (another target), times ``factor``."""
+    if not P.fail_on:
         return False
-    if t != u.fail_target:
+    last = u.base + u.fail_t
+    same = t != 0 and t == u.fail_target
+    if te - last <= P.fail_win and (same or last >= u.step_ts):
+        if u.fail_n < U8_MAX:
+            u.fail_n += 1
+        if not same:
+            u.flags |= F_FAIL_MIXED
+    else:
+        u.fail_n = 1
+        u.fail_t0 = f32(te - u.base)
+        u.flags &= ~F_FAIL_MIXED
+    u.fail_t = f32(te - u.base)
+    if t != 0:
         u.fail_target = t
-        u.fail_n = 0
-        u.fail_t = NEVER  # a new target starts a new run
-    if repeat(u, "fail_t", "fail_n", F_FAIL, te, P.fail_win, P.fail_need):
-        activate(u, REPEAT_FAILURE, P.fail_w * factor)
-        return True
+    if u.fail_n >= P.fail_need:
+        activate(u, REPEAT_FAILURE, (P.fail_w if same else P.area_w) * factor)
+        return t != 0
     return False
 
 
 def uturn(P: Any, u: _User, s: int, dur: float, te: float) -> None:
-    """uturn: back to the step before within ``uturn_bounce`` seconds, ``uturn_need`` times
-    in a run that started less than ``uturn_win`` ago."""
+    """uturn: back to the step before within ``uturn_bounce`` seconds; from the
+    ``uturn_need``-th of a run on (each within ``uturn_win`` of the last) each adds
+    ``uturn_w``, before that ``uturn_single_w``."""
     if not (P.uturn_on and s == u.prev_step and dur <= P.uturn_bounce):
         return
-    if te - (u.base + u.uturn_t) > P.uturn_win:
-        u.uturn_n = 1
-        u.uturn_t = f32(te - u.base)
-        u.flags &= ~F_UTURN
-    elif u.uturn_n < U8_MAX:
-        u.uturn_n += 1
-    if u.uturn_n >= P.uturn_need and not u.flags & F_UTURN:
-        u.flags |= F_UTURN
-        activate(u, UTURN, P.uturn_w)
+    n = run_length(u, "uturn_t", "uturn_n", te, P.uturn_win)
+    activate(u, UTURN, P.uturn_w if n >= P.uturn_need else P.uturn_single_w)
 
 
 def empty_search(P: Any, u: _User, results: int, te: float) -> None:
-    """empty_search: ``search_need`` searches with no result, each within ``search_win`` of the last."""
-    if P.search_on and results == 0 and repeat(u, "search_t", "search_n", F_SEARCH, te, P.search_win,
-                                               P.search_need):  # fmt: skip
-        activate(u, EMPTY_SEARCH, P.search_w)
+    """empty_search: searches with no result; from the ``search_need``-th of a run on (each
+    within ``search_win`` of the last) each adds ``search_w``, before that ``search_single_w``."""
+    if P.search_on and results == 0:
+        n = run_length(u, "search_t", "search_n", te, P.search_win)
+        activate(u, EMPTY_SEARCH, P.search_w if n >= P.search_need else P.search_single_w)
 
 
 def help_seeking(P: Any, u: _User, code: int) -> None:
-    """help_seeking: every help or contact event; boosted when other friction is already high."""
+    """help_seeking: every help or contact event; boosted when other friction is already high.
+    The visit is then a stuck one (out of the step's baseline)."""
+    u.flags |= F_STUCK
     if not P.help_on:
         return
     w = P.help_w if code == K.HELP else P.contact_w
@@ -670,10 +741,18 @@ def help_seeking(P: Any, u: _User, code: int) -> None:
 
 
 def stall(P: Any, u: _User, limit: float, te: float) -> None:
-    """stall: on the current step longer than its ``limit`` (once per visit)."""
-    if limit >= 0.0 and te - u.step_ts > limit:
-        u.flags |= F_STALL
-        activate(u, STALL, P.stall_w)
+    """stall: past the step's ``limit``, the stall pressure is at least ``stall_w`` per
+    ``limit`` seconds beyond it: a level set from the time on the step (not added), so it
+    grows while the user stays, whatever the decay, and does not depend on how often it is
+    judged."""
+    if limit <= 0.0:
+        return
+    over = te - (u.step_ts + limit)
+    if over > 0.0:
+        level = f32(P.stall_w * over / limit)
+        if level > u.pressure[STALL]:
+            u.pressure[STALL] = level
+        u.stall_t = f32(te - u.base)
 
 
 def custom(P: Any, u: _User, code: int) -> None:
@@ -682,26 +761,36 @@ def custom(P: Any, u: _User, code: int) -> None:
     activate(u, CUSTOM, P.custom_w[u.custom])
 
 
+def error_click(P: Any, u: _User, te: float, factor: float) -> None:
+    """error_click: an error within ``eclick_win`` of a click on this step visit, once per click."""
+    if not P.eclick_on or u.flags & F_CLICK_USED:
+        return
+    clicked = u.base + u.click_r[0]
+    if te - clicked <= P.eclick_win and clicked >= u.step_ts:
+        u.flags |= F_CLICK_USED
+        activate(u, ERROR_CLICK, P.eclick_w * factor)
+
+
 def success(P: Any, u: _User) -> None:
-    """A success relieves the pressures and ends every run."""
+    """A success relieves the pressures, ends every run and the visit's stall."""
     keep = P.keep_after_success
     for i in range(N_DETECTORS):
         u.pressure[i] = f32(u.pressure[i] * keep)
     u.click_r = [NEVER] * RING_SIZE
-    u.dead_r = [NEVER] * RING_SIZE
     u.err_r = [NEVER] * RING_SIZE
-    u.uturn_t = u.fail_t = u.search_t = NEVER
+    u.dead_t = u.uturn_t = u.fail_t = u.fail_t0 = u.search_t = NEVER
     u.click_n = u.dead_n = u.err_n = u.fail_n = u.uturn_n = u.search_n = 0
-    u.flags &= ~LATCHES
+    u.flags &= ~(LATCHES | F_FAIL_MIXED)
+    u.flags |= F_DONE
 
 
 def slot_fields(u: _User) -> dict[str, Any]:
     """The fields of a user's state that ``_episodes.make_episode`` reads (core: ``slot_fields``)."""
     return {
-        "key": u.key, "step": u.step, "prev_step": u.prev_step, "step_ts": u.step_ts,
-        "pressure": list(u.pressure), "click_r": list(u.click_r), "dead_r": list(u.dead_r),
-        "err_r": list(u.err_r), "click_n": u.click_n, "click_target": u.click_target,
-        "dead_n": u.dead_n, "dead_target": u.dead_target, "err_n": u.err_n,
-        "fail_target": u.fail_target, "fail_n": u.fail_n, "uturn_n": u.uturn_n,
-        "search_n": u.search_n, "custom": u.custom,
+        "key": u.key, "step": u.step, "prev_step": u.prev_step, "step_ts": u.step_ts, "base": u.base,
+        "pressure": list(u.pressure), "click_r": list(u.click_r), "err_r": list(u.err_r),
+        "click_n": u.click_n, "click_target": u.click_target, "dead_n": u.dead_n,
+        "dead_target": u.dead_target, "err_n": u.err_n, "fail_target": u.fail_target,
+        "fail_n": u.fail_n, "fail_t": u.fail_t, "fail_t0": u.fail_t0, "flags": u.flags,
+        "uturn_n": u.uturn_n, "search_n": u.search_n, "custom": u.custom,
     }  # fmt: skip

@@ -64,6 +64,7 @@ class Rules:
                 self.custom_names.append(name)
         self.decay_rate = math.log(2.0) / config.scoring.half_life
         self.ordinary_statuses = frozenset(d.error_burst.ordinary_statuses)
+        self.refusal_statuses = frozenset(d.error_burst.refusal_statuses)
         self.excluded_target = _Globs(config.exclude_targets)
         self.excluded_step = _Globs(config.exclude_steps)
         ev_cfg = config.events
@@ -73,12 +74,20 @@ class Rules:
         #: The same values as plain Python numbers, for the reference engine: ``p.rage_w``...
         self.p = params_namespace(self.params)
 
-    def stall_limit(self, count: int, buckets: list[int]) -> float:
-        """Seconds on a step beyond which a user has stalled, or -1.0 without a baseline."""
+    def stall_need(self, count: int, buckets: list[int]) -> float:
+        """What the users need on a step: the stall quantile of its visits' durations in
+        seconds, or -1.0 without a baseline (fewer than ``min_samples`` visits)."""
         st = self.config.detectors.stall
         if count < st.min_samples:
             return -1.0
-        return max(st.min_seconds, st.factor * quantile(buckets, count, st.quantile))
+        return quantile(buckets, count, st.quantile)
+
+    def limit_of(self, need: float) -> float:
+        """The stall limit for a step whose users need ``need`` seconds (-1.0: none)."""
+        if need < 0.0:
+            return -1.0
+        st = self.config.detectors.stall
+        return max(st.min_seconds, st.factor * need)
 
 
 def make_params(config: Config, decay_rate: float, custom_weights: list[float]) -> np.ndarray:
@@ -99,8 +108,12 @@ def make_params(config: Config, decay_rate: float, custom_weights: list[float]) 
         "rage_w": d.rage_click.weight,
         "rage_win": d.rage_click.window,
         "rage_need": d.rage_click.min_clicks,
+        "slow_w": d.rage_click.slow_weight,
+        "slow_win": d.rage_click.slow_window,
+        "slow_need": d.rage_click.slow_min_clicks,
         "dead_on": d.dead_click.enabled,
         "dead_w": d.dead_click.weight,
+        "dead_single_w": d.dead_click.single_weight,
         "dead_win": d.dead_click.window,
         "dead_need": d.dead_click.min_clicks,
         "err_on": d.error_burst.enabled,
@@ -108,17 +121,21 @@ def make_params(config: Config, decay_rate: float, custom_weights: list[float]) 
         "err_win": d.error_burst.window,
         "err_need": d.error_burst.min_errors,
         "ordinary_factor": d.error_burst.ordinary_factor,
+        "refusal_factor": d.error_burst.refusal_factor,
         "fail_on": d.repeat_failure.enabled,
         "fail_w": d.repeat_failure.weight,
+        "area_w": d.repeat_failure.area_weight,
         "fail_win": d.repeat_failure.window,
         "fail_need": d.repeat_failure.min_failures,
         "uturn_on": d.uturn.enabled,
         "uturn_w": d.uturn.weight,
+        "uturn_single_w": d.uturn.single_weight,
         "uturn_win": d.uturn.window,
         "uturn_need": d.uturn.min_uturns,
         "uturn_bounce": d.uturn.bounce,
         "search_on": d.empty_search.enabled,
         "search_w": d.empty_search.weight,
+        "search_single_w": d.empty_search.single_weight,
         "search_win": d.empty_search.window,
         "search_need": d.empty_search.min_searches,
         "help_on": d.help_seeking.enabled,
@@ -133,9 +150,12 @@ def make_params(config: Config, decay_rate: float, custom_weights: list[float]) 
         "stall_min_s": d.stall.min_seconds,
         "stall_min_n": d.stall.min_samples,
         "stall_max_dur": d.stall.max_duration,
+        "eclick_on": d.error_click.enabled,
+        "eclick_w": d.error_click.weight,
+        "eclick_win": d.error_click.window,
         "n_custom": len(custom_weights),
     }
-    missing = set(PARAMS_DTYPE.names or ()) - set(values) - {"custom_w"}
+    missing = set(PARAMS_DTYPE.names or ()) - set(values) - {"custom_w", "pad"}
     assert not missing, missing  # a field added to PARAMS_DTYPE must be filled here
     for name, value in values.items():
         rec[0][name] = value

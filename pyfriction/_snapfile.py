@@ -35,6 +35,7 @@ import msgspec
 import numpy as np
 
 from ._layout import SLOT_DTYPE, STEP_DTYPE
+from ._legacy import UPGRADES
 from .directio import replace_atomically
 
 __all__ = ["FORMAT", "PART_BYTES", "VERSION", "Snapshot", "SnapshotError", "read", "write"]
@@ -183,7 +184,8 @@ def read(path: str | os.PathLike[str], layout: str) -> Snapshot:
         raise SnapshotError(f"{name}: not a pyfriction snapshot ({exc})") from None
     if doc is None or doc.format != FORMAT:
         raise SnapshotError(f"{name}: not a pyfriction snapshot" + (f" ({problem})" if problem else ""))
-    if type(doc.version) is not int or doc.version not in READABLE_VERSIONS or doc.layout != layout:
+    upgrade = UPGRADES.get(doc.layout) if isinstance(doc.layout, str) else None
+    if type(doc.version) is not int or doc.version not in READABLE_VERSIONS or (doc.layout != layout and not upgrade):
         raise SnapshotError(
             f"{name}: snapshot version {doc.version} layout {doc.layout}"
             f" does not match this pyfriction (version {VERSION} layout {layout})"
@@ -209,8 +211,10 @@ def read(path: str | os.PathLike[str], layout: str) -> Snapshot:
             raw, step_raw = state.pop("slots"), state.pop("steps")
         if not isinstance(state, dict):
             raise TypeError("the state is not a map")
-        return Snapshot(doc.version, state, np.frombuffer(raw, dtype=SLOT_DTYPE),
-                        np.frombuffer(step_raw, dtype=STEP_DTYPE))  # fmt: skip
+        # A snapshot of an earlier state layout is upgraded (``_legacy``): restoring after an
+        # upgrade of pyfriction keeps every tracked user.
+        slots = upgrade(raw) if upgrade is not None else np.frombuffer(raw, dtype=SLOT_DTYPE)
+        return Snapshot(doc.version, state, slots, np.frombuffer(step_raw, dtype=STEP_DTYPE))
     except (KeyError, TypeError, ValueError, AttributeError, msgspec.DecodeError) as exc:
         if isinstance(exc, SnapshotError):
             raise

@@ -31,6 +31,7 @@ __all__ = [
     "Detectors",
     "EmptySearch",
     "ErrorBurst",
+    "ErrorClick",
     "EventMapping",
     "Events",
     "GuidanceCaps",
@@ -77,37 +78,63 @@ class _Base(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 class RageClick(_Base):
-    """``min_clicks`` clicks on the same target within ``window`` seconds (default: 3 in 1 s).
+    """Clicks on one target in quick succession.
 
-    A run of clicks that keeps going is one activation, however long it lasts; a pause longer
-    than ``window`` ends the run. A double click (2) is not a rage click.
+    Fast: ``min_clicks`` within ``window`` seconds (default 3 in 1 s, as PostHog and Datadog)
+    adds ``weight``. Slow: ``slow_min_clicks`` within ``slow_window`` seconds on a target that
+    also gave a ``dead_click`` within ``slow_window`` (default 3 in 7 s: Sentry's rage on an
+    element that does not respond) adds ``slow_weight``, unless the fast one fired in the same
+    run. A ``dead_click`` is not a click more: the browser script sends the click at once and
+    the dead click a second later. Either fires once per run, however long it lasts; a pause
+    longer than the window ends the run, a click on another target starts over. A double click
+    (2) is not rage. A click whose ``properties.selection`` is set (the browser script sends
+    ``"text"`` when the click selected text, ``"scroll"`` when the page scrolled) vetoes the
+    run, as Datadog's does: a triple click that selects a paragraph is not rage.
     """
 
     enabled: bool = True
     weight: Weight = 1.2
     min_clicks: Count = 3
     window: Window = 1.0
+    slow_weight: Weight = 0.6
+    slow_min_clicks: Count = 3
+    slow_window: Window = 7.0
 
 
 class DeadClick(_Base):
-    """``min_clicks`` ``dead_click`` events on the same target within ``window`` seconds.
+    """``dead_click`` events: clicks that got no response (the browser script reports them).
 
-    A single dead click (clicking on plain text) is normal; the same dead target clicked again
-    soon after is not.
+    Every dead click adds pressure: ``weight`` when it makes a run of at least ``min_clicks``
+    on the same target, each within ``window`` seconds of the one before; ``single_weight``
+    otherwise. A single dead click (clicking on a label) is a weak signal that never fires
+    alone; the same dead target clicked again soon after is a user waiting for something.
     """
 
     enabled: bool = True
     weight: Weight = 0.7
-    min_clicks: Count = 2
-    window: Window = 30.0
+    single_weight: Weight = 0.4
+    min_clicks: Annotated[int, msgspec.Meta(ge=1, le=255)] = 2
+    window: Window = 60.0
+
+
+class ErrorClick(_Base):
+    """A click followed within ``window`` seconds by an ``error``,
+    ``api_error`` or ``form_error``, with no page change between (Datadog's "error click"):
+    ``weight`` once per click, times the status factors of ``error_burst``."""
+
+    enabled: bool = True
+    weight: Weight = 0.4
+    window: Window = 3.0
 
 
 class ErrorBurst(_Base):
     """``min_errors`` ``error``/``api_error``/``form_error`` events within ``window`` seconds.
 
-    An ``api_error`` whose ``properties.status`` is in ``ordinary_statuses`` (a 401 asking to
-    sign in, a 404 for a missing record: the user's ordinary business) contributes only
-    ``ordinary_factor`` of the weight when it triggers the activation.
+    The status of an ``api_error`` (``properties.status``) scales the weight of every error
+    detector (this one, ``repeat_failure`` and ``error_click``): one in ``ordinary_statuses``
+    (a 401 asking to sign in, a 404 for a missing record: the user's ordinary business) by
+    ``ordinary_factor``; one in ``refusal_statuses`` (402 payment declined, 403 forbidden: the
+    product saying no) by ``refusal_factor``.
     """
 
     enabled: bool = True
@@ -116,43 +143,60 @@ class ErrorBurst(_Base):
     window: Window = 60.0
     ordinary_statuses: list[int] = msgspec.field(default_factory=lambda: [401, 404])
     ordinary_factor: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.3
+    refusal_statuses: list[int] = msgspec.field(default_factory=lambda: [402, 403])
+    refusal_factor: Annotated[float, msgspec.Meta(ge=1, le=10)] = 1.5
+
+    def __post_init__(self) -> None:
+        both = set(self.ordinary_statuses) & set(self.refusal_statuses)
+        if both:
+            raise ValueError(f"statuses {sorted(both)} are both ordinary and refusals")
 
 
 class RepeatFailure(_Base):
-    """The same target failing ``min_failures`` times in a row, each failure within ``window``
-    seconds of the one before.
+    """Failures that keep coming: evidence that accumulates with every further attempt.
 
-    One validation error that the user fixes at once never repeats; the same field rejected
-    twice is a user who does not understand what it wants.
+    Failures (``error``, ``api_error``, ``form_error``) form a run while each comes within
+    ``window`` seconds of the one before (a person rereads, edits and tries again: minutes,
+    not seconds) and is on the same target, or on the same step visit. From the
+    ``min_failures``-th failure of a run on, every failure adds ``weight`` when it is on the
+    same target as the one before, ``area_weight`` when another target of the step refused
+    (a permission wall: one endpoint after another). One validation error fixed at once is
+    not a run; two different fields wrong once each stay under the threshold.
     """
 
     enabled: bool = True
     weight: Weight = 0.6
+    area_weight: Weight = 0.45
     min_failures: Count = 2
-    window: Window = 120.0
+    window: Window = 300.0
 
 
 class UTurn(_Base):
     """Navigation loops: going back to the previous step after less than ``bounce`` seconds
-    (A -> B -> A) is a u-turn; ``min_uturns`` u-turns within ``window`` seconds activate.
+    (A -> B -> A) is a u-turn.
 
-    Fast navigation forward (A -> B -> C -> D) and a single look back are normal.
+    Every u-turn adds pressure: ``weight`` from the ``min_uturns``-th u-turn of a run on (each
+    within ``window`` seconds of the one before), ``single_weight`` otherwise. A single quick
+    back (Clarity's signal) is weak; fast navigation forward (A -> B -> C -> D) is nothing.
     """
 
     enabled: bool = True
-    weight: Weight = 0.8
-    min_uturns: Count = 2
+    weight: Weight = 0.6
+    single_weight: Weight = 0.25
+    min_uturns: Annotated[int, msgspec.Meta(ge=1, le=255)] = 2
     window: Window = 120.0
     bounce: Positive = 30.0
 
 
 class EmptySearch(_Base):
-    """``min_searches`` searches with zero results (``properties.results == 0``) in a run, each
-    within ``window`` seconds of the one before."""
+    """Searches with zero results (``properties.results == 0``): from the ``min_searches``-th
+    of a run on (each within ``window`` seconds of the one before) every one adds ``weight``;
+    the others ``single_weight``. One empty search, refined and found, is normal."""
 
     enabled: bool = True
-    weight: Weight = 0.5
-    min_searches: Count = 2
+    weight: Weight = 0.6
+    single_weight: Weight = 0.0
+    min_searches: Annotated[int, msgspec.Meta(ge=1, le=255)] = 2
     window: Window = 120.0
 
 
@@ -170,18 +214,23 @@ class HelpSeeking(_Base):
 
 
 class Stall(_Base):
-    """Time on the current step far beyond what the population spends there.
+    """Time on the current step beyond what the other users need there.
 
-    Durations of finished step visits (up to ``max_duration`` seconds, longer ones are idle
-    tabs, not reading) feed a per-step log-bucket histogram. Once a step has ``min_samples``
-    visits, a user who has been on it for more than ``max(min_seconds, factor * q)``, where
-    ``q`` is the ``quantile`` of those durations, has stalled. Checked on the user's next event
-    and by ``Tracker.tick()``; one activation per visit.
+    Durations of finished step visits (up to ``max_duration`` seconds; longer ones are idle
+    tabs, not reading) feed a per-step log-bucket histogram; visits during which the user had
+    an episode, opened help or contact stay out of it, so stuck users do not teach the step
+    that being stuck is normal. Once a step has ``min_samples`` visits, its *limit* is
+    ``max(min_seconds, factor * q)``, ``q`` being the ``quantile`` of those durations (the
+    median by default: it holds up when up to half the visits are outliers). Past the limit,
+    the stall pressure grows with the time: it is at least ``weight`` per ``limit`` seconds
+    beyond the limit (with the defaults it fires alone at 1.92 limits, 5.7 times what users
+    need), judged at each event of the user and at ``Tracker.tick()`` (so a silent user is
+    caught by the host's periodic tick). A success on the step ends it for the visit.
     """
 
     enabled: bool = True
-    weight: Weight = 0.7
-    quantile: Annotated[float, msgspec.Meta(gt=0, lt=1)] = 0.9
+    weight: Weight = 1.0
+    quantile: Annotated[float, msgspec.Meta(gt=0, lt=1)] = 0.5
     factor: Annotated[float, msgspec.Meta(ge=1)] = 3.0
     min_seconds: NonNegative = 60.0
     min_samples: Annotated[int, msgspec.Meta(ge=1)] = 20
@@ -199,6 +248,7 @@ class Detectors(_Base):
     empty_search: EmptySearch = msgspec.field(default_factory=EmptySearch)
     help_seeking: HelpSeeking = msgspec.field(default_factory=HelpSeeking)
     stall: Stall = msgspec.field(default_factory=Stall)
+    error_click: ErrorClick = msgspec.field(default_factory=ErrorClick)
 
 
 class Scoring(_Base):
@@ -531,19 +581,21 @@ def _check_event_map(event_map: Any) -> None:
             raise ConfigError(msg) from None
 
 
-#: The weight fields of each built-in detector (``help_seeking`` has two, scaled together).
+#: The weight fields of each built-in detector, scaled together by calibration (the first is
+#: the detector's main weight).
 WEIGHT_FIELDS: dict[str, tuple[str, ...]] = {
-    "rage_click": ("weight",),
-    "dead_click": ("weight",),
+    "rage_click": ("weight", "slow_weight"),
+    "dead_click": ("weight", "single_weight"),
     "error_burst": ("weight",),
-    "repeat_failure": ("weight",),
-    "uturn": ("weight",),
-    "empty_search": ("weight",),
+    "repeat_failure": ("weight", "area_weight"),
+    "uturn": ("weight", "single_weight"),
+    "empty_search": ("weight", "single_weight"),
     "help_seeking": ("help_weight", "contact_weight"),
     "stall": ("weight",),
+    "error_click": ("weight",),
 }
 
 
 def detector_weights(config: Config) -> dict[str, float]:
-    """Each built-in detector's weight (``help_seeking``: its ``help_weight``)."""
+    """Each built-in detector's main weight (the first of its :data:`WEIGHT_FIELDS`)."""
     return {d: float(getattr(getattr(config.detectors, d), fields[0])) for d, fields in WEIGHT_FIELDS.items()}

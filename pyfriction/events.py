@@ -33,6 +33,7 @@ from ._constants import (  # noqa: F401  (re-exported: the event model's names)
     OUTCOME_LAST,
     PAGE,
     SEARCH,
+    SELECTION,
     SUCCESS,
     TARGET_FIRST,
     TARGET_LAST,
@@ -45,6 +46,7 @@ __all__ = [
     "CANONICAL_TYPES",
     "DEFAULT_TS_RANGE",
     "MAX_TEXT",
+    "SELECTION",
     "TYPE_CODES",
     "Event",
     "InvalidEvent",
@@ -52,6 +54,7 @@ __all__ = [
     "columns_of",
     "columns_to_rows",
     "parse_event",
+    "results_of",
 ]
 
 CANONICAL_TYPES = frozenset(TYPE_CODES)
@@ -73,8 +76,9 @@ class Event(msgspec.Struct, kw_only=True, omit_defaults=True):
     ``form_error``, ``search``, ``help``, ``contact``, ``success``, ``ticket``,
     ``guidance_shown``, ``guidance_clicked``, ``guidance_dismissed``) or a name the config's
     ``event_map`` maps onto one. ``ts`` is seconds since the epoch (default: the tracker's
-    clock). ``properties`` carries ``status`` (HTTP status of an ``api_error``) and ``results``
-    (result count of a ``search``).
+    clock). ``properties`` carries ``status`` (HTTP status of an ``api_error``), ``results``
+    (result count of a ``search``) and ``selection`` (set on a click that selected text or
+    scrolled the page: not rage).
     """
 
     user_id: str
@@ -189,6 +193,17 @@ def _int_property(props: Mapping[str, Any] | None, key: str) -> int:
     return int_value(props.get(key))
 
 
+def results_of(props: Mapping[str, Any] | None) -> int:
+    """The ``results`` field of an event: :data:`SELECTION` when ``properties.selection`` is
+    set (any true value: the browser script sends ``"text"`` or ``"scroll"``), else the
+    ``results`` property (see :func:`int_value`; -1 when absent)."""
+    if props is None:
+        return -1
+    if props.get("selection"):
+        return SELECTION
+    return int_value(props.get("results"))
+
+
 def parse_event(
     event: Mapping[str, Any] | Event, clock: Callable[[], float], ts_range: TsRange | None = None
 ) -> ParsedEvent:
@@ -235,7 +250,7 @@ def parse_event(
         target,
         account,
         _int_property(props, "status"),
-        _int_property(props, "results"),
+        results_of(props),
     )
 
 
@@ -250,7 +265,7 @@ def columns_of(batch: Mapping[str, Any], keep_ts_array: bool = False) -> tuple[i
     The one column parser: both engines' ``observe_many`` and the SDK use it. A batch is
     parallel sequences keyed by event field (``user_id`` and ``type`` required), plus optional
     integer ``status`` and ``results`` columns (-1 or None for none) standing for those
-    properties. Other columns become lists of Python values (``ts`` may stay a float64 array
+    properties (a ``results`` of ``SELECTION``, -2, for ``properties.selection``). Other columns become lists of Python values (``ts`` may stay a float64 array
     for the compiled core); integer columns become int64 arrays. Raises :class:`InvalidEvent`
     naming the column: an unknown column, a column that is not a one-dimensional sequence, or
     one whose length (what ``len()`` says and what iterating it yields) differs from
@@ -281,7 +296,7 @@ def columns_of(batch: Mapping[str, Any], keep_ts_array: bool = False) -> tuple[i
         if size != n:
             raise InvalidEvent(name, f"column has {size} rows, user_id has {n}")
         if name in _INT_COLUMNS:
-            col = _int_column(col)
+            col = _int_column(col, name)
         elif isinstance(col, np.ndarray):
             if name == "ts" and keep_ts_array and col.dtype.kind in "fiu":
                 col = np.ascontiguousarray(col, dtype=np.float64)
@@ -300,16 +315,27 @@ def columns_of(batch: Mapping[str, Any], keep_ts_array: bool = False) -> tuple[i
     return n, cols
 
 
-def _int_column(col: Any) -> np.ndarray:
-    """A status/results column as int64, -1 where an entry is no value (see ``int_value``)."""
+def _int_column(col: Any, name: str) -> np.ndarray:
+    """A status/results column as int64, -1 where an entry is no value (see ``int_value``);
+    a ``results`` column keeps :data:`SELECTION` (it stands for ``properties.selection``)."""
     if isinstance(col, np.ndarray) and col.dtype.kind in "iu":
         a = col.astype(np.int64)
-        return np.where((a >= 0) & (a < (1 << 31)), a, -1)
-    if isinstance(col, np.ndarray) and col.dtype.kind == "f":
+        out = np.where((a >= 0) & (a < (1 << 31)), a, -1)
+    elif isinstance(col, np.ndarray) and col.dtype.kind == "f":
         a = col.astype(np.float64)
         ok = np.isfinite(a) & (np.floor(a) == a) & (a >= 0) & (a < (1 << 31))
-        return np.where(ok, np.where(ok, a, 0).astype(np.int64), -1)
-    return np.array([int_value(x) for x in col], dtype=np.int64)
+        out = np.where(ok, np.where(ok, a, 0).astype(np.int64), -1)
+    else:
+        values = list(col)
+        out = np.array([int_value(x) for x in values], dtype=np.int64)
+        if name == "results":
+            for i, x in enumerate(values):
+                if x == SELECTION and not isinstance(x, bool):
+                    out[i] = SELECTION
+        return out
+    if name == "results":
+        out = np.where(a == SELECTION, SELECTION, out)
+    return out
 
 
 def columns_to_rows(cols: Mapping[str, Any], start: int, stop: int) -> Iterable[dict[str, Any]]:
@@ -329,5 +355,7 @@ def columns_to_rows(cols: Mapping[str, Any], start: int, stop: int) -> Iterable[
                 for c in ints:
                     if cols[c][i] >= 0:
                         p[c] = int(cols[c][i])
+                    elif c == "results" and cols[c][i] == SELECTION:
+                        p["selection"] = True
             row["properties"] = p
         yield row

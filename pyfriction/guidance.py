@@ -8,6 +8,11 @@ subject to the caps (:class:`pyfriction.config.GuidanceCaps`), and the tracker s
 ``Tracker.pending(user_id)`` (or receives it from ``Tracker.on_guidance``) and reports what
 the user did with ``Tracker.ack(user_id, guidance_id, outcome)``.
 
+Delivery: ``Tracker.pending`` hands each item out once (it counts as delivered when read: for
+a host that renders what it reads). The sidecar instead reads with :func:`unshown`, which keeps
+an item until a page reports it ``shown`` (it counts as delivered when shown): a browser tab
+that read it and closed before showing it, or a stream that dropped, does not lose it.
+
 A deterministic share of users, the holdout (:func:`in_holdout`), never gets guidance: their
 episodes carry ``holdout=True`` and the rule that *would* have applied, so ``Tracker.insights``
 can compare ticket rates of guided users against them.
@@ -41,6 +46,7 @@ __all__ = [
     "in_holdout",
     "locale_matches",
     "render_body",
+    "unshown",
 ]
 
 #: What ``Tracker.ack`` accepts. ``anchor_missing``: a tooltip's anchor was not on the page, so
@@ -429,7 +435,9 @@ class GuidanceEngine:
 
     # -- delivery ---------------------------------------------------------------------------
     def pending(self, user_id: str, now: float) -> list[Guidance]:
-        """Guidance waiting for ``user_id`` at ``now``, oldest first; marks it delivered."""
+        """Guidance waiting for ``user_id`` at ``now``, oldest first; marks it delivered, so it is
+        returned once (``Tracker.pending``: for a host that shows what it reads). Nothing read
+        before, by this or by :meth:`unshown`, comes back."""
         events: list[tuple[str, str]] = []
         out: list[Guidance] = []
         with self._lock:
@@ -445,6 +453,37 @@ class GuidanceEngine:
                     continue
                 offer.delivered = now
                 events.append((offer.guidance.id, "delivered"))
+                out.append(offer.guidance)
+        self._notify(events)
+        out.sort(key=lambda g: g.created_at)
+        return out
+
+    def unshown(self, user_id: str, now: float) -> list[Guidance]:
+        """Guidance offered to ``user_id`` that no page has shown yet, oldest first: what a
+        browser should (still) display at ``now``. Unlike :meth:`pending`, reading does not
+        consume: an item comes back on every call, whether read before or not, until a page
+        reports it ``shown`` (or ``clicked``, ``dismissed``, ``completed``, which imply it) or
+        it expires (``guidance.expire_after`` after the offer). The first read marks it
+        delivered (insights count it then; :meth:`pending` no longer returns it). For a host
+        whose pages report what they show (the sidecar: a tab may close, or a stream drop,
+        between reading an item and showing it; another tab or the reconnect gets it again)."""
+        events: list[tuple[str, str]] = []
+        out: list[Guidance] = []
+        with self._lock:
+            u = self._users.get(user_id)
+            if u is None:
+                return out
+            for offer in u.offers.values():
+                if offer.shown or offer.expired:
+                    continue
+                if now >= offer.guidance.expires_at:
+                    if not offer.delivered:  # as pending() does: never read, now expired
+                        offer.expired = True
+                        events.append((offer.guidance.id, "expired"))
+                    continue
+                if not offer.delivered:
+                    offer.delivered = now
+                    events.append((offer.guidance.id, "delivered"))
                 out.append(offer.guidance)
         self._notify(events)
         out.sort(key=lambda g: g.created_at)
@@ -524,3 +563,11 @@ class GuidanceEngine:
     def known_items(self) -> Iterable[GuidanceItem]:
         """The catalog, in declared order."""
         return self._items.values()
+
+
+def unshown(tracker: Any, user_id: str) -> list[Guidance]:
+    """The guidance a :class:`pyfriction.Tracker` offered ``user_id`` that no page has shown
+    yet, at the tracker's clock: :meth:`GuidanceEngine.unshown` (reading does not consume; an
+    item comes back until ``tracker.ack(user_id, guidance_id, "shown")`` or its expiry)."""
+    engine: GuidanceEngine = tracker._guidance
+    return engine.unshown(user_id, float(tracker._clock()))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import atexit
-import hashlib
 import logging
 import os
 import threading
@@ -20,6 +19,7 @@ from ._constants import DETECTOR_NAMES
 from ._engine import Engine as EngineProtocol
 from ._episodes import Guidance, Stats, UserState, make_episode, make_state
 from ._layout import SLOT_DTYPE, STEP_DTYPE
+from ._legacy import layout_hash
 from ._reference import ReferenceCore
 from ._rules import Names, Rules
 from ._snapfile import SnapshotError
@@ -37,7 +37,7 @@ Engine = str  # "auto" | "compiled" | "reference"
 C = TypeVar("C", bound=Callback)
 
 #: Identifies the state layout; snapshots (and shared stores) of another layout are refused.
-LAYOUT_HASH = hashlib.sha256(repr((SLOT_DTYPE.descr, STEP_DTYPE.descr)).encode()).hexdigest()[:16]
+LAYOUT_HASH = layout_hash(SLOT_DTYPE, STEP_DTYPE)
 SNAPSHOT_FORMAT = _snapfile.FORMAT
 #: The snapshot file's version (``pyfriction._snapfile``); older ones are still read.
 SNAPSHOT_VERSION = _snapfile.VERSION
@@ -314,9 +314,9 @@ class Tracker:
         self._core.batch_queue = not (self._sync or self._on_guidance)
 
     def _emit(self, rec: Any, user_id: str, account_id: str | None, step: str | None,
-              target: str | None, ts: float, score: float, stall_limit: float) -> None:  # fmt: skip
+              target: str | None, ts: float, score: float, stall_need: float) -> None:  # fmt: skip
         episode = make_episode(rec, user_id, account_id, step, target, ts, score, self._names,
-                               self._rules, stall_limit)  # fmt: skip
+                               self._rules, stall_need)  # fmt: skip
         try:  # guidance and measurement never break observe
             picked = self._guidance.select(episode)
             episode.guidance, episode.holdout = picked.guidance, picked.holdout

@@ -152,8 +152,13 @@ def test_status_and_results_properties_matter(make_tracker: Any) -> None:
     # three 401s are ordinary: 0.3 of the error-burst weight; three 500s are the full 1.0
     assert t.state("c").detectors["error_burst"] == pytest.approx(0.3, rel=1e-6)
     assert t.state("d").detectors["error_burst"] == pytest.approx(1.0, rel=1e-6)
-    # two empty searches at T0+3, T0+4 activate (0.5); the state is as of b's last event, T0+9
-    assert t.state("b").detectors["empty_search"] == pytest.approx(0.5 * 2 ** (-5 / 180), rel=1e-6)
+    # ... and so do the repeated failures of "POST /x": 0.6 * 0.3 and 0.6 from the 2nd on
+    decay = 2 ** (-1 / 180)
+    assert t.state("c").detectors["repeat_failure"] == pytest.approx(0.18 * decay + 0.18, rel=1e-6)
+    assert t.state("d").detectors["repeat_failure"] == pytest.approx(0.6 * decay + 0.6, rel=1e-6)
+    # the first empty search adds single_weight 0, the second (T0+4) 0.6; the state is as of
+    # b's last event, T0+9
+    assert t.state("b").detectors["empty_search"] == pytest.approx(0.6 * 2 ** (-5 / 180), rel=1e-6)
 
 
 INVALID: list[tuple[str, Any, str]] = [
@@ -864,14 +869,15 @@ def test_tick_fires_stall(make_tracker: Any) -> None:
     assert t.tick(T0 + 130) == 0  # 30 s on the step: not stalled yet
     assert t.episodes_seen == []
     assert t.tick() == 1  # the clock: T0 + 1100, 1000 s on the step
-    assert t.tick() == 0  # one activation per visit
+    assert t.tick() == 0  # the same time again: nothing more to add
     episode = t.episodes_seen[0]
     assert episode.user_id == "x"
     assert episode.ts == T0 + 1100
     assert episode.step == "form"
     assert episode.account_id is None
     assert [r.detector for r in episode.reasons] == ["stall"]
-    assert t.state("x").detectors == {"stall": pytest.approx(0.7, rel=1e-6)}
+    # at least weight 1.0 per limit (60 s) beyond the limit: 940 / 60
+    assert t.state("x").detectors == {"stall": pytest.approx(940 / 60, rel=1e-6)}
     assert t.stats().episodes == 1
 
 
@@ -901,6 +907,6 @@ def test_tick_stall_episode_detail_reports_time_on_step(make_tracker: Any) -> No
     t.observe(ev("by-event", "click", T0 + 1100, target="#a"))
     assert t.tick(T0 + 1100) == 1
     by_event, by_tick = t.episodes_seen
-    assert by_event.reasons[0].detail == "1000 s on form (stall after 60 s)"
+    assert by_event.reasons[0].detail == "17 min on form, others need 9 s"
     assert by_tick.user_id == "by-tick"
     assert by_tick.reasons[0].detail == by_event.reasons[0].detail

@@ -319,7 +319,7 @@ def test_the_build_refuses_stale_constants(tmp_path: Path, monkeypatch: pytest.M
     for name in ("_constants.py", "_gen_consts.py"):
         (tmp_path / "pyfriction" / name).write_text((PACKAGE / name).read_text())
     text = (ROOT / "_core" / "consts.pxi").read_text()
-    (tmp_path / "_core" / "consts.pxi").write_text(text.replace("DEF NDET = 9", "DEF NDET = 8") if stale else text)
+    (tmp_path / "_core" / "consts.pxi").write_text(text.replace("DEF NDET = 10", "DEF NDET = 8") if stale else text)
     monkeypatch.chdir(tmp_path)
     check = _setup_check()
     if stale:

@@ -61,6 +61,39 @@ def test_defaults_from_none() -> None:
     assert config.event_map == {} and config.exclude_targets == [] and config.exclude_steps == []
 
 
+def test_accumulating_detector_defaults() -> None:
+    # issue 15: the defaults of the accumulating detectors and the peers' signals
+    d = load_config().detectors
+    rage = d.rage_click
+    assert (rage.weight, rage.min_clicks, rage.window) == (1.2, 3, 1.0)
+    assert (rage.slow_weight, rage.slow_min_clicks, rage.slow_window) == (0.6, 3, 7.0)
+    dead = d.dead_click
+    assert (dead.weight, dead.single_weight, dead.min_clicks, dead.window) == (0.7, 0.4, 2, 60.0)
+    assert (d.error_click.enabled, d.error_click.weight, d.error_click.window) == (True, 0.4, 3.0)
+    eb = d.error_burst
+    assert (eb.weight, eb.min_errors, eb.window) == (1.0, 3, 60.0)
+    assert (eb.refusal_statuses, eb.refusal_factor, eb.ordinary_factor) == ([402, 403], 1.5, 0.3)
+    rf = d.repeat_failure
+    assert (rf.weight, rf.area_weight, rf.min_failures, rf.window) == (0.6, 0.45, 2, 300.0)
+    ut = d.uturn
+    assert (ut.weight, ut.single_weight, ut.min_uturns, ut.window, ut.bounce) == (0.6, 0.25, 2, 120.0, 30.0)
+    es = d.empty_search
+    assert (es.weight, es.single_weight, es.min_searches, es.window) == (0.6, 0.0, 2, 120.0)
+    st = d.stall
+    assert (st.weight, st.quantile, st.factor, st.min_seconds, st.min_samples) == (1.0, 0.5, 3.0, 60.0, 20)
+    assert st.max_duration == 3600.0
+
+
+def test_single_event_runs_accepted() -> None:
+    # min 1: every dead click, u-turn or empty search adds the full weight (rage needs 2)
+    config = load_config(
+        detectors={"dead_click": {"min_clicks": 1}, "uturn": {"min_uturns": 1}, "empty_search": {"min_searches": 1}}
+    )
+    assert config.detectors.dead_click.min_clicks == 1
+    assert config.detectors.uturn.min_uturns == 1
+    assert config.detectors.empty_search.min_searches == 1
+
+
 def test_from_dict_keeps_other_defaults() -> None:
     config = load_config({"scoring": {"threshold": 0.8}, "detectors": {"uturn": {"bounce": 10}}})
     assert config.scoring.threshold == 0.8
@@ -163,6 +196,30 @@ BAD: list[tuple[str, dict[str, Any], list[str]]] = [
     ),
     ("min_clicks 1", {"detectors": {"rage_click": {"min_clicks": 1}}}, ["$.detectors.rage_click.min_clicks"]),
     ("min_clicks 99", {"detectors": {"rage_click": {"min_clicks": 99}}}, ["$.detectors.rage_click.min_clicks"]),
+    ("dead min_clicks 0", {"detectors": {"dead_click": {"min_clicks": 0}}}, ["$.detectors.dead_click.min_clicks"]),
+    ("min_uturns 0", {"detectors": {"uturn": {"min_uturns": 0}}}, ["$.detectors.uturn.min_uturns"]),
+    (
+        "slow_min_clicks 1",
+        {"detectors": {"rage_click": {"slow_min_clicks": 1}}},
+        ["$.detectors.rage_click.slow_min_clicks"],
+    ),
+    ("slow_window 0", {"detectors": {"rage_click": {"slow_window": 0}}}, ["$.detectors.rage_click.slow_window"]),
+    (
+        "area_weight 101",
+        {"detectors": {"repeat_failure": {"area_weight": 101}}},
+        ["$.detectors.repeat_failure.area_weight"],
+    ),
+    ("error_click window 0", {"detectors": {"error_click": {"window": 0}}}, ["$.detectors.error_click.window"]),
+    (
+        "refusal_factor 0.5",
+        {"detectors": {"error_burst": {"refusal_factor": 0.5}}},
+        ["$.detectors.error_burst.refusal_factor"],
+    ),
+    (
+        "status ordinary and refusal",
+        {"detectors": {"error_burst": {"refusal_statuses": [403, 404]}}},
+        ["404", "$.detectors.error_burst"],
+    ),
     ("min_errors 6", {"detectors": {"error_burst": {"min_errors": 6}}}, ["$.detectors.error_burst.min_errors"]),
     ("window too long", {"detectors": {"dead_click": {"window": 3601}}}, ["$.detectors.dead_click.window"]),
     ("window zero", {"detectors": {"empty_search": {"window": 0}}}, ["$.detectors.empty_search.window"]),
@@ -379,7 +436,11 @@ def test_event_map_to_type_and_weight(make_tracker: Any) -> None:
     t = make_tracker(event_map={"Payment Failed": "error", "Checkout Abandoned": {"weight": 1.0}})
     for i in range(3):
         t.observe(ev("u1", "Payment Failed", T0 + i))
-    assert t.state("u1").detectors == {"error_burst": pytest.approx(1.0, rel=1e-6)}
+    # an error: error_burst, and (no target, one step visit) area failures 0.45 from the 2nd
+    assert t.state("u1").detectors == {
+        "error_burst": pytest.approx(1.0, rel=1e-6),
+        "repeat_failure": pytest.approx(0.45 * 2 ** (-1 / 180) + 0.45, rel=1e-6),
+    }
     assert t.stats().unknown == 0
     t.observe(ev("u2", "Checkout Abandoned", T0))
     state = t.state("u2")

@@ -64,7 +64,7 @@ TYPES = (
     + MAPPED
     + ["hover", "Mouse Wiggle"]
 )
-STATUSES = [500, 503, 401, 404, 409, 200, -1, 2**31, "500", True, 404.0]
+STATUSES = [500, 503, 401, 404, 409, 200, -1, 2**31, "500", True, 404.0, 402, 403, 422]
 RESULTS = [0, 0, 0, 3, -1, "0", 0.0, False, 2**40]
 HUGE = "x" * 1025
 
@@ -124,11 +124,20 @@ def configs(draw: Any) -> dict[str, Any]:
             "weight": draw(weights),
             "min_clicks": draw(counts),
             "window": draw(windows),
+            "slow_weight": draw(weights),
+            "slow_min_clicks": draw(counts),
+            "slow_window": draw(windows),
         },
         "dead_click": {
             "enabled": draw(maybe_off),
             "weight": draw(weights),
-            "min_clicks": draw(counts),
+            "single_weight": draw(weights),
+            "min_clicks": draw(st.integers(1, 5)),
+            "window": draw(windows),
+        },
+        "error_click": {
+            "enabled": draw(maybe_off),
+            "weight": draw(weights),
             "window": draw(windows),
         },
         "error_burst": {
@@ -138,24 +147,29 @@ def configs(draw: Any) -> dict[str, Any]:
             "window": draw(windows),
             "ordinary_statuses": draw(st.sampled_from([[401, 404], [], [500], [409, 503, 2**31]])),
             "ordinary_factor": draw(st.sampled_from([0.0, 0.3, 1.0])),
+            "refusal_statuses": draw(st.sampled_from([[402, 403], [], [2**32, 422]])),
+            "refusal_factor": draw(st.sampled_from([1.0, 1.5, 10.0])),
         },
         "repeat_failure": {
             "enabled": draw(maybe_off),
             "weight": draw(weights),
+            "area_weight": draw(weights),
             "min_failures": draw(counts),
             "window": draw(windows),
         },
         "uturn": {
             "enabled": draw(maybe_off),
             "weight": draw(weights),
-            "min_uturns": draw(counts),
+            "single_weight": draw(weights),
+            "min_uturns": draw(st.integers(1, 5)),
             "window": draw(windows),
             "bounce": draw(st.sampled_from([0.5, 5.0, 30.0])),
         },
         "empty_search": {
             "enabled": draw(maybe_off),
             "weight": draw(weights),
-            "min_searches": draw(counts),
+            "single_weight": draw(weights),
+            "min_searches": draw(st.integers(1, 5)),
             "window": draw(windows),
         },
         "help_seeking": {
@@ -237,6 +251,8 @@ STATUS_PROPS = (
 )
 RESULT_PROPS = [None, {}] + [{"results": x} for x in RESULTS] + [{"results": 0}] * 6 + [{"results": 0, "status": 500}]
 OTHER_PROPS = [None] * 12 + [{}, {"status": 500}, {"results": 0}, {"note": "free-form"}]
+# A click that selected text or scrolled: rage vetoes its run (``events.results_of``).
+CLICK_PROPS = OTHER_PROPS + [{"selection": "text"}, {"selection": "scroll"}, {"selection": ""}, {"selection": True}]
 # (ts mode, account_id, as a pyfriction.Event): mostly a float ts and nothing else.
 EXTRAS = (
     [("float", None, False)] * 24
@@ -275,6 +291,8 @@ def valid_event(draw: Any, users: list[str], ts: float) -> Any:
         props = draw(st.sampled_from(STATUS_PROPS))
     elif kind == "search":
         props = draw(st.sampled_from(RESULT_PROPS))
+    elif kind in ("click", "Tap"):
+        props = draw(st.sampled_from(CLICK_PROPS))
     else:
         props = draw(st.sampled_from(OTHER_PROPS))
     if props is not None:

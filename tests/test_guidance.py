@@ -179,10 +179,10 @@ def test_detectors_among_the_reasons(make_tracker: Callable[..., pyfriction.Trac
     ep = errors(t, "u2", T0)
     assert {r.detector for r in ep.reasons} >= {"error_burst"}  # type: ignore[union-attr]
     assert gid(ep) == "errors"
-    # repeat_failure is among the reasons too, even though it is not the largest one
+    # a rule on repeat_failure matches the same episode (here its largest reason)
     t2 = make_tracker(config([{"detectors": ["repeat_failure"], "guidance": "errors"}]))
     ep2 = errors(t2, "u3", T0)
-    assert ep2 is not None and ep2.reasons[0].detector == "error_burst"
+    assert ep2 is not None and ep2.reasons[0].detector == "repeat_failure"
     assert gid(ep2) == "errors"
 
 

@@ -124,7 +124,7 @@ def test_hotspots_rank_by_users_then_episodes(make_tracker: Callable[..., pyfric
         ("reports", "#export", 1, 1),
     ]
     assert spots[0].detectors == {"rage_click": 3}
-    assert spots[1].detectors == {"error_burst": 4}  # the largest reason of each episode
+    assert spots[1].detectors == {"repeat_failure": 4}  # the largest reason of each episode
     assert [h.tickets for h in spots] == [1, 1, 0]
     assert len(t.insights(limit=2).hotspots) == 2
 

@@ -433,6 +433,6 @@ def test_segment_events_through_the_event_map(engine: str) -> None:
                     "properties": {"status": 500, "step": "billing.card", "target": "POST /pay"}} for i in range(3)]  # fmt: skip
         counts = segment.replay(records, t.observe, t.identify)
         assert (counts.events, counts.skipped) == (3, 0)
-        assert len(seen) == 1 and seen[0].reasons[0].detector == "error_burst" and seen[0].step == "billing.card"
+        assert len(seen) == 1 and seen[0].reasons[0].detector == "repeat_failure" and seen[0].step == "billing.card"
     finally:
         t.close()

@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import pyfriction
-from pyfriction import SnapshotError
+from pyfriction import SnapshotError, _legacy
 from pyfriction._layout import SLOT_DTYPE, STEP_DTYPE
 from pyfriction._sample import generate
 from pyfriction.tracker import LAYOUT_HASH, SNAPSHOT_VERSION
@@ -744,3 +744,45 @@ def test_idle_ttl_none_never_evicts_idle(make_tracker: Any) -> None:
     t.tick(T0)
     assert t.state("a") is not None
     assert t.stats().evictions == 0
+
+
+def _as_previous_layout(doc: dict[str, Any]) -> dict[str, Any]:
+    """A current snapshot document rewritten in the slot layout before accumulating detectors
+    (``_legacy.SLOT_V1``): the form a deployment's last snapshot has when it upgrades."""
+    new = np.frombuffer(b"".join(doc["slots"]), dtype=SLOT_DTYPE)
+    old = np.zeros(len(new), dtype=_legacy.SLOT_V1)
+    for name in _legacy.SLOT_V1.names or ():
+        if name in SLOT_DTYPE.names and name not in ("pressure", "flags"):
+            old[name] = new[name]
+    old["pressure"] = new["pressure"][:, :9]
+    old["dead_r"][:, 0] = new["dead_t"]
+    old["dead_r"][:, 1:] = -np.inf
+    old["flags"] = new["flags"] & 0b10111
+    out = dict(doc, layout=_legacy.layout_hash(_legacy.SLOT_V1), slots=[old.tobytes()])
+    out["crc32"] = _crc(out)
+    return out
+
+
+def test_snapshot_of_the_previous_layout_is_upgraded(make_tracker: Any, engine: str, tmp_path: Path) -> None:
+    t = make_tracker(**CONFIGS["unbounded"])
+    feed(t, STREAM)
+    t.snapshot(tmp_path / "now.snap")
+    doc = msgspec.msgpack.decode((tmp_path / "now.snap").read_bytes())
+    assert doc["layout"] != _legacy.layout_hash(_legacy.SLOT_V1)
+    before = _write(tmp_path, msgspec.msgpack.encode(_as_previous_layout(doc)))
+    r = pyfriction.Tracker.restore(before, engine=engine)
+    try:
+        assert r.stats().users == t.stats().users > 0
+        for u in USERS:
+            old, new = t.state(u), r.state(u)
+            assert (old is None) == (new is None)
+            if old is not None and new is not None:
+                # Every user comes back with their pressures, step, counts and episode state;
+                # the error-click pressure (absent from that layout) starts at 0.
+                kept = {k: v for k, v in old.detectors.items() if k != "error_click"}
+                assert new.detectors == pytest.approx(kept)
+                assert (new.step, new.events, new.episodes, new.in_episode) == (
+                    old.step, old.events, old.episodes, old.in_episode)  # fmt: skip
+        assert counters(r) == counters(t)
+    finally:
+        r.close()

@@ -1,25 +1,21 @@
 // The UI's own words (the guidance text itself comes localised from the catalog, by the user's
 // locale trait). The locale is the backend's (data-locale) or else navigator.language.
+// Per language: "dismiss|learn more|help".
 const WORDS = {
-  en: { dismiss: "Dismiss", more: "Learn more", help: "Help" },
-  de: { dismiss: "Schließen", more: "Mehr erfahren", help: "Hilfe" },
-  fr: { dismiss: "Fermer", more: "En savoir plus", help: "Aide" },
-  es: { dismiss: "Cerrar", more: "Más información", help: "Ayuda" },
-  it: { dismiss: "Chiudi", more: "Scopri di più", help: "Aiuto" },
-  nl: { dismiss: "Sluiten", more: "Meer informatie", help: "Hulp" },
-  pt: { dismiss: "Fechar", more: "Saiba mais", help: "Ajuda" },
-  ar: { dismiss: "إغلاق", more: "اعرف المزيد", help: "مساعدة" },
-  he: { dismiss: "סגירה", more: "מידע נוסף", help: "עזרה" },
+  en: "Dismiss|Learn more|Help",
+  de: "Schließen|Mehr erfahren|Hilfe",
+  fr: "Fermer|En savoir plus|Aide",
+  es: "Cerrar|Más información|Ayuda",
+  it: "Chiudi|Scopri di più|Aiuto",
+  nl: "Sluiten|Meer informatie|Hulp",
+  pt: "Fechar|Saiba mais|Ajuda",
+  ar: "إغلاق|اعرف المزيد|مساعدة",
+  he: "סגירה|מידע נוסף|עזרה",
 };
-const RTL = ["ar", "he", "fa", "ur"];
+const lang = (locale) => String(locale).toLowerCase().split(/[-_]/)[0];
 
-/** The words for `locale` (a BCP 47 tag such as "de-AT"); English when unknown. */
-export function words(locale) {
-  const lang = String(locale || "en").toLowerCase().split(/[-_]/)[0];
-  return WORDS[lang] || WORDS.en;
-}
+/** The words for `locale` (a BCP 47 tag such as "de-AT"), [dismiss, more, help]; English when unknown. */
+export const words = (locale) => (WORDS[lang(locale)] || WORDS.en).split("|");
 
 /** True when `locale`'s script runs right to left. */
-export function isRtl(locale) {
-  return RTL.indexOf(String(locale || "").toLowerCase().split(/[-_]/)[0]) >= 0;
-}
+export const isRtl = (locale) => /^(ar|he|fa|ur)$/.test(lang(locale));

@@ -1,10 +1,17 @@
 """Guidance for the browser: poll, Server-Sent Events, feedback, and identity verification.
 
-* ``GET /v1/guidance/{user_id}``: the user's pending guidance (``Tracker.pending``), as JSON.
-* ``GET /v1/guidance/{user_id}/stream``: Server-Sent Events. Pending guidance is sent at once,
-  then each new item the moment an episode picks it (``Tracker.on_guidance`` wakes the
-  stream), as ``event: guidance`` with the item as ``data``; a comment every
-  ``sse_keepalive`` seconds keeps proxies from closing an idle stream.
+* ``GET /v1/guidance/{user_id}/stream``: Server-Sent Events. The guidance that no page has
+  shown yet is sent at once, then each new item the moment an episode picks it
+  (``Tracker.on_guidance`` wakes the stream), as ``event: guidance`` with the item as
+  ``data``; a comment every ``sse_keepalive`` seconds keeps proxies from closing an idle
+  stream. An item counts as delivered when shown, not when read: a stream sends each item
+  once, and every stream (another tab, a reconnect) gets it again until a page reports it
+  ``shown`` (an ack, or a ``guidance_shown`` event) or it expires (``guidance.expire_after``).
+  So a tab that read an item and closed, or a stream that dropped, before showing it, loses
+  nothing (:func:`pyfriction.guidance.unshown`).
+* ``GET /v1/guidance/{user_id}``: the user's pending guidance as JSON. Handed out once
+  (``Tracker.pending``: for a client that shows what it reads); with ``keep=1`` it is what a
+  stream would send, kept until shown (pyfriction.js polls so when it has no EventSource).
 * ``POST /v1/guidance/{user_id}/ack``: ``{"guidance_id", "outcome"}`` with outcome ``shown``,
   ``clicked``, ``dismissed``, ``completed`` or ``anchor_missing`` (``Tracker.ack``; journaled
   like events; counted per item in ``pyfriction_guidance_item_feedback_total``).
@@ -16,8 +23,9 @@ guidance by guessing ids. A token is ``hex(HMAC-SHA256(secret, user_id))``, or w
 ``"<exp>.<hex(HMAC-SHA256(secret, '<exp>:<user_id>'))>"`` (``exp``: epoch seconds). An open
 stream ends (``event: expired``) when its token expires.
 
-Reading guidance marks it delivered, so a browser request from an origin outside
-``cors_origins`` (one that could not read the answer) is refused with 403 before that.
+The first read of an item marks it delivered (a poll without ``keep=1`` does not return it
+again), so a browser request from an origin outside ``cors_origins`` (one that could not read
+the answer) is refused with 403 before that.
 """
 
 from __future__ import annotations
@@ -33,7 +41,8 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from pyfriction.guidance import render_body
+import pyfriction
+from pyfriction.guidance import render_body, unshown
 
 from .errors import HTTPError
 from .keys import client_address, header_key
@@ -153,8 +162,13 @@ def _authorize(request: Request, user_id: str, reads: bool = False) -> tuple[Any
     return sc, expires
 
 
-def _pending(sc: Any, user_id: str) -> list[Any]:
-    pending = getattr(sc.state.tracker, "pending", None)
+def _pending(sc: Any, user_id: str, keep: bool = False) -> list[Any]:
+    """The user's guidance: kept until shown (``keep``: :func:`pyfriction.guidance.unshown`)
+    or handed out once (``Tracker.pending``)."""
+    tracker = sc.state.tracker
+    if keep and isinstance(tracker, pyfriction.Tracker):
+        return unshown(tracker, user_id)
+    pending = getattr(tracker, "pending", None)
     return [] if pending is None else list(pending(user_id))
 
 
@@ -168,10 +182,11 @@ def _item(g: Any) -> Any:
 
 
 async def poll(request: Request) -> Response:
-    """``GET /v1/guidance/{user_id}``: the pending guidance, marked delivered."""
+    """``GET /v1/guidance/{user_id}``: the pending guidance, marked delivered (``keep=1``: kept
+    until shown)."""
     user_id = request.path_params["user_id"]
     sc, _ = _authorize(request, user_id, reads=True)
-    items = _pending(sc, user_id)
+    items = _pending(sc, user_id, request.query_params.get("keep") in ("1", "true"))
     if items:
         sc.metrics.guidance_delivered.inc(("poll",), len(items))
     return Response(_json({"guidance": [_item(g) for g in items]}), media_type="application/json")
@@ -188,6 +203,7 @@ async def stream(request: Request) -> Response:
         raise HTTPError(503, "too_many_streams", "too many open guidance streams", retry_after=5)
     keepalive = sc.settings.sse_keepalive
     event = hub.open(user_id)
+    sent: set[tuple[str, float]] = set()  # (id, created_at) of the offers this stream has sent
 
     async def events() -> AsyncIterator[bytes]:
         try:
@@ -197,7 +213,13 @@ async def stream(request: Request) -> Response:
                 if expires is not None and expires <= time.time():  # checked before every delivery
                     yield b'event: expired\ndata: {"code":"user_token_expired"}\n\n'
                     return
-                items = _pending(sc, user_id)
+                # Not yet shown anywhere, and not yet sent on this stream (an item stays until
+                # shown: it goes to every stream once; once shown it leaves `sent` too).
+                items = _pending(sc, user_id, keep=True)
+                keys = [(str(getattr(g, "id", "")), float(getattr(g, "created_at", 0.0))) for g in items]
+                items = [g for g, k in zip(items, keys, strict=True) if k not in sent]
+                sent.intersection_update(keys)
+                sent.update(keys)
                 if items:
                     sc.metrics.guidance_delivered.inc(("stream",), len(items))
                     yield b"".join(

@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -235,6 +236,27 @@ def test_tooltip_takes_the_free_side_and_follows_its_anchor(
                                                                             (save["top"] + save["bottom"]) / 2])  # fmt: skip
     assert hit == "save"
     assert page.errors == []
+
+
+def test_tooltip_without_the_top_layer_inside_a_transformed_ancestor(
+    context: Any, site: tuple[ThreadServer, PageServer]
+) -> None:
+    """A browser without popover (no top layer): the tooltip stays position: fixed after its
+    anchor, and a transformed ancestor (a drawer's slide-in) is then its containing block."""
+    _, pages = site
+    page = context.new_page()
+    page.add_init_script("delete HTMLElement.prototype.showPopover")
+    page.goto(pages.origin + "/import?user=no-top-layer")
+    page.wait_for_function("window.pyfriction && window.pyfriction.version")
+    page.evaluate("document.querySelector('#import-form').style.transform = 'translate(40px, 30px)'")
+    _render(page, DATE_TIP)
+    page.wait_for_selector(TOOLTIP, state="visible")
+    page.wait_for_function(f"document.querySelector('{TOOLTIP}').classList.contains('pf-side-right')")
+    assert page.evaluate(f"document.querySelector('{TOOLTIP}').hasAttribute('popover')") is False
+    box, anchor = rect(page, TOOLTIP), rect(page, "#date-format")
+    assert anchor["right"] <= box["left"] <= anchor["right"] + 20, (box, anchor)
+    assert anchor["top"] - 1 <= box["top"] <= anchor["top"] + 1, (box, anchor)
+    _check_tooltip_clear(page, ("#save", "#cancel"))
 
 
 def test_absent_anchor_becomes_a_banner_reported_as_anchor_missing(
@@ -554,6 +576,53 @@ def test_guidance_shows_in_the_tab_of_the_struggle_over_broadcast(
     assert "completed" in acks
 
 
+def test_an_item_read_by_a_tab_that_closed_is_shown_by_the_next_one(
+    browser: Any, site: tuple[ThreadServer, PageServer]
+) -> None:
+    """Delivered when shown, not when read: a tab's stream reads the item (for another page),
+    the tab closes before showing it; the user's next tab (here a fresh context: no storage or
+    channel shared with the first) gets it from its own stream and shows it. Once shown, it is
+    gone for every later stream."""
+    sidecar, pages = site
+    user = "closed-tab"
+    item = "import-date-format"
+
+    def delivered() -> int:
+        return next(i.delivered for i in sidecar.tracker.insights().items if i.id == item)
+
+    before = delivered()
+    first = browser.new_context(viewport={"width": 1280, "height": 800})
+    billing = _open(first, pages.origin + f"/billing?user={user}")
+    # the struggle on /import (as the import page reports it): Save refused three times
+    t0 = time.time() - 3
+    events = [
+        {"id": f"{user}-{kind}-{i}", "user_id": user, "type": kind, "ts": t0 + i * 0.55, "step": "/import",
+         **({"target": "#save"} if kind == "click" else {"target": "POST /api/imports", "properties": {"status": 422}})}
+        for i in range(3) for kind in ("click", "api_error")
+    ]  # fmt: skip
+    r = httpx.post(sidecar.url + "/v1/events", json={"writeKey": WRITE_KEY, "sent_at": time.time(), "events": events})
+    assert r.status_code == 200
+    _until(billing, lambda: delivered() == before + 1)  # the billing tab's stream read it ...
+    billing.wait_for_timeout(300)
+    assert billing.locator("[data-pyfriction-ui]").count() == 0  # ... and, not on /import, did not show it
+    first.close()
+
+    second = browser.new_context(viewport={"width": 1280, "height": 800})
+    try:
+        acks: list[tuple[str, str]] = []
+        page = _open(second, pages.origin + f"/import?user={user}", acks)
+        page.wait_for_selector(TOOLTIP + f'[data-guidance-id="{item}"]', state="visible", timeout=15_000)
+        _until(page, lambda: (item, "shown") in acks)
+        _until(page, lambda: _item_metric(_metrics(sidecar), item, "shown") >= 1)
+        # shown: a later tab, even one that shares nothing with this one, does not get it again
+        third = _open(browser.new_context(), pages.origin + f"/import?user={user}")
+        third.wait_for_timeout(1000)
+        assert third.locator(TOOLTIP).count() == 0
+        third.context.close()
+    finally:
+        second.close()
+
+
 def test_stream_reconnects_after_503_and_network_errors(context: Any, site: tuple[ThreadServer, PageServer]) -> None:
     sidecar, pages = site
     attempts: list[str] = []
@@ -661,4 +730,4 @@ def test_no_page_wide_observer_while_the_app_works(context: Any, site: tuple[Thr
     page.evaluate("document.body.appendChild(document.createElement('div'))")
     page.wait_for_function("window.__observing === 0", timeout=3000)
     size = len(gzip.compress(httpx.get(site[0].url + "/v1/pyfriction.js").content, 9))
-    assert size <= 16 * 1024, size
+    assert size <= 10 * 1024, size  # see also test_script_size.py

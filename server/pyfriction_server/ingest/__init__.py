@@ -26,7 +26,7 @@ from typing import Any
 import msgspec
 
 from pyfriction.config import SegmentMapping
-from pyfriction.events import CANONICAL_TYPES
+from pyfriction.events import CANONICAL_TYPES, SELECTION
 
 from ..errors import HTTPError
 from ..settings import EventRule
@@ -122,7 +122,8 @@ class Batch:
         if kind not in self.known:
             self.reject("unknown_type")
             return False
-        self.rows.append((user_id, kind, ts, step, target, account_id, as_int(status), as_int(results), msg_id))
+        results = results if results == SELECTION and type(results) is int else as_int(results)
+        self.rows.append((user_id, kind, ts, step, target, account_id, as_int(status), results, msg_id))
         return True
 
     user_id = _column(0)
@@ -267,7 +268,9 @@ class Mapper:
         """``(type, step, target, account_id, status, results)`` for an event called ``name``."""
         props = m.props
         status = props.get("status") if props else None
-        results = props.get("results") if props else None
+        # A click that selected text or scrolled (``properties.selection``): the engine's
+        # SELECTION result, which rage ignores (``pyfriction.events.results_of``).
+        results = (SELECTION if props.get("selection") else props.get("results")) if props else None
         rule = self.rules.get(name)
         if rule is None:
             step, target, account = self.fields(m)
