@@ -203,15 +203,16 @@ cdef inline void error_burst(const Params* P, Slot* u, double te, double factor)
 
 
 cdef inline bint repeat_failure(const Params* P, Slot* u, uint32_t t, double te, double factor) noexcept nogil:
-    """D_FAIL: failures each within ``fail_win`` of the last, on the same target or the same
-    step visit; from the ``fail_need``-th on each adds ``fail_w`` (same target as the last) or
-    ``area_w`` (another target), times ``factor``."""
+    """D_FAIL: failures on a target (a field, an endpoint), each within ``fail_win`` of the last,
+    on the same target or the same step visit; from the ``fail_need``-th on each adds ``fail_w``
+    (same target as the last) or ``area_w`` (another target), times ``factor``. A failure that
+    names no target (a page's stray script error) is no attempt of the user's."""
     cdef double last
     cdef bint same
-    if not P.fail_on:
+    if not P.fail_on or t == 0:
         return False
     last = u.base + <double>u.fail_t
-    same = t != 0 and t == u.fail_target
+    same = t == u.fail_target
     if te - last <= P.fail_win and (same or last >= u.step_ts):
         if u.fail_n < U8MAX:
             u.fail_n += 1
@@ -222,11 +223,10 @@ cdef inline bint repeat_failure(const Params* P, Slot* u, uint32_t t, double te,
         u.fail_t0 = <float>(te - u.base)
         u.flags &= ~F_FAIL_MIXED
     u.fail_t = <float>(te - u.base)
-    if t != 0:
-        u.fail_target = t
+    u.fail_target = t
     if u.fail_n >= P.fail_need:
         activate(u, D_FAIL, (P.fail_w if same else P.area_w) * factor)
-        return t != 0
+        return True
     return False
 
 

@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fit-seed", type=int, default=1, help="seed of the log calibrated on (default: 1)")
     parser.add_argument("--judge-seeds", type=int, nargs="*", default=[], help="seeds to judge on (default: none)")
     parser.add_argument("--engine", default="auto", choices=["auto", "compiled", "reference"], help="(default: auto)")
+    parser.add_argument("--target-fpr", type=float, default=0.01, help="false-positive budget (default: 0.01)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         log = os.path.join(tmp, "fit.jsonl")
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         journeys.write_log(log, events)
         del events
         started = time.perf_counter()
-        result = calibrate.calibrate([log], engine=args.engine)
+        result = calibrate.calibrate([log], engine=args.engine, target_fpr=args.target_fpr)
         seconds = time.perf_counter() - started
         print(calibrate.format_result(result))
         print(

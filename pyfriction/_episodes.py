@@ -173,12 +173,10 @@ def detail(d: int, rec: Any, names: Names, rules: Rules, stall_need: float, now:
         n = int(rec["fail_n"])
         span = float(rec["fail_t"]) - float(rec["fail_t0"])
         within = f" in {duration(span)}" if math.isfinite(span) and n > 1 else ""
-        failed = int(rec["fail_target"])
-        if int(rec["flags"]) & F_FAIL_MIXED or failed == 0:
-            where = _name(names, int(rec["step"]), "this step")
-            last = f", last {_name(names, failed)}" if failed else ""
-            return f"{n} failures on {where}{within}{last}"
-        return f"{_name(names, failed)} rejected {_times(n)}{within}"
+        failed = _name(names, int(rec["fail_target"]))
+        if int(rec["flags"]) & F_FAIL_MIXED:
+            return f"{n} failures on {_name(names, int(rec['step']), 'this step')}{within}, last {failed}"
+        return f"{failed} rejected {_times(n)}{within}"
     if d == UTURN:
         a, b = _name(names, int(rec["step"])), _name(names, int(rec["prev_step"]))
         n = int(rec["uturn_n"])

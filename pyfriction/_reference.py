@@ -681,13 +681,14 @@ def error_burst(P: Any, u: _User, te: float, factor: float) -> None:
 
 
 def repeat_failure(P: Any, u: _User, t: int, te: float, factor: float) -> bool:
-    """repeat_failure: failures each within ``fail_win`` of the last, on the same target or
-    the same step visit; from the ``fail_need``-th on each adds ``fail_w`` (same target as the
-    last) or ``area_w`` (another target), times ``factor``."""
-    if not P.fail_on:
+    """repeat_failure: failures on a target (a field, an endpoint), each within ``fail_win`` of
+    the last, on the same target or the same step visit; from the ``fail_need``-th on each adds
+    ``fail_w`` (same target as the last) or ``area_w`` (another target), times ``factor``. A
+    failure that names no target (a page's stray script error) is no attempt of the user's."""
+    if not P.fail_on or t == 0:
         return False
     last = u.base + u.fail_t
-    same = t != 0 and t == u.fail_target
+    same = t == u.fail_target
     if te - last <= P.fail_win and (same or last >= u.step_ts):
         if u.fail_n < U8_MAX:
             u.fail_n += 1
@@ -698,11 +699,10 @@ def repeat_failure(P: Any, u: _User, t: int, te: float, factor: float) -> bool:
         u.fail_t0 = f32(te - u.base)
         u.flags &= ~F_FAIL_MIXED
     u.fail_t = f32(te - u.base)
-    if t != 0:
-        u.fail_target = t
+    u.fail_target = t
     if u.fail_n >= P.fail_need:
         activate(u, REPEAT_FAILURE, (P.fail_w if same else P.area_w) * factor)
-        return t != 0
+        return True
     return False
 
 

@@ -106,13 +106,14 @@ class DeadClick(_Base):
 
     Every dead click adds pressure: ``weight`` when it makes a run of at least ``min_clicks``
     on the same target, each within ``window`` seconds of the one before; ``single_weight``
-    otherwise. A single dead click (clicking on a label) is a weak signal that never fires
-    alone; the same dead target clicked again soon after is a user waiting for something.
+    otherwise. A single dead click (clicking on a label) is a weak signal, and so is a pair
+    (0.3 + 0.5 stays under the threshold); a third, or dead clicks with any other sign of
+    trouble, fire.
     """
 
     enabled: bool = True
-    weight: Weight = 0.7
-    single_weight: Weight = 0.4
+    weight: Weight = 0.5
+    single_weight: Weight = 0.3
     min_clicks: Annotated[int, msgspec.Meta(ge=1, le=255)] = 2
     window: Window = 60.0
 
@@ -155,7 +156,9 @@ class ErrorBurst(_Base):
 class RepeatFailure(_Base):
     """Failures that keep coming: evidence that accumulates with every further attempt.
 
-    Failures (``error``, ``api_error``, ``form_error``) form a run while each comes within
+    Failures on a target (``error``, ``api_error``, ``form_error`` naming a field or an
+    endpoint; a stray script error with no target is no attempt of the user's) form a run while
+    each comes within
     ``window`` seconds of the one before (a person rereads, edits and tries again: minutes,
     not seconds) and is on the same target, or on the same step visit. From the
     ``min_failures``-th failure of a run on, every failure adds ``weight`` when it is on the

@@ -18,7 +18,9 @@ episodes carry ``holdout=True`` and the rule that *would* have applied, so ``Tra
 can compare ticket rates of guided users against them.
 
 All per-user bookkeeping (traits, offers, caps) lives in a store bounded by the tracker's
-capacity, least recently active users evicted first, and travels in snapshots.
+capacity, least recently active users evicted first, and travels in snapshots: in memory for
+a tracker of its own, in the store's facts file for a ``file://`` store (shared by every
+process: see :mod:`pyfriction.userstate`).
 """
 
 from __future__ import annotations
@@ -28,7 +30,6 @@ import hashlib
 import html
 import math
 import re
-import threading
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -36,6 +37,7 @@ from typing import Any
 from ._episodes import Episode, Guidance
 from .config import GuidanceConfig, GuidanceItem, GuidanceRule
 from .events import MAX_TEXT
+from .userstate import GUIDANCE, MemoryState, StateStore
 
 __all__ = [
     "EVENT_OUTCOMES",
@@ -233,6 +235,49 @@ class _User:
         self.offers: OrderedDict[str, _Offer] = OrderedDict()  # item id -> latest offer
 
 
+class _UserCodec:
+    """A user's guidance record as plain data and back (the file store). An offer keeps the
+    item id and the episode's fields; the item's texts come from this process's catalog."""
+
+    def __init__(self, engine: GuidanceEngine) -> None:
+        self.engine = engine
+
+    def encode(self, u: _User) -> Any:
+        offers = [
+            [o.guidance.id, o.guidance.episode_id, o.guidance.step, o.guidance.target, o.guidance.created_at,
+             o.guidance.expires_at, o.delivered, o.shown, o.clicked, o.dismissed, o.completed, o.expired]
+            for o in u.offers.values()
+        ]  # fmt: skip
+        return [u.traits, list(u.recent), u.given, u.dismissed, offers]
+
+    def decode(self, plain: Any) -> _User:
+        traits, recent, given, dismissed, offers = plain
+        u = _User(self.engine.config.caps.per_day)
+        u.traits, u.given, u.dismissed = dict(traits), dict(given), dict(dismissed)
+        u.recent.extend(recent)
+        for gid, episode_id, step, target, created, expires, *marks in offers:
+            item = self.engine._items.get(gid)
+            offer = _Offer(
+                Guidance(
+                    id=gid,
+                    kind=item.kind if item else "banner",
+                    title=item.title if item else gid,
+                    body=item.body if item else "",
+                    url=item.url if item else None,
+                    anchor=item.anchor if item else None,
+                    locale=item.locale if item else None,
+                    episode_id=episode_id,
+                    step=step,
+                    target=target,
+                    created_at=created,
+                    expires_at=expires,
+                )
+            )
+            offer.delivered, offer.shown, offer.clicked, offer.dismissed, offer.completed, offer.expired = marks
+            u.offers[gid] = offer
+        return u
+
+
 class Selection:
     """What the engine decided for one episode.
 
@@ -286,19 +331,25 @@ class GuidanceEngine:
 
     Thread-safe. ``capacity`` bounds the users remembered (least recently active evicted
     first); ``listener`` hears what happens to each item (for insights), called outside the
-    engine's lock.
+    engine's lock. ``state``: where the per-user records live (default: this process's
+    memory; a :class:`pyfriction.userstate.FileState` shares them between processes).
     """
 
-    def __init__(self, config: GuidanceConfig, capacity: int, listener: ItemListener | None = None) -> None:
+    def __init__(self, config: GuidanceConfig, capacity: int, listener: ItemListener | None = None,
+                 state: StateStore | None = None) -> None:  # fmt: skip
         self.config = config
         self._capacity = capacity
         self._listener = listener
         self._items: dict[str, GuidanceItem] = {item.id: item for item in config.items}
         self._rules = sorted((_Rule(i, r) for i, r in enumerate(config.rules)), key=lambda r: r.rank)
-        self._users: OrderedDict[str, _User] = OrderedDict()
-        self._lock = threading.Lock()
-        #: Guidance outcomes for items the user was never offered (or that were forgotten).
-        self.unattributed = 0
+        self._state: StateStore = MemoryState(capacity) if state is None else state
+        self._state.codec(GUIDANCE, _UserCodec(self))
+
+    @property
+    def unattributed(self) -> int:
+        """Guidance outcomes for items the user was never offered (or that were forgotten)."""
+        with self._state.transaction() as tx:
+            return int(tx.scalars.get("unattributed", 0))
 
     @property
     def active(self) -> bool:
@@ -306,25 +357,17 @@ class GuidanceEngine:
         return self.config.enabled and bool(self._rules)
 
     def __len__(self) -> int:
-        return len(self._users)
+        return self._state.count(GUIDANCE)
 
     # -- users ------------------------------------------------------------------------------
-    def _user(self, user_id: str, create: bool) -> _User | None:
-        u = self._users.get(user_id)
-        if u is not None:
-            self._users.move_to_end(user_id)
-        elif create:
-            u = self._users[user_id] = _User(self.config.caps.per_day)
-            while len(self._users) > self._capacity:
-                self._users.popitem(last=False)
-        return u
+    def _new_user(self) -> _User:
+        return _User(self.config.caps.per_day)
 
     def identify(self, user_id: str, traits: Mapping[str, Any]) -> None:
         """Merge ``traits`` into the user's (a None value removes that trait)."""
         clean = clean_traits(traits)
-        with self._lock:
-            u = self._user(user_id, True)
-            assert u is not None
+        with self._state.transaction() as tx:
+            u = tx.user(GUIDANCE, user_id, self._new_user)
             for key, value in clean.items():
                 if value is None:
                     u.traits.pop(key, None)
@@ -333,8 +376,8 @@ class GuidanceEngine:
 
     def traits(self, user_id: str) -> dict[str, Any]:
         """A copy of the user's traits (empty when unknown)."""
-        with self._lock:
-            u = self._users.get(user_id)
+        with self._state.transaction() as tx:
+            u = tx.peek(GUIDANCE, user_id)
             return dict(u.traits) if u is not None else {}
 
     def _locale(self, traits: Mapping[str, Any]) -> str | None:
@@ -354,9 +397,8 @@ class GuidanceEngine:
         user_id, ts = episode.user_id, episode.ts
         holdout = self.is_holdout(user_id)
         events: list[tuple[str, str]] = []
-        with self._lock:
-            u = self._user(user_id, True)
-            assert u is not None
+        with self._state.transaction() as tx:
+            u = tx.user(GUIDANCE, user_id, self._new_user)
             locale = self._locale(u.traits)
             candidates = [r for r in self._rules if r.matches(episode, u.traits, locale)]
             eligible = None
@@ -440,8 +482,8 @@ class GuidanceEngine:
         before, by this or by :meth:`unshown`, comes back."""
         events: list[tuple[str, str]] = []
         out: list[Guidance] = []
-        with self._lock:
-            u = self._users.get(user_id)
+        with self._state.transaction() as tx:
+            u = tx.peek(GUIDANCE, user_id)
             if u is None:
                 return out
             for offer in u.offers.values():
@@ -469,8 +511,8 @@ class GuidanceEngine:
         between reading an item and showing it; another tab or the reconnect gets it again)."""
         events: list[tuple[str, str]] = []
         out: list[Guidance] = []
-        with self._lock:
-            u = self._users.get(user_id)
+        with self._state.transaction() as tx:
+            u = tx.peek(GUIDANCE, user_id)
             if u is None:
                 return out
             for offer in u.offers.values():
@@ -498,13 +540,13 @@ class GuidanceEngine:
         if outcome not in OUTCOMES:
             raise ValueError(f"outcome must be one of {', '.join(OUTCOMES)}, not {outcome!r}")
         events: list[tuple[str, str]] = []
-        with self._lock:
-            u = self._users.get(user_id)
+        with self._state.transaction() as tx:
+            u = tx.peek(GUIDANCE, user_id)
             offer = u.offers.get(item_id) if u is not None else None
             if u is None or offer is None:
-                self.unattributed += 1
+                tx.scalars["unattributed"] = tx.scalars.get("unattributed", 0) + 1
                 return False
-            self._users.move_to_end(user_id)
+            tx.user(GUIDANCE, user_id)  # marks the user active
             if outcome == "anchor_missing":
                 events.append((item_id, outcome))
             elif not offer.shown:
@@ -526,21 +568,20 @@ class GuidanceEngine:
     # -- snapshots --------------------------------------------------------------------------
     def export(self) -> dict[str, Any]:
         """The per-user state as plain data (msgpack-able), least recently active first."""
-        with self._lock:
-            users = []
-            for uid, u in self._users.items():
-                offers = [
-                    [o.guidance, o.delivered, o.shown, o.clicked, o.dismissed, o.completed, o.expired]
-                    for o in u.offers.values()
-                ]
-                users.append([uid, u.traits, list(u.recent), u.given, u.dismissed, offers])
-            return {"users": users, "unattributed": self.unattributed}
+        users = []
+        for uid, u in self._state.users(GUIDANCE):
+            offers = [
+                [o.guidance, o.delivered, o.shown, o.clicked, o.dismissed, o.completed, o.expired]
+                for o in u.offers.values()
+            ]
+            users.append([uid, u.traits, list(u.recent), u.given, u.dismissed, offers])
+        return {"users": users, "unattributed": self.unattributed}
 
     def load(self, data: Mapping[str, Any], convert: Callable[[Any], Guidance]) -> None:
         """Replace the state with an :meth:`export` (``convert`` turns a decoded offer back into
         a :class:`Guidance`); keeps the most recently active users when over capacity."""
-        with self._lock:
-            self._users.clear()
+        self._state.clear((GUIDANCE,), ())
+        with self._state.transaction() as tx:
             rows: list[Any] = list(data.get("users", ()))
             for uid, traits, recent, given, dismissed, offers in rows[max(0, len(rows) - self._capacity) :]:
                 u = _User(self.config.caps.per_day)
@@ -557,8 +598,8 @@ class GuidanceEngine:
                         bool(expired),
                     )
                     u.offers[offer.guidance.id] = offer
-                self._users[str(uid)] = u
-            self.unattributed = int(data.get("unattributed", 0))
+                tx.user(GUIDANCE, str(uid), lambda u=u: u)
+            tx.scalars["unattributed"] = int(data.get("unattributed", 0))
 
     def known_items(self) -> Iterable[GuidanceItem]:
         """The catalog, in declared order."""

@@ -27,14 +27,16 @@ from __future__ import annotations
 import bisect
 import math
 import random
-import threading
-from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
 import msgspec
 
 from ._episodes import Episode
+from .userstate import INSIGHT, STRUGGLE, TABLES, MemoryState, StateStore, StateTxn
+from .userstate import MAX_KEYS as MAX_KEYS
+from .userstate import OTHER as OTHER
+from .userstate import RESERVOIR as RESERVOIR
 
 __all__ = [
     "LEAD_TIME_EDGES",
@@ -56,11 +58,6 @@ __all__ = [
     "wilson_interval",
 ]
 
-#: Rows kept per table (hotspots, accounts, items); further keys are pooled under "(other)".
-MAX_KEYS = 10_000
-OTHER = "(other)"
-#: Lead times kept for the median and 90th percentile (a uniform reservoir sample).
-RESERVOIR = 10_000
 #: Upper edges (seconds) of the lead-time histogram buckets; the last bucket is open.
 LEAD_TIME_EDGES = (60.0, 300.0, 900.0, 1800.0, 3600.0, 4 * 3600.0, 24 * 3600.0)
 _LABELS = ("< 1 min", "1-5 min", "5-15 min", "15-30 min", "30-60 min", "1-4 h", "4-24 h", ">= 24 h")
@@ -287,56 +284,98 @@ class _UserInsight:
 _ITEM_FIELDS = ("offered", "delivered", "shown", "clicked", "dismissed", "completed", "expired", "anchor_missing")
 
 
-class InsightsCollector:
-    """Running figures behind :class:`Insights` (thread-safe, bounded)."""
+class _InsightCodec:
+    """A user's insight record as plain data and back (the file store)."""
 
-    def __init__(self, window: float, capacity: int, items: Mapping[str, tuple[str, str]]) -> None:
+    def encode(self, u: _UserInsight) -> Any:
+        return [u.account, u.first_episode, [list(k) for k in u.since_ticket], [list(k) for k in u.hotspots],
+                list(u.accounts), u.group, u.exposed, u.ticketed, u.guided]  # fmt: skip
+
+    def decode(self, plain: Any) -> _UserInsight:
+        u = _UserInsight()
+        u.account, u.first_episode, since_ticket, hotspots, accounts, u.group, u.exposed, u.ticketed, u.guided = plain
+        u.since_ticket = tuple(tuple(k) for k in since_ticket)
+        u.hotspots = tuple(tuple(k) for k in hotspots)
+        u.accounts = tuple(accounts)
+        return u
+
+
+class _BoxCodec:
+    """An open struggle: ``[top detector]`` (plain already)."""
+
+    def encode(self, value: Any) -> Any:
+        return value
+
+    def decode(self, plain: Any) -> Any:
+        return list(plain)
+
+
+#: The global counters of the figures, with their initial values.
+_SCALARS: dict[str, Any] = {
+    "tickets": 0, "preceded": 0, "episodes": 0, "guided_episodes": 0, "holdout_episodes": 0,
+    "since": None, "until": None, "lead_seen": 0, "guided": [0, 0], "holdout": [0, 0],
+    "buckets": [0] * len(_LABELS),
+}  # fmt: skip
+
+
+class InsightsCollector:
+    """Running figures behind :class:`Insights` (thread-safe, bounded).
+
+    ``state``: where the per-user records, the tables and the counters live (default: this
+    process's memory; a :class:`pyfriction.userstate.FileState` gives every process sharing
+    it the same figures, the totals of all of them).
+    """
+
+    def __init__(self, window: float, capacity: int, items: Mapping[str, tuple[str, str]],
+                 state: StateStore | None = None) -> None:  # fmt: skip
         """``window``: attribution window (s); ``capacity``: users remembered; ``items``:
         catalog id -> (kind, title)."""
         self.window = window
         self._capacity = capacity
         self._catalog = dict(items)
-        self._lock = threading.Lock()
-        self._users: OrderedDict[str, _UserInsight] = OrderedDict()
-        self._hotspots: dict[tuple[str | None, str | None], list[Any]] = {}  # users, episodes, tickets, {det: n}
+        self._state: StateStore = MemoryState(capacity) if state is None else state
+        self._state.codec(INSIGHT, _InsightCodec())
+        self._state.codec(STRUGGLE, _BoxCodec())
         self._keys: dict[Any, Any] = {}  # one shared tuple per hotspot key, for the user records
         self._ones: dict[Any, tuple[Any]] = {}  # one shared 1-tuple per key or account: most users have one
-        self._accounts: dict[str, list[Any]] = {}  # users, episodes, tickets, guided, last
-        self._items: dict[str, list[int]] = {}
-        self._groups = {"guided": [0, 0], "holdout": [0, 0]}  # users, tickets
-        self._buckets = [0] * len(_LABELS)
-        self._reservoir: list[float] = []
-        self._lead_seen = 0
-        # The top detector of each open struggle's first episode, until its ticket (bounded
-        # like the users; only users with an episode are here), and per detector
-        # [struggles, ticketed]: the online counterpart of `pyfriction calibrate`.
-        self._struggles: OrderedDict[str, str] = OrderedDict()
-        self._detectors: dict[str, list[int]] = {}
         self._rng = random.Random(0x5EED)
-        self.tickets = 0
-        self.preceded = 0
-        self.episodes = 0
-        self.guided_episodes = 0
-        self.holdout_episodes = 0
-        self.since: float | None = None
-        self.until: float | None = None
+
+    @property
+    def _users(self) -> Any:
+        """The per-user records (a live mapping in memory, a list of pairs from a file)."""
+        if isinstance(self._state, MemoryState):
+            return self._state.parts[INSIGHT]
+        return self._state.users(INSIGHT)
+
+    @staticmethod
+    def _scalars(tx: StateTxn) -> dict[str, Any]:
+        sc = tx.scalars
+        if "episodes" not in sc:
+            for key, value in _SCALARS.items():
+                sc.setdefault(key, list(value) if isinstance(value, list) else value)
+        return sc
+
+    def _totals(self) -> dict[str, Any]:
+        with self._state.transaction() as tx:
+            return dict(self._scalars(tx))
+
+    @property
+    def tickets(self) -> int:
+        """Tickets counted."""
+        return int(self._totals()["tickets"])
+
+    @property
+    def episodes(self) -> int:
+        """Episodes counted."""
+        return int(self._totals()["episodes"])
 
     # -- input ------------------------------------------------------------------------------
-    def _user(self, user_id: str) -> _UserInsight:
-        u = self._users.get(user_id)
-        if u is None:
-            u = self._users[user_id] = _UserInsight()
-            while len(self._users) > self._capacity:
-                self._users.popitem(last=False)
-        else:
-            self._users.move_to_end(user_id)
-        return u
-
-    def _seen(self, ts: float) -> None:
-        if self.since is None or ts < self.since:
-            self.since = ts
-        if self.until is None or ts > self.until:
-            self.until = ts
+    @staticmethod
+    def _seen(sc: dict[str, Any], ts: float) -> None:
+        if sc["since"] is None or ts < sc["since"]:
+            sc["since"] = ts
+        if sc["until"] is None or ts > sc["until"]:
+            sc["until"] = ts
 
     def _added(self, keys: tuple[Any, ...], key: Any) -> tuple[Any, ...]:
         """``keys`` with ``key`` appended (the last ``_PER_USER``). A user's first key is a
@@ -350,39 +389,28 @@ class InsightsCollector:
                 self._ones[key] = one
         return one
 
-    @staticmethod
-    def _row(table: dict[Any, Any], key: Any, fresh: Any) -> Any:
-        row = table.get(key)
-        if row is None:
-            if len(table) >= MAX_KEYS:
-                key = (OTHER, OTHER) if isinstance(key, tuple) else OTHER
-                row = table.get(key)
-                if row is not None:
-                    return row
-            row = table[key] = fresh()
-        return row
-
     def hint_account(self, user_id: str, account_id: str | None) -> None:
         """The user belongs to ``account_id`` (e.g. from ``identify`` traits)."""
         if account_id:
-            with self._lock:
-                self._user(user_id).account = account_id
+            with self._state.transaction() as tx:
+                tx.user(INSIGHT, user_id, _UserInsight).account = account_id
 
     def episode(self, episode: Episode, eligible: str | None) -> None:
         """Count an episode; ``eligible`` is the item the rules picked for it, caps aside."""
         ts = episode.ts
-        with self._lock:
-            self._seen(ts)
-            self.episodes += 1
+        with self._state.transaction() as tx:
+            sc = self._scalars(tx)
+            self._seen(sc, ts)
+            sc["episodes"] += 1
             guided = episode.guidance is not None
-            self.guided_episodes += guided
-            self.holdout_episodes += episode.holdout
-            u = self._user(episode.user_id)
+            sc["guided_episodes"] += guided
+            sc["holdout_episodes"] += episode.holdout
+            u = tx.user(INSIGHT, episode.user_id, _UserInsight)
             if episode.account_id:
                 u.account = episode.account_id
             key = (episode.step, episode.target)
             key = self._keys.get(key) or (self._keys.setdefault(key, key) if len(self._keys) < MAX_KEYS else key)
-            spot = self._row(self._hotspots, key, lambda: [0, 0, 0, {}])
+            spot = tx.row("hotspots", key, lambda: [0, 0, 0, {}])
             spot[1] += 1
             if episode.reasons:
                 top = episode.reasons[0].detector
@@ -394,15 +422,12 @@ class InsightsCollector:
                 u.first_episode = ts
                 u.since_ticket = ()
                 top = episode.reasons[0].detector if episode.reasons else "none"
-                self._row(self._detectors, top, lambda: [0, 0])[0] += 1
-                self._struggles[episode.user_id] = top
-                self._struggles.move_to_end(episode.user_id)
-                while len(self._struggles) > self._capacity:
-                    self._struggles.popitem(last=False)
+                tx.row("detectors", top, lambda: [0, 0])[0] += 1
+                tx.user(STRUGGLE, episode.user_id, lambda: [top])[0] = top
             if key not in u.since_ticket:
                 u.since_ticket = self._added(u.since_ticket, key)
             if u.account:
-                acct = self._row(self._accounts, u.account, lambda: [0, 0, 0, 0, None])
+                acct = tx.row("accounts", u.account, lambda: [0, 0, 0, 0, None])
                 if u.account not in u.accounts:
                     acct[0] += 1
                     u.accounts = self._added(u.accounts, u.account)
@@ -414,115 +439,112 @@ class InsightsCollector:
             if eligible is not None and u.group is None:
                 u.group = "holdout" if episode.holdout else "guided"
                 u.exposed = ts
-                self._groups[u.group][0] += 1
+                sc[u.group][0] += 1
 
     def ticket(self, user_id: str, account_id: str | None, ts: float) -> None:
         """Count a ticket (a ``ticket`` event the engine applied)."""
-        with self._lock:
-            self._seen(ts)
-            self.tickets += 1
-            u = self._users.get(user_id)
+        with self._state.transaction() as tx:
+            sc = self._scalars(tx)
+            self._seen(sc, ts)
+            sc["tickets"] += 1
+            u = tx.peek(INSIGHT, user_id)
             if u is None and account_id is None:
                 return
-            u = self._user(user_id)
+            u = tx.user(INSIGHT, user_id, _UserInsight)
             if account_id:
                 u.account = account_id
             if u.account:
-                self._row(self._accounts, u.account, lambda: [0, 0, 0, 0, None])[2] += 1
+                tx.row("accounts", u.account, lambda: [0, 0, 0, 0, None])[2] += 1
             if u.first_episode is not None and 0.0 <= ts - u.first_episode <= self.window:
-                self.preceded += 1
+                sc["preceded"] += 1
                 lead = ts - u.first_episode
-                self._buckets[bisect.bisect_right(LEAD_TIME_EDGES, lead)] += 1
-                self._lead_seen += 1
-                if len(self._reservoir) < RESERVOIR:
-                    self._reservoir.append(lead)
-                else:
-                    j = self._rng.randrange(self._lead_seen)
-                    if j < RESERVOIR:
-                        self._reservoir[j] = lead
+                sc["buckets"][bisect.bisect_right(LEAD_TIME_EDGES, lead)] += 1
+                sc["lead_seen"] += 1
+                tx.sample(lead, sc["lead_seen"], self._rng)
                 for key in u.since_ticket:
-                    spot = self._hotspots.get(key)
+                    spot = tx.get_row("hotspots", key)
                     if spot is not None:
                         spot[2] += 1
-                top = self._struggles.pop(user_id, None)
-                if top is not None and top in self._detectors:
-                    self._detectors[top][1] += 1
+                box = tx.discard(STRUGGLE, user_id)
+                if box is not None:
+                    row = tx.get_row("detectors", box[0])
+                    if row is not None:
+                        row[1] += 1
             u.first_episode = None
             u.since_ticket = ()
             if u.group is not None and not u.ticketed and 0.0 <= ts - u.exposed <= self.window:
                 u.ticketed = True
-                self._groups[u.group][1] += 1
+                sc[u.group][1] += 1
 
     def item(self, item_id: str, what: str) -> None:
         """Count an item event: offered, delivered, shown, clicked, dismissed, completed, expired."""
-        with self._lock:
-            row = self._row(self._items, item_id, lambda: [0] * len(_ITEM_FIELDS))
-            row[_ITEM_FIELDS.index(what)] += 1
+        with self._state.transaction() as tx:
+            tx.row("items", item_id, lambda: [0] * len(_ITEM_FIELDS))[_ITEM_FIELDS.index(what)] += 1
 
     # -- output -----------------------------------------------------------------------------
     def build(self, *, engine: str, events: int, users: int, episodes: int, tickets: int,
               limit: int | None = 50) -> Insights:  # fmt: skip
         """The :class:`Insights`, with the tracker's counters; lists cut at ``limit`` rows."""
-        with self._lock:
-            spots = [
-                Hotspot(step=k[0], target=k[1], users=v[0], episodes=v[1], tickets=v[2],
-                        detectors=dict(sorted(v[3].items(), key=lambda kv: (-kv[1], kv[0]))))
-                for k, v in self._hotspots.items()
-            ]  # fmt: skip
-            spots.sort(key=lambda h: (-h.users, -h.episodes, h.step or "", h.target or ""))
-            accounts = [
-                AccountStats(account_id=k, users=v[0], episodes=v[1], tickets=v[2], guided=v[3], last_episode=v[4])
-                for k, v in self._accounts.items()
-            ]
-            accounts.sort(key=lambda a: (-a.users, -a.episodes, -a.tickets, a.account_id))
-            items = []
-            ids = list(self._catalog) + [k for k in self._items if k not in self._catalog]
-            for item_id in ids:
-                row = self._items.get(item_id, [0] * len(_ITEM_FIELDS))
-                c = dict(zip(_ITEM_FIELDS, row))
-                kind, title = self._catalog.get(item_id, ("?", item_id))
-                items.append(
-                    ItemStats(
-                        id=item_id,
-                        kind=kind,
-                        title=title,
-                        **c,
-                        click_rate=_rate(c["clicked"], c["shown"]),
-                        dismiss_rate=_rate(c["dismissed"], c["shown"]),
-                        completion_rate=_rate(c["completed"], c["shown"]),
-                    )  # fmt: skip
-                )
-            sample = sorted(self._reservoir)
-            edges = (0.0,) + LEAD_TIME_EDGES
-            buckets = [
-                LeadTimeBucket(label=_LABELS[i], low=edges[i],
-                               high=LEAD_TIME_EDGES[i] if i < len(LEAD_TIME_EDGES) else None, count=n)
-                for i, n in enumerate(self._buckets)
-            ]  # fmt: skip
-            lead = LeadTime(
-                tickets=self.tickets,
-                preceded=self.preceded,
-                share=_rate(self.preceded, self.tickets),
-                median=_quantile(sample, 0.5),
-                p90=_quantile(sample, 0.9),
-                buckets=buckets,
+        sc = self._totals()
+        hotspots = self._state.rows("hotspots")
+        spots = [
+            Hotspot(step=k[0], target=k[1], users=v[0], episodes=v[1], tickets=v[2],
+                    detectors=dict(sorted(v[3].items(), key=lambda kv: (-kv[1], kv[0]))))
+            for k, v in hotspots
+        ]  # fmt: skip
+        spots.sort(key=lambda h: (-h.users, -h.episodes, h.step or "", h.target or ""))
+        accounts = [
+            AccountStats(account_id=k, users=v[0], episodes=v[1], tickets=v[2], guided=v[3], last_episode=v[4])
+            for k, v in self._state.rows("accounts")
+        ]
+        accounts.sort(key=lambda a: (-a.users, -a.episodes, -a.tickets, a.account_id))
+        items = []
+        counted = dict(self._state.rows("items"))
+        ids = list(self._catalog) + [k for k in counted if k not in self._catalog]
+        for item_id in ids:
+            row = counted.get(item_id, [0] * len(_ITEM_FIELDS))
+            c = dict(zip(_ITEM_FIELDS, row))
+            kind, title = self._catalog.get(item_id, ("?", item_id))
+            items.append(
+                ItemStats(
+                    id=item_id,
+                    kind=kind,
+                    title=title,
+                    **c,
+                    click_rate=_rate(c["clicked"], c["shown"]),
+                    dismiss_rate=_rate(c["dismissed"], c["shown"]),
+                    completion_rate=_rate(c["completed"], c["shown"]),
+                )  # fmt: skip
             )
-            deflection = self._deflection()
-            detection = self._detection()
-            since, until = self.since, self.until
-            guided_episodes, holdout_episodes = self.guided_episodes, self.holdout_episodes
+        sample = sorted(self._state.reservoir())
+        edges = (0.0,) + LEAD_TIME_EDGES
+        buckets = [
+            LeadTimeBucket(label=_LABELS[i], low=edges[i],
+                           high=LEAD_TIME_EDGES[i] if i < len(LEAD_TIME_EDGES) else None, count=n)
+            for i, n in enumerate(sc["buckets"])
+        ]  # fmt: skip
+        lead = LeadTime(
+            tickets=sc["tickets"],
+            preceded=sc["preceded"],
+            share=_rate(sc["preceded"], sc["tickets"]),
+            median=_quantile(sample, 0.5),
+            p90=_quantile(sample, 0.9),
+            buckets=buckets,
+        )
+        deflection = self._deflection(sc)
+        detection = self._detection(sc)
         if limit is not None:
             spots, accounts = spots[:limit], accounts[:limit]
         return Insights(
-            since=since,
-            until=until,
+            since=sc["since"],
+            until=sc["until"],
             engine=engine,
             events=events,
             users=users,
             episodes=episodes,
             tickets=tickets,
-            guided_episodes=guided_episodes,
-            holdout_episodes=holdout_episodes,
+            guided_episodes=sc["guided_episodes"],
+            holdout_episodes=sc["holdout_episodes"],
             hotspots=spots,
             lead_time=lead,
             deflection=deflection,
@@ -531,27 +553,27 @@ class InsightsCollector:
             detection=detection,
         )
 
-    def _detection(self) -> DetectionQuality:
+    def _detection(self, sc: dict[str, Any]) -> DetectionQuality:
         rows = [
             DetectorQuality(detector=d, struggles=v[0], ticketed=v[1], precision=_rate(v[1], v[0]))
-            for d, v in self._detectors.items()
+            for d, v in self._state.rows("detectors")
         ]
         rows.sort(key=lambda r: (-r.struggles, r.detector))
         struggles = sum(r.struggles for r in rows)
         ticketed = sum(r.ticketed for r in rows)
         return DetectionQuality(
-            tickets=self.tickets,
-            preceded=self.preceded,
-            recall=_rate(self.preceded, self.tickets),
+            tickets=sc["tickets"],
+            preceded=sc["preceded"],
+            recall=_rate(sc["preceded"], sc["tickets"]),
             struggles=struggles,
             ticketed=ticketed,
             unticketed=struggles - ticketed,
             detectors=rows,
         )
 
-    def _deflection(self) -> Deflection:
+    def _deflection(self, sc: dict[str, Any]) -> Deflection:
         def group(name: str) -> GroupOutcome:
-            n, k = self._groups[name]
+            n, k = sc[name]
             low, high = wilson_interval(k, n) if n else (None, None)
             return GroupOutcome(users=n, tickets=k, rate=_rate(k, n), low=low, high=high)
 
@@ -567,58 +589,57 @@ class InsightsCollector:
     # -- snapshots --------------------------------------------------------------------------
     def export(self) -> dict[str, Any]:
         """The running figures as plain data (msgpack-able)."""
-        with self._lock:
-            users = [
-                [uid, u.account, u.first_episode, [list(k) for k in u.since_ticket], [list(k) for k in u.hotspots],
-                 list(u.accounts), u.group, u.exposed, u.ticketed, u.guided]
-                for uid, u in self._users.items()
-            ]  # fmt: skip
-            return {
-                "users": users,
-                "hotspots": [[list(k), v] for k, v in self._hotspots.items()],
-                "accounts": self._accounts,
-                "items": self._items,
-                "groups": self._groups,
-                "buckets": self._buckets,
-                "reservoir": self._reservoir,
-                "lead_seen": self._lead_seen,
-                "struggles": list(self._struggles.items()),
-                "detectors": self._detectors,
-                "counts": [self.tickets, self.preceded, self.episodes, self.guided_episodes, self.holdout_episodes],
-                "span": [self.since, self.until],
-            }
+        codec = _InsightCodec()
+        sc = self._totals()
+        return {
+            "users": [[uid, *codec.encode(u)] for uid, u in self._state.users(INSIGHT)],
+            "hotspots": [[list(k), v] for k, v in self._state.rows("hotspots")],
+            "accounts": dict(self._state.rows("accounts")),
+            "items": dict(self._state.rows("items")),
+            "groups": {"guided": sc["guided"], "holdout": sc["holdout"]},
+            "buckets": sc["buckets"],
+            "reservoir": self._state.reservoir(),
+            "lead_seen": sc["lead_seen"],
+            "struggles": [(uid, box[0]) for uid, box in self._state.users(STRUGGLE)],
+            "detectors": dict(self._state.rows("detectors")),
+            "counts": [sc["tickets"], sc["preceded"], sc["episodes"], sc["guided_episodes"], sc["holdout_episodes"]],
+            "span": [sc["since"], sc["until"]],
+        }
 
     def load(self, data: Mapping[str, Any]) -> None:
         """Replace the figures with an :meth:`export`."""
-        with self._lock:
-            rows = list(data["users"])
-            self._users.clear()
-            for uid, account, first, since_ticket, hotspots, accounts, group, exposed, ticketed, guided in rows[
-                max(0, len(rows) - self._capacity) :
-            ]:
-                u = _UserInsight()
-                u.account, u.first_episode = account, first
-                u.since_ticket = tuple(tuple(k) for k in since_ticket)
-                u.hotspots = tuple(tuple(k) for k in hotspots)
-                u.accounts = tuple(accounts)
-                u.group, u.exposed, u.ticketed, u.guided = group, float(exposed), bool(ticketed), bool(guided)
-                self._users[str(uid)] = u
-            self._hotspots = {tuple(k): [v[0], v[1], v[2], dict(v[3])] for k, v in data["hotspots"]}
-            self._accounts = {str(k): list(v) for k, v in dict(data["accounts"]).items()}
-            # Rows of older exports have fewer counters (anchor_missing came later): padded with 0.
-            width = len(_ITEM_FIELDS)
-            self._items = {str(k): ([int(x) for x in v] + [0] * width)[:width] for k, v in dict(data["items"]).items()}
-            self._groups = {str(k): [int(x) for x in v] for k, v in dict(data["groups"]).items()}
-            self._buckets = [int(x) for x in data["buckets"]]
-            self._reservoir = [float(x) for x in data["reservoir"]]
-            self._lead_seen = int(data["lead_seen"])
+        state = self._state
+        state.clear((INSIGHT, STRUGGLE), TABLES)
+        codec = _InsightCodec()
+        rows = list(data["users"])
+        # Rows of older exports have fewer counters (anchor_missing came later): padded with 0.
+        width = len(_ITEM_FIELDS)
+        with state.transaction() as tx:
+            for uid, *plain in rows[max(0, len(rows) - self._capacity) :]:
+                u = codec.decode(plain)
+                u.exposed, u.ticketed, u.guided = float(u.exposed), bool(u.ticketed), bool(u.guided)
+                tx.user(INSIGHT, str(uid), lambda u=u: u)
+            for k, v in data["hotspots"]:
+                tx.row("hotspots", tuple(k), lambda v=v: [v[0], v[1], v[2], dict(v[3])])
+            for k, v in dict(data["accounts"]).items():
+                tx.row("accounts", str(k), lambda v=v: list(v))
+            for k, v in dict(data["items"]).items():
+                tx.row("items", str(k), lambda v=v: ([int(x) for x in v] + [0] * width)[:width])
             # Exports before detection quality have neither: counted from the restore on.
-            self._struggles = OrderedDict((str(u), str(d)) for u, d in data.get("struggles", ()))
-            self._detectors = {str(k): [int(x) for x in v] for k, v in dict(data.get("detectors", {})).items()}
-            self.tickets, self.preceded, self.episodes, self.guided_episodes, self.holdout_episodes = (
+            for u_id, d in data.get("struggles", ()):
+                tx.user(STRUGGLE, str(u_id), lambda d=d: [str(d)])
+            for k, v in dict(data.get("detectors", {})).items():
+                tx.row("detectors", str(k), lambda v=v: [int(x) for x in v])
+            sc = tx.scalars
+            sc.clear()
+            groups = {str(k): [int(x) for x in v] for k, v in dict(data["groups"]).items()}
+            sc.update(guided=groups.get("guided", [0, 0]), holdout=groups.get("holdout", [0, 0]),
+                      buckets=[int(x) for x in data["buckets"]], lead_seen=int(data["lead_seen"]))  # fmt: skip
+            sc["tickets"], sc["preceded"], sc["episodes"], sc["guided_episodes"], sc["holdout_episodes"] = (
                 int(x) for x in data["counts"]
             )
-            self.since, self.until = data["span"]
+            sc["since"], sc["until"] = data["span"]
+        state.set_reservoir([float(x) for x in data["reservoir"]])
 
 
 # --- online calibration ---------------------------------------------------------------------------

@@ -40,6 +40,7 @@ __all__ = [
     "deflection_note",
     "format_text",
     "replay_log",
+    "store_report",
     "to_json",
 ]
 
@@ -114,6 +115,37 @@ def _lines(fh: IO[bytes], progress: Progress | None, counts: list[int]) -> Itera
         except msgspec.DecodeError as exc:
             yield ValueError(f"line {counts[0]}: not valid JSON: {exc}")
     counts[1] = done
+
+
+def store_report(path: str, config: Any = None, *, limit: int | None = None) -> ReportResult:
+    """The insights held by the ``file://`` store at ``path``: the totals of every process
+    that shares it, read without replaying anything (live processes may go on meanwhile).
+
+    ``config`` gives the catalog's texts (default: the store's own config, without a catalog);
+    it must agree with the store on what gives its state a meaning. Raises
+    :class:`pyfriction.store.StoreError` for a missing or foreign file.
+    """
+    from .store import StoreError, core_module, stored_config
+
+    if not os.path.exists(path):
+        raise StoreError(f"no store at {path!r}")
+    core = core_module()
+    header = core.read_header(path)
+    sizes = {"capacity": header["capacity"], "max_steps": header["max_steps"]}
+    cfg_name = None if config is None else (
+        os.fspath(config) if isinstance(config, (str, os.PathLike)) else "<config>")  # fmt: skip
+    cfg = (
+        stored_config(path, bytes(core.read_config(path)), **sizes) if config is None else load_config(config, **sizes)
+    )
+    started = time.monotonic()
+    tracker = Tracker(cfg, engine="compiled", store=f"file://{path}")
+    try:
+        insights = tracker.insights(limit=limit)
+    finally:
+        tracker.close(1.0)
+    return ReportResult(source=path, config=cfg_name, catalog=bool(cfg.guidance.items), lines=0,
+                        events=insights.events, identified=0, skipped=0, errors=[],
+                        seconds=time.monotonic() - started, insights=insights)  # fmt: skip
 
 
 def replay_log(path: str, config: Any = None, *, engine: str = "auto", progress: IO[str] | None = None,
@@ -366,7 +398,14 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
         "tickets and accounts; with --config (the guidance that was live when the log was recorded) also ticket "
         "deflection by guidance, with its 95% confidence interval, and the guidance items.",
     )
-    p.add_argument("events", metavar="EVENTS.jsonl", help="the event log (JSON Lines), '-' for stdin")
+    p.add_argument("events", metavar="EVENTS.jsonl", nargs="?",
+                   help="the event log (JSON Lines), '-' for stdin (or --store instead)")  # fmt: skip
+    p.add_argument(
+        "--store",
+        metavar="FILE",
+        help="report the insights a file:// store holds (the totals of every process sharing it) instead of "
+        "replaying a log (default: none)",
+    )
     p.add_argument(
         "--config",
         metavar="FILE",
@@ -401,11 +440,19 @@ def run(args: argparse.Namespace) -> int:
     """The ``report`` command: returns the exit status; raises the CLI's error type for user errors."""
     from ._cli_error import CliError
     from .config import ConfigError
+    from .store import StoreError
 
+    if (args.events is None) == (args.store is None):
+        raise CliError("give an event log (EVENTS.jsonl) or --store FILE, not both or neither")
     show = sys.stderr.isatty() if args.progress is None else args.progress
     try:
-        result = replay_log(args.events, args.config, engine=args.engine, progress=sys.stderr if show else None,
-                            progress_delay=0.5 if args.progress is None else 0.0, limit=None)  # fmt: skip
+        if args.store is not None:
+            result = store_report(args.store, args.config)
+        else:
+            result = replay_log(args.events, args.config, engine=args.engine, progress=sys.stderr if show else None,
+                                progress_delay=0.5 if args.progress is None else 0.0, limit=None)  # fmt: skip
+    except StoreError as exc:
+        raise CliError(str(exc)) from None
     except OSError as exc:
         raise CliError(f"cannot read {exc.filename or args.events}: {exc.strerror or exc}") from None
     except ConfigError as exc:

@@ -7,8 +7,9 @@ against the same per-user state, with a lock per user and no network hop. The fi
 state: it survives the death of any or all workers. Only the compiled engine implements it;
 the reference engine refuses ``file://`` with :class:`StoreError`.
 
-What is *not* in the file: the guidance bookkeeping, traits and insights of each process; the
-full text of user ids longer than 40 bytes (other processes see their first 40 bytes); step and
+Next to it, ``PATH.facts`` holds the guidance bookkeeping, traits and insights, shared the
+same way (see :mod:`pyfriction.userstate`). What is *not* in the files: the full text of user
+ids longer than 40 bytes (other processes see their first 40 bytes); step and
 target names longer than 123 UTF-8 bytes or beyond the table's 6,144 names (episodes and states
 then show the name's key, ``#1a2b3c4d``). A lock whose holder died is taken over; one whose
 holder's pid was reused by a live process is not (containers that recycle pids quickly should

@@ -30,6 +30,7 @@ from .guidance import EVENT_OUTCOMES, OUTCOMES, GuidanceEngine
 from .insights import CalibrationSuggestion, Insights, InsightsCollector, suggest_calibration
 from .sinks import SinkStats, WebhookSink
 from .store import StoreError, attach_config, parse_store
+from .userstate import FileState, facts_path
 
 __all__ = ["LAYOUT_HASH", "Engine", "Tracker", "compiled_available"]
 
@@ -194,15 +195,17 @@ class Tracker:
         self._async: list[Callback] = []
         self._sync: list[Callback] = []
         gcfg = self.config.guidance
-        self._insights = InsightsCollector(
-            gcfg.attribution_window, self.config.capacity, {i.id: (i.kind, i.title) for i in gcfg.items}
-        )
-        self._guidance = GuidanceEngine(gcfg, self.config.capacity, self._insights.item)
         self._on_guidance: list[GuidanceCallback] = []
         hook = self.config.sinks.webhook
         self._webhook: WebhookSink | None = WebhookSink(hook) if hook is not None else None
         self._store_path = parse_store(store)
         self._core: EngineProtocol = self._make_core(engine)
+        # Guidance bookkeeping and insights: in this process's memory, or in the store's facts
+        # file next to it, shared with every process of the store (pyfriction.userstate).
+        self._facts = FileState(facts_path(self._store_path), self.config.capacity) if self._store_path else None
+        self._insights = InsightsCollector(gcfg.attribution_window, self.config.capacity,
+                                           {i.id: (i.kind, i.title) for i in gcfg.items}, self._facts)  # fmt: skip
+        self._guidance = GuidanceEngine(gcfg, self.config.capacity, self._insights.item, self._facts)
         if self._store_path is not None:
             shared: Any = self._core  # a CompiledCore on a store file
             self._names = shared.names_view  # the store's name table, shared

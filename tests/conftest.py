@@ -19,6 +19,7 @@ store): skipped locally when it is not built, failed under CI, as the compiled v
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -43,16 +44,22 @@ def engine(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def make_tracker(engine: str) -> Iterator[Callable[..., pyfriction.Tracker]]:
+def make_tracker(engine: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., pyfriction.Tracker]]:
     """A factory ``make_tracker(**kwargs) -> Tracker`` on the current ``engine``.
 
     Each tracker gets ``episodes_seen``: a list that a sync ``on_friction`` callback appends
     every fired :class:`pyfriction.Episode` to. All trackers made are closed at teardown.
+    With ``PYFRICTION_TEST_STORE=file`` in the environment, compiled trackers get a fresh
+    ``file://`` store each (guidance and insights then live in its facts file): e.g.
+    ``PYFRICTION_TEST_STORE=file pytest tests/test_guidance.py tests/test_insights.py -k compiled``.
     """
     made: list[pyfriction.Tracker] = []
+    on_file = os.environ.get("PYFRICTION_TEST_STORE") == "file"
 
     def factory(config: Any = None, **kwargs: Any) -> pyfriction.Tracker:
         kwargs.setdefault("engine", engine)
+        if on_file and kwargs["engine"] == "compiled" and "store" not in kwargs:
+            kwargs["store"] = f"file://{tmp_path_factory.mktemp('store')}/friction.state"
         tracker = pyfriction.Tracker(config, **kwargs)
         seen: list[pyfriction.Episode] = []
         tracker.episodes_seen = seen  # type: ignore[attr-defined]

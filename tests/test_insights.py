@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 import pyfriction
 import pyfriction.report
-from pyfriction import insights as insights_mod
+from pyfriction import userstate
 from pyfriction.guidance import in_holdout
 from pyfriction.insights import newcombe_interval, wilson_interval
 
@@ -237,7 +237,7 @@ def test_account_from_identify(make_tracker: Callable[..., pyfriction.Tracker]) 
 
 
 def test_tables_are_bounded(make_tracker: Callable[..., pyfriction.Tracker], monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(insights_mod, "MAX_KEYS", 5)
+    monkeypatch.setattr(userstate, "MAX_KEYS", 5)  # the tables' bound lives with the stores
     t = make_tracker(config(), capacity=20)
     for i in range(40):
         rage(t, f"u{i}", T0 + i, f"step-{i}", "#t", account=f"acct-{i}")

@@ -1,0 +1,962 @@
+"""Where guidance bookkeeping and insights keep their state: the one interface, two stores.
+
+:class:`StateStore` is the interface (see docs/architecture.md, "Per-user facts and aggregates"):
+a transaction (:meth:`StateStore.transaction`) hands out
+
+* **per-user parts**: a user's guidance record (part :data:`GUIDANCE`), insight record
+  (:data:`INSIGHT`) and open struggle (:data:`STRUGGLE`), created on demand, bounded by the
+  capacity (least recently active users evicted first, all their parts together in the file);
+* **aggregate rows**: counters keyed per table (``hotspots``, ``accounts``, ``items``,
+  ``detectors``), at most ``MAX_KEYS`` keys per table, the rest pooled under ``(other)``;
+* **scalars**: a small dict of global counters, and the lead-time reservoir.
+
+:class:`MemoryState` keeps live Python objects (a plain tracker, one process).
+:class:`FileState` keeps them in a memory-mapped file next to a ``file://`` store
+(``PATH.facts``), shared by every process that opens it: every change is made under one
+``fcntl`` lock, which the kernel releases when its holder dies, and a holder that died in the
+middle of a change is detected (the header's ``busy`` word still holds its pid) and the file
+checked and rebuilt from its records, whose checksums reveal one written in part.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import mmap
+import os
+import random
+import struct
+import threading
+import weakref
+import zlib
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterator
+from contextlib import contextmanager
+from typing import Any, Protocol
+
+import msgspec
+
+from ._hashing import key64
+
+__all__ = [
+    "GUIDANCE",
+    "INSIGHT",
+    "MAX_KEYS",
+    "OTHER",
+    "STRUGGLE",
+    "TABLES",
+    "Codec",
+    "FileState",
+    "MemoryState",
+    "StateStore",
+    "StateTxn",
+    "facts_path",
+]
+
+#: The parts of a user's record.
+GUIDANCE, INSIGHT, STRUGGLE = 0, 1, 2
+N_PARTS = 3
+#: The aggregate tables.
+TABLES = ("hotspots", "accounts", "items", "detectors")
+#: Rows kept per table; further keys are pooled under OTHER.
+MAX_KEYS = 10_000
+OTHER = "(other)"
+#: Lead times kept for the median and 90th percentile (a uniform reservoir sample).
+RESERVOIR = 10_000
+
+
+class Codec(Protocol):
+    """Turns a part's live object into msgpack-able plain data and back (the file store)."""
+
+    def encode(self, value: Any) -> Any:
+        """Plain data (lists, dicts, numbers, strings) for ``value``."""
+        ...
+
+    def decode(self, plain: Any) -> Any:
+        """The live object for what :meth:`encode` returned."""
+        ...
+
+
+class StateTxn(Protocol):
+    """What one transaction reads and changes; valid inside ``with store.transaction()`` only."""
+
+    def user(self, part: int, user_id: str, create: Callable[[], Any] | None = None) -> Any:
+        """The user's ``part`` (None if absent and ``create`` is None, else made by ``create``);
+        marks the user active (the last to be evicted)."""
+        ...
+
+    def peek(self, part: int, user_id: str) -> Any:
+        """The user's ``part`` or None, without marking the user active."""
+        ...
+
+    def discard(self, part: int, user_id: str) -> Any:
+        """Remove and return the user's ``part`` (None if absent)."""
+        ...
+
+    def row(self, table: str, key: Hashable, fresh: Callable[[], list[Any]]) -> list[Any]:
+        """The aggregate row of ``key`` in ``table``, made by ``fresh`` when new (pooled under
+        :data:`OTHER` once the table holds :data:`MAX_KEYS` rows)."""
+        ...
+
+    def get_row(self, table: str, key: Hashable) -> list[Any] | None:
+        """The aggregate row of ``key`` in ``table``, or None."""
+        ...
+
+    @property
+    def scalars(self) -> dict[str, Any]:
+        """The global counters (a mutable dict)."""
+        ...
+
+    def sample(self, value: float, seen: int, rng: random.Random) -> None:
+        """Offer ``value``, the ``seen``-th of its kind, to the reservoir (uniform sampling)."""
+        ...
+
+
+class StateStore(Protocol):
+    """Per-user parts, aggregate rows and scalars behind transactions (memory or file)."""
+
+    shared: bool
+
+    def transaction(self) -> Any:
+        """A context manager yielding a :class:`StateTxn`; changes are kept when it exits."""
+        ...
+
+    def codec(self, part: int, codec: Codec) -> None:
+        """How ``part`` is stored (the file store needs it; the memory store ignores it)."""
+        ...
+
+    def count(self, part: int) -> int:
+        """Users holding ``part``."""
+        ...
+
+    def users(self, part: int) -> list[tuple[str, Any]]:
+        """``(user_id, part)`` of every user holding ``part``, least recently active first."""
+        ...
+
+    def rows(self, table: str) -> list[tuple[Any, list[Any]]]:
+        """Every ``(key, row)`` of ``table``."""
+        ...
+
+    def reservoir(self) -> list[float]:
+        """A copy of the reservoir sample."""
+        ...
+
+    def set_reservoir(self, values: list[float]) -> None:
+        """Replace the reservoir sample (a snapshot's)."""
+        ...
+
+    def clear(self, parts: tuple[int, ...], tables: tuple[str, ...]) -> None:
+        """Forget ``parts`` of every user and every row of ``tables`` (before a load)."""
+        ...
+
+
+def _pooled(table: dict[Any, Any], key: Any) -> Any:
+    return (OTHER, OTHER) if isinstance(key, tuple) else OTHER
+
+
+# --- memory -------------------------------------------------------------------------------------
+
+
+class MemoryState:
+    """The store of a tracker private to its process: live objects, one lock."""
+
+    shared = False
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.lock = threading.Lock()
+        self.parts: list[OrderedDict[str, Any]] = [OrderedDict() for _ in range(N_PARTS)]
+        self.tables: dict[str, dict[Any, list[Any]]] = {t: {} for t in TABLES}
+        self._scalars: dict[str, Any] = {}
+        self._reservoir: list[float] = []
+
+    @contextmanager
+    def transaction(self) -> Iterator[MemoryState]:
+        """The store itself, under its lock (changes are made in place)."""
+        with self.lock:
+            yield self
+
+    def codec(self, part: int, codec: Codec) -> None:
+        """Not needed: the objects stay live."""
+
+    # -- the transaction's side ---------------------------------------------------------------
+    def user(self, part: int, user_id: str, create: Callable[[], Any] | None = None) -> Any:
+        """See :meth:`StateTxn.user`."""
+        users = self.parts[part]
+        value = users.get(user_id)
+        if value is not None:
+            users.move_to_end(user_id)
+        elif create is not None:
+            value = users[user_id] = create()
+            while len(users) > self.capacity:
+                users.popitem(last=False)
+        return value
+
+    def peek(self, part: int, user_id: str) -> Any:
+        """See :meth:`StateTxn.peek`."""
+        return self.parts[part].get(user_id)
+
+    def discard(self, part: int, user_id: str) -> Any:
+        """See :meth:`StateTxn.discard`."""
+        return self.parts[part].pop(user_id, None)
+
+    def row(self, table: str, key: Hashable, fresh: Callable[[], list[Any]]) -> list[Any]:
+        """See :meth:`StateTxn.row`."""
+        rows = self.tables[table]
+        found = rows.get(key)
+        if found is None:
+            if len(rows) >= MAX_KEYS:
+                key = _pooled(rows, key)
+                found = rows.get(key)
+                if found is not None:
+                    return found
+            found = rows[key] = fresh()
+        return found
+
+    def get_row(self, table: str, key: Hashable) -> list[Any] | None:
+        """See :meth:`StateTxn.get_row`."""
+        return self.tables[table].get(key)
+
+    @property
+    def scalars(self) -> dict[str, Any]:
+        """See :meth:`StateTxn.scalars`."""
+        return self._scalars
+
+    def sample(self, value: float, seen: int, rng: random.Random) -> None:
+        """See :meth:`StateTxn.sample`."""
+        if len(self._reservoir) < RESERVOIR:
+            self._reservoir.append(value)
+        else:
+            j = rng.randrange(seen)
+            if j < RESERVOIR:
+                self._reservoir[j] = value
+
+    # -- reads ---------------------------------------------------------------------------------
+    def count(self, part: int) -> int:
+        """See :meth:`StateStore.count`."""
+        return len(self.parts[part])
+
+    def users(self, part: int) -> list[tuple[str, Any]]:
+        """See :meth:`StateStore.users`."""
+        with self.lock:
+            return list(self.parts[part].items())
+
+    def rows(self, table: str) -> list[tuple[Any, list[Any]]]:
+        """See :meth:`StateStore.rows`."""
+        with self.lock:
+            return list(self.tables[table].items())
+
+    def reservoir(self) -> list[float]:
+        """See :meth:`StateStore.reservoir`."""
+        with self.lock:
+            return list(self._reservoir)
+
+    def set_reservoir(self, values: list[float]) -> None:
+        """Replace the reservoir (a snapshot's)."""
+        self._reservoir = list(values)[:RESERVOIR]
+
+    def clear(self, parts: tuple[int, ...], tables: tuple[str, ...]) -> None:
+        """See :meth:`StateStore.clear`."""
+        with self.lock:
+            for p in parts:
+                self.parts[p].clear()
+            for t in tables:
+                self.tables[t].clear()
+
+
+# --- the file -------------------------------------------------------------------------------------
+
+MAGIC = b"PFFACTS\0"
+VERSION = 1
+PAGE = 4096
+HEADER = PAGE
+#: A record: key, activity tick, first block + 1, body length, kind, checksum, then the body.
+ENTRY = 64
+_ENTRY = struct.Struct("<QIIHBxI")
+INLINE = ENTRY - _ENTRY.size  # 40 bytes of body inside the record
+#: Side-table blocks: the next block + 1, then the body's continuation.
+BLOCK = 256
+BLOCK_BODY = BLOCK - 4
+#: Header: magic, version, capacity, then per table (users, aggregates): entries, index size,
+#: blocks; busy pid; tick; per table free head, allocated, used, block free head, blocks
+#: allocated; rows per aggregate table; scalars' length.
+_FIXED = struct.Struct("<8sII3I3III")
+_TABLE_STATE = struct.Struct("<5I")
+_STATE_OFF = (64, 84)
+_ROWS_OFF = 104
+_SCALARS_LEN_OFF = 124
+_SCALARS_OFF = 128
+SCALARS_MAX = HEADER - _SCALARS_OFF
+_BUSY_OFF = _FIXED.size - 8
+_TICK_OFF = _FIXED.size - 4
+USER_KIND = 1
+#: Users sampled to pick one to evict (the least recently active of them, as Redis does).
+EVICT_SAMPLE = 16
+NONE = 0xFFFFFFFF
+
+
+def facts_path(store_path: str) -> str:
+    """The file holding the guidance bookkeeping and insights of the store at ``store_path``."""
+    return store_path + ".facts"
+
+
+def _pow2(n: int) -> int:
+    size = 1
+    while size < n:
+        size <<= 1
+    return size
+
+
+def _page_up(n: int) -> int:
+    return (n + PAGE - 1) // PAGE * PAGE
+
+
+class _Table:
+    """One open-addressing hash table of fixed records in the file, with its side blocks."""
+
+    def __init__(self, mm: mmap.mmap, number: int, entries: int, index_size: int, blocks: int, off: int) -> None:
+        self.mm = mm
+        self.state_off = _STATE_OFF[number]
+        self.entries, self.index_size, self.n_blocks = entries, index_size, blocks
+        self.mask = index_size - 1
+        self.index_off = off
+        self.entry_off = _page_up(off + 4 * index_size)
+        self.block_off = _page_up(self.entry_off + ENTRY * entries)
+        self.end = _page_up(self.block_off + BLOCK * blocks)
+
+    # -- header words -----------------------------------------------------------------------------
+    def state(self) -> list[int]:
+        return list(_TABLE_STATE.unpack_from(self.mm, self.state_off))
+
+    def set_state(self, values: list[int]) -> None:
+        _TABLE_STATE.pack_into(self.mm, self.state_off, *values)
+
+    # -- the index --------------------------------------------------------------------------------
+    def _slot(self, j: int) -> int:
+        return int.from_bytes(self.mm[self.index_off + 4 * j : self.index_off + 4 * j + 4], "little")
+
+    def _set_slot(self, j: int, value: int) -> None:
+        self.mm[self.index_off + 4 * j : self.index_off + 4 * j + 4] = value.to_bytes(4, "little")
+
+    def head(self, e: int) -> tuple[int, int, int, int, int, int]:
+        return _ENTRY.unpack_from(self.mm, self.entry_off + ENTRY * e)
+
+    def find(self, key: int) -> int:
+        """The entry holding ``key``, or -1."""
+        j = key & self.mask
+        while True:
+            s = self._slot(j)
+            if s == 0:
+                return -1
+            if self.head(s - 1)[0] == key:
+                return s - 1
+            j = (j + 1) & self.mask
+
+    def _index_insert(self, key: int, e: int) -> None:
+        j = key & self.mask
+        while self._slot(j) != 0:
+            j = (j + 1) & self.mask
+        self._set_slot(j, e + 1)
+
+    def _index_delete(self, key: int) -> None:
+        """Remove ``key`` from the index by backward shift (no tombstones)."""
+        j = key & self.mask
+        while self.head(self._slot(j) - 1)[0] != key:
+            j = (j + 1) & self.mask
+        while True:
+            self._set_slot(j, 0)
+            k = j
+            while True:
+                k = (k + 1) & self.mask
+                s = self._slot(k)
+                if s == 0:
+                    return
+                home = self.head(s - 1)[0] & self.mask
+                # The entry at k may fill the hole at j unless its home lies cyclically in (j, k].
+                if (k > j and (home <= j or home > k)) or (k < j and home <= j and home > k):
+                    self._set_slot(j, s)
+                    j = k
+                    break
+
+    # -- bodies --------------------------------------------------------------------------------------
+    def body(self, e: int) -> bytes:
+        key, _tick, ext, length, _kind, _crc = self.head(e)
+        at = self.entry_off + ENTRY * e + _ENTRY.size
+        if ext == 0:
+            return self.mm[at : at + length]
+        parts = []
+        b, left = ext - 1, length
+        while left > 0 and 0 <= b < self.n_blocks:
+            at = self.block_off + BLOCK * b
+            take = min(left, BLOCK_BODY)
+            parts.append(self.mm[at + 4 : at + 4 + take])
+            left -= take
+            b = int.from_bytes(self.mm[at : at + 4], "little") - 1
+        return b"".join(parts)
+
+    def _free_blocks(self, ext: int, st: list[int]) -> None:
+        b = ext - 1
+        while 0 <= b < self.n_blocks:
+            at = self.block_off + BLOCK * b
+            nxt = int.from_bytes(self.mm[at : at + 4], "little") - 1
+            self.mm[at : at + 4] = (st[3] + 1 if st[3] != NONE else 0).to_bytes(4, "little")
+            st[3] = b
+            b = nxt
+
+    def _alloc_block(self, st: list[int]) -> int:
+        if st[3] != NONE:
+            b = st[3]
+            at = self.block_off + BLOCK * b
+            nxt = int.from_bytes(self.mm[at : at + 4], "little")
+            st[3] = nxt - 1 if nxt else NONE
+            return b
+        if st[4] < self.n_blocks:
+            st[4] += 1
+            return st[4] - 1
+        return -1
+
+    def blocks_free(self, st: list[int]) -> int:
+        n = self.n_blocks - st[4]
+        b = st[3]
+        while b != NONE and n < 1 << 30:
+            n += 1
+            nxt = int.from_bytes(self.mm[self.block_off + BLOCK * b : self.block_off + BLOCK * b + 4], "little")
+            b = nxt - 1 if nxt else NONE
+        return n
+
+    def write(self, e: int, key: int, tick: int, kind: int, body: bytes, st: list[int]) -> bool:
+        """Write a record's body (the old chain freed first); False when the blocks ran out."""
+        old = self.head(e)
+        if old[0] == key and old[2]:
+            self._free_blocks(old[2], st)
+        at = self.entry_off + ENTRY * e
+        ext = 0
+        if len(body) > INLINE:
+            need = (len(body) + BLOCK_BODY - 1) // BLOCK_BODY
+            chain: list[int] = []
+            for _ in range(need):
+                b = self._alloc_block(st)
+                if b < 0:
+                    for got in chain:  # give back what was taken, one by one (no chain yet)
+                        p = self.block_off + BLOCK * got
+                        self.mm[p : p + 4] = bytes(4)
+                        self._free_blocks(got + 1, st)
+                    self.mm[at : at + _ENTRY.size] = _ENTRY.pack(key, tick, 0, 0, kind, zlib.crc32(b""))
+                    return False
+                chain.append(b)
+            for i, b in enumerate(chain):
+                p = self.block_off + BLOCK * b
+                nxt = chain[i + 1] + 1 if i + 1 < len(chain) else 0
+                piece = body[i * BLOCK_BODY : (i + 1) * BLOCK_BODY]
+                self.mm[p : p + 4] = nxt.to_bytes(4, "little")
+                self.mm[p + 4 : p + 4 + len(piece)] = piece
+            ext = chain[0] + 1
+        else:
+            self.mm[at + _ENTRY.size : at + _ENTRY.size + len(body)] = body
+        # The header last, checksum included: a record cut short by a crash fails its check.
+        self.mm[at : at + _ENTRY.size] = _ENTRY.pack(key, tick, ext, len(body), kind, zlib.crc32(body))
+        return True
+
+    def insert(self, key: int, st: list[int]) -> int:
+        """A free entry for ``key`` (indexed), or -1 when the table is full."""
+        if st[0] != NONE:
+            e = st[0]
+            st[0] = self.head(e)[1]  # a free entry's tick links the free list
+        elif st[1] < self.entries:
+            e = st[1]
+            st[1] += 1
+        else:
+            return -1
+        at = self.entry_off + ENTRY * e
+        self.mm[at : at + _ENTRY.size] = _ENTRY.pack(key, 0, 0, 0, 0, zlib.crc32(b""))
+        self._index_insert(key, e)
+        st[2] += 1
+        return e
+
+    def delete(self, e: int, st: list[int]) -> None:
+        key, _tick, ext, _length, _kind, _crc = self.head(e)
+        self._index_delete(key)
+        if ext:
+            self._free_blocks(ext, st)
+        at = self.entry_off + ENTRY * e
+        self.mm[at : at + _ENTRY.size] = _ENTRY.pack(0, st[0], 0, 0, 0, 0)
+        st[0] = e
+        st[2] -= 1
+
+    def live(self, st: list[int]) -> Iterator[int]:
+        for e in range(st[1]):
+            if self.head(e)[0] != 0:
+                yield e
+
+    def rebuild(self) -> list[int]:
+        """Check every record and rebuild the index, free lists and counts (after a crash)."""
+        st = self.state()
+        n_alloc = min(st[1], self.entries)
+        self.mm[self.index_off : self.index_off + 4 * self.index_size] = bytes(4 * self.index_size)
+        used_blocks: set[int] = set()
+        good: list[int] = []
+        for e in range(n_alloc):
+            key, tick, ext, length, kind, crc = self.head(e)
+            if key == 0:
+                continue
+            chain: list[int] = []
+            b, ok = ext - 1, True
+            while ext and 0 <= b < self.n_blocks and len(chain) * BLOCK_BODY < length:
+                if b in used_blocks or b in chain:
+                    ok = False
+                    break
+                chain.append(b)
+                p = self.block_off + BLOCK * b
+                b = int.from_bytes(self.mm[p : p + 4], "little") - 1
+            ok = ok and self.find(key) < 0 and zlib.crc32(self.body(e)) == crc
+            if not ok:
+                self.mm[self.entry_off + ENTRY * e : self.entry_off + ENTRY * e + _ENTRY.size] = bytes(_ENTRY.size)
+                continue
+            used_blocks.update(chain)
+            self._index_insert(key, e)
+            good.append(e)
+        free_head = NONE
+        for e in range(n_alloc - 1, -1, -1):
+            if self.head(e)[0] == 0:
+                at = self.entry_off + ENTRY * e
+                self.mm[at : at + _ENTRY.size] = _ENTRY.pack(0, free_head, 0, 0, 0, 0)
+                free_head = e
+        block_alloc = min(st[4], self.n_blocks)
+        block_free = NONE
+        for b in range(block_alloc - 1, -1, -1):
+            if b not in used_blocks:
+                p = self.block_off + BLOCK * b
+                self.mm[p : p + 4] = (block_free + 1 if block_free != NONE else 0).to_bytes(4, "little")
+                block_free = b
+        st = [free_head, n_alloc, len(good), block_free, block_alloc]
+        self.set_state(st)
+        return good
+
+
+class _FileTxn:
+    """A transaction on a :class:`FileState`: records read once, written back at the end."""
+
+    def __init__(self, store: FileState) -> None:
+        self.store = store
+        self.users: dict[str, list[Any]] = {}  # user id -> [plain or live parts, decoded flags, touched]
+        self.rows_: dict[tuple[str, Any], list[Any]] = {}
+        self._scalars: dict[str, Any] | None = None
+        self._samples: list[tuple[int, float]] = []
+
+    # -- users ------------------------------------------------------------------------------------
+    def _record(self, user_id: str) -> list[Any]:
+        rec = self.users.get(user_id)
+        if rec is None:
+            parts: list[Any] = [None] * N_PARTS
+            t = self.store.users_table
+            e = t.find(key64(user_id))
+            raw = b""
+            if e >= 0:
+                raw = t.body(e)
+                try:
+                    doc = msgspec.msgpack.decode(raw)
+                    if doc[0] == user_id:  # else another id with the same 64-bit key: not theirs
+                        parts = list(doc[1:]) + [None] * (N_PARTS - len(doc) + 1)
+                except (msgspec.DecodeError, IndexError, TypeError):
+                    pass
+            rec = self.users[user_id] = [parts, [False] * N_PARTS, False, raw]
+        return rec
+
+    def _part(self, rec: list[Any], part: int) -> Any:
+        if not rec[1][part] and rec[0][part] is not None:
+            rec[0][part] = self.store.codecs[part].decode(rec[0][part])
+        rec[1][part] = True
+        return rec[0][part]
+
+    def user(self, part: int, user_id: str, create: Callable[[], Any] | None = None) -> Any:
+        """See :meth:`StateTxn.user`."""
+        rec = self._record(user_id)
+        value = self._part(rec, part)
+        if value is None and create is not None:
+            value = rec[0][part] = create()
+        if value is not None:
+            rec[2] = True
+        return value
+
+    def peek(self, part: int, user_id: str) -> Any:
+        """See :meth:`StateTxn.peek`."""
+        return self._part(self._record(user_id), part)
+
+    def discard(self, part: int, user_id: str) -> Any:
+        """See :meth:`StateTxn.discard`."""
+        rec = self._record(user_id)
+        value = self._part(rec, part)
+        rec[0][part] = None
+        return value
+
+    # -- aggregates ---------------------------------------------------------------------------------
+    def get_row(self, table: str, key: Hashable) -> list[Any] | None:
+        """See :meth:`StateTxn.get_row`."""
+        cached = self.rows_.get((table, key))
+        if cached is not None:
+            return cached[0]  # type: ignore[no-any-return]
+        t = self.store.agg_table
+        e = t.find(self.store.row_key(table, key))
+        if e < 0:
+            return None
+        raw = t.body(e)
+        row = list(msgspec.msgpack.decode(raw)[1])
+        self.rows_[(table, key)] = [row, raw]
+        return row
+
+    def row(self, table: str, key: Hashable, fresh: Callable[[], list[Any]]) -> list[Any]:
+        """See :meth:`StateTxn.row`."""
+        found = self.get_row(table, key)
+        if found is not None:
+            return found
+        n = self.store.row_count(table) + sum(1 for (tb, _k), v in self.rows_.items() if tb == table and not v[1])
+        if n >= MAX_KEYS:
+            key = _pooled({}, key)
+            found = self.get_row(table, key)
+            if found is not None:
+                return found
+        row = fresh()
+        self.rows_[(table, key)] = [row, b""]
+        return row
+
+    @property
+    def scalars(self) -> dict[str, Any]:
+        """See :meth:`StateTxn.scalars`."""
+        if self._scalars is None:
+            self._scalars = self.store.read_scalars()
+        return self._scalars
+
+    def sample(self, value: float, seen: int, rng: random.Random) -> None:
+        """See :meth:`StateTxn.sample`."""
+        if seen <= RESERVOIR:
+            self._samples.append((seen - 1, value))
+        else:
+            j = rng.randrange(seen)
+            if j < RESERVOIR:
+                self._samples.append((j, value))
+
+    # -- commit ------------------------------------------------------------------------------------
+    def commit(self) -> None:
+        store = self.store
+        store.commit_users(self.users)
+        store.commit_rows(self.rows_)
+        if self._scalars is not None:
+            store.write_scalars(self._scalars)
+        for j, value in self._samples:
+            struct.pack_into("<d", store.mm, store.reservoir_off + 8 * j, value)
+
+
+class _Mapped:
+    """One facts file mapped into this process: shared by every :class:`FileState` of the
+    process on it (an fcntl lock belongs to the process, so its threads need one lock of
+    their own, and closing any descriptor of the file would drop the process's lock)."""
+
+    def __init__(self, path: str, file: Any, capacity: int) -> None:
+        self.path = path
+        self.file = file
+        self.fd: int = file.fileno()
+        self.lock = threading.Lock()
+        fcntl.lockf(self.fd, fcntl.LOCK_EX, 1, 0)  # creating and checking: one process at a time
+        try:
+            self._open(capacity)
+        finally:
+            fcntl.lockf(self.fd, fcntl.LOCK_UN, 1, 0)
+
+    def _layout(self, mm: Any, capacity: int) -> tuple[_Table, _Table, int, int]:
+        reservoir_off = HEADER
+        users_off = _page_up(reservoir_off + 8 * RESERVOIR)
+        agg_entries = len(TABLES) * (MAX_KEYS + 1) + 16
+        users = _Table(mm, 0, capacity, _pow2(2 * capacity), capacity, users_off)
+        agg = _Table(mm, 1, agg_entries, _pow2(2 * agg_entries), agg_entries, users.end)
+        return users, agg, reservoir_off, agg.end
+
+    def _open(self, capacity: int) -> None:
+        from .store import StoreError
+
+        size = os.fstat(self.fd).st_size
+        fresh = size < HEADER
+        if not fresh:
+            magic, version, stored = _FIXED.unpack(os.pread(self.fd, _FIXED.size, 0))[:3]
+            if magic != MAGIC or version != VERSION:
+                raise StoreError(f"{self.path}: not a pyfriction facts file of version {VERSION}; move it aside")
+            capacity = stored
+        users, agg, _r, total = self._layout(None, capacity)
+        if fresh:
+            os.ftruncate(self.fd, total)  # sparse: pages cost memory once written
+        elif size < total:
+            raise StoreError(f"{self.path}: the facts file is truncated ({size} of {total} bytes); move it aside")
+        self.mm = mmap.mmap(self.fd, total)
+        self.capacity = capacity
+        self.users_table, self.agg_table, self.reservoir_off, _total = self._layout(self.mm, capacity)
+        if fresh:
+            _FIXED.pack_into(self.mm, 0, MAGIC, VERSION, capacity, users.entries, users.index_size, users.n_blocks,
+                             agg.entries, agg.index_size, agg.n_blocks, 0, 0)  # fmt: skip
+            for t in (self.users_table, self.agg_table):
+                t.set_state([NONE, 0, 0, NONE, 0])
+
+
+_mapped: weakref.WeakValueDictionary[tuple[int, int], _Mapped] = weakref.WeakValueDictionary()
+_open_states: weakref.WeakSet[FileState] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # Another thread may have held a lock at fork(): the child's copy would never open.
+    for m in list(_mapped.values()):
+        m.lock = threading.Lock()
+    for state in list(_open_states):
+        state.rng = random.Random()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class FileState:
+    """Per-user parts, aggregates and scalars in a memory-mapped file shared by processes.
+
+    ``capacity`` users (least recently active of a sample evicted first when full, every
+    part of them at once); each user's record is 64 bytes, what does not fit in its 40 bytes
+    of body spills into a side table of 256-byte blocks (one per user on average, sparse on
+    disk until used). A file created with another capacity keeps its own.
+    """
+
+    shared = True
+
+    def __init__(self, path: str, capacity: int) -> None:
+        self.path = path
+        self.codecs: dict[int, Codec] = {}
+        self.rng = random.Random()
+        # A file object owns the descriptor: closed with the mapping when nothing uses it.
+        file = open(os.open(path, os.O_RDWR | os.O_CREAT, 0o644), "r+b", buffering=0)
+        st = os.fstat(file.fileno())
+        m = _mapped.get((st.st_dev, st.st_ino))
+        if m is not None:
+            file.close()  # no lock of ours is held on it yet: closing drops nothing
+        else:
+            try:
+                m = _Mapped(path, file, capacity)
+            except BaseException:
+                file.close()
+                raise
+            _mapped[(st.st_dev, st.st_ino)] = m
+        self.m = m
+        self.mm = m.mm
+        self.fd = m.fd
+        self.capacity = m.capacity
+        self.users_table, self.agg_table, self.reservoir_off = m.users_table, m.agg_table, m.reservoir_off
+        _open_states.add(self)
+
+    def close(self) -> None:
+        """Let go of the file (unmapped and closed once no store of this process uses it)."""
+        _open_states.discard(self)
+
+    def codec(self, part: int, codec: Codec) -> None:
+        """See :meth:`StateStore.codec`."""
+        self.codecs[part] = codec
+
+    # -- the lock ------------------------------------------------------------------------------------
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """This process's threads one at a time, then the processes one at a time (fcntl: the
+        kernel drops the lock of a process that dies); a holder that died in the middle of a
+        change left its pid in ``busy``: the file is checked and rebuilt first."""
+        with self.m.lock:
+            fcntl.lockf(self.fd, fcntl.LOCK_EX, 1, 0)
+            try:
+                busy = int.from_bytes(self.mm[_BUSY_OFF : _BUSY_OFF + 4], "little")
+                if busy:
+                    self.repair()
+                self.mm[_BUSY_OFF : _BUSY_OFF + 4] = os.getpid().to_bytes(4, "little")
+                yield
+                self.mm[_BUSY_OFF : _BUSY_OFF + 4] = bytes(4)
+            finally:
+                fcntl.lockf(self.fd, fcntl.LOCK_UN, 1, 0)
+
+    def repair(self) -> None:
+        """Rebuild both tables from their records and recount the aggregate rows."""
+        self.users_table.rebuild()
+        counts = [0] * len(TABLES)
+        t = self.agg_table
+        for e in t.rebuild():
+            kind = t.head(e)[4]
+            if 1 <= kind <= len(TABLES):
+                counts[kind - 1] += 1
+        struct.pack_into(f"<{len(TABLES)}I", self.mm, _ROWS_OFF, *counts)
+        try:
+            self.read_scalars()
+        except (msgspec.DecodeError, ValueError):
+            self.write_scalars({})
+
+    @contextmanager
+    def transaction(self) -> Iterator[_FileTxn]:
+        """See :meth:`StateStore.transaction`: the changes are written when it exits normally."""
+        with self.locked():
+            txn = _FileTxn(self)
+            yield txn
+            txn.commit()
+
+    # -- pieces for the transaction -----------------------------------------------------------------
+    def _tick(self) -> int:
+        tick = (int.from_bytes(self.mm[_TICK_OFF : _TICK_OFF + 4], "little") + 1) & 0xFFFFFFFF
+        self.mm[_TICK_OFF : _TICK_OFF + 4] = tick.to_bytes(4, "little")
+        return tick
+
+    def _encode_user(self, user_id: str, rec: list[Any]) -> bytes:
+        plain = [self.codecs[p].encode(v) if rec[1][p] and v is not None else v for p, v in enumerate(rec[0])]
+        return msgspec.msgpack.encode([user_id, *plain])
+
+    def commit_users(self, users: dict[str, list[Any]]) -> None:
+        t = self.users_table
+        st = t.state()
+        for user_id, rec in users.items():
+            key = key64(user_id)
+            e = t.find(key)
+            if all(v is None for v in rec[0]):
+                if e >= 0 and rec[3]:
+                    t.delete(e, st)
+                continue
+            body = self._encode_user(user_id, rec)
+            if body == rec[3] and not rec[2]:
+                continue  # read, unchanged, not marked active
+            tick = self._tick() if rec[2] or e < 0 else t.head(e)[1]
+            if e < 0:
+                while st[2] >= t.entries:
+                    self._evict(st, keep=key)
+                e = t.insert(key, st)
+            while not t.write(e, key, tick, USER_KIND, body, st):
+                if not self._evict(st, keep=key):  # this user alone exceeds the side table
+                    t.delete(e, st)
+                    break
+        t.set_state(st)
+
+    def _evict(self, st: list[int], keep: int) -> bool:
+        """Drop the least recently active of a sample of users; False when none but ``keep``."""
+        t = self.users_table
+        best, best_age = -1, -1
+        now = int.from_bytes(self.mm[_TICK_OFF : _TICK_OFF + 4], "little")
+        for _ in range(EVICT_SAMPLE if st[2] > EVICT_SAMPLE else 0):
+            e = self.rng.randrange(st[1])
+            key, tick = t.head(e)[:2]
+            if key and key != keep and (now - tick) & 0xFFFFFFFF > best_age:
+                best, best_age = e, (now - tick) & 0xFFFFFFFF
+        if best < 0:  # few users (or an unlucky sample): look at all
+            for e in t.live(st):
+                key, tick = t.head(e)[:2]
+                if key != keep and (now - tick) & 0xFFFFFFFF > best_age:
+                    best, best_age = e, (now - tick) & 0xFFFFFFFF
+        if best < 0:
+            return False
+        t.delete(best, st)
+        return True
+
+    def row_key(self, table: str, key: Hashable) -> int:
+        return key64(table + "\0" + msgspec.json.encode(key).decode())
+
+    def row_count(self, table: str) -> int:
+        at = _ROWS_OFF + 4 * TABLES.index(table)
+        return int.from_bytes(self.mm[at : at + 4], "little")
+
+    def commit_rows(self, rows: dict[tuple[str, Any], list[Any]]) -> None:
+        t = self.agg_table
+        st = t.state()
+        for (table, key), (row, raw) in rows.items():
+            body = msgspec.msgpack.encode([key, row])
+            if body == raw:
+                continue
+            rk = self.row_key(table, key)
+            e = t.find(rk)
+            if e < 0:
+                e = t.insert(rk, st)
+                if e < 0:
+                    continue  # cannot happen: the rows are pooled well below the entries
+                at = _ROWS_OFF + 4 * TABLES.index(table)
+                self.mm[at : at + 4] = (self.row_count(table) + 1).to_bytes(4, "little")
+            t.write(e, rk, 0, TABLES.index(table) + 1, body, st)
+        t.set_state(st)
+
+    def read_scalars(self) -> dict[str, Any]:
+        n = int.from_bytes(self.mm[_SCALARS_LEN_OFF : _SCALARS_LEN_OFF + 4], "little")
+        if not n:
+            return {}
+        value = msgspec.msgpack.decode(self.mm[_SCALARS_OFF : _SCALARS_OFF + min(n, SCALARS_MAX)])
+        if not isinstance(value, dict):
+            raise ValueError("scalars are not a map")
+        return value
+
+    def write_scalars(self, values: dict[str, Any]) -> None:
+        body = msgspec.msgpack.encode(values)
+        if len(body) > SCALARS_MAX:
+            raise ValueError("too many scalars for the facts file's header")
+        # The length after the body: a crash in between leaves the old length, and a torn
+        # body fails to decode and is reset by repair.
+        self.mm[_SCALARS_OFF : _SCALARS_OFF + len(body)] = body
+        self.mm[_SCALARS_LEN_OFF : _SCALARS_LEN_OFF + 4] = len(body).to_bytes(4, "little")
+
+    # -- reads ----------------------------------------------------------------------------------------
+    def count(self, part: int) -> int:
+        """See :meth:`StateStore.count` (users holding any part, in the file)."""
+        with self.locked():
+            return self.users_table.state()[2]
+
+    def users(self, part: int) -> list[tuple[str, Any]]:
+        """See :meth:`StateStore.users`."""
+        found: list[tuple[int, str, Any]] = []
+        with self.locked():
+            t = self.users_table
+            for e in t.live(t.state()):
+                doc = msgspec.msgpack.decode(t.body(e))
+                if len(doc) > part + 1 and doc[part + 1] is not None:
+                    found.append((t.head(e)[1], doc[0], self.codecs[part].decode(doc[part + 1])))
+        now = int.from_bytes(self.mm[_TICK_OFF : _TICK_OFF + 4], "little")
+        found.sort(key=lambda x: -((now - x[0]) & 0xFFFFFFFF))
+        return [(uid, value) for _tick, uid, value in found]
+
+    def rows(self, table: str) -> list[tuple[Any, list[Any]]]:
+        """See :meth:`StateStore.rows`."""
+        kind = TABLES.index(table) + 1
+        out: list[tuple[Any, list[Any]]] = []
+        with self.locked():
+            t = self.agg_table
+            for e in t.live(t.state()):
+                if t.head(e)[4] == kind:
+                    key, row = msgspec.msgpack.decode(t.body(e))
+                    out.append((tuple(key) if isinstance(key, list) else key, row))
+        return out
+
+    def reservoir(self) -> list[float]:
+        """See :meth:`StateStore.reservoir`."""
+        with self.locked():
+            n = min(int(self.read_scalars().get("lead_seen", 0)), RESERVOIR)
+            return list(struct.unpack_from(f"<{n}d", self.mm, self.reservoir_off))
+
+    def set_reservoir(self, values: list[float]) -> None:
+        """Replace the reservoir (a snapshot's; ``lead_seen`` is set by the caller)."""
+        values = list(values)[:RESERVOIR]
+        with self.locked():
+            struct.pack_into(f"<{len(values)}d", self.mm, self.reservoir_off, *values)
+
+    def clear(self, parts: tuple[int, ...], tables: tuple[str, ...]) -> None:
+        """See :meth:`StateStore.clear`."""
+        with self.locked():
+            t = self.users_table
+            st = t.state()
+            for e in list(t.live(st)):
+                doc = list(msgspec.msgpack.decode(t.body(e)))
+                for p in parts:
+                    if len(doc) > p + 1:
+                        doc[p + 1] = None
+                key = t.head(e)[0]
+                if all(v is None for v in doc[1:]):
+                    t.delete(e, st)
+                else:
+                    t.write(e, key, t.head(e)[1], USER_KIND, msgspec.msgpack.encode(doc), st)
+            t.set_state(st)
+            a = self.agg_table
+            st = a.state()
+            kinds = {TABLES.index(tb) + 1 for tb in tables}
+            for e in list(a.live(st)):
+                if a.head(e)[4] in kinds:
+                    a.delete(e, st)
+            a.set_state(st)
+            for tb in tables:
+                at = _ROWS_OFF + 4 * TABLES.index(tb)
+                self.mm[at : at + 4] = bytes(4)
