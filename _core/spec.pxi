@@ -340,7 +340,9 @@ cdef inline double error_factor(CompiledCore self, int code, long status) noexce
 
 
 cdef inline void check_stall(CompiledCore self, Slot* u, double te) noexcept nogil:
-    if not self.P.stall_on or u.step == 0 or u.flags & F_DONE:
+    # The limit is at least stall_min_s: within it there is nothing to judge, and most events
+    # come early in a visit, so the step's baseline is not even looked up.
+    if not self.P.stall_on or u.step == 0 or u.flags & F_DONE or te - u.step_ts <= self.P.stall_min_s:
         return
     stall(&self.P, u, c_stall_limit(self, u.step), te)
 

@@ -424,7 +424,10 @@ class ReferenceCore:
         return 1.0
 
     def check_stall(self, u: _User, te: float) -> None:
-        if not self._rules.p.stall_on or u.step == 0 or u.flags & F_DONE:
+        P = self._rules.p
+        # The limit is at least stall_min_s: within it there is nothing to judge (the core
+        # skips the baseline's lookup there).
+        if not P.stall_on or u.step == 0 or u.flags & F_DONE or te - u.step_ts <= P.stall_min_s:
             return
         stall(self._rules.p, u, self.stall_limit(u.step), te)
 

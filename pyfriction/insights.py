@@ -300,14 +300,15 @@ class _InsightCodec:
         return u
 
 
-class _BoxCodec:
-    """An open struggle: ``[top detector]`` (plain already)."""
+class _TopCodec:
+    """An open struggle: the top detector of its first episode, a str (plain already; not a
+    box: one object less per user with an episode, at a million users it shows)."""
 
     def encode(self, value: Any) -> Any:
         return value
 
     def decode(self, plain: Any) -> Any:
-        return list(plain)
+        return str(plain[0]) if isinstance(plain, list) else str(plain)
 
 
 #: The global counters of the figures, with their initial values.
@@ -335,7 +336,7 @@ class InsightsCollector:
         self._catalog = dict(items)
         self._state: StateStore = MemoryState(capacity) if state is None else state
         self._state.codec(INSIGHT, _InsightCodec())
-        self._state.codec(STRUGGLE, _BoxCodec())
+        self._state.codec(STRUGGLE, _TopCodec())
         self._keys: dict[Any, Any] = {}  # one shared tuple per hotspot key, for the user records
         self._ones: dict[Any, tuple[Any]] = {}  # one shared 1-tuple per key or account: most users have one
         self._rng = random.Random(0x5EED)
@@ -423,7 +424,8 @@ class InsightsCollector:
                 u.since_ticket = ()
                 top = episode.reasons[0].detector if episode.reasons else "none"
                 tx.row("detectors", top, lambda: [0, 0])[0] += 1
-                tx.user(STRUGGLE, episode.user_id, lambda: [top])[0] = top
+                tx.discard(STRUGGLE, episode.user_id)  # a str: replaced, not changed in place
+                tx.user(STRUGGLE, episode.user_id, lambda: top)
             if key not in u.since_ticket:
                 u.since_ticket = self._added(u.since_ticket, key)
             if u.account:
@@ -465,9 +467,9 @@ class InsightsCollector:
                     spot = tx.get_row("hotspots", key)
                     if spot is not None:
                         spot[2] += 1
-                box = tx.discard(STRUGGLE, user_id)
-                if box is not None:
-                    row = tx.get_row("detectors", box[0])
+                opened = tx.discard(STRUGGLE, user_id)
+                if opened is not None:
+                    row = tx.get_row("detectors", opened)
                     if row is not None:
                         row[1] += 1
             u.first_episode = None
@@ -600,7 +602,7 @@ class InsightsCollector:
             "buckets": sc["buckets"],
             "reservoir": self._state.reservoir(),
             "lead_seen": sc["lead_seen"],
-            "struggles": [(uid, box[0]) for uid, box in self._state.users(STRUGGLE)],
+            "struggles": [(uid, top) for uid, top in self._state.users(STRUGGLE)],
             "detectors": dict(self._state.rows("detectors")),
             "counts": [sc["tickets"], sc["preceded"], sc["episodes"], sc["guided_episodes"], sc["holdout_episodes"]],
             "span": [sc["since"], sc["until"]],
@@ -627,7 +629,7 @@ class InsightsCollector:
                 tx.row("items", str(k), lambda v=v: ([int(x) for x in v] + [0] * width)[:width])
             # Exports before detection quality have neither: counted from the restore on.
             for u_id, d in data.get("struggles", ()):
-                tx.user(STRUGGLE, str(u_id), lambda d=d: [str(d)])
+                tx.user(STRUGGLE, str(u_id), lambda d=d: str(d))
             for k, v in dict(data.get("detectors", {})).items():
                 tx.row("detectors", str(k), lambda v=v: [int(x) for x in v])
             sc = tx.scalars

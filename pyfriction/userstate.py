@@ -28,7 +28,6 @@ import struct
 import threading
 import weakref
 import zlib
-from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol
@@ -164,7 +163,9 @@ class MemoryState:
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self.lock = threading.Lock()
-        self.parts: list[OrderedDict[str, Any]] = [OrderedDict() for _ in range(N_PARTS)]
+        # Plain dicts kept in recency order (a touch re-inserts): an OrderedDict's links cost
+        # about 50 bytes more per user, and there is one entry per user with an episode.
+        self.parts: list[dict[str, Any]] = [{} for _ in range(N_PARTS)]
         self.tables: dict[str, dict[Any, list[Any]]] = {t: {} for t in TABLES}
         self._scalars: dict[str, Any] = {}
         self._reservoir: list[float] = []
@@ -182,13 +183,13 @@ class MemoryState:
     def user(self, part: int, user_id: str, create: Callable[[], Any] | None = None) -> Any:
         """See :meth:`StateTxn.user`."""
         users = self.parts[part]
-        value = users.get(user_id)
+        value = users.pop(user_id, None)
         if value is not None:
-            users.move_to_end(user_id)
+            users[user_id] = value  # the most recent now
         elif create is not None:
             value = users[user_id] = create()
             while len(users) > self.capacity:
-                users.popitem(last=False)
+                del users[next(iter(users))]  # the least recently touched
         return value
 
     def peek(self, part: int, user_id: str) -> Any:
