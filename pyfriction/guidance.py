@@ -608,7 +608,8 @@ class GuidanceEngine:
 
 def unshown(tracker: Any, user_id: str) -> list[Guidance]:
     """The guidance a :class:`pyfriction.Tracker` offered ``user_id`` that no page has shown
-    yet, at the tracker's clock: :meth:`GuidanceEngine.unshown` (reading does not consume; an
+    yet, at the tracker's clock: ``tracker.unshown(user_id)`` (kept for callers of this
+    function), that is :meth:`GuidanceEngine.unshown` (reading does not consume; an
     item comes back until ``tracker.ack(user_id, guidance_id, "shown")`` or its expiry)."""
-    engine: GuidanceEngine = tracker._guidance
-    return engine.unshown(user_id, float(tracker._clock()))
+    result: list[Guidance] = tracker.unshown(user_id)
+    return result

@@ -375,6 +375,14 @@ class Tracker:
         call does not return it again. Items older than ``guidance.expire_after`` are dropped."""
         return self._guidance.pending(user_id, float(self._clock()))
 
+    def unshown(self, user_id: str) -> list[Guidance]:
+        """Guidance offered to ``user_id`` that no page has shown yet (oldest first). Unlike
+        :meth:`pending`, reading does not consume: an item comes back until
+        ``ack(user_id, id, "shown")`` (or clicked, dismissed, completed) or its expiry, so a page
+        that closed between reading and showing it does not lose it (what the sidecar's streams
+        read). The first read counts as delivered."""
+        return self._guidance.unshown(user_id, float(self._clock()))
+
     def ack(self, user_id: str, guidance_id: str, outcome: str, *, ts: float | None = None) -> bool:
         """Record what ``user_id`` did with guidance ``guidance_id``: ``"shown"``, ``"clicked"``,
         ``"dismissed"`` (not offered again for ``caps.dismiss_for`` seconds), ``"completed"``

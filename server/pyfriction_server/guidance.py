@@ -8,7 +8,7 @@
   once, and every stream (another tab, a reconnect) gets it again until a page reports it
   ``shown`` (an ack, or a ``guidance_shown`` event) or it expires (``guidance.expire_after``).
   So a tab that read an item and closed, or a stream that dropped, before showing it, loses
-  nothing (:func:`pyfriction.guidance.unshown`).
+  nothing (:meth:`pyfriction.Tracker.unshown`).
 * ``GET /v1/guidance/{user_id}``: the user's pending guidance as JSON. Handed out once
   (``Tracker.pending``: for a client that shows what it reads); with ``keep=1`` it is what a
   stream would send, kept until shown (pyfriction.js polls so when it has no EventSource).
@@ -42,7 +42,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 import pyfriction
-from pyfriction.guidance import render_body, unshown
+from pyfriction.guidance import render_body
 
 from .errors import HTTPError
 from .keys import client_address, header_key
@@ -163,11 +163,11 @@ def _authorize(request: Request, user_id: str, reads: bool = False) -> tuple[Any
 
 
 def _pending(sc: Any, user_id: str, keep: bool = False) -> list[Any]:
-    """The user's guidance: kept until shown (``keep``: :func:`pyfriction.guidance.unshown`)
+    """The user's guidance: kept until shown (``keep``: :meth:`pyfriction.Tracker.unshown`)
     or handed out once (``Tracker.pending``)."""
     tracker = sc.state.tracker
     if keep and isinstance(tracker, pyfriction.Tracker):
-        return unshown(tracker, user_id)
+        return tracker.unshown(user_id)
     pending = getattr(tracker, "pending", None)
     return [] if pending is None else list(pending(user_id))
 

@@ -176,7 +176,7 @@ class Metrics:
             ("reason",)))  # fmt: skip
         self.episodes = r.add(Counter("pyfriction_episodes_total", "Friction episodes fired."))
         self.guidance_delivered = r.add(Counter(
-            "pyfriction_guidance_delivered_total", "Guidance handed to a browser, by channel (poll, stream).",
+            "pyfriction_guidance_delivered_total", "Guidance items sent to a browser, by channel (poll: once per item; stream: once per stream and item).",
             ("channel",), [("poll",), ("stream",)]))  # fmt: skip
         self.guidance_feedback = r.add(Counter(
             "pyfriction_guidance_feedback_total", "Guidance feedback from browsers (shown, clicked, dismissed, completed).",

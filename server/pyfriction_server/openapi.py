@@ -238,17 +238,23 @@ def document() -> dict[str, Any]:
         }]  # fmt: skip
     paths["/i/v1/analytics/events"] = _ingest("PostHog capture v1", "PostHogV1Batch", "PostHogV1OK", "posthog")
     guidance_params = [USER_ID, *TOKEN_PARAMS]
+    keep = {
+        "name": "keep", "in": "query", "required": False, "schema": {"type": "string"},
+        "description": "`1` (any other value: off): items stay until the page reports them shown (acked `shown`, or a `guidance_shown` "
+                       "event) or they expire, as on the stream; without it a poll hands each item out once.",
+    }  # fmt: skip
     paths["/v1/guidance/{user_id}"] = _get(
         "Pending guidance for a user (poll)",
-        _ok("GuidanceList", "The pending guidance, now marked delivered."),
+        _ok("GuidanceList", "The pending guidance (without `keep=1`: now handed out, not returned again)."),
         "guidance",
-        parameters=guidance_params,
+        parameters=[*guidance_params, keep],
         security=[{"writeKey": []}, {"bearer": []}, {}],
     )
     paths["/v1/guidance/{user_id}"]["get"]["responses"].update(READ_ERRORS)
     paths["/v1/guidance/{user_id}/stream"] = _get(
         "Guidance as Server-Sent Events",
-        {"description": "An event stream: `event: guidance` with a Guidance as data; comments as keep-alive; "
+        {"description": "An event stream: `event: guidance` with a Guidance as data (each item once per stream; "
+                        "another stream gets it again until a page reports it shown); comments as keep-alive; "
                         "`event: expired` ends it when the user token expires.",
          "content": {"text/event-stream": {"schema": {"type": "string"}}}},
         "guidance", parameters=guidance_params, security=[{"writeKey": []}, {"bearer": []}, {}],
