@@ -2,6 +2,7 @@
 
     python benchmarks/calibrate.py --users 80000          # about a million events
     python benchmarks/calibrate.py --fit-seed 1 --judge-seeds 2 3 --users 2000
+    python benchmarks/calibrate.py --fit-seed 1 --judge-seeds 2 3 --users 5000 --config untuned.toml
 
 The first form writes one seed's journeys (``benchmarks/journeys.py``) and times the whole
 calibration (three passes over the log: evidence, validation with the base and with the tuned
@@ -33,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--judge-seeds", type=int, nargs="*", default=[], help="seeds to judge on (default: none)")
     parser.add_argument("--engine", default="auto", choices=["auto", "compiled", "reference"], help="(default: auto)")
     parser.add_argument("--target-fpr", type=float, default=0.01, help="false-positive budget (default: 0.01)")
+    parser.add_argument("--config", default=None, help="base config to calibrate from (default: the built-in one)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         log = os.path.join(tmp, "fit.jsonl")
@@ -40,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         journeys.write_log(log, events)
         del events
         started = time.perf_counter()
-        result = calibrate.calibrate([log], engine=args.engine, target_fpr=args.target_fpr)
+        result = calibrate.calibrate([log], args.config, engine=args.engine, target_fpr=args.target_fpr)
         seconds = time.perf_counter() - started
         print(calibrate.format_result(result))
         print(
@@ -48,8 +50,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         if args.judge_seeds:
             tuned = os.path.join(tmp, "tuned.toml")
-            calibrate.write_config(tuned, calibrate.load_config(None), result)
-            for name, config in (("default", None), ("tuned", tuned)):
+            calibrate.write_config(tuned, calibrate.load_config(args.config), result)
+            bases = [("default", None)] + ([("base", args.config)] if args.config else [])
+            for name, config in (*bases, ("tuned", tuned)):
                 results = detection.run(args.judge_seeds, 2000 if args.users > 20_000 else args.users, config,
                                         args.engine)  # fmt: skip
                 print(f"\n== {name} config on seeds {args.judge_seeds}")
