@@ -105,7 +105,7 @@ class _AsgiFriction(RequestFriction):
     (``__call__`` returns ``send()``'s awaitable: no coroutine of its own per message).
     """
 
-    __slots__ = ("_scope", "_mw", "_send", "code", "html")
+    __slots__ = ("_scope", "_mw", "_send", "code", "html", "start", "observed")
     # Fixed for a request context: class attributes, not per-request assignments (hot path).
     traits = None
     _step = None
@@ -121,9 +121,12 @@ class _AsgiFriction(RequestFriction):
         self._send = send
         self.code = 0
         self.html = False
+        self.start = 0.0
+        self.observed = False
 
     def __call__(self, message: Message) -> Awaitable[None]:
-        if message["type"] == "http.response.start":
+        kind = message["type"]
+        if kind == "http.response.start":
             code = self.code = message["status"]
             mw = self._mw
             if mw.pages and code < 300:
@@ -133,6 +136,19 @@ class _AsgiFriction(RequestFriction):
                         break
             if mw.guidance_header and code < 400:
                 mw._add_guidance(message, self)
+        elif (
+            kind == "http.response.body"
+            and self.code < 500
+            and not message.get("more_body", False)
+            and not self.observed
+        ):
+            # Observed before the last byte leaves, not after: the user's next request (on
+            # any worker of a shared store) must already see the episode this one caused.
+            # A 5xx waits for the end: the exception behind it, if any, is what is observed.
+            self.observed = True
+            scope = self._scope
+            if scope is not None:
+                self._mw._observe_outcome(scope, self)
         return self._send(message)
 
     def _find(self) -> Any:
@@ -192,7 +208,7 @@ class FrictionMiddleware:
             await self.app(scope, receive, send)
             return
         token = _user_var.set(ctx)
-        start = _perf()
+        start = ctx.start = _perf()
         try:
             await self.app(scope, receive, ctx)
         except BaseException as exc:
@@ -200,8 +216,8 @@ class FrictionMiddleware:
             self._finish(scope, ctx, start, exc)
             raise
         else:
-            if ctx.code >= 400 or ctx.html or (self.slow_after is not None and _perf() - start >= self.slow_after):
-                self._finish(scope, ctx, start, None)
+            if not ctx.observed:  # no final body message was sent (normally observed there)
+                self._observe_outcome(scope, ctx)
         finally:
             ctx._scope = ctx._resolve = None  # release(): no reference cycle through scope["state"]
             try:
@@ -218,6 +234,13 @@ class FrictionMiddleware:
                 message["headers"] = headers
         except Exception:
             failed("guidance header")
+
+    def _observe_outcome(self, scope: Scope, ctx: _AsgiFriction) -> None:
+        """Observe the response's status, page or slowness (once its body is complete)."""
+        ctx.observed = True
+        start = ctx.start
+        if ctx.code >= 400 or ctx.html or (self.slow_after is not None and _perf() - start >= self.slow_after):
+            self._finish(scope, ctx, start, None)
 
     def _finish(self, scope: Scope, req: _AsgiFriction, start: float, exc: BaseException | None) -> None:
         code = req.code

@@ -130,6 +130,38 @@ def test_exception_is_reraised(friction: Friction) -> None:
     assert [e["type"] for e in friction.events] == ["error"]
 
 
+def test_outcome_observed_before_the_last_byte_is_sent(friction: Friction) -> None:
+    """A 4xx or a page is observed before the final body message goes out (another worker may
+    serve the user's next request the moment it arrives); a 5xx waits for the exception."""
+    import asyncio
+
+    friction.init()
+    seen_at_end: list[list[str]] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        status = int(scope["path"].strip("/"))
+        await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", b"text/html")]})
+        await send({"type": "http.response.body", "body": b"<p>", "more_body": True})
+        await send({"type": "http.response.body", "body": b"</p>"})
+
+    mw = FrictionMiddleware(app, get_user=lambda scope: "u42")
+
+    async def call(path: str) -> None:
+        async def receive() -> Any:
+            return {"type": "http.request", "body": b""}
+
+        async def send(message: Any) -> None:
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                seen_at_end.append([e["type"] for e in friction.events])
+
+        await mw({"type": "http", "method": "GET", "path": path, "headers": []}, receive, send)
+
+    for path in ("/422", "/200", "/503"):
+        asyncio.run(call(path))
+    assert seen_at_end == [["form_error"], ["form_error", "page"], ["form_error", "page"]]
+    assert [e["type"] for e in friction.events] == ["form_error", "page", "api_error"]
+
+
 def test_anonymous_requests_observe_nothing(friction: Friction) -> None:
     friction.init()
     c = client(make_app())
