@@ -4,11 +4,15 @@ a conftest.py of their own, so ``import conftest`` would be ambiguous)."""
 from __future__ import annotations
 
 import hashlib
+import math
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import pytest
+
+if TYPE_CHECKING:
+    import pyfriction
 
 #: A round epoch time to start event streams at (2023-11-14T22:13:20Z).
 T0 = 1_700_000_000.0
@@ -101,3 +105,45 @@ def legacy_snapshot(doc: dict[str, Any], version: int, drop: tuple[str, ...] = (
     return msgspec.msgpack.encode({"format": doc["format"], "version": version, "layout": doc["layout"],
                                    "digest": hashlib.blake2b(payload, digest_size=16).hexdigest(),
                                    "payload": payload})  # fmt: skip
+
+
+# --- pressures and scores as the specification computes them -----------------------------------
+#: The default ``scoring.half_life``.
+HALF_LIFE = 180.0
+
+
+def score_of(total: float) -> float:
+    """The score of a sum of pressures: ``1 - exp(-total)``."""
+    return 1.0 - math.exp(-total)
+
+
+def accumulate(*activations: tuple[float, float], at: float | None = None, half_life: float = HALF_LIFE) -> float:
+    """A float32 pressure from ``(seconds, weight)`` activations in time order, each decayed to
+    the next and added (as the engines do), valued at the last one (or at ``at``)."""
+    from pyfriction._layout import f32
+
+    rate = math.log(2.0) / half_life
+    p, last = 0.0, activations[0][0]
+    for t, w in activations:
+        p = f32(f32(p * math.exp(-(t - last) * rate)) + w)
+        last = t
+    if at is not None:
+        p = f32(p * math.exp(-(at - last) * rate))
+    return p
+
+
+def approx32(x: float) -> Any:
+    """A pressure the engines reach by float32 steps: equal up to float32 rounding."""
+    return pytest.approx(x, rel=1e-6)
+
+
+def feed(tracker: pyfriction.Tracker, *events: dict[str, Any]) -> list[float]:
+    """Observe ``events`` in order; their scores."""
+    return [tracker.observe(e) for e in events]
+
+
+def active(tracker: pyfriction.Tracker, user: str) -> dict[str, float]:
+    """The pressure of each active detector of ``user`` (who must be tracked)."""
+    state = tracker.state(user)
+    assert state is not None, f"{user} is not tracked"
+    return state.detectors

@@ -12,7 +12,6 @@ pressures of at least 0.916).
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import numpy as np
 import pytest
@@ -22,42 +21,9 @@ from pyfriction._episodes import duration
 from pyfriction._hashing import key32
 from pyfriction._layout import GAMMA, N_BUCKETS, bucket_of, bucket_upper, f32, quantile
 
-from helpers import T0, ev
+from helpers import T0, accumulate, active, approx32, ev, feed, score_of
 
-HALF_LIFE = 180.0
 THRESHOLD_SUM = -math.log(1.0 - 0.6)  # 0.916: the sum of pressures that fires
-
-
-def accumulate(*activations: tuple[float, float], at: float | None = None, half_life: float = HALF_LIFE) -> float:
-    """A float32 pressure from ``(seconds, weight)`` activations in time order, each decayed to
-    the next and added (as the engines do), valued at the last one (or at ``at``)."""
-    rate = math.log(2.0) / half_life
-    p, last = 0.0, activations[0][0]
-    for t, w in activations:
-        p = f32(f32(p * math.exp(-(t - last) * rate)) + w)
-        last = t
-    if at is not None:
-        p = f32(p * math.exp(-(at - last) * rate))
-    return p
-
-
-def approx32(x: float) -> Any:
-    """A pressure the engines reach by float32 steps: equal up to float32 rounding."""
-    return pytest.approx(x, rel=1e-6)
-
-
-def score_of(total: float) -> float:
-    return 1.0 - math.exp(-total)
-
-
-def feed(tracker: pyfriction.Tracker, *events: dict[str, Any]) -> list[float]:
-    return [tracker.observe(e) for e in events]
-
-
-def active(tracker: pyfriction.Tracker, user: str) -> dict[str, float]:
-    state = tracker.state(user)
-    assert state is not None, f"{user} is not tracked"
-    return state.detectors
 
 
 # -- repeat_failure: every further rejection adds ---------------------------------------------------

@@ -16,9 +16,8 @@ import pytest
 import pyfriction
 from pyfriction._layout import f32
 
-from helpers import T0, ev
+from helpers import HALF_LIFE, T0, accumulate, active, approx32, ev, feed, score_of
 
-HALF_LIFE = 180.0
 RATE = math.log(2.0) / HALF_LIFE
 
 
@@ -30,38 +29,6 @@ def exactly(x: float) -> Any:
 def decayed(weight: float, dt: float, half_life: float = HALF_LIFE) -> Any:
     """A float32 pressure ``weight`` decayed over ``dt`` seconds (float32 rounding: rel 1e-6)."""
     return pytest.approx(f32(weight) * math.exp(-dt * math.log(2.0) / half_life), rel=1e-6)
-
-
-def score_of(total: float) -> float:
-    return 1.0 - math.exp(-total)
-
-
-def accumulate(*activations: tuple[float, float], at: float | None = None, half_life: float = HALF_LIFE) -> float:
-    """A float32 pressure from ``(seconds, weight)`` activations in time order, each decayed to
-    the next and added (as the engines do), valued at the last one (or at ``at``)."""
-    rate = math.log(2.0) / half_life
-    p, last = 0.0, activations[0][0]
-    for t, w in activations:
-        p = f32(f32(p * math.exp(-(t - last) * rate)) + w)
-        last = t
-    if at is not None:
-        p = f32(p * math.exp(-(at - last) * rate))
-    return p
-
-
-def approx32(x: float) -> Any:
-    """A pressure the engines reach by float32 steps: equal up to float32 rounding."""
-    return pytest.approx(x, rel=1e-6)
-
-
-def feed(tracker: pyfriction.Tracker, *events: dict[str, Any]) -> list[float]:
-    return [tracker.observe(e) for e in events]
-
-
-def active(tracker: pyfriction.Tracker, user: str) -> dict[str, float]:
-    state = tracker.state(user)
-    assert state is not None, f"{user} is not tracked"
-    return state.detectors
 
 
 def silent(tracker: pyfriction.Tracker, user: str, detector: str | None = None) -> None:
