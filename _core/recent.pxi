@@ -109,3 +109,114 @@ cdef class RecentIds:
         self.w = 0
         for k in range(n - self.cap if n > self.cap else 0, n):
             self.add(fps[k])
+
+
+# --- ids shared by processes (pyfriction_server.shared.SharedIds) ----------------------------
+cdef class TaggedIds:
+    """The table of ``SharedIds`` (pyfriction_server.shared) on its memory-mapped file: two
+    generations of open-addressing tables of (fingerprint, tag), a header word holding the
+    generation (its low bit: the current table) and one the current table's count. The caller
+    holds the file's lock; this only does the probing, in C (the pure-Python twin is
+    ``SharedIds`` itself, used where the core is not built)."""
+
+    cdef object view             # the exported buffer: keeps the mapping's memory in place
+    cdef uint64_t* meta          # [generation, count]
+    cdef uint64_t* fps[2]
+    cdef uint64_t* tags[2]
+    cdef uint64_t mask, cap, slots
+
+    def __cinit__(self, buffer, Py_ssize_t meta_off, Py_ssize_t table_off, uint64_t slots, uint64_t capacity):
+        cdef unsigned char[::1] mem = buffer
+        cdef unsigned char* base
+        cdef int g
+        if slots == 0 or slots & (slots - 1) or capacity == 0 or capacity * 2 > slots:
+            raise ValueError("slots must be a power of two holding twice the capacity")
+        if meta_off < 0 or meta_off + 16 > mem.shape[0] or table_off < 0 or table_off + <Py_ssize_t>(32 * slots) > mem.shape[0]:
+            raise ValueError("the table does not fit in the buffer")
+        self.view = mem
+        base = &mem[0]
+        self.meta = <uint64_t*>(base + meta_off)
+        for g in range(2):
+            self.fps[g] = <uint64_t*>(base + table_off + g * slots * 16)
+            self.tags[g] = self.fps[g] + slots
+        self.mask, self.cap, self.slots = slots - 1, capacity, slots
+
+    def release(self):
+        """Let go of the buffer (before the mapping is closed)."""
+        self.view = None
+        self.meta = NULL
+
+    cdef inline uint64_t find(self, int g, uint64_t fp) noexcept nogil:
+        cdef uint64_t i = fp & self.mask
+        cdef uint64_t* fps = self.fps[g]
+        while fps[i] != 0 and fps[i] != fp:
+            i = (i + 1) & self.mask
+        return i
+
+    cdef void switch(self) noexcept nogil:
+        cdef uint64_t generation = self.meta[0] + 1
+        memset(self.fps[generation & 1], 0, self.slots * sizeof(uint64_t))
+        self.meta[1] = 0
+        self.meta[0] = generation
+
+    def repair(self):
+        """After a holder died mid-change: recount the current table (an insert leaves a whole
+        entry or none: the fingerprint is written last); switch if it is over full."""
+        cdef uint64_t i, n = 0
+        cdef uint64_t* fps
+        if self.meta == NULL:
+            raise ValueError("released")
+        fps = self.fps[self.meta[0] & 1]
+        for i in range(self.slots):
+            if fps[i]:
+                n += 1
+        self.meta[1] = n
+        if n > self.cap:
+            self.switch()
+
+    def filter(self, ids, uint64_t tag):
+        """As ``SharedIds.filter``: the indexes of the rows to keep, or None to keep all."""
+        cdef Py_ssize_t index, n = len(ids)
+        cdef list keep = None
+        cdef set here = set()
+        cdef uint64_t fp, i, j, seen_tag = 0
+        cdef int g
+        cdef bint found
+        if self.meta == NULL:
+            raise ValueError("released")
+        for index in range(n):
+            key = ids[index]
+            if key is not None:
+                if not isinstance(key, str):
+                    raise TypeError(f"ids are str, not {type(key).__name__}")
+                fp = key64(key)
+                if fp == 0:
+                    fp = 1  # 0 marks an empty slot
+                found = fp in here
+                if not found:
+                    here.add(fp)
+                    g = self.meta[0] & 1
+                    i = self.find(g, fp)
+                    if self.fps[g][i] == fp:
+                        found, seen_tag = True, self.tags[g][i]
+                    else:
+                        j = self.find(1 - g, fp)
+                        if self.fps[1 - g][j] == fp:
+                            found, seen_tag = True, self.tags[1 - g][j]
+                    if found and seen_tag == tag:
+                        found = False  # the record itself, replayed: kept, already remembered
+                    elif not found:
+                        if self.meta[1] >= self.cap:
+                            self.switch()
+                            g = self.meta[0] & 1
+                            i = self.find(g, fp)
+                        self.tags[g][i] = tag
+                        self.fps[g][i] = fp
+                        self.meta[1] += 1
+                if found:
+                    if keep is None:
+                        keep = list(range(index))
+                    continue
+            if keep is not None:
+                keep.append(index)
+        return keep

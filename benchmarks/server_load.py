@@ -11,6 +11,11 @@ spent per request (from /proc), a figure other load on the machine distorts less
 
     python benchmarks/server_load.py                      # 15 s, 12 connections
     python benchmarks/server_load.py --duration 30 --connections 32 --json out.json
+    python benchmarks/server_load.py --workers 1,2         # both, one after the other; and the ratio
+
+With ``--workers`` the sidecar runs that many worker processes on one shared store
+(``pyfriction-server --workers N``); the CPU figures then sum the parent and every worker,
+and the server-side accepted count is left out (each worker counts its own).
 
 Targets of issue 6 on a 2-core machine (load generator on the same machine): >= 200,000
 events/s and p99 <= 20 ms. The script prints the figures and whether they were met; it exits
@@ -139,14 +144,28 @@ def parse_wrk(out: str) -> dict[str, float]:
 
 
 def cpu_seconds(pid: int) -> tuple[float, float]:
-    """(user, system) CPU seconds of a process and its threads, from /proc (Linux)."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            fields = fh.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return (float("nan"), float("nan"))
+    """(user, system) CPU seconds of a process and its threads, and of its child processes
+    (the workers of ``--workers``, live ones from /proc, with what their own children used), from
+    /proc (Linux)."""
     tick = os.sysconf("SC_CLK_TCK")
-    return int(fields[11]) / tick, int(fields[12]) / tick
+    user = system = 0.0
+    pids = [pid]
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as fh:
+            pids += [int(p) for p in fh.read().split()]
+    except OSError:
+        pass
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:
+            if p == pid:
+                return (float("nan"), float("nan"))
+            continue
+        user += (int(fields[11]) + (int(fields[13]) if p != pid else 0)) / tick
+        system += (int(fields[12]) + (int(fields[14]) if p != pid else 0)) / tick
+    return user, system
 
 
 def run_wrk(
@@ -167,12 +186,28 @@ def main(argv: Any = None) -> int:
     ap.add_argument("--no-fsync", action="store_true", help="journal without fsync (not the default)")
     ap.add_argument("--memory", action="store_true", help="no journal at all (state_dir = ''; not the default)")
     ap.add_argument("--sync-interval", type=float, help="the sidecar's sync_interval (default: its own, 2 ms)")
+    ap.add_argument("--workers", default="1", help="the sidecar's --workers; a comma-separated list runs "
+                    "each in turn and prints the events/s ratio of each to the first (default 1)")  # fmt: skip
     ap.add_argument("--json", help="write the figures to this file")
     args = ap.parse_args(argv)
     if shutil.which("wrk") is None:
         print("server_load: wrk not found (apt-get install wrk)", file=sys.stderr)
         return 2
+    runs = [int(w) for w in args.workers.split(",")]
+    results = [measure(args, workers) for workers in runs]
+    if len(results) > 1:
+        base = results[0]["events_per_s"] or 1
+        for workers, res in zip(runs, results, strict=True):
+            print(f"--workers {workers}: {res['events_per_s']:,} events/s, p99 {res['p99_ms']} ms, "
+                  f"{res['events_per_s'] / base:.2f}x --workers {runs[0]}")  # fmt: skip
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(results[0] if len(results) == 1 else results, fh, indent=2)
+    return 0
 
+
+def measure(args: Any, workers: int) -> dict[str, Any]:
+    """Start a sidecar with ``workers``, load it, print and return the figures."""
     work = tempfile.mkdtemp(prefix="pyfriction-bench-")
     body_path = os.path.join(work, "body.json")
     with open(body_path, "wb") as fh:
@@ -183,6 +218,7 @@ def main(argv: Any = None) -> int:
     config = os.path.join(work, "sidecar.toml")
     with open(config, "w") as fh:
         fh.write(f"[server]\nrate_limit = 1e9\nrate_burst = 1000000000\nfsync = {str(not args.no_fsync).lower()}\n")
+        fh.write(f"workers = {workers}\n")
         if args.sync_interval is not None:
             fh.write(f"sync_interval = {args.sync_interval}\n")
     port = free_port()
@@ -225,6 +261,7 @@ def main(argv: Any = None) -> int:
     rate = ok_requests * EVENTS_PER_BATCH / res["seconds"]
     figures = {
         "engine": ready.get("engine"),
+        "workers": workers,
         "fsync": not args.no_fsync and not args.memory,
         "journal": not args.memory,
         "connections": args.connections,
@@ -237,7 +274,7 @@ def main(argv: Any = None) -> int:
         "p50_ms": res.get("p50_ms"),
         "p90_ms": res.get("p90_ms"),
         "p99_ms": res.get("p99_ms"),
-        "events_accepted_by_server": int(accepted),
+        "events_accepted_by_server": int(accepted) if workers == 1 else None,
         "journal_fsyncs": int(
             metric(after, "pyfriction_journal_fsyncs_total") - metric(before, "pyfriction_journal_fsyncs_total")
         ),
@@ -259,7 +296,7 @@ def main(argv: Any = None) -> int:
     met_rate = rate >= TARGET_RATE
     met_p99 = (res.get("p99_ms") or 1e9) <= TARGET_P99_MS
     print(f"\n/v1/batch, {EVENTS_PER_BATCH}-event batches, {args.connections} connections, {res['seconds']:.0f} s, "
-          f"engine {figures['engine']}, fsync {'on' if figures['fsync'] else 'off'}:")  # fmt: skip
+          f"engine {figures['engine']}, fsync {'on' if figures['fsync'] else 'off'}, {workers} worker(s):")  # fmt: skip
     print(f"  {rate:,.0f} events/s ({res['requests_per_s']:,.0f} requests/s)   target >= {TARGET_RATE:,}: "
           f"{'met' if met_rate else 'NOT met'}")  # fmt: skip
     print(f"  latency p50 {res.get('p50_ms', float('nan')):.2f} ms, p99 {res.get('p99_ms', float('nan')):.2f} ms"
@@ -271,13 +308,11 @@ def main(argv: Any = None) -> int:
     print(
         f"  snapshots written during the run: {figures['snapshots']}; users tracked at the end: {figures['users_tracked']:,}"
     )
-    print(f"  server-side accepted events during the run: {int(accepted):,} (wrk's 2xx x {EVENTS_PER_BATCH}: "
-          f"{int(ok_requests * EVENTS_PER_BATCH):,}; wrk counts requests still in flight at the end too)")  # fmt: skip
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(figures, fh, indent=2)
+    if workers == 1:
+        print(f"  server-side accepted events during the run: {int(accepted):,} (wrk's 2xx x {EVENTS_PER_BATCH}: "
+              f"{int(ok_requests * EVENTS_PER_BATCH):,}; wrk counts requests still in flight at the end too)")  # fmt: skip
     shutil.rmtree(work, ignore_errors=True)
-    return 0
+    return figures
 
 
 if __name__ == "__main__":

@@ -27,9 +27,14 @@ import numpy as np
 
 from ._hashing import key64
 
-__all__ = ["PyRecentIds", "RecentIds"]
+__all__ = ["PyRecentIds", "RecentIds", "TaggedIds", "fingerprint"]
 
 _fingerprint = key64.__wrapped__  # uncached: ids are seen once or twice, never hot
+
+
+def fingerprint(key: str) -> int:
+    """The 64-bit fingerprint of an id or a user id, as :class:`RecentIds` and the store keep it."""
+    return int(_fingerprint(key))
 
 
 class PyRecentIds:
@@ -102,3 +107,17 @@ def _compiled() -> Any:
 
 #: The compiled class where the core is built, else :class:`PyRecentIds`.
 RecentIds: Any = _compiled() or PyRecentIds
+
+
+def _tagged() -> Any:
+    if _compiled() is None:
+        return None
+    from ._core import TaggedIds as compiled
+
+    return compiled
+
+
+#: The compiled kernel of a table of (fingerprint, tag) pairs in a buffer that processes share
+#: (the sidecar's workers: ``pyfriction_server.shared.SharedIds``), or None where the core is
+#: not built; that class has the pure-Python twin.
+TaggedIds: Any = _tagged()

@@ -449,6 +449,17 @@ class Tracker:
             done = self._webhook.flush(left) and done
         return done
 
+    def sync(self) -> None:
+        """Write a ``file://`` store and its facts back to disk now, and wait (``msync``);
+        nothing to do for ``memory://``. Call it before dropping what could rebuild the state
+        (a journal's segments, say): the periodic write-back runs every ``sync_interval``."""
+        if self._store_path is None:
+            return
+        shared: Any = self._core
+        shared.sync(True)
+        if self._facts is not None:
+            self._facts.sync()
+
     def close(self, timeout: float | None = None) -> bool:
         """Flush and stop the dispatcher and the sinks. Scoring keeps working; async callbacks
         stop. A sink gets at most ``timeout`` (default: its request timeout) to deliver what it

@@ -750,6 +750,10 @@ class FileState:
         """Let go of the file (unmapped and closed once no store of this process uses it)."""
         _open_states.discard(self)
 
+    def sync(self) -> None:
+        """Write the file's dirty pages back now and wait (``msync``)."""
+        self.mm.flush()
+
     def codec(self, part: int, codec: Codec) -> None:
         """See :meth:`StateStore.codec`."""
         self.codecs[part] = codec

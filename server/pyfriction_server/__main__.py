@@ -1,7 +1,9 @@
 """``pyfriction-server`` / ``python -m pyfriction_server``: run the sidecar.
 
 SIGTERM or SIGINT shut it down gracefully: guidance streams end, the listening socket
-closes, in-flight requests finish, the journal drains, the state is snapshotted.
+closes, in-flight requests finish, the journal drains, the state is snapshotted. With
+``--workers`` other than 1, a parent process supervises that many workers on one port
+(:mod:`pyfriction_server.workers`).
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ from collections.abc import Sequence
 
 from .app import Server, create_app, server_config
 from .logs import setup_logging
-from .settings import SettingsError, load_settings
+from .settings import Settings, SettingsError, load_settings
+from .shared import Worker
 from .state import StateError
+from .workers import supervise
 
 __all__ = ["main"]
 
@@ -64,10 +68,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"pyfriction-server: cannot listen on {settings.host}:{settings.port}: {reason}", file=sys.stderr)
         return 2
     setup_logging(settings.log_level)
-    log = logging.getLogger("pyfriction.server")
     files = raise_fd_limit()
+    if settings.workers != 1:
+        logging.getLogger("pyfriction.server").info(
+            "starting workers", extra={"host": settings.host, "port": settings.port, "workers": settings.worker_count,
+                                       "open_files": files})  # fmt: skip
+        return supervise(settings, sock, serve)
+    return serve(settings, sock, None, files)
+
+
+def serve(settings: Settings, sock: socket.socket, worker: Worker | None, files: int | None = None) -> int:
+    """Serve ``sock`` in this process (the only one, or ``worker`` of several) until
+    SIGTERM/SIGINT; returns the exit status."""
+    log = logging.getLogger("pyfriction.server")
     try:
-        app = create_app(settings)
+        app = create_app(settings, worker)
     except (SettingsError, OSError) as exc:
         log.error("cannot start: %s", exc)
         sock.close()
@@ -78,7 +93,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     gc.freeze()
     gc.set_threshold(50_000, 20, 20)
     server = Server(server_config(app, settings))
-    log.info("starting", extra={"host": settings.host, "port": settings.port, "open_files": files})
+    where = {} if worker is None else {"worker": worker.index}
+    log.info("starting", extra={"host": settings.host, "port": settings.port, "open_files": files, **where})
     # uvicorn re-raises SIGTERM/SIGINT once its graceful shutdown is done; a requested stop
     # that completed is a success, not a death by signal.
     for sig in (signal.SIGTERM, signal.SIGINT):

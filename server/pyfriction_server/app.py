@@ -33,6 +33,7 @@ from .logs import LIMITER
 from .metrics import CONTENT_TYPE, Metrics
 from .script import Script
 from .settings import Settings
+from .shared import Worker
 from .state import State, StateError
 
 __all__ = ["Server", "Sidecar", "create_app", "server_config"]
@@ -43,8 +44,9 @@ log = logging.getLogger("pyfriction.server")
 class Sidecar:
     """Everything the endpoints share, reachable as ``request.app.state.sidecar``."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, worker: Worker | None = None) -> None:
         self.settings = settings
+        self.worker = worker
         self.keys = KeyRing(
             settings.write_keys,
             settings.admin_keys,
@@ -55,7 +57,7 @@ class Sidecar:
         )
         self.hub = Hub()
         self.metrics = Metrics(self._gauges())
-        self.state = State(settings, self.metrics)
+        self.state = State(settings, self.metrics, worker)
         self.state.guidance_listeners.append(self.hub.notify)
         config = settings.tracker_config()
         self.mapper = Mapper(settings.events, getattr(config, "segment", None), config.event_map)
@@ -78,7 +80,7 @@ class Sidecar:
             "pyfriction_dispatcher_queue_depth": tracker_stat("queue_depth"),
             "pyfriction_ingest_queue_depth": lambda: float(self.state.pending),
             "pyfriction_guidance_streams": lambda: float(self.hub.count),
-            "pyfriction_dedupe_ids": lambda: float(len(self.state.dedupe)),
+            "pyfriction_dedupe_ids": lambda: float(self.state.dedupe_count),
             "pyfriction_ready": lambda: 1.0 if self.state.ready and not self.hub.closed else 0.0,
         }
 
@@ -133,7 +135,10 @@ async def readyz(request: Request) -> Response:
         if free is not None and free < sc.settings.max_batch_bytes:  # the largest request would not fit
             return _json({"status": "not ready", "reason": "disk_full", "free_bytes": free, **sc.state.health()}, 503)
     tracker = sc.state.tracker
-    return _json({"status": "ready", "engine": tracker.engine if tracker is not None else None, **sc.state.health()})
+    doc = {"status": "ready", "engine": tracker.engine if tracker is not None else None, **sc.state.health()}
+    if sc.worker is not None:  # which process answered (one of several on the same port)
+        doc.update(worker=sc.worker.index, workers=sc.worker.count, pid=os.getpid())
+    return _json(doc)
 
 
 async def metrics(request: Request) -> Response:
@@ -196,6 +201,10 @@ class SidecarMiddleware:
         self.origins = {o.encode() for o in origins}
         self.histogram = sidecar.metrics.request_seconds
         self.access_log = sidecar.settings.access_log
+        #: Worker mode: every response names the worker that served it (which process of
+        #: several on one port handled a request, for operators and tests).
+        worker = sidecar.worker
+        self.worker_header = None if worker is None else (b"x-pyfriction-worker", str(worker.index).encode())
 
     def _origin(self, scope: Scope) -> bytes | None:
         for name, value in scope["headers"]:
@@ -223,10 +232,13 @@ class SidecarMiddleware:
                     message.setdefault("headers", [])
                     message["headers"] = [*message["headers"], (b"access-control-allow-origin", origin),
                                           (b"vary", b"Origin")]  # fmt: skip
+                if self.worker_header is not None:
+                    message["headers"] = [*message.get("headers", ()), self.worker_header]
             await send(message)
 
-        # The plain path (no CORS header to add, no access log) hands uvicorn's send through.
-        wrapped = send_wrapper if (origin is not None or self.access_log) else send
+        # The plain path (no header to add, no access log) hands uvicorn's send through.
+        plain = origin is None and not self.access_log and self.worker_header is None
+        wrapped = send if plain else send_wrapper
         hot = self.hot.get(scope["path"]) if scope["method"] == "POST" else None
         try:
             if hot is not None:
@@ -299,7 +311,20 @@ def _lifespan(sc: Sidecar) -> Callable[[Starlette], Any]:
                 if await sc.state.snapshot():
                     last_snapshot[0] = time.monotonic()
 
-        tasks = [asyncio.create_task(_every(sc.settings.tick_interval, tick))]
+        # One worker runs the time-driven checks for everyone: they walk the shared store.
+        tasks = []
+        if sc.worker is None or sc.worker.index == 0:
+            tasks.append(asyncio.create_task(_every(sc.settings.tick_interval, tick)))
+        bell = sc.state.bell
+        if bell is not None:
+            heard = [bell.count]
+
+            async def listen() -> None:
+                heard[0], keys = bell.heard(heard[0])
+                if keys is None or keys:
+                    sc.hub.heard(keys)
+
+            tasks.append(asyncio.create_task(_every(BELL_INTERVAL, listen)))
         if sc.state.directory is not None:
             tasks.append(asyncio.create_task(_every(1.0, maybe_snapshot)))
         try:
@@ -316,10 +341,16 @@ def _lifespan(sc: Sidecar) -> Callable[[Starlette], Any]:
     return lifespan
 
 
+#: Seconds between a worker's looks at the guidance bell: a stream held by one worker hears of
+#: guidance queued by another within this (a read of one shared counter when nothing rang).
+BELL_INTERVAL = 0.05
+
+
 # -- the app --------------------------------------------------------------------------------
-def create_app(settings: Settings | None = None) -> Starlette:
-    """The sidecar's ASGI application (``settings`` default: the embedded defaults)."""
-    sc = Sidecar(settings or Settings())
+def create_app(settings: Settings | None = None, worker: Worker | None = None) -> Starlette:
+    """The sidecar's ASGI application (``settings`` default: the embedded defaults); as
+    ``worker`` of several processes when given (see :mod:`pyfriction_server.workers`)."""
+    sc = Sidecar(settings or Settings(), worker)
     post, get = ["POST"], ["GET"]
     route_list = [
         Route("/v1/batch", routes.segment_batch, methods=post),

@@ -43,6 +43,7 @@ from starlette.responses import Response, StreamingResponse
 
 import pyfriction
 from pyfriction.guidance import render_body
+from pyfriction.recent import fingerprint
 
 from .errors import HTTPError
 from .keys import client_address, header_key
@@ -89,6 +90,8 @@ class Hub:
 
     def __init__(self) -> None:
         self.streams: dict[str, set[asyncio.Event]] = {}
+        #: The fingerprint of each user with a stream here (the workers' bell names users by key).
+        self.keys: dict[int, str] = {}
         self.count = 0
         self.closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -114,8 +117,21 @@ class Hub:
         for event in self.streams.get(user_id, ()):
             event.set()
 
+    def heard(self, keys: list[int] | None) -> None:
+        """Wake the streams of the users another worker rang the bell for (None: everyone's)."""
+        if keys is None:
+            for user_id in list(self.streams):
+                self._wake(user_id)
+            return
+        for key in keys:
+            found = self.keys.get(key)
+            if found is not None:
+                self._wake(found)
+
     def open(self, user_id: str) -> asyncio.Event:
         event = asyncio.Event()
+        if user_id not in self.streams:
+            self.keys[fingerprint(user_id)] = user_id
         self.streams.setdefault(user_id, set()).add(event)
         self.count += 1
         return event
@@ -127,6 +143,7 @@ class Hub:
             self.count -= 1
             if not subs:
                 del self.streams[user_id]
+                self.keys.pop(fingerprint(user_id), None)
 
     def close(self) -> None:
         """End every stream (graceful shutdown)."""
@@ -203,11 +220,12 @@ async def stream(request: Request) -> Response:
         raise HTTPError(503, "too_many_streams", "too many open guidance streams", retry_after=5)
     keepalive = sc.settings.sse_keepalive
     event = hub.open(user_id)
+    worker = b"" if sc.worker is None else b" (worker %d)" % sc.worker.index
     sent: set[tuple[str, float]] = set()  # (id, created_at) of the offers this stream has sent
 
     async def events() -> AsyncIterator[bytes]:
         try:
-            yield b"retry: 3000\n: pyfriction guidance stream\n\n"
+            yield b"retry: 3000\n: pyfriction guidance stream" + worker + b"\n\n"
             while not hub.closed:
                 event.clear()
                 if expires is not None and expires <= time.time():  # checked before every delivery

@@ -150,6 +150,9 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     tick_interval: Seconds = 60.0
     #: Seconds to finish in-flight requests at shutdown.
     shutdown_timeout: Seconds = 10.0
+    #: Worker processes serving the port, all on one shared store in ``state_dir`` (0: one per
+    #: core). More than one needs the compiled engine and a state directory.
+    workers: Annotated[int, msgspec.Meta(ge=0, le=1024)] = 1
     #: Engine: "auto", "compiled" or "reference".
     engine: str = "auto"
     #: Log level and one JSON line per request (errors and rejections are always logged).
@@ -168,8 +171,22 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         for key in (*self.write_keys, *self.admin_keys):
             if not key or len(key) > 256 or not key.isprintable() or " " in key:
                 raise ValueError("keys must be 1 to 256 printable characters without spaces")
+        if self.workers != 1 and not self.state_dir:
+            raise ValueError("several `workers` share their state through `state_dir`: it must not be empty")
+        if self.workers != 1 and self.engine == "reference":
+            raise ValueError("several `workers` need the compiled engine (`engine` is reference)")
         if self.max_event_bytes > self.max_batch_bytes:
             raise ValueError("`max_event_bytes` must not exceed `max_batch_bytes`")
+
+    @property
+    def worker_count(self) -> int:
+        """The number of worker processes: ``workers``, or one per core when it is 0."""
+        if self.workers:
+            return self.workers
+        try:
+            return len(os.sched_getaffinity(0))  # the cores this process may run on
+        except AttributeError:  # not Linux
+            return os.cpu_count() or 1
 
     def tracker_config(self) -> pyfriction.Config:
         """The engine's validated :class:`pyfriction.Config` (raises :class:`SettingsError`)."""
@@ -195,6 +212,7 @@ FLAGS: list[tuple[str, str, str, str, str, str]] = [
      "none: no browser origin"),
     ("--state-dir", "state_dir", "str", "DIR", "journal and snapshot directory ('' keeps everything in memory)",
      "./pyfriction-state, in the working directory"),
+    ("--workers", "workers", "int", "N", "worker processes on one shared store (0: one per core)", "1"),
     ("--log-level", "log_level", "str", "LEVEL", "debug, info, warning, error or critical", "info"),
 ]  # fmt: skip
 

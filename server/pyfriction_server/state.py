@@ -18,6 +18,17 @@ Snapshots (every ``snapshot_interval`` seconds, when the journal grows past
 committed after that point wait while the tracker is written (``Tracker.snapshot``) and
 ``state.msgpack`` is replaced atomically with the new segment number and the dedupe memory;
 then the older segments are deleted. ``state_dir = ""`` keeps everything in memory.
+
+As worker K of ``--workers N`` (:mod:`pyfriction_server.workers`) the state is the shared
+``file://`` store ``STATE_DIR/friction.state``, not a snapshot: the worker journals into
+``STATE_DIR/journal-K/``, every record tagged with a number of its own (:func:`tag`), and after
+applying a record it sets its watermark (:class:`~pyfriction_server.shared.Watermark`) to that
+tag; replay applies only the records after it. A *checkpoint* (instead of a snapshot) starts a
+new segment, writes the store back to disk and deletes the older segments. Worker 0 also
+replays the journals of workers that no longer exist (a restart with fewer workers). A crash
+between scoring a record and setting the watermark scores that record again on replay (at
+least once); one between remembering its ids and scoring it does not lose it (an id carries
+the tag of the record that brought it, see :class:`~pyfriction_server.shared.SharedIds`).
 """
 
 from __future__ import annotations
@@ -26,6 +37,7 @@ import asyncio
 import fcntl
 import logging
 import os
+import shutil
 import time
 from collections.abc import Callable
 from typing import Any
@@ -36,17 +48,25 @@ import numpy as np
 import pyfriction
 from pyfriction.directio import replace_atomically
 from pyfriction.recent import RecentIds
+from pyfriction.store import StoreError
 
 from .errors import HTTPError
 from .journal import Damage, Journal, _fsync_dir, read_segment, segments
 from .metrics import Metrics
 from .settings import Settings
+from .shared import Bell, SharedIds, Watermark, Worker
 
 __all__ = ["OUTCOMES", "State", "StateError"]
 
 log = logging.getLogger("pyfriction.server")
 
 STATE_FILE = "state.msgpack"
+#: Worker mode: the shared store, the shared dedupe memory, the guidance bell.
+STORE_FILE = "friction.state"
+IDS_FILE = "dedupe.ids"
+BELL_FILE = "guidance.bell"
+#: A record's tag: the worker's number above this many bits, its own count below.
+_TAG_BITS = 48
 #: 2: the dedupe memory as the fingerprints of ``RecentIds`` (bytes, little-endian u64);
 #: 1 (two lists of the ids themselves) is still read.
 STATE_VERSION = 2
@@ -64,11 +84,18 @@ class StateError(RuntimeError):
 class State:
     """Owns the tracker; every change to it goes through :meth:`apply` (live or replayed)."""
 
-    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics, worker: Worker | None = None) -> None:
         self.settings = settings
         self.metrics = metrics
+        #: This process's place among the sidecar's workers (None: the only process).
+        self.worker = worker
         self.tracker: pyfriction.Tracker | None = None
-        self.dedupe = RecentIds(settings.dedupe_size)
+        self.dedupe = RecentIds(settings.dedupe_size) if worker is None else None
+        #: Worker mode: the shared dedupe memory, the guidance bell, this journal's watermark.
+        self.shared_ids: SharedIds | None = None
+        self.bell: Bell | None = None
+        self._mark: Watermark | None = None
+        self._tag = 0
         self.journal: Journal | None = None
         self.ready = False
         self.replaying = False
@@ -86,8 +113,17 @@ class State:
 
     # -- start -------------------------------------------------------------------------------
     @property
-    def directory(self) -> str | None:
+    def root(self) -> str | None:
+        """The state directory (None: in memory)."""
         return os.path.abspath(self.settings.state_dir) if self.settings.state_dir else None
+
+    @property
+    def directory(self) -> str | None:
+        """Where this process journals: the state directory, or a worker's own part of it."""
+        root = self.root
+        if root is None or self.worker is None:
+            return root
+        return os.path.join(root, f"journal-{self.worker.index}")
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Restore the last snapshot and replay the journal after it (any thread); then
@@ -96,11 +132,16 @@ class State:
         config = self.settings.tracker_config()
         directory = self.directory
         start_seq = 0
-        if directory is None:
+        if self.worker is not None:
+            self._start_worker(config)
+        elif directory is None:
             self.tracker = self._new_tracker(config, None)
         else:
             os.makedirs(directory, exist_ok=True)
             self._lock(directory)
+            if os.path.exists(os.path.join(directory, STORE_FILE)):
+                raise StateError(f"{directory} holds the shared store of a sidecar run with several workers: "
+                                 "start it with --workers other than 1 (0: one per core)")  # fmt: skip
             meta = self._read_meta(directory)
             if meta is not None:
                 path = os.path.join(directory, meta["tracker"])
@@ -138,6 +179,93 @@ class State:
                                               "damaged_records": sum(not d.torn for d in self.damage),
                                               "seconds": round(time.perf_counter() - started, 3)})  # fmt: skip
             self._next_seq = last + 1
+
+    def _start_worker(self, config: pyfriction.Config) -> None:
+        """Worker mode: open the shared files and the store, then replay this worker's journal
+        after its watermark (worker 0: and the journals of workers beyond the count)."""
+        root, directory, worker = self.root, self.directory, self.worker
+        if root is None or directory is None or worker is None:
+            raise StateError("several workers need a state directory (state_dir is empty)")
+        if os.path.exists(os.path.join(root, STATE_FILE)):
+            raise StateError(f"{root} holds the snapshot of a single-process sidecar: start it with --workers 1, "
+                             "or give the workers a new state directory")  # fmt: skip
+        os.makedirs(directory, exist_ok=True)
+        self._lock(directory)
+        self.tracker = self._new_tracker(config, None, store=os.path.join(root, STORE_FILE))
+        self.shared_ids = SharedIds(os.path.join(root, IDS_FILE), self.settings.dedupe_size)
+        self.bell = Bell(os.path.join(root, BELL_FILE))
+        self._mark = Watermark(os.path.join(directory, "applied"))
+        started = time.perf_counter()
+        replayed, last = self._replay_after_mark(directory, self._mark)
+        self._tag = max(self._mark.value, last, worker.index + 1 << _TAG_BITS)
+        self._next_seq = max((seq for seq, _ in segments(directory)), default=-1) + 1
+        if worker.index == 0:
+            replayed += self._adopt_orphans(root, worker.count)
+        log.info("state restored", extra={"worker": worker.index, "replayed_records": replayed,
+                                          "damaged_records": sum(not d.torn for d in self.damage),
+                                          "seconds": round(time.perf_counter() - started, 3)})  # fmt: skip
+
+    def _replay_after_mark(self, directory: str, mark: Watermark) -> tuple[int, int]:
+        """Apply the records of ``directory``'s segments tagged after ``mark``; returns the
+        number applied and the largest tag seen."""
+        replayed = last = 0
+        own = mark is self._mark
+        self.replaying = True
+        try:
+            for _, path in segments(directory):
+                found: list[Damage] = []
+                for payload in read_segment(path, found):
+                    try:
+                        record = _decode(payload)
+                    except msgspec.DecodeError:
+                        log.warning("journal: undecodable record skipped", extra={"segment": os.path.basename(path)})
+                        continue
+                    tag = int(record.get("n", 0)) if isinstance(record, dict) else 0
+                    last = max(last, tag)
+                    if tag and tag <= mark.value:
+                        continue
+                    if not own:
+                        self._mark, saved = mark, self._mark
+                    try:
+                        self.apply(record)
+                    finally:
+                        if not own:
+                            self._mark = saved
+                    replayed += 1
+                if found:
+                    self._damaged(directory, path, found)
+        finally:
+            self.replaying = False
+        return replayed, last
+
+    def _adopt_orphans(self, root: str, count: int) -> int:
+        """Replay, then remove, the journals of workers numbered ``count`` and above (the
+        sidecar ran with more workers before): nothing they accepted is left behind."""
+        replayed = 0
+        for entry in sorted(os.listdir(root)):
+            if not entry.startswith("journal-") or not entry[8:].isdigit() or int(entry[8:]) < count:
+                continue
+            directory = os.path.join(root, entry)
+            fd = os.open(os.path.join(directory, ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    log.warning("journal of another live worker left alone", extra={"journal": entry})
+                    continue
+                mark = Watermark(os.path.join(directory, "applied"))
+                try:
+                    n, _ = self._replay_after_mark(directory, mark)
+                finally:
+                    mark.close()
+                replayed += n
+                assert self.tracker is not None
+                self.tracker.sync()  # what they held is in the store, on disk: drop them
+                shutil.rmtree(directory, ignore_errors=True)
+                log.info("journal of a former worker replayed and removed", extra={"journal": entry, "records": n})
+            finally:
+                os.close(fd)
+        return replayed
 
     def _damaged(self, directory: str, path: str, found: list[Damage]) -> None:
         """Report what replay skipped in ``path``; keep a damaged segment (not a mere torn
@@ -208,9 +336,17 @@ class State:
                                    on_bytes=self._journal_bytes, sync_interval=self.settings.sync_interval)  # fmt: skip
         self.ready = True
 
-    def _new_tracker(self, config: pyfriction.Config, snapshot: str | None) -> pyfriction.Tracker:
+    def _new_tracker(
+        self, config: pyfriction.Config, snapshot: str | None, store: str | None = None
+    ) -> pyfriction.Tracker:
         engine = self.settings.engine
-        if snapshot is not None:
+        if store is not None:
+            try:
+                tracker = pyfriction.Tracker(config, engine="compiled" if engine == "auto" else engine,
+                                             store="file://" + store)  # fmt: skip
+            except (StoreError, ImportError) as exc:
+                raise StateError(f"cannot open the shared store {store}: {exc}") from None
+        elif snapshot is not None:
             try:
                 tracker = pyfriction.Tracker.restore(snapshot, config, engine=engine)
             except pyfriction.SnapshotError as exc:
@@ -248,6 +384,7 @@ class State:
 
     def _load_dedupe(self, meta: dict[str, Any]) -> None:
         saved = meta.get("dedupe")
+        assert self.dedupe is not None
         try:
             if meta["version"] == 1:  # the ids themselves, two generations, oldest first
                 for generation in saved or ():
@@ -258,6 +395,12 @@ class State:
         except (TypeError, ValueError) as exc:
             raise StateError(f"{STATE_FILE}: damaged dedupe memory ({exc})") from None
 
+    @property
+    def dedupe_count(self) -> int:
+        """Delivery ids remembered (this process's, or the workers' shared memory)."""
+        ids = self.shared_ids if self.shared_ids is not None else self.dedupe
+        return len(ids) if ids is not None else 0
+
     # -- callbacks from the tracker ---------------------------------------------------------
     def _episode(self, episode: pyfriction.Episode) -> None:
         self.metrics.episodes.inc()
@@ -265,6 +408,8 @@ class State:
     def _guidance(self, user_id: str, guidance: Any) -> None:
         if self.replaying:
             return
+        if self.bell is not None:  # the user's stream may be held by another worker
+            self.bell.ring(user_id)
         for listener in self.guidance_listeners:
             listener(user_id)
 
@@ -281,6 +426,9 @@ class State:
             return self.apply(record)
         if self.pending >= self.settings.max_pending:
             raise HTTPError(503, "overloaded", "the ingest queue is full; retry shortly", retry_after=1)
+        if self._mark is not None:
+            self._tag += 1
+            record["n"] = self._tag
         try:
             payload = _encode(record)
         except (UnicodeEncodeError, OverflowError, RecursionError):  # unreachable from JSON bodies: decoders refuse
@@ -317,6 +465,13 @@ class State:
 
     def apply(self, record: dict[str, Any]) -> Any:
         """Apply one journal record to the tracker (the same code live and in replay)."""
+        result = self._apply(record)
+        mark = self._mark
+        if mark is not None and "n" in record:
+            mark.set(record["n"])
+        return result
+
+    def _apply(self, record: dict[str, Any]) -> Any:
         kind = record.get("k")
         if kind == "e":
             return self._apply_events(record)
@@ -348,7 +503,11 @@ class State:
         rejected: dict[str, int] = dict(record.get("rej") or {})
         if "bad" in record:  # a record of an older sidecar: one count for every reason
             rejected["invalid"] = rejected.get("invalid", 0) + int(record["bad"])
-        keep = self.dedupe.filter(ids)
+        if self.shared_ids is not None:
+            keep = self.shared_ids.filter(ids, int(record.get("n", 0)))
+        else:
+            assert self.dedupe is not None
+            keep = self.dedupe.filter(ids)
         kept = n if keep is None else len(keep)
         if keep is not None:
             cols = {name: [col[i] for i in keep] for name, col in cols.items()}
@@ -428,6 +587,8 @@ class State:
             self.metrics.journal_syncs.inc((), syncs)
 
     def _rotated(self, seq: int) -> None:
+        if self.worker is not None:  # a checkpoint copies nothing: records go on
+            return
         # Runs after every record of the old segments was applied and before any of the new
         # one: from here until the state is copied for the snapshot, commits wait (requests
         # too); the copy is written to disk while they go on.
@@ -444,6 +605,8 @@ class State:
         """Snapshot now (no-op without a state directory); False if one is already running."""
         if self.journal is None or self._snapshot_lock.locked():
             return False
+        if self.worker is not None:
+            return await self._checkpoint()
         async with self._snapshot_lock:
             started = time.perf_counter()
             try:
@@ -465,6 +628,32 @@ class State:
             self.metrics.snapshot_seconds.observe(time.perf_counter() - started)
             log.info("snapshot written", extra={"seq": seq, "seconds": round(time.perf_counter() - started, 3)})
             return True
+
+    async def _checkpoint(self) -> bool:
+        """Worker mode: a new segment; once every record before it is applied, the store is
+        written back to disk and the older segments are deleted."""
+        assert self.journal is not None
+        async with self._snapshot_lock:
+            started = time.perf_counter()
+            try:
+                seq = await self.journal.rotate()
+                await asyncio.to_thread(self._drop_segments, seq)
+            except OSError as exc:
+                log.error("checkpoint failed; the journal keeps everything: %s", exc)
+                return False
+            self.metrics.snapshots.inc()
+            self.metrics.snapshot_seconds.observe(time.perf_counter() - started)
+            return True
+
+    def _drop_segments(self, below: int) -> None:
+        directory = self.directory
+        assert directory is not None and self.tracker is not None and self._mark is not None
+        self.tracker.sync()
+        self._mark.sync()
+        for seq, path in segments(directory):
+            if seq < below:
+                os.unlink(path)
+        _fsync_dir(directory)
 
     async def _fork_snapshot(self, seq: int) -> None:
         """Write the snapshot from a forked child, as Redis does: the child sees the state as
@@ -499,6 +688,7 @@ class State:
         dedupe: list[bytes] = []
 
         def captured() -> None:  # the tracker's state is copied: the dedupe memory's too, then go on
+            assert self.dedupe is not None
             dedupe.append(self.dedupe.export().astype("<u8", copy=False).tobytes())
             if resume and loop is not None:
                 loop.call_soon_threadsafe(self._resume)
@@ -537,6 +727,9 @@ class State:
             self.journal = None
         if self.tracker is not None:
             self.tracker.close(timeout=5.0)
+        for shared in (self.shared_ids, self.bell, self._mark):
+            if shared is not None:
+                shared.close()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None

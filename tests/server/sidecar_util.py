@@ -187,3 +187,63 @@ def wait_for(predicate: Any, timeout: float = 15.0, interval: float = 0.05) -> A
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout} s (last value {value!r})")
         time.sleep(interval)
+
+
+USERS = 50
+BATCH = 50
+
+
+class Loader:
+    """Sends numbered batches of native events (unique ids) from a few threads and remembers
+    which ones the sidecar accepted (answered 200)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.sent: dict[int, list[dict[str, Any]]] = {}
+        self.accepted: set[int] = set()
+        self.stop = threading.Event()
+        self._next = 0
+        self._lock = threading.Lock()
+
+    def batch(self, n: int) -> list[dict[str, Any]]:
+        return [{"id": f"b{n}-{i}", "user_id": f"user-{(n * BATCH + i) % USERS}", "type": "click",
+                 "target": f"#t{i % 7}", "ts": 1_700_000_000.0 + n} for i in range(BATCH)]  # fmt: skip
+
+    def _worker(self) -> None:
+        with httpx.Client(headers={"X-Write-Key": WRITE_KEY}, timeout=5) as client:
+            while not self.stop.is_set():
+                with self._lock:
+                    n = self._next
+                    self._next += 1
+                events = self.sent.setdefault(n, self.batch(n))
+                try:
+                    r = client.post(self.url + "/v1/events", json=events)
+                except httpx.HTTPError:
+                    time.sleep(0.01)
+                    continue
+                if r.status_code == 200:
+                    with self._lock:
+                        self.accepted.add(n)
+
+    def run(self, threads: int = 4) -> list[threading.Thread]:
+        ts = [threading.Thread(target=self._worker, daemon=True) for _ in range(threads)]
+        for t in ts:
+            t.start()
+        return ts
+
+    def expected(self, batches: Any) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for n in batches:
+            for e in self.sent[n]:
+                counts[e["user_id"]] = counts.get(e["user_id"], 0) + 1
+        return counts
+
+
+def events_by_user(url: str) -> dict[str, int]:
+    """Events scored per user of the :class:`Loader`'s users (admin endpoint)."""
+    out = {}
+    with httpx.Client(headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as c:
+        for u in range(USERS):
+            r = c.get(f"{url}/v1/users/user-{u}")
+            out[f"user-{u}"] = r.json()["events"] if r.status_code == 200 else 0
+    return out

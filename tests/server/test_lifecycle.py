@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
 import time
 from typing import Any
 
@@ -18,65 +17,7 @@ import pytest
 from pyfriction._hashing import key64
 from pyfriction_server import SettingsError, load_settings
 
-from .sidecar_util import ADMIN_KEY, ROOT, WRITE_KEY, ProcessServer, free_port
-
-USERS = 50
-BATCH = 50
-
-
-class Loader:
-    """Sends numbered batches of native events (unique ids) from a few threads and remembers
-    which ones the sidecar accepted (answered 200)."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.sent: dict[int, list[dict[str, Any]]] = {}
-        self.accepted: set[int] = set()
-        self.stop = threading.Event()
-        self._next = 0
-        self._lock = threading.Lock()
-
-    def batch(self, n: int) -> list[dict[str, Any]]:
-        return [{"id": f"b{n}-{i}", "user_id": f"user-{(n * BATCH + i) % USERS}", "type": "click",
-                 "target": f"#t{i % 7}", "ts": 1_700_000_000.0 + n} for i in range(BATCH)]  # fmt: skip
-
-    def _worker(self) -> None:
-        with httpx.Client(headers={"X-Write-Key": WRITE_KEY}, timeout=5) as client:
-            while not self.stop.is_set():
-                with self._lock:
-                    n = self._next
-                    self._next += 1
-                events = self.sent.setdefault(n, self.batch(n))
-                try:
-                    r = client.post(self.url + "/v1/events", json=events)
-                except httpx.HTTPError:
-                    time.sleep(0.01)
-                    continue
-                if r.status_code == 200:
-                    with self._lock:
-                        self.accepted.add(n)
-
-    def run(self, threads: int = 4) -> list[threading.Thread]:
-        ts = [threading.Thread(target=self._worker, daemon=True) for _ in range(threads)]
-        for t in ts:
-            t.start()
-        return ts
-
-    def expected(self, batches: Any) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for n in batches:
-            for e in self.sent[n]:
-                counts[e["user_id"]] = counts.get(e["user_id"], 0) + 1
-        return counts
-
-
-def _events_by_user(url: str) -> dict[str, int]:
-    out = {}
-    with httpx.Client(headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as c:
-        for u in range(USERS):
-            r = c.get(f"{url}/v1/users/user-{u}")
-            out[f"user-{u}"] = r.json()["events"] if r.status_code == 200 else 0
-    return out
+from .sidecar_util import ADMIN_KEY, BATCH, ROOT, WRITE_KEY, Loader, ProcessServer, events_by_user, free_port
 
 
 def _snapshots(url: str) -> int:
@@ -110,7 +51,7 @@ def test_kill9_mid_load_loses_no_accepted_event(tmp_path: Any) -> None:
 
     server = ProcessServer(str(state), port=port, config=str(config)).start()
     try:
-        got = _events_by_user(server.url)
+        got = events_by_user(server.url)
         want = loader.expected(accepted)
         lost = {u: want[u] - got.get(u, 0) for u in want if got.get(u, 0) < want[u]}
         assert not lost, f"accepted events lost after kill -9: {lost}"
@@ -119,7 +60,7 @@ def test_kill9_mid_load_loses_no_accepted_event(tmp_path: Any) -> None:
         with httpx.Client(headers={"X-Write-Key": WRITE_KEY}) as c:
             for n in sorted(set(loader.sent) - accepted):
                 assert c.post(server.url + "/v1/events", json=loader.sent[n]).status_code == 200
-        assert _events_by_user(server.url) == loader.expected(loader.sent)
+        assert events_by_user(server.url) == loader.expected(loader.sent)
     finally:
         status = server.stop()
     assert status == 0
@@ -139,7 +80,7 @@ def test_graceful_shutdown_drains_snapshots_and_restores(tmp_path: Any, fork: st
             loader.sent[n] = loader.batch(n)
             r = httpx.post(server.url + "/v1/events", json=loader.sent[n], headers={"X-Write-Key": WRITE_KEY})
             assert r.status_code == 200
-        before = _events_by_user(server.url)
+        before = events_by_user(server.url)
         # an open guidance stream must not hold the shutdown up
         stream = subprocess.Popen([sys.executable, "-c", (
             "import httpx,sys\n"
@@ -163,7 +104,7 @@ def test_graceful_shutdown_drains_snapshots_and_restores(tmp_path: Any, fork: st
         old = dict(meta, version=1, dedupe=[ids[:50], ids[50:]])
         (state / "state.msgpack").write_bytes(msgspec.msgpack.encode(old))
     with ProcessServer(str(state), *args, port=port) as server:
-        assert _events_by_user(server.url) == before
+        assert events_by_user(server.url) == before
         # the dedupe memory survived too
         r = httpx.post(server.url + "/v1/events", json=loader.sent[3], headers={"X-Write-Key": WRITE_KEY})
         assert r.json()["duplicates"] == BATCH

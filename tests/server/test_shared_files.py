@@ -1,0 +1,139 @@
+"""The files the workers of one sidecar share (pyfriction_server.shared): the dedupe memory,
+the watermark and the guidance bell, checked against a model and across real processes."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pyfriction.recent import RecentIds, TaggedIds, fingerprint
+from pyfriction_server.shared import Bell, SharedIds, Watermark
+
+#: Every table test runs on the compiled kernel and on its pure-Python twin.
+kernels = pytest.mark.parametrize(
+    "compiled",
+    [pytest.param(True, marks=pytest.mark.skipif(TaggedIds is None, reason="core not built")), False],
+    ids=["compiled", "python"],
+)
+ids = st.lists(st.lists(st.sampled_from([f"id{i}" for i in range(12)] + [None]), max_size=6), max_size=25)
+
+
+@kernels
+@settings(max_examples=200, deadline=None)
+@given(batches=ids, capacity=st.integers(1, 6))
+def test_shared_ids_remember_at_least_the_last_capacity(tmp_path_factory: object, compiled: bool,
+                                                         batches: list[list[str | None]], capacity: int) -> None:  # fmt: skip
+    """An id among the last ``capacity`` distinct ones is always a duplicate, a new one never
+    is; in between (older ids) either answer is allowed. With enough room, the answers are
+    exactly those of the single-process RecentIds."""
+    path = str(tmp_path_factory.mktemp("ids") / "dedupe.ids")  # type: ignore[attr-defined]
+    shared = SharedIds(path, capacity, compiled=compiled)
+    exact, roomy = RecentIds(100), SharedIds(path + ".roomy", 100, compiled=compiled)
+    recent: list[str] = []  # distinct ids in the order they were remembered, most recent last
+    try:
+        for tag, batch in enumerate(batches, start=1):
+            keep = shared.filter(batch, tag)
+            kept = set(range(len(batch)) if keep is None else keep)
+            seen_here: set[str] = set()
+            for index, key in enumerate(batch):
+                if key is None:
+                    assert index in kept
+                    continue
+                if key in seen_here or key in recent[-capacity:]:
+                    assert index not in kept, (key, recent)
+                elif key not in recent:
+                    assert index in kept
+                seen_here.add(key)
+                if index in kept:  # remembered (anew): the most recent now; a retry moves nothing
+                    if key in recent:
+                        recent.remove(key)
+                    recent.append(key)
+            assert roomy.filter(batch, tag) == exact.filter(batch)
+    finally:
+        shared.close()
+        roomy.close()
+
+
+@kernels
+def test_a_replayed_record_is_not_a_duplicate_of_itself(tmp_path: Path, compiled: bool) -> None:
+    shared = SharedIds(str(tmp_path / "ids"), 10, compiled=compiled)
+    assert shared.filter(["a", "b"], tag=7) is None
+    assert shared.filter(["a", "b", "c"], tag=7) is None  # the same record, replayed: all kept
+    assert shared.filter(["a", "c", "d"], tag=8) == [2]  # another record: a and c are retries
+    assert shared.filter(["e", "e", None, "e"], tag=9) == [0, 2]  # repeated in the batch: once
+    assert len(shared) == 5
+    shared.close()
+
+
+def _remember(path: str, start: int, compiled: bool) -> None:
+    shared = SharedIds(path, 1000, compiled=compiled)
+    for n in range(start, start + 200):
+        shared.filter([f"id{n}"], tag=start + 1)
+
+
+@kernels
+def test_processes_share_the_memory_and_survive_a_holder_killed_mid_change(tmp_path: Path, compiled: bool) -> None:
+    path = str(tmp_path / "ids")
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_remember, args=(path, start, compiled)) for start in (0, 200)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    shared = SharedIds(path, 1000, compiled=compiled)
+    assert shared.filter([f"id{n}" for n in range(400)], tag=99) == []  # all seen, by one or the other
+    # a holder that died mid-change left its pid in the busy word: the next one repairs
+    dead = ctx.Process(target=int)
+    dead.start()
+    dead.join(60)
+    shared.mm[shared.busy_at : shared.busy_at + 8] = (dead.pid or 1).to_bytes(8, "little")
+    assert shared.filter(["id5", "new"], tag=100) == [1]
+    assert len(shared) == 401
+    shared.close()
+
+
+def test_the_watermark_persists(tmp_path: Path) -> None:
+    mark = Watermark(str(tmp_path / "applied"))
+    assert mark.value == 0
+    mark.set(42 << 48 | 7)
+    mark.sync()
+    mark.close()
+    assert Watermark(str(tmp_path / "applied")).value == 42 << 48 | 7
+
+
+def _ring(path: str, users: list[str]) -> None:
+    bell = Bell(path)
+    for user in users:
+        bell.ring(user)
+
+
+def test_the_bell_carries_users_across_processes(tmp_path: Path) -> None:
+    path = str(tmp_path / "bell")
+    bell = Bell(path)
+    start = bell.count
+    p = mp.get_context("spawn").Process(target=_ring, args=(path, ["alice", "bob"]))
+    p.start()
+    p.join(60)
+    assert p.exitcode == 0
+    count, keys = bell.heard(start)
+    assert count == start + 2 and keys == [fingerprint("alice"), fingerprint("bob")]
+    assert bell.heard(count) == (count, [])
+    for n in range(Bell.SIZE):  # a reader a whole ring behind is told to wake everyone
+        bell.ring(f"u{n}")
+    assert bell.heard(count)[1] is None
+    bell.close()
+
+
+def test_a_file_of_other_parameters_starts_afresh(tmp_path: Path) -> None:
+    path = str(tmp_path / "ids")
+    small = SharedIds(path, 10)
+    small.filter(["a"], tag=1)
+    small.close()
+    big = SharedIds(path, 20)  # another capacity: ids of past deliveries are not worth a refusal
+    assert big.filter(["a"], tag=2) is None
+    big.close()

@@ -1,0 +1,292 @@
+"""``pyfriction-server --workers N`` (issue 18, point 4): N processes on one port and one store.
+
+Real processes throughout: the sidecar runs as ``python -m pyfriction_server --workers N``,
+the kernel hands each new connection to one of its workers, and every response names the
+worker that served it (``x-pyfriction-worker``), so the tests know which one did what.
+
+* both workers serve, and a user's events sent through either are one state;
+* a guidance stream held by one worker hears of an episode scored by the other;
+* ``kill -9`` of one worker, of every process, and a restart with fewer workers lose no
+  accepted event; retried deliveries are recognised by whichever worker gets them. A record
+  scored but not yet marked applied when its worker died is scored again on replay (at least
+  once): the bound below allows one event per user for that, no more.
+
+No assertion on time: every wait is for a condition, with a deadline that only turns a hang
+into a failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from pyfriction.tracker import compiled_available
+
+from .sidecar_util import (
+    ADMIN_KEY,
+    GUIDANCE_CONFIG,
+    WRITE_KEY,
+    Loader,
+    ProcessServer,
+    events_by_user,
+    free_port,
+    wait_for,
+)
+
+pytestmark = pytest.mark.skipif(not compiled_available(), reason="several workers need the compiled engine")
+
+AUTH = {"X-Write-Key": WRITE_KEY}
+#: Small tables (the default million-user store would only make the files bigger), checkpoints
+#: every 0.3 s (journal segments rotated and dropped under load), and the test catalog.
+CONFIG = """\
+capacity = 20000
+[server]
+snapshot_interval = 0.3
+dedupe_size = 100000
+sse_keepalive = 0.3
+[scoring]
+cooldown = 0.0
+[guidance]
+rules = [{guidance = "pay-help", target = "#pay"}]
+caps = {per_day = 100, item_cooldown = 0.0}
+holdout = {share = 0.0}
+[[guidance.items]]
+id = "pay-help"
+kind = "tooltip"
+anchor = "#pay"
+title = "Payment is on its way"
+"""
+
+
+def _config(tmp_path: Path) -> str:
+    assert GUIDANCE_CONFIG["guidance"]["items"][0]["id"] == "pay-help"  # the same item as the other tests
+    path = tmp_path / "sidecar.toml"
+    path.write_text(CONFIG)
+    return str(path)
+
+
+def _server(tmp_path: Path, workers: int, port: int | None = None) -> ProcessServer:
+    return ProcessServer(str(tmp_path / "state"), "--workers", str(workers), port=port, config=_config(tmp_path))
+
+
+def _served_by(response: httpx.Response) -> int:
+    return int(response.headers["x-pyfriction-worker"])
+
+
+def _worker_pids(server: ProcessServer) -> dict[int, int]:
+    """worker index -> pid, from /readyz on new connections until every worker answered."""
+    assert server.proc is not None
+    parent = psutil.Process(server.proc.pid)
+    found: dict[int, int] = {}
+
+    def all_seen() -> bool:
+        try:
+            doc = httpx.get(server.url + "/readyz", timeout=10).json()
+        except httpx.HTTPError:
+            return False
+        if doc.get("status") == "ready":
+            found[int(doc["worker"])] = int(doc["pid"])
+        live = {c.pid for c in parent.children()}
+        return len(found) == int(doc.get("workers", 0)) and set(found.values()) <= live
+
+    wait_for(all_seen, timeout=120, interval=0.02)
+    return dict(found)
+
+
+def _rage(url: str, user: str) -> int:
+    """Four clicks on #pay in one request (an episode and the pay-help item); the worker."""
+    now = time.time()
+    events = [{"id": f"{user}-{i}", "user_id": user, "type": "click", "target": "#pay", "step": "billing",
+               "ts": now + i * 0.1} for i in range(4)]  # fmt: skip
+    r = httpx.post(url + "/v1/events", json={"events": events, "sent_at": now + 0.4}, headers=AUTH, timeout=30)
+    assert r.status_code == 200 and r.json()["accepted"] == 4
+    return _served_by(r)
+
+
+def test_both_workers_serve_one_port_and_one_state(tmp_path: Path) -> None:
+    with _server(tmp_path, 2) as server:
+        assert set(_worker_pids(server)) == {0, 1}
+        user, sent, by = "u-shared", 0, set()
+        while by != {0, 1} and sent < 400:  # a new connection per request: either worker may get it
+            event = {"id": f"e{sent}", "user_id": user, "type": "page", "step": f"s{sent % 3}"}
+            r = httpx.post(server.url + "/v1/events", json=[event], headers=AUTH, timeout=30)
+            assert r.status_code == 200 and r.json()["accepted"] == 1
+            by.add(_served_by(r))
+            sent += 1
+        assert by == {0, 1}, "one worker served every request"
+        for _ in range(4):  # whichever worker answers sees every event of the user
+            r = httpx.get(f"{server.url}/v1/users/{user}", headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+            assert r.json()["events"] == sent
+        # a retried delivery is a duplicate whichever worker gets it
+        for _ in range(4):
+            event = {"id": "e0", "user_id": user, "type": "page", "step": "s0"}
+            assert httpx.post(server.url + "/v1/events", json=[event], headers=AUTH).json()["duplicates"] == 1
+        assert server.stop() == 0
+    state = tmp_path / "state"
+    assert sorted(p.name for p in state.iterdir() if p.name.startswith("journal-")) == ["journal-0", "journal-1"]
+
+
+def test_a_stream_held_by_one_worker_hears_an_episode_on_the_other(tmp_path: Path) -> None:
+    crossed = 0
+    with _server(tmp_path, 2) as server:
+        for _ in range(40):
+            user = f"u-{uuid.uuid4().hex[:8]}"
+            with httpx.stream("GET", f"{server.url}/v1/guidance/{user}/stream", params={"key": WRITE_KEY},
+                              timeout=30) as r:  # fmt: skip
+                holder = _served_by(r)
+                lines = r.iter_lines()
+                assert next(lines) == "retry: 3000"
+                assert next(lines) == f": pyfriction guidance stream (worker {holder})"
+                scorer = _rage(server.url, user)
+                got: list[str] = []
+                event = None
+                deadline = time.monotonic() + 60  # keep-alives every 0.3 s let us give up
+                for line in lines:
+                    if line.startswith("event: "):
+                        event = line[7:]
+                    elif line.startswith("data: ") and event == "guidance":
+                        got.append(json.loads(line[6:])["id"])
+                        break
+                    elif time.monotonic() > deadline:
+                        break
+                assert got == ["pay-help"], f"scored by worker {scorer}, stream on worker {holder}"
+            if scorer != holder:
+                crossed += 1
+                if crossed >= 3:
+                    break
+        assert crossed >= 3, "the episodes were all scored by the stream's own worker"
+        assert server.stop() == 0
+
+
+def _load_until(loader: Loader, accepted: int, timeout: float = 120.0) -> None:
+    wait_for(lambda: len(loader.accepted) >= accepted, timeout=timeout, interval=0.05)
+
+
+def _check_no_loss(url: str, loader: Loader) -> None:
+    """Every accepted event is there; retrying what got no answer completes the stream, each
+    retried event counted once (plus at most one replayed record per user, see the module)."""
+    accepted = set(loader.accepted)
+    got = events_by_user(url)
+    want = loader.expected(accepted)
+    lost = {u: (want[u], got.get(u, 0)) for u in want if got.get(u, 0) < want[u]}
+    assert not lost, f"accepted events lost: {lost}"
+    with httpx.Client(headers=AUTH, timeout=30) as c:
+        for n in sorted(set(loader.sent) - accepted):
+            assert c.post(url + "/v1/events", json=loader.sent[n]).status_code == 200
+    got = events_by_user(url)
+    everything = loader.expected(loader.sent)
+    off = {u: (everything[u], got.get(u, 0)) for u in everything if not 0 <= got.get(u, 0) - everything[u] <= 1}
+    assert not off, f"(sent, scored) after the retries: {off}"
+
+
+def test_kill9_of_one_worker_loses_no_accepted_event(tmp_path: Path) -> None:
+    server = _server(tmp_path, 2).start()
+    loader = Loader(server.url)
+    threads = loader.run()
+    try:
+        _load_until(loader, 150)
+        pids = _worker_pids(server)
+        os.kill(pids[1], signal.SIGKILL)  # mid-load: its journal holds what it accepted
+        before = len(loader.accepted)
+        _load_until(loader, before + 150)  # the other worker goes on, and the parent restarts this one
+        restarted = _worker_pids(server)
+        assert restarted[1] != pids[1] and restarted[0] == pids[0]
+    finally:
+        loader.stop.set()
+        for t in threads:
+            t.join(30)
+    try:
+        _check_no_loss(server.url, loader)
+    finally:
+        assert server.stop() == 0
+
+
+def test_kill9_of_every_process_loses_no_accepted_event(tmp_path: Path) -> None:
+    port = free_port()
+    server = _server(tmp_path, 2, port).start()
+    loader = Loader(server.url)
+    threads = loader.run()
+    try:
+        _load_until(loader, 200)
+        assert server.proc is not None
+        everyone = [server.proc.pid, *_worker_pids(server).values()]
+        for pid in everyone:
+            os.kill(pid, signal.SIGKILL)
+        server.kill()
+    finally:
+        loader.stop.set()
+        for t in threads:
+            t.join(30)
+    wait_for(lambda: not any(psutil.pid_exists(p) and psutil.Process(p).status() != "zombie" for p in everyone),
+             timeout=60)  # fmt: skip
+    server = _server(tmp_path, 2, port).start()
+    try:
+        _check_no_loss(server.url, loader)
+    finally:
+        assert server.stop() == 0
+
+
+def test_fewer_workers_after_a_crash_replay_the_journals_of_the_others(tmp_path: Path) -> None:
+    port = free_port()
+    server = _server(tmp_path, 3, port).start()
+    loader = Loader(server.url)
+    threads = loader.run()
+    try:
+        _load_until(loader, 200)
+        pids = _worker_pids(server)
+        assert server.proc is not None
+        os.kill(server.proc.pid, signal.SIGKILL)
+        for pid in pids.values():
+            os.kill(pid, signal.SIGKILL)
+        server.kill()
+    finally:
+        loader.stop.set()
+        for t in threads:
+            t.join(30)
+    wait_for(lambda: not any(psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"
+                             for p in pids.values()), timeout=60)  # fmt: skip
+    server = _server(tmp_path, 2, port).start()
+    try:
+        _check_no_loss(server.url, loader)
+    finally:
+        assert server.stop() == 0
+    assert not (tmp_path / "state" / "journal-2").exists()  # replayed, then removed
+
+
+def test_a_state_directory_keeps_its_mode(tmp_path: Path) -> None:
+    """A directory written by workers is refused by a single process, and the other way round."""
+    with _server(tmp_path, 2) as server:
+        _worker_pids(server)
+        assert server.stop() == 0
+    single = ProcessServer(str(tmp_path / "state"), "--workers", "1", config=_config(tmp_path))
+    with pytest.raises(RuntimeError, match="sidecar failed to start"):
+        single.start(timeout=60)
+    assert "--workers other than 1" in single.read_log()
+
+    other = tmp_path / "single"
+    other.mkdir()
+    with ProcessServer(str(other / "state"), config=_config(tmp_path)) as server:
+        assert server.stop() == 0
+    workers = ProcessServer(str(other / "state"), "--workers", "2", config=_config(tmp_path))
+    with pytest.raises(RuntimeError, match="sidecar failed to start"):
+        workers.start(timeout=60)
+    assert "single-process sidecar" in workers.read_log()
+
+
+def test_settings_refuse_workers_without_what_they_need() -> None:
+    from pyfriction_server import SettingsError, load_settings
+
+    with pytest.raises(SettingsError, match="state_dir"):
+        load_settings(["--workers", "2", "--state-dir", ""])
+    with pytest.raises(SettingsError, match="compiled engine"):
+        load_settings(["--workers", "2"], engine="reference")
+    assert load_settings(["--workers", "0"]).worker_count >= 1
+    assert load_settings([], environ={"PYFRICTION_SERVER_WORKERS": "3"}).worker_count == 3
