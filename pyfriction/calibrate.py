@@ -8,24 +8,35 @@ false-positive rate among the users who never filed one.
 
 How, in three passes over the logs (streamed; memory grows with users, not events):
 
-1. **Evidence.** The logs are replayed through the engine with every detector weight set to 1
-   and no episode able to fire, so a detector's pressure is its *evidence*: decayed activation
-   counts. After every event of a user (and at every ``tick()``, every 30 s of stream time, for
-   stalls) their evidence vector is read. A user is flagged by weights ``w`` as soon as
-   ``w . e(t) >= P`` for some ``t`` before their ticket, where ``P = -ln(1 - threshold)``; with
-   non-negative weights that maximum is reached on the Pareto front of the user's evidence
-   vectors, so only that front is kept per user.
+1. **Evidence.** The logs are replayed through the engine with every detector's main weight set
+   to 1 (its other weights keep their ratio to it) and no episode able to fire, so a detector's
+   pressure is its *evidence*: decayed activation counts, which times the main weight are the
+   engine's pressure. After every event of a user (and at every ``tick()``, every 30 s of
+   stream time, for stalls) their evidence vector is read. A user is flagged by weights ``w`` as
+   soon as ``w . e(t) >= P`` for some ``t`` before their ticket, where
+   ``P = -ln(1 - threshold)``; with non-negative weights that maximum is reached on the Pareto
+   front of the user's evidence vectors, so only that front is kept per user.
 2. **Fit.** On the users outside the validation share: coordinate ascent on the logarithms of
-   the weights and of ``P``, maximising recall subject to the false-positive rate, with a
-   quadratic penalty pulling every parameter back to the base config's value (the prior) whose
-   strength shrinks as positives grow: a small log cannot drag the defaults far.
+   the weights, each candidate at its operating point on the ROC (``P``: the most recall within
+   a false-positive budget, in the middle of the gap between the scores flagged and not), with
+   a quadratic penalty pulling every parameter back to the base config's value (the prior)
+   whose strength shrinks as positives grow: a small log cannot drag the defaults far. The
+   budget is the lower of the target (a count whose 95% upper bound is ``target_fpr``) and the
+   base config's own false positives on the fit users: a base already under the target is not
+   given more, and the tuned config must flag no more of those users than the base with 95%
+   confidence (none the base did not flag, or fewer by a one-sided sign test on the users only
+   one of them flags). It then adds recall at no cost in false positives (it dominates the base)
+   rather than trading one for the other. ``spend_target=True`` (``--spend-target``) lets the
+   fit spend the whole target instead.
 3. **Validation.** The validation users are replayed for real, through the engine, with the base
    and with the tuned config: recall (an episode before the ticket), false positives, median
-   lead, per step and per detector. A tuned config that is worse than the base on them (less
-   recall, or more false positives than both the base and the target allow) is refused.
+   lead, per step and per detector. A tuned config that is worse than the base on them (the
+   base dominates it: no more recall and more false positives, or less recall and no fewer; or
+   more false positives than both the base and the target allow) is refused.
 
-The fit is an approximation of the engine (the help boost and the episode hysteresis are left
-out of it); the validation is not: it is the engine itself.
+The fit is an approximation of the engine (the help boost is judged on the evidence, not on the
+weighted pressures, and the episode hysteresis is left out); the validation is not: it is the
+engine itself.
 """
 
 from __future__ import annotations
@@ -70,6 +81,9 @@ MAX_POINTS = 32
 PRIOR_POSITIVES = 2.0
 #: Bounds of a learned weight or threshold, as a factor of the base value.
 MAX_FACTOR = 8.0
+#: A false positive costs this share of a caught user's worth in the fit (as rates: a false
+#: positive among the users without a ticket against a catch among those with one).
+FP_COST = 0.25
 
 
 class CalibrationError(ValueError):
@@ -116,16 +130,30 @@ class CalibrationResult(msgspec.Struct, kw_only=True):
     skipped: int
     errors: list[str]
     seconds: float
+    #: Users without a ticket in the fit share.
+    fit_negatives: int = 0
+    #: Of those, how many the base config flags (in the fit's approximation of the engine).
+    base_fit_false_positives: int = 0
+    #: The fit's false-positive budget among them: the lower of the target's count and, unless
+    #: ``spend_target``, the base config's.
+    allowed_false_positives: int = 0
+    spend_target: bool = False
 
     def worse_than_base(self) -> str | None:
         """Why the tuned config is worse than the base on the validation users, or None.
 
-        Worse: less recall without fewer false positives, or more false positives than both the
-        base and the target allow. Less recall for fewer false positives is what was asked for
-        when the base misses the target, and is written."""
+        Worse: the base dominates it (no more recall and more false positives, or less recall
+        and no fewer false positives), or it has more false positives than both the base and
+        the target allow. Less recall for fewer false positives is what was asked for when the
+        base misses the target, and is written."""
         b, a = self.before, self.after
         if a.recall < b.recall and a.fpr >= b.fpr:
             return f"recall {a.recall:.3f} < the base config's {b.recall:.3f}, with no fewer false positives"
+        if a.recall <= b.recall and a.fpr > b.fpr:
+            return (
+                f"false positives {a.fpr:.2%} > the base config's {b.fpr:.2%}, "
+                f"with no more recall ({a.recall:.3f}, the base {b.recall:.3f})"
+            )
         if a.fpr > max(b.fpr, self.target_fpr):
             return (
                 f"false positives {a.fpr:.2%} > both the base config's {b.fpr:.2%} and the target {self.target_fpr:.2%}"
@@ -215,12 +243,17 @@ def _in_validation(user_id: str, share: float, salt: str) -> bool:
 
 # -- pass 1: evidence -------------------------------------------------------------------------------
 def _evidence_config(base: Config) -> Config:
-    """The base config with unit weights, no help boost and no episode: pressures are evidence."""
+    """The base config with unit main weights and no episode: pressures are evidence.
+
+    A detector's other weight fields keep their ratio to its main weight (a single u-turn counts
+    0.25 / 0.6 of a repeated one), since a tuned config scales them together: evidence times the
+    main weight is then the engine's pressure, for any main weight."""
     data = msgspec.to_builtins(base)
     for name, fields in WEIGHT_FIELDS.items():
+        main = float(getattr(getattr(base.detectors, name), fields[0]))
         for f in fields:
-            data["detectors"][name][f] = 1.0
-    data["detectors"]["help_seeking"]["boost"] = 1.0
+            value = float(getattr(getattr(base.detectors, name), f))
+            data["detectors"][name][f] = min(100.0, value / main) if main > 0 else 1.0
     data["scoring"]["threshold"] = 0.999999
     data["scoring"]["rearm"] = min(data["scoring"]["rearm"], 0.999999)
     data["guidance"]["enabled"] = False
@@ -399,9 +432,14 @@ def allowed_false_positives(negatives: int, target_fpr: float) -> int:
 
 def _fit(
     points: np.ndarray, owner: np.ndarray, users: int, positive: np.ndarray, w0: np.ndarray, p0: float,
-    fixed: np.ndarray, target_fpr: float,
-) -> tuple[np.ndarray, float]:  # fmt: skip
-    """Coordinate ascent on log-weights and log-threshold (see the module docstring)."""
+    fixed: np.ndarray, target_fpr: float, spend_target: bool = False,
+) -> tuple[np.ndarray, float, int, int]:  # fmt: skip
+    """Coordinate ascent on the log-weights, each candidate at its own operating point on the
+    ROC (see the module docstring and :func:`_operating_point`).
+
+    Returns the weights, ``P``, the false-positive budget among the negatives and the base's
+    false positives among them (the budget is the lower of the target's count and, unless
+    ``spend_target``, the base's)."""
     tunable = np.flatnonzero((w0 > 0) & ~fixed)
     n_pos = max(1, int(positive.sum()))
     negative = ~positive
@@ -414,49 +452,114 @@ def _fit(
     log_w0 = np.log(np.where(w0 > 0, w0, 1.0))
     log_p0 = math.log(p0)
     bound = math.log(MAX_FACTOR)
+    p_range = (p0 / MAX_FACTOR, min(p0 * MAX_FACTOR, -math.log(1e-6)))
 
-    def flagged(log_w: np.ndarray, log_p: float) -> np.ndarray:
+    def scores(log_w: np.ndarray) -> np.ndarray:
+        """Each user's highest ``w . e`` before their ticket."""
         w = np.where(w0 > 0, np.exp(log_w), 0.0)
         w[fixed] = 1.0
         best = np.zeros(users)
         if len(points):
             best[holders] = np.maximum.reduceat(points @ w, starts)
-        return best >= math.exp(log_p) * (1 - 1e-9)
+        return best
 
+    base_flags = (scores(log_w0) >= p0 * (1 - 1e-9))[negative]
+    base_false_pos = int(base_flags.sum())
     allowed = allowed_false_positives(n_neg, target_fpr)
+    # Dominance: a base already under the target keeps its false positives as the budget, and the
+    # tuned config must not exceed them with 95% confidence (paired, on the same users).
+    paired = not spend_target and base_false_pos <= allowed
+    if paired:
+        allowed = base_false_pos
 
-    def objective(log_w: np.ndarray, log_p: float) -> float:
-        f = flagged(log_w, log_p)
+    def objective(log_w: np.ndarray) -> tuple[float, float]:
+        s = scores(log_w)
+        p = _operating_point(s[positive], s[negative], allowed, p_range, base_flags if paired else None)
+        f = s >= p
         recall = f[positive].sum() / n_pos
         false_pos = int(f[negative].sum())
-        prior = float(((log_w - log_w0)[tunable] ** 2).sum() + (log_p - log_p0) ** 2)
-        over = max(0, false_pos - allowed) / n_neg
-        return float(recall - 0.25 * false_pos / n_neg - 100.0 * over - lam * prior)
+        prior = float(((log_w - log_w0)[tunable] ** 2).sum() + (math.log(p) - log_p0) ** 2)
+        over = float(max(0, false_pos - allowed))
+        if paired:
+            new = int((f[negative] & ~base_flags).sum())
+            over = max(over, _excess(new, base_false_pos - (false_pos - new)))
+        return float(recall - FP_COST * false_pos / n_neg - 100.0 * over / n_neg - lam * prior), p
 
-    log_w, log_p = log_w0.copy(), log_p0
-    best = objective(log_w, log_p)
+    log_w = log_w0.copy()
+    best, p_best = objective(log_w)
     for step in (1.0, 0.5, 0.25, 0.1, 0.05, 0.02):
         improved = True
         rounds = 0
         while improved and rounds < 50:
             improved = False
             rounds += 1
-            for k in [*tunable.tolist(), -1]:
+            for k in tunable.tolist():
                 for delta in (step, -step):
-                    cand_w, cand_p = log_w.copy(), log_p
-                    if k < 0:
-                        cand_p = log_p + delta
-                        if abs(cand_p - log_p0) > bound or cand_p >= math.log(-math.log(1e-6)):
-                            continue
-                    else:
-                        cand_w[k] += delta
-                        if abs(cand_w[k] - log_w0[k]) > bound or math.exp(cand_w[k]) > 100.0:
-                            continue
-                    value = objective(cand_w, cand_p)
+                    cand_w = log_w.copy()
+                    cand_w[k] += delta
+                    if abs(cand_w[k] - log_w0[k]) > bound or math.exp(cand_w[k]) > 100.0:
+                        continue
+                    value, p = objective(cand_w)
                     if value > best + 1e-12:
-                        best, log_w, log_p, improved = value, cand_w, cand_p, True
+                        best, log_w, p_best, improved = value, cand_w, p, True
     weights = np.where(w0 > 0, np.exp(log_w), 0.0)
-    return weights, math.exp(log_p)
+    return weights, p_best, allowed, base_false_pos
+
+
+#: One-sided 95% normal quantile: the confidence of the budgets (as in :func:`wilson_upper`).
+Z95 = 1.6449
+
+
+def _excess(new: int, gone: int) -> float:
+    """How far flagging ``new`` users the base did not flag, and not ``gone`` ones it did, is from
+    "no more false positives than the base, with 95% confidence" (a one-sided sign test on
+    those discordant users, normal approximation): 0 when within. Flagging none new is within."""
+    if new == 0:
+        return 0.0
+    return max(0.0, new - gone + Z95 * math.sqrt(new + gone))
+
+
+def _operating_point(pos: np.ndarray, neg: np.ndarray, allowed: int, p_range: tuple[float, float],
+                     base: np.ndarray | None = None) -> float:  # fmt: skip
+    """The threshold ``P`` on the ROC of scores ``pos`` (users with a ticket) and ``neg``
+    (without): flagging at most ``allowed`` of ``neg`` (and, given ``base``, the flags of the
+    base config on ``neg``: no more false positives than the base with 95% confidence, see
+    :func:`_excess`), the most of ``pos`` (each false positive costs :data:`FP_COST` of a caught
+    user's share, so none is spent for nothing), and in the middle (geometric) of the gap between
+    the scores it flags and those it does not, so that the engine, which the scores only
+    approximate, draws the same line. Within ``p_range``.
+    """
+    lo_p, hi_p = p_range
+    scored = np.flatnonzero(neg > 0)
+    ranked_neg = scored[np.argsort(-neg[scored], kind="stable")][: allowed + 1]
+    top = neg[ranked_neg]  # the highest negative scores, descending
+    # Flagging the k highest negatives: the line runs just above top[k] (the (k+1)-th).
+    cuts = np.append(top, 0.0)[: min(allowed, len(top)) + 1]
+    ks = np.arange(len(cuts))
+    ranked = np.sort(pos[pos > cuts[-1]])
+    caught = len(ranked) - np.searchsorted(ranked, cuts, side="right")
+    n_pos, n_neg = max(1, len(pos)), max(1, len(neg))
+    value = caught / n_pos - FP_COST * ks / n_neg
+    if base is not None:
+        was = np.r_[0, np.cumsum(base[ranked_neg])][: len(cuts)]  # of the k flagged, base flags too
+        total = int(base.sum())
+        ok = [_excess(int(k - w), int(total - w)) == 0.0 for k, w in zip(ks, was)]
+        value = np.where(ok, value, -np.inf)
+    k = int(np.argmax(value))  # the first best: the fewest false positives
+    lo = float(cuts[k])
+    above = ranked[ranked > lo]
+    hi = min(float(above[0]) if len(above) else math.inf, float(top[k - 1]) if k > 0 else math.inf)
+    if hi <= lo * (1 + 1e-9):  # a negative tied with the line: flag strictly above it
+        p = lo * (1 + 1e-6)
+    elif lo > 0 and hi < math.inf:
+        p = math.sqrt(lo * hi)
+    elif hi < math.inf:
+        p = hi * math.exp(-0.5)
+    elif lo > 0:
+        p = lo * math.exp(0.5)
+    else:
+        p = lo_p
+    return min(hi_p, max(lo_p, p))
 
 
 def tuned_config(base: Config, weights: dict[str, float], threshold: float) -> dict[str, Any]:
@@ -565,11 +668,15 @@ def calibrate(
     engine: str = "auto",
     progress: IO[str] | None = None,
     salt: str = "pyfriction-calibrate",
+    spend_target: bool = False,
 ) -> CalibrationResult:
     """Fit detector weights and the threshold on ``logs`` (JSON Lines paths) against their tickets.
 
     ``base`` is the config to start from and to compare with (path, mapping, :class:`Config` or
-    None for the defaults). Raises :class:`CalibrationError` for logs without tickets or with too
+    None for the defaults). The fit allows the tuned config no more false positives on the fit
+    users than the base config has there, nor more than ``target_fpr`` allows; with
+    ``spend_target`` it may spend the whole ``target_fpr`` even where the base has fewer.
+    Raises :class:`CalibrationError` for logs without tickets or with too
     few users to fit, :class:`pyfriction.ConfigError` for a base config that does not load, and
     OSError for an unreadable log.
     """
@@ -592,14 +699,16 @@ def calibrate(
     try:
         with os.fdopen(spill_fd, "wb") as spill:
             ev = _replay_evidence(log, cfg, horizon, engine, lambda u: _in_validation(u, validation_share, salt), spill)
-        return _fit_and_validate(log, ev, cfg, spill_path, target_fpr, validation_share, salt, engine, started)
+        return _fit_and_validate(
+            log, ev, cfg, spill_path, target_fpr, validation_share, salt, engine, started, spend_target
+        )
     finally:
         os.unlink(spill_path)
 
 
 def _fit_and_validate(
     log: _Log, ev: _Evidence, cfg: Config, spill_path: str, target_fpr: float, validation_share: float,
-    salt: str, engine: str, started: float,
+    salt: str, engine: str, started: float, spend_target: bool = False,
 ) -> CalibrationResult:  # fmt: skip
     """Passes 2 and 3 of :func:`calibrate`, on the evidence of pass 1."""
     users = sorted(ev.first_ts)
@@ -634,7 +743,9 @@ def _fit_and_validate(
     fixed = np.array([d not in WEIGHT_FIELDS for d in names])
     positive = np.array([u in ev.label_ts for u in fit_users])
     p0 = -math.log(1.0 - cfg.scoring.threshold)
-    w, p = _fit(points, np.array(owner, dtype=np.int64), len(fit_users), positive, w0, p0, fixed, target_fpr)
+    w, p, allowed, base_false_pos = _fit(
+        points, np.array(owner, dtype=np.int64), len(fit_users), positive, w0, p0, fixed, target_fpr, spend_target
+    )
     learned = {d: float(w[i]) for i, d in enumerate(names) if d in WEIGHT_FIELDS}
     for d in WEIGHT_FIELDS:
         learned.setdefault(d, base_w[d])
@@ -658,6 +769,10 @@ def _fit_and_validate(
         skipped=log.skipped,
         errors=log.errors,
         seconds=time.monotonic() - started,
+        fit_negatives=fit_neg,
+        base_fit_false_positives=base_false_pos,
+        allowed_false_positives=allowed,
+        spend_target=spend_target,
     )
 
 
@@ -667,6 +782,14 @@ def _strip_none(value: Any) -> Any:
     if isinstance(value, list):
         return [_strip_none(v) for v in value]
     return value
+
+
+def _budget_source(result: CalibrationResult) -> str:
+    """Which budget the fit kept to (as :func:`_fit` chose it)."""
+    base = result.base_fit_false_positives
+    if not result.spend_target and base <= allowed_false_positives(result.fit_negatives, result.target_fpr):
+        return f"the base config's {base:,}: more recall at no more false positives"
+    return f"the target {result.target_fpr:.2%} with 95% confidence; the base config has {base:,}"
 
 
 def format_result(result: CalibrationResult) -> str:
@@ -679,6 +802,8 @@ def format_result(result: CalibrationResult) -> str:
     lines = [
         f"{result.events:,} events; fit on {result.fit_users:,} users ({result.fit_positives:,} with a ticket), "
         f"validated on {result.validation_users:,} others ({b.positives:,} with a ticket)",
+        f"operating point: at most {result.allowed_false_positives:,} false positives among the "
+        f"{result.fit_negatives:,} fit users without a ticket ({_budget_source(result)})",
         f"{'':<24}{'base':>12}{'tuned':>12}",
         f"{'recall':<24}{b.recall:>12.3f}{a.recall:>12.3f}",
         f"{'false positives':<24}{b.fpr:>12.2%}{a.fpr:>12.2%}",
@@ -743,6 +868,7 @@ def run_cli(args: Any, out: Callable[[str], None] = print) -> int:
             validation_share=args.validation_share,
             engine=args.engine,
             progress=sys.stderr if sys.stderr.isatty() else None,
+            spend_target=args.spend_target,
         )
     except (CalibrationError, ConfigError, OSError) as exc:
         print(f"pyfriction calibrate: {exc}", file=sys.stderr)
@@ -767,7 +893,10 @@ def add_parser(sub: Any) -> None:
         description="Replay recorded logs, take the users who filed a ticket (a `ticket` event, or a view of the "
         "`contact` step) as the ones who struggled, fit the detector weights and the threshold to catch them "
         "before their ticket at the target false-positive rate, validate on users not fitted on, and write a "
-        "complete config. A config worse than the base on the validation users is not written (exit 1).",
+        "complete config. Where the base config already has fewer false positives than the target allows, the fit "
+        "keeps to the base's count, so the tuned config adds recall at no more false positives (--spend-target to "
+        "use the whole target instead). A config worse than the base on the validation users is not written "
+        "(exit 1).",
     )
     p.add_argument("logs", nargs="+", metavar="LOG", help="JSON Lines logs: canonical events or Segment payloads")
     p.add_argument("-o", "--output", required=True, metavar="FILE", help="where to write the tuned config (TOML)")
@@ -780,6 +909,12 @@ def add_parser(sub: Any) -> None:
         default=0.01,
         metavar="RATE",
         help="false-positive rate allowed among users without a ticket (default: 0.01)",
+    )
+    p.add_argument(
+        "--spend-target",
+        action="store_true",
+        help="let the fit spend the whole --target-fpr even where the base config has fewer false positives, "
+        "trading them for recall (default: off: no more false positives than the base)",
     )
     p.add_argument(
         "--horizon",

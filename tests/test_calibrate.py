@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -15,6 +16,7 @@ from hypothesis import strategies as st
 import pyfriction
 from pyfriction import calibrate as cal
 from pyfriction import cli
+from pyfriction.config import WEIGHT_FIELDS, detector_weights
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import journeys
@@ -117,6 +119,9 @@ def test_worse_than_base_rules() -> None:
     assert "recall" in (result(quality(50, 0), quality(49, 0)).worse_than_base() or "")
     assert "false positives" in (result(quality(50, 0), quality(90, 20)).worse_than_base() or "")
     assert result(quality(50, 20), quality(60, 20)).worse_than_base() is None  # no more FP than the base
+    # Dominated by the base: the same recall for more false positives, even within the target.
+    assert "false positives" in (result(quality(50, 2), quality(50, 3)).worse_than_base() or "")
+    assert result(quality(50, 2), quality(50, 2)).worse_than_base() is None  # the same figures: not worse
     # The base misses the target: trading recall for fewer false positives is what was asked for.
     assert result(quality(80, 90), quality(40, 12)).worse_than_base() is None
 
@@ -246,6 +251,122 @@ def test_calibrate_help_shows_every_default(capsys: pytest.CaptureFixture[str]) 
     out = " ".join(capsys.readouterr().out.split())
     for default in ("(default: 0.01)", "(default: 24h)", "(default: 0.2)", "(default: built-in)", "(default: auto)"):
         assert default in out
+    assert "--spend-target" in out and "(default: off: no more false positives than the base)" in out
+
+
+# -- the operating point: dominate the base, or spend the target -------------------------------------
+scores_st = st.lists(st.floats(0.0, 10.0, allow_nan=False), min_size=1, max_size=60)
+
+
+@settings(max_examples=300, deadline=None)
+@given(scores_st, scores_st, st.floats(0.05, 8.0), st.integers(0, 20), st.randoms(use_true_random=False))
+def test_the_operating_point_never_does_worse_than_the_base_on_the_same_users(
+    pos: list[float], neg: list[float], base_p: float, extra: int, rng: Any
+) -> None:
+    """Given the base's flags on the users without a ticket, the chosen line flags no more of them
+    than the base (none it did not flag, or fewer with 95% confidence), whichever they are (the
+    base's weights rank users otherwise); and when the base is this ranking at threshold
+    ``base_p``, the line catches at least as many users with a ticket or flags fewer without."""
+    p_pos, p_neg = np.array(pos), np.array(neg)
+    wide = (1e-9, 1e9)
+    for base in (p_neg >= base_p, np.array([rng.random() < 0.3 for _ in neg])):
+        p = cal._operating_point(p_pos, p_neg, int(base.sum()), wide, base)
+        flags = p_neg >= p
+        new, gone = int((flags & ~base).sum()), int((base & ~flags).sum())
+        assert cal._excess(new, gone) == 0.0, (new, gone)
+        assert flags.sum() <= base.sum()
+    base = p_neg >= base_p
+    p = cal._operating_point(p_pos, p_neg, int(base.sum()), wide, base)
+    assert (p_pos >= p).sum() >= (p_pos >= base_p).sum() or (p_neg >= p).sum() < base.sum()
+    # Without the base, any budget: never more false positives than it allows.
+    budget = int(base.sum()) + extra
+    p = cal._operating_point(p_pos, p_neg, budget, wide)
+    assert (p_neg >= p).sum() <= budget
+    assert (p_pos >= p).sum() >= (p_pos >= base_p).sum() or (p_neg >= p).sum() < base.sum()
+
+
+def test_excess_is_a_one_sided_sign_test() -> None:
+    assert cal._excess(0, 0) == 0.0 and cal._excess(0, 5) == 0.0  # nothing new: never more
+    assert cal._excess(1, 1) > 0  # a swap: not confidently no more
+    assert cal._excess(2, 9) == 0.0  # 9 gone for 2 new: confidently fewer
+    assert cal._excess(5, 5) > cal._excess(1, 1) > 0
+
+
+@pytest.mark.parametrize("spend_target", [False, True])
+def test_the_budget_is_the_base_unless_told_to_spend_the_target(journey_log: str, spend_target: bool) -> None:
+    engine = "compiled" if pyfriction.compiled_available() else "reference"
+    result = cal.calibrate([journey_log], engine=engine, target_fpr=0.05, spend_target=spend_target)
+    target = cal.allowed_false_positives(result.fit_negatives, 0.05)
+    assert result.fit_negatives > 0 and result.base_fit_false_positives < target  # the defaults are under 5%
+    assert result.spend_target is spend_target
+    if spend_target:
+        assert result.allowed_false_positives == target
+        assert "the target 5.00%" in cal.format_result(result)
+    else:
+        assert result.allowed_false_positives == result.base_fit_false_positives
+        assert "more recall at no more false positives" in cal.format_result(result)
+        assert result.after.fpr <= result.before.fpr and result.worse_than_base() is None
+
+
+def test_spend_target_on_the_command_line(journey_log: str, tmp_path: Path, monkeypatch: Any,
+                                          capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    seen: list[bool] = []
+    real = cal.calibrate
+
+    def spy(*args: Any, **kwargs: Any) -> cal.CalibrationResult:
+        seen.append(kwargs["spend_target"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cal, "calibrate", spy)
+    argv = ["calibrate", journey_log, "-o", str(tmp_path / "t.toml"), "--target-fpr", "0.05"]
+    code, text, err = run(capsys, *argv)
+    assert code == 0, err
+    assert "operating point: at most" in text and "(the base config's" in text
+    # Spending the target may buy nothing on the validation users: then it is refused as worse.
+    code, text, err = run(capsys, *argv, "--spend-target")
+    assert code in (0, 1), err
+    assert "operating point: at most" in text and "(the target 5.00% with 95% confidence" in text
+    assert seen == [False, True]
+
+
+@pytest.fixture(scope="module")
+def few_journeys() -> list[dict[str, Any]]:
+    events, _ = journeys.generate(40, seed=5)
+    return events
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.lists(st.floats(0.1, 3.0), min_size=16, max_size=16))
+def test_evidence_times_the_main_weight_is_the_engines_pressure(
+    few_journeys: list[dict[str, Any]], factors: list[float]
+) -> None:
+    """Whatever the base's weights (a detector's secondary weights in any ratio to its main one),
+    the evidence replay's pressure times the main weight is the base engine's pressure (episodes
+    and guidance off in both, which change no pressure), so the fit's false positives are the
+    engine's. help_seeking is left out: its boost depends on the other detectors' pressure."""
+    fields = [(d, f) for d, fs in WEIGHT_FIELDS.items() for f in fs]
+    data: dict[str, Any] = {"detectors": {}, "scoring": {"threshold": 0.999999}, "guidance": {"enabled": False}}
+    defaults = pyfriction.load_config(None).detectors
+    for (d, f), factor in zip(fields, factors):
+        value = min(100.0, getattr(getattr(defaults, d), f) * factor)
+        data["detectors"].setdefault(d, {})[f] = round(value, 4)
+    base = pyfriction.load_config(data)
+    main = detector_weights(base)
+    engine = "compiled" if pyfriction.compiled_available() else "reference"
+    plain = pyfriction.Tracker(base, engine=engine)
+    evidence = pyfriction.Tracker(cal._evidence_config(base), engine=engine)
+    try:
+        for event in few_journeys:
+            plain.observe(event)
+            evidence.observe(event)
+            uid = event["user_id"]
+            want, got = plain.pressures(uid) or {}, evidence.pressures(uid) or {}
+            for d in main:
+                if d != "help_seeking":
+                    assert math.isclose(want.get(d, 0.0), got.get(d, 0.0) * main[d], rel_tol=1e-4, abs_tol=1e-5), d
+    finally:
+        plain.close()
+        evidence.close()
 
 
 # -- the online counterpart: detection quality in the insights, report and Tracker.calibration() ----
