@@ -69,11 +69,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     setup_logging(settings.log_level)
     files = raise_fd_limit()
-    if settings.workers != 1:
+    count = settings.worker_count
+    if count is not None:
         logging.getLogger("pyfriction.server").info(
-            "starting workers", extra={"host": settings.host, "port": settings.port, "workers": settings.worker_count,
+            "starting workers", extra={"host": settings.host, "port": settings.port, "workers": count,
                                        "open_files": files})  # fmt: skip
-        return supervise(settings, sock, serve)
+        return supervise(settings, sock, serve, count)
     return serve(settings, sock, None, files)
 
 

@@ -36,10 +36,14 @@ import msgspec
 
 import pyfriction
 from pyfriction.events import CANONICAL_TYPES
+from pyfriction.tracker import compiled_available
 
 __all__ = ["EventRule", "Settings", "SettingsError", "load_settings", "parse_args"]
 
 ENV_PREFIX = "PYFRICTION_SERVER_"
+#: The file a single-process sidecar keeps in its state directory (its snapshot's name, the
+#: dedupe memory, the journal position): its presence keeps a directory in that mode.
+SINGLE_PROCESS_STATE = "state.msgpack"
 
 
 class SettingsError(ValueError):
@@ -150,9 +154,11 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     tick_interval: Seconds = 60.0
     #: Seconds to finish in-flight requests at shutdown.
     shutdown_timeout: Seconds = 10.0
-    #: Worker processes serving the port, all on one shared store in ``state_dir`` (0: one per
-    #: core). More than one needs the compiled engine and a state directory.
-    workers: Annotated[int, msgspec.Meta(ge=0, le=1024)] = 1
+    #: Worker processes serving the port, all on one shared store in ``state_dir``. 0 (the
+    #: default): one per core, where the compiled engine is built and there is a state
+    #: directory not written by a single process; else one process. 1: one process, its state
+    #: in memory with snapshots. More than one needs the compiled engine and a state directory.
+    workers: Annotated[int, msgspec.Meta(ge=0, le=1024)] = 0
     #: Engine: "auto", "compiled" or "reference".
     engine: str = "auto"
     #: Log level and one JSON line per request (errors and rejections are always logged).
@@ -171,18 +177,25 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         for key in (*self.write_keys, *self.admin_keys):
             if not key or len(key) > 256 or not key.isprintable() or " " in key:
                 raise ValueError("keys must be 1 to 256 printable characters without spaces")
-        if self.workers != 1 and not self.state_dir:
+        if self.workers > 1 and not self.state_dir:
             raise ValueError("several `workers` share their state through `state_dir`: it must not be empty")
-        if self.workers != 1 and self.engine == "reference":
+        if self.workers > 1 and self.engine == "reference":
             raise ValueError("several `workers` need the compiled engine (`engine` is reference)")
         if self.max_event_bytes > self.max_batch_bytes:
             raise ValueError("`max_event_bytes` must not exceed `max_batch_bytes`")
 
     @property
-    def worker_count(self) -> int:
-        """The number of worker processes: ``workers``, or one per core when it is 0."""
-        if self.workers:
+    def worker_count(self) -> int | None:
+        """How many worker processes to start, or None for one process without workers (see
+        ``workers``)."""
+        if self.workers == 1:
+            return None
+        if self.workers > 1:
             return self.workers
+        if not self.state_dir or self.engine == "reference" or not compiled_available():
+            return None
+        if os.path.exists(os.path.join(self.state_dir, SINGLE_PROCESS_STATE)):
+            return None  # a directory keeps the mode it was written in
         try:
             return len(os.sched_getaffinity(0))  # the cores this process may run on
         except AttributeError:  # not Linux
@@ -212,7 +225,9 @@ FLAGS: list[tuple[str, str, str, str, str, str]] = [
      "none: no browser origin"),
     ("--state-dir", "state_dir", "str", "DIR", "journal and snapshot directory ('' keeps everything in memory)",
      "./pyfriction-state, in the working directory"),
-    ("--workers", "workers", "int", "N", "worker processes on one shared store (0: one per core)", "1"),
+    ("--workers", "workers", "int", "N", "worker processes on one shared store in the state directory (0: one per "
+     "core; 1: one process, its state in memory with snapshots)", "0, where the compiled engine is built and the state "
+     "directory was not written by one process; else 1"),
     ("--log-level", "log_level", "str", "LEVEL", "debug, info, warning, error or critical", "info"),
 ]  # fmt: skip
 

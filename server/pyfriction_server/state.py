@@ -53,14 +53,14 @@ from pyfriction.store import StoreError
 from .errors import HTTPError
 from .journal import Damage, Journal, _fsync_dir, read_segment, segments
 from .metrics import Metrics
-from .settings import Settings
+from .settings import SINGLE_PROCESS_STATE, Settings
 from .shared import Bell, SharedIds, Watermark, Worker
 
 __all__ = ["OUTCOMES", "State", "StateError"]
 
 log = logging.getLogger("pyfriction.server")
 
-STATE_FILE = "state.msgpack"
+STATE_FILE = SINGLE_PROCESS_STATE
 #: Worker mode: the shared store, the shared dedupe memory, the guidance bell.
 STORE_FILE = "friction.state"
 IDS_FILE = "dedupe.ids"

@@ -55,10 +55,9 @@ def _die_with_parent(parent: int) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def supervise(settings: Settings, sock: socket.socket, serve: Serve) -> int:
-    """Run ``settings.worker_count`` workers, each ``serve(settings, sock, worker)`` in a
-    forked child, until SIGTERM/SIGINT; returns the exit status."""
-    count = settings.worker_count
+def supervise(settings: Settings, sock: socket.socket, serve: Serve, count: int) -> int:
+    """Run ``count`` workers, each ``serve(settings, sock, worker)`` in a forked child, until
+    SIGTERM/SIGINT; returns the exit status."""
     parent = os.getpid()
     children: dict[int, tuple[int, float]] = {}  # pid -> (worker index, started)
     state = {"stopping": False, "deadline": 0.0, "status": 0}

@@ -111,12 +111,14 @@ class ProcessServer:
     """``python -m pyfriction_server`` in a subprocess, on a free loopback port."""
 
     def __init__(self, state_dir: str, *args: str, port: int | None = None, env: dict[str, str] | None = None,
-                 config: str | None = None) -> None:  # fmt: skip
+                 config: str | None = None, workers: int | None = 1) -> None:  # fmt: skip
         self.port = port or free_port()
         self.url = f"http://{HOST}:{self.port}"
         self.argv = [sys.executable, "-m", "pyfriction_server", "--host", HOST, "--port", str(self.port),
                      "--state-dir", state_dir, "--write-key", WRITE_KEY, "--admin-key", ADMIN_KEY,
                      "--log-level", "warning", *args]  # fmt: skip
+        if workers is not None:  # one process unless a test asks for workers (None: the default, one per core)
+            self.argv += ["--workers", str(workers)]
         if config:
             self.argv += ["--config", config]
         self.env = dict(os.environ)

@@ -74,7 +74,7 @@ def _config(tmp_path: Path) -> str:
 
 
 def _server(tmp_path: Path, workers: int, port: int | None = None) -> ProcessServer:
-    return ProcessServer(str(tmp_path / "state"), "--workers", str(workers), port=port, config=_config(tmp_path))
+    return ProcessServer(str(tmp_path / "state"), port=port, config=_config(tmp_path), workers=workers)
 
 
 def _served_by(response: httpx.Response) -> int:
@@ -266,7 +266,7 @@ def test_a_state_directory_keeps_its_mode(tmp_path: Path) -> None:
     with _server(tmp_path, 2) as server:
         _worker_pids(server)
         assert server.stop() == 0
-    single = ProcessServer(str(tmp_path / "state"), "--workers", "1", config=_config(tmp_path))
+    single = ProcessServer(str(tmp_path / "state"), config=_config(tmp_path), workers=1)
     with pytest.raises(RuntimeError, match="sidecar failed to start"):
         single.start(timeout=60)
     assert "--workers other than 1" in single.read_log()
@@ -275,7 +275,7 @@ def test_a_state_directory_keeps_its_mode(tmp_path: Path) -> None:
     other.mkdir()
     with ProcessServer(str(other / "state"), config=_config(tmp_path)) as server:
         assert server.stop() == 0
-    workers = ProcessServer(str(other / "state"), "--workers", "2", config=_config(tmp_path))
+    workers = ProcessServer(str(other / "state"), config=_config(tmp_path), workers=2)
     with pytest.raises(RuntimeError, match="sidecar failed to start"):
         workers.start(timeout=60)
     assert "single-process sidecar" in workers.read_log()
@@ -288,5 +288,22 @@ def test_settings_refuse_workers_without_what_they_need() -> None:
         load_settings(["--workers", "2", "--state-dir", ""])
     with pytest.raises(SettingsError, match="compiled engine"):
         load_settings(["--workers", "2"], engine="reference")
-    assert load_settings(["--workers", "0"]).worker_count >= 1
     assert load_settings([], environ={"PYFRICTION_SERVER_WORKERS": "3"}).worker_count == 3
+    assert load_settings(["--workers", "1"]).worker_count is None  # one process, no workers
+
+
+def test_the_default_is_one_worker_per_core_where_it_can_be(tmp_path: Path) -> None:
+    from pyfriction_server import load_settings
+
+    cores = len(os.sched_getaffinity(0))
+    fresh = str(tmp_path / "fresh")
+    assert load_settings(["--state-dir", fresh]).worker_count == cores
+    assert load_settings(["--state-dir", ""]).worker_count is None  # nowhere to share the state
+    assert load_settings(["--state-dir", fresh], engine="reference").worker_count is None
+    single = tmp_path / "single"
+    single.mkdir()
+    (single / "state.msgpack").write_bytes(b"")  # written by one process: it stays so
+    assert load_settings(["--state-dir", str(single)]).worker_count is None
+    with ProcessServer(fresh, config=_config(tmp_path), workers=None) as server:  # no --workers: the default
+        assert len(_worker_pids(server)) == cores
+        assert server.stop() == 0
