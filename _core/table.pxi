@@ -171,6 +171,15 @@ cdef void evict(CompiledCore self, uint32_t s) noexcept nogil:
         if self.gone_n < self.gone_cap:  # else the entry stays, bounded by the id table
             self.gone[self.gone_n] = u.key
             self.gone_n += 1
+    if self.ev_on:
+        self.ev_total += 1
+        if self.ev_n < EVICTED_MAX:
+            self.ev_key[self.ev_n] = u.key
+            self.ev_len[self.ev_n] = u.uid_len
+            memcpy(self.ev_uid + self.ev_n * UIDB, u.uid, UIDB)
+            self.ev_n += 1
+        else:
+            self.ev_over = True
     if not self.shared:
         u.lock = NONE32  # its old log entries are stale now
     clear_keeping_lock(u)
@@ -187,7 +196,9 @@ cdef void forget_gone(CompiledCore self) except *:
     """Drop the full text of the long ids evicted since the last call."""
     cdef Py_ssize_t i
     for i in range(self.gone_n):
-        self.long_ids.pop(self.gone[i], None)
+        uid = self.long_ids.pop(self.gone[i], None)
+        if self.ev_on and uid is not None and not self.ev_over:
+            self.ev_long[self.gone[i]] = uid  # for drain_evicted
     self.gone_n = 0
 
 

@@ -28,7 +28,7 @@ import struct
 import threading
 import weakref
 import zlib
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol
 
@@ -147,6 +147,14 @@ class StateStore(Protocol):
         """Forget ``parts`` of every user and every row of ``tables`` (before a load)."""
         ...
 
+    def forget(self, user_ids: Iterable[str]) -> None:
+        """Remove every part of these users at once (the engine evicted them)."""
+        ...
+
+    def user_ids(self) -> list[str]:
+        """Every user holding any part."""
+        ...
+
 
 def _pooled(table: dict[Any, Any], key: Any) -> Any:
     return (OTHER, OTHER) if isinstance(key, tuple) else OTHER
@@ -262,6 +270,21 @@ class MemoryState:
                 self.parts[p].clear()
             for t in tables:
                 self.tables[t].clear()
+
+    def forget(self, user_ids: Iterable[str]) -> None:
+        """See :meth:`StateStore.forget`."""
+        with self.lock:
+            for uid in user_ids:
+                for users in self.parts:
+                    users.pop(uid, None)
+
+    def user_ids(self) -> list[str]:
+        """See :meth:`StateStore.user_ids`."""
+        with self.lock:
+            seen: dict[str, None] = {}
+            for users in self.parts:
+                seen.update(dict.fromkeys(users))
+            return list(seen)
 
 
 # --- the file -------------------------------------------------------------------------------------
@@ -961,3 +984,29 @@ class FileState:
             for tb in tables:
                 at = _ROWS_OFF + 4 * TABLES.index(tb)
                 self.mm[at : at + 4] = bytes(4)
+
+    def forget(self, user_ids: Iterable[str]) -> None:
+        """See :meth:`StateStore.forget`."""
+        keys = [key64(uid) for uid in user_ids]
+        if not keys:
+            return
+        with self.locked():
+            t = self.users_table
+            st = t.state()
+            for key in keys:
+                e = t.find(key)
+                if e >= 0:
+                    t.delete(e, st)
+            t.set_state(st)
+
+    def user_ids(self) -> list[str]:
+        """See :meth:`StateStore.user_ids`."""
+        with self.locked():
+            t = self.users_table
+            return [self._uid_of(t, e) for e in t.live(t.state())]
+
+    def _uid_of(self, t: _Table, e: int) -> str:
+        try:
+            return str(msgspec.msgpack.decode(t.body(e))[0])
+        except (msgspec.DecodeError, IndexError, TypeError):
+            return ""
