@@ -779,9 +779,10 @@ class FileState:
     """Per-user parts, aggregates and scalars in a memory-mapped file shared by processes.
 
     ``capacity`` users (least recently active of a sample evicted first when full, every
-    part of them at once); each user's record is 64 bytes, what does not fit in its 40 bytes
-    of body spills into a side table of 256-byte blocks (one per user on average, sparse on
-    disk until used). A file created with another capacity keeps its own.
+    part of them at once); each user's record is 128 bytes: a header, the packed guidance
+    record (64 bytes; see :class:`PackedCodec`), and 40 bytes of body; what does not fit
+    spills into a side table of 256-byte blocks (one per user on average, sparse on disk
+    until used). A file created with another capacity keeps its own.
     """
 
     shared = True
