@@ -123,7 +123,7 @@ cdef class CompiledCore:
     cdef uint64_t* ev_key
     cdef uint8_t* ev_len
     cdef char* ev_uid
-    cdef Py_ssize_t ev_n
+    cdef Py_ssize_t ev_n, ev_cap
     cdef uint64_t ev_total, ev_base  # evictions recorded ever; the number of ev_*[0]
     cdef int64_t ev_limit  # while a queued report is delivered: its ev_mark (else -1)
     cdef bint ev_on, ev_over
@@ -511,13 +511,8 @@ cdef class CompiledCore:
     def track_evictions(self, bint on=True):
         """Remember the users evicted from now on (up to EVICTED_MAX between two
         :meth:`drain_evicted`); off by default."""
-        if on and self.ev_key == NULL:
-            self.ev_key = <uint64_t*>malloc(EVICTED_MAX * sizeof(uint64_t))
-            self.ev_len = <uint8_t*>malloc(EVICTED_MAX * sizeof(uint8_t))
-            self.ev_uid = <char*>malloc(EVICTED_MAX * UIDB)
-            if self.ev_key == NULL or self.ev_len == NULL or self.ev_uid == NULL:
-                raise MemoryError()
-            self.ev_long = {}
+        if on and self.ev_long is None:
+            self.ev_long = {}  # the buffer itself grows as evictions come (ev_room)
         self.ev_n = 0
         self.ev_over = False
         self.ev_limit = -1

@@ -173,7 +173,7 @@ cdef void evict(CompiledCore self, uint32_t s) noexcept nogil:
             self.gone_n += 1
     if self.ev_on:
         self.ev_total += 1
-        if self.ev_n < EVICTED_MAX:
+        if ev_room(self):
             self.ev_key[self.ev_n] = u.key
             self.ev_len[self.ev_n] = u.uid_len
             memcpy(self.ev_uid + self.ev_n * UIDB, u.uid, UIDB)
@@ -190,6 +190,33 @@ cdef void evict(CompiledCore self, uint32_t s) noexcept nogil:
     self.ctr[C_EVICTIONS] += 1
     if self.shared:
         pf_unlock(&u.lock)
+
+
+cdef bint ev_room(CompiledCore self) noexcept nogil:
+    """Room for one more evicted user: the buffer doubles as needed, up to EVICTED_MAX."""
+    cdef Py_ssize_t cap
+    cdef void* p
+    if self.ev_n < self.ev_cap:
+        return True
+    if self.ev_cap >= EVICTED_MAX:
+        return False
+    cap = 256 if self.ev_cap == 0 else 2 * self.ev_cap
+    if cap > EVICTED_MAX:
+        cap = EVICTED_MAX
+    p = realloc(self.ev_key, cap * sizeof(uint64_t))
+    if p == NULL:
+        return False
+    self.ev_key = <uint64_t*>p
+    p = realloc(self.ev_len, cap * sizeof(uint8_t))
+    if p == NULL:
+        return False
+    self.ev_len = <uint8_t*>p
+    p = realloc(self.ev_uid, cap * UIDB)
+    if p == NULL:
+        return False
+    self.ev_uid = <char*>p
+    self.ev_cap = cap
+    return True
 
 
 cdef void forget_gone(CompiledCore self) except *:

@@ -281,3 +281,22 @@ def test_facts_follow_the_engine_table(tmp_path_factory: pytest.TempPathFactory,
     finally:
         for t in trackers:
             t.close()
+
+
+@pytest.mark.parametrize(("engine", "on_file"), STORES)
+def test_more_evictions_than_the_engine_notes(tmp_path: Path, engine: str, on_file: bool) -> None:
+    """Past EVICTED_MAX evictions between two uses of the facts, the tracker keeps the facts
+    of the users the engine still holds, and only those."""
+    from pyfriction._constants import EVICTED_MAX
+
+    t = tracker(engine, f"file://{tmp_path}/f.state" if on_file else None, capacity=3)
+    try:
+        guided_user(t, "old", T0)
+        t.observe_many({"user_id": [f"n{i}" for i in range(EVICTED_MAX + 10)], "type": ["click"] * (EVICTED_MAX + 10),
+                        "ts": [T0 + 10 + i * 1e-3 for i in range(EVICTED_MAX + 10)]})  # fmt: skip
+        guided_user(t, "new", T0 + 100)
+        assert t._core.drain_evicted() == []  # drained by the episode of "new"
+        evicted_everywhere(t, "old")
+        assert all(p is not None for p in parts_of(t, "new"))
+    finally:
+        t.close()
