@@ -300,3 +300,15 @@ def test_more_evictions_than_the_engine_notes(tmp_path: Path, engine: str, on_fi
         assert all(p is not None for p in parts_of(t, "new"))
     finally:
         t.close()
+
+
+def test_a_facts_file_of_version_1_is_refused_with_what_to_do(tmp_path: Path) -> None:
+    from pyfriction import userstate
+    from pyfriction.store import StoreError
+
+    path = tmp_path / "old.state.facts"
+    header = bytearray(userstate.HEADER)
+    userstate._FIXED.pack_into(header, 0, userstate.MAGIC, 1, 64, 64, 128, 64, 16, 32, 16, 0, 0)
+    path.write_bytes(bytes(header))
+    with pytest.raises(StoreError, match=r"version 1, this version reads version 2: move it aside \(or delete it"):
+        FileState(str(path), 64)
