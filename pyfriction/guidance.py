@@ -18,7 +18,8 @@ episodes carry ``holdout=True`` and the rule that *would* have applied, so ``Tra
 can compare ticket rates of guided users against them.
 
 All per-user bookkeeping (traits, offers, caps) lives in a store bounded by the tracker's
-capacity, least recently active users evicted first, and travels in snapshots: in memory for
+capacity, least recently active users evicted first (and goes with the user when the engine
+evicts them), and travels in snapshots: in memory for
 a tracker of its own, in the store's facts file for a ``file://`` store (shared by every
 process: see :mod:`pyfriction.userstate`).
 """

@@ -790,6 +790,7 @@ class FileState:
     def __init__(self, path: str, capacity: int) -> None:
         self.path = path
         self.codecs: dict[int, Codec] = {}
+        self.packed: PackedCodec | None = None  # the guidance part's codec, if it packs
         self.rng = random.Random()
         # A file object owns the descriptor: closed with the mapping when nothing uses it.
         file = open(os.open(path, os.O_RDWR | os.O_CREAT, 0o644), "r+b", buffering=0)
@@ -818,6 +819,8 @@ class FileState:
     def codec(self, part: int, codec: Codec) -> None:
         """See :meth:`StateStore.codec`."""
         self.codecs[part] = codec
+        if part == GUIDANCE:
+            self.packed = codec if isinstance(codec, PackedCodec) else None
 
     # -- the lock ------------------------------------------------------------------------------------
     @contextmanager
@@ -867,8 +870,7 @@ class FileState:
         return tick
 
     def _packed(self, part: int) -> PackedCodec | None:
-        codec = self.codecs.get(part)
-        return codec if part == GUIDANCE and isinstance(codec, PackedCodec) else None
+        return self.packed if part == GUIDANCE else None
 
     def decode_part(self, part: int, plain: Any, user_id: str) -> Any:
         """The live object of a part as stored."""
