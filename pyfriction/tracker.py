@@ -209,6 +209,9 @@ class Tracker:
                                            {i.id: (i.kind, i.title) for i in gcfg.items}, self._state)  # fmt: skip
         self._guidance = GuidanceEngine(gcfg, self.config.capacity, self._insights.item, self._state)
         self._core.track_evictions(True)
+        # A store file keeps the facts of an evicted user who is back in the table by the
+        # time they are dropped: another process may have brought them back, with new facts.
+        self._keep_returned = self._facts is not None
         if self._store_path is not None:
             shared: Any = self._core  # a CompiledCore on a store file
             self._names = shared.names_view  # the store's name table, shared
@@ -324,7 +327,7 @@ class Tracker:
         since the last call: every fact of a user goes with the user. Called before each use
         of the facts, so they never outlive their user (observe itself stays as it was)."""
         core = self._core
-        gone = core.drain_evicted(self._facts is not None)
+        gone = core.drain_evicted(self._keep_returned)
         if gone is None:  # more evictions than the engine keeps: whom does it still hold?
             gone = [uid for uid in self._state.user_ids() if not core.has(uid)]
         if gone:
