@@ -298,9 +298,9 @@ cdef double apply_row(CompiledCore self, Row* r, const char* uid, Py_ssize_t row
     if self.did_fire:
         self.did_fire = False
         queue_pending(b, &self.fired, 0, self.fired_score, self.fired.episode_ts, self.fired_stall,
-                      row, r.objs)
+                      row, r.objs, self.ev_total)
     if T_TICKET <= r.code <= T_GUIDANCE_DISMISSED:
-        queue_pending(b, NULL, r.code, 0.0, self.last_te, 0.0, row, r.objs)
+        queue_pending(b, NULL, r.code, 0.0, self.last_te, 0.0, row, r.objs, self.ev_total)
     return score
 
 
@@ -315,7 +315,9 @@ cdef object deliver(CompiledCore self, Buf* b, Cols* c):
         for k in range(b.act_n):
             a = &b.act[k]
             if a.kind == A_GONE:
-                self.long_ids.pop(a.key, None)
+                gone_uid = self.long_ids.pop(a.key, None)
+                if self.ev_on and gone_uid is not None:
+                    self.ev_long[a.key] = gone_uid  # for drain_evicted
             elif a.kind == A_NOTE:
                 if a.bits & NOTE_LONG:
                     self.long_ids[a.key] = <object>PyList_GET_ITEM(<object>c.uid, a.row)
@@ -329,6 +331,7 @@ cdef object deliver(CompiledCore self, Buf* b, Cols* c):
                 account = row_text(c.account, a.row, a.bits & ROW_ACCOUNT)
                 step = row_text(c.step, a.row, a.bits & ROW_STEP)
                 target = row_text(c.target, a.row, a.bits & ROW_TARGET)
+                self.ev_limit = p.ev_mark
                 try:
                     if p.code == 0:
                         self.on_episode(slot_fields(&p.rec), uid, account, step, target, p.te,
@@ -338,6 +341,8 @@ cdef object deliver(CompiledCore self, Buf* b, Cols* c):
                 except Exception as exc:
                     if error is None:
                         error = exc
+                finally:
+                    self.ev_limit = -1
     finally:
         b.act_n = b.pend_n = 0
     if error is not None:
@@ -386,7 +391,7 @@ cdef void queue_action(Buf* b, int kind, int bits, uint32_t step_k, uint32_t tar
 
 
 cdef void queue_pending(Buf* b, Slot* rec, int code, double score, double te, double stall,
-                        Py_ssize_t row, int objs) noexcept nogil:
+                        Py_ssize_t row, int objs, uint64_t ev_mark) noexcept nogil:
     cdef Pending* p
     if not room(<void**>&b.pend, b.pend_n, &b.pend_cap, sizeof(Pending), 256):
         b.failed = True
@@ -395,6 +400,7 @@ cdef void queue_pending(Buf* b, Slot* rec, int code, double score, double te, do
     if rec != NULL:
         memcpy(&p.rec, rec, sizeof(Slot))
     p.code, p.score, p.te, p.stall = code, score, te, stall
+    p.ev_mark = ev_mark
     p.uid = p.account = p.step = p.target = NULL
     queue_action(b, A_PEND, objs, 0, 0, row, <uint64_t>b.pend_n)
     b.pend_n += 1

@@ -85,6 +85,7 @@ ctypedef struct Pending:
     double te
     double stall
     int code
+    uint64_t ev_mark    # evictions recorded before it fired (drain_evicted stops there)
     PyObject* uid
     PyObject* account
     PyObject* step

@@ -6,6 +6,7 @@ DEF RING = 4
 DEF NDET = 10
 DEF UIDB = 40
 DEF UID_LONG = 255
+DEF EVICTED_MAX = 65536
 DEF NB = 24
 DEF GAMMA = 1.5
 DEF MAX_TEXT = 1024
@@ -83,6 +84,7 @@ def compiled_constants():
         'N_DETECTORS': NDET,
         'UID_BYTES': UIDB,
         'UID_LONG': UID_LONG,
+        'EVICTED_MAX': EVICTED_MAX,
         'N_BUCKETS': NB,
         'GAMMA': GAMMA,
         'MAX_TEXT': MAX_TEXT,

@@ -38,9 +38,9 @@ functions), ``table.pxi`` (slots, index, recency), ``names.pxi``, ``intake.pxi``
 """
 
 cimport cython
-from libc.stdint cimport int32_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc, realloc
-from libc.string cimport memcpy, memset, memcmp
+from libc.string cimport memcpy, memmove, memset, memcmp
 from libc.math cimport exp, log, pow, floor, INFINITY, NAN
 from cpython.dict cimport PyDict_CheckExact, PyDict_Contains, PyDict_Size, PyDict_Clear, PyDict_SetItem
 from cpython.list cimport PyList_GET_ITEM
@@ -118,6 +118,16 @@ cdef class CompiledCore:
     cdef int note
     cdef uint64_t* gone
     cdef Py_ssize_t gone_n, gone_cap
+    # Users evicted since the last ``drain_evicted`` (key, id length, inline id bytes), for
+    # the tracker to drop their facts; ``ev_over``: more than EVICTED_MAX were.
+    cdef uint64_t* ev_key
+    cdef uint8_t* ev_len
+    cdef char* ev_uid
+    cdef Py_ssize_t ev_n, ev_cap
+    cdef uint64_t ev_total, ev_base  # evictions recorded ever; the number of ev_*[0]
+    cdef int64_t ev_limit  # while a queued report is delivered: its ev_mark (else -1)
+    cdef bint ev_on, ev_over
+    cdef object ev_long  # key -> full text of the long ids among them
     cdef long* ordinary_c  # statuses an api_error weighs less for
     cdef int n_ordinary
     cdef long* refusal_c  # statuses an api_error weighs more for
@@ -158,6 +168,7 @@ cdef class CompiledCore:
         self.pend_n = self.pend_head = self.pend_cap = 0
         self.deferring = 0
         self.batch_queue = True
+        self.ev_limit = -1
         memset(self.known, 0, sizeof(self.known))
 
     def __init__(self, rules, capacity, idle_ttl, clock, names, on_episode, on_outcome,
@@ -231,6 +242,9 @@ cdef class CompiledCore:
             Py_XDECREF(self.pend[i].target)
         free(self.pend)
         free(self.gone)
+        free(self.ev_key)
+        free(self.ev_len)
+        free(self.ev_uid)
         free(self.ordinary_c)
         free(self.refusal_c)
         if self.shared:
@@ -491,6 +505,75 @@ cdef class CompiledCore:
                 if t > p_ts:
                     total *= exp(-(t - p_ts) * self.P.decay_rate)
             return 1.0 - exp(-total)
+        finally:
+            leave(self)
+
+    def track_evictions(self, bint on=True):
+        """Remember the users evicted from now on (up to EVICTED_MAX between two
+        :meth:`drain_evicted`); off by default."""
+        if on and self.ev_long is None:
+            self.ev_long = {}  # the buffer itself grows as evictions come (ev_room)
+        self.ev_n = 0
+        self.ev_over = False
+        self.ev_limit = -1
+        self.ev_base = self.ev_total
+        self.ev_on = on
+
+    def drain_evicted(self, bint unless_present=False):
+        """The ids of the users evicted since the last call (oldest first), or None when more
+        were than it keeps (EVICTED_MAX): the caller then checks whom it still knows.
+        ``unless_present``: leave out those back in the table (a shared store: another
+        process may have brought them back). While a batch's queued episode or outcome is
+        delivered, only the evictions before it fired (the reference engine's order). While
+        a batch's chunk runs on its own thread (a delivery of that batch calls this),
+        nothing is drained: the next call gets them."""
+        cdef Py_ssize_t i, take
+        cdef uint64_t key
+        if not self.ev_on or self.piping:
+            return []
+        if self.gone_n:
+            forget_gone(self)  # files the long ids' text in ev_long
+        if self.ev_over:
+            self.ev_n = 0
+            self.ev_base = self.ev_total
+            self.ev_over = False
+            self.ev_long.clear()
+            return None
+        take = self.ev_n
+        if self.ev_limit >= 0 and <int64_t>(self.ev_limit - <int64_t>self.ev_base) < take:
+            take = max(0, <Py_ssize_t>(self.ev_limit - <int64_t>self.ev_base))
+        out = []
+        for i in range(take):
+            key = self.ev_key[i]
+            if self.ev_len[i] == UID_LONG:
+                uid = self.ev_long.pop(key, None)
+                if uid is None:
+                    out = None
+                    continue
+            else:
+                uid = self.ev_uid[i * UIDB : i * UIDB + self.ev_len[i]].decode("utf-8", "surrogatepass")
+            if out is not None and not (unless_present and find(self, key) != 0):
+                out.append(uid)
+        if take:
+            self.ev_n -= take
+            self.ev_base += take
+            memmove(self.ev_key, self.ev_key + take, self.ev_n * sizeof(uint64_t))
+            memmove(self.ev_len, self.ev_len + take, self.ev_n)
+            memmove(self.ev_uid, self.ev_uid + take * UIDB, self.ev_n * UIDB)
+        if self.ev_n == 0:
+            self.ev_long.clear()
+        return out
+
+    def has(self, user_id):
+        """True when ``user_id`` is in the table."""
+        cdef uint32_t s
+        enter(self)
+        try:
+            s = hold(self, key64(user_id))
+            if s == NONE32:
+                return False
+            release(self, s)
+            return True
         finally:
             leave(self)
 

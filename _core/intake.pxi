@@ -45,6 +45,7 @@ cdef int push(CompiledCore self, Slot* rec, int code, double score, double te, d
     if rec != NULL:
         memcpy(&p.rec, rec, sizeof(Slot))
     p.code = code
+    p.ev_mark = self.ev_total
     p.score = score
     p.te = te
     p.stall = stall
@@ -87,10 +88,12 @@ cdef drain(CompiledCore self):
     cdef Pending* p
     cdef int code
     cdef double score, te, stall
+    cdef uint64_t mark
     while self.pend_head < self.pend_n:
         p = &self.pend[self.pend_head]
         self.pend_head += 1
         code, score, te, stall = p.code, p.score, p.te, p.stall
+        mark = p.ev_mark
         uid = None if p.uid == NULL else <object>p.uid
         account = None if p.account == NULL else <object>p.account
         step = None if p.step == NULL else <object>p.step
@@ -104,9 +107,17 @@ cdef drain(CompiledCore self):
             if uid is None:
                 uid = uid_of(self, &p.rec)
             # p may move from here on: a callback can queue more.
-            self.on_episode(rec, uid, account, step, target, te, score, stall)
+            self.ev_limit = mark
+            try:
+                self.on_episode(rec, uid, account, step, target, te, score, stall)
+            finally:
+                self.ev_limit = -1
         else:
-            self.on_outcome(self.type_names[code], uid, account, step, target, te)
+            self.ev_limit = mark
+            try:
+                self.on_outcome(self.type_names[code], uid, account, step, target, te)
+            finally:
+                self.ev_limit = -1
     self.pend_head = self.pend_n = 0
 
 

@@ -171,6 +171,15 @@ cdef void evict(CompiledCore self, uint32_t s) noexcept nogil:
         if self.gone_n < self.gone_cap:  # else the entry stays, bounded by the id table
             self.gone[self.gone_n] = u.key
             self.gone_n += 1
+    if self.ev_on:
+        self.ev_total += 1
+        if ev_room(self):
+            self.ev_key[self.ev_n] = u.key
+            self.ev_len[self.ev_n] = u.uid_len
+            memcpy(self.ev_uid + self.ev_n * UIDB, u.uid, UIDB)
+            self.ev_n += 1
+        else:
+            self.ev_over = True
     if not self.shared:
         u.lock = NONE32  # its old log entries are stale now
     clear_keeping_lock(u)
@@ -183,11 +192,40 @@ cdef void evict(CompiledCore self, uint32_t s) noexcept nogil:
         pf_unlock(&u.lock)
 
 
+cdef bint ev_room(CompiledCore self) noexcept nogil:
+    """Room for one more evicted user: the buffer doubles as needed, up to EVICTED_MAX."""
+    cdef Py_ssize_t cap
+    cdef void* p
+    if self.ev_n < self.ev_cap:
+        return True
+    if self.ev_cap >= EVICTED_MAX:
+        return False
+    cap = 256 if self.ev_cap == 0 else 2 * self.ev_cap
+    if cap > EVICTED_MAX:
+        cap = EVICTED_MAX
+    p = realloc(self.ev_key, cap * sizeof(uint64_t))
+    if p == NULL:
+        return False
+    self.ev_key = <uint64_t*>p
+    p = realloc(self.ev_len, cap * sizeof(uint8_t))
+    if p == NULL:
+        return False
+    self.ev_len = <uint8_t*>p
+    p = realloc(self.ev_uid, cap * UIDB)
+    if p == NULL:
+        return False
+    self.ev_uid = <char*>p
+    self.ev_cap = cap
+    return True
+
+
 cdef void forget_gone(CompiledCore self) except *:
     """Drop the full text of the long ids evicted since the last call."""
     cdef Py_ssize_t i
     for i in range(self.gone_n):
-        self.long_ids.pop(self.gone[i], None)
+        uid = self.long_ids.pop(self.gone[i], None)
+        if self.ev_on and uid is not None and not self.ev_over:
+            self.ev_long[self.gone[i]] = uid  # for drain_evicted
     self.gone_n = 0
 
 

@@ -106,6 +106,9 @@ MAX_TEXT = 1024
 #: ``uid_len == UID_LONG``, the full id lives in a side table bounded by capacity.
 UID_BYTES = 40
 UID_LONG = 255
+#: Evicted users an engine remembers between two ``drain_evicted`` calls (the tracker then
+#: drops their guidance and insight facts); beyond, it reports an overflow.
+EVICTED_MAX = 65536
 #: Buckets of a step's duration histogram: bucket 0 holds visits under 1 s, bucket b >= 1 holds
 #: [GAMMA**(b-1), GAMMA**b) seconds; the last also takes everything longer.
 N_BUCKETS = 24

@@ -75,6 +75,20 @@ class Engine(Protocol):
         """Idle eviction, decay, stall and rearm at ``now``; returns the episodes fired."""
         ...
 
+    def track_evictions(self, on: bool = True) -> None:
+        """Remember the users evicted from now on (for :meth:`drain_evicted`)."""
+        ...
+
+    def drain_evicted(self, unless_present: bool = False) -> list[str] | None:
+        """The ids of the users evicted since the last call, oldest first; None when more
+        were than ``EVICTED_MAX`` (the caller then checks whom the engine still holds).
+        ``unless_present``: leave out those back in the table."""
+        ...
+
+    def has(self, user_id: str) -> bool:
+        """True when ``user_id`` is in the table."""
+        ...
+
     def export(self) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
         """``(slots least recently active first, step histograms, long ids)``."""
         ...

@@ -24,6 +24,7 @@ SECTIONS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
             ("NDET", "N_DETECTORS"),
             ("UIDB", "UID_BYTES"),
             ("UID_LONG", "UID_LONG"),
+            ("EVICTED_MAX", "EVICTED_MAX"),
             ("NB", "N_BUCKETS"),
             ("GAMMA", "GAMMA"),
             ("MAX_TEXT", "MAX_TEXT"),

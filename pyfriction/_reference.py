@@ -185,6 +185,10 @@ class ReferenceCore:
         self._fired: tuple[dict[str, Any], float, float, float] | None = None  # its episode
         _live.add(self)
         self.counters = dict.fromkeys(COUNTER_NAMES, 0)
+        # Users evicted since the last drain_evicted (None: tracking off), and whether more
+        # than EVICTED_MAX were (the compiled core's ev_* buffer).
+        self._evicted: list[str] | None = None
+        self._ev_over = False
 
     # -- public surface (same as the compiled core) ---------------------------------------
     def observe(self, event: Any) -> float:
@@ -243,6 +247,38 @@ class ReferenceCore:
 
     def __len__(self) -> int:
         return len(self._users)
+
+    def track_evictions(self, on: bool = True) -> None:
+        """Remember the users evicted from now on (see :meth:`drain_evicted`)."""
+        self._evicted = [] if on else None
+        self._ev_over = False
+
+    def drain_evicted(self, unless_present: bool = False) -> list[str] | None:
+        """The ids of the users evicted since the last call (oldest first), or None when more
+        were than EVICTED_MAX: the caller then checks whom it still knows (``unless_present``:
+        leave out those back in the table)."""
+        with self._lock:
+            if unless_present and self._evicted:
+                self._evicted = [uid for uid in self._evicted if key64(uid) not in self._users]
+            if self._evicted is None:
+                return []
+            out = None if self._ev_over else self._evicted
+            self._evicted = []
+            self._ev_over = False
+            return out
+
+    def has(self, user_id: str) -> bool:
+        """True when ``user_id`` is in the table."""
+        return key64(user_id) in self._users
+
+    def _evict_oldest(self) -> None:
+        u = self._users.popitem(last=False)[1]
+        self.counters["evictions"] += 1
+        if self._evicted is not None:
+            if len(self._evicted) < K.EVICTED_MAX:
+                self._evicted.append(u.uid)
+            else:
+                self._ev_over = True
 
     def tick(self, now: float) -> int:
         with self._lock:
@@ -472,8 +508,7 @@ class ReferenceCore:
         if self._idle_ttl is not None:
             self._evict_idle(ts)
         if len(self._users) >= self._capacity:
-            self._users.popitem(last=False)
-            self.counters["evictions"] += 1
+            self._evict_oldest()
         u = self._users[key] = _User(key, uid, ts)
         return u
 
@@ -485,8 +520,7 @@ class ReferenceCore:
             oldest = next(iter(users.values()))
             if oldest.last_ts >= horizon:
                 break
-            users.popitem(last=False)
-            self.counters["evictions"] += 1
+            self._evict_oldest()
 
     @staticmethod
     def _record(u: _User) -> np.void:

@@ -18,7 +18,8 @@ episodes carry ``holdout=True`` and the rule that *would* have applied, so ``Tra
 can compare ticket rates of guided users against them.
 
 All per-user bookkeeping (traits, offers, caps) lives in a store bounded by the tracker's
-capacity, least recently active users evicted first, and travels in snapshots: in memory for
+capacity, least recently active users evicted first (and goes with the user when the engine
+evicts them), and travels in snapshots: in memory for
 a tracker of its own, in the store's facts file for a ``file://`` store (shared by every
 process: see :mod:`pyfriction.userstate`).
 """
@@ -30,11 +31,13 @@ import hashlib
 import html
 import math
 import re
+import struct
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from ._episodes import Episode, Guidance
+from ._hashing import key64
 from .config import GuidanceConfig, GuidanceItem, GuidanceRule
 from .events import MAX_TEXT
 from .userstate import GUIDANCE, MemoryState, StateStore
@@ -235,28 +238,174 @@ class _User:
         self.offers: OrderedDict[str, _Offer] = OrderedDict()  # item id -> latest offer
 
 
+#: Times in a packed record: signed offsets from its base time in units of 1/TIME_UNITS s.
+TIME_UNITS = 512
+_I32 = (1 << 31) - 1
+#: Offer flags in a packed record: the marks set (each followed by its time), then whether
+#: the offer's details (an item outside the catalog, another expiry, an episode id of
+#: another form, its step or target) are in the record's extra part.
+_MARKS = ("delivered", "shown", "clicked", "dismissed", "completed")
+_EXPIRED, _DETAILS = 32, 64
+_HEAD = struct.Struct("<BBBBBBd")  # length, format, recent, offers, given, dismissed, base
+_LOCALE_MAX = 15
+
+
 class _UserCodec:
-    """A user's guidance record as plain data and back (the file store). An offer keeps the
-    item id and the episode's fields; the item's texts come from this process's catalog."""
+    """A user's guidance record as plain data and back (the file store).
+
+    :meth:`pack` gives the compact form the file keeps: a fixed binary record, ``bytes``
+    (64 bytes or fewer for a user with the default caps; see docs/architecture.md, "Per-user
+    facts and aggregates"), and the rest as plain data or None. The record: a header (its
+    length, the format, counts, a base time: the newest offer's, exact), the ``locale``
+    trait (up to 15 bytes), the caps' window as references to offers (or times), per offer
+    its catalog index, flags and the times of its marks, then the cooldowns and dismissals
+    that no offer implies. Times other than the base are offsets of 1/512 s (about 2 ms;
+    +-48 days, clamped beyond: older ones no cap looks at); mark times are whole seconds
+    after the offer (up to 18 h). The rest: other traits, and per offer its step, target and
+    anything the record cannot say. The texts of an item come from this process's catalog.
+    """
 
     def __init__(self, engine: GuidanceEngine) -> None:
         self.engine = engine
+        self._index = {item.id: i for i, item in enumerate(engine.config.items) if i < 255}
 
+    # -- the plain form (unused by the file store, kept for the Codec protocol) ------------------
     def encode(self, u: _User) -> Any:
-        offers = [
-            [o.guidance.id, o.guidance.episode_id, o.guidance.step, o.guidance.target, o.guidance.created_at,
-             o.guidance.expires_at, o.delivered, o.shown, o.clicked, o.dismissed, o.completed, o.expired]
-            for o in u.offers.values()
-        ]  # fmt: skip
-        return [u.traits, list(u.recent), u.given, u.dismissed, offers]
+        fixed, extra = self.pack(u, "")
+        return [fixed, extra]
 
     def decode(self, plain: Any) -> _User:
-        traits, recent, given, dismissed, offers = plain
+        return self.unpack(bytes(plain[0]), plain[1], "")
+
+    # -- the compact form -----------------------------------------------------------------------------
+    def pack(self, u: _User, user_id: str) -> tuple[bytes, Any]:
+        """``(record, rest)``: see the class."""
+        offers = list(u.offers.values())
+        times = [o.guidance.created_at for o in offers] + list(u.recent) + list(u.given.values())
+        times += list(u.dismissed.values())
+        base = offers[-1].guidance.created_at if offers else (max(times) if times else 0.0)
+
+        def rel(t: float) -> int:
+            d = round((base - t) * TIME_UNITS)
+            return -_I32 if d < -_I32 else (_I32 if d > _I32 else d)
+
+        def back(t: float) -> float:
+            return base - rel(t) / TIME_UNITS
+
+        prefix = f"{key64(user_id):016x}-" if user_id else ""
+        out = bytearray()
+        extra_traits = dict(u.traits)
+        loc = extra_traits.get("locale")
+        loc_b = b""
+        if isinstance(loc, str) and loc.isascii() and 0 < len(loc) <= _LOCALE_MAX:
+            loc_b = loc.encode()
+            del extra_traits["locale"]
+        out.append(len(loc_b))
+        out += loc_b
+        created = {o.guidance.created_at: i for i, o in enumerate(offers)}
+        recent_n = 0
+        for t in u.recent:
+            i = created.get(t)
+            if i is not None and i < 255:
+                out.append(i)
+            else:
+                out.append(255)
+                out += struct.pack("<i", rel(t))
+            recent_n += 1
+        details: list[Any] = []
+        for o in offers:
+            g = o.guidance
+            idx = self._index.get(g.id, 255)
+            flags = 0
+            marks = []
+            for bit, name in enumerate(_MARKS):
+                when = getattr(o, name)
+                if when:
+                    flags |= 1 << bit
+                    marks.append(min(65535, max(0, round(when - back(g.created_at)))))
+            if o.expired:
+                flags |= _EXPIRED
+            c = back(g.created_at)
+            mine = [
+                g.id if idx == 255 else None,
+                None if g.expires_at == c + self.engine.config.expire_after else g.expires_at,
+                None if prefix and g.episode_id == f"{prefix}{int(c * 1000.0):x}" else g.episode_id,
+                g.step,
+                g.target,
+            ]
+            if any(v is not None for v in mine):
+                flags |= _DETAILS
+                details.append(mine)
+            out.append(idx)
+            out.append(flags)
+            out += struct.pack("<i", rel(g.created_at))
+            out += struct.pack(f"<{len(marks)}H", *marks)
+        latest = {o.guidance.id: o for o in offers}
+        given_x: dict[str, float] = {}
+        given_n = 0
+        for gid, t in u.given.items():
+            last = latest.get(gid)
+            if last is not None and last.guidance.created_at == t:
+                continue  # implied by the offer
+            if gid in self._index:
+                out.append(self._index[gid])
+                out += struct.pack("<i", rel(t))
+                given_n += 1
+            else:
+                given_x[gid] = t
+        dism_x: dict[str, float] = {}
+        dism_n = 0
+        for gid, t in u.dismissed.items():
+            last = latest.get(gid)
+            if last is not None and last.dismissed == t:
+                continue  # implied by the offer's mark (whole seconds after it)
+            if gid in self._index:
+                out.append(self._index[gid])
+                out += struct.pack("<i", rel(t))
+                dism_n += 1
+            else:
+                dism_x[gid] = t
+        head = _HEAD.pack(min(255, _HEAD.size + len(out)), 1, recent_n, len(offers), given_n, dism_n, base)
+        rest = [extra_traits or None, details or None, given_x or None, dism_x or None]
+        return head + bytes(out), (rest if any(v is not None for v in rest) else None)
+
+    def unpack(self, record: bytes, rest: Any, user_id: str) -> _User:
+        """The user of :meth:`pack`'s ``(record, rest)``."""
+        _n, fmt, recent_n, offers_n, given_n, dism_n, base = _HEAD.unpack_from(record, 0)
+        if fmt != 1:
+            raise ValueError(f"a guidance record of format {fmt}")
+        traits, details, given_x, dism_x = rest if rest is not None else (None, None, None, None)
+        items = self.engine.config.items
+        prefix = f"{key64(user_id):016x}-" if user_id else ""
         u = _User(self.engine.config.caps.per_day)
-        u.traits, u.given, u.dismissed = dict(traits), dict(given), dict(dismissed)
-        u.recent.extend(recent)
-        for gid, episode_id, step, target, created, expires, *marks in offers:
-            item = self.engine._items.get(gid)
+        at = _HEAD.size
+        n = record[at]
+        if n:
+            u.traits["locale"] = record[at + 1 : at + 1 + n].decode()
+        at += 1 + n
+        if traits:
+            u.traits.update(traits)
+        recent: list[int | float] = []
+        for _ in range(recent_n):
+            i = record[at]
+            at += 1
+            if i == 255:
+                recent.append(base - struct.unpack_from("<i", record, at)[0] / TIME_UNITS)
+                at += 4
+            else:
+                recent.append(i)
+        detail = iter(details or ())
+        offers: list[_Offer] = []
+        for _ in range(offers_n):
+            idx, flags = record[at], record[at + 1]
+            c = base - struct.unpack_from("<i", record, at + 2)[0] / TIME_UNITS
+            at += 6
+            n_marks = bin(flags & 31).count("1")
+            marks = struct.unpack_from(f"<{n_marks}H", record, at)
+            at += 2 * n_marks
+            gid_x, expires, episode_id, step, target = next(detail) if flags & _DETAILS else (None,) * 5
+            item = items[idx] if idx < len(items) and idx != 255 else self.engine._items.get(gid_x or "")
+            gid = gid_x if gid_x is not None else (item.id if item else "")
             offer = _Offer(
                 Guidance(
                     id=gid,
@@ -266,15 +415,34 @@ class _UserCodec:
                     url=item.url if item else None,
                     anchor=item.anchor if item else None,
                     locale=item.locale if item else None,
-                    episode_id=episode_id,
+                    episode_id=episode_id if episode_id is not None else f"{prefix}{int(c * 1000.0):x}",
                     step=step,
                     target=target,
-                    created_at=created,
-                    expires_at=expires,
+                    created_at=c,
+                    expires_at=expires if expires is not None else c + self.engine.config.expire_after,
                 )
             )
-            offer.delivered, offer.shown, offer.clicked, offer.dismissed, offer.completed, offer.expired = marks
+            k = 0
+            for bit, name in enumerate(_MARKS):
+                if flags & (1 << bit):
+                    setattr(offer, name, c + marks[k])
+                    k += 1
+            offer.expired = bool(flags & _EXPIRED)
+            if offer.dismissed:
+                u.dismissed[gid] = offer.dismissed
+            offers.append(offer)
             u.offers[gid] = offer
+            u.given[gid] = c
+        for t in recent:
+            u.recent.append(offers[t].guidance.created_at if isinstance(t, int) else t)
+        for _ in range(given_n):
+            u.given[items[record[at]].id] = base - struct.unpack_from("<i", record, at + 1)[0] / TIME_UNITS
+            at += 5
+        for _ in range(dism_n):
+            u.dismissed[items[record[at]].id] = base - struct.unpack_from("<i", record, at + 1)[0] / TIME_UNITS
+            at += 5
+        u.given.update(given_x or {})
+        u.dismissed.update(dism_x or {})
         return u
 
 

@@ -30,7 +30,7 @@ from .guidance import EVENT_OUTCOMES, OUTCOMES, GuidanceEngine
 from .insights import CalibrationSuggestion, Insights, InsightsCollector, suggest_calibration
 from .sinks import SinkStats, WebhookSink
 from .store import StoreError, attach_config, parse_store
-from .userstate import FileState, facts_path
+from .userstate import FileState, MemoryState, StateStore, facts_path
 
 __all__ = ["LAYOUT_HASH", "Engine", "Tracker", "compiled_available"]
 
@@ -203,9 +203,15 @@ class Tracker:
         # Guidance bookkeeping and insights: in this process's memory, or in the store's facts
         # file next to it, shared with every process of the store (pyfriction.userstate).
         self._facts = FileState(facts_path(self._store_path), self.config.capacity) if self._store_path else None
+        # One store for both, so that a user the engine evicts loses every fact at once.
+        self._state: StateStore = self._facts if self._facts is not None else MemoryState(self.config.capacity)
         self._insights = InsightsCollector(gcfg.attribution_window, self.config.capacity,
-                                           {i.id: (i.kind, i.title) for i in gcfg.items}, self._facts)  # fmt: skip
-        self._guidance = GuidanceEngine(gcfg, self.config.capacity, self._insights.item, self._facts)
+                                           {i.id: (i.kind, i.title) for i in gcfg.items}, self._state)  # fmt: skip
+        self._guidance = GuidanceEngine(gcfg, self.config.capacity, self._insights.item, self._state)
+        self._core.track_evictions(True)
+        # A store file keeps the facts of an evicted user who is back in the table by the
+        # time they are dropped: another process may have brought them back, with new facts.
+        self._keep_returned = self._facts is not None
         if self._store_path is not None:
             shared: Any = self._core  # a CompiledCore on a store file
             self._names = shared.names_view  # the store's name table, shared
@@ -316,11 +322,23 @@ class Tracker:
         # must see the state of the moment its episode fired.
         self._core.batch_queue = not (self._sync or self._on_guidance)
 
+    def _forget_evicted(self) -> None:
+        """Drop the facts (guidance, insights, open struggle) of the users the engine evicted
+        since the last call: every fact of a user goes with the user. Called before each use
+        of the facts, so they never outlive their user (observe itself stays as it was)."""
+        core = self._core
+        gone = core.drain_evicted(self._keep_returned)
+        if gone is None:  # more evictions than the engine keeps: whom does it still hold?
+            gone = [uid for uid in self._state.user_ids() if not core.has(uid)]
+        if gone:
+            self._state.forget(gone)
+
     def _emit(self, rec: Any, user_id: str, account_id: str | None, step: str | None,
               target: str | None, ts: float, score: float, stall_need: float) -> None:  # fmt: skip
         episode = make_episode(rec, user_id, account_id, step, target, ts, score, self._names,
                                self._rules, stall_need)  # fmt: skip
         try:  # guidance and measurement never break observe
+            self._forget_evicted()
             picked = self._guidance.select(episode)
             episode.guidance, episode.holdout = picked.guidance, picked.holdout
             self._insights.episode(episode, picked.eligible)
@@ -346,6 +364,7 @@ class Tracker:
 
         A ``guidance_shown``/``_clicked``/``_dismissed`` event's ``target`` is the item id."""
         try:
+            self._forget_evicted()
             if kind == "ticket":
                 self._insights.ticket(user_id, account_id, ts)
             elif kind in EVENT_OUTCOMES and target is not None:
@@ -361,6 +380,7 @@ class Tracker:
         in the insights. Bounded like the rest of the per-user state (LRU at capacity)."""
         if not isinstance(user_id, str) or not user_id:
             raise TypeError("user_id must be a non-empty string")
+        self._forget_evicted()
         self._guidance.identify(user_id, traits)
         account = traits.get("account_id")
         if isinstance(account, str):
@@ -368,11 +388,13 @@ class Tracker:
 
     def traits(self, user_id: str) -> dict[str, Any]:
         """A copy of the traits known for ``user_id`` (see :meth:`identify`)."""
+        self._forget_evicted()
         return self._guidance.traits(user_id)
 
     def pending(self, user_id: str) -> list[Guidance]:
         """Guidance waiting to be shown to ``user_id`` (oldest first), marked delivered: the next
         call does not return it again. Items older than ``guidance.expire_after`` are dropped."""
+        self._forget_evicted()
         return self._guidance.pending(user_id, float(self._clock()))
 
     def unshown(self, user_id: str) -> list[Guidance]:
@@ -381,6 +403,7 @@ class Tracker:
         ``ack(user_id, id, "shown")`` (or clicked, dismissed, completed) or its expiry, so a page
         that closed between reading and showing it does not lose it (what the sidecar's streams
         read). The first read counts as delivered."""
+        self._forget_evicted()
         return self._guidance.unshown(user_id, float(self._clock()))
 
     def ack(self, user_id: str, guidance_id: str, outcome: str, *, ts: float | None = None) -> bool:
@@ -394,6 +417,7 @@ class Tracker:
         if outcome not in OUTCOMES:
             raise ValueError(f"outcome must be one of {', '.join(OUTCOMES)}, not {outcome!r}")
         when = float(self._clock() if ts is None else ts)
+        self._forget_evicted()
         known = self._guidance.outcome(user_id, guidance_id, outcome, when)
         if known and outcome == "completed":
             self.observe({"user_id": user_id, "type": "success", "ts": when})
@@ -424,6 +448,7 @@ class Tracker:
         """Hotspots, lead time before tickets, deflection by guidance (with its 95% interval),
         guidance item rates and accounts, as measured since the tracker started (or since the
         snapshot it restored); ``limit`` cuts the hotspot and account lists (None: all)."""
+        self._forget_evicted()
         c = self._core.counters
         return self._insights.build(engine=self.engine, events=int(c["events"]), users=len(self._core),
                                     episodes=int(c["episodes"]), tickets=int(c["tickets"]), limit=limit)  # fmt: skip
@@ -503,7 +528,9 @@ class Tracker:
     def tick(self, now: float | None = None) -> int:
         """Run the time-driven checks (stall, rearm, idle eviction) at ``now`` (default: the
         clock) for every user; returns the number of episodes fired."""
-        return int(self._core.tick(float(self._clock() if now is None else now)))
+        fired = int(self._core.tick(float(self._clock() if now is None else now)))
+        self._forget_evicted()  # the idle users it evicted
+        return fired
 
     def stats(self) -> Stats:
         """Counters: events, users tracked, episodes, evictions, callbacks dropped/failed..."""
@@ -533,6 +560,7 @@ class Tracker:
         the file is synced (the parent's writes stop copying the pages the two still share).
         """
         core: Any = self._core  # the compiled one also frees its tables (release_tables)
+        self._forget_evicted()
         # Streaming (the tables straight to the file, no copy) suits a tracker nobody else
         # uses meanwhile: the forked child that release=True is for. A store's tables are
         # shared with other processes, so they are copied first (export) in any case.

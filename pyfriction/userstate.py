@@ -28,9 +28,9 @@ import struct
 import threading
 import weakref
 import zlib
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import msgspec
 
@@ -72,6 +72,20 @@ class Codec(Protocol):
 
     def decode(self, plain: Any) -> Any:
         """The live object for what :meth:`encode` returned."""
+        ...
+
+
+@runtime_checkable
+class PackedCodec(Protocol):
+    """A part stored as a fixed binary record (at most :data:`GUIDE` bytes kept in the user's
+    entry, the rest of it and the plain remainder in the body): the guidance part."""
+
+    def pack(self, value: Any, user_id: str) -> tuple[bytes, Any]:
+        """``(record, rest)``: the record's first byte is its length (255: longer)."""
+        ...
+
+    def unpack(self, record: bytes, rest: Any, user_id: str) -> Any:
+        """The live object of :meth:`pack`'s result."""
         ...
 
 
@@ -145,6 +159,14 @@ class StateStore(Protocol):
 
     def clear(self, parts: tuple[int, ...], tables: tuple[str, ...]) -> None:
         """Forget ``parts`` of every user and every row of ``tables`` (before a load)."""
+        ...
+
+    def forget(self, user_ids: Iterable[str]) -> None:
+        """Remove every part of these users at once (the engine evicted them)."""
+        ...
+
+    def user_ids(self) -> list[str]:
+        """Every user holding any part."""
         ...
 
 
@@ -263,17 +285,38 @@ class MemoryState:
             for t in tables:
                 self.tables[t].clear()
 
+    def forget(self, user_ids: Iterable[str]) -> None:
+        """See :meth:`StateStore.forget`."""
+        with self.lock:
+            for uid in user_ids:
+                for users in self.parts:
+                    users.pop(uid, None)
+
+    def user_ids(self) -> list[str]:
+        """See :meth:`StateStore.user_ids`."""
+        with self.lock:
+            seen: dict[str, None] = {}
+            for users in self.parts:
+                seen.update(dict.fromkeys(users))
+            return list(seen)
+
 
 # --- the file -------------------------------------------------------------------------------------
 
 MAGIC = b"PFFACTS\0"
-VERSION = 1
+#: 2: a user's guidance record packed in 64 bytes of the user's entry (1: all msgpack).
+VERSION = 2
 PAGE = 4096
 HEADER = PAGE
-#: A record: key, activity tick, first block + 1, body length, kind, checksum, then the body.
-ENTRY = 64
+#: A record: key, activity tick, first block + 1, body length, kind, checksum, then (a user's)
+#: the packed guidance record, then the body: 128 bytes a user, 64 an aggregate row.
 _ENTRY = struct.Struct("<QIIHBxI")
-INLINE = ENTRY - _ENTRY.size  # 40 bytes of body inside the record
+#: The guidance record's room in a user's entry (``_UserCodec.pack``: what it packs beyond
+#: goes to the body).
+GUIDE = 64
+ENTRY = 128
+AGG_ENTRY = 64
+INLINE = ENTRY - _ENTRY.size - GUIDE  # 40 bytes of body inside a user's record
 #: Side-table blocks: the next block + 1, then the body's continuation.
 BLOCK = 256
 BLOCK_BODY = BLOCK - 4
@@ -314,14 +357,17 @@ def _page_up(n: int) -> int:
 class _Table:
     """One open-addressing hash table of fixed records in the file, with its side blocks."""
 
-    def __init__(self, mm: mmap.mmap, number: int, entries: int, index_size: int, blocks: int, off: int) -> None:
+    def __init__(self, mm: mmap.mmap, number: int, entries: int, index_size: int, blocks: int, off: int,
+                 guide: int) -> None:  # fmt: skip
         self.mm = mm
         self.state_off = _STATE_OFF[number]
         self.entries, self.index_size, self.n_blocks = entries, index_size, blocks
         self.mask = index_size - 1
         self.index_off = off
+        self.guide_size = guide  # the packed record's room (users) or 0
+        self.stride = _ENTRY.size + guide + INLINE
         self.entry_off = _page_up(off + 4 * index_size)
-        self.block_off = _page_up(self.entry_off + ENTRY * entries)
+        self.block_off = _page_up(self.entry_off + self.stride * entries)
         self.end = _page_up(self.block_off + BLOCK * blocks)
 
     # -- header words -----------------------------------------------------------------------------
@@ -339,7 +385,7 @@ class _Table:
         self.mm[self.index_off + 4 * j : self.index_off + 4 * j + 4] = value.to_bytes(4, "little")
 
     def head(self, e: int) -> tuple[int, int, int, int, int, int]:
-        return _ENTRY.unpack_from(self.mm, self.entry_off + ENTRY * e)
+        return _ENTRY.unpack_from(self.mm, self.entry_off + self.stride * e)
 
     def find(self, key: int) -> int:
         """The entry holding ``key``, or -1."""
@@ -381,7 +427,7 @@ class _Table:
     # -- bodies --------------------------------------------------------------------------------------
     def body(self, e: int) -> bytes:
         key, _tick, ext, length, _kind, _crc = self.head(e)
-        at = self.entry_off + ENTRY * e + _ENTRY.size
+        at = self.entry_off + self.stride * e + _ENTRY.size + self.guide_size
         if ext == 0:
             return self.mm[at : at + length]
         parts = []
@@ -424,12 +470,21 @@ class _Table:
             b = nxt - 1 if nxt else NONE
         return n
 
-    def write(self, e: int, key: int, tick: int, kind: int, body: bytes, st: list[int]) -> bool:
-        """Write a record's body (the old chain freed first); False when the blocks ran out."""
+    def guide(self, e: int) -> bytes:
+        """The packed record's room in entry ``e`` (zeros when none)."""
+        at = self.entry_off + self.stride * e + _ENTRY.size
+        return self.mm[at : at + self.guide_size]
+
+    def checksum(self, e: int, body: bytes) -> int:
+        return zlib.crc32(body, zlib.crc32(self.guide(e))) if self.guide_size else zlib.crc32(body)
+
+    def write(self, e: int, key: int, tick: int, kind: int, body: bytes, st: list[int], guide: bytes = b"") -> bool:
+        """Write a record's body and packed record (the old chain freed first); False when
+        the blocks ran out."""
         old = self.head(e)
         if old[0] == key and old[2]:
             self._free_blocks(old[2], st)
-        at = self.entry_off + ENTRY * e
+        at = self.entry_off + self.stride * e
         ext = 0
         if len(body) > INLINE:
             need = (len(body) + BLOCK_BODY - 1) // BLOCK_BODY
@@ -441,7 +496,8 @@ class _Table:
                         p = self.block_off + BLOCK * got
                         self.mm[p : p + 4] = bytes(4)
                         self._free_blocks(got + 1, st)
-                    self.mm[at : at + _ENTRY.size] = _ENTRY.pack(key, tick, 0, 0, kind, zlib.crc32(b""))
+                    self.mm[at + _ENTRY.size : at + _ENTRY.size + self.guide_size] = bytes(self.guide_size)
+                    self.mm[at : at + _ENTRY.size] = _ENTRY.pack(key, tick, 0, 0, kind, self.checksum(e, b""))
                     return False
                 chain.append(b)
             for i, b in enumerate(chain):
@@ -452,9 +508,12 @@ class _Table:
                 self.mm[p + 4 : p + 4 + len(piece)] = piece
             ext = chain[0] + 1
         else:
-            self.mm[at + _ENTRY.size : at + _ENTRY.size + len(body)] = body
+            inline = at + _ENTRY.size + self.guide_size
+            self.mm[inline : inline + len(body)] = body
+        if self.guide_size:
+            self.mm[at + _ENTRY.size : at + _ENTRY.size + self.guide_size] = guide.ljust(self.guide_size, b"\0")
         # The header last, checksum included: a record cut short by a crash fails its check.
-        self.mm[at : at + _ENTRY.size] = _ENTRY.pack(key, tick, ext, len(body), kind, zlib.crc32(body))
+        self.mm[at : at + _ENTRY.size] = _ENTRY.pack(key, tick, ext, len(body), kind, self.checksum(e, body))
         return True
 
     def insert(self, key: int, st: list[int]) -> int:
@@ -467,8 +526,9 @@ class _Table:
             st[1] += 1
         else:
             return -1
-        at = self.entry_off + ENTRY * e
-        self.mm[at : at + _ENTRY.size] = _ENTRY.pack(key, 0, 0, 0, 0, zlib.crc32(b""))
+        at = self.entry_off + self.stride * e
+        self.mm[at + _ENTRY.size : at + _ENTRY.size + self.guide_size] = bytes(self.guide_size)
+        self.mm[at : at + _ENTRY.size] = _ENTRY.pack(key, 0, 0, 0, 0, self.checksum(e, b""))
         self._index_insert(key, e)
         st[2] += 1
         return e
@@ -478,7 +538,7 @@ class _Table:
         self._index_delete(key)
         if ext:
             self._free_blocks(ext, st)
-        at = self.entry_off + ENTRY * e
+        at = self.entry_off + self.stride * e
         self.mm[at : at + _ENTRY.size] = _ENTRY.pack(0, st[0], 0, 0, 0, 0)
         st[0] = e
         st[2] -= 1
@@ -508,9 +568,10 @@ class _Table:
                 chain.append(b)
                 p = self.block_off + BLOCK * b
                 b = int.from_bytes(self.mm[p : p + 4], "little") - 1
-            ok = ok and self.find(key) < 0 and zlib.crc32(self.body(e)) == crc
+            ok = ok and self.find(key) < 0 and self.checksum(e, self.body(e)) == crc
             if not ok:
-                self.mm[self.entry_off + ENTRY * e : self.entry_off + ENTRY * e + _ENTRY.size] = bytes(_ENTRY.size)
+                at = self.entry_off + self.stride * e
+                self.mm[at : at + _ENTRY.size] = bytes(_ENTRY.size)
                 continue
             used_blocks.update(chain)
             self._index_insert(key, e)
@@ -518,7 +579,7 @@ class _Table:
         free_head = NONE
         for e in range(n_alloc - 1, -1, -1):
             if self.head(e)[0] == 0:
-                at = self.entry_off + ENTRY * e
+                at = self.entry_off + self.stride * e
                 self.mm[at : at + _ENTRY.size] = _ENTRY.pack(0, free_head, 0, 0, 0, 0)
                 free_head = e
         block_alloc = min(st[4], self.n_blocks)
@@ -552,26 +613,23 @@ class _FileTxn:
             e = t.find(key64(user_id))
             raw = b""
             if e >= 0:
-                raw = t.body(e)
-                try:
-                    doc = msgspec.msgpack.decode(raw)
-                    if doc[0] == user_id:  # else another id with the same 64-bit key: not theirs
-                        parts = list(doc[1:]) + [None] * (N_PARTS - len(doc) + 1)
-                except (msgspec.DecodeError, IndexError, TypeError):
-                    pass
+                raw = t.guide(e) + t.body(e)
+                got = self.store.read_entry(t, e)
+                if got is not None and got[0] == user_id:  # else another id with the same key
+                    parts = got[1]
             rec = self.users[user_id] = [parts, [False] * N_PARTS, False, raw]
         return rec
 
-    def _part(self, rec: list[Any], part: int) -> Any:
+    def _part(self, rec: list[Any], part: int, user_id: str) -> Any:
         if not rec[1][part] and rec[0][part] is not None:
-            rec[0][part] = self.store.codecs[part].decode(rec[0][part])
+            rec[0][part] = self.store.decode_part(part, rec[0][part], user_id)
         rec[1][part] = True
         return rec[0][part]
 
     def user(self, part: int, user_id: str, create: Callable[[], Any] | None = None) -> Any:
         """See :meth:`StateTxn.user`."""
         rec = self._record(user_id)
-        value = self._part(rec, part)
+        value = self._part(rec, part, user_id)
         if value is None and create is not None:
             value = rec[0][part] = create()
         if value is not None:
@@ -580,12 +638,12 @@ class _FileTxn:
 
     def peek(self, part: int, user_id: str) -> Any:
         """See :meth:`StateTxn.peek`."""
-        return self._part(self._record(user_id), part)
+        return self._part(self._record(user_id), part, user_id)
 
     def discard(self, part: int, user_id: str) -> Any:
         """See :meth:`StateTxn.discard`."""
         rec = self._record(user_id)
-        value = self._part(rec, part)
+        value = self._part(rec, part, user_id)
         rec[0][part] = None
         return value
 
@@ -666,8 +724,8 @@ class _Mapped:
         reservoir_off = HEADER
         users_off = _page_up(reservoir_off + 8 * RESERVOIR)
         agg_entries = len(TABLES) * (MAX_KEYS + 1) + 16
-        users = _Table(mm, 0, capacity, _pow2(2 * capacity), capacity, users_off)
-        agg = _Table(mm, 1, agg_entries, _pow2(2 * agg_entries), agg_entries, users.end)
+        users = _Table(mm, 0, capacity, _pow2(2 * capacity), capacity, users_off, GUIDE)
+        agg = _Table(mm, 1, agg_entries, _pow2(2 * agg_entries), agg_entries, users.end, 0)
         return users, agg, reservoir_off, agg.end
 
     def _open(self, capacity: int) -> None:
@@ -677,8 +735,14 @@ class _Mapped:
         fresh = size < HEADER
         if not fresh:
             magic, version, stored = _FIXED.unpack(os.pread(self.fd, _FIXED.size, 0))[:3]
-            if magic != MAGIC or version != VERSION:
-                raise StoreError(f"{self.path}: not a pyfriction facts file of version {VERSION}; move it aside")
+            if magic != MAGIC:
+                raise StoreError(f"{self.path}: not a pyfriction facts file; move it aside")
+            if version != VERSION:
+                raise StoreError(
+                    f"{self.path}: a pyfriction facts file of version {version}, this version reads version "
+                    f"{VERSION}: move it aside (or delete it: the guidance bookkeeping and insights start afresh; "
+                    "the friction state in the store itself is kept)"
+                )
             capacity = stored
         users, agg, _r, total = self._layout(None, capacity)
         if fresh:
@@ -715,9 +779,10 @@ class FileState:
     """Per-user parts, aggregates and scalars in a memory-mapped file shared by processes.
 
     ``capacity`` users (least recently active of a sample evicted first when full, every
-    part of them at once); each user's record is 64 bytes, what does not fit in its 40 bytes
-    of body spills into a side table of 256-byte blocks (one per user on average, sparse on
-    disk until used). A file created with another capacity keeps its own.
+    part of them at once); each user's record is 128 bytes: a header, the packed guidance
+    record (64 bytes; see :class:`PackedCodec`), and 40 bytes of body; what does not fit
+    spills into a side table of 256-byte blocks (one per user on average, sparse on disk
+    until used). A file created with another capacity keeps its own.
     """
 
     shared = True
@@ -725,6 +790,7 @@ class FileState:
     def __init__(self, path: str, capacity: int) -> None:
         self.path = path
         self.codecs: dict[int, Codec] = {}
+        self.packed: PackedCodec | None = None  # the guidance part's codec, if it packs
         self.rng = random.Random()
         # A file object owns the descriptor: closed with the mapping when nothing uses it.
         file = open(os.open(path, os.O_RDWR | os.O_CREAT, 0o644), "r+b", buffering=0)
@@ -757,6 +823,8 @@ class FileState:
     def codec(self, part: int, codec: Codec) -> None:
         """See :meth:`StateStore.codec`."""
         self.codecs[part] = codec
+        if part == GUIDANCE:
+            self.packed = codec if isinstance(codec, PackedCodec) else None
 
     # -- the lock ------------------------------------------------------------------------------------
     @contextmanager
@@ -805,9 +873,49 @@ class FileState:
         self.mm[_TICK_OFF : _TICK_OFF + 4] = tick.to_bytes(4, "little")
         return tick
 
-    def _encode_user(self, user_id: str, rec: list[Any]) -> bytes:
-        plain = [self.codecs[p].encode(v) if rec[1][p] and v is not None else v for p, v in enumerate(rec[0])]
-        return msgspec.msgpack.encode([user_id, *plain])
+    def _packed(self, part: int) -> PackedCodec | None:
+        return self.packed if part == GUIDANCE else None
+
+    def decode_part(self, part: int, plain: Any, user_id: str) -> Any:
+        """The live object of a part as stored."""
+        packed = self._packed(part)
+        if packed is not None:
+            return packed.unpack(plain[0], plain[1], user_id)
+        return self.codecs[part].decode(plain)
+
+    def read_entry(self, t: _Table, e: int) -> tuple[str, list[Any]] | None:
+        """``(user id, parts as stored)`` of entry ``e`` (None if unreadable): the guidance
+        part as ``(record, rest)``, the others plain."""
+        try:
+            doc = msgspec.msgpack.decode(t.body(e))
+            uid, parts = str(doc[0]), list(doc[1:]) + [None] * (N_PARTS + 1 - len(doc))
+        except (msgspec.DecodeError, IndexError, TypeError, ValueError):
+            return None
+        guide = t.guide(e)
+        spill = parts[GUIDANCE]
+        if guide[0]:
+            record = guide[: min(guide[0], GUIDE)] + (bytes(spill[0]) if spill else b"")
+            parts[GUIDANCE] = (record, spill[1] if spill else None)
+        else:
+            parts[GUIDANCE] = None
+        return uid, parts
+
+    def _encode_user(self, user_id: str, rec: list[Any]) -> tuple[bytes, bytes]:
+        """``(packed guidance record's first GUIDE bytes, body)`` of a user's parts."""
+        plain = []
+        for p, v in enumerate(rec[0]):
+            if not rec[1][p] or v is None:
+                plain.append(v)
+                continue
+            packed = self._packed(p)
+            plain.append(packed.pack(v, user_id) if packed is not None else self.codecs[p].encode(v))
+        guide = b""
+        g = plain[GUIDANCE]
+        if g is not None:
+            record, rest = g
+            guide, spill = record[:GUIDE], record[GUIDE:]
+            plain[GUIDANCE] = [spill, rest] if spill or rest is not None else None
+        return guide, msgspec.msgpack.encode([user_id, *plain])
 
     def commit_users(self, users: dict[str, list[Any]]) -> None:
         t = self.users_table
@@ -819,15 +927,15 @@ class FileState:
                 if e >= 0 and rec[3]:
                     t.delete(e, st)
                 continue
-            body = self._encode_user(user_id, rec)
-            if body == rec[3] and not rec[2]:
+            guide, body = self._encode_user(user_id, rec)
+            if guide.ljust(GUIDE, b"\0") + body == rec[3] and not rec[2]:
                 continue  # read, unchanged, not marked active
             tick = self._tick() if rec[2] or e < 0 else t.head(e)[1]
             if e < 0:
                 while st[2] >= t.entries:
                     self._evict(st, keep=key)
                 e = t.insert(key, st)
-            while not t.write(e, key, tick, USER_KIND, body, st):
+            while not t.write(e, key, tick, USER_KIND, body, st, guide):
                 if not self._evict(st, keep=key):  # this user alone exceeds the side table
                     t.delete(e, st)
                     break
@@ -908,9 +1016,9 @@ class FileState:
         with self.locked():
             t = self.users_table
             for e in t.live(t.state()):
-                doc = msgspec.msgpack.decode(t.body(e))
-                if len(doc) > part + 1 and doc[part + 1] is not None:
-                    found.append((t.head(e)[1], doc[0], self.codecs[part].decode(doc[part + 1])))
+                got = self.read_entry(t, e)
+                if got is not None and got[1][part] is not None:
+                    found.append((t.head(e)[1], got[0], self.decode_part(part, got[1][part], got[0])))
         now = int.from_bytes(self.mm[_TICK_OFF : _TICK_OFF + 4], "little")
         found.sort(key=lambda x: -((now - x[0]) & 0xFFFFFFFF))
         return [(uid, value) for _tick, uid, value in found]
@@ -945,15 +1053,24 @@ class FileState:
             t = self.users_table
             st = t.state()
             for e in list(t.live(st)):
-                doc = list(msgspec.msgpack.decode(t.body(e)))
+                got = self.read_entry(t, e)
+                if got is None:
+                    t.delete(e, st)
+                    continue
+                uid, plain = got
                 for p in parts:
-                    if len(doc) > p + 1:
-                        doc[p + 1] = None
+                    plain[p] = None
                 key = t.head(e)[0]
-                if all(v is None for v in doc[1:]):
+                if all(v is None for v in plain):
                     t.delete(e, st)
                 else:
-                    t.write(e, key, t.head(e)[1], USER_KIND, msgspec.msgpack.encode(doc), st)
+                    g = plain[GUIDANCE]
+                    guide = b"" if g is None else g[0][:GUIDE]
+                    if g is not None:
+                        spill = g[0][GUIDE:]
+                        plain[GUIDANCE] = [spill, g[1]] if spill or g[1] is not None else None
+                    body = msgspec.msgpack.encode([uid, *plain])
+                    t.write(e, key, t.head(e)[1], USER_KIND, body, st, guide)
             t.set_state(st)
             a = self.agg_table
             st = a.state()
@@ -965,3 +1082,27 @@ class FileState:
             for tb in tables:
                 at = _ROWS_OFF + 4 * TABLES.index(tb)
                 self.mm[at : at + 4] = bytes(4)
+
+    def forget(self, user_ids: Iterable[str]) -> None:
+        """See :meth:`StateStore.forget`."""
+        keys = [key64(uid) for uid in user_ids]
+        if not keys:
+            return
+        with self.locked():
+            t = self.users_table
+            st = t.state()
+            for key in keys:
+                e = t.find(key)
+                if e >= 0:
+                    t.delete(e, st)
+            t.set_state(st)
+
+    def user_ids(self) -> list[str]:
+        """See :meth:`StateStore.user_ids`."""
+        with self.locked():
+            t = self.users_table
+            return [self._uid_of(t, e) for e in t.live(t.state())]
+
+    def _uid_of(self, t: _Table, e: int) -> str:
+        got = self.read_entry(t, e)
+        return got[0] if got is not None else ""
