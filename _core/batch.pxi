@@ -61,7 +61,7 @@ cdef Py_ssize_t fill_rows(CompiledCore self, Cols* c, Py_ssize_t lo, Py_ssize_t 
         uid = PyList_GET_ITEM(<object>c.uid, i)
         if not (PyUnicode_CheckExact(<object>uid) and 0 < PyUnicode_GET_LENGTH(<object>uid) <= MAX_TEXT):
             return i
-        p = PyUnicode_AsUTF8AndSize(<object>uid, &n)
+        p = pf_utf8(<object>uid, &n)
         if p == NULL:  # lone surrogates: the general path encodes them
             PyErr_Clear()
             return i

@@ -70,6 +70,17 @@ include "structs.pxi"      # the C structs of the state (_layout's dtypes) and o
 include "batch_types.pxi"  # the rows and queues of a columnar batch
 
 
+ctypedef struct StallMemo:
+    # A step's stall limit (``c_stall_limit``) as of its histogram's ``count``: in private
+    # memory the buckets only change with the count, so the limit holds while it does.
+    uint32_t step
+    uint32_t count
+    StepRec* rec        # the step's record (NULL: the entry is empty)
+    double limit
+
+DEF STALL_MEMO = 64  # direct-mapped by the step key's low bits
+
+
 @cython.final  # not subclassed: its C methods are called directly and inlined
 cdef class CompiledCore:
     """The compiled engine; same surface and semantics as ``_reference.ReferenceCore``.
@@ -110,6 +121,7 @@ cdef class CompiledCore:
     cdef int deferring
     cdef public bint batch_queue  # may a batch queue its episodes? (see begin_batch)
     cdef uint32_t known[4096]  # name keys already in ``names`` (direct-mapped; 0: empty)
+    cdef StallMemo stall_memo[STALL_MEMO]  # private memory only (see c_stall_limit)
     cdef unsigned long defer_thread
     cdef double last_te
     cdef bint did_fire
@@ -159,6 +171,7 @@ cdef class CompiledCore:
         self.deferring = 0
         self.batch_queue = True
         memset(self.known, 0, sizeof(self.known))
+        memset(self.stall_memo, 0, sizeof(self.stall_memo))
 
     def __init__(self, rules, capacity, idle_ttl, clock, names, on_episode, on_outcome,
                  store=None, config_json=b""):
@@ -627,6 +640,7 @@ cdef class CompiledCore:
             try:
                 memset(self.index, 0, (self.mask + 1) * sizeof(uint32_t))
                 memset(self.step_index, 0, (self.step_mask + 1) * sizeof(uint32_t))
+                memset(self.stall_memo, 0, sizeof(self.stall_memo))  # the records are rewritten
                 # Private slots are not cleared: insert() clears each one it hands out, and
                 # touching all of them would make the whole table resident for a few users.
                 if self.shared:
