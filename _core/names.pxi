@@ -127,7 +127,7 @@ cdef inline double limit_of(CompiledCore self, double q) noexcept nogil:
     return self.P.stall_min_s if self.P.stall_min_s >= q else q
 
 
-cdef double c_stall_limit(CompiledCore self, uint32_t step) noexcept nogil:
+cdef inline double c_stall_limit(CompiledCore self, uint32_t step) noexcept nogil:
     """Reference: ``Rules.limit_of(stall_need)``: -1 without a baseline.
 
     Judged on most events late in a visit, and the quantile (a walk over the buckets and a
@@ -135,16 +135,22 @@ cdef double c_stall_limit(CompiledCore self, uint32_t step) noexcept nogil:
     memoised with the histogram's count (buckets and count change together, in
     ``navigate``; ``load`` clears the memo). A shared store's histograms change under other
     processes, count and bucket apart: there it is worked out every time."""
+    cdef const StallMemo* m = &self.stall_memo[step & (STALL_MEMO - 1)]
+    if m.rec != NULL and m.step == step and m.rec.count == m.count:  # never set when shared
+        return m.limit
+    return stall_limit_anew(self, step)
+
+
+cdef double stall_limit_anew(CompiledCore self, uint32_t step) noexcept nogil:
+    """``c_stall_limit`` worked out (and memoised in private memory)."""
     cdef StallMemo* m
     cdef StepRec* r
     cdef double limit
     if self.shared:
         return limit_of(self, c_stall_need(self, step))
-    m = &self.stall_memo[step & (STALL_MEMO - 1)]
-    if m.rec != NULL and m.step == step and m.rec.count == m.count:
-        return m.limit
     r = step_rec(self, step, False)
     limit = limit_of(self, need_of(self, r))
     if r != NULL:  # a step without a record gets one later: not memoised
+        m = &self.stall_memo[step & (STALL_MEMO - 1)]
         m.step, m.count, m.rec, m.limit = step, r.count, r, limit
     return limit

@@ -387,7 +387,7 @@ cdef void navigate(CompiledCore self, Slot* u, uint32_t s, double te) noexcept n
     u.flags &= ~(F_STUCK | F_DONE)
 
 
-cdef double check_episode(CompiledCore self, Slot* u, double te, int code) noexcept nogil:
+cdef inline double check_episode(CompiledCore self, Slot* u, double te, int code) noexcept nogil:
     """The score, and an episode when it crosses: copied into ``self.fired`` while the slot is
     held; ``emit()`` or the batch queue reports it after the slot is released."""
     cdef double score = current(u)
