@@ -42,7 +42,7 @@ from libc.stdint cimport int32_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memcpy, memset, memcmp
 from libc.math cimport exp, log, pow, floor, INFINITY, NAN
-from cpython.dict cimport PyDict_CheckExact, PyDict_Contains, PyDict_Size, PyDict_Clear, PyDict_SetItem
+from cpython.dict cimport PyDict_CheckExact, PyDict_Contains, PyDict_Size, PyDict_Clear, PyDict_SetItem, PyDict_Next
 from cpython.list cimport PyList_GET_ITEM
 from cpython.float cimport PyFloat_AS_DOUBLE, PyFloat_CheckExact
 from cpython.long cimport PyLong_CheckExact
@@ -57,6 +57,7 @@ import math
 import mmap as _mmap
 import os
 from collections.abc import Mapping
+from sys import intern as _intern
 
 import numpy as np
 
