@@ -48,7 +48,7 @@ from cpython.float cimport PyFloat_AS_DOUBLE, PyFloat_CheckExact
 from cpython.long cimport PyLong_CheckExact
 from cpython.unicode cimport PyUnicode_CheckExact, PyUnicode_GET_LENGTH
 from cpython.object cimport PyObject
-from cpython.ref cimport Py_XINCREF, Py_XDECREF
+from cpython.ref cimport Py_INCREF, Py_XINCREF, Py_XDECREF
 from cpython.pythread cimport PyThread_get_thread_ident
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from posix.time cimport clock_gettime, timespec, CLOCK_REALTIME
@@ -80,6 +80,15 @@ ctypedef struct StallMemo:
     double limit
 
 DEF STALL_MEMO = 64  # direct-mapped by the step key's low bits
+
+ctypedef struct KeyMemo:
+    # The key32 of a step or target str of a dict event (``name_key``). The entry owns a
+    # reference to the str, so its address names no other object while it is here.
+    PyObject* obj
+    uint32_t k32
+
+DEF KEY_BITS = 8
+DEF KEY_MEMO = 1 << KEY_BITS
 
 
 @cython.final  # not subclassed: its C methods are called directly and inlined
@@ -123,6 +132,7 @@ cdef class CompiledCore:
     cdef public bint batch_queue  # may a batch queue its episodes? (see begin_batch)
     cdef uint32_t known[4096]  # name keys already in ``names`` (direct-mapped; 0: empty)
     cdef StallMemo stall_memo[STALL_MEMO]  # private memory only (see c_stall_limit)
+    cdef KeyMemo key_memo[KEY_MEMO]  # see name_key
     cdef unsigned long defer_thread
     cdef double last_te
     cdef bint did_fire
@@ -173,6 +183,7 @@ cdef class CompiledCore:
         self.batch_queue = True
         memset(self.known, 0, sizeof(self.known))
         memset(self.stall_memo, 0, sizeof(self.stall_memo))
+        memset(self.key_memo, 0, sizeof(self.key_memo))
 
     def __init__(self, rules, capacity, idle_ttl, clock, names, on_episode, on_outcome,
                  store=None, config_json=b""):
@@ -238,6 +249,8 @@ cdef class CompiledCore:
 
     def __dealloc__(self):
         cdef Py_ssize_t i
+        for i in range(KEY_MEMO):
+            Py_XDECREF(self.key_memo[i].obj)
         for i in range(self.pend_head, self.pend_n):
             Py_XDECREF(self.pend[i].uid)
             Py_XDECREF(self.pend[i].account)

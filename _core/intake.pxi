@@ -141,9 +141,9 @@ cdef double apply(CompiledCore self, PyObject* uid, uint64_t key, object kind, d
         release(self, s)
         return score
     if step_k == 0 and code == T_PAGE and step is not None:
-        step_k = key32(step)
+        step_k = name_key(self, step)
     if target_k == 0 and T_CLICK <= code <= T_FORM_ERROR and target is not None:
-        target_k = key32(target)
+        target_k = name_key(self, target)
     if self.shared:
         s = acquire(self, key, <object>uid, ts)
     else:
@@ -160,6 +160,23 @@ cdef double apply(CompiledCore self, PyObject* uid, uint64_t key, object kind, d
     if self.did_fire or T_TICKET <= code <= T_GUIDANCE_DISMISSED:
         report(self, uid, code, account, step, target)
     return score
+
+
+cdef inline uint32_t name_key(CompiledCore self, object s) except? 0:
+    """``key32(s)`` of an event's step or target: one events name again and again, and
+    hashing it anew was a tenth of a dict event's work. Memoised by address; the memo
+    holds the str (see KeyMemo)."""
+    cdef KeyMemo* m = &self.key_memo[memo_slot(<PyObject*>s, KEY_BITS)]
+    cdef PyObject* old = m.obj
+    cdef uint32_t k
+    if old == <PyObject*>s:
+        return m.k32
+    k = key32(s)
+    Py_INCREF(s)
+    m.obj = <PyObject*>s
+    m.k32 = k
+    Py_XDECREF(old)  # last: the entry is whole if letting go of the old str runs code
+    return k
 
 
 cdef void settle(CompiledCore self, uint32_t step_k, object step, uint32_t target_k, object target) except *:
