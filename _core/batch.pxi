@@ -61,7 +61,7 @@ cdef Py_ssize_t fill_rows(CompiledCore self, Cols* c, Py_ssize_t lo, Py_ssize_t 
         uid = PyList_GET_ITEM(<object>c.uid, i)
         if not (PyUnicode_CheckExact(<object>uid) and 0 < PyUnicode_GET_LENGTH(<object>uid) <= MAX_TEXT):
             return i
-        p = PyUnicode_AsUTF8AndSize(<object>uid, &n)
+        p = pf_utf8(<object>uid, &n)
         if p == NULL:  # lone surrogates: the general path encodes them
             PyErr_Clear()
             return i
@@ -72,7 +72,7 @@ cdef Py_ssize_t fill_rows(CompiledCore self, Cols* c, Py_ssize_t lo, Py_ssize_t 
         if uids != NULL:
             memcpy(uids + (i - lo) * UIDB, p, n if n < UIDB else UIDB)
         o = PyList_GET_ITEM(<object>c.kind, i)
-        km = &c.kmemo[(<size_t>o >> 4) & (KIND_MEMO - 1)]
+        km = &c.kmemo[memo_slot(o, KIND_BITS)]
         if km.obj != o:
             km.obj = o
             if (PyUnicode_CheckExact(<object>o) and 0 < PyUnicode_GET_LENGTH(<object>o) <= MAX_TEXT
@@ -406,8 +406,12 @@ cdef void queue_pending(Buf* b, Slot* rec, int code, double score, double te, do
     b.pend_n += 1
 
 
+cdef inline size_t memo_slot(PyObject* o, int bits) noexcept nogil:
+    return <size_t>(((<uint64_t>o >> 4) * <uint64_t>0x9E3779B97F4A7C15) >> (64 - bits))
+
+
 cdef inline TextMemo* text_memo(TextMemo* memo, PyObject* o):
-    cdef TextMemo* m = &memo[(<size_t>o >> 4) & (TEXT_MEMO - 1)]
+    cdef TextMemo* m = &memo[memo_slot(o, TEXT_BITS)]
     cdef Py_ssize_t n
     if m.obj != o:
         m.obj = o

@@ -13,8 +13,13 @@ ctypedef struct TextMemo:
     uint8_t ok
     uint8_t empty
 
-DEF KIND_MEMO = 64
-DEF TEXT_MEMO = 256
+# Direct-mapped by a multiplicative hash of the address: a batch's few dozen distinct
+# objects then rarely share an entry (two that do would take turns to be worked out again,
+# row after row: a dict lookup or a key hash each time).
+DEF KIND_BITS = 8
+DEF KIND_MEMO = 1 << KIND_BITS
+DEF TEXT_BITS = 10
+DEF TEXT_MEMO = 1 << TEXT_BITS
 
 # A columnar batch is worked in chunks of rows. Phase A (with the GIL) reads the row's
 # objects into a Row; phase B (C only, no Python object touched) applies the rows to the

@@ -44,6 +44,15 @@ cdef extern from *:
     #define PF_PREFETCH(p) ((void)0)
     #endif
     #define PF_NONE32 0xFFFFFFFFu
+    /* PyUnicode_AsUTF8AndSize, with its common case inline: a compact ASCII str is its own
+       UTF-8 (the pointer that function returns for it), and a batch asks for every id. */
+    static inline const char* pf_utf8(PyObject* o, Py_ssize_t* n) {
+        if (PyUnicode_CheckExact(o) && PyUnicode_IS_COMPACT_ASCII(o)) {
+            *n = PyUnicode_GET_LENGTH(o);
+            return (const char*)(((PyASCIIObject*)o) + 1);
+        }
+        return PyUnicode_AsUTF8AndSize(o, n);
+    }
     /* Prefetches for a row ``LOOKAHEAD`` ahead (its index entry) and one half as far (the
        lines of its slot). In C and forced inline: a function of prefetches alone has no
        effect a compiler must keep, and a call to it may be dropped. */
@@ -67,6 +76,7 @@ cdef extern from *:
     }
     """
     void PF_PREFETCH(const void*) nogil
+    const char* pf_utf8(object, Py_ssize_t*)
     void pf_ahead(const uint32_t* index, const char* slots, size_t slot_size, uint32_t mask,
                   int far_ok, uint64_t far_key, int near_ok, uint64_t near_key) nogil
     void pf_slot(const void* slot) nogil

@@ -42,13 +42,13 @@ from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memcpy, memmove, memset, memcmp
 from libc.math cimport exp, log, pow, floor, INFINITY, NAN
-from cpython.dict cimport PyDict_CheckExact, PyDict_Contains, PyDict_Size, PyDict_Clear, PyDict_SetItem
+from cpython.dict cimport PyDict_CheckExact, PyDict_Contains, PyDict_Size, PyDict_Clear, PyDict_SetItem, PyDict_Next
 from cpython.list cimport PyList_GET_ITEM
 from cpython.float cimport PyFloat_AS_DOUBLE, PyFloat_CheckExact
 from cpython.long cimport PyLong_CheckExact
 from cpython.unicode cimport PyUnicode_CheckExact, PyUnicode_GET_LENGTH
 from cpython.object cimport PyObject
-from cpython.ref cimport Py_XINCREF, Py_XDECREF
+from cpython.ref cimport Py_INCREF, Py_XINCREF, Py_XDECREF
 from cpython.pythread cimport PyThread_get_thread_ident
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from posix.time cimport clock_gettime, timespec, CLOCK_REALTIME
@@ -57,6 +57,7 @@ import math
 import mmap as _mmap
 import os
 from collections.abc import Mapping
+from sys import intern as _intern
 
 import numpy as np
 
@@ -68,6 +69,26 @@ include "cdefs.pxi"        # C declarations: Python's C API, mmap, threads, lock
 include "consts.pxi"       # GENERATED from pyfriction/_constants.py
 include "structs.pxi"      # the C structs of the state (_layout's dtypes) and of the params
 include "batch_types.pxi"  # the rows and queues of a columnar batch
+
+
+ctypedef struct StallMemo:
+    # A step's stall limit (``c_stall_limit``) as of its histogram's ``count``: in private
+    # memory the buckets only change with the count, so the limit holds while it does.
+    uint32_t step
+    uint32_t count
+    StepRec* rec        # the step's record (NULL: the entry is empty)
+    double limit
+
+DEF STALL_MEMO = 64  # direct-mapped by the step key's low bits
+
+ctypedef struct KeyMemo:
+    # The key32 of a step or target str of a dict event (``name_key``). The entry owns a
+    # reference to the str, so its address names no other object while it is here.
+    PyObject* obj
+    uint32_t k32
+
+DEF KEY_BITS = 8
+DEF KEY_MEMO = 1 << KEY_BITS
 
 
 @cython.final  # not subclassed: its C methods are called directly and inlined
@@ -110,6 +131,8 @@ cdef class CompiledCore:
     cdef int deferring
     cdef public bint batch_queue  # may a batch queue its episodes? (see begin_batch)
     cdef uint32_t known[4096]  # name keys already in ``names`` (direct-mapped; 0: empty)
+    cdef StallMemo stall_memo[STALL_MEMO]  # private memory only (see c_stall_limit)
+    cdef KeyMemo key_memo[KEY_MEMO]  # see name_key
     cdef unsigned long defer_thread
     cdef double last_te
     cdef bint did_fire
@@ -170,6 +193,8 @@ cdef class CompiledCore:
         self.batch_queue = True
         self.ev_limit = -1
         memset(self.known, 0, sizeof(self.known))
+        memset(self.stall_memo, 0, sizeof(self.stall_memo))
+        memset(self.key_memo, 0, sizeof(self.key_memo))
 
     def __init__(self, rules, capacity, idle_ttl, clock, names, on_episode, on_outcome,
                  store=None, config_json=b""):
@@ -235,6 +260,8 @@ cdef class CompiledCore:
 
     def __dealloc__(self):
         cdef Py_ssize_t i
+        for i in range(KEY_MEMO):
+            Py_XDECREF(self.key_memo[i].obj)
         for i in range(self.pend_head, self.pend_n):
             Py_XDECREF(self.pend[i].uid)
             Py_XDECREF(self.pend[i].account)
@@ -710,6 +737,7 @@ cdef class CompiledCore:
             try:
                 memset(self.index, 0, (self.mask + 1) * sizeof(uint32_t))
                 memset(self.step_index, 0, (self.step_mask + 1) * sizeof(uint32_t))
+                memset(self.stall_memo, 0, sizeof(self.stall_memo))  # the records are rewritten
                 # Private slots are not cleared: insert() clears each one it hands out, and
                 # touching all of them would make the whole table resident for a few users.
                 if self.shared:

@@ -15,9 +15,18 @@ cdef inline uint64_t mix64(uint64_t h) nogil:
 
 cdef inline uint64_t fnv_raw(const char* p, Py_ssize_t n) nogil:
     cdef uint64_t h = FNV_OFFSET
-    cdef Py_ssize_t i
-    for i in range(n):
+    cdef Py_ssize_t i = 0
+    # Four bytes a round: FNV is one multiply after another, so the loop's own count and
+    # test were a third of its instructions (every event hashes its user id).
+    while i + 4 <= n:
         h = (h ^ <uint8_t>p[i]) * <uint64_t>FNV_PRIME
+        h = (h ^ <uint8_t>p[i + 1]) * <uint64_t>FNV_PRIME
+        h = (h ^ <uint8_t>p[i + 2]) * <uint64_t>FNV_PRIME
+        h = (h ^ <uint8_t>p[i + 3]) * <uint64_t>FNV_PRIME
+        i += 4
+    while i < n:
+        h = (h ^ <uint8_t>p[i]) * <uint64_t>FNV_PRIME
+        i += 1
     return h
 
 cdef inline uint64_t fnv_bytes(const char* p, Py_ssize_t n) nogil:
@@ -27,7 +36,7 @@ cdef inline uint64_t fnv_bytes(const char* p, Py_ssize_t n) nogil:
 cdef uint64_t key64(object s) except? 0:
     """key64 of a str: its UTF-8 bytes, or with surrogates passed through, as the reference."""
     cdef Py_ssize_t n
-    cdef const char* p = PyUnicode_AsUTF8AndSize(s, &n)
+    cdef const char* p = pf_utf8(s, &n)
     if p == NULL:
         PyErr_Clear()
         raw = (<str>s).encode("utf-8", "surrogatepass")

@@ -152,9 +152,9 @@ cdef double apply(CompiledCore self, PyObject* uid, uint64_t key, object kind, d
         release(self, s)
         return score
     if step_k == 0 and code == T_PAGE and step is not None:
-        step_k = key32(step)
+        step_k = name_key(self, step)
     if target_k == 0 and T_CLICK <= code <= T_FORM_ERROR and target is not None:
-        target_k = key32(target)
+        target_k = name_key(self, target)
     if self.shared:
         s = acquire(self, key, <object>uid, ts)
     else:
@@ -173,6 +173,23 @@ cdef double apply(CompiledCore self, PyObject* uid, uint64_t key, object kind, d
     return score
 
 
+cdef inline uint32_t name_key(CompiledCore self, object s) except? 0:
+    """``key32(s)`` of an event's step or target: one events name again and again, and
+    hashing it anew was a tenth of a dict event's work. Memoised by address; the memo
+    holds the str (see KeyMemo)."""
+    cdef KeyMemo* m = &self.key_memo[memo_slot(<PyObject*>s, KEY_BITS)]
+    cdef PyObject* old = m.obj
+    cdef uint32_t k
+    if old == <PyObject*>s:
+        return m.k32
+    k = key32(s)
+    Py_INCREF(s)
+    m.obj = <PyObject*>s
+    m.k32 = k
+    Py_XDECREF(old)  # last: the entry is whole if letting go of the old str runs code
+    return k
+
+
 cdef void settle(CompiledCore self, uint32_t step_k, object step, uint32_t target_k, object target) except *:
     """Remember the names an update noted (no slot held: Python may run)."""
     cdef int note = self.note
@@ -183,24 +200,77 @@ cdef void settle(CompiledCore self, uint32_t step_k, object step, uint32_t targe
         remember(self, target_k, target)
 
 
+# The fields of a dict event, interned: an event written as a literal (or by the SDK) has
+# these very objects as its keys.
+cdef str K_USER_ID = _intern("user_id")
+cdef str K_TYPE = _intern("type")
+cdef str K_TS = _intern("ts")
+cdef str K_STEP = _intern("step")
+cdef str K_TARGET = _intern("target")
+cdef str K_ACCOUNT = _intern("account_id")
+cdef str K_PROPERTIES = _intern("properties")
+
+
 cdef double observe_dict(CompiledCore self, dict d) except? -1.0:
-    """The fast path for a plain dict; anything unusual goes to the reference parser."""
+    """The fast path for a plain dict; anything unusual goes to the reference parser.
+
+    The fields are read in one walk over the dict when each of its keys is one of the
+    interned field names (what a lookup would find, by identity); a lookup per field
+    costs more than the whole walk. Any other key (another object, an unknown field):
+    one lookup per field, as a lookup finds them by equality."""
     cdef PyObject* o
+    cdef PyObject* k
+    cdef PyObject* v
+    cdef PyObject* f_uid = NULL
+    cdef PyObject* f_type = NULL
+    cdef PyObject* f_ts = NULL
+    cdef PyObject* f_step = NULL
+    cdef PyObject* f_target = NULL
+    cdef PyObject* f_account = NULL
+    cdef PyObject* f_props = NULL
+    cdef Py_ssize_t pos = 0
+    cdef bint walked = True
     cdef object uid, kind, step = None, target = None, account = None
     cdef double ts
     cdef long status = -1, results = -1
-    o = PyDict_GetItemWithError(d, "user_id")
+    while PyDict_Next(d, &pos, &k, &v):
+        if k == <PyObject*>K_USER_ID:
+            f_uid = v
+        elif k == <PyObject*>K_TYPE:
+            f_type = v
+        elif k == <PyObject*>K_TS:
+            f_ts = v
+        elif k == <PyObject*>K_STEP:
+            f_step = v
+        elif k == <PyObject*>K_TARGET:
+            f_target = v
+        elif k == <PyObject*>K_PROPERTIES:
+            f_props = v
+        elif k == <PyObject*>K_ACCOUNT:
+            f_account = v
+        else:
+            walked = False
+            break
+    if not walked:
+        f_uid = PyDict_GetItemWithError(d, K_USER_ID)
+        f_type = PyDict_GetItemWithError(d, K_TYPE)
+        f_ts = PyDict_GetItemWithError(d, K_TS)
+        f_step = PyDict_GetItemWithError(d, K_STEP)
+        f_target = PyDict_GetItemWithError(d, K_TARGET)
+        f_account = PyDict_GetItemWithError(d, K_ACCOUNT)
+        f_props = PyDict_GetItemWithError(d, K_PROPERTIES)
+    o = f_uid
     if o == NULL or not PyUnicode_CheckExact(<object>o):
         return observe_slow(self, d)
     uid = <object>o
-    o = PyDict_GetItemWithError(d, "type")
+    o = f_type
     if o == NULL or not PyUnicode_CheckExact(<object>o):
         return observe_slow(self, d)
     kind = <object>o
     if not (0 < PyUnicode_GET_LENGTH(uid) <= MAX_TEXT and 0 < PyUnicode_GET_LENGTH(kind) <= MAX_TEXT
             and well_formed(uid) and well_formed(kind)):
         return observe_slow(self, d)
-    o = PyDict_GetItemWithError(d, "ts")
+    o = f_ts
     if o == NULL or <object>o is None:
         return observe_slow(self, d)  # the clock: rare enough for the general path
     if PyFloat_CheckExact(<object>o):
@@ -214,12 +284,12 @@ cdef double observe_dict(CompiledCore self, dict d) except? -1.0:
         return observe_slow(self, d)
     if not ts_plausible(self, ts):
         return observe_slow(self, d)  # out of range (or not finite): the general path says why
-    step = optional_text(d, "step")
-    target = optional_text(d, "target")
-    account = optional_text(d, "account_id")
+    step = optional_text(f_step)
+    target = optional_text(f_target)
+    account = optional_text(f_account)
     if step is _BAD or target is _BAD or account is _BAD:
         return observe_slow(self, d)
-    o = PyDict_GetItemWithError(d, "properties")
+    o = f_props
     if o != NULL and <object>o is not None:
         if not PyDict_CheckExact(<object>o):
             return observe_slow(self, d)
@@ -257,10 +327,9 @@ cdef inline long int_property(dict props, str name) except? -2:
 _BAD = object()
 
 
-cdef inline object optional_text(dict d, str key):
-    """An optional text field of a dict event: None when absent or empty, the str when fine,
-    ``_BAD`` when the reference parser has to judge it (and raise)."""
-    cdef PyObject* o = PyDict_GetItemWithError(d, key)
+cdef inline object optional_text(PyObject* o):
+    """An optional text field of a dict event (NULL: absent): None when absent or empty, the
+    str when fine, ``_BAD`` when the reference parser has to judge it (and raise)."""
     if o == NULL or <object>o is None:
         return None
     if not PyUnicode_CheckExact(<object>o) or PyUnicode_GET_LENGTH(<object>o) > MAX_TEXT or not well_formed(<object>o):

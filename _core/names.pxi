@@ -93,7 +93,11 @@ cdef StepRec* step_rec(CompiledCore self, uint32_t step, bint create) noexcept n
 cdef double c_stall_need(CompiledCore self, uint32_t step) noexcept nogil:
     """Reference: ``Rules.stall_need`` via ``ReferenceCore.stall_need``: the step's stall
     quantile, interpolated inside its bucket (``_layout.quantile``); -1 without a baseline."""
-    cdef StepRec* r = step_rec(self, step, False)
+    return need_of(self, step_rec(self, step, False))
+
+
+cdef double need_of(CompiledCore self, const StepRec* r) noexcept nogil:
+    """``c_stall_need`` of a step's record (NULL: none)."""
     cdef double need, frac
     cdef uint64_t seen = 0
     cdef uint32_t count, c
@@ -115,10 +119,38 @@ cdef double c_stall_need(CompiledCore self, uint32_t step) noexcept nogil:
     return bucket_upper(NB - 1)
 
 
-cdef double c_stall_limit(CompiledCore self, uint32_t step) noexcept nogil:
-    """Reference: ``Rules.limit_of(stall_need)``: -1 without a baseline."""
-    cdef double q = c_stall_need(self, step)
+cdef inline double limit_of(CompiledCore self, double q) noexcept nogil:
+    """Reference: ``Rules.limit_of``: the limit for a stall quantile ``q`` (-1: none)."""
     if q < 0.0:
         return -1.0
     q = self.P.stall_factor * q
     return self.P.stall_min_s if self.P.stall_min_s >= q else q
+
+
+cdef inline double c_stall_limit(CompiledCore self, uint32_t step) noexcept nogil:
+    """Reference: ``Rules.limit_of(stall_need)``: -1 without a baseline.
+
+    Judged on most events late in a visit, and the quantile (a walk over the buckets and a
+    ``pow``) only changes when the step's histogram does: in private memory the limit is
+    memoised with the histogram's count (buckets and count change together, in
+    ``navigate``; ``load`` clears the memo). A shared store's histograms change under other
+    processes, count and bucket apart: there it is worked out every time."""
+    cdef const StallMemo* m = &self.stall_memo[step & (STALL_MEMO - 1)]
+    if m.rec != NULL and m.step == step and m.rec.count == m.count:  # never set when shared
+        return m.limit
+    return stall_limit_anew(self, step)
+
+
+cdef double stall_limit_anew(CompiledCore self, uint32_t step) noexcept nogil:
+    """``c_stall_limit`` worked out (and memoised in private memory)."""
+    cdef StallMemo* m
+    cdef StepRec* r
+    cdef double limit
+    if self.shared:
+        return limit_of(self, c_stall_need(self, step))
+    r = step_rec(self, step, False)
+    limit = limit_of(self, need_of(self, r))
+    if r != NULL:  # a step without a record gets one later: not memoised
+        m = &self.stall_memo[step & (STALL_MEMO - 1)]
+        m.step, m.count, m.rec, m.limit = step, r.count, r, limit
+    return limit

@@ -32,12 +32,23 @@ cdef inline bint decay(const Params* P, Slot* u, double p, double t) noexcept no
     cdef double f
     cdef int i
     if dt > 0.0:
-        f = exp(-dt * P.decay_rate)
-        for i in range(NDET):
-            u.pressure[i] = <float>(<double>u.pressure[i] * f)
+        if not calm(u):  # zero pressures stay zero: no exp() to pay
+            f = exp(-dt * P.decay_rate)
+            for i in range(NDET):
+                u.pressure[i] = <float>(<double>u.pressure[i] * f)
         u.p_off = <float>(t - u.last_ts)
         return True
     return False
+
+
+cdef inline bint calm(const Slot* u) noexcept nogil:
+    """Every pressure is zero (their bits: a pressure is never negative)."""
+    cdef const uint32_t* w = <const uint32_t*>u.pressure
+    cdef uint32_t bits = 0
+    cdef int i
+    for i in range(NDET):
+        bits |= w[i]
+    return bits == 0
 
 
 cdef inline void activate(Slot* u, int detector, double weight) noexcept nogil:
@@ -51,6 +62,8 @@ cdef inline double current(const Slot* u) noexcept nogil:
     cdef int i
     for i in range(NDET):
         total += u.pressure[i]
+    if total == 0.0:
+        return 0.0  # what 1 - exp(-0) gives, without the call
     return 1.0 - exp(-total)
 
 
@@ -374,7 +387,7 @@ cdef void navigate(CompiledCore self, Slot* u, uint32_t s, double te) noexcept n
     u.flags &= ~(F_STUCK | F_DONE)
 
 
-cdef double check_episode(CompiledCore self, Slot* u, double te, int code) noexcept nogil:
+cdef inline double check_episode(CompiledCore self, Slot* u, double te, int code) noexcept nogil:
     """The score, and an episode when it crosses: copied into ``self.fired`` while the slot is
     held; ``emit()`` or the batch queue reports it after the slot is released."""
     cdef double score = current(u)

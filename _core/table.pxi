@@ -81,10 +81,17 @@ cdef inline void touch(CompiledCore self, uint32_t s) noexcept nogil:
 
 cdef void compact_log(CompiledCore self) noexcept nogil:
     cdef uint32_t p, s, out = 0
-    for p in range(self.log_head, self.log_tail):
-        if p + LOOKAHEAD < self.log_tail:
-            # Each entry reads its slot's lock word: random lines, so ask ahead.
-            PF_PREFETCH(&self.slots[self.lru_log[p + LOOKAHEAD]].lock)
+    cdef uint32_t ahead = self.log_tail - LOOKAHEAD if self.log_tail - self.log_head > LOOKAHEAD else self.log_head
+    for p in range(self.log_head, ahead):
+        # Each entry reads its slot's lock word: random lines, so ask ahead (this loop is
+        # the entries with one LOOKAHEAD after them: no test for it on each).
+        PF_PREFETCH(&self.slots[self.lru_log[p + LOOKAHEAD]].lock)
+        s = self.lru_log[p]
+        if self.slots[s].lock == p:
+            self.lru_log[out] = s
+            self.slots[s].lock = out
+            out += 1
+    for p in range(ahead, self.log_tail):
         s = self.lru_log[p]
         if self.slots[s].lock == p:
             self.lru_log[out] = s

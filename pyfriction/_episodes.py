@@ -7,6 +7,7 @@ episode or a state reads the same whichever engine produced it.
 from __future__ import annotations
 
 import math
+import operator
 from typing import Any
 
 import msgspec
@@ -199,11 +200,15 @@ def detail(d: int, rec: Any, names: Names, rules: Rules, stall_need: float, now:
 
 
 def reasons(rec: Any, names: Names, rules: Rules, stall_need: float, now: float) -> list[Reason]:
-    pressure = rec["pressure"]
-    active = [(float(pressure[d]), d) for d in range(len(DETECTOR_NAMES)) if pressure[d] > 0.0]
-    active.sort(key=lambda pd: (-pd[0], pd[1]))
+    # Largest pressure first, ties in detector order: the list is built in detector order,
+    # and a reversed sort is stable too, so the pressure alone is the key.
+    active = [(float(p), d) for d, p in enumerate(rec["pressure"]) if p > 0.0]
+    if len(active) > 1:
+        active.sort(key=_pressure, reverse=True)
     return [Reason(DETECTOR_NAMES[d], round(p, 6), detail(d, rec, names, rules, stall_need, now)) for p, d in active]
 
+
+_pressure = operator.itemgetter(0)
 
 _TARGETED = {
     RAGE_CLICK: "click_target",

@@ -318,6 +318,13 @@ def columns_of(batch: Mapping[str, Any], keep_ts_array: bool = False) -> tuple[i
 def _int_column(col: Any, name: str) -> np.ndarray:
     """A status/results column as int64, -1 where an entry is no value (see ``int_value``);
     a ``results`` column keeps :data:`SELECTION` (it stands for ``properties.selection``)."""
+    if isinstance(col, np.ndarray) and col.dtype.kind == "i" and col.dtype.itemsize <= 4:
+        # Nothing this narrow is past 2**31 - 1: a negative is the one "no value" (one pass
+        # where the general case takes five; every columnar batch has these two columns).
+        out = np.maximum(col, -1, dtype=np.int64)
+        if name == "results":
+            np.putmask(out, col == SELECTION, SELECTION)
+        return out
     if isinstance(col, np.ndarray) and col.dtype.kind in "iu":
         a = col.astype(np.int64)
         out = np.where((a >= 0) & (a < (1 << 31)), a, -1)

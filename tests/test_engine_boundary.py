@@ -250,3 +250,24 @@ def test_sdk_columns_score_what_the_tracker_scores(sdk_reset: None, engine: str,
     got = pyfriction.observe_many(batch)
     np.testing.assert_array_equal(got, expected)
     assert not np.isnan(got).any()
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint32])
+@pytest.mark.parametrize("name", ["status", "results"])
+def test_an_integer_column_reads_as_the_general_rule_says(dtype: Any, name: str) -> None:
+    """``events._int_column``: an integer array is -1 where a value is not in [0, 2**31),
+    and a results column keeps SELECTION; narrow signed arrays take a shortcut to it."""
+    from pyfriction import events
+
+    info = np.iinfo(dtype)
+    edges = [info.min, info.min + 1, -3, -2, -1, 0, 1, 2**31 - 2, 2**31 - 1, 2**31, info.max - 1, info.max]
+    rng = np.random.default_rng(7)
+    values = [v for v in edges if info.min <= v <= info.max]
+    col = np.concatenate([np.array(values, dtype=dtype), rng.integers(info.min, info.max, 1000, dtype=dtype)])
+    wide = col.astype(object)
+    expected = np.array([v if 0 <= v < 2**31 else -1 for v in wide], dtype=np.int64)
+    if name == "results":
+        expected[wide == events.SELECTION] = events.SELECTION
+    got = events._int_column(col, name)
+    assert got.dtype == np.int64
+    assert got.tolist() == expected.tolist()
