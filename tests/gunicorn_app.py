@@ -20,23 +20,14 @@ routes, on the store of ``$PYFRICTION_STORE``) with three test-only additions:
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
 from typing import Any
+
+from helpers import load_module
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = os.path.join(ROOT, "examples")
 PID_HEADER = "X-Worker-Pid"
-
-
-def _load(name: str, path: str) -> Any:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def _episodes(user_id: str) -> dict[str, Any]:
@@ -47,7 +38,7 @@ def _episodes(user_id: str) -> dict[str, Any]:
 
 
 def _fastapi() -> Any:
-    module = _load("example_fastapi_saas", os.path.join(EXAMPLES, "fastapi_saas", "app.py"))
+    module = load_module("example_fastapi_saas", os.path.join(EXAMPLES, "fastapi_saas", "app.py"))
     own = module.browser_config
 
     def config() -> dict[str, Any]:
@@ -82,7 +73,7 @@ def _fastapi() -> Any:
 def _flask() -> Any:
     from flask import Flask, Response, request
 
-    module = _load("example_flask_app", os.path.join(EXAMPLES, "flask_app", "app.py"))
+    module = load_module("example_flask_app", os.path.join(EXAMPLES, "flask_app", "app.py"))
     module.CONFIG = {**module.CONFIG, "scoring": {"cooldown": 0.0}}
     app: Flask = module.create_app()
 

@@ -147,3 +147,16 @@ def active(tracker: pyfriction.Tracker, user: str) -> dict[str, float]:
     state = tracker.state(user)
     assert state is not None, f"{user} is not tracked"
     return state.detectors
+
+
+def load_module(name: str, path: str) -> Any:
+    """Import the file ``path`` as module ``name`` (the examples are scripts, not packages)."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module

@@ -21,6 +21,8 @@ from typing import Any
 
 import pytest
 
+from helpers import load_module
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = os.path.join(ROOT, "examples")
 ARTIFACTS = os.path.join(ROOT, ".artifacts")
@@ -34,15 +36,6 @@ def _env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYFRICTION_") or k == "PYFRICTION_NO_EXTENSIONS"}
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     return env
-
-
-def _load(name: str, path: str) -> Any:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture
@@ -72,7 +65,7 @@ def saas(clean_sdk: None) -> Any:
     pytest.importorskip("fastapi")
     from fastapi.testclient import TestClient
 
-    module = _load("example_fastapi_saas", os.path.join(EXAMPLES, "fastapi_saas", "app.py"))
+    module = load_module("example_fastapi_saas", os.path.join(EXAMPLES, "fastapi_saas", "app.py"))
     return module, lambda: TestClient(module.create_app())
 
 
@@ -127,7 +120,7 @@ def test_flask_example(clean_sdk: None) -> None:
     pytest.importorskip("flask")
     import pyfriction
 
-    module = _load("example_flask_app", os.path.join(EXAMPLES, "flask_app", "app.py"))
+    module = load_module("example_flask_app", os.path.join(EXAMPLES, "flask_app", "app.py"))
     c = module.create_app().test_client()
     assert c.get("/signup").status_code == 200
     # As its docstring says: the third bad submission's own answer shows help, not before.

@@ -209,9 +209,10 @@ def test_kill9_of_one_worker_loses_no_accepted_event(tmp_path: Path) -> None:
         assert server.stop() == 0
 
 
-def test_kill9_of_every_process_loses_no_accepted_event(tmp_path: Path) -> None:
-    port = free_port()
-    server = _server(tmp_path, 2, port).start()
+def _kill_everything_under_load(tmp_path: Path, workers: int, port: int) -> Loader:
+    """Start ``workers`` workers, load them, kill -9 the parent and every worker mid-load;
+    returns the loader (what was sent and accepted) once no process is left."""
+    server = _server(tmp_path, workers, port).start()
     loader = Loader(server.url)
     threads = loader.run()
     try:
@@ -227,6 +228,12 @@ def test_kill9_of_every_process_loses_no_accepted_event(tmp_path: Path) -> None:
             t.join(30)
     wait_for(lambda: not any(psutil.pid_exists(p) and psutil.Process(p).status() != "zombie" for p in everyone),
              timeout=60)  # fmt: skip
+    return loader
+
+
+def test_kill9_of_every_process_loses_no_accepted_event(tmp_path: Path) -> None:
+    port = free_port()
+    loader = _kill_everything_under_load(tmp_path, 2, port)
     server = _server(tmp_path, 2, port).start()
     try:
         _check_no_loss(server.url, loader)
@@ -236,23 +243,7 @@ def test_kill9_of_every_process_loses_no_accepted_event(tmp_path: Path) -> None:
 
 def test_fewer_workers_after_a_crash_replay_the_journals_of_the_others(tmp_path: Path) -> None:
     port = free_port()
-    server = _server(tmp_path, 3, port).start()
-    loader = Loader(server.url)
-    threads = loader.run()
-    try:
-        _load_until(loader, 200)
-        pids = _worker_pids(server)
-        assert server.proc is not None
-        os.kill(server.proc.pid, signal.SIGKILL)
-        for pid in pids.values():
-            os.kill(pid, signal.SIGKILL)
-        server.kill()
-    finally:
-        loader.stop.set()
-        for t in threads:
-            t.join(30)
-    wait_for(lambda: not any(psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"
-                             for p in pids.values()), timeout=60)  # fmt: skip
+    loader = _kill_everything_under_load(tmp_path, 3, port)
     server = _server(tmp_path, 2, port).start()
     try:
         _check_no_loss(server.url, loader)
