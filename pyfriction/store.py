@@ -39,11 +39,14 @@ __all__ = [
     "config_differences",
     "config_json",
     "core_module",
+    "is_redis_store",
     "parse_store",
     "stored_config",
 ]
 
 SCHEMES = ("memory", "file")
+#: Stores on Redis (:mod:`pyfriction.redis_engine`, :mod:`pyfriction.redis_state`).
+REDIS_SCHEMES = ("redis", "rediss", "redis+unix", "redis+cluster", "rediss+cluster", "redis+sentinel")
 
 try:
     from ._core import StoreError  # the compiled core raises it
@@ -52,6 +55,11 @@ except ImportError:  # pure-Python install: the same name, for the same errors
     class StoreError(RuntimeError):  # type: ignore[no-redef]
         """A shared store file cannot be used (wrong kind, version, layout, config, capacity
         or damaged); the message says which and what to do."""
+
+
+def is_redis_store(uri: object) -> bool:
+    """Is ``uri`` a Redis store (``redis://``, ``redis+cluster://``, ``redis+sentinel://``...)?"""
+    return isinstance(uri, str) and "://" in uri and uri.split("://", 1)[0].lower() in REDIS_SCHEMES
 
 
 def parse_store(uri: str | None) -> str | None:
@@ -70,8 +78,8 @@ def parse_store(uri: str | None) -> str | None:
     if parts.scheme != "file" or "://" not in uri:
         raise StoreError(
             f"unsupported store {uri!r}: use one of "
-            + ", ".join(f"'{s}://'" for s in SCHEMES)
-            + " (e.g. 'file:///var/lib/app/friction.state')"
+            + ", ".join(f"'{s}://'" for s in (*SCHEMES, *REDIS_SCHEMES))
+            + " (e.g. 'file:///var/lib/app/friction.state', 'redis+cluster://host:7000')"
         )
     path = unquote(parts.netloc + parts.path)
     if not path or path.endswith("/"):

@@ -9,7 +9,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, TypeVar, overload
+from typing import Any, TypeVar, cast, overload
 
 import msgspec
 import numpy as np
@@ -29,7 +29,7 @@ from .events import Event
 from .guidance import EVENT_OUTCOMES, OUTCOMES, GuidanceEngine
 from .insights import CalibrationSuggestion, Insights, InsightsCollector, suggest_calibration
 from .sinks import SinkStats, WebhookSink
-from .store import StoreError, attach_config, parse_store
+from .store import StoreError, attach_config, is_redis_store, parse_store
 from .userstate import FileState, MemoryState, StateStore, facts_path
 
 __all__ = ["LAYOUT_HASH", "Engine", "Tracker", "compiled_available"]
@@ -166,7 +166,11 @@ class Tracker:
     ``store`` is ``"memory://"`` (state private to this process) or
     ``"file:///path/friction.state"``: one memory-mapped file shared by every process that
     opens it (compiled engine only; see :mod:`pyfriction.store`), written back every
-    ``sync_interval`` seconds and on :meth:`close`.
+    ``sync_interval`` seconds and on :meth:`close`; or a Redis URI (``redis://host:6379``,
+    ``redis+cluster://host:7000``, ``redis+sentinel://host:26379/service``) shared by every
+    host: see :mod:`pyfriction.redis_engine`, whose options (``prefix``, ``chunk``,
+    ``baseline_interval``, ``retries``, ``retry_deadline``; ``client`` for redis-py's)
+    ``store_options`` or the URI's query (``?prefix=shop``) set.
     Further keyword ``options`` override config keys (see :func:`pyfriction.load_config`).
     """
 
@@ -180,6 +184,7 @@ class Tracker:
         clock: Callable[[], float] | None = None,
         store: str | None = "memory://",
         sync_interval: float = 1.0,
+        store_options: Mapping[str, Any] | None = None,
         **options: Any,
     ) -> None:
         if capacity is not None:
@@ -198,20 +203,31 @@ class Tracker:
         self._on_guidance: list[GuidanceCallback] = []
         hook = self.config.sinks.webhook
         self._webhook: WebhookSink | None = WebhookSink(hook) if hook is not None else None
-        self._store_path = parse_store(store)
-        self._core: EngineProtocol = self._make_core(engine)
+        self._redis: Any = None  # the RedisState of a Redis store
+        self._store_path = None if is_redis_store(store) else parse_store(store)
+        if is_redis_store(store):
+            self._core: EngineProtocol = self._redis_core(engine, str(store), dict(store_options or {}))
+        else:
+            self._core = self._make_core(engine)
+        if store_options and self._redis is None:
+            raise StoreError("store_options are for Redis stores (redis://, redis+cluster://, redis+sentinel://)")
         # Guidance bookkeeping and insights: in this process's memory, or in the store's facts
-        # file next to it, shared with every process of the store (pyfriction.userstate).
+        # file next to it, shared with every process of the store (pyfriction.userstate), or
+        # on Redis with the records.
         self._facts = FileState(facts_path(self._store_path), self.config.capacity) if self._store_path else None
         # One store for both, so that a user the engine evicts loses every fact at once.
-        self._state: StateStore = self._facts if self._facts is not None else MemoryState(self.config.capacity)
+        self._state: StateStore = (
+            self._facts
+            if self._facts is not None
+            else (self._redis if self._redis is not None else MemoryState(self.config.capacity))
+        )
         self._insights = InsightsCollector(gcfg.attribution_window, self.config.capacity,
                                            {i.id: (i.kind, i.title) for i in gcfg.items}, self._state)  # fmt: skip
         self._guidance = GuidanceEngine(gcfg, self.config.capacity, self._insights.item, self._state)
         self._core.track_evictions(True)
         # A store file keeps the facts of an evicted user who is back in the table by the
         # time they are dropped: another process may have brought them back, with new facts.
-        self._keep_returned = self._facts is not None
+        self._keep_returned = self._facts is not None or self._redis is not None
         if self._store_path is not None:
             shared: Any = self._core  # a CompiledCore on a store file
             self._names = shared.names_view  # the store's name table, shared
@@ -221,10 +237,14 @@ class Tracker:
         self.observe = self._core.observe  # type: ignore[method-assign]
         self.observe_many = self._core.observe_many  # type: ignore[method-assign]
 
-    def _make_core(self, engine: Engine) -> EngineProtocol:
+    @staticmethod
+    def _use_compiled(engine: Engine) -> bool:
         if engine not in ("auto", "compiled", "reference"):
             raise ValueError(f"engine must be 'auto', 'compiled' or 'reference', not {engine!r}")
-        use_compiled = engine == "compiled" or (engine == "auto" and compiled_available())
+        return engine == "compiled" or (engine == "auto" and compiled_available())
+
+    def _make_core(self, engine: Engine) -> EngineProtocol:
+        use_compiled = self._use_compiled(engine)
         if self._store_path is not None and not use_compiled:
             raise StoreError(
                 "the reference engine keeps its state in process memory only: a file:// store "
@@ -248,6 +268,33 @@ class Tracker:
                 compiled = core.CompiledCore(*args)
             return compiled
         return ReferenceCore(*args)
+
+    def _redis_core(self, engine: Engine, uri: str, options: dict[str, Any]) -> EngineProtocol:
+        """The engine on the Redis store of ``uri``: the records by :class:`RedisCore` over a
+        working table of this tracker's engine, the facts by :class:`RedisState`."""
+        try:
+            from .redis_engine import RedisCore, split_options
+            from .redis_state import RedisState, redis_client
+        except ImportError as exc:
+            raise StoreError(f"a Redis store needs redis-py: pip install 'pyfriction[redis]' ({exc})") from None
+        uri, in_uri = split_options(uri)
+        options = {**in_uri, **options}
+        client = redis_client(uri, **dict(options.pop("client", None) or {}))
+        prefix = str(options.get("prefix", "pf"))
+        use_compiled = self._use_compiled(engine)
+        compiled = _load_compiled() if use_compiled else None
+
+        def make_local(capacity: int, emit: Callable[..., None], outcome: Callable[..., None]) -> Any:
+            args = (self._rules, capacity, self.config.idle_ttl, self._clock, self._names, emit, outcome)
+            return compiled.CompiledCore(*args) if compiled is not None else ReferenceCore(*args)
+
+        try:
+            core = RedisCore(make_local, client, self._emit, self._outcome, idle_ttl=self.config.idle_ttl,
+                             **options)  # fmt: skip
+        except TypeError as exc:
+            raise StoreError(f"store_options: {exc}") from None
+        self._redis = RedisState(client, self.config.capacity, prefix=prefix, owns_client=True)
+        return cast(EngineProtocol, core)
 
     # -- events ------------------------------------------------------------------------------
     @property
@@ -478,6 +525,9 @@ class Tracker:
         """Write a ``file://`` store and its facts back to disk now, and wait (``msync``);
         nothing to do for ``memory://``. Call it before dropping what could rebuild the state
         (a journal's segments, say): the periodic write-back runs every ``sync_interval``."""
+        if self._redis is not None:
+            cast(Any, self._core).sync(True)  # this host's baselines and counters
+            return
         if self._store_path is None:
             return
         shared: Any = self._core
@@ -493,6 +543,9 @@ class Tracker:
         done = self._dispatcher.close(timeout)
         if self._webhook is not None:
             done = self._webhook.close(timeout) and done
+        if self._redis is not None:
+            cast(Any, self._core).sync(True)
+            self._redis.close()
         if self._store_path is not None:
             self._syncer.stop()
             shared: Any = self._core  # a CompiledCore on a store file

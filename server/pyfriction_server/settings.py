@@ -36,6 +36,7 @@ import msgspec
 
 import pyfriction
 from pyfriction.events import CANONICAL_TYPES
+from pyfriction.store import is_redis_store
 from pyfriction.tracker import compiled_available
 
 __all__ = ["EventRule", "Settings", "SettingsError", "load_settings", "parse_args"]
@@ -159,6 +160,12 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     #: directory not written by a single process; else one process. 1: one process, its state
     #: in memory with snapshots. More than one needs the compiled engine and a state directory.
     workers: Annotated[int, msgspec.Meta(ge=0, le=1024)] = 0
+    #: Where the users' state lives when several sidecar hosts share it: a Redis URI
+    #: (``redis://``, ``redis+cluster://``, ``redis+sentinel://``; see
+    #: :mod:`pyfriction.redis_engine`). Empty (the default): on this host, in ``state_dir``.
+    #: With a store, every worker (``workers`` as above; 1 included) scores on it and
+    #: journals into ``state_dir`` as workers do.
+    store: str = ""
     #: Engine: "auto", "compiled" or "reference".
     engine: str = "auto"
     #: Log level and one JSON line per request (errors and rejections are always logged).
@@ -177,9 +184,14 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         for key in (*self.write_keys, *self.admin_keys):
             if not key or len(key) > 256 or not key.isprintable() or " " in key:
                 raise ValueError("keys must be 1 to 256 printable characters without spaces")
+        if self.store and not is_redis_store(self.store):
+            raise ValueError("`store` must be a Redis URI (redis://, rediss://, redis+cluster://, redis+sentinel://); "
+                             "on one host the state lives in `state_dir`")  # fmt: skip
+        if self.store and not self.state_dir:
+            raise ValueError("a `store` needs `state_dir` for each worker's journal: it must not be empty")
         if self.workers > 1 and not self.state_dir:
             raise ValueError("several `workers` share their state through `state_dir`: it must not be empty")
-        if self.workers > 1 and self.engine == "reference":
+        if self.workers > 1 and self.engine == "reference" and not self.store:
             raise ValueError("several `workers` need the compiled engine (`engine` is reference)")
         if self.max_event_bytes > self.max_batch_bytes:
             raise ValueError("`max_event_bytes` must not exceed `max_batch_bytes`")
@@ -188,6 +200,8 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     def worker_count(self) -> int | None:
         """How many worker processes to start, or None for one process without workers (see
         ``workers``)."""
+        if self.store:  # the state is in the store: workers always, each journaling
+            return self.workers or _cores()
         if self.workers == 1:
             return None
         if self.workers > 1:
@@ -196,10 +210,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             return None
         if os.path.exists(os.path.join(self.state_dir, SINGLE_PROCESS_STATE)):
             return None  # a directory keeps the mode it was written in
-        try:
-            return len(os.sched_getaffinity(0))  # the cores this process may run on
-        except AttributeError:  # not Linux
-            return os.cpu_count() or 1
+        return _cores()
 
     def tracker_config(self) -> pyfriction.Config:
         """The engine's validated :class:`pyfriction.Config` (raises :class:`SettingsError`)."""
@@ -207,6 +218,13 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             return pyfriction.load_config(self.engine_config)
         except pyfriction.ConfigError as exc:
             raise SettingsError(str(exc)) from None
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))  # the cores this process may run on
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 #: (flag, field, kind, metavar, help, default as shown) for every command-line flag; the
@@ -228,6 +246,8 @@ FLAGS: list[tuple[str, str, str, str, str, str]] = [
     ("--workers", "workers", "int", "N", "worker processes on one shared store in the state directory (0: one per "
      "core; 1: one process, its state in memory with snapshots)", "0, where the compiled engine is built and the state "
      "directory was not written by one process; else 1"),
+    ("--store", "store", "str", "URI", "Redis URI of the users' state, shared by several sidecar hosts "
+     "(redis://, redis+cluster://, redis+sentinel://)", "none: the state is on this host, in the state directory"),
     ("--log-level", "log_level", "str", "LEVEL", "debug, info, warning, error or critical", "info"),
 ]  # fmt: skip
 

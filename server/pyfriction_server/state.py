@@ -191,7 +191,8 @@ class State:
                              "or give the workers a new state directory")  # fmt: skip
         os.makedirs(directory, exist_ok=True)
         self._lock(directory)
-        self.tracker = self._new_tracker(config, None, store=os.path.join(root, STORE_FILE))
+        store = self.settings.store or "file://" + os.path.join(root, STORE_FILE)
+        self.tracker = self._new_tracker(config, None, store=store)
         self.shared_ids = SharedIds(os.path.join(root, IDS_FILE), self.settings.dedupe_size)
         self.bell = Bell(os.path.join(root, BELL_FILE))
         self._mark = Watermark(os.path.join(directory, "applied"))
@@ -342,8 +343,9 @@ class State:
         engine = self.settings.engine
         if store is not None:
             try:
-                tracker = pyfriction.Tracker(config, engine="compiled" if engine == "auto" else engine,
-                                             store="file://" + store)  # fmt: skip
+                if not self.settings.store and engine == "auto":
+                    engine = "compiled"  # a file store: the compiled engine only
+                tracker = pyfriction.Tracker(config, engine=engine, store=store)
             except (StoreError, ImportError) as exc:
                 raise StateError(f"cannot open the shared store {store}: {exc}") from None
         elif snapshot is not None:

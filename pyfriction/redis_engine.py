@@ -1,0 +1,574 @@
+"""The engine's per-user records on Redis or Redis Cluster: one user, one state, on every host.
+
+:class:`RedisCore` is the engine of a :class:`~pyfriction.Tracker` whose store is
+``redis://``, ``redis+cluster://`` or ``redis+sentinel://``. It keeps one implementation of the
+detectors: the tracker's own engine (compiled or reference) computes on the host, over a small
+*working table* that holds only the users of the batch at hand; Redis stores each user's record
+and commits it with a compare-and-set on a version, so two hosts updating one user at once never
+lose an update.
+
+**A batch** (``observe_many``; ``observe`` is a batch of one) goes in chunks of at most
+``chunk`` distinct users:
+
+1. one pipelined read of the chunk's users (``HMGET v s``: the version and the 224-byte
+   ``SLOT_DTYPE`` record), grouped by node by redis-py's cluster pipeline;
+2. the working table is loaded with those records and the cached step baselines
+   (``Engine.load``), and the engine scores the chunk as it would in memory; episodes and
+   outcomes are held back;
+3. one pipelined commit: per changed user, a script compares the version read with the stored
+   one and writes the new record (version + 1), or answers the current version and record;
+4. users whose commit met a newer version (another host got there first) are scored again
+   from the fresh record: the whole chunk is replayed from its start with the step baselines
+   and counters it began with (so they count once), and only those users are committed;
+   episodes are delivered for each user from the run whose commit succeeded, after it
+   succeeded. Up to ``retries`` rounds, then :class:`~pyfriction.store.StoreError`.
+
+Every step of a user is deterministic given the record, the events and the baselines, so a
+replay gives what one host alone would have given.
+
+**Why scripts and not Redis Functions.** The commit is a stock Lua script run by ``EVALSHA``
+(loaded again on a node that lacks it: a new primary, a ``SCRIPT FLUSH``). A Function
+(``FCALL``) would do the same, but redis-py's cluster client routes ``FCALL`` by asking a node
+which arguments are keys (``COMMAND GETKEYS``: one more round trip per call), while it parses
+``EVALSHA``'s keys itself. Both are plain Redis 7, so managed services run either.
+
+**Keys** (``P`` the prefix, ``H`` the user's 64-bit key in hex: the hash tag the facts store
+:class:`~pyfriction.redis_state.RedisState` uses too, so all of a user's keys share one slot)::
+
+    P:{H}:e        hash: "v" the record's version, "s" the record (SLOT_DTYPE bytes), "c" the
+                   token of the commit that wrote it (a retried commit knows its own)
+    P:{steps}      hash: step key -> count and histogram buckets (little-endian uint32s)
+    P:{counters}   hash: the engine's counters, and "users" (records created minus deleted)
+
+**Step baselines and counters** are aggregates of every host: each host adds what its chunks
+changed (``HINCRBY``; the step histograms by a script summing the packed buckets) and reads the
+totals back in the same call, every ``baseline_interval`` seconds (default 2; 0: at every
+chunk, which makes hosts in lock-step give exactly one tracker's results). Between refreshes a
+host's stall limits lag the others' visits by at most that interval.
+
+**Time-driven checks**: ``tick`` runs stall, decay, rearm and idle eviction for the users this
+host committed lately (up to ``recent`` of them, least recently committed forgotten first),
+through the same compare-and-set; a user ticked by two hosts fires once (the second commit
+meets the first's version and replays from it). A user's record expires in Redis after
+``idle_ttl`` of silence when the config sets one.
+
+**Not here** (they need a snapshot of every user): ``export``, ``load`` and snapshots raise
+:class:`~pyfriction.store.StoreError`; Redis's own persistence (RDB/AOF) and replicas keep the
+state. ``capacity`` is the working table's bound per chunk, not a bound on the users in Redis:
+size Redis's memory for them (about 300 bytes per user; see docs/operating.md).
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, cast
+from urllib.parse import unquote
+
+import numpy as np
+from redis.exceptions import NoScriptError
+
+from ._constants import COUNTER_NAMES
+from ._hashing import key64
+from ._layout import SLOT_DTYPE, STEP_DTYPE, UID_BYTES
+from .redis_pipe import NodePipelines
+from .store import StoreError
+
+__all__ = ["RedisCore", "split_options"]
+
+#: :class:`RedisCore` options a store URI's query may carry (the rest go to redis-py), and how
+#: they are read.
+URI_OPTIONS: dict[str, Callable[[str], Any]] = {
+    "prefix": str, "chunk": int, "baseline_interval": float, "retries": int, "retry_deadline": float,
+}  # fmt: skip
+
+Client = Any  # redis.Redis | redis.cluster.RedisCluster (redis-py's types are loose here)
+#: Makes the working table: ``(capacity, emit, outcome) -> Engine``.
+LocalFactory = Callable[[int, Callable[..., None], Callable[..., None]], Any]
+
+# KEYS[1] the user's record; ARGV: version read, new record ('' deletes), ttl in ms (0: none),
+# this attempt's token. Answers {1, new version, created (1/0)} or, on a newer version,
+# {0, version, record, token of the write that made it}.
+_COMMIT = """
+local cur = redis.call('HMGET', KEYS[1], 'v', 's', 'c')
+local v = tonumber(cur[1] or '0')
+if v ~= tonumber(ARGV[1]) then return {0, v, cur[2] or '', cur[3] or ''} end
+if ARGV[2] == '' then
+  redis.call('DEL', KEYS[1])
+  return {1, 0, 0}
+end
+redis.call('HSET', KEYS[1], 'v', v + 1, 's', ARGV[2], 'c', ARGV[4])
+local ttl = tonumber(ARGV[3])
+if ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl) end
+if cur[2] then return {1, v + 1, 0} end
+return {1, v + 1, 1}
+"""
+
+# KEYS[1] the step table; ARGV[1] uint32s per step, then pairs: step key, packed deltas.
+# Adds (saturating at 2^32 - 1) and answers the whole table.
+_STEPS = """
+local n = tonumber(ARGV[1])
+local fmt = '<' .. string.rep('I4', n)
+for i = 2, #ARGV, 2 do
+  local d = {struct.unpack(fmt, ARGV[i + 1])}
+  local cur = redis.call('HGET', KEYS[1], ARGV[i])
+  if cur then
+    local c = {struct.unpack(fmt, cur)}
+    for j = 1, n do
+      d[j] = math.min(c[j] + d[j], 4294967295)
+    end
+  end
+  redis.call('HSET', KEYS[1], ARGV[i], struct.pack(fmt, unpack(d, 1, n)))
+end
+return redis.call('HGETALL', KEYS[1])
+"""
+
+# KEYS[1] the counters; ARGV pairs: name, delta. Answers every counter.
+_COUNTERS = """
+for i = 1, #ARGV, 2 do
+  redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1])
+end
+return redis.call('HGETALL', KEYS[1])
+"""
+
+_SCRIPTS = {"commit": _COMMIT, "steps": _STEPS, "counters": _COUNTERS}
+_STEP_INTS = 1 + STEP_DTYPE["buckets"].shape[0]  # count, then the buckets
+
+
+def split_options(uri: str) -> tuple[str, dict[str, Any]]:
+    """``uri`` without the :data:`URI_OPTIONS` of its query, and those options
+    (``redis+cluster://h:7000?prefix=shop&baseline_interval=1``)."""
+    base, sep, query = uri.partition("?")
+    if not sep:
+        return uri, {}
+    options: dict[str, Any] = {}
+    rest = []
+    for pair in query.split("&"):
+        name, _eq, value = pair.partition("=")
+        if name in URI_OPTIONS:
+            try:
+                options[name] = URI_OPTIONS[name](unquote(value))
+            except ValueError:
+                raise StoreError(f"{uri!r}: invalid value {value!r} for the option {name!r}") from None
+        elif pair:
+            rest.append(pair)
+    return base + ("?" + "&".join(rest) if rest else ""), options
+
+
+def _user_id_of(event: Any) -> Any:
+    if isinstance(event, Mapping):
+        return event.get("user_id")
+    return getattr(event, "user_id", None)
+
+
+class RedisCore:
+    """The engine interface (:class:`pyfriction._engine.Engine`) over records on Redis.
+
+    ``make_local(capacity, emit, outcome)`` makes the working table (the tracker's engine,
+    private memory); ``emit`` / ``outcome`` are the tracker's callbacks, called after a
+    user's record is committed. ``client``: a redis-py client returning bytes. See the module
+    docstring for the rest.
+    """
+
+    def __init__(self, make_local: LocalFactory, client: Client, emit: Callable[..., None],
+                 outcome: Callable[..., None], *, prefix: str = "pf", chunk: int = 4096,
+                 baseline_interval: float = 2.0, idle_ttl: float | None = None, retries: int = 64,
+                 recent: int = 100_000, retry_deadline: float = 10.0) -> None:  # fmt: skip
+        if chunk < 1 or retries < 1 or recent < 1:
+            raise ValueError("chunk, retries and recent must be at least 1")
+        if not baseline_interval >= 0:
+            raise ValueError("baseline_interval must be 0 or more seconds")
+        self.client = client
+        self.prefix = prefix
+        self.chunk = chunk
+        self.retries = retries
+        self.baseline_interval = baseline_interval
+        self.ttl_ms = int(idle_ttl * 1000) if idle_ttl else 0
+        self._emit_out, self._outcome_out = emit, outcome
+        self._held: list[tuple[str, bool, tuple[Any, ...]]] = []  # (user, is_episode, args)
+        self._local = make_local(chunk, self._hold_episode, self._hold_outcome)
+        self.engine: str = self._local.engine
+        self.batch_queue = True
+        self._lock = threading.RLock()
+        self._scripts = {name: client.register_script(src) for name, src in _SCRIPTS.items()}
+        self._pipes = NodePipelines(client, retry_deadline)
+        self._host = uuid.uuid4().hex[:16].encode()  # tokens of this host's commits
+        self._attempts = itertools.count()
+        self.steps_key = f"{prefix}:{{steps}}"
+        self.counters_key = f"{prefix}:{{counters}}"
+        # The step baselines: totals as last read, plus what this host added since.
+        self._baseline = np.zeros(0, dtype=STEP_DTYPE)
+        self._pending_steps: dict[int, np.ndarray] = {}
+        self._totals: dict[str, int] = {}
+        self._flushed = dict(self._local.counters)  # local counters already added to Redis
+        self._users_delta = 0
+        self._refreshed = -float("inf")
+        self._recent: OrderedDict[str, None] = OrderedDict()
+        self._recent_cap = recent
+        self._evicted: list[str] | None = None
+        self.commits = 0
+        self.conflicts = 0
+        self.refresh()
+
+    # -- plumbing -----------------------------------------------------------------------------
+    def _hold_episode(self, rec: Any, user_id: str, *rest: Any) -> None:
+        self._held.append((user_id, True, (rec, user_id, *rest)))
+
+    def _hold_outcome(self, kind: str, user_id: str, *rest: Any) -> None:
+        self._held.append((user_id, False, (kind, user_id, *rest)))
+
+    def record_key(self, user_id: str) -> str:
+        """The key of a user's record (the facts store's hash tag: the same slot)."""
+        return f"{self.prefix}:{{{key64(user_id):016x}}}:e"
+
+    def _run(self, calls: list[tuple[str, list[str], list[Any]]]) -> list[Any]:
+        """Scripts by SHA, a pipeline per node (loaded again where a node lacks them); results in
+        order."""
+
+        def send(indices: list[int]) -> list[Any]:
+            commands = []
+            for i in indices:
+                name, keys, args = calls[i]
+                commands.append((keys[0], ("EVALSHA", self._scripts[name].sha, len(keys), *keys, *args)))
+            return self._pipes.run(commands)
+
+        results = send(list(range(len(calls))))
+        missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+        if missing:  # a new primary, a promoted replica without them, a SCRIPT FLUSH
+            for script in self._scripts.values():
+                self.client.script_load(script.script)
+            for i, r in zip(missing, send(missing)):
+                results[i] = r
+        for r in results:
+            if isinstance(r, Exception):
+                raise StoreError(f"Redis refused a pyfriction script: {r}") from r
+        return results
+
+    def _read(self, users: Sequence[str]) -> dict[str, tuple[int, bytes]]:
+        """Each user's version and record (0 and b"" when Redis has none)."""
+        keys = [self.record_key(uid) for uid in users]
+        replies = self._pipes.run([(k, ("HMGET", k, "v", "s")) for k in keys])
+        out: dict[str, tuple[int, bytes]] = {}
+        for uid, reply in zip(users, replies):
+            if isinstance(reply, Exception):
+                raise StoreError(f"Redis refused a read: {reply}") from reply
+            v, rec = reply
+            out[uid] = (int(v), bytes(rec)) if v is not None and rec else (0, b"")
+        return out
+
+    # -- baselines and counters -----------------------------------------------------------------
+    def refresh(self) -> None:
+        """Add this host's step visits and counters to Redis and read the totals back."""
+        with self._lock:
+            local = dict(self._local.counters)
+            deltas = [(name, local[name] - self._flushed.get(name, 0)) for name in COUNTER_NAMES]
+            args: list[Any] = [x for name, d in deltas if d for x in (name, d)]
+            if self._users_delta:
+                args += ["users", self._users_delta]
+            step_args: list[Any] = [_STEP_INTS]
+            for key, delta in self._pending_steps.items():
+                step_args += [key, delta.astype("<u4").tobytes()]
+            got_steps, got_counters = self._run([("steps", [self.steps_key], step_args),
+                                                 ("counters", [self.counters_key], args)])  # fmt: skip
+            self._flushed = local
+            self._users_delta = 0
+            self._pending_steps = {}
+            fields = dict(zip(got_steps[::2], got_steps[1::2]))
+            steps = np.zeros(len(fields), dtype=STEP_DTYPE)
+            for i, (key, packed) in enumerate(sorted(fields.items(), key=lambda kv: int(kv[0]))):
+                ints = np.frombuffer(packed, dtype="<u4")
+                steps[i]["key"] = int(key)
+                steps[i]["count"] = ints[0]
+                steps[i]["buckets"] = ints[1:]
+            self._baseline = steps
+            self._totals = {k.decode(): int(v) for k, v in zip(got_counters[::2], got_counters[1::2])}
+            self._refreshed = time.monotonic()
+
+    def _refresh_due(self) -> None:
+        if time.monotonic() - self._refreshed >= self.baseline_interval:
+            self.refresh()
+
+    def _note_steps(self, before: np.ndarray, after: np.ndarray) -> None:
+        """What a chunk added to the step histograms: pending for Redis, and in the cache."""
+        old = {int(r["key"]): r for r in before}
+        for r in after:
+            key = int(r["key"])
+            now = np.concatenate(([r["count"]], r["buckets"])).astype(np.int64)
+            was = old.get(key)
+            if was is not None:
+                now -= np.concatenate(([was["count"]], was["buckets"])).astype(np.int64)
+            if now.any():
+                pending = self._pending_steps.get(key)
+                self._pending_steps[key] = now if pending is None else pending + now
+        self._baseline = after.copy()
+
+    # -- scoring ----------------------------------------------------------------------------------
+    def _chunks(self, events: Any) -> Iterable[tuple[Any, list[str]]]:
+        """``events`` in runs of at most ``chunk`` distinct users, with those users."""
+        if isinstance(events, Mapping):  # columns
+            ids = list(events.get("user_id", ()))
+            n = len(ids)
+            start = 0
+            while start < n:
+                seen: dict[str, None] = {}
+                end = start
+                while end < n and (ids[end] in seen or len(seen) < self.chunk):
+                    if isinstance(ids[end], str):
+                        seen[ids[end]] = None
+                    end += 1
+                yield {k: v[start:end] if not isinstance(v, (str, bytes)) else v for k, v in events.items()}, list(seen)
+                start = end
+            return
+        batch: list[Any] = []
+        users: dict[str, None] = {}
+        for event in events:
+            uid = _user_id_of(event)
+            if isinstance(uid, str) and uid not in users and len(users) >= self.chunk:
+                yield batch, list(users)
+                batch, users = [], {}
+            if isinstance(uid, str):
+                users[uid] = None
+            batch.append(event)
+        if batch:
+            yield batch, list(users)
+
+    def observe(self, event: Any) -> float:
+        """See :meth:`pyfriction.Tracker.observe`."""
+        uid = _user_id_of(event)
+        return float(self._chunk(lambda local: local.observe(event), [uid] if isinstance(uid, str) else []))
+
+    def observe_many(self, events: Any) -> np.ndarray:
+        """See :meth:`pyfriction.Tracker.observe_many`."""
+        parts = []
+        for part, users in self._chunks(events):
+
+            def run(local: Any, part: Any = part) -> Any:
+                return local.observe_many(part)
+
+            parts.append(self._chunk(run, users))
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float64)
+
+    def observe_columns(self, columns: Mapping[str, Any]) -> np.ndarray:
+        """A columnar batch (as ``observe_many`` of a mapping)."""
+        return self.observe_many(columns)
+
+    def _load(self, records: Mapping[str, tuple[int, bytes]], steps: np.ndarray) -> None:
+        present = [(uid, rec) for uid, (_v, rec) in records.items() if rec]
+        slots = np.zeros(len(present), dtype=SLOT_DTYPE)
+        long_ids: dict[int, str] = {}
+        for i, (uid, rec) in enumerate(present):
+            slots[i] = np.frombuffer(rec, dtype=SLOT_DTYPE)[0]
+            if len(uid.encode("utf-8", "surrogatepass")) > UID_BYTES:
+                long_ids[key64(uid)] = uid
+        if len(slots):  # least recently active first, as an export gives them
+            slots = slots[np.argsort(slots["last_ts"], kind="stable")]
+        self._local.load(slots, steps, long_ids)
+
+    def _chunk(self, run: Callable[[Any], Any], users: list[str]) -> Any:
+        """Score one chunk (``run`` on the working table) against Redis: see the module docstring."""
+        with self._lock:
+            self._refresh_due()
+            records = self._read(users) if users else {}
+            steps0 = self._baseline.copy()
+            counters0 = dict(self._local.counters)
+            done: set[str] = set()
+            deliver: list[tuple[bool, tuple[Any, ...]]] = []
+            for _round in range(self.retries):
+                self._held = []
+                self._local.set_counters(counters0)
+                self._load(records, steps0)
+                result = run(self._local)
+                slots, steps, long_ids = self._local.export()
+                by_key = {key64(uid): uid for uid in records}
+                changed: dict[str, bytes] = {}
+                for rec in slots:
+                    key = int(rec["key"])
+                    uid = by_key.get(key) or long_ids.get(key) or _inline_uid(rec)
+                    by_key[key] = uid
+                    if uid in done:
+                        continue
+                    raw = rec.tobytes()
+                    if records.get(uid, (0, b""))[1] != raw:
+                        changed[uid] = raw
+                present = {int(rec["key"]) for rec in slots}
+                for uid, (_v, rec) in records.items():  # evicted by the working table (idle)
+                    if rec and key64(uid) not in present and uid not in done:
+                        changed[uid] = b""
+                conflicted = self._commit(changed, records)
+                # Delivered from the run whose commit held for the user; a user unchanged by
+                # the chunk (nothing to write) is settled by the run too.
+                settled = ({uid for uid, _ep, _args in self._held} | set(changed)) - done - set(conflicted)
+                deliver += [(ep, args) for uid, ep, args in self._held if uid in settled]
+                done |= settled
+                if not conflicted:
+                    break
+                self.conflicts += len(conflicted)
+            else:
+                raise StoreError(f"{len(conflicted)} users' records kept changing under this host for "
+                                 f"{self.retries} rounds; giving up on this batch")  # fmt: skip
+            self._note_steps(steps0, steps)
+            self._held = []
+            self._refresh_due()  # at once with 0, so another host's next chunk sees this one's visits
+        for is_episode, args in deliver:  # after the commits, outside the lock: callbacks may observe
+            (self._emit_out if is_episode else self._outcome_out)(*args)
+        return result
+
+    def _commit(self, changed: Mapping[str, bytes], records: dict[str, tuple[int, bytes]]) -> list[str]:
+        """Commit ``changed`` (empty bytes: delete) over the versions in ``records``; returns
+        the users another host changed first, whose fresh state replaces theirs in ``records``
+        (the others keep the record the chunk started from: a replay must start there too)."""
+        if not changed:
+            return []
+        users = list(changed)
+        token = b"%s:%d" % (self._host, next(self._attempts))
+        calls = [("commit", [self.record_key(uid)], [records.get(uid, (0, b""))[0], changed[uid], self.ttl_ms, token])
+                 for uid in users]  # fmt: skip
+        conflicted = []
+        for uid, reply in zip(users, self._run(calls)):
+            ok, version, third = reply[0], reply[1], reply[2]
+            expected = records.get(uid, (0, b""))[0]
+            if not ok and _ours(changed[uid], expected, int(version), bytes(reply[3]) == token):
+                ok, third = 1, int(expected == 0)  # our own commit, sent again after its reply was lost
+            if not ok:
+                records[uid] = (int(version), bytes(third))
+                conflicted.append(uid)
+                continue
+            self.commits += 1
+            if changed[uid]:
+                self._users_delta += int(third)
+                self._remember(uid)
+            else:
+                self._users_delta -= 1
+                self._recent.pop(uid, None)
+                if self._evicted is not None:
+                    self._evicted.append(uid)
+        return conflicted
+
+    def _remember(self, uid: str) -> None:
+        recent = self._recent
+        recent[uid] = None
+        recent.move_to_end(uid)
+        if len(recent) > self._recent_cap:
+            recent.popitem(last=False)
+
+    def tick(self, now: float) -> int:
+        """Stall, decay, rearm and idle eviction at ``now`` for the users this host committed
+        lately; returns the episodes fired."""
+        fired = 0
+        users = list(self._recent)
+        for start in range(0, len(users), self.chunk):
+            part = users[start : start + self.chunk]
+            before = self._local.counters["episodes"]
+            self._chunk(lambda local: local.tick(now), part)
+            fired += self._local.counters["episodes"] - before
+        return fired
+
+    # -- reads --------------------------------------------------------------------------------------
+    def record(self, user_id: str) -> Any:
+        """A user's record (``SLOT_DTYPE``) as Redis holds it, or None."""
+        _v, rec = self._read([user_id])[user_id]
+        return np.frombuffer(rec, dtype=SLOT_DTYPE)[0].copy() if rec else None
+
+    def has(self, user_id: str) -> bool:
+        """Does Redis hold a record of ``user_id``?"""
+        return bool(self.client.exists(self.record_key(user_id)))
+
+    def score(self, user_id: str, at: float | None = None) -> float:
+        """A user's score after their last event (or decayed to ``at``); 0.0 if unknown."""
+        with self._lock:
+            records = self._read([user_id])
+            if not records[user_id][1]:
+                return 0.0
+            self._load(records, self._baseline)
+            return float(self._local.score(user_id, at))
+
+    def stall_need(self, step: int) -> float:
+        """What users need on ``step`` by the cached baselines (see the module docstring)."""
+        with self._lock:
+            self._local.load(np.zeros(0, dtype=SLOT_DTYPE), self._baseline, {})
+            return float(self._local.stall_need(step))
+
+    def stall_limit(self, step: int) -> float:
+        """The stall limit on ``step`` by the cached baselines."""
+        with self._lock:
+            self._local.load(np.zeros(0, dtype=SLOT_DTYPE), self._baseline, {})
+            return float(self._local.stall_limit(step))
+
+    @property
+    def counters(self) -> dict[str, int]:
+        """Every host's counters (read again when ``baseline_interval`` has passed), plus this
+        host's since."""
+        with self._lock:
+            self._refresh_due()
+            local = self._local.counters
+            return {name: self._totals.get(name, 0) + local[name] - self._flushed.get(name, 0)
+                    for name in COUNTER_NAMES}  # fmt: skip
+
+    def set_counters(self, counters: Mapping[str, int]) -> None:
+        """Not on a shared Redis store (counters are every host's): :class:`StoreError`."""
+        raise StoreError("a Redis store's counters are every host's sums; they cannot be set")
+
+    def __len__(self) -> int:
+        """Users with a record in Redis (created minus deleted, as last read; records expired by
+        ``idle_ttl`` are still counted)."""
+        with self._lock:
+            self._refresh_due()
+            return max(0, self._totals.get("users", 0) + self._users_delta)
+
+    def track_evictions(self, on: bool = True) -> None:
+        """Remember the users this host deletes (idle eviction by ``tick``)."""
+        self._evicted = [] if on else None
+
+    def drain_evicted(self, unless_present: bool = False) -> list[str] | None:
+        """The users deleted since the last call (see :meth:`track_evictions`)."""
+        if self._evicted is None:
+            return []
+        gone, self._evicted = self._evicted, []
+        if unless_present:
+            gone = [uid for uid in gone if not self.has(uid)]
+        return gone
+
+    def sync(self, wait: bool = False) -> None:
+        """Add this host's baselines and counters to Redis now."""
+        self.refresh()
+
+    # -- snapshots: not on Redis ------------------------------------------------------------------
+    def _no_snapshot(self) -> StoreError:
+        return StoreError("a Redis store is not snapshotted by pyfriction: Redis's persistence (RDB/AOF) "
+                          "and replicas keep it")  # fmt: skip
+
+    def export(self) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
+        """Not on Redis: :class:`StoreError`."""
+        raise self._no_snapshot()
+
+    def export_meta(self) -> tuple[np.ndarray, dict[int, str], int]:
+        """Not on Redis: :class:`StoreError`."""
+        raise self._no_snapshot()
+
+    def export_chunk(self, out: np.ndarray, start: int) -> tuple[int, int]:
+        """Not on Redis: :class:`StoreError`."""
+        raise self._no_snapshot()
+
+    def load(self, slots: np.ndarray, steps: np.ndarray, long_ids: Mapping[int, str]) -> None:
+        """Not on Redis: :class:`StoreError`."""
+        raise self._no_snapshot()
+
+
+def _ours(new: bytes, expected: int, version: int, our_token: bool) -> bool:
+    """Is a refused commit's answer the state our own earlier attempt left (its reply lost with
+    a connection, the command sent again)? A write carries its attempt's token (unique to this
+    host and attempt) and the refusal answers the token of the write it met; a deletion met
+    by a missing record is done whoever deleted it."""
+    if new:
+        return version == expected + 1 and our_token
+    return version == 0 and expected != 0
+
+
+def _inline_uid(rec: Any) -> str:
+    n = int(rec["uid_len"])
+    raw = cast(bytes, rec["uid"])
+    return bytes(raw)[: min(n, UID_BYTES)].decode("utf-8", "surrogatepass")

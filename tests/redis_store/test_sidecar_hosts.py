@@ -1,0 +1,82 @@
+"""Several sidecar hosts on one Redis store (``pyfriction-server --store redis+cluster://...``):
+real sidecar processes, each with its own state directory (its journal), behind no load
+balancer but the test, which sends a user's events to either host."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from pyfriction.tracker import compiled_available
+
+from server.sidecar_util import ADMIN_KEY, WRITE_KEY, ProcessServer, wait_for
+
+AUTH = {"X-Write-Key": WRITE_KEY}
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
+CONFIG = """\
+capacity = 20000
+[server]
+dedupe_size = 100000
+[scoring]
+cooldown = 0.0
+[guidance]
+rules = [{guidance = "pay-help", target = "#pay"}]
+caps = {per_day = 100, item_cooldown = 0.0}
+holdout = {share = 0.0}
+[[guidance.items]]
+id = "pay-help"
+kind = "tooltip"
+anchor = "#pay"
+title = "Payment is on its way"
+"""
+
+
+def _host(tmp_path: Path, name: str, uri: str, prefix: str) -> ProcessServer:
+    config = tmp_path / "sidecar.toml"
+    config.write_text(CONFIG)
+    # The prefix keeps this test's keys apart on the module's shared servers.
+    store = f"{uri}{'&' if '?' in uri else '?'}prefix={prefix}"
+    return ProcessServer(str(tmp_path / name), "--store", store, config=str(config), workers=1)
+
+
+@pytest.mark.skipif(not compiled_available(), reason="the sidecar's default engine is the compiled one")
+def test_two_sidecar_hosts_share_users_and_guidance(tmp_path: Path, redis_target: tuple[str, str]) -> None:
+    prefix = "s" + uuid.uuid4().hex[:8]
+    hosts = [_host(tmp_path, f"host{i}", redis_target[1], prefix).start() for i in range(2)]
+    try:
+        user = "u-" + prefix
+        now = time.time()
+        sent = 0
+        for i in range(12):  # page views alternating between the hosts
+            event = {"id": f"e{i}", "user_id": user, "type": "page", "step": f"s{i % 3}", "ts": now + i}
+            r = httpx.post(hosts[i % 2].url + "/v1/events", json=[event], headers=AUTH, timeout=30)
+            assert r.status_code == 200 and r.json()["accepted"] == 1
+            sent += 1
+        for host in hosts:
+            assert httpx.get(f"{host.url}/v1/users/{user}", headers=ADMIN, timeout=30).json()["events"] == sent
+        # An episode scored on host 0 queues guidance that host 1 delivers, once.
+        clicks = [{"id": f"c{i}", "user_id": user, "type": "click", "target": "#pay", "ts": now + 20 + i * 0.1}
+                  for i in range(4)]  # fmt: skip
+        r = httpx.post(hosts[0].url + "/v1/events", json=clicks, headers=AUTH, timeout=30)
+        assert r.status_code == 200 and r.json()["accepted"] == 4
+        got: list[Any] = []
+
+        def delivered() -> bool:
+            doc = httpx.get(f"{hosts[1].url}/v1/guidance/{user}", headers=AUTH, timeout=30).json()
+            got.extend(doc["guidance"])
+            return bool(got)
+
+        wait_for(delivered, timeout=30, interval=0.05)
+        assert [g["id"] for g in got] == ["pay-help"]
+        assert httpx.get(f"{hosts[0].url}/v1/guidance/{user}", headers=AUTH, timeout=30).json()["guidance"] == []
+        for host in hosts:
+            assert host.stop() == 0
+    finally:
+        for host in hosts:
+            if host.proc is not None and host.proc.poll() is None:
+                host.kill()
