@@ -9,7 +9,8 @@ process (this one) with ``Tracker(store="redis+cluster://...")``, and feeds it a
 ``--events`` clicks, pages and errors over ``--users`` users in ``observe_many`` batches of
 ``--batch``. Prints events/s (whole run, after a warm-up batch), the Redis servers' CPU
 seconds per event (``INFO cpu`` before and after, summed over the primaries) and the share of
-commits that met a newer version. Everything runs on one machine: Redis and the host share
+commits that met a newer version, and Redis's memory per user (``INFO memory``'s
+``used_memory`` growth over the users recorded; the engine's records only, no guidance). Everything runs on one machine: Redis and the host share
 its cores.
 """
 
@@ -50,6 +51,10 @@ def stream(users: int, events: int, seed: int = 1) -> dict[str, Any]:
     }
 
 
+def memory(nodes: list[Any]) -> int:
+    return sum(int(redis.Redis(port=node.port).info("memory")["used_memory"]) for node in nodes)
+
+
 def cpu(nodes: list[Any]) -> float:
     total = 0.0
     for node in nodes:
@@ -73,6 +78,7 @@ def one_node_cluster() -> test_servers.Servers:
 def run(primaries: int, args: argparse.Namespace) -> dict[str, Any]:
     servers = one_node_cluster() if primaries == 1 else test_servers.start_cluster(primaries=primaries, replicas=0)
     try:
+        mem0 = memory(servers.nodes)
         tracker = Tracker(engine=args.engine, store=servers.uri,
                           store_options={"prefix": "b" + uuid.uuid4().hex[:8]})  # fmt: skip
         cols = stream(args.users, args.events)
@@ -90,6 +96,8 @@ def run(primaries: int, args: argparse.Namespace) -> dict[str, Any]:
         redis_cpu = cpu(servers.nodes) - cpu0
         done = n - b
         tracker.close()
+        users = len(set(cols["user_id"]))
+        per_user = (memory(servers.nodes) - mem0) / users
         return {
             "primaries": primaries,
             "events": done,
@@ -97,6 +105,8 @@ def run(primaries: int, args: argparse.Namespace) -> dict[str, Any]:
             "redis_cpu_us_per_event": 1e6 * redis_cpu / done,
             "commits": core.commits - commits0,
             "conflicts": core.conflicts - conflicts0,
+            "users": users,
+            "redis_bytes_per_user": per_user,
         }
     finally:
         servers.stop()
@@ -117,7 +127,8 @@ def main() -> None:
         results.append(r)
         print(f"{p} primaries: {r['events_per_s']:,.0f} events/s per host process, Redis CPU "
               f"{r['redis_cpu_us_per_event']:.1f} µs/event, {r['commits']:,} commits, "
-              f"{r['conflicts']} conflicts ({r['events']:,} events, batches of {args.batch})")  # fmt: skip
+              f"{r['conflicts']} conflicts ({r['events']:,} events, batches of {args.batch}); Redis memory "
+              f"{r['redis_bytes_per_user']:.0f} B per user ({r['users']:,} users)")  # fmt: skip
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

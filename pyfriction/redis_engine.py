@@ -39,6 +39,7 @@ which arguments are keys (``COMMAND GETKEYS``: one more round trip per call), wh
                    token of the commit that wrote it (a retried commit knows its own)
     P:{steps}      hash: step key -> count and histogram buckets (little-endian uint32s)
     P:{counters}   hash: the engine's counters, and "users" (records created minus deleted)
+    P:{steps}:X, P:{counters}:X   the number of host X's last flush there (a day's TTL)
 
 **Step baselines and counters** are aggregates of every host: each host adds what its chunks
 changed (``HINCRBY``; the step histograms by a script summing the packed buckets) and reads the
@@ -61,6 +62,7 @@ size Redis's memory for them (about 300 bytes per user; see docs/operating.md).
 from __future__ import annotations
 
 import itertools
+import struct
 import threading
 import time
 import uuid
@@ -70,6 +72,9 @@ from typing import Any, cast
 from urllib.parse import unquote
 
 import numpy as np
+import redis
+import redis.cluster
+from redis.crc import key_slot
 from redis.exceptions import NoScriptError
 
 from ._constants import COUNTER_NAMES
@@ -84,6 +89,7 @@ __all__ = ["RedisCore", "split_options"]
 #: they are read.
 URI_OPTIONS: dict[str, Callable[[str], Any]] = {
     "prefix": str, "chunk": int, "baseline_interval": float, "retries": int, "retry_deadline": float,
+    "replicas": int, "wait_timeout": float,
 }  # fmt: skip
 
 Client = Any  # redis.Redis | redis.cluster.RedisCluster (redis-py's types are loose here)
@@ -108,35 +114,106 @@ if cur[2] then return {1, v + 1, 0} end
 return {1, v + 1, 1}
 """
 
-# KEYS[1] the step table; ARGV[1] uint32s per step, then pairs: step key, packed deltas.
-# Adds (saturating at 2^32 - 1) and answers the whole table.
+# KEYS[1] the step table, KEYS[2] this host's last flush there; ARGV[1] uint32s per step, ARGV[2]
+# the flush's number, then pairs: step key, packed deltas. Adds (saturating at 2^32 - 1), unless
+# this flush was added already (sent again after its reply was lost: a host's flushes are
+# numbered), and answers the whole table.
 _STEPS = """
-local n = tonumber(ARGV[1])
-local fmt = '<' .. string.rep('I4', n)
-for i = 2, #ARGV, 2 do
-  local d = {struct.unpack(fmt, ARGV[i + 1])}
-  local cur = redis.call('HGET', KEYS[1], ARGV[i])
-  if cur then
-    local c = {struct.unpack(fmt, cur)}
-    for j = 1, n do
-      d[j] = math.min(c[j] + d[j], 4294967295)
+if tonumber(redis.call('GET', KEYS[2]) or '-1') < tonumber(ARGV[2]) then
+  local n = tonumber(ARGV[1])
+  local fmt = '<' .. string.rep('I4', n)
+  for i = 3, #ARGV, 2 do
+    local d = {struct.unpack(fmt, ARGV[i + 1])}
+    local cur = redis.call('HGET', KEYS[1], ARGV[i])
+    if cur then
+      local c = {struct.unpack(fmt, cur)}
+      for j = 1, n do
+        d[j] = math.min(c[j] + d[j], 4294967295)
+      end
     end
+    redis.call('HSET', KEYS[1], ARGV[i], struct.pack(fmt, unpack(d, 1, n)))
   end
-  redis.call('HSET', KEYS[1], ARGV[i], struct.pack(fmt, unpack(d, 1, n)))
+  redis.call('SET', KEYS[2], ARGV[2], 'EX', 86400)
 end
 return redis.call('HGETALL', KEYS[1])
 """
 
-# KEYS[1] the counters; ARGV pairs: name, delta. Answers every counter.
+# KEYS[1] the counters, KEYS[2] this host's last flush; ARGV: the flush's number, then pairs:
+# name, delta. Answers every counter.
 _COUNTERS = """
-for i = 1, #ARGV, 2 do
-  redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1])
+if tonumber(redis.call('GET', KEYS[2]) or '-1') < tonumber(ARGV[1]) then
+  for i = 2, #ARGV, 2 do
+    redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1])
+  end
+  redis.call('SET', KEYS[2], ARGV[1], 'EX', 86400)
 end
 return redis.call('HGETALL', KEYS[1])
 """
 
-_SCRIPTS = {"commit": _COMMIT, "steps": _STEPS, "counters": _COUNTERS}
+# The same for many users of one node in one call. The keys are arguments, not declared keys
+# (declared keys must share a slot), which ``allow-cross-slot-keys`` permits as long as every
+# key is on the node; every read comes before any write, so a key that is not (a slot moving
+# away: "non local key", a redirection inside a script) fails the call before it wrote
+# anything, and the caller goes user by user. Arguments and answers are packed (keys joined by
+# newlines, versions as little-endian doubles, records back to back) so that a call of a
+# thousand users is a few strings to encode and parse, not thousands of values.
+# Read: ARGV keys, record size; answers per key 8 bytes of version and the record (zeros: none).
+_READ_MANY = """#!lua flags=allow-cross-slot-keys
+local size = tonumber(ARGV[2])
+local none = struct.pack('<d', 0) .. string.rep('\\0', size)
+local out = {}
+for key in string.gmatch(ARGV[1], '[^\\n]+') do
+  local r = redis.call('HMGET', key, 'v', 's')
+  if not r[2] then
+    out[#out + 1] = none
+  elseif #r[2] ~= size then
+    return redis.error_reply('pyfriction: ' .. key .. ' holds a record of another size')
+  else
+    out[#out + 1] = struct.pack('<d', tonumber(r[1])) .. r[2]
+  end
+end
+return table.concat(out)
+"""
+
+# Commit: ARGV ttl, token, record size, keys, versions read, new records (all zeros: delete).
+# Answers {records created, then per user that met a newer version: its index, version,
+# record, token}.
+_COMMIT_MANY = """#!lua flags=allow-cross-slot-keys
+local ttl, token, size = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
+local keys, cur = {}, {}
+for key in string.gmatch(ARGV[4], '[^\\n]+') do
+  keys[#keys + 1] = key
+  cur[#keys] = redis.call('HMGET', key, 'v', 's', 'c')
+end
+local zero = string.rep('\\0', size)
+local out = {0}
+for i, key in ipairs(keys) do
+  local want = struct.unpack('<d', ARGV[5], 8 * i - 7)
+  local rec = string.sub(ARGV[6], size * (i - 1) + 1, size * i)
+  local c = cur[i]
+  local v = tonumber(c[1] or '0')
+  if v ~= want then
+    out[#out + 1] = i - 1
+    out[#out + 1] = v
+    out[#out + 1] = c[2] or ''
+    out[#out + 1] = c[3] or ''
+  elseif rec == zero then
+    redis.call('DEL', key)
+  else
+    redis.call('HSET', key, 'v', v + 1, 's', rec, 'c', token)
+    if ttl > 0 then redis.call('PEXPIRE', key, ttl) end
+    if not c[2] then out[1] = out[1] + 1 end
+  end
+end
+return out
+"""
+
+_SCRIPTS = {"commit": _COMMIT, "steps": _STEPS, "counters": _COUNTERS, "read_many": _READ_MANY,
+            "commit_many": _COMMIT_MANY}  # fmt: skip
 _STEP_INTS = 1 + STEP_DTYPE["buckets"].shape[0]  # count, then the buckets
+SLOT_SIZE = SLOT_DTYPE.itemsize
+_READ_DTYPE = np.dtype([("v", "<f8"), ("s", f"V{SLOT_SIZE}")])
+_DELETE = bytes(SLOT_SIZE)  # all zeros: no record has key 0
 
 
 def split_options(uri: str) -> tuple[str, dict[str, Any]]:
@@ -177,7 +254,8 @@ class RedisCore:
     def __init__(self, make_local: LocalFactory, client: Client, emit: Callable[..., None],
                  outcome: Callable[..., None], *, prefix: str = "pf", chunk: int = 4096,
                  baseline_interval: float = 2.0, idle_ttl: float | None = None, retries: int = 64,
-                 recent: int = 100_000, retry_deadline: float = 10.0) -> None:  # fmt: skip
+                 recent: int = 100_000, retry_deadline: float = 10.0, replicas: int = 0,
+                 wait_timeout: float = 1.0) -> None:  # fmt: skip
         if chunk < 1 or retries < 1 or recent < 1:
             raise ValueError("chunk, retries and recent must be at least 1")
         if not baseline_interval >= 0:
@@ -195,9 +273,10 @@ class RedisCore:
         self.batch_queue = True
         self._lock = threading.RLock()
         self._scripts = {name: client.register_script(src) for name, src in _SCRIPTS.items()}
-        self._pipes = NodePipelines(client, retry_deadline)
-        self._host = uuid.uuid4().hex[:16].encode()  # tokens of this host's commits
-        self._attempts = itertools.count()
+        self._pipes = NodePipelines(client, retry_deadline, replicas, wait_timeout)
+        self._cluster = isinstance(client, redis.cluster.RedisCluster)
+        #: Users whose node's batched call failed and went one by one (slot moves, failovers).
+        self.fallbacks = 0
         self.steps_key = f"{prefix}:{{steps}}"
         self.counters_key = f"{prefix}:{{counters}}"
         # The step baselines: totals as last read, plus what this host added since.
@@ -207,6 +286,9 @@ class RedisCore:
         self._flushed = dict(self._local.counters)  # local counters already added to Redis
         self._users_delta = 0
         self._refreshed = -float("inf")
+        self._host = uuid.uuid4().hex[:16].encode()  # tokens of this host's commits and flushes
+        self._attempts = itertools.count()
+        self._flushes = 0
         self._recent: OrderedDict[str, None] = OrderedDict()
         self._recent_cap = recent
         self._evicted: list[str] | None = None
@@ -248,17 +330,71 @@ class RedisCore:
                 raise StoreError(f"Redis refused a pyfriction script: {r}") from r
         return results
 
+    def _per_node(
+        self, name: str, keys: Sequence[str], args: Callable[[list[int]], list[Any]]
+    ) -> list[tuple[list[int], Any]]:
+        """Run script ``name`` once per node over the ``keys`` it owns (``args(indices)`` its
+        arguments after the keys); ``(indices, reply)`` per node, the reply None where the call
+        failed (the caller goes user by user there: redirections and retries are
+        NodePipelines')."""
+        groups: dict[str, tuple[Any, list[int]]] = {}
+        if self._cluster:
+            manager = self.client.nodes_manager
+            try:
+                for i, key in enumerate(keys):
+                    node = manager.get_node_from_slot(key_slot(key.encode()))
+                    if node.redis_connection is None:
+                        manager.create_redis_connections([node])
+                    groups.setdefault(node.name, (node.redis_connection, []))[1].append(i)
+            except Exception:  # no slot map now (a failover): user by user, with retries
+                return [(list(range(len(keys))), None)]
+        else:
+            groups["-"] = (self.client, list(range(len(keys))))
+        out: list[tuple[list[int], Any]] = []
+        sha = self._scripts[name].sha
+        for conn, indices in groups.values():
+            argv = ["\n".join(keys[i] for i in indices), *args(indices)]
+            try:
+                try:
+                    reply = self._call(conn, sha, argv)
+                except NoScriptError:
+                    conn.script_load(self._scripts[name].script)
+                    reply = self._call(conn, sha, argv)
+            except Exception:  # a slot moving, a failover, a dropped connection: user by user
+                self.fallbacks += len(indices)
+                reply = None
+            out.append((indices, reply))
+        return out
+
+    def _call(self, conn: Any, sha: str, argv: list[Any]) -> Any:
+        pipe = conn.pipeline(transaction=False)
+        pipe.execute_command("EVALSHA", sha, 0, *argv)
+        self._pipes.wait_for_replicas(pipe)
+        return self._pipes.replicated(pipe.execute())[0]
+
     def _read(self, users: Sequence[str]) -> dict[str, tuple[int, bytes]]:
         """Each user's version and record (0 and b"" when Redis has none)."""
         keys = [self.record_key(uid) for uid in users]
-        replies = self._pipes.run([(k, ("HMGET", k, "v", "s")) for k in keys])
-        out: dict[str, tuple[int, bytes]] = {}
-        for uid, reply in zip(users, replies):
-            if isinstance(reply, Exception):
-                raise StoreError(f"Redis refused a read: {reply}") from reply
-            v, rec = reply
-            out[uid] = (int(v), bytes(rec)) if v is not None and rec else (0, b"")
-        return out
+        found: list[tuple[int, bytes]] = [(0, b"")] * len(users)
+        missing: list[int] = []
+        step = 8 + SLOT_SIZE
+        for indices, reply in self._per_node("read_many", keys, lambda _idx: [SLOT_SIZE]):
+            if reply is None or len(reply) != step * len(indices):
+                missing += indices
+                continue
+            versions = np.frombuffer(reply, dtype=_READ_DTYPE)["v"].tolist()
+            for n, i in enumerate(indices):
+                if versions[n]:
+                    found[i] = (int(versions[n]), reply[n * step + 8 : (n + 1) * step])
+        if missing:
+            again = self._pipes.run([(keys[i], ("HMGET", keys[i], "v", "s")) for i in missing])
+            for i, reply in zip(missing, again):
+                if isinstance(reply, Exception):
+                    raise StoreError(f"Redis refused a read: {reply}") from reply
+                v, rec = reply
+                if v is not None and rec:
+                    found[i] = (int(v), bytes(rec))
+        return dict(zip(users, found))
 
     # -- baselines and counters -----------------------------------------------------------------
     def refresh(self) -> None:
@@ -269,11 +405,15 @@ class RedisCore:
             args: list[Any] = [x for name, d in deltas if d for x in (name, d)]
             if self._users_delta:
                 args += ["users", self._users_delta]
-            step_args: list[Any] = [_STEP_INTS]
+            step_args: list[Any] = [_STEP_INTS, self._flushes]
             for key, delta in self._pending_steps.items():
                 step_args += [key, delta.astype("<u4").tobytes()]
-            got_steps, got_counters = self._run([("steps", [self.steps_key], step_args),
-                                                 ("counters", [self.counters_key], args)])  # fmt: skip
+            host = self._host.decode()
+            got_steps, got_counters = self._run([
+                ("steps", [self.steps_key, f"{self.steps_key}:{host}"], step_args),
+                ("counters", [self.counters_key, f"{self.counters_key}:{host}"], [self._flushes, *args]),
+            ])  # fmt: skip
+            self._flushes += 1
             self._flushed = local
             self._users_delta = 0
             self._pending_steps = {}
@@ -425,21 +565,47 @@ class RedisCore:
             return []
         users = list(changed)
         token = b"%s:%d" % (self._host, next(self._attempts))
-        calls = [("commit", [self.record_key(uid)], [records.get(uid, (0, b""))[0], changed[uid], self.ttl_ms, token])
-                 for uid in users]  # fmt: skip
+        keys = [self.record_key(uid) for uid in users]
+        versions = [records.get(uid, (0, b""))[0] for uid in users]
+        # (index, version, record, token) of each user who met a newer version
+        refused: list[tuple[int, int, bytes, bytes]] = []
+        created = 0
+        missing: list[int] = []
+
+        def args(idx: list[int]) -> list[Any]:
+            return [self.ttl_ms, token, SLOT_SIZE, struct.pack(f"<{len(idx)}d", *(versions[i] for i in idx)),
+                    b"".join(changed[users[i]] or _DELETE for i in idx)]  # fmt: skip
+
+        for indices, reply in self._per_node("commit_many", keys, args):
+            if reply is None:
+                missing += indices
+                continue
+            created += int(reply[0])
+            for k in range(1, len(reply), 4):
+                refused.append((indices[int(reply[k])], int(reply[k + 1]), bytes(reply[k + 2]), bytes(reply[k + 3])))
+        if missing:
+            calls = [("commit", [keys[i]], [versions[i], changed[users[i]], self.ttl_ms, token]) for i in missing]
+            for i, reply in zip(missing, self._run(calls)):
+                if reply[0]:
+                    created += int(reply[2])
+                else:
+                    refused.append((i, int(reply[1]), bytes(reply[2]), bytes(reply[3])))
         conflicted = []
-        for uid, reply in zip(users, self._run(calls)):
-            ok, version, third = reply[0], reply[1], reply[2]
-            expected = records.get(uid, (0, b""))[0]
-            if not ok and _ours(changed[uid], expected, int(version), bytes(reply[3]) == token):
-                ok, third = 1, int(expected == 0)  # our own commit, sent again after its reply was lost
-            if not ok:
-                records[uid] = (int(version), bytes(third))
-                conflicted.append(uid)
+        gone = set()
+        for i, version, record, their_token in refused:
+            uid = users[i]
+            if _ours(changed[uid], versions[i], version, their_token == token):
+                created += int(versions[i] == 0 and bool(changed[uid]))  # ours, sent again after its reply was lost
+                continue
+            records[uid] = (version, record)
+            conflicted.append(uid)
+            gone.add(uid)
+        self._users_delta += created
+        for uid in users:
+            if uid in gone:
                 continue
             self.commits += 1
             if changed[uid]:
-                self._users_delta += int(third)
                 self._remember(uid)
             else:
                 self._users_delta -= 1

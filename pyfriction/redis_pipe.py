@@ -17,6 +17,12 @@ What a reply or a connection may say during a failover or a slot move, and what 
   ``LOADING``, ``READONLY`` (a demoted primary), a connection refused, reset or timed out:
   wait (doubling from 5 ms, at most 250 ms), refresh the slot map, send again;
 
+With ``replicas`` set, each node's pipeline ends with ``WAIT replicas wait_timeout`` on the same
+connection, so its writes are on that many replicas when it returns (an asynchronous replica
+that a failover promotes then holds them); a pipeline that got fewer acknowledgements in time
+is counted in ``unreplicated``, not failed (its writes are on the primary).
+
+Redirections and transient errors are retried
 until ``deadline`` seconds have passed since the call began; then the last error is raised as
 :class:`~pyfriction.store.StoreError`. Commands are sent again only when their reply was not
 read, or said one of the above: a command whose reply was lost with its connection may have
@@ -58,14 +64,36 @@ _CONNECTION = (ConnectionError, TimeoutError, OSError)
 class NodePipelines:
     """Send commands in one pipeline per node; see the module docstring."""
 
-    def __init__(self, client: Any, deadline: float = 10.0) -> None:
+    def __init__(self, client: Any, deadline: float = 10.0, replicas: int = 0, wait_timeout: float = 1.0) -> None:
         if not deadline > 0:
             raise ValueError("deadline must be positive")
+        if replicas < 0 or not wait_timeout > 0:
+            raise ValueError("replicas must be 0 or more and wait_timeout positive")
         self.client = client
         self.cluster = isinstance(client, redis.cluster.RedisCluster)
         self.deadline = deadline
+        self.replicas = replicas
+        self.wait_ms = max(1, int(wait_timeout * 1000))
         #: Commands sent again after a redirection or a transient error (for metrics and tests).
         self.retried = 0
+        #: Pipelines whose writes fewer than ``replicas`` replicas acknowledged in time.
+        self.unreplicated = 0
+
+    def wait_for_replicas(self, pipe: Any) -> None:
+        """End ``pipe`` with ``WAIT replicas timeout`` (on its connection, so it covers its
+        writes) when ``replicas`` is set; :meth:`replicated` reads the answer."""
+        if self.replicas:
+            pipe.execute_command("WAIT", self.replicas, self.wait_ms)
+
+    def replicated(self, replies: list[Any]) -> list[Any]:
+        """``replies`` without the ``WAIT`` answer :meth:`wait_for_replicas` added (counted in
+        ``unreplicated`` when short)."""
+        if not self.replicas:
+            return replies
+        acked = replies[-1]
+        if not isinstance(acked, int) or acked < self.replicas:
+            self.unreplicated += 1
+        return replies[:-1]
 
     def _node(self, key: str) -> Any:
         slot = self.client.keyslot(key)
@@ -85,7 +113,8 @@ class NodePipelines:
             if asking:
                 pipe.execute_command("ASKING")
             pipe.execute_command(*args)
-        replies = pipe.execute(raise_on_error=False)
+        self.wait_for_replicas(pipe)
+        replies = self.replicated(pipe.execute(raise_on_error=False))
         k = 0
         for i, _args, asking in items:
             if asking:

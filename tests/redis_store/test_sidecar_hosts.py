@@ -11,10 +11,9 @@ from typing import Any
 
 import httpx
 import pytest
+from server.sidecar_util import ADMIN_KEY, WRITE_KEY, ProcessServer, wait_for
 
 from pyfriction.tracker import compiled_available
-
-from server.sidecar_util import ADMIN_KEY, WRITE_KEY, ProcessServer, wait_for
 
 AUTH = {"X-Write-Key": WRITE_KEY}
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}

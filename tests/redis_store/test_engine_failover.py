@@ -1,0 +1,88 @@
+"""The engine's records through a Redis Cluster failover and a live slot move (issue 20, point 8).
+
+Each test has a cluster of its own (``own_cluster``: 3 primaries, 3 synchronized replicas). A
+host scores a stream in small batches while another thread kills a primary (``kill -9``) or
+moves slots to a fourth primary; every batch's scores, the episodes and every user's final
+record must equal one memory tracker's on the same stream. The host commits with
+``replicas=1`` (``WAIT``): an acknowledged commit is on a replica when its batch returns, so
+the promoted replica holds it.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import uuid
+from typing import Any
+
+import pytest
+from redis.crc import key_slot
+
+from pyfriction import Tracker
+from pyfriction.tracker import compiled_available
+
+from .servers import Servers, add_node, kill_primary, move_slots, slot_owner
+from .test_redis_engine import _episodes, _record_bytes, _stream
+
+pytestmark = pytest.mark.skipif(not compiled_available(), reason="the compiled core is not built")
+
+
+def _host(servers: Servers, prefix: str) -> Tracker:
+    options = {"baseline_interval": 0, "prefix": prefix, "replicas": 1, "wait_timeout": 5.0, "retry_deadline": 60.0}
+    return Tracker(store=servers.uri, store_options=options)
+
+
+def _run_with(servers: Servers, disturb: Any, prefix: str) -> Tracker:
+    """Score a stream on a host and on a memory tracker, ``disturb()`` running in a thread from
+    the 20th batch on; checks scores batch by batch, then episodes and records."""
+    events = _stream(random.Random(11), 2400, 120)
+    host = _host(servers, prefix)
+    mem = Tracker()
+    seen_host: list[tuple[str, float, str]] = []
+    seen_mem: list[tuple[str, float, str]] = []
+    _episodes(host, seen_host)
+    _episodes(mem, seen_mem)
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            disturb()
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    for k, start in enumerate(range(0, len(events), 20)):
+        if k == 20:
+            thread.start()
+        batch = events[start : start + 20]
+        assert host.observe_many(batch).tolist() == mem.observe_many(batch).tolist(), f"batch {k}"
+    thread.join(timeout=120)
+    assert not thread.is_alive() and not errors, errors
+    assert seen_host == seen_mem
+    for user in {e["user_id"] for e in events}:
+        assert _record_bytes(host, user) == _record_bytes(mem, user), user
+    host.sync()
+    assert dict(host._core.counters) == dict(mem._core.counters)
+    return host
+
+
+def test_a_primary_killed_mid_stream_loses_nothing(own_cluster: Servers) -> None:
+    prefix = "k" + uuid.uuid4().hex[:8]
+    probe = Tracker(store=own_cluster.uri, store_options={"prefix": prefix})
+    victim = slot_owner(own_cluster, key_slot(probe._core.record_key("u0").encode()))  # type: ignore[attr-defined]
+    probe.close()
+    host = _run_with(own_cluster, lambda: kill_primary(own_cluster, victim.port), prefix)
+    core: Any = host._core
+    assert core.fallbacks > 0 or core._pipes.retried > 0  # the failover was met, not missed
+    host.close()
+
+
+def test_slots_moved_to_a_fourth_primary_under_traffic(own_cluster: Servers) -> None:
+    prefix = "m" + uuid.uuid4().hex[:8]
+    new = add_node(own_cluster)
+    probe = Tracker(store=own_cluster.uri, store_options={"prefix": prefix})
+    slots = sorted({key_slot(probe._core.record_key(f"u{i}").encode()) for i in range(0, 120, 4)})  # type: ignore[attr-defined]
+    probe.close()
+    host = _run_with(own_cluster, lambda: move_slots(own_cluster, slots, new), prefix)
+    assert all(slot_owner(own_cluster, s).port == new.port for s in slots)
+    host.close()
