@@ -89,7 +89,7 @@ __all__ = ["RedisCore", "split_options"]
 #: they are read.
 URI_OPTIONS: dict[str, Callable[[str], Any]] = {
     "prefix": str, "chunk": int, "baseline_interval": float, "retries": int, "retry_deadline": float,
-    "replicas": int, "wait_timeout": float,
+    "replicas": int, "wait_timeout": float, "dedupe": int,
 }  # fmt: skip
 
 Client = Any  # redis.Redis | redis.cluster.RedisCluster (redis-py's types are loose here)
@@ -97,17 +97,18 @@ Client = Any  # redis.Redis | redis.cluster.RedisCluster (redis-py's types are l
 LocalFactory = Callable[[int, Callable[..., None], Callable[..., None]], Any]
 
 # KEYS[1] the user's record; ARGV: version read, new record ('' deletes), ttl in ms (0: none),
-# this attempt's token. Answers {1, new version, created (1/0)} or, on a newer version,
-# {0, version, record, token of the write that made it}.
+# this attempt's token, the user's recent event fingerprints. Answers {1, new version, created
+# (1/0)} or, on a newer version, {0, version, record, token of the write that made it,
+# fingerprints}.
 _COMMIT = """
-local cur = redis.call('HMGET', KEYS[1], 'v', 's', 'c')
+local cur = redis.call('HMGET', KEYS[1], 'v', 's', 'c', 'f')
 local v = tonumber(cur[1] or '0')
-if v ~= tonumber(ARGV[1]) then return {0, v, cur[2] or '', cur[3] or ''} end
+if v ~= tonumber(ARGV[1]) then return {0, v, cur[2] or '', cur[3] or '', cur[4] or ''} end
 if ARGV[2] == '' then
   redis.call('DEL', KEYS[1])
   return {1, 0, 0}
 end
-redis.call('HSET', KEYS[1], 'v', v + 1, 's', ARGV[2], 'c', ARGV[4])
+redis.call('HSET', KEYS[1], 'v', v + 1, 's', ARGV[2], 'c', ARGV[4], 'f', ARGV[5])
 local ttl = tonumber(ARGV[3])
 if ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl) end
 if cur[2] then return {1, v + 1, 0} end
@@ -157,33 +158,36 @@ return redis.call('HGETALL', KEYS[1])
 # anything, and the caller goes user by user. Arguments and answers are packed (keys joined by
 # newlines, versions as little-endian doubles, records back to back) so that a call of a
 # thousand users is a few strings to encode and parse, not thousands of values.
-# Read: ARGV keys, record size; answers per key 8 bytes of version and the record (zeros: none).
+# Read: ARGV keys, record size, fingerprint bytes kept; answers per key 8 bytes of version, the
+# record (zeros: none) and the fingerprints (zero-padded in front, newest last).
 _READ_MANY = """#!lua flags=allow-cross-slot-keys
-local size = tonumber(ARGV[2])
-local none = struct.pack('<d', 0) .. string.rep('\\0', size)
+local size, fsize = tonumber(ARGV[2]), tonumber(ARGV[3])
+local none = struct.pack('<d', 0) .. string.rep('\\0', size + fsize)
 local out = {}
 for key in string.gmatch(ARGV[1], '[^\\n]+') do
-  local r = redis.call('HMGET', key, 'v', 's')
+  local r = redis.call('HMGET', key, 'v', 's', 'f')
   if not r[2] then
     out[#out + 1] = none
   elseif #r[2] ~= size then
     return redis.error_reply('pyfriction: ' .. key .. ' holds a record of another size')
   else
-    out[#out + 1] = struct.pack('<d', tonumber(r[1])) .. r[2]
+    local f = r[3] or ''
+    if #f < fsize then f = string.rep('\\0', fsize - #f) .. f else f = string.sub(f, #f - fsize + 1) end
+    out[#out + 1] = struct.pack('<d', tonumber(r[1])) .. r[2] .. f
   end
 end
 return table.concat(out)
 """
 
-# Commit: ARGV ttl, token, record size, keys, versions read, new records (all zeros: delete).
-# Answers {records created, then per user that met a newer version: its index, version,
-# record, token}.
+# Commit: ARGV ttl, token, record size, keys, versions read, new records (all zeros: delete),
+# fingerprint bytes per user, their fingerprints. Answers {records created, then per user that met
+# a newer version: its index, version, record, token, fingerprints}.
 _COMMIT_MANY = """#!lua flags=allow-cross-slot-keys
-local ttl, token, size = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
+local ttl, token, size, fsize = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[7])
 local keys, cur = {}, {}
 for key in string.gmatch(ARGV[4], '[^\\n]+') do
   keys[#keys + 1] = key
-  cur[#keys] = redis.call('HMGET', key, 'v', 's', 'c')
+  cur[#keys] = redis.call('HMGET', key, 'v', 's', 'c', 'f')
 end
 local zero = string.rep('\\0', size)
 local out = {0}
@@ -197,10 +201,12 @@ for i, key in ipairs(keys) do
     out[#out + 1] = v
     out[#out + 1] = c[2] or ''
     out[#out + 1] = c[3] or ''
+    out[#out + 1] = c[4] or ''
   elseif rec == zero then
     redis.call('DEL', key)
   else
-    redis.call('HSET', key, 'v', v + 1, 's', rec, 'c', token)
+    redis.call('HSET', key, 'v', v + 1, 's', rec, 'c', token, 'f',
+               string.sub(ARGV[8], fsize * (i - 1) + 1, fsize * i))
     if ttl > 0 then redis.call('PEXPIRE', key, ttl) end
     if not c[2] then out[1] = out[1] + 1 end
   end
@@ -214,6 +220,9 @@ _STEP_INTS = 1 + STEP_DTYPE["buckets"].shape[0]  # count, then the buckets
 SLOT_SIZE = SLOT_DTYPE.itemsize
 _READ_DTYPE = np.dtype([("v", "<f8"), ("s", f"V{SLOT_SIZE}")])
 _DELETE = bytes(SLOT_SIZE)  # all zeros: no record has key 0
+#: A user's state as read: version, record (SLOT_DTYPE bytes) and recent event fingerprints.
+Rec = tuple[int, bytes, bytes]
+NO_REC: Rec = (0, b"", b"")
 
 
 def split_options(uri: str) -> tuple[str, dict[str, Any]]:
@@ -255,9 +264,14 @@ class RedisCore:
                  outcome: Callable[..., None], *, prefix: str = "pf", chunk: int = 4096,
                  baseline_interval: float = 2.0, idle_ttl: float | None = None, retries: int = 64,
                  recent: int = 100_000, retry_deadline: float = 10.0, replicas: int = 0,
-                 wait_timeout: float = 1.0) -> None:  # fmt: skip
+                 wait_timeout: float = 1.0, dedupe: int = 16) -> None:  # fmt: skip
         if chunk < 1 or retries < 1 or recent < 1:
             raise ValueError("chunk, retries and recent must be at least 1")
+        if not 0 <= dedupe <= 1024:
+            raise ValueError("dedupe (event fingerprints remembered per user) must be 0 to 1024")
+        self.dedupe = dedupe
+        #: Events dropped as replays of events a user's record remembers.
+        self.duplicates = 0
         if not baseline_interval >= 0:
             raise ValueError("baseline_interval must be 0 or more seconds")
         self.client = client
@@ -372,29 +386,36 @@ class RedisCore:
         self._pipes.wait_for_replicas(pipe)
         return self._pipes.replicated(pipe.execute())[0]
 
-    def _read(self, users: Sequence[str]) -> dict[str, tuple[int, bytes]]:
-        """Each user's version and record (0 and b"" when Redis has none)."""
+    def _read(self, users: Sequence[str]) -> dict[str, Rec]:
+        """Each user's version, record and recent fingerprints (``NO_REC`` when Redis has none)."""
         keys = [self.record_key(uid) for uid in users]
-        found: list[tuple[int, bytes]] = [(0, b"")] * len(users)
+        found: list[Rec] = [NO_REC] * len(users)
         missing: list[int] = []
-        step = 8 + SLOT_SIZE
-        for indices, reply in self._per_node("read_many", keys, lambda _idx: [SLOT_SIZE]):
+        fsize = 8 * self.dedupe
+        step = 8 + SLOT_SIZE + fsize
+        for indices, reply in self._per_node("read_many", keys, lambda _idx: [SLOT_SIZE, fsize]):
             if reply is None or len(reply) != step * len(indices):
                 missing += indices
                 continue
-            versions = np.frombuffer(reply, dtype=_READ_DTYPE)["v"].tolist()
+            versions = np.frombuffer(reply, dtype=np.dtype([("v", "<f8"), ("rest", f"V{step - 8}")]))["v"].tolist()
             for n, i in enumerate(indices):
                 if versions[n]:
-                    found[i] = (int(versions[n]), reply[n * step + 8 : (n + 1) * step])
+                    at = n * step + 8
+                    found[i] = (int(versions[n]), reply[at : at + SLOT_SIZE], reply[at + SLOT_SIZE : at + step - 8])
         if missing:
-            again = self._pipes.run([(keys[i], ("HMGET", keys[i], "v", "s")) for i in missing])
+            again = self._pipes.run([(keys[i], ("HMGET", keys[i], "v", "s", "f")) for i in missing])
             for i, reply in zip(missing, again):
                 if isinstance(reply, Exception):
                     raise StoreError(f"Redis refused a read: {reply}") from reply
-                v, rec = reply
+                v, rec, fps = reply
                 if v is not None and rec:
-                    found[i] = (int(v), bytes(rec))
+                    found[i] = (int(v), bytes(rec), self._ring(bytes(fps or b"")))
         return dict(zip(users, found))
+
+    def _ring(self, fps: bytes) -> bytes:
+        """``fps`` as the ring of ``dedupe`` fingerprints: newest last, zero-padded in front."""
+        size = 8 * self.dedupe
+        return fps[len(fps) - size :] if len(fps) >= size else bytes(size - len(fps)) + fps
 
     # -- baselines and counters -----------------------------------------------------------------
     def refresh(self) -> None:
@@ -479,40 +500,104 @@ class RedisCore:
     def observe(self, event: Any) -> float:
         """See :meth:`pyfriction.Tracker.observe`."""
         uid = _user_id_of(event)
-        return float(self._chunk(lambda local: local.observe(event), [uid] if isinstance(uid, str) else []))
+        return float(self._chunk("one", event, [uid] if isinstance(uid, str) else []))
 
     def observe_many(self, events: Any) -> np.ndarray:
         """See :meth:`pyfriction.Tracker.observe_many`."""
-        parts = []
-        for part, users in self._chunks(events):
-
-            def run(local: Any, part: Any = part) -> Any:
-                return local.observe_many(part)
-
-            parts.append(self._chunk(run, users))
+        parts = [self._chunk("many", part, users) for part, users in self._chunks(events)]
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float64)
 
     def observe_columns(self, columns: Mapping[str, Any]) -> np.ndarray:
         """A columnar batch (as ``observe_many`` of a mapping)."""
         return self.observe_many(columns)
 
-    def _load(self, records: Mapping[str, tuple[int, bytes]], steps: np.ndarray) -> None:
-        present = [(uid, rec) for uid, (_v, rec) in records.items() if rec]
-        slots = np.zeros(len(present), dtype=SLOT_DTYPE)
-        long_ids: dict[int, str] = {}
-        for i, (uid, rec) in enumerate(present):
-            slots[i] = np.frombuffer(rec, dtype=SLOT_DTYPE)[0]
-            if len(uid.encode("utf-8", "surrogatepass")) > UID_BYTES:
-                long_ids[key64(uid)] = uid
+    def _load(self, records: Mapping[str, Rec], steps: np.ndarray) -> None:
+        present = [(uid, rec[1]) for uid, rec in records.items() if rec[1]]
+        slots = np.frombuffer(b"".join(rec for _uid, rec in present), dtype=SLOT_DTYPE)
+        long_ids = {key64(uid): uid for uid, _rec in present if len(uid.encode("utf-8", "surrogatepass")) > UID_BYTES}
         if len(slots):  # least recently active first, as an export gives them
             slots = slots[np.argsort(slots["last_ts"], kind="stable")]
         self._local.load(slots, steps, long_ids)
 
-    def _chunk(self, run: Callable[[Any], Any], users: list[str]) -> Any:
-        """Score one chunk (``run`` on the working table) against Redis: see the module docstring."""
+    def _fingerprints(self, kind: str, payload: Any) -> tuple[list[Any], list[int]] | None:
+        """The user id and fingerprint (0: none) of each event of a chunk, or None without
+        deduplication. An event is known by its user, type, time, step, target and properties;
+        one without a time of its own (the clock gives it one) has none and is never dropped."""
+        if not self.dedupe or kind == "tick":
+            return None
+        if kind == "one":
+            rows: Iterable[tuple[Any, ...]] = [_fields(payload)]
+        elif isinstance(payload, Mapping):
+            n = len(payload.get("user_id", ()))
+            cols = [payload.get(name) for name in ("user_id", "type", "ts", "step", "target", "properties")]
+            rows = zip(*(list(c) if c is not None and not isinstance(c, (str, bytes)) else [c] * n for c in cols))
+        else:
+            rows = [_fields(e) for e in payload]
+        uids: list[Any] = []
+        fps: list[int] = []
+        for uid, kind_, ts, step, target, props in rows:
+            uids.append(uid)
+            fps.append(_fingerprint(uid, kind_, ts, step, target, props))
+        return uids, fps
+
+    def _dedupe(
+        self, marks: tuple[list[Any], list[int]], records: Mapping[str, Rec]
+    ) -> tuple[list[int], dict[str, bytes]]:
+        """The events to score (indices) and each user's new fingerprints, dropping events whose
+        fingerprint the user's record remembers or the chunk already had."""
+        uids, fps = marks
+        known: dict[str, set[int]] = {}
+        added: dict[str, list[int]] = {}
+        keep: list[int] = []
+        for n, (uid, fp) in enumerate(zip(uids, fps)):
+            if fp and isinstance(uid, str):
+                seen = known.get(uid)
+                if seen is None:
+                    seen = known[uid] = set(np.frombuffer(records.get(uid, NO_REC)[2], "<u8").tolist())
+                if fp in seen:
+                    continue
+                seen.add(fp)
+                added.setdefault(uid, []).append(fp)
+            keep.append(n)
+        rings = {}
+        for uid, new in added.items():
+            old = np.frombuffer(records.get(uid, NO_REC)[2], "<u8").tolist()
+            rings[uid] = self._ring(np.array(old + new, dtype="<u8").tobytes())
+        return keep, rings
+
+    def _score(self, kind: str, payload: Any, keep: list[int] | None, uids: list[Any] | None) -> Any:
+        """Run a chunk (only the events ``keep`` names, when given) on the working table; a
+        dropped event's score is its user's score after the chunk."""
+        local = self._local
+        if kind == "tick":
+            return local.tick(payload)
+        if kind == "one":
+            if keep is not None and not keep:
+                return local.score(payload.get("user_id") if isinstance(payload, Mapping) else payload.user_id)
+            return local.observe(payload)
+        total = len(uids) if uids is not None else 0
+        if keep is None or len(keep) == total:
+            return local.observe_many(payload)
+        part: Any = (
+            {k: _take(v, keep) for k, v in payload.items()}
+            if isinstance(payload, Mapping)
+            else [payload[n] for n in keep]
+        )
+        got = local.observe_many(part)
+        out = np.empty(total, dtype=np.float64)
+        assert uids is not None
+        for n, uid in enumerate(uids):
+            out[n] = local.score(uid) if isinstance(uid, str) else np.nan
+        out[keep] = got
+        return out
+
+    def _chunk(self, kind: str, payload: Any, users: list[str]) -> Any:
+        """Score one chunk against Redis (``kind`` "one", "many" or "tick"): see the module
+        docstring."""
         with self._lock:
             self._refresh_due()
             records = self._read(users) if users else {}
+            marks = self._fingerprints(kind, payload)
             steps0 = self._baseline.copy()
             counters0 = dict(self._local.counters)
             done: set[str] = set()
@@ -521,23 +606,26 @@ class RedisCore:
                 self._held = []
                 self._local.set_counters(counters0)
                 self._load(records, steps0)
-                result = run(self._local)
+                keep, rings = self._dedupe(marks, records) if marks is not None else (None, {})
+                result = self._score(kind, payload, keep, marks[0] if marks is not None else None)
                 slots, steps, long_ids = self._local.export()
+                keys = slots["key"].tolist()
+                data = slots.tobytes()
                 by_key = {key64(uid): uid for uid in records}
-                changed: dict[str, bytes] = {}
-                for rec in slots:
-                    key = int(rec["key"])
-                    uid = by_key.get(key) or long_ids.get(key) or _inline_uid(rec)
-                    by_key[key] = uid
+                changed: dict[str, tuple[bytes, bytes]] = {}
+                for n, key in enumerate(keys):
+                    uid = by_key.get(key) or long_ids.get(key) or _inline_uid(slots[n])
                     if uid in done:
                         continue
-                    raw = rec.tobytes()
-                    if records.get(uid, (0, b""))[1] != raw:
-                        changed[uid] = raw
-                present = {int(rec["key"]) for rec in slots}
-                for uid, (_v, rec) in records.items():  # evicted by the working table (idle)
+                    raw = data[n * SLOT_SIZE : (n + 1) * SLOT_SIZE]
+                    _v, old, old_ring = records.get(uid, NO_REC)
+                    ring = rings.get(uid, old_ring or bytes(8 * self.dedupe))
+                    if old != raw or ring != old_ring:
+                        changed[uid] = (raw, ring)
+                present = set(keys)
+                for uid, (_v, rec, _ring) in records.items():  # evicted by the working table (idle)
                     if rec and key64(uid) not in present and uid not in done:
-                        changed[uid] = b""
+                        changed[uid] = (b"", b"")
                 conflicted = self._commit(changed, records)
                 # Delivered from the run whose commit held for the user; a user unchanged by
                 # the chunk (nothing to write) is settled by the run too.
@@ -550,6 +638,8 @@ class RedisCore:
             else:
                 raise StoreError(f"{len(conflicted)} users' records kept changing under this host for "
                                  f"{self.retries} rounds; giving up on this batch")  # fmt: skip
+            if keep is not None and marks is not None:
+                self.duplicates += len(marks[1]) - len(keep)
             self._note_steps(steps0, steps)
             self._held = []
             self._refresh_due()  # at once with 0, so another host's next chunk sees this one's visits
@@ -557,55 +647,60 @@ class RedisCore:
             (self._emit_out if is_episode else self._outcome_out)(*args)
         return result
 
-    def _commit(self, changed: Mapping[str, bytes], records: dict[str, tuple[int, bytes]]) -> list[str]:
-        """Commit ``changed`` (empty bytes: delete) over the versions in ``records``; returns
-        the users another host changed first, whose fresh state replaces theirs in ``records``
-        (the others keep the record the chunk started from: a replay must start there too)."""
+    def _commit(self, changed: Mapping[str, tuple[bytes, bytes]], records: dict[str, Rec]) -> list[str]:
+        """Commit ``changed`` (user -> record, fingerprints; an empty record deletes) over the
+        versions in ``records``; returns the users another host changed first, whose fresh
+        state replaces theirs in ``records`` (the others keep the state the chunk started
+        from: a replay must start there too)."""
         if not changed:
             return []
         users = list(changed)
         token = b"%s:%d" % (self._host, next(self._attempts))
         keys = [self.record_key(uid) for uid in users]
-        versions = [records.get(uid, (0, b""))[0] for uid in users]
-        # (index, version, record, token) of each user who met a newer version
-        refused: list[tuple[int, int, bytes, bytes]] = []
+        versions = [records.get(uid, NO_REC)[0] for uid in users]
+        fsize = 8 * self.dedupe
+        # (index, version, record, token, fingerprints) of each user who met a newer version
+        refused: list[tuple[int, int, bytes, bytes, bytes]] = []
         created = 0
         missing: list[int] = []
 
         def args(idx: list[int]) -> list[Any]:
             return [self.ttl_ms, token, SLOT_SIZE, struct.pack(f"<{len(idx)}d", *(versions[i] for i in idx)),
-                    b"".join(changed[users[i]] or _DELETE for i in idx)]  # fmt: skip
+                    b"".join(changed[users[i]][0] or _DELETE for i in idx), fsize,
+                    b"".join(changed[users[i]][1] for i in idx)]  # fmt: skip
 
         for indices, reply in self._per_node("commit_many", keys, args):
             if reply is None:
                 missing += indices
                 continue
             created += int(reply[0])
-            for k in range(1, len(reply), 4):
-                refused.append((indices[int(reply[k])], int(reply[k + 1]), bytes(reply[k + 2]), bytes(reply[k + 3])))
+            for k in range(1, len(reply), 5):
+                refused.append((indices[int(reply[k])], int(reply[k + 1]), bytes(reply[k + 2]), bytes(reply[k + 3]),
+                                bytes(reply[k + 4])))  # fmt: skip
         if missing:
-            calls = [("commit", [keys[i]], [versions[i], changed[users[i]], self.ttl_ms, token]) for i in missing]
+            calls = [("commit", [keys[i]], [versions[i], changed[users[i]][0], self.ttl_ms, token, changed[users[i]][1]])
+                     for i in missing]  # fmt: skip
             for i, reply in zip(missing, self._run(calls)):
                 if reply[0]:
                     created += int(reply[2])
                 else:
-                    refused.append((i, int(reply[1]), bytes(reply[2]), bytes(reply[3])))
+                    refused.append((i, int(reply[1]), bytes(reply[2]), bytes(reply[3]), bytes(reply[4])))
         conflicted = []
-        gone = set()
-        for i, version, record, their_token in refused:
+        for i, version, record, their_token, fps in refused:
             uid = users[i]
-            if _ours(changed[uid], versions[i], version, their_token == token):
-                created += int(versions[i] == 0 and bool(changed[uid]))  # ours, sent again after its reply was lost
+            new = changed[uid][0]
+            if _ours(new, versions[i], version, their_token == token):
+                created += int(versions[i] == 0 and bool(new))  # ours, sent again after its reply was lost
                 continue
-            records[uid] = (version, record)
+            records[uid] = (version, record, self._ring(fps)) if record else NO_REC
             conflicted.append(uid)
-            gone.add(uid)
         self._users_delta += created
+        lost = set(conflicted)
         for uid in users:
-            if uid in gone:
+            if uid in lost:
                 continue
             self.commits += 1
-            if changed[uid]:
+            if changed[uid][0]:
                 self._remember(uid)
             else:
                 self._users_delta -= 1
@@ -629,14 +724,14 @@ class RedisCore:
         for start in range(0, len(users), self.chunk):
             part = users[start : start + self.chunk]
             before = self._local.counters["episodes"]
-            self._chunk(lambda local: local.tick(now), part)
+            self._chunk("tick", now, part)
             fired += self._local.counters["episodes"] - before
         return fired
 
     # -- reads --------------------------------------------------------------------------------------
     def record(self, user_id: str) -> Any:
         """A user's record (``SLOT_DTYPE``) as Redis holds it, or None."""
-        _v, rec = self._read([user_id])[user_id]
+        rec = self._read([user_id])[user_id][1]
         return np.frombuffer(rec, dtype=SLOT_DTYPE)[0].copy() if rec else None
 
     def has(self, user_id: str) -> bool:
@@ -722,6 +817,34 @@ class RedisCore:
     def load(self, slots: np.ndarray, steps: np.ndarray, long_ids: Mapping[int, str]) -> None:
         """Not on Redis: :class:`StoreError`."""
         raise self._no_snapshot()
+
+
+def _fields(event: Any) -> tuple[Any, ...]:
+    if isinstance(event, Mapping):
+        get = event.get
+        return get("user_id"), get("type"), get("ts"), get("step"), get("target"), get("properties")
+    return tuple(getattr(event, name, None) for name in ("user_id", "type", "ts", "step", "target", "properties"))
+
+
+_fnv = key64.__wrapped__  # uncached: most events are seen once
+
+
+def _fingerprint(uid: Any, kind: Any, ts: Any, step: Any, target: Any, props: Any) -> int:
+    """An event's 64-bit fingerprint (0: none: no user id or no time of its own)."""
+    if not isinstance(uid, str) or isinstance(ts, bool) or not isinstance(ts, (int, float, np.floating, np.integer)):
+        return 0
+    text = f"{uid}\x1f{kind}\x1f{float(ts)!r}\x1f{step}\x1f{target}"
+    if props:
+        text += f"\x1f{props!r}"
+    return int(_fnv(text))
+
+
+def _take(column: Any, keep: list[int]) -> Any:
+    if isinstance(column, np.ndarray):
+        return column[keep]
+    if isinstance(column, (str, bytes)) or not isinstance(column, Sequence):
+        return column
+    return [column[n] for n in keep]
 
 
 def _ours(new: bytes, expected: int, version: int, our_token: bool) -> bool:
