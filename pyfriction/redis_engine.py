@@ -62,6 +62,7 @@ size Redis's memory for them (about 300 bytes per user; see docs/operating.md).
 from __future__ import annotations
 
 import itertools
+import math
 import struct
 import threading
 import time
@@ -89,7 +90,7 @@ __all__ = ["RedisCore", "split_options"]
 #: they are read.
 URI_OPTIONS: dict[str, Callable[[str], Any]] = {
     "prefix": str, "chunk": int, "baseline_interval": float, "retries": int, "retry_deadline": float,
-    "replicas": int, "wait_timeout": float, "dedupe": int,
+    "replicas": int, "wait_timeout": float, "dedupe": int, "rate_cap": int,
 }  # fmt: skip
 
 Client = Any  # redis.Redis | redis.cluster.RedisCluster (redis-py's types are loose here)
@@ -222,6 +223,8 @@ _READ_DTYPE = np.dtype([("v", "<f8"), ("s", f"V{SLOT_SIZE}")])
 _DELETE = bytes(SLOT_SIZE)  # all zeros: no record has key 0
 #: A user's state as read: version, record (SLOT_DTYPE bytes) and recent event fingerprints.
 Rec = tuple[int, bytes, bytes]
+#: The rate cap's state at the end of a user's fingerprints: the second it counts, events in it.
+RATE_SIZE = 12
 NO_REC: Rec = (0, b"", b"")
 
 
@@ -264,14 +267,23 @@ class RedisCore:
                  outcome: Callable[..., None], *, prefix: str = "pf", chunk: int = 4096,
                  baseline_interval: float = 2.0, idle_ttl: float | None = None, retries: int = 64,
                  recent: int = 100_000, retry_deadline: float = 10.0, replicas: int = 0,
-                 wait_timeout: float = 1.0, dedupe: int = 16) -> None:  # fmt: skip
+                 wait_timeout: float = 1.0, dedupe: int = 16, rate_cap: int = 100,
+                 clock: Callable[[], float] = time.time) -> None:  # fmt: skip
         if chunk < 1 or retries < 1 or recent < 1:
             raise ValueError("chunk, retries and recent must be at least 1")
         if not 0 <= dedupe <= 1024:
             raise ValueError("dedupe (event fingerprints remembered per user) must be 0 to 1024")
+        if rate_cap < 0:
+            raise ValueError("rate_cap (events per user per second, 0: none) must be 0 or more")
         self.dedupe = dedupe
+        self.rate_cap = rate_cap
+        self.meta_size = 8 * dedupe + RATE_SIZE
         #: Events dropped as replays of events a user's record remembers.
         self.duplicates = 0
+        #: Events dropped by the per-user rate cap.
+        self.capped = 0
+        self._capped_now = 0
+        self._clock = clock
         if not baseline_interval >= 0:
             raise ValueError("baseline_interval must be 0 or more seconds")
         self.client = client
@@ -391,7 +403,7 @@ class RedisCore:
         keys = [self.record_key(uid) for uid in users]
         found: list[Rec] = [NO_REC] * len(users)
         missing: list[int] = []
-        fsize = 8 * self.dedupe
+        fsize = self.meta_size
         step = 8 + SLOT_SIZE + fsize
         for indices, reply in self._per_node("read_many", keys, lambda _idx: [SLOT_SIZE, fsize]):
             if reply is None or len(reply) != step * len(indices):
@@ -409,13 +421,15 @@ class RedisCore:
                     raise StoreError(f"Redis refused a read: {reply}") from reply
                 v, rec, fps = reply
                 if v is not None and rec:
-                    found[i] = (int(v), bytes(rec), self._ring(bytes(fps or b"")))
+                    found[i] = (int(v), bytes(rec), self._meta(bytes(fps or b"")))
         return dict(zip(users, found))
 
-    def _ring(self, fps: bytes) -> bytes:
-        """``fps`` as the ring of ``dedupe`` fingerprints: newest last, zero-padded in front."""
-        size = 8 * self.dedupe
-        return fps[len(fps) - size :] if len(fps) >= size else bytes(size - len(fps)) + fps
+    def _meta(self, raw: bytes) -> bytes:
+        """A user's field ``f`` at its size: the ``dedupe`` fingerprints (newest last, zero-padded
+        in front), then the rate cap's second and count. Cut or padded in front, so a store
+        written with another ``dedupe`` keeps the newest fingerprints and the rate."""
+        size = self.meta_size
+        return raw[len(raw) - size :] if len(raw) >= size else bytes(size - len(raw)) + raw
 
     # -- baselines and counters -----------------------------------------------------------------
     def refresh(self) -> None:
@@ -519,11 +533,12 @@ class RedisCore:
             slots = slots[np.argsort(slots["last_ts"], kind="stable")]
         self._local.load(slots, steps, long_ids)
 
-    def _fingerprints(self, kind: str, payload: Any) -> tuple[list[Any], list[int]] | None:
-        """The user id and fingerprint (0: none) of each event of a chunk, or None without
-        deduplication. An event is known by its user, type, time, step, target and properties;
-        one without a time of its own (the clock gives it one) has none and is never dropped."""
-        if not self.dedupe or kind == "tick":
+    def _marks(self, kind: str, payload: Any) -> tuple[list[Any], list[int], list[float]] | None:
+        """The user id, fingerprint (0: none) and second of each event of a chunk, or None when
+        neither deduplication nor the rate cap is on. An event is known by its user, type,
+        time, step, target and properties; one without a time of its own (the clock gives it
+        one) has no fingerprint and is never dropped as a replay."""
+        if not (self.dedupe or self.rate_cap) or kind == "tick":
             return None
         if kind == "one":
             rows: Iterable[tuple[Any, ...]] = [_fields(payload)]
@@ -535,35 +550,63 @@ class RedisCore:
             rows = [_fields(e) for e in payload]
         uids: list[Any] = []
         fps: list[int] = []
+        seconds: list[float] = []
+        now = float(self._clock())
         for uid, kind_, ts, step, target, props in rows:
             uids.append(uid)
-            fps.append(_fingerprint(uid, kind_, ts, step, target, props))
-        return uids, fps
+            fps.append(_fingerprint(uid, kind_, ts, step, target, props) if self.dedupe else 0)
+            seconds.append(float(ts) // 1 if _is_time(ts) else now // 1)
+        return uids, fps, seconds
 
-    def _dedupe(
-        self, marks: tuple[list[Any], list[int]], records: Mapping[str, Rec]
-    ) -> tuple[list[int], dict[str, bytes]]:
-        """The events to score (indices) and each user's new fingerprints, dropping events whose
-        fingerprint the user's record remembers or the chunk already had."""
-        uids, fps = marks
+    def _admit(self, marks: tuple[list[Any], list[int], list[float]],
+               records: Mapping[str, Rec]) -> tuple[list[int], dict[str, bytes]]:  # fmt: skip
+        """The events to score (indices) and each changed user's new field ``f``: an event whose
+        fingerprint the user's record remembers, or the chunk already had, is a replay; one
+        past ``rate_cap`` events of the user in its second (by event time) is capped."""
+        uids, fps, seconds = marks
+        ring_size = 8 * self.dedupe
         known: dict[str, set[int]] = {}
         added: dict[str, list[int]] = {}
+        rates: dict[str, list[float]] = {}
         keep: list[int] = []
-        for n, (uid, fp) in enumerate(zip(uids, fps)):
-            if fp and isinstance(uid, str):
-                seen = known.get(uid)
-                if seen is None:
-                    seen = known[uid] = set(np.frombuffer(records.get(uid, NO_REC)[2], "<u8").tolist())
+        cap = self.rate_cap
+        seen: set[int] = set()
+        for n, uid in enumerate(uids):
+            if not isinstance(uid, str):
+                keep.append(n)
+                continue
+            fp = fps[n]
+            if fp:
+                if uid not in known:
+                    known[uid] = set(np.frombuffer(records.get(uid, NO_REC)[2][:ring_size], "<u8").tolist())
+                seen = known[uid]
                 if fp in seen:
                     continue
+            if cap:
+                rate = rates.get(uid)
+                if rate is None:
+                    meta = records.get(uid, NO_REC)[2]
+                    rate = rates[uid] = list(struct.unpack("<dI", meta[-RATE_SIZE:])) if meta else [0.0, 0]
+                if seconds[n] > rate[0]:
+                    rate[0], rate[1] = seconds[n], 0
+                if rate[1] >= cap:
+                    self._capped_now += 1
+                    continue
+                rate[1] += 1
+            if fp:
                 seen.add(fp)
                 added.setdefault(uid, []).append(fp)
             keep.append(n)
-        rings = {}
-        for uid, new in added.items():
-            old = np.frombuffer(records.get(uid, NO_REC)[2], "<u8").tolist()
-            rings[uid] = self._ring(np.array(old + new, dtype="<u8").tobytes())
-        return keep, rings
+        metas = {}
+        for uid in added.keys() | rates.keys():
+            old = records.get(uid, NO_REC)[2] or bytes(self.meta_size)
+            ring = old[:ring_size]
+            if uid in added:
+                ring = (ring + np.array(added[uid], dtype="<u8").tobytes())[-ring_size:] if ring_size else b""
+            rate = rates.get(uid)
+            tail = struct.pack("<dI", rate[0], int(rate[1])) if rate is not None else old[ring_size:]
+            metas[uid] = ring + tail
+        return keep, metas
 
     def _score(self, kind: str, payload: Any, keep: list[int] | None, uids: list[Any] | None) -> Any:
         """Run a chunk (only the events ``keep`` names, when given) on the working table; a
@@ -597,7 +640,7 @@ class RedisCore:
         with self._lock:
             self._refresh_due()
             records = self._read(users) if users else {}
-            marks = self._fingerprints(kind, payload)
+            marks = self._marks(kind, payload)
             steps0 = self._baseline.copy()
             counters0 = dict(self._local.counters)
             done: set[str] = set()
@@ -606,7 +649,8 @@ class RedisCore:
                 self._held = []
                 self._local.set_counters(counters0)
                 self._load(records, steps0)
-                keep, rings = self._dedupe(marks, records) if marks is not None else (None, {})
+                self._capped_now = 0
+                keep, metas = self._admit(marks, records) if marks is not None else (None, {})
                 result = self._score(kind, payload, keep, marks[0] if marks is not None else None)
                 slots, steps, long_ids = self._local.export()
                 keys = slots["key"].tolist()
@@ -618,10 +662,10 @@ class RedisCore:
                     if uid in done:
                         continue
                     raw = data[n * SLOT_SIZE : (n + 1) * SLOT_SIZE]
-                    _v, old, old_ring = records.get(uid, NO_REC)
-                    ring = rings.get(uid, old_ring or bytes(8 * self.dedupe))
-                    if old != raw or ring != old_ring:
-                        changed[uid] = (raw, ring)
+                    _v, old, old_meta = records.get(uid, NO_REC)
+                    meta = metas.get(uid, old_meta or bytes(self.meta_size))
+                    if old != raw or meta != old_meta:
+                        changed[uid] = (raw, meta)
                 present = set(keys)
                 for uid, (_v, rec, _ring) in records.items():  # evicted by the working table (idle)
                     if rec and key64(uid) not in present and uid not in done:
@@ -639,7 +683,8 @@ class RedisCore:
                 raise StoreError(f"{len(conflicted)} users' records kept changing under this host for "
                                  f"{self.retries} rounds; giving up on this batch")  # fmt: skip
             if keep is not None and marks is not None:
-                self.duplicates += len(marks[1]) - len(keep)
+                self.capped += self._capped_now
+                self.duplicates += len(marks[1]) - len(keep) - self._capped_now
             self._note_steps(steps0, steps)
             self._held = []
             self._refresh_due()  # at once with 0, so another host's next chunk sees this one's visits
@@ -658,7 +703,7 @@ class RedisCore:
         token = b"%s:%d" % (self._host, next(self._attempts))
         keys = [self.record_key(uid) for uid in users]
         versions = [records.get(uid, NO_REC)[0] for uid in users]
-        fsize = 8 * self.dedupe
+        fsize = self.meta_size
         # (index, version, record, token, fingerprints) of each user who met a newer version
         refused: list[tuple[int, int, bytes, bytes, bytes]] = []
         created = 0
@@ -692,7 +737,7 @@ class RedisCore:
             if _ours(new, versions[i], version, their_token == token):
                 created += int(versions[i] == 0 and bool(new))  # ours, sent again after its reply was lost
                 continue
-            records[uid] = (version, record, self._ring(fps)) if record else NO_REC
+            records[uid] = (version, record, self._meta(fps)) if record else NO_REC
             conflicted.append(uid)
         self._users_delta += created
         lost = set(conflicted)
@@ -831,12 +876,16 @@ _fnv = key64.__wrapped__  # uncached: most events are seen once
 
 def _fingerprint(uid: Any, kind: Any, ts: Any, step: Any, target: Any, props: Any) -> int:
     """An event's 64-bit fingerprint (0: none: no user id or no time of its own)."""
-    if not isinstance(uid, str) or isinstance(ts, bool) or not isinstance(ts, (int, float, np.floating, np.integer)):
+    if not isinstance(uid, str) or not _is_time(ts):
         return 0
     text = f"{uid}\x1f{kind}\x1f{float(ts)!r}\x1f{step}\x1f{target}"
     if props:
         text += f"\x1f{props!r}"
     return int(_fnv(text))
+
+
+def _is_time(ts: Any) -> bool:
+    return not isinstance(ts, bool) and isinstance(ts, (int, float, np.floating, np.integer)) and math.isfinite(ts)
 
 
 def _take(column: Any, keep: list[int]) -> Any:

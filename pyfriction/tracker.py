@@ -289,7 +289,7 @@ class Tracker:
             return compiled.CompiledCore(*args) if compiled is not None else ReferenceCore(*args)
 
         try:
-            core = RedisCore(make_local, client, self._emit, self._outcome, idle_ttl=self.config.idle_ttl,
+            core = RedisCore(make_local, client, self._emit, self._outcome, idle_ttl=self.config.idle_ttl, clock=self._clock,
                              **options)  # fmt: skip
         except TypeError as exc:
             raise StoreError(f"store_options: {exc}") from None

@@ -218,12 +218,33 @@ def test_the_fingerprints_remembered_are_bounded(redis_server: Any, prefix: str)
         host.close()
 
 
+def test_a_user_past_the_rate_cap_is_capped_across_hosts(redis_target: tuple[str, str], prefix: str) -> None:
+    """``rate_cap`` events per user per second of event time, counted in the user's record, so
+    two hosts together admit no more than one would; the next second admits again."""
+    hosts = [_tracker(redis_target[1], prefix, rate_cap=5) for _ in range(2)]
+    try:
+        bot = [{"user_id": "bot", "type": "click", "target": f"#b{i}", "ts": T0 + 0.01 * i} for i in range(8)]
+        hosts[0].observe_many(bot[:4])
+        hosts[1].observe_many(bot[4:])
+        assert int(hosts[0]._core.record("bot")["events"]) == 5
+        capped = sum(h._core.capped for h in hosts)  # type: ignore[attr-defined]
+        assert capped == 3
+        hosts[1].observe({"user_id": "bot", "type": "click", "target": "#x", "ts": T0 + 1.5})
+        assert int(hosts[0]._core.record("bot")["events"]) == 6
+        other = [{"user_id": "human", "type": "click", "target": "#a", "ts": T0 + 0.01 * i} for i in range(5)]
+        hosts[0].observe_many(other)  # another user's budget is their own
+        assert int(hosts[0]._core.record("human")["events"]) == 5
+    finally:
+        for h in hosts:
+            h.close()
+
+
 # --- concurrent hosts: no lost update ----------------------------------------------------------------------------
 
 
 def _hammer(uri: str, prefix: str, seed: int, rounds: int) -> tuple[int, int]:  # a child's thread
     """Sends ``rounds`` small batches on three users; returns (events sent, replays)."""
-    tracker = _tracker(uri, prefix, "compiled" if seed % 2 else "reference", baseline_interval=0.5)
+    tracker = _tracker(uri, prefix, "compiled" if seed % 2 else "reference", baseline_interval=0.5, rate_cap=0)
     rng = random.Random(seed)
     sent = 0
     for _ in range(rounds):
