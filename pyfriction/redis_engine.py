@@ -838,6 +838,15 @@ class RedisCore:
             gone = [uid for uid in gone if not self.has(uid)]
         return gone
 
+    def stats(self) -> dict[str, int]:
+        """This host's counts of what the store did: records committed, commits that met a newer
+        version (replayed), events dropped as replays and by the rate cap, users that went one
+        by one (their node's batched call failed), commands retried, pipelines short of
+        ``replicas``."""
+        return {"commits": self.commits, "conflicts": self.conflicts, "duplicates": self.duplicates,
+                "capped": self.capped, "fallbacks": self.fallbacks, "retried": self._pipes.retried,
+                "unreplicated": self._pipes.unreplicated}  # fmt: skip
+
     def sync(self, wait: bool = False) -> None:
         """Add this host's baselines and counters to Redis now."""
         self.refresh()

@@ -507,6 +507,12 @@ class Tracker:
         calibrate`` fits and validates weights and the threshold on recorded logs)."""
         return suggest_calibration(self.insights(limit=0).detection, detector_weights(self.config))
 
+    def store_stats(self) -> dict[str, int]:
+        """What a Redis store did for this tracker (see :meth:`pyfriction.redis_engine.RedisCore.stats`:
+        commits, conflicts replayed, events dropped as replays or by the rate cap...); empty for
+        the other stores."""
+        return cast(Any, self._core).stats() if self._redis is not None else {}
+
     def sink_stats(self) -> dict[str, SinkStats]:
         """Counters of each configured sink by name (``"webhook"``); empty without sinks."""
         return {} if self._webhook is None else {"webhook": self._webhook.stats()}

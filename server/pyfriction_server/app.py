@@ -30,7 +30,7 @@ from .guidance import Hub
 from .ingest import Mapper, routes
 from .keys import KeyRing
 from .logs import LIMITER
-from .metrics import CONTENT_TYPE, Metrics
+from .metrics import CONTENT_TYPE, STORE_STATS, Metrics
 from .script import Script
 from .settings import Settings
 from .shared import Worker
@@ -75,6 +75,13 @@ class Sidecar:
 
             return read
 
+        def store_stat(name: str) -> Callable[[], float]:
+            def read() -> float:
+                t = self.state.tracker
+                return float(t.store_stats().get(name, 0)) if t is not None else 0.0
+
+            return read
+
         return {
             "pyfriction_users_tracked": tracker_stat("users"),
             "pyfriction_dispatcher_queue_depth": tracker_stat("queue_depth"),
@@ -82,6 +89,7 @@ class Sidecar:
             "pyfriction_guidance_streams": lambda: float(self.hub.count),
             "pyfriction_dedupe_ids": lambda: float(self.state.dedupe_count),
             "pyfriction_ready": lambda: 1.0 if self.state.ready and not self.hub.closed else 0.0,
+            **{f"pyfriction_store_{name}": store_stat(name) for name in STORE_STATS},
         }
 
     def rejected(self, request: Request, exc: HTTPError) -> None:

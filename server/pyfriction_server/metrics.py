@@ -141,6 +141,15 @@ class Registry:
 
 
 SOURCES = ("segment", "posthog", "native", "browser")
+#: What a Redis store (``--store``) did in this process since it started (``Tracker.store_stats``);
+#: 0 without one.
+STORE_STATS = {
+    "conflicts": "Redis store: users whose commit met another host's newer record and were scored again.",
+    "duplicates": "Redis store: events dropped as replays of events the user's record remembers.",
+    "capped": "Redis store: events dropped by the per-user rate cap.",
+    "fallbacks": "Redis store: users sent one by one because their node's batched call failed (slot moves, failovers).",
+    "unreplicated": "Redis store: writes fewer replicas acknowledged in time than `replicas` asks.",
+}
 #: Why a received message was not accepted (see ``pyfriction_server.ingest.REJECT_REASONS``).
 REJECT_REASONS = ("missing_user", "missing_event", "unknown_type", "unknown_call", "invalid", "duplicate",
                   "invalid_traits")  # fmt: skip
@@ -220,6 +229,7 @@ class Metrics:
             ("pyfriction_guidance_streams", "Open guidance streams (Server-Sent Events)."),
             ("pyfriction_dedupe_ids", "Delivery ids remembered for deduplication."),
             ("pyfriction_ready", "1 once the state is restored and the engine is ready."),
+            *((f"pyfriction_store_{name}", help_text) for name, help_text in STORE_STATS.items()),
         ):
             r.add(Gauge(name, help_text, g.get(name, lambda: 0.0)))
 

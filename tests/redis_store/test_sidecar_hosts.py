@@ -73,6 +73,9 @@ def test_two_sidecar_hosts_share_users_and_guidance(tmp_path: Path, redis_target
         wait_for(delivered, timeout=30, interval=0.05)
         assert [g["id"] for g in got] == ["pay-help"]
         assert httpx.get(f"{hosts[0].url}/v1/guidance/{user}", headers=AUTH, timeout=30).json()["guidance"] == []
+        # The store's counts are exported (Prometheus text; 0 here: no conflict, replay or cap).
+        text = httpx.get(hosts[0].url + "/metrics", timeout=30).text
+        assert "pyfriction_store_conflicts 0" in text and "pyfriction_store_capped 0" in text
         for host in hosts:
             assert host.stop() == 0
     finally:
