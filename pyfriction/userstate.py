@@ -29,7 +29,7 @@ import threading
 import weakref
 import zlib
 from collections.abc import Callable, Hashable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, Protocol, runtime_checkable
 
 import msgspec
@@ -133,6 +133,12 @@ class StateStore(Protocol):
         """A context manager yielding a :class:`StateTxn`; changes are kept when it exits."""
         ...
 
+    def session(self) -> Any:
+        """A context manager: the transactions this thread opens inside it may be one (the file
+        store: one lock, each record read and written once; a tracker's work for one episode).
+        Only transactions may be used inside it, no other method of the store."""
+        ...
+
     def codec(self, part: int, codec: Codec) -> None:
         """How ``part`` is stored (the file store needs it; the memory store ignores it)."""
         ...
@@ -197,6 +203,11 @@ class MemoryState:
         """The store itself, under its lock (changes are made in place)."""
         with self.lock:
             yield self
+
+    def session(self) -> AbstractContextManager[None]:
+        """See :meth:`StateStore.session`: nothing to share here (each transaction changes the
+        live objects in place)."""
+        return nullcontext()
 
     def codec(self, part: int, codec: Codec) -> None:
         """Not needed: the objects stay live."""
@@ -792,6 +803,9 @@ class FileState:
         self.codecs: dict[int, Codec] = {}
         self.packed: PackedCodec | None = None  # the guidance part's codec, if it packs
         self.rng = random.Random()
+        # The open session's transaction (see :meth:`session`) and the thread that opened it.
+        self._session: _FileTxn | None = None
+        self._session_thread = 0
         # A file object owns the descriptor: closed with the mapping when nothing uses it.
         file = open(os.open(path, os.O_RDWR | os.O_CREAT, 0o644), "r+b", buffering=0)
         st = os.fstat(file.fileno())
@@ -861,11 +875,42 @@ class FileState:
 
     @contextmanager
     def transaction(self) -> Iterator[_FileTxn]:
-        """See :meth:`StateStore.transaction`: the changes are written when it exits normally."""
+        """See :meth:`StateStore.transaction`: the changes are written when it exits normally
+        (inside a :meth:`session` of this thread: when the session does)."""
+        txn = self._session
+        if txn is not None and self._session_thread == threading.get_ident():
+            yield txn  # the session's lock is held and its commit writes this block's changes
+            return
         with self.locked():
             txn = _FileTxn(self)
             yield txn
             txn.commit()
+
+    @contextmanager
+    def session(self) -> Iterator[None]:
+        """See :meth:`StateStore.session`: one transaction for every transaction this thread
+        opens inside it, under one hold of the lock, written when the session exits normally
+        (nothing of it when it raises, as for one transaction).
+
+        Why this is safe: the lock is held from the first read to the last write, so the other
+        processes and threads see the session's changes all at once, as they saw each
+        transaction's before (a session is one longer transaction: atomic, never interleaved
+        with another's). Within it, each later block reads what the earlier ones changed (the
+        records cached by the transaction are the live objects those blocks changed), as it
+        would have read them back from the file. A tracker opens one per episode, around
+        ``select`` and ``InsightsCollector.episode``: the user's record is then read, decoded,
+        encoded and written once instead of once per block, and the scalars likewise."""
+        if self._session is not None and self._session_thread == threading.get_ident():
+            yield  # nested: the outer session commits
+            return
+        with self.locked():
+            txn = _FileTxn(self)
+            self._session, self._session_thread = txn, threading.get_ident()
+            try:
+                yield
+                txn.commit()
+            finally:
+                self._session = None
 
     # -- pieces for the transaction -----------------------------------------------------------------
     def _tick(self) -> int:
