@@ -883,14 +883,17 @@ class FileState:
         except (msgspec.DecodeError, ValueError):
             self.write_scalars({})
 
-    @contextmanager
-    def transaction(self) -> Iterator[_FileTxn]:
+    def transaction(self) -> AbstractContextManager[_FileTxn]:
         """See :meth:`StateStore.transaction`: the changes are written when it exits normally
         (inside a :meth:`session` of this thread: when the session does)."""
         txn = self._session
         if txn is not None and self._session_thread == threading.get_ident():
-            yield txn  # the session's lock is held and its commit writes this block's changes
-            return
+            # The session's lock is held and its commit writes this block's changes.
+            return nullcontext(txn)
+        return self._transaction()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[_FileTxn]:
         with self.locked():
             txn = _FileTxn(self)
             yield txn
