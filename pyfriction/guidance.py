@@ -249,6 +249,9 @@ _EXPIRED, _DETAILS = 32, 64
 _HEAD = struct.Struct("<BBBBBBd")  # length, format, recent, offers, given, dismissed, base
 _S32 = struct.Struct("<i")
 _NO_DETAILS: list[Any] = [None] * 5
+#: Marks set per combination of the five mark flags, and the structs of 0 to 5 marks.
+_N_MARKS = tuple(bin(f).count("1") for f in range(32))
+_MARKS_S = tuple(struct.Struct(f"<{n}H") for n in range(6))
 _LOCALE_MAX = 15
 
 
@@ -343,7 +346,7 @@ class _UserCodec:
             out.append(flags)
             out += _S32.pack(r)
             if marks:
-                out += struct.pack(f"<{len(marks)}H", *marks)
+                out += _MARKS_S[len(marks)].pack(*marks)
         latest = {o.guidance.id: o for o in offers}
         given_x: dict[str, float] = {}
         given_n = 0
@@ -404,8 +407,8 @@ class _UserCodec:
             idx, flags = record[at], record[at + 1]
             c = base - _S32.unpack_from(record, at + 2)[0] / TIME_UNITS
             at += 6
-            n_marks = bin(flags & 31).count("1")
-            marks = struct.unpack_from(f"<{n_marks}H", record, at)
+            n_marks = _N_MARKS[flags & 31]
+            marks = _MARKS_S[n_marks].unpack_from(record, at)
             at += 2 * n_marks
             gid_x, expires, episode_id, step, target = next(detail) if flags & _DETAILS else (None,) * 5
             item = items[idx] if idx < len(items) and idx != 255 else self.engine._items.get(gid_x or "")
