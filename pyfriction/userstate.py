@@ -789,6 +789,7 @@ def _after_fork_in_child() -> None:
         m.lock = threading.Lock()
     for state in list(_open_states):
         state.rng = random.Random()
+        state._session = None  # another thread's: it holds no lock in the child
 
 
 if hasattr(os, "register_at_fork"):
@@ -918,7 +919,10 @@ class FileState:
             return
         with self.locked():
             txn = _FileTxn(self)
-            self._session, self._session_thread = txn, threading.get_ident()
+            # The thread first: another thread that reads the session set must never pair it
+            # with a thread id of its own (from a session of its that ended).
+            self._session_thread = threading.get_ident()
+            self._session = txn
             try:
                 yield
                 txn.commit()
