@@ -247,6 +247,11 @@ _I32 = (1 << 31) - 1
 _MARKS = ("delivered", "shown", "clicked", "dismissed", "completed")
 _EXPIRED, _DETAILS = 32, 64
 _HEAD = struct.Struct("<BBBBBBd")  # length, format, recent, offers, given, dismissed, base
+_S32 = struct.Struct("<i")
+_NO_DETAILS: list[Any] = [None] * 5
+#: Marks set per combination of the five mark flags, and the structs of 0 to 5 marks.
+_N_MARKS = tuple(bin(f).count("1") for f in range(32))
+_MARKS_S = tuple(struct.Struct(f"<{n}H") for n in range(6))
 _LOCALE_MAX = 15
 
 
@@ -281,18 +286,19 @@ class _UserCodec:
     def pack(self, u: _User, user_id: str) -> tuple[bytes, Any]:
         """``(record, rest)``: see the class."""
         offers = list(u.offers.values())
-        times = [o.guidance.created_at for o in offers] + list(u.recent) + list(u.given.values())
-        times += list(u.dismissed.values())
-        base = offers[-1].guidance.created_at if offers else (max(times) if times else 0.0)
+        if offers:
+            base = offers[-1].guidance.created_at
+        else:
+            times = list(u.recent) + list(u.given.values()) + list(u.dismissed.values())
+            base = max(times) if times else 0.0
 
         def rel(t: float) -> int:
             d = round((base - t) * TIME_UNITS)
             return -_I32 if d < -_I32 else (_I32 if d > _I32 else d)
 
-        def back(t: float) -> float:
-            return base - rel(t) / TIME_UNITS
-
         prefix = f"{key64(user_id):016x}-" if user_id else ""
+        expire_after = self.engine.config.expire_after
+        index = self._index
         out = bytearray()
         extra_traits = dict(u.traits)
         loc = extra_traits.get("locale")
@@ -310,36 +316,37 @@ class _UserCodec:
                 out.append(i)
             else:
                 out.append(255)
-                out += struct.pack("<i", rel(t))
+                out += _S32.pack(rel(t))
             recent_n += 1
         details: list[Any] = []
         for o in offers:
             g = o.guidance
-            idx = self._index.get(g.id, 255)
+            idx = index.get(g.id, 255)
             flags = 0
             marks = []
-            for bit, name in enumerate(_MARKS):
-                when = getattr(o, name)
+            r = rel(g.created_at)
+            c = base - r / TIME_UNITS  # the offer's time as the record gives it back
+            for bit, when in enumerate((o.delivered, o.shown, o.clicked, o.dismissed, o.completed)):
                 if when:
                     flags |= 1 << bit
-                    marks.append(min(65535, max(0, round(when - back(g.created_at)))))
+                    marks.append(min(65535, max(0, round(when - c))))
             if o.expired:
                 flags |= _EXPIRED
-            c = back(g.created_at)
             mine = [
                 g.id if idx == 255 else None,
-                None if g.expires_at == c + self.engine.config.expire_after else g.expires_at,
+                None if g.expires_at == c + expire_after else g.expires_at,
                 None if prefix and g.episode_id == f"{prefix}{int(c * 1000.0):x}" else g.episode_id,
                 g.step,
                 g.target,
             ]
-            if any(v is not None for v in mine):
+            if mine != _NO_DETAILS:
                 flags |= _DETAILS
                 details.append(mine)
             out.append(idx)
             out.append(flags)
-            out += struct.pack("<i", rel(g.created_at))
-            out += struct.pack(f"<{len(marks)}H", *marks)
+            out += _S32.pack(r)
+            if marks:
+                out += _MARKS_S[len(marks)].pack(*marks)
         latest = {o.guidance.id: o for o in offers}
         given_x: dict[str, float] = {}
         given_n = 0
@@ -347,9 +354,9 @@ class _UserCodec:
             last = latest.get(gid)
             if last is not None and last.guidance.created_at == t:
                 continue  # implied by the offer
-            if gid in self._index:
-                out.append(self._index[gid])
-                out += struct.pack("<i", rel(t))
+            if gid in index:
+                out.append(index[gid])
+                out += _S32.pack(rel(t))
                 given_n += 1
             else:
                 given_x[gid] = t
@@ -359,9 +366,9 @@ class _UserCodec:
             last = latest.get(gid)
             if last is not None and last.dismissed == t:
                 continue  # implied by the offer's mark (whole seconds after it)
-            if gid in self._index:
-                out.append(self._index[gid])
-                out += struct.pack("<i", rel(t))
+            if gid in index:
+                out.append(index[gid])
+                out += _S32.pack(rel(t))
                 dism_n += 1
             else:
                 dism_x[gid] = t
@@ -390,7 +397,7 @@ class _UserCodec:
             i = record[at]
             at += 1
             if i == 255:
-                recent.append(base - struct.unpack_from("<i", record, at)[0] / TIME_UNITS)
+                recent.append(base - _S32.unpack_from(record, at)[0] / TIME_UNITS)
                 at += 4
             else:
                 recent.append(i)
@@ -398,10 +405,10 @@ class _UserCodec:
         offers: list[_Offer] = []
         for _ in range(offers_n):
             idx, flags = record[at], record[at + 1]
-            c = base - struct.unpack_from("<i", record, at + 2)[0] / TIME_UNITS
+            c = base - _S32.unpack_from(record, at + 2)[0] / TIME_UNITS
             at += 6
-            n_marks = bin(flags & 31).count("1")
-            marks = struct.unpack_from(f"<{n_marks}H", record, at)
+            n_marks = _N_MARKS[flags & 31]
+            marks = _MARKS_S[n_marks].unpack_from(record, at)
             at += 2 * n_marks
             gid_x, expires, episode_id, step, target = next(detail) if flags & _DETAILS else (None,) * 5
             item = items[idx] if idx < len(items) and idx != 255 else self.engine._items.get(gid_x or "")

@@ -72,7 +72,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Hashable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, cast
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -630,6 +630,11 @@ class RedisState:
     def codec(self, part: int, codec: Codec) -> None:
         """See :meth:`StateStore.codec`."""
         self.codecs[part] = codec
+
+    def session(self) -> AbstractContextManager[None]:
+        """See :meth:`StateStore.session`: each transaction stays its own here (a transaction
+        locks the users it touches as it meets them)."""
+        return nullcontext()
 
     # -- keys ------------------------------------------------------------------------------------------
     def user_keys(self, user_id: str) -> tuple[str, str]:

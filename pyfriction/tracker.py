@@ -386,9 +386,12 @@ class Tracker:
                                self._rules, stall_need)  # fmt: skip
         try:  # guidance and measurement never break observe
             self._forget_evicted()
-            picked = self._guidance.select(episode)
-            episode.guidance, episode.holdout = picked.guidance, picked.holdout
-            self._insights.episode(episode, picked.eligible)
+            # One transaction for the episode's facts (a file store: one lock, the user's
+            # record read and written once; see StateStore.session).
+            with self._state.session():
+                picked = self._guidance.select(episode)
+                episode.guidance, episode.holdout = picked.guidance, picked.holdout
+                self._insights.episode(episode, picked.eligible)
         except Exception:
             log.exception("pyfriction: guidance selection failed for episode %s", episode.episode_id)
         if episode.guidance is not None and self._on_guidance:

@@ -29,7 +29,7 @@ import threading
 import weakref
 import zlib
 from collections.abc import Callable, Hashable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, Protocol, runtime_checkable
 
 import msgspec
@@ -133,6 +133,12 @@ class StateStore(Protocol):
         """A context manager yielding a :class:`StateTxn`; changes are kept when it exits."""
         ...
 
+    def session(self) -> Any:
+        """A context manager: the transactions this thread opens inside it may be one (the file
+        store: one lock, each record read and written once; a tracker's work for one episode).
+        Only transactions may be used inside it, no other method of the store."""
+        ...
+
     def codec(self, part: int, codec: Codec) -> None:
         """How ``part`` is stored (the file store needs it; the memory store ignores it)."""
         ...
@@ -197,6 +203,11 @@ class MemoryState:
         """The store itself, under its lock (changes are made in place)."""
         with self.lock:
             yield self
+
+    def session(self) -> AbstractContextManager[None]:
+        """See :meth:`StateStore.session`: nothing to share here (each transaction changes the
+        live objects in place)."""
+        return nullcontext()
 
     def codec(self, part: int, codec: Codec) -> None:
         """Not needed: the objects stay live."""
@@ -336,6 +347,8 @@ USER_KIND = 1
 #: Users sampled to pick one to evict (the least recently active of them, as Redis does).
 EVICT_SAMPLE = 16
 NONE = 0xFFFFFFFF
+#: Aggregate row keys memoised per store (FileState.row_key).
+_ROW_KEYS_MAX = 4 * MAX_KEYS
 
 
 def facts_path(store_path: str) -> str:
@@ -511,9 +524,13 @@ class _Table:
             inline = at + _ENTRY.size + self.guide_size
             self.mm[inline : inline + len(body)] = body
         if self.guide_size:
-            self.mm[at + _ENTRY.size : at + _ENTRY.size + self.guide_size] = guide.ljust(self.guide_size, b"\0")
+            guide = guide.ljust(self.guide_size, b"\0")
+            self.mm[at + _ENTRY.size : at + _ENTRY.size + self.guide_size] = guide
+            crc = zlib.crc32(body, zlib.crc32(guide))  # what checksum(e, body) reads back, in hand
+        else:
+            crc = zlib.crc32(body)
         # The header last, checksum included: a record cut short by a crash fails its check.
-        self.mm[at : at + _ENTRY.size] = _ENTRY.pack(key, tick, ext, len(body), kind, self.checksum(e, body))
+        self.mm[at : at + _ENTRY.size] = _ENTRY.pack(key, tick, ext, len(body), kind, crc)
         return True
 
     def insert(self, key: int, st: list[int]) -> int:
@@ -613,8 +630,9 @@ class _FileTxn:
             e = t.find(key64(user_id))
             raw = b""
             if e >= 0:
-                raw = t.guide(e) + t.body(e)
-                got = self.store.read_entry(t, e)
+                guide, body = t.guide(e), t.body(e)
+                raw = guide + body
+                got = self.store.read_entry(t, e, guide, body)
                 if got is not None and got[0] == user_id:  # else another id with the same key
                     parts = got[1]
             rec = self.users[user_id] = [parts, [False] * N_PARTS, False, raw]
@@ -659,7 +677,9 @@ class _FileTxn:
             return None
         raw = t.body(e)
         row = list(msgspec.msgpack.decode(raw)[1])
-        self.rows_[(table, key)] = [row, raw]
+        # The entry number too: the aggregate table only changes under the lock, which the
+        # transaction holds until its commit writes the row back there.
+        self.rows_[(table, key)] = [row, raw, e]
         return row
 
     def row(self, table: str, key: Hashable, fresh: Callable[[], list[Any]]) -> list[Any]:
@@ -674,7 +694,7 @@ class _FileTxn:
             if found is not None:
                 return found
         row = fresh()
-        self.rows_[(table, key)] = [row, b""]
+        self.rows_[(table, key)] = [row, b"", -1]
         return row
 
     @property
@@ -769,6 +789,7 @@ def _after_fork_in_child() -> None:
         m.lock = threading.Lock()
     for state in list(_open_states):
         state.rng = random.Random()
+        state._session = None  # another thread's: it holds no lock in the child
 
 
 if hasattr(os, "register_at_fork"):
@@ -792,6 +813,10 @@ class FileState:
         self.codecs: dict[int, Codec] = {}
         self.packed: PackedCodec | None = None  # the guidance part's codec, if it packs
         self.rng = random.Random()
+        # The open session's transaction (see :meth:`session`) and the thread that opened it.
+        self._session: _FileTxn | None = None
+        self._session_thread = 0
+        self._row_keys: dict[tuple[str, Hashable], int] = {}
         # A file object owns the descriptor: closed with the mapping when nothing uses it.
         file = open(os.open(path, os.O_RDWR | os.O_CREAT, 0o644), "r+b", buffering=0)
         st = os.fstat(file.fileno())
@@ -859,13 +884,50 @@ class FileState:
         except (msgspec.DecodeError, ValueError):
             self.write_scalars({})
 
+    def transaction(self) -> AbstractContextManager[_FileTxn]:
+        """See :meth:`StateStore.transaction`: the changes are written when it exits normally
+        (inside a :meth:`session` of this thread: when the session does)."""
+        txn = self._session
+        if txn is not None and self._session_thread == threading.get_ident():
+            # The session's lock is held and its commit writes this block's changes.
+            return nullcontext(txn)
+        return self._transaction()
+
     @contextmanager
-    def transaction(self) -> Iterator[_FileTxn]:
-        """See :meth:`StateStore.transaction`: the changes are written when it exits normally."""
+    def _transaction(self) -> Iterator[_FileTxn]:
         with self.locked():
             txn = _FileTxn(self)
             yield txn
             txn.commit()
+
+    @contextmanager
+    def session(self) -> Iterator[None]:
+        """See :meth:`StateStore.session`: one transaction for every transaction this thread
+        opens inside it, under one hold of the lock, written when the session exits normally
+        (nothing of it when it raises, as for one transaction).
+
+        Why this is safe: the lock is held from the first read to the last write, so the other
+        processes and threads see the session's changes all at once, as they saw each
+        transaction's before (a session is one longer transaction: atomic, never interleaved
+        with another's). Within it, each later block reads what the earlier ones changed (the
+        records cached by the transaction are the live objects those blocks changed), as it
+        would have read them back from the file. A tracker opens one per episode, around
+        ``select`` and ``InsightsCollector.episode``: the user's record is then read, decoded,
+        encoded and written once instead of once per block, and the scalars likewise."""
+        if self._session is not None and self._session_thread == threading.get_ident():
+            yield  # nested: the outer session commits
+            return
+        with self.locked():
+            txn = _FileTxn(self)
+            # The thread first: another thread that reads the session set must never pair it
+            # with a thread id of its own (from a session of its that ended).
+            self._session_thread = threading.get_ident()
+            self._session = txn
+            try:
+                yield
+                txn.commit()
+            finally:
+                self._session = None
 
     # -- pieces for the transaction -----------------------------------------------------------------
     def _tick(self) -> int:
@@ -883,15 +945,18 @@ class FileState:
             return packed.unpack(plain[0], plain[1], user_id)
         return self.codecs[part].decode(plain)
 
-    def read_entry(self, t: _Table, e: int) -> tuple[str, list[Any]] | None:
+    def read_entry(self, t: _Table, e: int, guide: bytes | None = None,
+                   body: bytes | None = None) -> tuple[str, list[Any]] | None:  # fmt: skip
         """``(user id, parts as stored)`` of entry ``e`` (None if unreadable): the guidance
-        part as ``(record, rest)``, the others plain."""
+        part as ``(record, rest)``, the others plain. ``guide`` and ``body``: the entry's, when
+        the caller has read them already (under the same hold of the lock)."""
         try:
-            doc = msgspec.msgpack.decode(t.body(e))
+            doc = msgspec.msgpack.decode(t.body(e) if body is None else body)
             uid, parts = str(doc[0]), list(doc[1:]) + [None] * (N_PARTS + 1 - len(doc))
         except (msgspec.DecodeError, IndexError, TypeError, ValueError):
             return None
-        guide = t.guide(e)
+        if guide is None:
+            guide = t.guide(e)
         spill = parts[GUIDANCE]
         if guide[0]:
             record = guide[: min(guide[0], GUIDE)] + (bytes(spill[0]) if spill else b"")
@@ -962,7 +1027,17 @@ class FileState:
         return True
 
     def row_key(self, table: str, key: Hashable) -> int:
-        return key64(table + "\0" + msgspec.json.encode(key).decode())
+        # A pure function of (table, key), worked out twice per row and transaction: memoised
+        # (bounded; the keys are few, MAX_KEYS a table once pooled) for the keys the insights
+        # use, str and tuples of str or None, where equal keys encode alike (1 == True does not).
+        found = self._row_keys.get((table, key))
+        if found is None:
+            found = key64(table + "\0" + msgspec.json.encode(key).decode())
+            if type(key) is str or (type(key) is tuple and all(k is None or type(k) is str for k in key)):
+                if len(self._row_keys) >= _ROW_KEYS_MAX:
+                    self._row_keys.clear()
+                self._row_keys[(table, key)] = found
+        return found
 
     def row_count(self, table: str) -> int:
         at = _ROWS_OFF + 4 * TABLES.index(table)
@@ -971,12 +1046,11 @@ class FileState:
     def commit_rows(self, rows: dict[tuple[str, Any], list[Any]]) -> None:
         t = self.agg_table
         st = t.state()
-        for (table, key), (row, raw) in rows.items():
+        for (table, key), (row, raw, e) in rows.items():
             body = msgspec.msgpack.encode([key, row])
             if body == raw:
                 continue
             rk = self.row_key(table, key)
-            e = t.find(rk)
             if e < 0:
                 e = t.insert(rk, st)
                 if e < 0:

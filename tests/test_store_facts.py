@@ -354,3 +354,55 @@ def test_a_process_killed_holding_the_lock_wedges_nobody(tmp_path: Path) -> None
     assert "after" in ids and len(ids) == len(set(ids))
     assert facts.count(0) == len(ids)
     tracker.close()
+
+
+def test_a_session_is_one_transaction(tmp_path: Path) -> None:
+    """``FileState.session``: the transactions a thread opens inside it see each other's changes
+    and are written together when it exits; nothing of it when it raises; another thread's
+    transaction waits for the session's end."""
+    from pyfriction.userstate import STRUGGLE
+
+    class Plain:
+        def encode(self, value: Any) -> Any:
+            return value
+
+        def decode(self, plain: Any) -> Any:
+            return plain
+
+    state = FileState(str(tmp_path / "s.facts"), 64)
+    state.codec(STRUGGLE, Plain())
+    other = FileState(str(tmp_path / "s.facts"), 64)  # the same file: the same lock
+    other.codec(STRUGGLE, Plain())
+
+    def read(s: FileState, uid: str) -> Any:
+        with s.transaction() as tx:
+            return tx.peek(STRUGGLE, uid)
+
+    seen: list[Any] = []
+    with state.session():
+        with state.transaction() as tx:
+            tx.user(STRUGGLE, "u", lambda: "first")
+            tx.row("items", "x", lambda: [0])[0] += 1
+        with state.transaction() as tx:
+            assert tx.peek(STRUGGLE, "u") == "first"  # the earlier block's change
+            assert tx.get_row("items", "x") == [1]
+            tx.discard(STRUGGLE, "u")
+            tx.user(STRUGGLE, "u", lambda: "second")
+        waiter = threading.Thread(target=lambda: seen.append(read(other, "u")))
+        waiter.start()
+        time.sleep(0.2)
+        assert seen == []  # the session holds the lock
+    waiter.join(10)
+    assert seen == ["second"]  # written once the session ended
+    assert read(state, "u") == "second" and dict(state.rows("items")) == {"x": [1]}
+    with pytest.raises(RuntimeError):
+        with state.session():
+            with state.transaction() as tx:
+                tx.discard(STRUGGLE, "u")
+                tx.user(STRUGGLE, "u", lambda: "third")
+            raise RuntimeError("boom")
+    assert read(other, "u") == "second"  # a session that raised wrote nothing
+    with state.session(), state.session(), state.transaction() as tx:  # nested: the outer commits
+        tx.discard(STRUGGLE, "u")
+        tx.user(STRUGGLE, "u", lambda: "fourth")
+    assert read(other, "u") == "fourth"
