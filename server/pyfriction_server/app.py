@@ -319,9 +319,10 @@ def _lifespan(sc: Sidecar) -> Callable[[Starlette], Any]:
                 if await sc.state.snapshot():
                     last_snapshot[0] = time.monotonic()
 
-        # One worker runs the time-driven checks for everyone: they walk the shared store.
+        # One worker runs the time-driven checks for everyone: they walk the shared store. On a
+        # Redis store each process checks the users it scored lately, so every worker does.
         tasks = []
-        if sc.worker is None or sc.worker.index == 0:
+        if sc.worker is None or sc.worker.index == 0 or sc.settings.store:
             tasks.append(asyncio.create_task(_every(sc.settings.tick_interval, tick)))
         bell = sc.state.bell
         if bell is not None:
@@ -333,11 +334,16 @@ def _lifespan(sc: Sidecar) -> Callable[[Starlette], Any]:
                     sc.hub.heard(keys)
 
             tasks.append(asyncio.create_task(_every(BELL_INTERVAL, listen)))
+        push = sc.state.push
+        if push is not None:
+            push.start(lambda keys: loop.call_soon_threadsafe(sc.hub.heard, keys))
         if sc.state.directory is not None:
             tasks.append(asyncio.create_task(_every(1.0, maybe_snapshot)))
         try:
             yield
         finally:
+            if push is not None:
+                push.stop()
             sc.hub.close()
             for t in tasks:
                 t.cancel()

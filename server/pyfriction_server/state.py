@@ -53,6 +53,7 @@ from pyfriction.store import StoreError
 from .errors import HTTPError
 from .journal import Damage, Journal, _fsync_dir, read_segment, segments
 from .metrics import Metrics
+from .push import RedisPush
 from .settings import SINGLE_PROCESS_STATE, Settings
 from .shared import Bell, SharedIds, Watermark, Worker
 
@@ -94,6 +95,7 @@ class State:
         #: Worker mode: the shared dedupe memory, the guidance bell, this journal's watermark.
         self.shared_ids: SharedIds | None = None
         self.bell: Bell | None = None
+        self.push: RedisPush | None = None
         self._mark: Watermark | None = None
         self._tag = 0
         self.journal: Journal | None = None
@@ -193,6 +195,12 @@ class State:
         self._lock(directory)
         store = self.settings.store or "file://" + os.path.join(root, STORE_FILE)
         self.tracker = self._new_tracker(config, None, store=store)
+        if self.settings.store:  # several hosts: a stream held on one hears of guidance from all
+            from pyfriction.redis_engine import split_options  # redis-py: only with a Redis store
+            from pyfriction.redis_state import redis_client
+
+            uri, options = split_options(self.settings.store)
+            self.push = RedisPush(redis_client(uri), str(options.get("prefix", "pf")))
         self.shared_ids = SharedIds(os.path.join(root, IDS_FILE), self.settings.dedupe_size)
         self.bell = Bell(os.path.join(root, BELL_FILE))
         self._mark = Watermark(os.path.join(directory, "applied"))
@@ -412,6 +420,8 @@ class State:
             return
         if self.bell is not None:  # the user's stream may be held by another worker
             self.bell.ring(user_id)
+        if self.push is not None:  # ...or on another host
+            self.push.publish(user_id)
         for listener in self.guidance_listeners:
             listener(user_id)
 

@@ -4,6 +4,7 @@ balancer but the test, which sends a user's events to either host."""
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from pathlib import Path
@@ -11,9 +12,12 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 from server.sidecar_util import ADMIN_KEY, WRITE_KEY, ProcessServer, wait_for
 
+from pyfriction.recent import fingerprint
 from pyfriction.tracker import compiled_available
+from pyfriction_server.push import BUCKETS
 
 AUTH = {"X-Write-Key": WRITE_KEY}
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -21,6 +25,7 @@ CONFIG = """\
 capacity = 20000
 [server]
 dedupe_size = 100000
+sse_keepalive = 60.0
 [scoring]
 cooldown = 0.0
 [guidance]
@@ -33,6 +38,17 @@ kind = "tooltip"
 anchor = "#pay"
 title = "Payment is on its way"
 """
+
+
+def _listeners(uri: str, prefix: str, user: str) -> int:
+    """Subscribers of the user's wake-up channel, summed over every node of ``uri``."""
+    channel = f"{prefix}:{{g{fingerprint(user) % BUCKETS}}}"
+    total = 0
+    for hostport in uri.split("://", 1)[1].split("/", 1)[0].split(","):
+        host, _, port = hostport.rpartition(":")
+        with redis.Redis(host=host, port=int(port)) as r:
+            total += int(r.execute_command("PUBSUB", "SHARDNUMSUB", channel)[1])
+    return total
 
 
 def _host(tmp_path: Path, name: str, uri: str, prefix: str) -> ProcessServer:
@@ -76,6 +92,44 @@ def test_two_sidecar_hosts_share_users_and_guidance(tmp_path: Path, redis_target
         # The store's counts are exported (Prometheus text; 0 here: no conflict, replay or cap).
         text = httpx.get(hosts[0].url + "/metrics", timeout=30).text
         assert "pyfriction_store_conflicts 0" in text and "pyfriction_store_capped 0" in text
+        for host in hosts:
+            assert host.stop() == 0
+    finally:
+        for host in hosts:
+            if host.proc is not None and host.proc.poll() is None:
+                host.kill()
+
+
+@pytest.mark.skipif(not compiled_available(), reason="the sidecar's default engine is the compiled one")
+def test_a_stream_on_one_host_hears_guidance_queued_on_another(tmp_path: Path, redis_target: tuple[str, str]) -> None:
+    """Pushed by sharded pub/sub: the stream wakes long before its next keep-alive (60 s here),
+    when it would otherwise read the store again."""
+    prefix = "p" + uuid.uuid4().hex[:8]
+    hosts = [_host(tmp_path, f"host{i}", redis_target[1], prefix).start() for i in range(2)]
+    try:
+        user = "u-" + prefix
+        with httpx.stream("GET", f"{hosts[1].url}/v1/guidance/{user}/stream", params={"key": WRITE_KEY},
+                          timeout=60) as r:  # fmt: skip
+            lines = r.iter_lines()
+            assert next(lines) == "retry: 3000"
+            next(lines)  # the stream's comment line
+            wait_for(lambda: _listeners(redis_target[1], prefix, user) >= 2, timeout=30)  # both hosts listen
+            now = time.time()
+            clicks = [{"id": f"c{i}", "user_id": user, "type": "click", "target": "#pay", "ts": now + i * 0.1}
+                      for i in range(4)]  # fmt: skip
+            started = time.monotonic()
+            r0 = httpx.post(hosts[0].url + "/v1/events", json=clicks, headers=AUTH, timeout=30)
+            assert r0.status_code == 200 and r0.json()["accepted"] == 4
+            event = None
+            got: list[str] = []
+            for line in lines:
+                if line.startswith("event: "):
+                    event = line[7:]
+                elif line.startswith("data: ") and event == "guidance":
+                    got.append(json.loads(line[6:])["id"])
+                    break
+            assert got == ["pay-help"]
+            assert time.monotonic() - started < 30  # pushed, not read at the keep-alive
         for host in hosts:
             assert host.stop() == 0
     finally:
