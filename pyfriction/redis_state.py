@@ -23,15 +23,18 @@ re-run by the store, so an optimistic compare-and-set that fails at commit could
 losing the caller's update. Instead the first touch of a user in a transaction takes the
 user's lock and reads the user's hash in one script (``SET lock token NX PX ttl`` then
 ``HGETALL``: one round trip); the commit is one script that checks the token is still ours,
-writes the changed parts and activity times and deletes the lock, atomically. That is correct
-across hosts without clocks: a holder that stalls beyond ``lock_ttl`` (10 s) lost its lock,
-and its commit is refused with :class:`~pyfriction.store.StoreError` (a fenced write, never a
-lost update); a holder that dies is replaced once the lock expires. Waiters poll with a
-backoff bounded by the lock's remaining time, up to ``lock_wait``, then raise. Contention is
-for one user's episodes on two hosts at once: rare. Cost: two round trips per transaction
-(read-with-lock, commit) plus the aggregates' pipeline; an unchanged user costs an unlock.
-A transaction touching several users (only ``load`` does) takes their locks in the order it
-touches them; two such at once may wait for each other until ``lock_wait``.
+writes the changed parts and activity times, records the token as the hash's version ``v``
+and deletes the lock, atomically. That is correct across hosts without clocks: a holder that
+stalls beyond ``lock_ttl`` (10 s) lost its lock, and its commit is refused with
+:class:`~pyfriction.store.StoreError` (a fenced write, never a lost update); a holder that dies
+is replaced once the lock expires. A commit that finds its lock gone but nobody else's lock
+and the version it read still there (the lock expired, or vanished in a failover: nobody wrote
+the user since) writes all the same: a compare-and-set on ``v`` as a fallback. Waiters poll
+with a backoff bounded by the lock's remaining time, up to ``lock_wait``, then raise.
+Contention is for one user's episodes on two hosts at once: rare. Cost: two round trips per
+transaction (read-with-lock, commit) plus the aggregates' pipeline; an unchanged user costs an
+unlock. A transaction touching several users (only ``load`` does) takes their locks in the
+order it touches them; two such at once may wait for each other until ``lock_wait``.
 
 **Aggregates and scalars: merged, not locked.** A row is read (one ``HGETALL``) and handed
 out as a live list; at commit, the difference between the row as read and as left is applied
@@ -61,6 +64,50 @@ that skips a user whose lock is held (put back) or whose hash says they were act
 two steps (users first; deltas only once every user's commit succeeded): a host dying in
 between loses that transaction's deltas, not a user's consistency. :meth:`RedisState.clear`
 (before a load) is not atomic with concurrent writers.
+
+**Retries.** Every operation is retried after a transient error (a connection refused or
+dropped, a timeout, ``CLUSTERDOWN``, ``MASTERDOWN``, ``READONLY``, ``LOADING``, ``TRYAGAIN``,
+``MOVED``/``ASK`` redis-py did not follow itself, ...) with a growing, jittered pause (10 ms to
+250 ms) until ``retry_timeout`` (10 s by default: a Redis Cluster fails a primary over in a few
+seconds), then raises :class:`~pyfriction.store.StoreError` naming the last error. Redis
+Cluster failovers, live slot moves (ASK, TRYAGAIN while a user's keys are half moved), restarts
+and Sentinel switches are thus invisible to callers but as latency. A retry may run a script
+whose first run was applied and only its reply lost (the primary died after applying it, or the
+connection dropped; redis-py resends too): every write is idempotent, so that it counts once:
+
+* a user's commit whose lock is gone but whose token is the hash's version ``v`` was applied:
+  it answers "done", not "lost the lock". A commit that removes a user's last part leaves a
+  tombstone (the hash with only ``v``, expiring after ``remember``) for that answer;
+* the lock script taking a lock already held with our token takes it (a lost reply);
+* aggregate and scalar deltas and reservoir appends carry their writer (this process, a fresh id
+  in a forked child, and thread) and a sequence number drawn at commit (increasing per process,
+  so per thread); the script applying them keeps each writer's last number in a small hash on
+  the same slot (``P:{rR}:w``, ``{P:scalars}:w``, ``{P:reservoir}:w``) and skips a number already
+  applied. Each run drops one random writer unheard of for ``remember`` (60 s by default, more
+  than ``retry_timeout``) and the hash expires after it: it holds about the writers of the last
+  minute;
+* eviction reads its candidates (``ZRANGE``), not pops them, and removes only those whose score
+  did not change; activity (``ZADD``/``ZREM``), names (``HSETNX``) and reads repeat harmlessly.
+
+**Durability: ``replicas``.** Redis replicates asynchronously: a primary acknowledges a write
+before its replicas have it, and a primary killed at that moment is failed over to a replica
+without it. With ``replicas=0`` (the default) a commit returns once its primary applied it; a
+failover may then lose the last writes acknowledged by the dead primary (those of about its
+last replication round trip: usually well under a second; a user's part falls back to the
+version before, a delta is missing from its row, a lock taken there is gone, which the
+version fallback above absorbs). With ``replicas=1`` (``?replicas=1`` in the URI) each commit
+step ends with ``WAIT 1 1000`` on every primary it wrote to, on the connection that wrote, and
+is run again (idempotently) until each primary confirms, else :class:`StoreError` after
+``retry_timeout``: an acknowledged transaction then survives the failover of its primary to
+that replica (Redis Cluster promotes the most up-to-date replica; with ``replicas=1`` and two
+replicas per primary, the other one may be promoted: ask for as many as there are). What
+``WAIT`` does not cover: a transaction's two steps (a host dying between them: its deltas);
+``WAIT`` is not a consensus (a primary partitioned from the cluster with its clients may still
+apply writes that the other side's failover discards, until ``cluster-node-timeout``); a write
+redirected by ``ASK`` during a slot move (it lands on the slot's destination, ``WAIT`` goes to
+its source, the owner the client knows) is not waited for; and
+writes block (then fail) while a primary has fewer replicas in sync than asked, e.g. between
+a failover and the dead node's return as a replica.
 """
 
 from __future__ import annotations
@@ -297,7 +344,11 @@ def _transient(exc: BaseException) -> bool:
     if isinstance(exc, (_NotReplicated, redis.ConnectionError, redis.TimeoutError, ClusterError, TryAgainError,
                         AskError, ReadOnlyError, RedisClusterException)):  # fmt: skip
         return True
-    return isinstance(exc, ResponseError) and str(exc).split(" ", 1)[0] in _TRANSIENT_REPLIES
+    if not isinstance(exc, ResponseError):
+        return False
+    text = str(exc)
+    # (WAIT sent where the slot map, not yet refreshed, still shows a demoted primary)
+    return text.split(" ", 1)[0] in _TRANSIENT_REPLIES or text.startswith("WAIT cannot be used with replica")
 
 
 # Who applies a delta, for the scripts' memory of what they applied (see ``_SEEN``): this process
