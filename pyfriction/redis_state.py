@@ -23,7 +23,7 @@ re-run by the store, so an optimistic compare-and-set that fails at commit could
 losing the caller's update. Instead the first touch of a user in a transaction takes the
 user's lock and reads the user's hash in one script (``SET lock token NX PX ttl`` then
 ``HGETALL``: one round trip); the commit is one script that checks the token is still ours,
-writes the changed parts and activity times, records the token as the hash's version ``v``
+writes the changed parts and activity times, records its token as the hash's version ``v``
 and deletes the lock, atomically. That is correct across hosts without clocks: a holder that
 stalls beyond ``lock_ttl`` (10 s) lost its lock, and its commit is refused with
 :class:`~pyfriction.store.StoreError` (a fenced write, never a lost update); a holder that dies
@@ -75,17 +75,18 @@ and Sentinel switches are thus invisible to callers but as latency. A retry may 
 whose first run was applied and only its reply lost (the primary died after applying it, or the
 connection dropped; redis-py resends too): every write is idempotent, so that it counts once:
 
-* a user's commit whose lock is gone but whose token is the hash's version ``v`` was applied:
-  it answers "done", not "lost the lock". A commit that removes a user's last part leaves a
-  tombstone (the hash with only ``v``, expiring after ``remember``) for that answer;
+* every commit script (a user's, an aggregate row's, the scalars', the reservoir's) carries its
+  writer (this process, a fresh id in a forked child, and thread) and a sequence number drawn
+  when the commit starts (increasing per process, so per thread, whose commits are one after
+  the other); the script keeps each writer's last number in a small hash on the key's slot
+  (``P:{H}:u:w``, ``P:{rR}:w``, ``{P:scalars}:w``, ``{P:reservoir}:w``) and, finding its number
+  there already, answers "done" without writing: a user's commit applied whose reply was lost
+  is not reported as a lost lock, even after other hosts have committed that user since, and a
+  delta counts once. Each run drops one random writer unheard of for ``remember`` (30 s by
+  default, at least 3 x ``retry_timeout``) and the hash expires after it: it holds the writers
+  of about the last ``remember`` seconds (a cost: a small hash per user and row written in that
+  window);
 * the lock script taking a lock already held with our token takes it (a lost reply);
-* aggregate and scalar deltas and reservoir appends carry their writer (this process, a fresh id
-  in a forked child, and thread) and a sequence number drawn at commit (increasing per process,
-  so per thread); the script applying them keeps each writer's last number in a small hash on
-  the same slot (``P:{rR}:w``, ``{P:scalars}:w``, ``{P:reservoir}:w``) and skips a number already
-  applied. Each run drops one random writer unheard of for ``remember`` (60 s by default, more
-  than ``retry_timeout``) and the hash expires after it: it holds about the writers of the last
-  minute;
 * eviction reads its candidates (``ZRANGE``), not pops them, and removes only those whose score
   did not change; activity (``ZADD``/``ZREM``), names (``HSETNX``) and reads repeat harmlessly.
 
@@ -112,6 +113,7 @@ a failover and the dead node's return as a replica.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import os
@@ -168,37 +170,6 @@ if got then return {1, redis.call('HGETALL', KEYS[2])} end
 return {0, redis.call('PTTL', KEYS[1])}
 """
 
-_COMMIT = """
-local held = redis.call('GET', KEYS[1])
-local v = redis.call('HGET', KEYS[2], 'v') or ''
-if held ~= ARGV[1] then
-  if v == ARGV[1] then
-    redis.call('HSET', KEYS[2], 'v', ARGV[1])
-    return 2
-  end
-  if held or v ~= ARGV[4] then return 0 end
-end
-local n = tonumber(ARGV[3])
-for i = 6, #ARGV, 3 do
-  if ARGV[i] == 'S' then redis.call('HSET', KEYS[2], ARGV[i + 1], ARGV[i + 2])
-  else redis.call('HDEL', KEYS[2], ARGV[i + 1]) end
-end
-local left = false
-for p = 0, n - 1 do
-  if redis.call('HEXISTS', KEYS[2], 'p' .. p) == 1 then left = true end
-end
-if left then
-  redis.call('HSET', KEYS[2], 'id', ARGV[2], 'v', ARGV[1])
-  redis.call('PERSIST', KEYS[2])
-else
-  redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[2], 'v', ARGV[1])
-  redis.call('PEXPIRE', KEYS[2], ARGV[5])
-end
-if held == ARGV[1] then redis.call('DEL', KEYS[1]) end
-return 1
-"""
-
 _UNLOCK = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 1
@@ -233,35 +204,57 @@ return 1
 """
 
 # A writer's (process and thread) last sequence number applied to a key, in a hash on the key's slot
-# (``KEYS[2]``; ARGV[1] writer, ARGV[2] sequence, ARGV[3] ms remembered): a retried script whose
+# (ARGV[1] writer, ARGV[2] sequence, ARGV[3] ms remembered): a retried script whose
 # first run was applied (its reply lost) is skipped. Each run also drops one random writer
-# unheard of for longer than that, so the hash holds about the writers of the last minute.
+# unheard of for longer than that, so the hash holds about the writers of that time.
 _SEEN = """
-local function seen()
-  local last = redis.call('HGET', KEYS[2], ARGV[1])
+local function seen(key)
+  local last = redis.call('HGET', key, ARGV[1])
   if last and tonumber(string.match(last, '^%d+')) >= tonumber(ARGV[2]) then
-    redis.call('PEXPIRE', KEYS[2], ARGV[3])
+    redis.call('PEXPIRE', key, ARGV[3])
     return true
   end
   return false
 end
-local function remember()
+local function remember(key)
   local t = redis.call('TIME')
   local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  redis.call('HSET', KEYS[2], ARGV[1], ARGV[2] .. ' ' .. now)
-  local other = redis.call('HRANDFIELD', KEYS[2], 1, 'WITHVALUES')
+  redis.call('HSET', key, ARGV[1], ARGV[2] .. ' ' .. now)
+  local other = redis.call('HRANDFIELD', key, 1, 'WITHVALUES')
   if other[1] and other[1] ~= ARGV[1] then
     local at = tonumber(string.match(other[2], ' (%d+)$'))
-    if at and at < now - tonumber(ARGV[3]) then redis.call('HDEL', KEYS[2], other[1]) end
+    if at and at < now - tonumber(ARGV[3]) then redis.call('HDEL', key, other[1]) end
   end
-  redis.call('PEXPIRE', KEYS[2], ARGV[3])
+  redis.call('PEXPIRE', key, ARGV[3])
 end
 """
+
+_COMMIT = (
+    _SEEN
+    + """
+if seen(KEYS[3]) then return 2 end
+local held = redis.call('GET', KEYS[1])
+if held ~= ARGV[4] and (held or (redis.call('HGET', KEYS[2], 'v') or '') ~= ARGV[7]) then return 0 end
+local n = tonumber(ARGV[6])
+for i = 8, #ARGV, 3 do
+  if ARGV[i] == 'S' then redis.call('HSET', KEYS[2], ARGV[i + 1], ARGV[i + 2])
+  else redis.call('HDEL', KEYS[2], ARGV[i + 1]) end
+end
+local left = false
+for p = 0, n - 1 do
+  if redis.call('HEXISTS', KEYS[2], 'p' .. p) == 1 then left = true end
+end
+if left then redis.call('HSET', KEYS[2], 'id', ARGV[5], 'v', ARGV[4]) else redis.call('DEL', KEYS[2]) end
+if held == ARGV[4] then redis.call('DEL', KEYS[1]) end
+remember(KEYS[3])
+return 1
+"""
+)
 
 _MERGE = (
     _SEEN
     + """
-if seen() then return 2 end
+if seen(KEYS[2]) then return 2 end
 for i = 4, #ARGV, 4 do
   local op, f, a, b = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   if op == 'I' then redis.call('HINCRBY', KEYS[1], f, a)
@@ -278,7 +271,7 @@ for i = 4, #ARGV, 4 do
   elseif op == 'N' then redis.call('HSETNX', KEYS[1], f, b)
   else redis.call('HDEL', KEYS[1], f) end
 end
-remember()
+remember(KEYS[2])
 return 1
 """
 )
@@ -286,7 +279,7 @@ return 1
 _SAMPLE = (
     _SEEN
     + """
-if seen() then return 2 end
+if seen(KEYS[2]) then return 2 end
 local cap = tonumber(ARGV[#ARGV])
 local n = redis.call('LLEN', KEYS[1])
 for i = 4, #ARGV - 1, 2 do
@@ -294,7 +287,7 @@ for i = 4, #ARGV - 1, 2 do
   if n < cap then redis.call('RPUSH', KEYS[1], ARGV[i + 1]); n = n + 1
   elseif j >= 0 and j < n then redis.call('LSET', KEYS[1], j, ARGV[i + 1]) end
 end
-remember()
+remember(KEYS[2])
 return 1
 """
 )
@@ -349,6 +342,16 @@ def _transient(exc: BaseException) -> bool:
     text = str(exc)
     # (WAIT sent where the slot map, not yet refreshed, still shows a demoted primary)
     return text.split(" ", 1)[0] in _TRANSIENT_REPLIES or text.startswith("WAIT cannot be used with replica")
+
+
+def _ask_to_unknown_node(exc: BaseException) -> bool:
+    """Whether ``exc`` is redis-py's AttributeError on an ASK redirect to a node it does not know."""
+    if not isinstance(exc, AttributeError) or "redis_connection" not in str(exc):
+        return False
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and os.sep + "redis" + os.sep in tb.tb_frame.f_code.co_filename
 
 
 # Who applies a delta, for the scripts' memory of what they applied (see ``_SEEN``): this process
@@ -553,7 +556,7 @@ class _RedisTxn:
             rec.version = raw.get(b"v", b"")
             if raw.get(b"id", b"").decode("utf-8", "surrogatepass") == user_id:
                 rec.raw = raw
-            elif raw:  # another user with the same 64-bit key (or a tombstone): theirs is replaced
+            elif raw:  # another user with the same 64-bit key: theirs is replaced
                 rec.foreign = [k for k in raw if k not in (b"id", b"v")]
         return rec
 
@@ -654,6 +657,9 @@ class _RedisTxn:
 
     def commit(self) -> None:
         st = self.store
+        # every script below is applied once per writer and sequence number (the commit's),
+        # however many times a retry runs it
+        seen = [_writer(), next(_sequence), st.remember_ms]
         # 1. the users: one fenced script each (changed parts, activity, unlock)
         touches = sorted(
             (t, rec.uid, p) for rec in self.users.values() for p, t in enumerate(rec.touched) if t
@@ -689,8 +695,8 @@ class _RedisTxn:
             if ops and rec.foreign:  # replacing another user's record (same 64-bit key): theirs goes first
                 ops = [x for f in rec.foreign for x in ("D", f, "")] + ops
             if ops:
-                calls.append(("commit", [rec.lkey, rec.hkey],
-                              [self.token, rec.uid, N_PARTS, rec.version, st.remember_ms, *ops]))  # fmt: skip
+                calls.append(("commit", [rec.lkey, rec.hkey, st.seen_key(rec.hkey)],
+                              [*seen, self.token, rec.uid, N_PARTS, rec.version, *ops]))  # fmt: skip
             else:
                 calls.append(("unlock", [rec.lkey], [self.token]))
         results = st.run(calls, durable=True) if calls else []
@@ -702,9 +708,7 @@ class _RedisTxn:
                 f"lost the lock of user(s) {lost[:3]!r} (held beyond lock_ttl={st.lock_ttl} s): their changes and "
                 "this transaction's aggregates were not written"
             )
-        # 2. activity, aggregates, scalars, reservoir: one pipeline (each script applied once per
-        # writer and sequence number, however many times a retry runs it)
-        seen = [_writer(), next(_sequence), st.remember_ms]
+        # 2. activity, aggregates, scalars, reservoir: one pipeline
         calls = []
         plain: list[tuple[str, tuple[Any, ...]]] = []
         for akey, uid, score in zadd:
@@ -799,7 +803,7 @@ class RedisState:
         self.reservoir_key = f"{prefix}:reservoir"
         self.retry_timeout = retry_timeout
         self.replicas = replicas
-        remember = max(60.0, 3 * retry_timeout, 3 * self.lock_ttl) if remember is None else remember
+        remember = max(30.0, 3 * retry_timeout) if remember is None else remember
         if remember <= retry_timeout:
             raise ValueError("remember must be longer than retry_timeout")
         self.remember_ms = int(remember * 1000)
@@ -815,10 +819,13 @@ class RedisState:
                  **options: Any) -> RedisState:  # fmt: skip
         """The store on the server(s) of ``uri`` (see :func:`redis_client`), owning its client.
         The store's own options may be given in the URI's query too (``?replicas=1&retry_timeout=20``);
-        ``options`` win."""
+        ``options`` win. Sockets time out (``socket_timeout`` 5 s, ``socket_connect_timeout`` 2 s,
+        unless given): a peer gone silent (a partition, a frozen host) is an error retried, not a
+        read blocked for ever."""
         uri, from_query = _store_options(uri)
-        return cls(redis_client(uri, **(client_options or {})), capacity, owns_client=True,
-                   **{**from_query, **options})  # fmt: skip
+        given = {name for name, _v in parse_qsl(urlsplit(uri).query)} | set(client_options or {})
+        client_options = {**{k: v for k, v in _SOCKET_DEFAULTS.items() if k not in given}, **(client_options or {})}
+        return cls(redis_client(uri, **client_options), capacity, owns_client=True, **{**from_query, **options})
 
     def close(self) -> None:
         """Close the client if this store made it."""
@@ -873,7 +880,13 @@ class RedisState:
             try:
                 return fn()
             except Exception as exc:
-                if not _transient(exc):
+                if _ask_to_unknown_node(exc):
+                    # redis-py (8.1) follows an ASK to a node it does not know yet (one joining
+                    # the cluster, importing its first slot) into an AttributeError: learn the
+                    # cluster's nodes again and retry
+                    with contextlib.suppress(Exception):
+                        cast(Any, self.client).nodes_manager.initialize()
+                elif not _transient(exc):
                     raise
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -1133,6 +1146,9 @@ def _query(query: str, uri: str) -> dict[str, Any]:
         out["ssl"] = str(out["ssl"]).lower() in ("1", "true", "yes", "on")
     return out
 
+
+#: Client options :meth:`RedisState.from_uri` sets unless the URI or ``client_options`` give them.
+_SOCKET_DEFAULTS: dict[str, Any] = {"socket_timeout": 5.0, "socket_connect_timeout": 2.0}
 
 #: The store's own options a URI's query may carry (not given to redis-py), and their types.
 STORE_QUERY_OPTIONS: dict[str, Callable[[str], Any]] = {

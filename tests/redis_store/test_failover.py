@@ -126,6 +126,7 @@ def _write(uri: str, prefix: str, res: _Result, stop: Any, progress: Any) -> Non
             except StoreError as exc:
                 if "lost the lock" in str(exc):
                     res.lost.append(i)  # fenced: nothing written
+                    print(f"{res.name} #{i}: {exc}", file=sys.__stderr__, flush=True)
                 else:
                     res.errors.append(f"{res.name} #{i}: {exc!r}")
                     print(res.errors[-1], file=sys.__stderr__, flush=True)  # seen at once, from any process
@@ -185,8 +186,9 @@ class _Writers:
         except AssertionError:
             faulthandler.dump_traceback(file=sys.__stderr__, all_threads=True)
             if self.proc.pid is not None:
-                os.kill(self.proc.pid, signal.SIGUSR1)
-                time.sleep(1.0)  # its stacks on stderr
+                for _ in range(2):
+                    os.kill(self.proc.pid, signal.SIGUSR1)
+                    time.sleep(1.0)  # its stacks on stderr
             raise
 
     def errors(self) -> list[str]:
@@ -293,3 +295,71 @@ def test_slots_move_to_a_fourth_primary_under_traffic(own_cluster: Servers) -> N
     for slot in (first, *hot):
         assert int(new.cli("cluster", "countkeysinslot", str(slot)).strip() or 0) > 0, slot
     _check_equals_oracle(own_cluster.uri, prefix, results)
+
+
+# --- idempotence, without breaking anything ----------------------------------------------------------
+
+
+def test_every_write_replayed_counts_once(redis_target: tuple[str, str]) -> None:
+    """Each pipeline run twice in a row, as a retry does after a reply lost (the first run
+    applied): the store still equals the memory store, and no commit reports a lost lock."""
+    prefix = "r" + uuid.uuid4().hex[:10]
+    s = _store(redis_target[1], prefix)
+    once = s._run_once
+
+    def twice(*args: Any, **kwargs: Any) -> list[Any]:
+        once(*args, **kwargs)
+        return once(*args, **kwargs)
+
+    s._run_once = twice  # type: ignore[method-assign]
+    try:
+        acked = list(range(120))
+        for i in acked:
+            _apply(s, _op("w", i))
+    finally:
+        s.close()
+    r = _Result("w")
+    r.acked = acked
+    _check_equals_oracle(redis_target[1], prefix, [r])
+
+
+def test_a_lock_lost_with_nobody_writing_since_still_commits(redis_target: tuple[str, str]) -> None:
+    """The lock vanished (expired, or not yet on the replica promoted): the version read is
+    still the user's, so the commit goes through; had anyone written, it would be refused."""
+    s = _store(redis_target[1], "l" + uuid.uuid4().hex[:10])
+    try:
+        with s.transaction() as tx:
+            tx.user(GUIDANCE, "ann", lambda: [0])
+        with s.transaction() as tx:
+            tx.user(GUIDANCE, "ann")[0] += 1
+            s.client.delete(s.user_keys("ann")[1])
+        assert s.users(GUIDANCE) == [("ann", [1])]
+        with pytest.raises(StoreError, match="lost the lock"), s.transaction() as tx:
+            tx.user(GUIDANCE, "ann")[0] += 1
+            s.client.delete(s.user_keys("ann")[1])
+            with s.transaction() as other:
+                other.user(GUIDANCE, "ann")[0] += 10
+        assert s.users(GUIDANCE) == [("ann", [11])]
+    finally:
+        s.close()
+
+
+def test_unreachable_redis_is_a_store_error_after_retry_timeout() -> None:
+    s = _store("redis://127.0.0.1:1/0?retry_timeout=0.3", "x")
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(StoreError, match=r"retry_timeout=0\.3 s: ConnectionError"):
+            s.count(GUIDANCE)
+        assert 0.3 <= time.monotonic() - t0 < 5
+        assert s.retries > 0
+    finally:
+        s.close()
+
+
+def test_store_options_in_the_uri() -> None:
+    s = RedisState.from_uri("redis://127.0.0.1:1/0?replicas=2&retry_timeout=3&socket_timeout=1.5", 10)
+    kw = s.client.connection_pool.connection_kwargs
+    assert (s.replicas, s.retry_timeout, kw["socket_timeout"], kw["socket_connect_timeout"]) == (2, 3.0, 1.5, 2.0)
+    s.close()
+    with pytest.raises(StoreError, match="invalid value 'x' for the option 'replicas'"):
+        RedisState.from_uri("redis://127.0.0.1:1/0?replicas=x", 10)
