@@ -275,7 +275,7 @@ def test_slots_move_to_a_fourth_primary_under_traffic(own_cluster: Servers) -> N
     first = _slot(probe, SHARED[0])
     source = slot_owner(own_cluster, first)
     near = [
-        s for s in range(max(0, first - 60), min(16384, first + 140)) if slot_owner(own_cluster, s).port == source.port
+        s for s in range(max(0, first - 30), min(16384, first + 70)) if slot_owner(own_cluster, s).port == source.port
     ]
     hot = [_slot(probe, SHARED[1]), _slot(probe, SHARED[2]), int(key_slot(probe.scalars_key.encode()))]
     slots = sorted(set(near + hot))
