@@ -100,15 +100,15 @@ version fallback above absorbs). With ``replicas=1`` (``?replicas=1`` in the URI
 step ends with ``WAIT 1 1000`` on every primary it wrote to, on the connection that wrote, and
 is run again (idempotently) until each primary confirms, else :class:`StoreError` after
 ``retry_timeout``: an acknowledged transaction then survives the failover of its primary to
-that replica (Redis Cluster promotes the most up-to-date replica; with ``replicas=1`` and two
-replicas per primary, the other one may be promoted: ask for as many as there are). What
-``WAIT`` does not cover: a transaction's two steps (a host dying between them: its deltas);
-``WAIT`` is not a consensus (a primary partitioned from the cluster with its clients may still
-apply writes that the other side's failover discards, until ``cluster-node-timeout``); a write
-redirected by ``ASK`` during a slot move (it lands on the slot's destination, ``WAIT`` goes to
-its source, the owner the client knows) is not waited for; and
-writes block (then fail) while a primary has fewer replicas in sync than asked, e.g. between
-a failover and the dead node's return as a replica.
+that replica (Redis Cluster favours the most up-to-date replica but does not promise it: with
+two replicas per primary, ask for ``replicas=2`` to be sure). What ``WAIT`` does not cover: a
+transaction's two steps (a host dying between them: its deltas); ``WAIT`` is not a consensus
+(a primary cut off from the cluster keeps applying writes until ``cluster-node-timeout``, which
+the other side's failover discards; with ``replicas`` its clients are not told "done" unless
+its replicas are on its side); a write redirected by ``ASK`` during a slot move (it lands on
+the slot's destination, ``WAIT`` goes to its source, the owner the client knows) is not waited
+for; and writes block (then fail) while a primary has fewer replicas in sync than asked, e.g.
+between a failover and the dead node's return as a replica.
 """
 
 from __future__ import annotations
@@ -331,11 +331,12 @@ _TRANSIENT_REPLIES = ("READONLY", "LOADING", "MASTERDOWN", "CLUSTERDOWN", "TRYAG
 
 
 def _transient(exc: BaseException) -> bool:
-    """Whether ``exc`` is what a failover, a slot move, a restart or a dropped connection raises."""
+    """Whether ``exc`` is what a failover, a slot move, a restart or a dropped connection raises
+    (NOSCRIPT too: a node whose scripts were flushed between loading and running them again)."""
     if isinstance(exc, (AuthenticationError, AuthorizationError)):
         return False
     if isinstance(exc, (_NotReplicated, redis.ConnectionError, redis.TimeoutError, ClusterError, TryAgainError,
-                        AskError, ReadOnlyError, RedisClusterException)):  # fmt: skip
+                        AskError, ReadOnlyError, RedisClusterException, NoScriptError)):  # fmt: skip
         return True
     if not isinstance(exc, ResponseError):
         return False
