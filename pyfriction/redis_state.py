@@ -703,7 +703,7 @@ class _RedisTxn:
         results = st.run(calls, durable=True) if calls else []
         for rec in self.users.values():
             rec.locked = False
-        lost = [c[2][1] for c, r in zip(calls, results) if c[0] == "commit" and r == 0]
+        lost = [c[2][len(seen) + 1] for c, r in zip(calls, results) if c[0] == "commit" and r == 0]  # uids
         if lost:
             raise StoreError(
                 f"lost the lock of user(s) {lost[:3]!r} (held beyond lock_ttl={st.lock_ttl} s): their changes and "

@@ -31,6 +31,8 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 pytest.importorskip("redis", reason="redis-py is not installed (pip install redis)")
 
@@ -41,6 +43,7 @@ from pyfriction.store import StoreError
 from pyfriction.userstate import GUIDANCE, INSIGHT, N_PARTS, STRUGGLE, TABLES, MemoryState, StateStore
 
 from .servers import Servers, add_node, kill_primary, move_slots, restart_node, slot_owner
+from .test_redis_state import _equal_run, txn_st
 
 SHARED = [f"s{i}" for i in range(8)]
 DETECTORS = ["dwell", "rage", "loop"]
@@ -323,6 +326,22 @@ def test_every_write_replayed_counts_once(redis_target: tuple[str, str]) -> None
     _check_equals_oracle(redis_target[1], prefix, [r])
 
 
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(txns=st.lists(txn_st, min_size=6, max_size=24))
+def test_replayed_writes_equal_memory(redis_server: Servers, txns: list[Any]) -> None:
+    """The equality with the memory store (eviction at a small capacity, rows pooled past
+    MAX_KEYS, floats set or incremented, the reservoir) with every pipeline run twice."""
+    once = RedisState._run_once
+
+    def twice(self: RedisState, *args: Any, **kwargs: Any) -> list[Any]:
+        once(self, *args, **kwargs)
+        return once(self, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(RedisState, "_run_once", twice)
+        _equal_run(redis_server.uri, txns)
+
+
 def test_a_lock_lost_with_nobody_writing_since_still_commits(redis_target: tuple[str, str]) -> None:
     """The lock vanished (expired, or not yet on the replica promoted): the version read is
     still the user's, so the commit goes through; had anyone written, it would be refused."""
@@ -334,7 +353,7 @@ def test_a_lock_lost_with_nobody_writing_since_still_commits(redis_target: tuple
             tx.user(GUIDANCE, "ann")[0] += 1
             s.client.delete(s.user_keys("ann")[1])
         assert s.users(GUIDANCE) == [("ann", [1])]
-        with pytest.raises(StoreError, match="lost the lock"), s.transaction() as tx:
+        with pytest.raises(StoreError, match=r"lost the lock of user\(s\) \['ann'\]"), s.transaction() as tx:
             tx.user(GUIDANCE, "ann")[0] += 1
             s.client.delete(s.user_keys("ann")[1])
             with s.transaction() as other:
