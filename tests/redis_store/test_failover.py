@@ -342,6 +342,48 @@ def test_replayed_writes_equal_memory(redis_server: Servers, txns: list[Any]) ->
         _equal_run(redis_server.uri, txns)
 
 
+def test_a_reply_lost_then_another_host_writing_the_user_is_still_done(redis_target: tuple[str, str]) -> None:
+    """A commit applied whose reply is lost (a ConnectionError after the pipeline ran), and
+    another host commits the same user before the retry: the retry answers "done" (no lost
+    lock, nothing applied twice); the same for the aggregates' pipeline."""
+    import redis
+
+    prefix = "a" + uuid.uuid4().hex[:10]
+    s, other = _store(redis_target[1], prefix), _store(redis_target[1], prefix)
+    try:
+        with s.transaction() as tx:
+            tx.user(GUIDANCE, "bob", lambda: [0])
+        once = s._run_once
+        lost: list[str] = []
+
+        def another_host() -> None:
+            with other.transaction() as tx2:
+                tx2.user(GUIDANCE, "bob")[0] += 10
+                tx2.row("detectors", "d", lambda: [0])[0] += 100
+
+        def lossy(calls: Any, plain: Any, durable: bool, loaded: bool = False) -> list[Any]:
+            result = once(calls, plain, durable, loaded)
+            kind = calls[0][0] if calls else "plain"
+            if kind in ("commit", "merge") and kind not in lost:
+                lost.append(kind)
+                t = threading.Thread(target=another_host)  # another writer: its own thread
+                t.start()
+                t.join()
+                raise redis.ConnectionError("the reply was lost")
+            return result
+
+        s._run_once = lossy  # type: ignore[method-assign]
+        with s.transaction() as tx:
+            tx.user(GUIDANCE, "bob")[0] += 1
+            tx.row("detectors", "d", lambda: [0])[0] += 1
+        assert lost == ["commit", "merge"]
+        assert s.users(GUIDANCE) == [("bob", [21])]
+        assert dict(s.rows("detectors")) == {"d": [201]}
+    finally:
+        s.close()
+        other.close()
+
+
 def test_a_lock_lost_with_nobody_writing_since_still_commits(redis_target: tuple[str, str]) -> None:
     """The lock vanished (expired, or not yet on the replica promoted): the version read is
     still the user's, so the commit goes through; had anyone written, it would be refused."""
