@@ -13,6 +13,11 @@ and users of their own (overwritten, discarded, re-created: in the writer's orde
 The writers retry through it. Afterwards every acknowledged transaction is there exactly once:
 the store equals a ``MemoryState`` fed the acknowledged transactions; a transaction refused
 with "lost the lock" (fenced: nothing written) is left out of both; any other error fails.
+
+Without breaking anything (the shared server and cluster): every pipeline run twice (a retry
+after a lost reply) still equals the memory store; a reply lost while another host writes the
+same user is still "done"; a lock lost with nobody writing since still commits; an unreachable
+Redis is a ``StoreError`` after ``retry_timeout``; the store's options in the URI.
 """
 
 from __future__ import annotations
