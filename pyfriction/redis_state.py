@@ -23,15 +23,18 @@ re-run by the store, so an optimistic compare-and-set that fails at commit could
 losing the caller's update. Instead the first touch of a user in a transaction takes the
 user's lock and reads the user's hash in one script (``SET lock token NX PX ttl`` then
 ``HGETALL``: one round trip); the commit is one script that checks the token is still ours,
-writes the changed parts and activity times and deletes the lock, atomically. That is correct
-across hosts without clocks: a holder that stalls beyond ``lock_ttl`` (10 s) lost its lock,
-and its commit is refused with :class:`~pyfriction.store.StoreError` (a fenced write, never a
-lost update); a holder that dies is replaced once the lock expires. Waiters poll with a
-backoff bounded by the lock's remaining time, up to ``lock_wait``, then raise. Contention is
-for one user's episodes on two hosts at once: rare. Cost: two round trips per transaction
-(read-with-lock, commit) plus the aggregates' pipeline; an unchanged user costs an unlock.
-A transaction touching several users (only ``load`` does) takes their locks in the order it
-touches them; two such at once may wait for each other until ``lock_wait``.
+writes the changed parts and activity times, records its token as the hash's version ``v``
+and deletes the lock, atomically. That is correct across hosts without clocks: a holder that
+stalls beyond ``lock_ttl`` (10 s) lost its lock, and its commit is refused with
+:class:`~pyfriction.store.StoreError` (a fenced write, never a lost update); a holder that dies
+is replaced once the lock expires. A commit that finds its lock gone but nobody else's lock
+and the version it read still there (the lock expired, or vanished in a failover: nobody wrote
+the user since) writes all the same: a compare-and-set on ``v`` as a fallback. Waiters poll
+with a backoff bounded by the lock's remaining time, up to ``lock_wait``, then raise.
+Contention is for one user's episodes on two hosts at once: rare. Cost: two round trips per
+transaction (read-with-lock, commit) plus the aggregates' pipeline; an unchanged user costs an
+unlock. A transaction touching several users (only ``load`` does) takes their locks in the
+order it touches them; two such at once may wait for each other until ``lock_wait``.
 
 **Aggregates and scalars: merged, not locked.** A row is read (one ``HGETALL``) and handed
 out as a live list; at commit, the difference between the row as read and as left is applied
@@ -61,10 +64,57 @@ that skips a user whose lock is held (put back) or whose hash says they were act
 two steps (users first; deltas only once every user's commit succeeded): a host dying in
 between loses that transaction's deltas, not a user's consistency. :meth:`RedisState.clear`
 (before a load) is not atomic with concurrent writers.
+
+**Retries.** Every operation is retried after a transient error (a connection refused or
+dropped, a timeout, ``CLUSTERDOWN``, ``MASTERDOWN``, ``READONLY``, ``LOADING``, ``TRYAGAIN``,
+``MOVED``/``ASK`` redis-py did not follow itself, ...) with a growing, jittered pause (10 ms to
+250 ms) until ``retry_timeout`` (10 s by default: a Redis Cluster fails a primary over in a few
+seconds), then raises :class:`~pyfriction.store.StoreError` naming the last error. Redis
+Cluster failovers, live slot moves (ASK, TRYAGAIN while a user's keys are half moved), restarts
+and Sentinel switches are thus invisible to callers but as latency. A retry may run a script
+whose first run was applied and only its reply lost (the primary died after applying it, or the
+connection dropped; redis-py resends too): every write is idempotent, so that it counts once:
+
+* every commit script (a user's, an aggregate row's, the scalars', the reservoir's) carries its
+  writer (this process, a fresh id in a forked child, and thread) and a sequence number drawn
+  when the commit starts (increasing per process, so per thread, whose commits are one after
+  the other); the script keeps each writer's last number in a small hash on the key's slot
+  (``P:{H}:u:w``, ``P:{rR}:w``, ``{P:scalars}:w``, ``{P:reservoir}:w``) and, finding its number
+  there already, answers "done" without writing: a user's commit applied whose reply was lost
+  is not reported as a lost lock, even after other hosts have committed that user since, and a
+  delta counts once. Each run drops one random writer unheard of for ``remember`` (30 s by
+  default, at least 3 x ``retry_timeout``) and the hash expires after it: it holds the writers
+  of about the last ``remember`` seconds (a cost: a small hash per user and row written in that
+  window);
+* the lock script taking a lock already held with our token takes it (a lost reply);
+* eviction reads its candidates (``ZRANGE``), not pops them, and removes only those whose score
+  did not change; activity (``ZADD``/``ZREM``), names (``HSETNX``) and reads repeat harmlessly.
+
+**Durability: ``replicas``.** Redis replicates asynchronously: a primary acknowledges a write
+before its replicas have it, and a primary killed at that moment is failed over to a replica
+without it. With ``replicas=0`` (the default) a commit returns once its primary applied it; a
+failover may then lose the last writes acknowledged by the dead primary (those of about its
+last replication round trip: usually well under a second; a user's part falls back to the
+version before, a delta is missing from its row, a lock taken there is gone, which the
+version fallback above absorbs). With ``replicas=1`` (``?replicas=1`` in the URI) each commit
+step ends with ``WAIT 1 1000`` on every primary it wrote to, on the connection that wrote, and
+is run again (idempotently) until each primary confirms, else :class:`StoreError` after
+``retry_timeout``: an acknowledged transaction then survives the failover of its primary to
+that replica (Redis Cluster favours the most up-to-date replica but does not promise it: with
+two replicas per primary, ask for ``replicas=2`` to be sure). What ``WAIT`` does not cover: a
+transaction's two steps (a host dying between them: its deltas); ``WAIT`` is not a consensus
+(a primary cut off from the cluster keeps applying writes until ``cluster-node-timeout``, which
+the other side's failover discards; with ``replicas`` its clients are not told "done" unless
+its replicas are on its side); a write redirected by ``ASK`` during a slot move (it lands on
+the slot's destination, ``WAIT`` goes to its source, the owner the client knows) is not waited
+for; and writes block (then fail) while a primary has fewer replicas in sync than asked, e.g.
+between a failover and the dead node's return as a replica.
 """
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import math
 import os
 import random
@@ -74,14 +124,24 @@ import weakref
 from collections.abc import Callable, Hashable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, cast
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import msgspec
 import redis
 import redis.cluster
 import redis.sentinel
 from redis.connection import URL_QUERY_ARGUMENT_PARSERS
-from redis.exceptions import NoScriptError
+from redis.exceptions import (
+    AskError,
+    AuthenticationError,
+    AuthorizationError,
+    ClusterError,
+    NoScriptError,
+    ReadOnlyError,
+    RedisClusterException,
+    ResponseError,
+    TryAgainError,
+)
 
 from . import userstate as _us
 from ._hashing import key64
@@ -101,26 +161,13 @@ DEFAULT_MERGE: dict[str, dict[tuple[Any, ...], str]] = {
 # --- scripts ------------------------------------------------------------------------------------
 
 _LOCK_READ = """
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  return {1, redis.call('HGETALL', KEYS[2])}
+local got = redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])
+if not got and redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  got = true
 end
+if got then return {1, redis.call('HGETALL', KEYS[2])} end
 return {0, redis.call('PTTL', KEYS[1])}
-"""
-
-_COMMIT = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-local n = tonumber(ARGV[3])
-for i = 4, #ARGV, 3 do
-  if ARGV[i] == 'S' then redis.call('HSET', KEYS[2], ARGV[i + 1], ARGV[i + 2])
-  else redis.call('HDEL', KEYS[2], ARGV[i + 1]) end
-end
-local left = false
-for p = 0, n - 1 do
-  if redis.call('HEXISTS', KEYS[2], 'p' .. p) == 1 then left = true end
-end
-if left then redis.call('HSET', KEYS[2], 'id', ARGV[2]) else redis.call('DEL', KEYS[2]) end
-redis.call('DEL', KEYS[1])
-return 1
 """
 
 _UNLOCK = """
@@ -135,7 +182,10 @@ local t = redis.call('HGET', KEYS[2], ARGV[2])
 if t and tonumber(t) > tonumber(ARGV[3]) then return {1, t} end
 redis.call('HDEL', KEYS[2], ARGV[1], ARGV[2])
 for p = 0, tonumber(ARGV[4]) - 1 do
-  if redis.call('HEXISTS', KEYS[2], 'p' .. p) == 1 then return {2, ''} end
+  if redis.call('HEXISTS', KEYS[2], 'p' .. p) == 1 then
+    redis.call('HSET', KEYS[2], 'v', ARGV[6])
+    return {2, ''}
+  end
 end
 redis.call('DEL', KEYS[2])
 return {2, ''}
@@ -144,14 +194,68 @@ return {2, ''}
 _CLEAR_PART = """
 redis.call('HDEL', KEYS[1], ARGV[1], ARGV[2])
 for p = 0, tonumber(ARGV[3]) - 1 do
-  if redis.call('HEXISTS', KEYS[1], 'p' .. p) == 1 then return 0 end
+  if redis.call('HEXISTS', KEYS[1], 'p' .. p) == 1 then
+    redis.call('HSET', KEYS[1], 'v', ARGV[4])
+    return 0
+  end
 end
 redis.call('DEL', KEYS[1])
 return 1
 """
 
-_MERGE = """
-for i = 1, #ARGV, 4 do
+# A writer's (process and thread) last sequence number applied to a key, in a hash on the key's slot
+# (ARGV[1] writer, ARGV[2] sequence, ARGV[3] ms remembered): a retried script whose
+# first run was applied (its reply lost) is skipped. Each run also drops one random writer
+# unheard of for longer than that, so the hash holds about the writers of that time.
+_SEEN = """
+local function seen(key)
+  local last = redis.call('HGET', key, ARGV[1])
+  if last and tonumber(string.match(last, '^%d+')) >= tonumber(ARGV[2]) then
+    redis.call('PEXPIRE', key, ARGV[3])
+    return true
+  end
+  return false
+end
+local function remember(key)
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  redis.call('HSET', key, ARGV[1], ARGV[2] .. ' ' .. now)
+  local other = redis.call('HRANDFIELD', key, 1, 'WITHVALUES')
+  if other[1] and other[1] ~= ARGV[1] then
+    local at = tonumber(string.match(other[2], ' (%d+)$'))
+    if at and at < now - tonumber(ARGV[3]) then redis.call('HDEL', key, other[1]) end
+  end
+  redis.call('PEXPIRE', key, ARGV[3])
+end
+"""
+
+_COMMIT = (
+    _SEEN
+    + """
+if seen(KEYS[3]) then return 2 end
+local held = redis.call('GET', KEYS[1])
+if held ~= ARGV[4] and (held or (redis.call('HGET', KEYS[2], 'v') or '') ~= ARGV[7]) then return 0 end
+local n = tonumber(ARGV[6])
+for i = 8, #ARGV, 3 do
+  if ARGV[i] == 'S' then redis.call('HSET', KEYS[2], ARGV[i + 1], ARGV[i + 2])
+  else redis.call('HDEL', KEYS[2], ARGV[i + 1]) end
+end
+local left = false
+for p = 0, n - 1 do
+  if redis.call('HEXISTS', KEYS[2], 'p' .. p) == 1 then left = true end
+end
+if left then redis.call('HSET', KEYS[2], 'id', ARGV[5], 'v', ARGV[4]) else redis.call('DEL', KEYS[2]) end
+if held == ARGV[4] then redis.call('DEL', KEYS[1]) end
+remember(KEYS[3])
+return 1
+"""
+)
+
+_MERGE = (
+    _SEEN
+    + """
+if seen(KEYS[2]) then return 2 end
+for i = 4, #ARGV, 4 do
   local op, f, a, b = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   if op == 'I' then redis.call('HINCRBY', KEYS[1], f, a)
   elseif op == 'F' then
@@ -167,18 +271,33 @@ for i = 1, #ARGV, 4 do
   elseif op == 'N' then redis.call('HSETNX', KEYS[1], f, b)
   else redis.call('HDEL', KEYS[1], f) end
 end
+remember(KEYS[2])
 return 1
 """
+)
 
-_SAMPLE = """
+_SAMPLE = (
+    _SEEN
+    + """
+if seen(KEYS[2]) then return 2 end
 local cap = tonumber(ARGV[#ARGV])
 local n = redis.call('LLEN', KEYS[1])
-for i = 1, #ARGV - 1, 2 do
+for i = 4, #ARGV - 1, 2 do
   local j = tonumber(ARGV[i])
   if n < cap then redis.call('RPUSH', KEYS[1], ARGV[i + 1]); n = n + 1
   elseif j >= 0 and j < n then redis.call('LSET', KEYS[1], j, ARGV[i + 1]) end
 end
-return n
+remember(KEYS[2])
+return 1
+"""
+)
+
+_ZREM_IF = """
+for i = 1, #ARGV, 2 do
+  local s = redis.call('ZSCORE', KEYS[1], ARGV[i])
+  if s and tonumber(s) <= tonumber(ARGV[i + 1]) then redis.call('ZREM', KEYS[1], ARGV[i]) end
+end
+return 1
 """
 
 _SET_LIST = """
@@ -196,7 +315,55 @@ _SCRIPTS = {
     "merge": _MERGE,
     "sample": _SAMPLE,
     "set_list": _SET_LIST,
+    "zrem_if": _ZREM_IF,
 }
+
+# --- failures worth a retry ----------------------------------------------------------------------------
+
+
+class _NotReplicated(Exception):
+    """A write not confirmed by ``replicas`` replicas (or not waited for where it went): run again."""
+
+
+#: Error replies of a failover, a slot move or a node starting (redis-py maps some to classes).
+_TRANSIENT_REPLIES = ("READONLY", "LOADING", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "MOVED", "ASK",
+                      "NOREPLICAS", "UNBLOCKED")  # fmt: skip
+
+
+def _transient(exc: BaseException) -> bool:
+    """Whether ``exc`` is what a failover, a slot move, a restart or a dropped connection raises
+    (NOSCRIPT too: a node whose scripts were flushed between loading and running them again)."""
+    if isinstance(exc, (AuthenticationError, AuthorizationError)):
+        return False
+    if isinstance(exc, (_NotReplicated, redis.ConnectionError, redis.TimeoutError, ClusterError, TryAgainError,
+                        AskError, ReadOnlyError, RedisClusterException, NoScriptError)):  # fmt: skip
+        return True
+    if not isinstance(exc, ResponseError):
+        return False
+    text = str(exc)
+    # (WAIT sent where the slot map, not yet refreshed, still shows a demoted primary)
+    return text.split(" ", 1)[0] in _TRANSIENT_REPLIES or text.startswith("WAIT cannot be used with replica")
+
+
+def _ask_to_unknown_node(exc: BaseException) -> bool:
+    """Whether ``exc`` is redis-py's AttributeError on an ASK redirect to a node it does not know."""
+    if not isinstance(exc, AttributeError) or "redis_connection" not in str(exc):
+        return False
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and os.sep + "redis" + os.sep in tb.tb_frame.f_code.co_filename
+
+
+# Who applies a delta, for the scripts' memory of what they applied (see ``_SEEN``): this process
+# (a fresh id in a forked child) and thread, and a sequence number per commit.
+_process_id = os.urandom(8).hex()
+_sequence = itertools.count(1)
+
+
+def _writer() -> str:
+    return f"{_process_id}.{threading.get_ident():x}"
+
 
 # --- numbers as typed hash fields -------------------------------------------------------------------
 
@@ -350,7 +517,7 @@ def _merge_ops(before: dict[str, Any], raws: dict[str, bytes], after: dict[str, 
 
 
 class _User:
-    __slots__ = ("decoded", "foreign", "hkey", "lkey", "locked", "raw", "stripe", "touched", "uid", "values")
+    __slots__ = ("decoded", "foreign", "hkey", "lkey", "locked", "raw", "stripe", "touched", "uid", "values", "version")
 
     def __init__(self, uid: str, hkey: str, lkey: str, stripe: int) -> None:
         self.uid, self.hkey, self.lkey, self.stripe = uid, hkey, lkey, stripe
@@ -360,6 +527,7 @@ class _User:
         self.touched = [0] * N_PARTS  # the transaction's touch counter at the last touch, 0: none
         self.locked = False
         self.foreign: list[bytes] = []  # fields of another user with the same 64-bit key
+        self.version = b""  # the hash's "v" as read: the token of the transaction that wrote it last
 
 
 class _RedisTxn:
@@ -386,10 +554,11 @@ class _RedisTxn:
             self.users[user_id] = rec  # released at the end even if the wait fails
             raw = st.lock_read(lkey, hkey, self.token)
             rec.locked = True
+            rec.version = raw.get(b"v", b"")
             if raw.get(b"id", b"").decode("utf-8", "surrogatepass") == user_id:
                 rec.raw = raw
             elif raw:  # another user with the same 64-bit key: theirs is replaced
-                rec.foreign = [k for k in raw if k != b"id"]
+                rec.foreign = [k for k in raw if k not in (b"id", b"v")]
         return rec
 
     def _part(self, rec: _User, part: int) -> Any:
@@ -429,7 +598,8 @@ class _RedisTxn:
         cached = self.rows_.get((table, key))
         if cached is not None:
             return cast(list[Any], cached[0])
-        raw = cast(dict[bytes, bytes], self.store.client.hgetall(self.store.row_key(table, key)))
+        rkey = self.store.row_key(table, key)
+        raw = cast(dict[bytes, bytes], self.store.call(lambda: self.store.client.hgetall(rkey)))
         if not raw:
             return None
         row, flat, raws = _unflatten(raw, top_dict=False)
@@ -443,7 +613,8 @@ class _RedisTxn:
             return found
         size = self.sizes.get(table)
         if size is None:
-            size = self.sizes[table] = int(self.store.client.hlen(self.store.index_key(table)))
+            ikey = self.store.index_key(table)
+            size = self.sizes[table] = int(self.store.call(lambda: self.store.client.hlen(ikey)))
         if size >= _us.MAX_KEYS:
             key = (OTHER, OTHER) if isinstance(key, tuple) else OTHER
             found = self.get_row(table, key)
@@ -458,7 +629,8 @@ class _RedisTxn:
     def scalars(self) -> dict[str, Any]:
         """See :meth:`StateTxn.scalars`."""
         if self._scalars is None:
-            raw = cast(dict[bytes, bytes], self.store.client.hgetall(self.store.scalars_key))
+            st = self.store
+            raw = cast(dict[bytes, bytes], st.call(lambda: st.client.hgetall(st.scalars_key)))
             value, flat, raws = _unflatten(raw, top_dict=True)
             self._scalars, self._scalars_before = value, (flat, raws)
         return self._scalars
@@ -474,15 +646,21 @@ class _RedisTxn:
 
     # -- the end ---------------------------------------------------------------------------------------
     def release(self) -> None:
-        """Let go of every lock still held (nothing written)."""
+        """Let go of every lock still held (nothing written; best effort: a lock left expires)."""
         held = [rec for rec in self.users.values() if rec.locked]
         if held:
-            self.store.run([("unlock", [rec.lkey], [self.token]) for rec in held])
             for rec in held:
                 rec.locked = False
+            try:
+                self.store.run([("unlock", [rec.lkey], [self.token]) for rec in held])
+            except (StoreError, redis.RedisError, RedisClusterException):
+                pass
 
     def commit(self) -> None:
         st = self.store
+        # every script below is applied once per writer and sequence number (the commit's),
+        # however many times a retry runs it
+        seen = [_writer(), next(_sequence), st.remember_ms]
         # 1. the users: one fenced script each (changed parts, activity, unlock)
         touches = sorted(
             (t, rec.uid, p) for rec in self.users.values() for p, t in enumerate(rec.touched) if t
@@ -518,13 +696,14 @@ class _RedisTxn:
             if ops and rec.foreign:  # replacing another user's record (same 64-bit key): theirs goes first
                 ops = [x for f in rec.foreign for x in ("D", f, "")] + ops
             if ops:
-                calls.append(("commit", [rec.lkey, rec.hkey], [self.token, rec.uid, N_PARTS, *ops]))
+                calls.append(("commit", [rec.lkey, rec.hkey, st.seen_key(rec.hkey)],
+                              [*seen, self.token, rec.uid, N_PARTS, rec.version, *ops]))  # fmt: skip
             else:
                 calls.append(("unlock", [rec.lkey], [self.token]))
-        results = st.run(calls) if calls else []
+        results = st.run(calls, durable=True) if calls else []
         for rec in self.users.values():
             rec.locked = False
-        lost = [c[2][1] for c, r in zip(calls, results) if c[0] == "commit" and r == 0]
+        lost = [c[2][len(seen) + 1] for c, r in zip(calls, results) if c[0] == "commit" and r == 0]  # uids
         if lost:
             raise StoreError(
                 f"lost the lock of user(s) {lost[:3]!r} (held beyond lock_ttl={st.lock_ttl} s): their changes and "
@@ -542,21 +721,22 @@ class _RedisTxn:
             if new:
                 plain.append(("hsetnx", (st.index_key(table), st.row_id(table, key), _enc.encode(key))))
             if ops:
-                calls.append(("merge", [st.row_key(table, key)], ops))
+                rkey = st.row_key(table, key)
+                calls.append(("merge", [rkey, st.seen_key(rkey)], [*seen, *ops]))
         if self._scalars is not None:
             flat, raws = self._scalars_before
             ops = _merge_ops(flat, raws, _flat_top(self._scalars), st.merge.get("scalars", {}))
             if ops:
-                calls.append(("merge", [st.scalars_key], ops))
+                calls.append(("merge", [st.scalars_key, st.seen_key(st.scalars_key)], [*seen, *ops]))
         if self.samples:
             args: list[Any] = []
             for j, v in self.samples:
                 args += (j, repr(v))
-            calls.append(("sample", [st.reservoir_key], [*args, RESERVOIR]))
+            calls.append(("sample", [st.reservoir_key, st.seen_key(st.reservoir_key)], [*seen, *args, RESERVOIR]))
         grown = sorted(created)
         for p, stripe in grown:
             plain.append(("zcard", (st.activity_key(p, stripe),)))
-        results = st.run(calls, plain)
+        results = st.run(calls, plain, durable=True)
         cards = results[len(results) - len(grown) :]
         for (p, stripe), n in zip(grown, cards):
             if int(n) > st.stripe_capacity:
@@ -570,7 +750,10 @@ _open_states: weakref.WeakSet[RedisState] = weakref.WeakSet()
 
 def _after_fork_in_child() -> None:
     # Another thread may have held the lock at fork(): the child's copy would never open.
-    # (redis-py's connection pools notice the fork and reconnect by themselves.)
+    # (redis-py's connection pools notice the fork and reconnect by themselves.) The child is
+    # a new writer: its thread ids repeat the parent's.
+    global _process_id
+    _process_id = os.urandom(8).hex()
     for state in list(_open_states):
         state._score_lock = threading.Lock()
 
@@ -586,16 +769,24 @@ class RedisState:
     ``decode_responses``); ``capacity``: users kept per part (least recently active evicted
     first); ``prefix``: of every key (trackers sharing a prefix share their state);
     ``stripes``: sorted sets of activity per part; ``lock_ttl`` / ``lock_wait``: seconds a user's
-    lock lives / is waited for; ``merge``: how non-counter numbers merge (:data:`DEFAULT_MERGE`).
+    lock lives / is waited for; ``merge``: how non-counter numbers merge (:data:`DEFAULT_MERGE`);
+    ``retry_timeout``: seconds an operation is retried through a failover, a slot move or a
+    dropped connection before :class:`~pyfriction.store.StoreError`; ``replicas``: a commit
+    returns once that many replicas of each primary written have it (``WAIT``), else it is
+    retried (0: as soon as the primary has it); ``remember``: seconds a key remembers which
+    writer applied what (longer than ``retry_timeout``).
     """
 
     shared = True
 
     def __init__(self, client: Client, capacity: int, *, prefix: str = "pf", stripes: int = 16,
                  lock_ttl: float = 10.0, lock_wait: float | None = None,
-                 merge: dict[str, dict[tuple[Any, ...], str]] | None = None, owns_client: bool = False) -> None:  # fmt: skip
+                 merge: dict[str, dict[tuple[Any, ...], str]] | None = None, owns_client: bool = False,
+                 retry_timeout: float = 10.0, replicas: int = 0, remember: float | None = None) -> None:  # fmt: skip
         if capacity < 1 or stripes < 1:
             raise ValueError("capacity and stripes must be at least 1")
+        if retry_timeout < 0 or replicas < 0:
+            raise ValueError("retry_timeout and replicas must not be negative")
         if client.get_encoder().decode_responses:
             raise ValueError("RedisState needs a client returning bytes (decode_responses=False)")
         self.client = client
@@ -611,6 +802,14 @@ class RedisState:
         self.owns_client = owns_client
         self.scalars_key = f"{prefix}:scalars"
         self.reservoir_key = f"{prefix}:reservoir"
+        self.retry_timeout = retry_timeout
+        self.replicas = replicas
+        remember = max(30.0, 3 * retry_timeout) if remember is None else remember
+        if remember <= retry_timeout:
+            raise ValueError("remember must be longer than retry_timeout")
+        self.remember_ms = int(remember * 1000)
+        #: Operations run again after a transient error (all hosts' threads of this store).
+        self.retries = 0
         self._scripts = {name: client.register_script(src) for name, src in _SCRIPTS.items()}
         self._score_lock = threading.Lock()
         self._last_score = 0.0
@@ -619,8 +818,15 @@ class RedisState:
     @classmethod
     def from_uri(cls, uri: str, capacity: int, *, client_options: dict[str, Any] | None = None,
                  **options: Any) -> RedisState:  # fmt: skip
-        """The store on the server(s) of ``uri`` (see :func:`redis_client`), owning its client."""
-        return cls(redis_client(uri, **(client_options or {})), capacity, owns_client=True, **options)
+        """The store on the server(s) of ``uri`` (see :func:`redis_client`), owning its client.
+        The store's own options may be given in the URI's query too (``?replicas=1&retry_timeout=20``);
+        ``options`` win. Sockets time out (``socket_timeout`` 5 s, ``socket_connect_timeout`` 2 s,
+        unless given): a peer gone silent (a partition, a frozen host) is an error retried, not a
+        read blocked for ever."""
+        uri, from_query = _store_options(uri)
+        given = {name for name, _v in parse_qsl(urlsplit(uri).query)} | set(client_options or {})
+        client_options = {**{k: v for k, v in _SOCKET_DEFAULTS.items() if k not in given}, **(client_options or {})}
+        return cls(redis_client(uri, **client_options), capacity, owns_client=True, **{**from_query, **options})
 
     def close(self) -> None:
         """Close the client if this store made it."""
@@ -657,6 +863,11 @@ class RedisState:
     def index_key(self, table: str) -> str:
         return f"{self.prefix}:rows:{table}"
 
+    @staticmethod
+    def seen_key(key: str) -> str:
+        """Where the scripts writing ``key`` remember which writer applied what (same slot)."""
+        return f"{key}:w" if "{" in key else f"{{{key}}}:w"
+
     # -- plumbing --------------------------------------------------------------------------------------
     def score(self) -> float:
         """Now, strictly after the last score this process gave (the activity order)."""
@@ -665,39 +876,97 @@ class RedisState:
             self._last_score = now
             return now
 
+    def call(self, fn: Callable[[], Any]) -> Any:
+        """``fn()``, run again after a transient error (a failover, a slot move, a dropped
+        connection) with a growing pause until ``retry_timeout``, then :class:`StoreError`. Only
+        for idempotent operations: every script here is."""
+        deadline = time.monotonic() + self.retry_timeout
+        pause = 0.01
+        while True:
+            try:
+                return fn()
+            except Exception as exc:
+                if _ask_to_unknown_node(exc):
+                    # redis-py (8.1) follows an ASK to a node it does not know yet (one joining
+                    # the cluster, importing its first slot) into an AttributeError: learn the
+                    # cluster's nodes again and retry
+                    with contextlib.suppress(Exception):
+                        cast(Any, self.client).nodes_manager.initialize()
+                elif not _transient(exc):
+                    raise
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise StoreError(
+                        f"Redis unavailable for retry_timeout={self.retry_timeout} s: {type(exc).__name__}: {exc}"
+                    ) from exc
+                self.retries += 1
+                time.sleep(min(left, pause * (0.5 + random.random())))
+                pause = min(pause * 2, 0.25)
+
     def run(self, calls: list[tuple[str, list[str], list[Any]]],
-            plain: list[tuple[str, tuple[Any, ...]]] | None = None) -> list[Any]:  # fmt: skip
+            plain: list[tuple[str, tuple[Any, ...]]] | None = None, *, durable: bool = False) -> list[Any]:  # fmt: skip
         """Run scripts (by SHA, loaded again where a node lacks them) and plain commands in one
-        pipeline; their results in order (scripts first). (redis-py's cluster pipeline refuses its
-        ``evalsha`` method, not the command: it routes EVALSHA by its keys.)"""
+        pipeline, retried as :meth:`call` does; their results in order (scripts first).
+        ``durable``: with ``replicas``, wait until each primary written has passed the writes on
+        (else run the whole idempotent pipeline again)."""
+        return cast(list[Any], self.call(lambda: self._run_once(calls, plain or [], durable)))
+
+    def _nodes(self, keys: list[str]) -> dict[str, Any]:
+        client = cast(redis.cluster.RedisCluster, self.client)
+        nodes = (client.get_node_from_key(k) for k in keys)  # type: ignore[no-untyped-call]
+        return {n.name: n for n in nodes if n is not None}
+
+    def _run_once(self, calls: list[tuple[str, list[str], list[Any]]], plain: list[tuple[str, tuple[Any, ...]]],
+                  durable: bool, loaded: bool = False) -> list[Any]:  # fmt: skip
+        # (redis-py's cluster pipeline refuses its ``evalsha`` method, not the command: it routes
+        # EVALSHA by its keys.)
         pipe = self.client.pipeline(transaction=False)
-        for name, keys, args in calls:
-            pipe.execute_command("EVALSHA", self._scripts[name].sha, len(keys), *keys, *args)
-        for method, plain_args in plain or ():
+        for name, script_keys, args in calls:
+            pipe.execute_command("EVALSHA", self._scripts[name].sha, len(script_keys), *script_keys, *args)
+        for method, plain_args in plain:
             getattr(pipe, method)(*plain_args)
+        wait = durable and self.replicas > 0
+        nodes: dict[str, Any] = {}
+        keys: list[str] = []
+        ms = max(1, min(1000, int(self.retry_timeout * 1000)))
+        if wait and self.cluster:
+            # WAIT counts the writes of its connection: one per primary, after that primary's writes
+            # in the same pipeline (one connection per node)
+            keys = [k[0] for _n, k, _a in calls] + [a[0] for _m, a in plain]
+            nodes = self._nodes(keys)
+            for node in nodes.values():
+                pipe.execute_command("WAIT", self.replicas, ms, target_nodes=node)
+        elif wait:
+            pipe.execute_command("WAIT", self.replicas, ms)
         results = list(pipe.execute(raise_on_error=False))
-        missing = [i for i, r in enumerate(results[: len(calls)]) if isinstance(r, NoScriptError)]
-        if missing:  # a new node, a promoted replica, a SCRIPT FLUSH: load and run those again
+        if not loaded and any(isinstance(r, NoScriptError) for r in results[: len(calls)]):
+            # a new node, a promoted replica, a SCRIPT FLUSH: load, and run it all again (idempotent)
             for s in self._scripts.values():
                 self.client.script_load(s.script)
-            pipe = self.client.pipeline(transaction=False)
-            for i in missing:
-                name, keys, args = calls[i]
-                pipe.execute_command("EVALSHA", self._scripts[name].sha, len(keys), *keys, *args)
-            for i, r in zip(missing, pipe.execute(raise_on_error=False)):
-                results[i] = r
-        for r in results:
-            if isinstance(r, Exception):
-                raise r
-        return results
+            return self._run_once(calls, plain, durable, loaded=True)
+        errors = [r for r in results if isinstance(r, Exception)]
+        if errors:
+            raise next((e for e in errors if not _transient(e)), errors[0])
+        if wait:
+            acked = [int(r) for r in results[len(calls) + len(plain) :]]
+            if any(n < self.replicas for n in acked):
+                raise _NotReplicated(f"a write was not confirmed by {self.replicas} replica(s) within {ms} ms")
+            if self.cluster and self._nodes(keys).keys() != nodes.keys():
+                raise _NotReplicated("a slot moved during the write: waiting for its new owner's replicas")
+        return results[: len(calls) + len(plain)]
 
     def lock_read(self, lkey: str, hkey: str, token: str) -> dict[bytes, bytes]:
         """Take the user's lock and read their hash (waiting up to ``lock_wait``)."""
         ttl_ms = max(1, int(self.lock_ttl * 1000))
         deadline = time.monotonic() + self.lock_wait
         pause = 0.0005
+        script = self._scripts["lock_read"]
+
+        def attempt() -> Any:
+            return script(keys=[lkey, hkey], args=[token, ttl_ms])
+
         while True:
-            got, data = cast(list[Any], self._scripts["lock_read"](keys=[lkey, hkey], args=[token, ttl_ms]))
+            got, data = cast(list[Any], self.call(attempt))
             if got:
                 return dict(zip(data[::2], data[1::2]))
             left = deadline - time.monotonic()
@@ -708,32 +977,38 @@ class RedisState:
             pause = min(pause * 2, 0.02)
 
     def evict(self, part: int, stripe: int, excess: int) -> None:
-        """Drop up to ``excess`` least recently active users of ``part`` in ``stripe``."""
+        """Drop up to ``excess`` least recently active users of ``part`` in ``stripe`` (each step
+        idempotent: the candidates are read, not popped, and removed only if not re-scored)."""
         akey = self.activity_key(part, stripe)
         for _round in range(4):
             if excess <= 0:
                 return
-            popped = cast(list[tuple[bytes, float]], self.client.zpopmin(akey, excess))
-            if not popped:
+            found = cast(
+                list[tuple[bytes, float]], self._pipe([("zrange", (akey, 0, excess - 1), {"withscores": True})])[0]
+            )
+            if not found:
                 return
             calls = []
-            for member, score in popped:
+            version = os.urandom(12).hex()
+            for member, score in found:
                 uid = member.decode("utf-8", "surrogatepass")
                 hkey, lkey = self.user_keys(uid)
-                calls.append(("evict", [lkey, hkey], [b"p%d" % part, b"t%d" % part, repr(score), N_PARTS, uid]))
+                calls.append(("evict", [lkey, hkey],
+                              [b"p%d" % part, b"t%d" % part, repr(score), N_PARTS, uid, version]))  # fmt: skip
             back: dict[bytes, float] = {}
-            dropped = 0
-            for (member, score), (status, t) in zip(popped, self.run(calls)):
-                if status == 0:  # busy: its holder is using it, keep it
-                    back[member] = score
-                elif status == 1:  # active since: re-scored
+            gone: list[Any] = []
+            for (member, score), (status, t) in zip(found, self.run(calls)):
+                if status == 1:  # active since: re-scored
                     back[member] = float(t)
-                else:
-                    dropped += 1
+                elif status == 2:
+                    gone += (member, repr(score))
+                # status 0: busy, its holder is using it: kept
             if back:
-                self.client.zadd(akey, cast(Any, back))
-            excess -= dropped
-            if not dropped:
+                self._pipe([("zadd", (akey, back), {})])
+            if gone:
+                self.run([("zrem_if", [akey], gone)])
+            excess -= len(gone) // 2
+            if not gone:
                 return  # every victim busy or active: the next creation trims again
 
     # -- transactions -----------------------------------------------------------------------------------
@@ -753,20 +1028,28 @@ class RedisState:
             raise
 
     # -- reads --------------------------------------------------------------------------------------------
+    def _pipe(self, commands: list[tuple[str, tuple[Any, ...], dict[str, Any]]]) -> list[Any]:
+        """Plain (idempotent) commands in one pipeline, retried as :meth:`call` does."""
+
+        def once() -> list[Any]:
+            pipe = self.client.pipeline(transaction=False)
+            for method, args, kwargs in commands:
+                getattr(pipe, method)(*args, **kwargs)
+            return list(pipe.execute())
+
+        return cast(list[Any], self.call(once))
+
     def _members(self, part: int) -> list[tuple[float, str]]:
-        pipe = self.client.pipeline(transaction=False)
-        for s in range(self.stripes):
-            pipe.zrange(self.activity_key(part, s), 0, -1, withscores=True)
-        found = [(score, m.decode("utf-8", "surrogatepass")) for got in pipe.execute() for m, score in got]
+        got_all = self._pipe([("zrange", (self.activity_key(part, s), 0, -1), {"withscores": True})
+                              for s in range(self.stripes)])  # fmt: skip
+        found = [(score, m.decode("utf-8", "surrogatepass")) for got in got_all for m, score in got]
         found.sort()
         return found
 
     def count(self, part: int) -> int:
         """See :meth:`StateStore.count`."""
-        pipe = self.client.pipeline(transaction=False)
-        for s in range(self.stripes):
-            pipe.zcard(self.activity_key(part, s))
-        return sum(int(n) for n in pipe.execute())
+        return sum(int(n) for n in self._pipe([("zcard", (self.activity_key(part, s),), {})
+                                               for s in range(self.stripes)]))  # fmt: skip
 
     def users(self, part: int) -> list[tuple[str, Any]]:
         """See :meth:`StateStore.users` (by the hosts' clocks of their last activity)."""
@@ -775,25 +1058,21 @@ class RedisState:
         field = b"p%d" % part
         for at in range(0, len(members), 1000):
             chunk = members[at : at + 1000]
-            pipe = self.client.pipeline(transaction=False)
-            for _score, uid in chunk:
-                pipe.hmget(self.user_keys(uid)[0], [b"id", field])
-            for (_score, uid), (rid, data) in zip(chunk, pipe.execute()):
+            got = self._pipe([("hmget", (self.user_keys(uid)[0], [b"id", field]), {}) for _score, uid in chunk])
+            for (_score, uid), (rid, data) in zip(chunk, got):
                 if data and rid is not None and rid.decode("utf-8", "surrogatepass") == uid:
                     out.append((uid, self.codecs[part].decode(_dec.decode(data))))
         return out
 
     def rows(self, table: str) -> list[tuple[Any, list[Any]]]:
         """See :meth:`StateStore.rows`."""
-        index = cast(dict[bytes, bytes], self.client.hgetall(self.index_key(table)))
+        index = cast(dict[bytes, bytes], self.call(lambda: self.client.hgetall(self.index_key(table))))
         items = list(index.items())
         out: list[tuple[Any, list[Any]]] = []
         for at in range(0, len(items), 1000):
             chunk = items[at : at + 1000]
-            pipe = self.client.pipeline(transaction=False)
-            for rid, _k in chunk:
-                pipe.hgetall(f"{self.prefix}:{{r{rid.decode()}}}")
-            for (_rid, k), raw in zip(chunk, pipe.execute()):
+            got = self._pipe([("hgetall", (f"{self.prefix}:{{r{rid.decode()}}}",), {}) for rid, _k in chunk])
+            for (_rid, k), raw in zip(chunk, got):
                 if raw:
                     key = _dec.decode(k)
                     out.append((tuple(key) if isinstance(key, list) else key, _unflatten(raw, top_dict=False)[0]))
@@ -801,7 +1080,8 @@ class RedisState:
 
     def reservoir(self) -> list[float]:
         """See :meth:`StateStore.reservoir`."""
-        return [float(v) for v in cast(list[bytes], self.client.lrange(self.reservoir_key, 0, -1))]
+        got = cast(list[bytes], self.call(lambda: self.client.lrange(self.reservoir_key, 0, -1)))
+        return [float(v) for v in got]
 
     def set_reservoir(self, values: list[float]) -> None:
         """Replace the reservoir (a snapshot's)."""
@@ -809,25 +1089,22 @@ class RedisState:
 
     def clear(self, parts: tuple[int, ...], tables: tuple[str, ...]) -> None:
         """See :meth:`StateStore.clear` (not atomic with concurrent writers)."""
+        version = os.urandom(12).hex()
         for p in parts:
             members = self._members(p)
             for at in range(0, len(members), 1000):
                 calls = [
-                    ("clear_part", [self.user_keys(uid)[0]], [b"p%d" % p, b"t%d" % p, N_PARTS])
+                    ("clear_part", [self.user_keys(uid)[0]], [b"p%d" % p, b"t%d" % p, N_PARTS, version])
                     for _s, uid in members[at : at + 1000]
                 ]
                 self.run(calls)
-            pipe = self.client.pipeline(transaction=False)
-            for s in range(self.stripes):
-                pipe.delete(self.activity_key(p, s))
-            pipe.execute()
+            self._pipe([("delete", (self.activity_key(p, s),), {}) for s in range(self.stripes)])
         for table in tables:
-            ids = cast(list[bytes], self.client.hkeys(self.index_key(table)))
-            pipe = self.client.pipeline(transaction=False)
-            for rid in ids:
-                pipe.delete(f"{self.prefix}:{{r{rid.decode()}}}")
-            pipe.delete(self.index_key(table))
-            pipe.execute()
+            ikey = self.index_key(table)
+            ids = cast(list[bytes], self._pipe([("hkeys", (ikey,), {})])[0])
+            drops: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = [("delete", (ikey,), {})]
+            drops += [("delete", (f"{self.prefix}:{{r{rid.decode()}}}",), {}) for rid in ids]
+            self._pipe(drops)
 
 
 # --- URIs -------------------------------------------------------------------------------------------------
@@ -874,6 +1151,39 @@ def _query(query: str, uri: str) -> dict[str, Any]:
     if "ssl" in out:
         out["ssl"] = str(out["ssl"]).lower() in ("1", "true", "yes", "on")
     return out
+
+
+#: Client options :meth:`RedisState.from_uri` sets unless the URI or ``client_options`` give them.
+_SOCKET_DEFAULTS: dict[str, Any] = {"socket_timeout": 5.0, "socket_connect_timeout": 2.0}
+
+#: The store's own options a URI's query may carry (not given to redis-py), and their types.
+STORE_QUERY_OPTIONS: dict[str, Callable[[str], Any]] = {
+    "replicas": int,
+    "retry_timeout": float,
+    "lock_ttl": float,
+    "lock_wait": float,
+    "stripes": int,
+    "remember": float,
+}
+
+
+def _store_options(uri: str) -> tuple[str, dict[str, Any]]:
+    """``uri`` without the store's own options in its query, and those options."""
+    if not isinstance(uri, str) or "?" not in uri:
+        return uri, {}
+    parts = urlsplit(uri)
+    mine: dict[str, Any] = {}
+    rest: list[tuple[str, str]] = []
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        kind = STORE_QUERY_OPTIONS.get(name)
+        if kind is None:
+            rest.append((name, value))
+            continue
+        try:
+            mine[name] = kind(value)
+        except ValueError:
+            raise StoreError(f"{uri!r}: invalid value {value!r} for the option {name!r}") from None
+    return urlunsplit(parts._replace(query=urlencode(rest))), mine
 
 
 def redis_client(uri: str, **options: Any) -> Client:

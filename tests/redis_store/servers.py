@@ -200,3 +200,186 @@ def start_cluster(primaries: int = 3, replicas: int = 1) -> Servers:
     except BaseException:
         servers.stop()
         raise
+
+
+# --- failures and topology changes (tests that mutate their own cluster) -------------------------------
+
+
+def _live(servers: Servers) -> list[Node]:
+    return [n for n in servers.nodes if n.proc.poll() is None]
+
+
+def node_by_port(servers: Servers, port: int) -> Node:
+    for n in servers.nodes:
+        if n.port == port:
+            return n
+    raise KeyError(f"no node on port {port}")
+
+
+def node_id(node: Node) -> str:
+    return node.cli("cluster", "myid").strip()
+
+
+def _cluster_nodes(node: Node) -> list[list[str]]:
+    """``CLUSTER NODES`` of ``node``, split: id, addr, flags, primary, ..., slots."""
+    return [line.split() for line in node.cli("cluster", "nodes").splitlines() if line.strip()]
+
+
+def slot_owner(servers: Servers, slot: int) -> Node:
+    """The primary serving ``slot``, as a live node sees it."""
+    import redis
+
+    for n in _live(servers):
+        with contextlib.suppress(redis.RedisError):
+            with redis.Redis(port=n.port) as r:
+                for start, end, primary, *_replicas in r.execute_command("CLUSTER SLOTS"):
+                    if start <= slot <= end:
+                        return node_by_port(servers, int(primary[1]))
+    raise RuntimeError(f"no live node knows who serves slot {slot}")
+
+
+def _all_ok(servers: Servers) -> bool:
+    return all("cluster_state:ok" in n.cli("cluster", "info") for n in _live(servers))
+
+
+def prepare_for_failures(servers: Servers, timeout: float = START_TIMEOUT) -> None:
+    """Make a replica's full synchronization start at once (``repl-diskless-sync-delay 0``, not 5 s:
+    a restarted or new replica is usable sooner) and wait until every replica is synchronized
+    (a replica that never was cannot take over)."""
+    for n in _live(servers):
+        n.cli("config", "set", "repl-diskless-sync-delay", "0")
+
+    def synced() -> bool:
+        for n in _live(servers):
+            info = n.cli("info", "replication")
+            if "role:slave" in info and "master_link_status:up" not in info:
+                return False
+        return True
+
+    _wait("every replica to be synchronized", synced, _live(servers), timeout)
+
+
+def kill_primary(servers: Servers, port: int, timeout: float = START_TIMEOUT) -> Node:
+    """``kill -9`` the primary on ``port``; wait until its replica was promoted (every live node
+    says ``cluster_state:ok`` and gives the dead node no slot); the promoted node."""
+    dead = node_by_port(servers, port)
+    dead_id = node_id(dead)
+    replica_ids = {f[0] for f in _cluster_nodes(dead) if len(f) > 3 and f[3] == dead_id}
+    if not replica_ids:
+        raise RuntimeError(f"the node on port {port} has no replica to take over")
+    dead.proc.kill()
+    dead.proc.wait(timeout=10)
+    live = _live(servers)
+
+    def promoted() -> bool:
+        if not _all_ok(servers):
+            return False
+        for n in live:
+            for f in _cluster_nodes(n):
+                if f[0] == dead_id and len(f) > 8:  # still serving slots
+                    return False
+                if f[0] in replica_ids and "master" in f[2]:
+                    return True
+        return False
+
+    _wait(f"a replica of port {port} to take over", promoted, live, timeout)
+    for n in live:
+        if node_id(n) in replica_ids and "role:master" in n.cli("info", "replication"):
+            return n
+    raise RuntimeError("the promoted replica was not found")
+
+
+def restart_node(servers: Servers, port: int, timeout: float = START_TIMEOUT) -> Node:
+    """Start again the (killed) node of ``port`` from its directory (its ``nodes.conf``): a primary
+    that was failed over rejoins as a replica of its successor; wait until it is synchronized."""
+    old = node_by_port(servers, port)
+    if old.proc.poll() is None:
+        raise RuntimeError(f"the node on port {port} is running")
+    proc = subprocess.Popen(["redis-server", str(old.dir / "redis.conf")], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent)  # fmt: skip
+    node = Node(port, old.dir, proc)
+    servers.nodes[servers.nodes.index(old)] = node
+
+    def synced() -> bool:
+        info = node.cli("info", "replication")
+        return "role:slave" in info and "master_link_status:up" in info and _all_ok(servers)
+
+    _wait(f"the node on port {port} to rejoin as a replica", synced, _live(servers), timeout)
+    return node
+
+
+def add_node(servers: Servers, replica_of: Node | None = None, timeout: float = START_TIMEOUT) -> Node:
+    """A new empty node joined to the running cluster (``redis-cli --cluster add-node``): a primary
+    with no slots, or a replica of ``replica_of``; waited for until every live node knows it."""
+    used = set(servers.ports)
+    node = _start_node(servers.root, used, cluster=True)
+    servers.nodes.append(node)
+    node.cli("config", "set", "repl-diskless-sync-delay", "0")
+    seed = next(n for n in _live(servers) if n is not node)
+    args = ["redis-cli", "--cluster", "add-node", f"127.0.0.1:{node.port}", f"127.0.0.1:{seed.port}"]
+    if replica_of is not None:
+        args += ["--cluster-slave", "--cluster-master-id", node_id(replica_of)]
+    out = subprocess.run(args, capture_output=True, timeout=START_TIMEOUT * 2, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"redis-cli --cluster add-node failed:\n{out.stdout.decode()}\n{out.stderr.decode()}")
+    new_id = node_id(node)
+
+    def joined() -> bool:
+        if not all(any(f[0] == new_id for f in _cluster_nodes(n)) for n in _live(servers)):
+            return False
+        if replica_of is not None and "master_link_status:up" not in node.cli("info", "replication"):
+            return False
+        return _all_ok(servers)
+
+    _wait(f"the node on port {node.port} to join", joined, _live(servers), timeout)
+    return node
+
+
+def move_slots(servers: Servers, slots: list[int], to: Node, timeout: float = START_TIMEOUT) -> None:
+    """Move ``slots`` to the primary ``to`` while clients keep writing, as ``redis-cli --cluster
+    reshard`` does, one slot at a time: ``SETSLOT IMPORTING`` on ``to``, ``MIGRATING`` on the owner,
+    ``MIGRATE`` of the keys in batches (clients meanwhile get ASK / TRYAGAIN), then ``SETSLOT
+    NODE`` on both and on every other primary; wait until every live node agrees."""
+    import redis
+
+    to_id = node_id(to)
+    clients: dict[int, redis.Redis] = {}
+
+    def client(n: Node) -> redis.Redis:
+        if n.port not in clients:
+            clients[n.port] = redis.Redis(port=n.port, socket_timeout=10)
+        return clients[n.port]
+
+    owners = {slot: slot_owner(servers, slot) for slot in slots}
+    live_ports = {n.port: n for n in _live(servers)}
+    primaries = [live_ports[int(f[1].split("@")[0].rpartition(":")[2])] for f in _cluster_nodes(to)
+                 if "master" in f[2] and "fail" not in f[2]]  # fmt: skip
+    ids: dict[int, str] = {}
+    try:
+        for slot in slots:
+            src = owners[slot]
+            if src.port == to.port:
+                continue
+            src_id = ids.setdefault(src.port, node_id(src))
+            client(to).execute_command("CLUSTER SETSLOT", slot, "IMPORTING", src_id)
+            client(src).execute_command("CLUSTER SETSLOT", slot, "MIGRATING", to_id)
+            while True:
+                keys = client(src).execute_command("CLUSTER GETKEYSINSLOT", slot, 100)
+                if not keys:
+                    break
+                client(src).execute_command("MIGRATE", "127.0.0.1", to.port, "", 0, 5000, "KEYS", *keys)
+            for n in [to, src, *(p for p in primaries if p.port not in (to.port, src.port))]:
+                client(n).execute_command("CLUSTER SETSLOT", slot, "NODE", to_id)
+    finally:
+        for c in clients.values():
+            c.close()
+
+    def agreed() -> bool:
+        for n in _live(servers):
+            with redis.Redis(port=n.port) as r:
+                for start, end, primary, *_replicas in r.execute_command("CLUSTER SLOTS"):
+                    if int(primary[1]) != to.port and any(start <= s <= end for s in slots):
+                        return False
+        return _all_ok(servers)
+
+    _wait(f"every node to agree that {len(slots)} slot(s) moved", agreed, _live(servers), timeout)
