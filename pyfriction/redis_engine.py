@@ -89,9 +89,15 @@ __all__ = ["RedisCore", "split_options"]
 #: :class:`RedisCore` options a store URI's query may carry (the rest go to redis-py), and how
 #: they are read.
 URI_OPTIONS: dict[str, Callable[[str], Any]] = {
-    "prefix": str, "chunk": int, "baseline_interval": float, "retries": int, "retry_deadline": float,
+    "prefix": str, "chunk": int, "baseline_interval": float, "retries": int, "retry_timeout": float,
     "replicas": int, "wait_timeout": float, "dedupe": int, "rate_cap": int,
+    # the facts store's (RedisState)
+    "lock_ttl": float, "lock_wait": float, "stripes": int, "remember": float,
 }  # fmt: skip
+#: Which of them go to the records (RedisCore) and to the facts (RedisState); some go to both.
+CORE_OPTIONS = frozenset({"prefix", "chunk", "baseline_interval", "retries", "retry_timeout", "replicas",
+                          "wait_timeout", "dedupe", "rate_cap"})  # fmt: skip
+STATE_OPTIONS = frozenset({"prefix", "retry_timeout", "replicas", "lock_ttl", "lock_wait", "stripes", "remember"})
 
 Client = Any  # redis.Redis | redis.cluster.RedisCluster (redis-py's types are loose here)
 #: Makes the working table: ``(capacity, emit, outcome) -> Engine``.
@@ -180,13 +186,13 @@ end
 return table.concat(out)
 """
 
-# Commit: ARGV ttl, token, record size, keys, versions read, new records (all zeros: delete),
-# fingerprint bytes per user, their fingerprints. Answers {records created, then per user that met
-# a newer version: its index, version, record, token, fingerprints}.
+# Commit: ARGV keys, ttl, token, record size, versions read, new records (all zeros: delete),
+# field ``f`` bytes per user, their fields ``f``. Answers {records created, then per user that met
+# a newer version: its index, version, record, token, field ``f``}.
 _COMMIT_MANY = """#!lua flags=allow-cross-slot-keys
-local ttl, token, size, fsize = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[7])
+local ttl, token, size, fsize = tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[7])
 local keys, cur = {}, {}
-for key in string.gmatch(ARGV[4], '[^\\n]+') do
+for key in string.gmatch(ARGV[1], '[^\\n]+') do
   keys[#keys + 1] = key
   cur[#keys] = redis.call('HMGET', key, 'v', 's', 'c', 'f')
 end
@@ -266,7 +272,7 @@ class RedisCore:
     def __init__(self, make_local: LocalFactory, client: Client, emit: Callable[..., None],
                  outcome: Callable[..., None], *, prefix: str = "pf", chunk: int = 4096,
                  baseline_interval: float = 2.0, idle_ttl: float | None = None, retries: int = 64,
-                 recent: int = 100_000, retry_deadline: float = 10.0, replicas: int = 0,
+                 recent: int = 100_000, retry_timeout: float = 10.0, replicas: int = 0,
                  wait_timeout: float = 1.0, dedupe: int = 16, rate_cap: int = 100,
                  clock: Callable[[], float] = time.time) -> None:  # fmt: skip
         if chunk < 1 or retries < 1 or recent < 1:
@@ -299,7 +305,7 @@ class RedisCore:
         self.batch_queue = True
         self._lock = threading.RLock()
         self._scripts = {name: client.register_script(src) for name, src in _SCRIPTS.items()}
-        self._pipes = NodePipelines(client, retry_deadline, replicas, wait_timeout)
+        self._pipes = NodePipelines(client, retry_timeout, replicas, wait_timeout)
         self._cluster = isinstance(client, redis.cluster.RedisCluster)
         #: Users whose node's batched call failed and went one by one (slot moves, failovers).
         self.fallbacks = 0
@@ -345,8 +351,13 @@ class RedisCore:
             return self._pipes.run(commands)
 
         results = send(list(range(len(calls))))
-        missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
-        if missing:  # a new primary, a promoted replica without them, a SCRIPT FLUSH
+        for _round in range(3):
+            missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+            if not missing:
+                break
+            # A new primary (a slot moving to it: its map may be news to this client), a
+            # promoted replica without them, a SCRIPT FLUSH: load them everywhere, send again.
+            self._pipes.refresh()
             for script in self._scripts.values():
                 self.client.script_load(script.script)
             for i, r in zip(missing, send(missing)):
@@ -382,17 +393,19 @@ class RedisCore:
             argv = ["\n".join(keys[i] for i in indices), *args(indices)]
             try:
                 try:
-                    reply = self._call(conn, sha, argv)
+                    reply = self._call(conn, sha, argv, name != "read_many")
                 except NoScriptError:
                     conn.script_load(self._scripts[name].script)
-                    reply = self._call(conn, sha, argv)
+                    reply = self._call(conn, sha, argv, name != "read_many")
             except Exception:  # a slot moving, a failover, a dropped connection: user by user
                 self.fallbacks += len(indices)
                 reply = None
             out.append((indices, reply))
         return out
 
-    def _call(self, conn: Any, sha: str, argv: list[Any]) -> Any:
+    def _call(self, conn: Any, sha: str, argv: list[Any], writes: bool) -> Any:
+        if not writes:
+            return conn.execute_command("EVALSHA", sha, 0, *argv)
         pipe = conn.pipeline(transaction=False)
         pipe.execute_command("EVALSHA", sha, 0, *argv)
         self._pipes.wait_for_replicas(pipe)
@@ -712,7 +725,7 @@ class RedisCore:
         def args(idx: list[int]) -> list[Any]:
             return [self.ttl_ms, token, SLOT_SIZE, struct.pack(f"<{len(idx)}d", *(versions[i] for i in idx)),
                     b"".join(changed[users[i]][0] or _DELETE for i in idx), fsize,
-                    b"".join(changed[users[i]][1] for i in idx)]  # fmt: skip
+                    b"".join(changed[users[i]][1] or bytes(fsize) for i in idx)]  # fmt: skip
 
         for indices, reply in self._per_node("commit_many", keys, args):
             if reply is None:

@@ -99,7 +99,8 @@ class NodePipelines:
         slot = self.client.keyslot(key)
         return self.client.nodes_manager.get_node_from_slot(slot)
 
-    def _refresh(self) -> None:
+    def refresh(self) -> None:
+        """Read the cluster's slot map again (nothing on one server)."""
         if self.cluster:
             try:
                 self.client.nodes_manager.initialize()
@@ -170,7 +171,7 @@ class NodePipelines:
                 if any(not isinstance(out[i], MovedError) for i, _a, ask in retry if ask is None):
                     time.sleep(pause)
                     pause = min(pause * 2, 0.25)
-                self._refresh()
+                self.refresh()
             todo = retry
         return out
 

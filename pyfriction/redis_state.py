@@ -825,7 +825,7 @@ class RedisState:
         read blocked for ever."""
         uri, from_query = _store_options(uri)
         given = {name for name, _v in parse_qsl(urlsplit(uri).query)} | set(client_options or {})
-        client_options = {**{k: v for k, v in _SOCKET_DEFAULTS.items() if k not in given}, **(client_options or {})}
+        client_options = {**{k: v for k, v in SOCKET_DEFAULTS.items() if k not in given}, **(client_options or {})}
         return cls(redis_client(uri, **client_options), capacity, owns_client=True, **{**from_query, **options})
 
     def close(self) -> None:
@@ -1154,7 +1154,7 @@ def _query(query: str, uri: str) -> dict[str, Any]:
 
 
 #: Client options :meth:`RedisState.from_uri` sets unless the URI or ``client_options`` give them.
-_SOCKET_DEFAULTS: dict[str, Any] = {"socket_timeout": 5.0, "socket_connect_timeout": 2.0}
+SOCKET_DEFAULTS: dict[str, Any] = {"socket_timeout": 5.0, "socket_connect_timeout": 2.0}
 
 #: The store's own options a URI's query may carry (not given to redis-py), and their types.
 STORE_QUERY_OPTIONS: dict[str, Callable[[str], Any]] = {

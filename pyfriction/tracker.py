@@ -169,8 +169,9 @@ class Tracker:
     ``sync_interval`` seconds and on :meth:`close`; or a Redis URI (``redis://host:6379``,
     ``redis+cluster://host:7000``, ``redis+sentinel://host:26379/service``) shared by every
     host: see :mod:`pyfriction.redis_engine`, whose options (``prefix``, ``chunk``,
-    ``baseline_interval``, ``retries``, ``retry_deadline``; ``client`` for redis-py's)
-    ``store_options`` or the URI's query (``?prefix=shop``) set.
+    ``baseline_interval``, ``retry_timeout``, ``replicas``, ``dedupe``, ``rate_cap``...; and
+    :class:`~pyfriction.redis_state.RedisState`'s; ``client`` for redis-py's) ``store_options`` or
+    the URI's query (``?prefix=shop&replicas=1``) set.
     Further keyword ``options`` override config keys (see :func:`pyfriction.load_config`).
     """
 
@@ -273,14 +274,27 @@ class Tracker:
         """The engine on the Redis store of ``uri``: the records by :class:`RedisCore` over a
         working table of this tracker's engine, the facts by :class:`RedisState`."""
         try:
-            from .redis_engine import RedisCore, split_options
-            from .redis_state import RedisState, redis_client
+            from .redis_engine import CORE_OPTIONS, STATE_OPTIONS, RedisCore, split_options
+            from .redis_state import SOCKET_DEFAULTS, RedisState, redis_client
         except ImportError as exc:
             raise StoreError(f"a Redis store needs redis-py: pip install 'pyfriction[redis]' ({exc})") from None
         uri, in_uri = split_options(uri)
         options = {**in_uri, **options}
-        client = redis_client(uri, **dict(options.pop("client", None) or {}))
-        prefix = str(options.get("prefix", "pf"))
+        unknown = sorted(set(options) - CORE_OPTIONS - STATE_OPTIONS - {"client"})
+        if unknown:
+            raise StoreError(f"store_options: unknown {', '.join(map(repr, unknown))} (known: "
+                             f"{', '.join(sorted(CORE_OPTIONS | STATE_OPTIONS | {'client'}))})")  # fmt: skip
+        client_options = dict(options.pop("client", None) or {})
+        for name, value in SOCKET_DEFAULTS.items():  # a silent peer is an error retried, not a hang
+            if name not in client_options and name + "=" not in uri:
+                client_options[name] = value
+        timeout = client_options.get("socket_timeout")
+        if options.get("replicas") and timeout is not None and options.get("wait_timeout", 1.0) >= float(timeout):
+            raise StoreError("store_options: wait_timeout must be below the client's socket_timeout "
+                             f"({timeout} s), or the WAIT would be cut off as a dead connection")  # fmt: skip
+        client = redis_client(uri, **client_options)
+        core_options = {k: v for k, v in options.items() if k in CORE_OPTIONS}
+        state_options = {k: v for k, v in options.items() if k in STATE_OPTIONS}
         use_compiled = self._use_compiled(engine)
         compiled = _load_compiled() if use_compiled else None
 
@@ -289,11 +303,11 @@ class Tracker:
             return compiled.CompiledCore(*args) if compiled is not None else ReferenceCore(*args)
 
         try:
-            core = RedisCore(make_local, client, self._emit, self._outcome, idle_ttl=self.config.idle_ttl, clock=self._clock,
-                             **options)  # fmt: skip
-        except TypeError as exc:
+            core = RedisCore(make_local, client, self._emit, self._outcome, idle_ttl=self.config.idle_ttl,
+                             clock=self._clock, **core_options)  # fmt: skip
+            self._redis = RedisState(client, self.config.capacity, owns_client=True, **state_options)
+        except (TypeError, ValueError) as exc:
             raise StoreError(f"store_options: {exc}") from None
-        self._redis = RedisState(client, self.config.capacity, prefix=prefix, owns_client=True)
         return cast(EngineProtocol, core)
 
     # -- events ------------------------------------------------------------------------------

@@ -117,6 +117,8 @@ def test_two_hosts_in_lock_step_equal_one_memory_tracker(redis_target: tuple[str
                 assert got.pop(name) >= want.pop(name)
         assert got == want
         assert len(hosts[1]._core) == len(mem._core)
+        # Every user went in its node's batched calls: none had to go one by one.
+        assert sum(h.store_stats()["fallbacks"] for h in hosts) == 0
     finally:
         for h in hosts:
             h.close()
