@@ -39,6 +39,8 @@ which arguments are keys (``COMMAND GETKEYS``: one more round trip per call), wh
                    token of the commit that wrote it (a retried commit knows its own)
     P:{steps}      hash: step key -> count and histogram buckets (little-endian uint32s)
     P:{counters}   hash: the engine's counters, and "users" (records created minus deleted)
+    P:{names}      hash: step and target key -> name (HSETNX), so an episode on one host names
+                   what another host saw
     P:{steps}:X, P:{counters}:X   the number of host X's last flush there (a day's TTL)
 
 **Step baselines and counters** are aggregates of every host: each host adds what its chunks
@@ -81,6 +83,7 @@ from redis.exceptions import NoScriptError
 from ._constants import COUNTER_NAMES
 from ._hashing import key64
 from ._layout import SLOT_DTYPE, STEP_DTYPE, UID_BYTES
+from ._rules import Names
 from .redis_pipe import NodePipelines
 from .store import StoreError
 
@@ -221,7 +224,18 @@ end
 return out
 """
 
-_SCRIPTS = {"commit": _COMMIT, "steps": _STEPS, "counters": _COUNTERS, "read_many": _READ_MANY,
+# KEYS[1] the names; ARGV: how many this host knows, then pairs: key, text (HSETNX: the first
+# text of a key stays). Answers {count, and every pair when the count is not the one known}.
+_NAMES = """
+for i = 2, #ARGV, 2 do
+  redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1])
+end
+local n = redis.call('HLEN', KEYS[1])
+if n == tonumber(ARGV[1]) then return {n} end
+return {n, redis.call('HGETALL', KEYS[1])}
+"""
+
+_SCRIPTS = {"names": _NAMES, "commit": _COMMIT, "steps": _STEPS, "counters": _COUNTERS, "read_many": _READ_MANY,
             "commit_many": _COMMIT_MANY}  # fmt: skip
 _STEP_INTS = 1 + STEP_DTYPE["buckets"].shape[0]  # count, then the buckets
 SLOT_SIZE = SLOT_DTYPE.itemsize
@@ -274,7 +288,7 @@ class RedisCore:
                  baseline_interval: float = 2.0, idle_ttl: float | None = None, retries: int = 64,
                  recent: int = 100_000, retry_timeout: float = 10.0, replicas: int = 0,
                  wait_timeout: float = 1.0, dedupe: int = 16, rate_cap: int = 100,
-                 clock: Callable[[], float] = time.time) -> None:  # fmt: skip
+                 clock: Callable[[], float] = time.time, names: Any = None) -> None:  # fmt: skip
         if chunk < 1 or retries < 1 or recent < 1:
             raise ValueError("chunk, retries and recent must be at least 1")
         if not 0 <= dedupe <= 1024:
@@ -311,6 +325,9 @@ class RedisCore:
         self.fallbacks = 0
         self.steps_key = f"{prefix}:{{steps}}"
         self.counters_key = f"{prefix}:{{counters}}"
+        self.names_key = f"{prefix}:{{names}}"
+        self._names: Any = names if names is not None else Names()
+        self._shared_names: set[int] = set()  # keys Redis is known to name
         # The step baselines: totals as last read, plus what this host added since.
         self._baseline = np.zeros(0, dtype=STEP_DTYPE)
         self._pending_steps: dict[int, np.ndarray] = {}
@@ -457,10 +474,21 @@ class RedisCore:
             for key, delta in self._pending_steps.items():
                 step_args += [key, delta.astype("<u4").tobytes()]
             host = self._host.decode()
-            got_steps, got_counters = self._run([
+            new_names = [x for key, text in list(self._names.items()) if key not in self._shared_names
+                         for x in (key, text)]  # fmt: skip
+            got_steps, got_counters, got_names = self._run([
                 ("steps", [self.steps_key, f"{self.steps_key}:{host}"], step_args),
                 ("counters", [self.counters_key, f"{self.counters_key}:{host}"], [self._flushes, *args]),
+                ("names", [self.names_key], [len(self._shared_names), *new_names]),
             ])  # fmt: skip
+            if len(got_names) > 1:  # another host named steps or targets: learn them
+                pairs = got_names[1]
+                shared = {int(k): v.decode("utf-8", "replace") for k, v in zip(pairs[::2], pairs[1::2])}
+                for key, text in shared.items():
+                    self._names.remember(key, text)
+                self._shared_names = set(shared)
+            else:
+                self._shared_names.update(new_names[::2])
             self._flushes += 1
             self._flushed = local
             self._users_delta = 0

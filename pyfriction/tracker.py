@@ -304,7 +304,7 @@ class Tracker:
 
         try:
             core = RedisCore(make_local, client, self._emit, self._outcome, idle_ttl=self.config.idle_ttl,
-                             clock=self._clock, **core_options)  # fmt: skip
+                             clock=self._clock, names=self._names, **core_options)  # fmt: skip
             self._redis = RedisState(client, self.config.capacity, owns_client=True, **state_options)
         except (TypeError, ValueError) as exc:
             raise StoreError(f"store_options: {exc}") from None

@@ -332,6 +332,22 @@ def test_a_commit_meeting_a_newer_version_replays_from_it(redis_target: tuple[st
         b.close()
 
 
+def test_an_episode_names_steps_and_targets_another_host_saw(redis_target: tuple[str, str], prefix: str) -> None:
+    """Names are shared (HSETNX): the step a user entered on host A names host B's episode."""
+    hosts = [_tracker(redis_target[1], prefix) for _ in range(2)]
+    fired: list[Any] = []
+    hosts[1].on_friction(fired.append, sync=True)
+    try:
+        hosts[0].observe({"user_id": "ann", "type": "page", "step": "checkout/payment", "ts": T0})
+        clicks = [{"user_id": "ann", "type": "click", "target": "#pay-now", "ts": T0 + 1 + 0.1 * i} for i in range(4)]
+        hosts[0].observe_many(clicks[:1])  # host A names the target too
+        hosts[1].observe_many(clicks[1:])
+        assert [(e.step, e.target) for e in fired] == [("checkout/payment", "#pay-now")]
+    finally:
+        for h in hosts:
+            h.close()
+
+
 # --- ticks, guidance, options -------------------------------------------------------------------------------------
 
 
