@@ -64,6 +64,7 @@ size Redis's memory for them (about 300 bytes per user; see docs/operating.md).
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 import struct
 import threading
@@ -89,17 +90,19 @@ from .store import StoreError
 
 __all__ = ["RedisCore", "split_options"]
 
+log = logging.getLogger("pyfriction")
+
 #: :class:`RedisCore` options a store URI's query may carry (the rest go to redis-py), and how
 #: they are read.
 URI_OPTIONS: dict[str, Callable[[str], Any]] = {
     "prefix": str, "chunk": int, "baseline_interval": float, "retries": int, "retry_timeout": float,
-    "replicas": int, "wait_timeout": float, "dedupe": int, "rate_cap": int,
+    "replicas": int, "wait_timeout": float, "dedupe": int, "rate_cap": int, "flush_interval": float,
     # the facts store's (RedisState)
     "lock_ttl": float, "lock_wait": float, "stripes": int, "remember": float,
 }  # fmt: skip
 #: Which of them go to the records (RedisCore) and to the facts (RedisState); some go to both.
 CORE_OPTIONS = frozenset({"prefix", "chunk", "baseline_interval", "retries", "retry_timeout", "replicas",
-                          "wait_timeout", "dedupe", "rate_cap"})  # fmt: skip
+                          "wait_timeout", "dedupe", "rate_cap", "flush_interval"})  # fmt: skip
 STATE_OPTIONS = frozenset({"prefix", "retry_timeout", "replicas", "lock_ttl", "lock_wait", "stripes", "remember"})
 
 Client = Any  # redis.Redis | redis.cluster.RedisCluster (redis-py's types are loose here)
@@ -288,7 +291,8 @@ class RedisCore:
                  baseline_interval: float = 2.0, idle_ttl: float | None = None, retries: int = 64,
                  recent: int = 100_000, retry_timeout: float = 10.0, replicas: int = 0,
                  wait_timeout: float = 1.0, dedupe: int = 16, rate_cap: int = 100,
-                 clock: Callable[[], float] = time.time, names: Any = None) -> None:  # fmt: skip
+                 clock: Callable[[], float] = time.time, names: Any = None,
+                 flush_interval: float = 0.0) -> None:  # fmt: skip
         if chunk < 1 or retries < 1 or recent < 1:
             raise ValueError("chunk, retries and recent must be at least 1")
         if not 0 <= dedupe <= 1024:
@@ -320,6 +324,16 @@ class RedisCore:
         self._lock = threading.RLock()
         self._scripts = {name: client.register_script(src) for name, src in _SCRIPTS.items()}
         self._pipes = NodePipelines(client, retry_timeout, replicas, wait_timeout)
+        if not flush_interval >= 0:
+            raise ValueError("flush_interval must be 0 (off) or a number of seconds")
+        self.flush_interval = flush_interval
+        self._queue: list[Any] = []
+        self._queued = threading.Condition()
+        self._flushing = threading.Lock()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        #: Background batches Redis refused (kept queued and tried again).
+        self.flush_errors = 0
         self._cluster = isinstance(client, redis.cluster.RedisCluster)
         #: Users whose node's batched call failed and went one by one (slot moves, failovers).
         self.fallbacks = 0
@@ -344,6 +358,9 @@ class RedisCore:
         self.commits = 0
         self.conflicts = 0
         self.refresh()
+        if flush_interval:
+            self._thread = threading.Thread(target=self._flusher, name="pyfriction-redis-flush", daemon=True)
+            self._thread.start()
 
     # -- plumbing -----------------------------------------------------------------------------
     def _hold_episode(self, rec: Any, user_id: str, *rest: Any) -> None:
@@ -553,9 +570,55 @@ class RedisCore:
             yield batch, list(users)
 
     def observe(self, event: Any) -> float:
-        """See :meth:`pyfriction.Tracker.observe`."""
+        """See :meth:`pyfriction.Tracker.observe`. With ``flush_interval`` the event is queued
+        for the background flush and NaN returned (its score is not known yet)."""
+        if self.flush_interval:
+            with self._queued:
+                if len(self._queue) >= self.chunk:  # back-pressure: the caller waits for a flush
+                    self._queued.notify()
+                    while len(self._queue) >= self.chunk and not self._stopping:
+                        self._queued.wait(0.05)
+                self._queue.append(event)
+            return math.nan
         uid = _user_id_of(event)
         return float(self._chunk("one", event, [uid] if isinstance(uid, str) else []))
+
+    def _flusher(self) -> None:
+        """The background mode: every ``flush_interval`` seconds, the queued events as one batch.
+        A batch Redis refused (past ``retry_timeout``) stays queued, in order, and is tried again."""
+        while True:
+            with self._queued:
+                if not self._queue and not self._stopping:
+                    self._queued.wait(self.flush_interval)
+                if not self._queue and self._stopping:
+                    return
+            try:
+                self._flush_once()
+            except Exception:
+                self.flush_errors += 1
+                log.exception("pyfriction: a background batch failed; it stays queued")
+                time.sleep(min(1.0, 10 * self.flush_interval))
+                continue
+            time.sleep(self.flush_interval)
+
+    def _flush_once(self) -> bool:
+        """Score the oldest queued events (one chunk); False when none were queued. One at a
+        time (the thread and :meth:`flush`), so no event is scored twice."""
+        with self._flushing:
+            with self._queued:
+                batch = self._queue[: self.chunk]
+            if not batch:
+                return False
+            self.observe_many(batch)
+            with self._queued:
+                del self._queue[: len(batch)]
+                self._queued.notify_all()
+            return True
+
+    def flush(self) -> None:
+        """Score what the background mode holds now (no-op without it)."""
+        while self.flush_interval and self._flush_once():
+            pass
 
     def observe_many(self, events: Any) -> np.ndarray:
         """See :meth:`pyfriction.Tracker.observe_many`."""
@@ -889,8 +952,19 @@ class RedisCore:
                 "unreplicated": self._pipes.unreplicated}  # fmt: skip
 
     def sync(self, wait: bool = False) -> None:
-        """Add this host's baselines and counters to Redis now."""
+        """Score the queued events (background mode), then add this host's baselines and
+        counters to Redis."""
+        self.flush()
         self.refresh()
+
+    def close(self) -> None:
+        """Score the queued events and stop the background thread."""
+        self.sync()
+        with self._queued:
+            self._stopping = True
+            self._queued.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
 
     # -- snapshots: not on Redis ------------------------------------------------------------------
     def _no_snapshot(self) -> StoreError:

@@ -567,7 +567,7 @@ class Tracker:
         if self._webhook is not None:
             done = self._webhook.close(timeout) and done
         if self._redis is not None:
-            cast(Any, self._core).sync(True)
+            cast(Any, self._core).close()  # the background mode's queue scored, baselines added
             self._redis.close()
         if self._store_path is not None:
             self._syncer.stop()

@@ -7,6 +7,7 @@ The oracle is one memory tracker fed the same stream: hosts in lock-step (``base
 
 from __future__ import annotations
 
+import math
 import multiprocessing as mp
 import random
 import threading
@@ -346,6 +347,30 @@ def test_an_episode_names_steps_and_targets_another_host_saw(redis_target: tuple
     finally:
         for h in hosts:
             h.close()
+
+
+def test_the_background_mode_batches_single_events(redis_target: tuple[str, str], prefix: str) -> None:
+    """``flush_interval``: ``observe()`` queues (NaN: no score yet) and a thread scores the queue
+    in batches; callbacks as usual; ``sync()`` scores what is left. The result is one memory
+    tracker's on the same stream."""
+    events = _stream(random.Random(9), 600, 25)
+    host = _tracker(redis_target[1], prefix, flush_interval=0.002)
+    mem = Tracker()
+    seen_host: list[tuple[str, float, str]] = []
+    seen_mem: list[tuple[str, float, str]] = []
+    _episodes(host, seen_host)
+    _episodes(mem, seen_mem)
+    try:
+        for e in events:
+            assert math.isnan(host.observe(e))
+            mem.observe(e)
+        host.sync()
+        assert seen_host == seen_mem and seen_mem
+        for user in {e["user_id"] for e in events}:
+            assert _record_bytes(host, user) == _record_bytes(mem, user)
+        assert host.store_stats()["commits"] < len(events)  # batched: fewer commits than events
+    finally:
+        host.close()
 
 
 # --- ticks, guidance, options -------------------------------------------------------------------------------------
