@@ -61,7 +61,7 @@ import pyfriction
 from pyfriction import cli
 from pyfriction._layout import SLOT_DTYPE
 from pyfriction._sample import generate
-from pyfriction.store import StoreError, parse_store
+from pyfriction.store import StoreError, is_redis_store, parse_store
 
 from helpers import T0, ev, require_engine
 
@@ -204,15 +204,24 @@ def test_parse_store_file_uris() -> None:
 
 
 @pytest.mark.parametrize(
-    "uri", ["redis://localhost:6379/0", "memcached://cache:11211", "mongodb://db", "/var/lib/app/friction.state",
+    "uri", ["memcached://cache:11211", "mongodb://db", "/var/lib/app/friction.state",
             "friction.state", "file:relative.state", "memory://somewhere", "", "FILE"],
 )  # fmt: skip
 def test_unknown_scheme_names_the_supported_ones(uri: str) -> None:
     with pytest.raises(StoreError) as info:
         parse_store(uri)
-    assert "memory://" in str(info.value) and "file://" in str(info.value)
+    assert "memory://" in str(info.value) and "file://" in str(info.value) and "redis+cluster://" in str(info.value)
     with pytest.raises(StoreError, match="memory://"):
         pyfriction.Tracker(engine="compiled", store=uri, capacity=8)
+
+
+def test_a_redis_store_nobody_answers_is_a_store_error() -> None:
+    """A Redis URI is a store (pyfriction.redis_engine); with no server there, the tracker
+    gives up after ``retry_timeout`` with the error, not a hang."""
+    pytest.importorskip("redis")
+    assert not is_redis_store("memory://") and is_redis_store("redis+cluster://h:7000")
+    with pytest.raises(StoreError, match="ConnectionError"):
+        pyfriction.Tracker(store="redis://127.0.0.1:1/0?retry_timeout=0.2", capacity=8)
 
 
 def test_store_must_be_a_string(tmp_path: Any) -> None:
