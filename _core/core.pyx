@@ -33,7 +33,7 @@ One extension, many files (docs/architecture.md lists them): the declarations an
 here, then by concern, each C function taking the core as its first argument: ``spec.pxi``
 (the specification: one kernel per scoring step and per detector, named as the reference's
 functions), ``table.pxi`` (slots, index, recency), ``names.pxi``, ``intake.pxi`` (one event),
-``batch.pxi`` (columnar batches), ``export.pxi``, ``filestore.pxi`` and ``recent.pxi``.
+``batch.pxi`` (columnar batches), ``export.pxi``, ``filestore.pxi``, ``recent.pxi`` and ``marks.pxi``.
 ``consts.pxi`` is generated from ``pyfriction/_constants.py``.
 """
 
@@ -41,7 +41,7 @@ cimport cython
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memcpy, memmove, memset, memcmp
-from libc.math cimport exp, log, pow, floor, INFINITY, NAN
+from libc.math cimport exp, log, pow, floor, isfinite, INFINITY, NAN
 from cpython.dict cimport PyDict_CheckExact, PyDict_Contains, PyDict_Size, PyDict_Clear, PyDict_SetItem, PyDict_Next
 from cpython.list cimport PyList_GET_ITEM
 from cpython.float cimport PyFloat_AS_DOUBLE, PyFloat_CheckExact
@@ -824,3 +824,4 @@ include "batch.pxi"        # columnar batches (pipelined)
 include "export.pxi"       # reads and snapshots
 include "filestore.pxi"    # the shared store file
 include "recent.pxi"       # RecentIds (pyfriction.recent)
+include "marks.pxi"        # the Redis store's keys and event marks (pyfriction._marks)

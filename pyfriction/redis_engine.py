@@ -78,12 +78,12 @@ from urllib.parse import unquote
 import numpy as np
 import redis
 import redis.cluster
-from redis.crc import key_slot
 from redis.exceptions import NoScriptError
 
 from ._constants import COUNTER_NAMES
 from ._hashing import key64
 from ._layout import SLOT_DTYPE, STEP_DTYPE, UID_BYTES
+from ._marks import RATE, admit, event_marks, user_keys
 from ._rules import Names
 from .redis_pipe import NodePipelines
 from .store import StoreError
@@ -109,23 +109,21 @@ Client = Any  # redis.Redis | redis.cluster.RedisCluster (redis-py's types are l
 #: Makes the working table: ``(capacity, emit, outcome) -> Engine``.
 LocalFactory = Callable[[int, Callable[..., None], Callable[..., None]], Any]
 
-# KEYS[1] the user's record; ARGV: version read, new record ('' deletes), ttl in ms (0: none),
-# this attempt's token, the user's recent event fingerprints. Answers {1, new version, created
-# (1/0)} or, on a newer version, {0, version, record, token of the write that made it,
-# fingerprints}.
+# KEYS[1] the user's record; ARGV: the version read (8 bytes, as the value starts), the new value
+# (starting with 8 zero bytes: delete), ttl in ms (0: none). Answers {1, created (1/0)} or, on
+# another version, {0, the value found ('' none)}.
 _COMMIT = """
-local cur = redis.call('HMGET', KEYS[1], 'v', 's', 'c', 'f')
-local v = tonumber(cur[1] or '0')
-if v ~= tonumber(ARGV[1]) then return {0, v, cur[2] or '', cur[3] or '', cur[4] or ''} end
-if ARGV[2] == '' then
+local cur = redis.call('GET', KEYS[1])
+local have = cur and string.sub(cur, 1, 8) or string.rep('\\0', 8)
+if have ~= ARGV[1] then return {0, cur or ''} end
+if string.sub(ARGV[2], 1, 8) == string.rep('\\0', 8) then
   redis.call('DEL', KEYS[1])
-  return {1, 0, 0}
+  return {1, 0}
 end
-redis.call('HSET', KEYS[1], 'v', v + 1, 's', ARGV[2], 'c', ARGV[4], 'f', ARGV[5])
 local ttl = tonumber(ARGV[3])
-if ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl) end
-if cur[2] then return {1, v + 1, 0} end
-return {1, v + 1, 1}
+if ttl > 0 then redis.call('SET', KEYS[1], ARGV[2], 'PX', ttl) else redis.call('SET', KEYS[1], ARGV[2]) end
+if cur then return {1, 0} end
+return {1, 1}
 """
 
 # KEYS[1] the step table, KEYS[2] this host's last flush there; ARGV[1] uint32s per step, ARGV[2]
@@ -169,59 +167,44 @@ return redis.call('HGETALL', KEYS[1])
 # key is on the node; every read comes before any write, so a key that is not (a slot moving
 # away: "non local key", a redirection inside a script) fails the call before it wrote
 # anything, and the caller goes user by user. Arguments and answers are packed (keys joined by
-# newlines, versions as little-endian doubles, records back to back) so that a call of a
-# thousand users is a few strings to encode and parse, not thousands of values.
-# Read: ARGV keys, record size, fingerprint bytes kept; answers per key 8 bytes of version, the
-# record (zeros: none) and the fingerprints (zero-padded in front, newest last).
+# newlines, values back to back) so that a call of a thousand users is a few strings to encode
+# and parse, not thousands of values; the script only compares and copies bytes (a user's
+# value is one string: one GET, one SET), which is what keeps Redis's CPU per event low.
+# Read: ARGV[1] keys; answers their values ('' none). An array, not one packed string: Lua's
+# table.concat (and a length packed per value) cost more than twice the GETs themselves.
 _READ_MANY = """#!lua flags=allow-cross-slot-keys
-local size, fsize = tonumber(ARGV[2]), tonumber(ARGV[3])
-local none = struct.pack('<d', 0) .. string.rep('\\0', size + fsize)
 local out = {}
 for key in string.gmatch(ARGV[1], '[^\\n]+') do
-  local r = redis.call('HMGET', key, 'v', 's', 'f')
-  if not r[2] then
-    out[#out + 1] = none
-  elseif #r[2] ~= size then
-    return redis.error_reply('pyfriction: ' .. key .. ' holds a record of another size')
-  else
-    local f = r[3] or ''
-    if #f < fsize then f = string.rep('\\0', fsize - #f) .. f else f = string.sub(f, #f - fsize + 1) end
-    out[#out + 1] = struct.pack('<d', tonumber(r[1])) .. r[2] .. f
-  end
+  out[#out + 1] = redis.call('GET', key) or ''
 end
-return table.concat(out)
+return out
 """
 
-# Commit: ARGV keys, ttl, token, record size, versions read, new records (all zeros: delete),
-# field ``f`` bytes per user, their fields ``f``. Answers {records created, then per user that met
-# a newer version: its index, version, record, token, field ``f``}.
+# Commit: ARGV keys, ttl, the versions read (8 bytes each), the new values back to back, a
+# value's size (a host's values are all one size; one starting with 8 zero bytes deletes).
+# Answers {records created, then per user that met another version: its index, the value found}.
 _COMMIT_MANY = """#!lua flags=allow-cross-slot-keys
-local ttl, token, size, fsize = tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[7])
+local ttl, size, none = tonumber(ARGV[2]), tonumber(ARGV[5]), string.rep('\\0', 8)
 local keys, cur = {}, {}
 for key in string.gmatch(ARGV[1], '[^\\n]+') do
   keys[#keys + 1] = key
-  cur[#keys] = redis.call('HMGET', key, 'v', 's', 'c', 'f')
+  cur[#keys] = redis.call('GET', key)
 end
-local zero = string.rep('\\0', size)
 local out = {0}
 for i, key in ipairs(keys) do
-  local want = struct.unpack('<d', ARGV[5], 8 * i - 7)
-  local rec = string.sub(ARGV[6], size * (i - 1) + 1, size * i)
   local c = cur[i]
-  local v = tonumber(c[1] or '0')
-  if v ~= want then
+  local have = c and string.sub(c, 1, 8) or none
+  if have ~= string.sub(ARGV[3], 8 * i - 7, 8 * i) then
     out[#out + 1] = i - 1
-    out[#out + 1] = v
-    out[#out + 1] = c[2] or ''
-    out[#out + 1] = c[3] or ''
-    out[#out + 1] = c[4] or ''
-  elseif rec == zero then
-    redis.call('DEL', key)
+    out[#out + 1] = c or ''
   else
-    redis.call('HSET', key, 'v', v + 1, 's', rec, 'c', token, 'f',
-               string.sub(ARGV[8], fsize * (i - 1) + 1, fsize * i))
-    if ttl > 0 then redis.call('PEXPIRE', key, ttl) end
-    if not c[2] then out[1] = out[1] + 1 end
+    local value = string.sub(ARGV[4], size * (i - 1) + 1, size * i)
+    if string.sub(value, 1, 8) == none then
+      redis.call('DEL', key)
+    else
+      if ttl > 0 then redis.call('SET', key, value, 'PX', ttl) else redis.call('SET', key, value) end
+      if not c then out[1] = out[1] + 1 end
+    end
   end
 end
 return out
@@ -242,12 +225,17 @@ _SCRIPTS = {"names": _NAMES, "commit": _COMMIT, "steps": _STEPS, "counters": _CO
             "commit_many": _COMMIT_MANY}  # fmt: skip
 _STEP_INTS = 1 + STEP_DTYPE["buckets"].shape[0]  # count, then the buckets
 SLOT_SIZE = SLOT_DTYPE.itemsize
-_READ_DTYPE = np.dtype([("v", "<f8"), ("s", f"V{SLOT_SIZE}")])
-_DELETE = bytes(SLOT_SIZE)  # all zeros: no record has key 0
+#: A user's value starts with its version (a double: exact to 2**53, and what Lua compares as
+#: 8 bytes), the size of the record that follows (a store of another layout is refused, not
+#: misread) and the token of the commit that wrote it (a commit sent again after its reply was
+#: lost knows its own write); the record and field ``f`` follow.
+HEAD = struct.Struct("<dI24s")
+#: A commit's token: the host's 16 bytes and the attempt's number.
+_ATTEMPT = struct.Struct("<Q")
 #: A user's state as read: version, record (SLOT_DTYPE bytes) and recent event fingerprints.
 Rec = tuple[int, bytes, bytes]
 #: The rate cap's state at the end of a user's fingerprints: the second it counts, events in it.
-RATE_SIZE = 12
+RATE_SIZE = RATE.size
 NO_REC: Rec = (0, b"", b"")
 
 
@@ -353,6 +341,7 @@ class RedisCore:
         self._attempts = itertools.count()
         self._flushes = 0
         self._recent: OrderedDict[str, None] = OrderedDict()
+        self._addresses: dict[str, tuple[int, str, int]] = {}  # the chunk's users' (see _address)
         self._recent_cap = recent
         self._evicted: list[str] | None = None
         self.commits = 0
@@ -372,6 +361,16 @@ class RedisCore:
     def record_key(self, user_id: str) -> str:
         """The key of a user's record (the facts store's hash tag: the same slot)."""
         return f"{self.prefix}:{{{key64(user_id):016x}}}:e"
+
+    def _address(self, users: Sequence[str]) -> tuple[list[int], list[str], list[int]]:
+        """Each user's ``key64``, record key and cluster slot (a chunk computes them once)."""
+        known = self._addresses
+        todo = [uid for uid in users if uid not in known]
+        if todo:
+            k64, keys, slots = user_keys(todo, self.prefix)
+            known.update(zip(todo, zip(k64.tolist(), keys, slots.tolist())))
+        got = [known[uid] for uid in users]
+        return [a[0] for a in got], [a[1] for a in got], [a[2] for a in got]
 
     def _run(self, calls: list[tuple[str, list[str], list[Any]]]) -> list[Any]:
         """Scripts by SHA, a pipeline per node (loaded again where a node lacks them); results in
@@ -402,21 +401,27 @@ class RedisCore:
         return results
 
     def _per_node(
-        self, name: str, keys: Sequence[str], args: Callable[[list[int]], list[Any]]
+        self, name: str, keys: Sequence[str], slots: Sequence[int], args: Callable[[list[int]], list[Any]]
     ) -> list[tuple[list[int], Any]]:
-        """Run script ``name`` once per node over the ``keys`` it owns (``args(indices)`` its
-        arguments after the keys); ``(indices, reply)`` per node, the reply None where the call
-        failed (the caller goes user by user there: redirections and retries are
-        NodePipelines')."""
+        """Run script ``name`` once per node over the ``keys`` it owns (``slots`` their cluster
+        slots; ``args(indices)`` its arguments after the keys); ``(indices, reply)`` per node,
+        the reply None where the call failed (the caller goes user by user there:
+        redirections and retries are NodePipelines')."""
         groups: dict[str, tuple[Any, list[int]]] = {}
         if self._cluster:
             manager = self.client.nodes_manager
             try:
-                for i, key in enumerate(keys):
-                    node = manager.get_node_from_slot(key_slot(key.encode()))
+                by_slot: dict[int, list[int]] = {}
+                for i, slot in enumerate(slots):
+                    by_slot.setdefault(slot, []).append(i)
+                # The slot map's primary, read directly: get_node_from_slot's deprecation
+                # wrapper cost more than the rest of the routing together.
+                cache = manager.slots_cache
+                for slot, indices in by_slot.items():
+                    node = cache[slot][0]
                     if node.redis_connection is None:
                         manager.create_redis_connections([node])
-                    groups.setdefault(node.name, (node.redis_connection, []))[1].append(i)
+                    groups.setdefault(node.name, (node.redis_connection, []))[1].extend(indices)
             except Exception:  # no slot map now (a failover): user by user, with retries
                 return [(list(range(len(keys))), None)]
         else:
@@ -447,29 +452,37 @@ class RedisCore:
 
     def _read(self, users: Sequence[str]) -> dict[str, Rec]:
         """Each user's version, record and recent fingerprints (``NO_REC`` when Redis has none)."""
-        keys = [self.record_key(uid) for uid in users]
+        _k64, keys, slots = self._address(users)
         found: list[Rec] = [NO_REC] * len(users)
         missing: list[int] = []
-        fsize = self.meta_size
-        step = 8 + SLOT_SIZE + fsize
-        for indices, reply in self._per_node("read_many", keys, lambda _idx: [SLOT_SIZE, fsize]):
-            if reply is None or len(reply) != step * len(indices):
+        for indices, reply in self._per_node("read_many", keys, slots, lambda _idx: []):
+            if reply is None:
                 missing += indices
                 continue
-            versions = np.frombuffer(reply, dtype=np.dtype([("v", "<f8"), ("rest", f"V{step - 8}")]))["v"].tolist()
-            for n, i in enumerate(indices):
-                if versions[n]:
-                    at = n * step + 8
-                    found[i] = (int(versions[n]), reply[at : at + SLOT_SIZE], reply[at + SLOT_SIZE : at + step - 8])
+            if len(reply) != len(indices):
+                raise StoreError(f"Redis answered {len(reply)} records for {len(indices)} keys")
+            for i, value in zip(indices, reply):
+                found[i] = self._parse(value, keys[i])[0]
         if missing:
-            again = self._pipes.run([(keys[i], ("HMGET", keys[i], "v", "s", "f")) for i in missing])
+            again = self._pipes.run([(keys[i], ("GET", keys[i])) for i in missing])
             for i, reply in zip(missing, again):
                 if isinstance(reply, Exception):
                     raise StoreError(f"Redis refused a read: {reply}") from reply
-                v, rec, fps = reply
-                if v is not None and rec:
-                    found[i] = (int(v), bytes(rec), self._meta(bytes(fps or b"")))
+                found[i] = self._parse(bytes(reply or b""), keys[i])[0]
         return dict(zip(users, found))
+
+    def _parse(self, value: bytes, key: str) -> tuple[Rec, bytes]:
+        """A user's value as read: their state, and the token of the commit that wrote it."""
+        if not value:
+            return NO_REC, b""
+        if len(value) < HEAD.size:
+            raise StoreError(f"{key} holds {len(value)} bytes, not a pyfriction record")
+        version, size, token = HEAD.unpack_from(value)
+        if size != SLOT_SIZE or len(value) < HEAD.size + size:
+            raise StoreError(f"{key} holds a record of {size} bytes and this pyfriction's are {SLOT_SIZE}: "
+                             "a store written by another version of pyfriction")  # fmt: skip
+        end = HEAD.size + size
+        return (int(version), value[HEAD.size : end], self._meta(value[end:])), token
 
     def _meta(self, raw: bytes) -> bytes:
         """A user's field ``f`` at its size: the ``dedupe`` fingerprints (newest last, zero-padded
@@ -637,80 +650,35 @@ class RedisCore:
             slots = slots[np.argsort(slots["last_ts"], kind="stable")]
         self._local.load(slots, steps, long_ids)
 
-    def _marks(self, kind: str, payload: Any) -> tuple[list[Any], list[int], list[float]] | None:
+    def _marks(self, kind: str, payload: Any) -> tuple[list[Any], np.ndarray, np.ndarray] | None:
         """The user id, fingerprint (0: none) and second of each event of a chunk, or None when
         neither deduplication nor the rate cap is on. An event is known by its user, type,
         time, step, target and properties; one without a time of its own (the clock gives it
         one) has no fingerprint and is never dropped as a replay."""
         if not (self.dedupe or self.rate_cap) or kind == "tick":
             return None
+        columns: list[list[Any] | None]
         if kind == "one":
-            rows: Iterable[tuple[Any, ...]] = [_fields(payload)]
+            columns = [[x] for x in _fields(payload)]
         elif isinstance(payload, Mapping):
             n = len(payload.get("user_id", ()))
-            cols = [payload.get(name) for name in ("user_id", "type", "ts", "step", "target", "properties")]
-            rows = zip(*(list(c) if c is not None and not isinstance(c, (str, bytes)) else [c] * n for c in cols))
+            columns = [_column(payload.get(name), n) for name in _FIELDS]
         else:
-            rows = [_fields(e) for e in payload]
-        uids: list[Any] = []
-        fps: list[int] = []
-        seconds: list[float] = []
-        now = float(self._clock())
-        for uid, kind_, ts, step, target, props in rows:
-            uids.append(uid)
-            fps.append(_fingerprint(uid, kind_, ts, step, target, props) if self.dedupe else 0)
-            seconds.append(float(ts) // 1 if _is_time(ts) else now // 1)
+            columns = [list(c) for c in zip(*(_fields(e) for e in payload))] or [[] for _ in _FIELDS]
+        uids = columns[0] or []
+        fps, seconds = event_marks(uids, *columns[1:], float(self._clock()), bool(self.dedupe))
         return uids, fps, seconds
 
-    def _admit(self, marks: tuple[list[Any], list[int], list[float]],
+    def _admit(self, marks: tuple[list[Any], np.ndarray, np.ndarray],
                records: Mapping[str, Rec]) -> tuple[list[int], dict[str, bytes]]:  # fmt: skip
-        """The events to score (indices) and each changed user's new field ``f``: an event whose
-        fingerprint the user's record remembers, or the chunk already had, is a replay; one
-        past ``rate_cap`` events of the user in its second (by event time) is capped."""
+        """The events to score (indices) and each user's new field ``f``: replays of events a
+        user's record remembers and events past ``rate_cap`` are dropped
+        (:func:`pyfriction._marks.py_admit` says exactly how)."""
         uids, fps, seconds = marks
-        ring_size = 8 * self.dedupe
-        known: dict[str, set[int]] = {}
-        added: dict[str, list[int]] = {}
-        rates: dict[str, list[float]] = {}
-        keep: list[int] = []
-        cap = self.rate_cap
-        seen: set[int] = set()
-        for n, uid in enumerate(uids):
-            if not isinstance(uid, str):
-                keep.append(n)
-                continue
-            fp = fps[n]
-            if fp:
-                if uid not in known:
-                    known[uid] = set(np.frombuffer(records.get(uid, NO_REC)[2][:ring_size], "<u8").tolist())
-                seen = known[uid]
-                if fp in seen:
-                    continue
-            if cap:
-                rate = rates.get(uid)
-                if rate is None:
-                    meta = records.get(uid, NO_REC)[2]
-                    rate = rates[uid] = list(struct.unpack("<dI", meta[-RATE_SIZE:])) if meta else [0.0, 0]
-                if seconds[n] > rate[0]:
-                    rate[0], rate[1] = seconds[n], 0
-                if rate[1] >= cap:
-                    self._capped_now += 1
-                    continue
-                rate[1] += 1
-            if fp:
-                seen.add(fp)
-                added.setdefault(uid, []).append(fp)
-            keep.append(n)
-        metas = {}
-        for uid in added.keys() | rates.keys():
-            old = records.get(uid, NO_REC)[2] or bytes(self.meta_size)
-            ring = old[:ring_size]
-            if uid in added:
-                ring = (ring + np.array(added[uid], dtype="<u8").tobytes())[-ring_size:] if ring_size else b""
-            rate = rates.get(uid)
-            tail = struct.pack("<dI", rate[0], int(rate[1])) if rate is not None else old[ring_size:]
-            metas[uid] = ring + tail
-        return keep, metas
+        metas = {uid: rec[2] for uid, rec in records.items()}
+        keep, out, capped = admit(uids, fps, seconds, metas, self.dedupe, self.rate_cap)
+        self._capped_now = capped
+        return keep, out
 
     def _score(self, kind: str, payload: Any, keep: list[int] | None, uids: list[Any] | None) -> Any:
         """Run a chunk (only the events ``keep`` names, when given) on the working table; a
@@ -743,6 +711,7 @@ class RedisCore:
         docstring."""
         with self._lock:
             self._refresh_due()
+            self._addresses = {}
             records = self._read(users) if users else {}
             marks = self._marks(kind, payload)
             steps0 = self._baseline.copy()
@@ -759,7 +728,8 @@ class RedisCore:
                 slots, steps, long_ids = self._local.export()
                 keys = slots["key"].tolist()
                 data = slots.tobytes()
-                by_key = {key64(uid): uid for uid in records}
+                record_keys = self._address(list(records))[0]
+                by_key = dict(zip(record_keys, records))
                 changed: dict[str, tuple[bytes, bytes]] = {}
                 for n, key in enumerate(keys):
                     uid = by_key.get(key) or long_ids.get(key) or _inline_uid(slots[n])
@@ -771,8 +741,8 @@ class RedisCore:
                     if old != raw or meta != old_meta:
                         changed[uid] = (raw, meta)
                 present = set(keys)
-                for uid, (_v, rec, _ring) in records.items():  # evicted by the working table (idle)
-                    if rec and key64(uid) not in present and uid not in done:
+                for key, (uid, (_v, rec, _ring)) in zip(record_keys, records.items()):  # evicted (idle)
+                    if rec and key not in present and uid not in done:
                         changed[uid] = (b"", b"")
                 conflicted = self._commit(changed, records)
                 # Delivered from the run whose commit held for the user; a user unchanged by
@@ -791,6 +761,7 @@ class RedisCore:
                 self.duplicates += len(marks[1]) - len(keep) - self._capped_now
             self._note_steps(steps0, steps)
             self._held = []
+            self._addresses = {}
             self._refresh_due()  # at once with 0, so another host's next chunk sees this one's visits
         for is_episode, args in deliver:  # after the commits, outside the lock: callbacks may observe
             (self._emit_out if is_episode else self._outcome_out)(*args)
@@ -804,44 +775,44 @@ class RedisCore:
         if not changed:
             return []
         users = list(changed)
-        token = b"%s:%d" % (self._host, next(self._attempts))
-        keys = [self.record_key(uid) for uid in users]
+        token = self._host + _ATTEMPT.pack(next(self._attempts))
+        _k64, keys, slots = self._address(users)
         versions = [records.get(uid, NO_REC)[0] for uid in users]
-        fsize = self.meta_size
-        # (index, version, record, token, fingerprints) of each user who met a newer version
-        refused: list[tuple[int, int, bytes, bytes, bytes]] = []
+        size = HEAD.size + SLOT_SIZE + self.meta_size
+        deletion = bytes(size)  # its version, 0, deletes
+        values = [HEAD.pack(versions[i] + 1, SLOT_SIZE, token) + rec + meta if rec else deletion
+                  for i, (rec, meta) in enumerate(changed[uid] for uid in users)]  # fmt: skip
+        # (index, value found) of each user who met another version
+        refused: list[tuple[int, bytes]] = []
         created = 0
         missing: list[int] = []
 
         def args(idx: list[int]) -> list[Any]:
-            return [self.ttl_ms, token, SLOT_SIZE, struct.pack(f"<{len(idx)}d", *(versions[i] for i in idx)),
-                    b"".join(changed[users[i]][0] or _DELETE for i in idx), fsize,
-                    b"".join(changed[users[i]][1] or bytes(fsize) for i in idx)]  # fmt: skip
+            return [self.ttl_ms, struct.pack(f"<{len(idx)}d", *(versions[i] for i in idx)),
+                    b"".join(values[i] for i in idx), size]  # fmt: skip
 
-        for indices, reply in self._per_node("commit_many", keys, args):
+        for indices, reply in self._per_node("commit_many", keys, slots, args):
             if reply is None:
                 missing += indices
                 continue
             created += int(reply[0])
-            for k in range(1, len(reply), 5):
-                refused.append((indices[int(reply[k])], int(reply[k + 1]), bytes(reply[k + 2]), bytes(reply[k + 3]),
-                                bytes(reply[k + 4])))  # fmt: skip
+            refused += [(indices[int(reply[k])], bytes(reply[k + 1])) for k in range(1, len(reply), 2)]
         if missing:
-            calls = [("commit", [keys[i]], [versions[i], changed[users[i]][0], self.ttl_ms, token, changed[users[i]][1]])
-                     for i in missing]  # fmt: skip
+            calls = [("commit", [keys[i]], [struct.pack("<d", versions[i]), values[i], self.ttl_ms]) for i in missing]
             for i, reply in zip(missing, self._run(calls)):
                 if reply[0]:
-                    created += int(reply[2])
+                    created += int(reply[1])
                 else:
-                    refused.append((i, int(reply[1]), bytes(reply[2]), bytes(reply[3]), bytes(reply[4])))
+                    refused.append((i, bytes(reply[1])))
         conflicted = []
-        for i, version, record, their_token, fps in refused:
+        for i, value in refused:
             uid = users[i]
             new = changed[uid][0]
-            if _ours(new, versions[i], version, their_token == token):
+            found, their_token = self._parse(value, keys[i])
+            if _ours(new, versions[i], found[0], their_token == token):
                 created += int(versions[i] == 0 and bool(new))  # ours, sent again after its reply was lost
                 continue
-            records[uid] = (version, record, self._meta(fps)) if record else NO_REC
+            records[uid] = found
             conflicted.append(uid)
         self._users_delta += created
         lost = set(conflicted)
@@ -881,6 +852,7 @@ class RedisCore:
     def record(self, user_id: str) -> Any:
         """A user's record (``SLOT_DTYPE``) as Redis holds it, or None."""
         rec = self._read([user_id])[user_id][1]
+        self._addresses = {}
         return np.frombuffer(rec, dtype=SLOT_DTYPE)[0].copy() if rec else None
 
     def has(self, user_id: str) -> bool:
@@ -891,6 +863,7 @@ class RedisCore:
         """A user's score after their last event (or decayed to ``at``); 0.0 if unknown."""
         with self._lock:
             records = self._read([user_id])
+            self._addresses = {}
             if not records[user_id][1]:
                 return 0.0
             self._load(records, self._baseline)
@@ -988,28 +961,25 @@ class RedisCore:
         raise self._no_snapshot()
 
 
+_FIELDS = ("user_id", "type", "ts", "step", "target", "properties")
+
+
 def _fields(event: Any) -> tuple[Any, ...]:
     if isinstance(event, Mapping):
         get = event.get
         return get("user_id"), get("type"), get("ts"), get("step"), get("target"), get("properties")
-    return tuple(getattr(event, name, None) for name in ("user_id", "type", "ts", "step", "target", "properties"))
+    return tuple(getattr(event, name, None) for name in _FIELDS)
 
 
-_fnv = key64.__wrapped__  # uncached: most events are seen once
-
-
-def _fingerprint(uid: Any, kind: Any, ts: Any, step: Any, target: Any, props: Any) -> int:
-    """An event's 64-bit fingerprint (0: none: no user id or no time of its own)."""
-    if not isinstance(uid, str) or not _is_time(ts):
-        return 0
-    text = f"{uid}\x1f{kind}\x1f{float(ts)!r}\x1f{step}\x1f{target}"
-    if props:
-        text += f"\x1f{props!r}"
-    return int(_fnv(text))
-
-
-def _is_time(ts: Any) -> bool:
-    return not isinstance(ts, bool) and isinstance(ts, (int, float, np.floating, np.integer)) and math.isfinite(ts)
+def _column(column: Any, n: int) -> list[Any] | None:
+    """A batch's column as a list of ``n`` (None: absent; a text or a scalar: the same for each)."""
+    if column is None:
+        return None
+    if isinstance(column, np.ndarray):
+        return cast(list[Any], column.tolist()) if column.ndim == 1 and len(column) == n else [column] * n
+    if isinstance(column, (str, bytes)) or not isinstance(column, Sequence) or len(column) != n:
+        return [column] * n
+    return list(column)
 
 
 def _take(column: Any, keep: list[int]) -> Any:

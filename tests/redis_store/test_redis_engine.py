@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pyfriction import Tracker
+from pyfriction.redis_engine import HEAD, SLOT_SIZE
 from pyfriction.store import StoreError
 
 T0 = 1_700_000_000.0
@@ -430,6 +431,16 @@ def test_redis_store_refusals(redis_server: Any, prefix: str) -> None:
             t.snapshot("/tmp/never-written.snapshot")
         with pytest.raises(StoreError, match="cannot be set"):
             t._core.set_counters({"events": 0})
+        # A key that holds something else, or a record of another layout, is refused, not
+        # misread, and left as it was.
+        core: Any = t._core
+        for name, value in (("junk", b"not a record"),
+                            ("old", HEAD.pack(3, SLOT_SIZE - 8, b"") + bytes(SLOT_SIZE - 8))):  # fmt: skip
+            core.client.set(core.record_key(name), value)
+            with pytest.raises(StoreError, match="not a pyfriction record|another version"):
+                t.observe({"user_id": name, "type": "click", "ts": T0})
+            assert core.client.get(core.record_key(name)) == value
+        assert t.observe({"user_id": "u", "type": "click", "ts": T0 + 1}) >= 0  # the others go on
     finally:
         t.close()
 
