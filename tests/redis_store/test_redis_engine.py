@@ -126,57 +126,115 @@ def test_two_hosts_in_lock_step_equal_one_memory_tracker(redis_target: tuple[str
             h.close()
 
 
-def _host_process(uri: str, prefix: str, engine: str, conn: Any) -> None:  # pragma: no cover - a child
-    tracker = _tracker(uri, prefix, engine)
+def _host_process(uri: str, engine: str, conn: Any) -> None:  # pragma: no cover - a child
+    """A host: ("start", prefix) makes its tracker on that prefix, ("batch", events) scores them
+    and answers the scores and the episodes fired, ("close", None) closes the tracker."""
+    tracker: Tracker | None = None
     fired: list[tuple[str, float, str]] = []
-    _episodes(tracker, fired)
     while True:
-        batch = conn.recv()
-        if batch is None:
+        msg = conn.recv()
+        if msg is None:
             break
-        conn.send((tracker.observe_many(batch).tolist(), fired[:]))
-        fired.clear()
-    tracker.close()
+        op, arg = msg
+        if op == "start":
+            tracker = _tracker(uri, arg, engine)
+            fired.clear()
+            _episodes(tracker, fired)
+            conn.send("ok")
+        elif op == "batch":
+            assert tracker is not None
+            conn.send((tracker.observe_many(arg).tolist(), fired[:]))
+            fired.clear()
+        else:
+            assert tracker is not None
+            tracker.close()
+            tracker = None
+            conn.send("closed")
     conn.send("bye")
 
 
-def test_two_host_processes_in_lock_step_equal_one_memory_tracker(redis_cluster: Any, engine: str,
-                                                                  prefix: str) -> None:  # fmt: skip
-    """Two processes (spawned: nothing inherited but the arguments) take turns on one stream."""
-    events = _stream(random.Random(7), 1500, 60)
-    ctx = mp.get_context("spawn")
-    pipes, procs = [], []
-    for _ in range(2):
-        mine, theirs = ctx.Pipe()
-        proc = ctx.Process(target=_host_process, args=(redis_cluster.uri, prefix, engine, theirs), daemon=True)
-        proc.start()
-        pipes.append(mine)
-        procs.append(proc)
+class HostProcesses:
+    """Two spawned host processes (nothing inherited but the arguments), kept for a module."""
+
+    def __init__(self, uri: str, engine: str) -> None:
+        ctx = mp.get_context("spawn")
+        self.pipes, self.procs = [], []
+        for _ in range(2):
+            mine, theirs = ctx.Pipe()
+            proc = ctx.Process(target=_host_process, args=(uri, engine, theirs), daemon=True)
+            proc.start()
+            self.pipes.append(mine)
+            self.procs.append(proc)
+
+    def ask(self, host: int, op: str, arg: Any) -> Any:
+        self.pipes[host].send((op, arg))
+        if not self.pipes[host].poll(120):
+            raise AssertionError(f"host process {host} did not answer {op}")
+        return self.pipes[host].recv()
+
+    def stop(self) -> None:
+        for pipe, proc in zip(self.pipes, self.procs):
+            try:
+                pipe.send(None)
+                pipe.poll(20)
+            finally:
+                proc.join(timeout=20)
+                if proc.is_alive():
+                    proc.kill()
+
+
+@pytest.fixture(scope="module")
+def host_processes(redis_cluster: Any) -> Iterator[dict[str, HostProcesses]]:
+    """Per engine, two host processes on the cluster (started when a test first asks)."""
+    started: dict[str, HostProcesses] = {}
+
+    class Lazy(dict[str, HostProcesses]):
+        def __missing__(self, engine: str) -> HostProcesses:
+            started[engine] = self[engine] = HostProcesses(redis_cluster.uri, engine)
+            return started[engine]
+
+    yield Lazy()
+    for hosts in started.values():
+        hosts.stop()
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 400), users=st.integers(1, 40),
+       cuts=st.lists(st.integers(1, 80), min_size=1, max_size=6))  # fmt: skip
+def test_two_host_processes_in_lock_step_equal_one_memory_tracker(redis_cluster: Any, host_processes: Any,
+                                                                  engine: str, seed: int, n: int, users: int,
+                                                                  cuts: list[int]) -> None:  # fmt: skip
+    """Two processes take turns on a random stream, cut at random: batch by batch their scores
+    and episodes are one memory tracker's, and so are the records and counters they leave."""
+    events = _stream(random.Random(seed), n, users)
+    prefix = "p" + uuid.uuid4().hex[:10]
+    hosts = host_processes[engine]
+    for h in range(2):
+        assert hosts.ask(h, "start", prefix) == "ok"
     mem = Tracker(engine=engine)
     seen_mem: list[tuple[str, float, str]] = []
     _episodes(mem, seen_mem)
     seen: list[tuple[str, float, str]] = []
     try:
-        for k, start in enumerate(range(0, len(events), 37)):
-            batch = events[start : start + 37]
-            pipes[k % 2].send(batch)
-            scores, fired = pipes[k % 2].recv()
+        i = k = 0
+        while i < len(events):
+            batch = events[i : i + cuts[k % len(cuts)]]
+            scores, fired = hosts.ask(k % 2, "batch", batch)
             assert scores == mem.observe_many(batch).tolist()
             seen += fired
+            i += len(batch)
+            k += 1
         assert seen == seen_mem
-        for p in pipes:
-            p.send(None)
-            assert p.recv() == "bye"
-        check = _tracker(redis_cluster.uri, prefix, engine)
+    finally:
+        for h in range(2):
+            assert hosts.ask(h, "close", None) == "closed"  # its baselines and counters are in Redis
+    check = _tracker(redis_cluster.uri, prefix, engine)
+    try:
         for user in {e["user_id"] for e in events}:
             assert _record_bytes(check, user) == _record_bytes(mem, user), user
         assert dict(check._core.counters) == dict(mem._core.counters)
-        check.close()
     finally:
-        for proc in procs:
-            proc.join(timeout=20)
-            if proc.is_alive():
-                proc.kill()
+        check.close()
 
 
 # --- replays count once -------------------------------------------------------------------------------------------
