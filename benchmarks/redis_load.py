@@ -7,12 +7,19 @@ For each primary count, starts a Redis Cluster of that many primaries (no replic
 figure is the commit path, not replication) with ``tests/redis_store/servers.py``, one host
 process (this one) with ``Tracker(store="redis+cluster://...")``, and feeds it a stream of
 ``--events`` clicks, pages and errors over ``--users`` users in ``observe_many`` batches of
-``--batch``. Prints events/s (whole run, after a warm-up batch), the Redis servers' CPU
-seconds per event (``INFO cpu`` before and after, summed over the primaries), the host
-process's CPU per event (what one host core could sustain with Redis on other machines: its
-inverse) and the share of commits that met a newer version, and Redis's memory per user (``INFO memory``'s
-``used_memory`` growth over the users recorded; the engine's records only, no guidance). Everything runs on one machine: Redis and the host share
-its cores.
+``--batch``. Prints:
+
+* events/s (whole run, after a warm-up batch);
+* the Redis servers' CPU per event (``INFO cpu`` before and after, summed over the primaries);
+* the host process's CPU per event (its inverse is what one host core could sustain with
+  Redis on other machines);
+* the commits and the share that met a newer version;
+* Redis's memory per user (``INFO memory``'s ``used_memory`` growth over the users recorded;
+  the engine's records only, no guidance);
+* the mean time of ``observe()`` of one event (``--single`` calls over 500 users, on a prefix
+  of their own).
+
+Everything runs on one machine: Redis and the host share its cores.
 """
 
 from __future__ import annotations
@@ -76,6 +83,16 @@ def one_node_cluster() -> test_servers.Servers:
     return servers
 
 
+def single_observe(tracker: Tracker, calls: int) -> float:
+    """Mean milliseconds of ``observe()`` of one event (``calls`` events over 500 users): each
+    is a batch of one, a read and a commit round trip."""
+    cols = stream(500, calls, seed=2)
+    start = time.perf_counter()
+    for i in range(calls):
+        tracker.observe({k: v[i] for k, v in cols.items()})
+    return 1e3 * (time.perf_counter() - start) / max(1, calls)
+
+
 def run(primaries: int, args: argparse.Namespace) -> dict[str, Any]:
     servers = one_node_cluster() if primaries == 1 else test_servers.start_cluster(primaries=primaries, replicas=0)
     try:
@@ -101,6 +118,9 @@ def run(primaries: int, args: argparse.Namespace) -> dict[str, Any]:
         tracker.close()
         users = len(set(cols["user_id"]))
         per_user = (memory(servers.nodes) - mem0) / users
+        other = Tracker(engine=args.engine, store=servers.uri, store_options={"prefix": "s" + uuid.uuid4().hex[:8]})
+        single = single_observe(other, args.single)
+        other.close()
         return {
             "primaries": primaries,
             "events": done,
@@ -111,6 +131,7 @@ def run(primaries: int, args: argparse.Namespace) -> dict[str, Any]:
             "conflicts": core.conflicts - conflicts0,
             "users": users,
             "redis_bytes_per_user": per_user,
+            "observe_ms": single,
         }
     finally:
         servers.stop()
@@ -122,6 +143,7 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=100_000)
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--batch", type=int, default=1000)
+    parser.add_argument("--single", type=int, default=2000, help="observe() calls of one event to time")
     parser.add_argument("--engine", default="compiled", choices=["compiled", "reference"])
     parser.add_argument("--json", help="write the figures here too")
     args = parser.parse_args()
@@ -133,7 +155,8 @@ def main() -> None:
               f"{r['redis_cpu_us_per_event']:.1f} µs/event, host CPU {r['host_cpu_us_per_event']:.1f} µs/event, "
               f"{r['commits']:,} commits, "
               f"{r['conflicts']} conflicts ({r['events']:,} events, batches of {args.batch}); Redis memory "
-              f"{r['redis_bytes_per_user']:.0f} B per user ({r['users']:,} users)")  # fmt: skip
+              f"{r['redis_bytes_per_user']:.0f} B per user ({r['users']:,} users); observe() of one event "
+              f"{r['observe_ms']:.2f} ms")  # fmt: skip
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

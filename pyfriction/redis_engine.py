@@ -70,7 +70,6 @@ import struct
 import threading
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, cast
 from urllib.parse import unquote
@@ -340,7 +339,7 @@ class RedisCore:
         self._host = uuid.uuid4().hex[:16].encode()  # tokens of this host's commits and flushes
         self._attempts = itertools.count()
         self._flushes = 0
-        self._recent: OrderedDict[str, None] = OrderedDict()
+        self._recent: dict[str, None] = {}  # oldest first (a dict keeps insertion order)
         self._addresses: dict[str, tuple[int, str, int]] = {}  # the chunk's users' (see _address)
         self._recent_cap = recent
         self._evicted: list[str] | None = None
@@ -407,25 +406,13 @@ class RedisCore:
         slots; ``args(indices)`` its arguments after the keys); ``(indices, reply)`` per node,
         the reply None where the call failed (the caller goes user by user there:
         redirections and retries are NodePipelines')."""
-        groups: dict[str, tuple[Any, list[int]]] = {}
-        if self._cluster:
-            manager = self.client.nodes_manager
+        if not self._cluster:
+            groups = {"-": (self.client, list(range(len(keys))))}
+        else:
             try:
-                by_slot: dict[int, list[int]] = {}
-                for i, slot in enumerate(slots):
-                    by_slot.setdefault(slot, []).append(i)
-                # The slot map's primary, read directly: get_node_from_slot's deprecation
-                # wrapper cost more than the rest of the routing together.
-                cache = manager.slots_cache
-                for slot, indices in by_slot.items():
-                    node = cache[slot][0]
-                    if node.redis_connection is None:
-                        manager.create_redis_connections([node])
-                    groups.setdefault(node.name, (node.redis_connection, []))[1].extend(indices)
+                groups = self._by_node(slots)
             except Exception:  # no slot map now (a failover): user by user, with retries
                 return [(list(range(len(keys))), None)]
-        else:
-            groups["-"] = (self.client, list(range(len(keys))))
         out: list[tuple[list[int], Any]] = []
         sha = self._scripts[name].sha
         for conn, indices in groups.values():
@@ -441,6 +428,37 @@ class RedisCore:
                 reply = None
             out.append((indices, reply))
         return out
+
+    def _by_node(self, slots: Sequence[int]) -> dict[str, tuple[Any, list[int]]]:
+        """The indices of ``slots`` grouped by the primary that owns them (name -> connection,
+        indices). The slot map is read directly: get_node_from_slot's deprecation wrapper cost
+        more than the rest of the routing together; and the users are grouped in numpy, as a
+        Python loop per user was most of what was left."""
+        manager = self.client.nodes_manager
+        cache = manager.slots_cache
+        if len(slots) == 1:  # observe() of one event: numpy costs more than it saves
+            nodes, of_user = [cache[slots[0]][0]], np.zeros(1, dtype=np.int64)
+        else:
+            distinct, which = np.unique(np.asarray(slots, dtype=np.int64), return_inverse=True)
+            numbers: dict[str, int] = {}
+            nodes = []
+            of_slot = np.empty(len(distinct), dtype=np.int64)
+            for n, slot in enumerate(distinct.tolist()):
+                node = cache[slot][0]
+                number = numbers.get(node.name)
+                if number is None:
+                    number = numbers[node.name] = len(nodes)
+                    nodes.append(node)
+                of_slot[n] = number
+            of_user = of_slot[which.reshape(-1)]
+        order = np.argsort(of_user, kind="stable")
+        bounds = np.searchsorted(of_user[order], np.arange(len(nodes) + 1))
+        groups = {}
+        for number, node in enumerate(nodes):
+            if node.redis_connection is None:
+                manager.create_redis_connections([node])
+            groups[node.name] = (node.redis_connection, order[bounds[number] : bounds[number + 1]].tolist())
+        return groups
 
     def _call(self, conn: Any, sha: str, argv: list[Any], writes: bool) -> Any:
         if not writes:
@@ -540,16 +558,20 @@ class RedisCore:
 
     def _note_steps(self, before: np.ndarray, after: np.ndarray) -> None:
         """What a chunk added to the step histograms: pending for Redis, and in the cache."""
-        old = {int(r["key"]): r for r in before}
-        for r in after:
-            key = int(r["key"])
-            now = np.concatenate(([r["count"]], r["buckets"])).astype(np.int64)
-            was = old.get(key)
-            if was is not None:
-                now -= np.concatenate(([was["count"]], was["buckets"])).astype(np.int64)
-            if now.any():
+        if len(after):
+            now = np.column_stack((after["count"], after["buckets"])).astype(np.int64)
+            keys = after["key"]
+            if len(before):  # subtract each step's row before the chunk, found by key
+                order = np.argsort(before["key"], kind="stable")
+                known = before["key"][order]
+                at = np.minimum(np.searchsorted(known, keys), len(known) - 1)
+                hit = known[at] == keys
+                was = np.column_stack((before["count"], before["buckets"])).astype(np.int64)[order][at]
+                now[hit] -= was[hit]
+            for i in np.flatnonzero(now.any(axis=1)).tolist():
+                key = int(keys[i])
                 pending = self._pending_steps.get(key)
-                self._pending_steps[key] = now if pending is None else pending + now
+                self._pending_steps[key] = now[i] if pending is None else pending + now[i]
         self._baseline = after.copy()
 
     # -- scoring ----------------------------------------------------------------------------------
@@ -831,10 +853,10 @@ class RedisCore:
 
     def _remember(self, uid: str) -> None:
         recent = self._recent
+        recent.pop(uid, None)
         recent[uid] = None
-        recent.move_to_end(uid)
         if len(recent) > self._recent_cap:
-            recent.popitem(last=False)
+            del recent[next(iter(recent))]
 
     def tick(self, now: float) -> int:
         """Stall, decay, rearm and idle eviction at ``now`` for the users this host committed
