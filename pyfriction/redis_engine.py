@@ -4,20 +4,21 @@
 ``redis://``, ``redis+cluster://`` or ``redis+sentinel://``. It keeps one implementation of the
 detectors: the tracker's own engine (compiled or reference) computes on the host, over a small
 *working table* that holds only the users of the batch at hand; Redis stores each user's record
-and commits it with a compare-and-set on a version, so two hosts updating one user at once never
-lose an update.
+and commits it with a compare-and-set on the head of the record (its version and the token of
+the commit that wrote it), so two hosts updating one user at once never lose an update.
 
 **A batch** (``observe_many``; ``observe`` is a batch of one) goes in chunks of at most
 ``chunk`` distinct users:
 
-1. one pipelined read of the chunk's users (``HMGET v s``: the version and the 224-byte
-   ``SLOT_DTYPE`` record), grouped by node by redis-py's cluster pipeline;
+1. one read of the chunk's users per node (a script of ``GET``s; the users are grouped by the
+   primary that owns their slot, see ``_by_node``);
 2. the working table is loaded with those records and the cached step baselines
    (``Engine.load``), and the engine scores the chunk as it would in memory; episodes and
    outcomes are held back;
-3. one pipelined commit: per changed user, a script compares the version read with the stored
-   one and writes the new record (version + 1), or answers the current version and record;
-4. users whose commit met a newer version (another host got there first) are scored again
+3. one commit per node: per changed user, a script compares the head read with the stored
+   one and writes the new value (version + 1, this attempt's token), or answers the value
+   found;
+4. users whose commit met another head (another host got there first) are scored again
    from the fresh record: the whole chunk is replayed from its start with the step baselines
    and counters it began with (so they count once), and only those users are committed;
    episodes are delivered for each user from the run whose commit succeeded, after it
@@ -35,8 +36,11 @@ which arguments are keys (``COMMAND GETKEYS``: one more round trip per call), wh
 **Keys** (``P`` the prefix, ``H`` the user's 64-bit key in hex: the hash tag the facts store
 :class:`~pyfriction.redis_state.RedisState` uses too, so all of a user's keys share one slot)::
 
-    P:{H}:e        hash: "v" the record's version, "s" the record (SLOT_DTYPE bytes), "c" the
-                   token of the commit that wrote it (a retried commit knows its own)
+    P:{H}:e        string: the head (HEAD: the version as a double, the record's size, the
+                   24-byte token of the commit that wrote it: a retried commit knows its
+                   own), the record (SLOT_DTYPE bytes), then field ``f`` (the last ``dedupe``
+                   event fingerprints, the rate cap's second and count); one string, so a
+                   read is one GET and a commit one GET and one SET
     P:{steps}      hash: step key -> count and histogram buckets (little-endian uint32s)
     P:{counters}   hash: the engine's counters, and "users" (records created minus deleted)
     P:{names}      hash: step and target key -> name (HSETNX), so an episode on one host names
@@ -52,13 +56,13 @@ host's stall limits lag the others' visits by at most that interval.
 **Time-driven checks**: ``tick`` runs stall, decay, rearm and idle eviction for the users this
 host committed lately (up to ``recent`` of them, least recently committed forgotten first),
 through the same compare-and-set; a user ticked by two hosts fires once (the second commit
-meets the first's version and replays from it). A user's record expires in Redis after
+meets the first's head and replays from it). A user's record expires in Redis after
 ``idle_ttl`` of silence when the config sets one.
 
 **Not here** (they need a snapshot of every user): ``export``, ``load`` and snapshots raise
 :class:`~pyfriction.store.StoreError`; Redis's own persistence (RDB/AOF) and replicas keep the
 state. ``capacity`` is the working table's bound per chunk, not a bound on the users in Redis:
-size Redis's memory for them (about 300 bytes per user; see docs/operating.md).
+size Redis's memory for them (about 560 bytes per user; see docs/operating.md).
 """
 
 from __future__ import annotations
@@ -108,12 +112,12 @@ Client = Any  # redis.Redis | redis.cluster.RedisCluster (redis-py's types are l
 #: Makes the working table: ``(capacity, emit, outcome) -> Engine``.
 LocalFactory = Callable[[int, Callable[..., None], Callable[..., None]], Any]
 
-# KEYS[1] the user's record; ARGV: the version read (8 bytes, as the value starts), the new value
-# (starting with 8 zero bytes: delete), ttl in ms (0: none). Answers {1, created (1/0)} or, on
-# another version, {0, the value found ('' none)}.
+# KEYS[1] the user's record; ARGV: the head read (HEAD.size bytes, as the value starts; zeros:
+# none), the new value (starting with 8 zero bytes: delete), ttl in ms (0: none). Answers {1,
+# created (1/0)} or, when the value does not start with that head, {0, the value ('' none)}.
 _COMMIT = """
 local cur = redis.call('GET', KEYS[1])
-local have = cur and string.sub(cur, 1, 8) or string.rep('\\0', 8)
+local have = cur and string.sub(cur, 1, #ARGV[1]) or string.rep('\\0', #ARGV[1])
 if have ~= ARGV[1] then return {0, cur or ''} end
 if string.sub(ARGV[2], 1, 8) == string.rep('\\0', 8) then
   redis.call('DEL', KEYS[1])
@@ -179,11 +183,14 @@ end
 return out
 """
 
-# Commit: ARGV keys, ttl, the versions read (8 bytes each), the new values back to back, a
-# value's size (a host's values are all one size; one starting with 8 zero bytes deletes).
-# Answers {records created, then per user that met another version: its index, the value found}.
+# Commit: ARGV keys, ttl, the heads read (ARGV[6] bytes each; zeros: none), the new values back
+# to back, a value's size (a host's values are all one size; one starting with 8 zero bytes
+# deletes). The whole head is compared, not only the version: its token is unique to the commit
+# that wrote it, so a record deleted and written again up to the same version is no match.
+# Answers {records created, then per user whose head was another: its index, the value found}.
 _COMMIT_MANY = """#!lua flags=allow-cross-slot-keys
-local ttl, size, none = tonumber(ARGV[2]), tonumber(ARGV[5]), string.rep('\\0', 8)
+local ttl, size, hsize = tonumber(ARGV[2]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local none, gone = string.rep('\\0', hsize), string.rep('\\0', 8)
 local keys, cur = {}, {}
 for key in string.gmatch(ARGV[1], '[^\\n]+') do
   keys[#keys + 1] = key
@@ -192,13 +199,13 @@ end
 local out = {0}
 for i, key in ipairs(keys) do
   local c = cur[i]
-  local have = c and string.sub(c, 1, 8) or none
-  if have ~= string.sub(ARGV[3], 8 * i - 7, 8 * i) then
+  local have = c and string.sub(c, 1, hsize) or none
+  if have ~= string.sub(ARGV[3], hsize * (i - 1) + 1, hsize * i) then
     out[#out + 1] = i - 1
     out[#out + 1] = c or ''
   else
     local value = string.sub(ARGV[4], size * (i - 1) + 1, size * i)
-    if string.sub(value, 1, 8) == none then
+    if string.sub(value, 1, 8) == gone then
       redis.call('DEL', key)
     else
       if ttl > 0 then redis.call('SET', key, value, 'PX', ttl) else redis.call('SET', key, value) end
@@ -231,11 +238,13 @@ SLOT_SIZE = SLOT_DTYPE.itemsize
 HEAD = struct.Struct("<dI24s")
 #: A commit's token: the host's 16 bytes and the attempt's number.
 _ATTEMPT = struct.Struct("<Q")
-#: A user's state as read: version, record (SLOT_DTYPE bytes) and recent event fingerprints.
-Rec = tuple[int, bytes, bytes]
+#: A user's state as read: version, record (SLOT_DTYPE bytes), field ``f`` (recent event
+#: fingerprints, the rate) and the head of the value (what a commit expects to find: version,
+#: size and the token of the commit that wrote it; zeros when there is none).
+Rec = tuple[int, bytes, bytes, bytes]
 #: The rate cap's state at the end of a user's fingerprints: the second it counts, events in it.
 RATE_SIZE = RATE.size
-NO_REC: Rec = (0, b"", b"")
+NO_REC: Rec = (0, b"", b"", bytes(HEAD.size))
 
 
 def split_options(uri: str) -> tuple[str, dict[str, Any]]:
@@ -500,7 +509,7 @@ class RedisCore:
             raise StoreError(f"{key} holds a record of {size} bytes and this pyfriction's are {SLOT_SIZE}: "
                              "a store written by another version of pyfriction")  # fmt: skip
         end = HEAD.size + size
-        return (int(version), value[HEAD.size : end], self._meta(value[end:])), token
+        return (int(version), value[HEAD.size : end], self._meta(value[end:]), value[: HEAD.size]), token
 
     def _meta(self, raw: bytes) -> bytes:
         """A user's field ``f`` at its size: the ``dedupe`` fingerprints (newest last, zero-padded
@@ -758,12 +767,12 @@ class RedisCore:
                     if uid in done:
                         continue
                     raw = data[n * SLOT_SIZE : (n + 1) * SLOT_SIZE]
-                    _v, old, old_meta = records.get(uid, NO_REC)
+                    _v, old, old_meta, _head = records.get(uid, NO_REC)
                     meta = metas.get(uid, old_meta or bytes(self.meta_size))
                     if old != raw or meta != old_meta:
                         changed[uid] = (raw, meta)
                 present = set(keys)
-                for key, (uid, (_v, rec, _ring)) in zip(record_keys, records.items()):  # evicted (idle)
+                for key, (uid, (_v, rec, _ring, _head)) in zip(record_keys, records.items()):  # evicted (idle)
                     if rec and key not in present and uid not in done:
                         changed[uid] = (b"", b"")
                 conflicted = self._commit(changed, records)
@@ -800,6 +809,7 @@ class RedisCore:
         token = self._host + _ATTEMPT.pack(next(self._attempts))
         _k64, keys, slots = self._address(users)
         versions = [records.get(uid, NO_REC)[0] for uid in users]
+        heads = [records.get(uid, NO_REC)[3] for uid in users]
         size = HEAD.size + SLOT_SIZE + self.meta_size
         deletion = bytes(size)  # its version, 0, deletes
         values = [HEAD.pack(versions[i] + 1, SLOT_SIZE, token) + rec + meta if rec else deletion
@@ -810,8 +820,8 @@ class RedisCore:
         missing: list[int] = []
 
         def args(idx: list[int]) -> list[Any]:
-            return [self.ttl_ms, struct.pack(f"<{len(idx)}d", *(versions[i] for i in idx)),
-                    b"".join(values[i] for i in idx), size]  # fmt: skip
+            return [self.ttl_ms, b"".join(heads[i] for i in idx),
+                    b"".join(values[i] for i in idx), size, HEAD.size]  # fmt: skip
 
         for indices, reply in self._per_node("commit_many", keys, slots, args):
             if reply is None:
@@ -820,7 +830,7 @@ class RedisCore:
             created += int(reply[0])
             refused += [(indices[int(reply[k])], bytes(reply[k + 1])) for k in range(1, len(reply), 2)]
         if missing:
-            calls = [("commit", [keys[i]], [struct.pack("<d", versions[i]), values[i], self.ttl_ms]) for i in missing]
+            calls = [("commit", [keys[i]], [heads[i], values[i], self.ttl_ms]) for i in missing]
             for i, reply in zip(missing, self._run(calls)):
                 if reply[0]:
                     created += int(reply[1])

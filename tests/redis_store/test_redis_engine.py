@@ -392,6 +392,41 @@ def test_a_commit_meeting_a_newer_version_replays_from_it(redis_target: tuple[st
         b.close()
 
 
+def test_a_record_deleted_and_written_again_to_the_same_version_is_no_match(redis_target: tuple[str, str],
+                                                                          prefix: str) -> None:  # fmt: skip
+    """Between a's read and a's commit, ann's record is deleted (another host's idle eviction)
+    and written again by b: version 1 again, as a read it. The commit compares the whole head
+    (its token is b's), so a replays from b's record instead of overwriting b's event."""
+    a = _tracker(redis_target[1], prefix)
+    b = _tracker(redis_target[1], prefix)
+    core: Any = a._core
+    first = {"user_id": "ann", "type": "click", "target": "#a", "ts": T0}
+    theirs = {"user_id": "ann", "type": "dead_click", "target": "#b", "ts": T0 + 1}
+    ours = {"user_id": "ann", "type": "form_error", "target": "#c", "ts": T0 + 2}
+    a.observe(first)
+    score = core._score
+    rounds: list[int] = []
+
+    def interfering(*args: Any) -> Any:
+        rounds.append(1)
+        if len(rounds) == 1:
+            core.client.delete(core.record_key("ann"))
+            b.observe(theirs)
+            assert core.record("ann")["events"] == 1  # version 1 again, with b's token
+        return score(*args)
+
+    core._score = interfering
+    try:
+        a.observe(ours)
+        assert len(rounds) == 2 and core.conflicts == 1
+        mem = Tracker()
+        mem.observe_many([theirs, ours])
+        assert _record_bytes(a, "ann") == _record_bytes(mem, "ann")
+    finally:
+        a.close()
+        b.close()
+
+
 def test_an_episode_names_steps_and_targets_another_host_saw(redis_target: tuple[str, str], prefix: str) -> None:
     """Names are shared (HSETNX): the step a user entered on host A names host B's episode."""
     hosts = [_tracker(redis_target[1], prefix) for _ in range(2)]
