@@ -202,6 +202,69 @@ def start_cluster(primaries: int = 3, replicas: int = 1) -> Servers:
         raise
 
 
+def start_sentinel_group(service: str = "pfmain", replicas: int = 2) -> Servers:
+    """A primary, its ``replicas`` and one Sentinel watching them (quorum 1, the primary down
+    after 1 s of silence), on loopback; ``uri`` is ``redis+sentinel://`` of that Sentinel.
+    ``nodes``: primary, the replicas, the sentinel last (not a data node). Two replicas by
+    default: after a failover the Sentinel points the other one at the promoted primary, so
+    writes that wait for one replica can be confirmed again."""
+    root = Path(tempfile.mkdtemp(prefix="pf-redis-sentinel-"))
+    servers = Servers([], root, "")
+    used: set[int] = set()
+    try:
+        primary = _start_node(root, used, cluster=False)
+        servers.nodes.append(primary)
+        for _ in range(replicas):
+            replica = _start_node(root, used, cluster=False)
+            servers.nodes.append(replica)
+            replica.cli("replicaof", "127.0.0.1", str(primary.port))
+            _wait("a replica to sync", lambda r=replica: "master_link_status:up" in r.cli("info", "replication"),
+                  [primary, replica])  # fmt: skip
+        port = _free_port(used)
+        d = root / f"sentinel-{port}"
+        d.mkdir()
+        conf = [
+            f"port {port}", "bind 127.0.0.1", "protected-mode no", f'dir "{d}"', 'logfile "redis.log"',
+            f"sentinel monitor {service} 127.0.0.1 {primary.port} 1",
+            f"sentinel down-after-milliseconds {service} 1000", f"sentinel failover-timeout {service} 5000",
+        ]  # fmt: skip
+        (d / "redis.conf").write_text("\n".join(conf) + "\n")  # Sentinel rewrites it: its own copy
+        proc = subprocess.Popen(["redis-server", str(d / "redis.conf"), "--sentinel"], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent)  # fmt: skip
+        sentinel = Node(port, d, proc)
+        servers.nodes.append(sentinel)
+
+        def watching() -> bool:
+            known = sentinel.cli("sentinel", "replicas", service)
+            return all(str(r.port) in known for r in servers.nodes[1:-1])
+
+        _wait("the Sentinel to find the replicas", watching, [sentinel])
+        servers.uri = f"redis+sentinel://127.0.0.1:{port}/{service}/0"
+        return servers
+    except BaseException:
+        servers.stop()
+        raise
+
+
+def sentinel_failover(servers: Servers, service: str = "pfmain", timeout: float = START_TIMEOUT) -> Node:
+    """``kill -9`` the primary of a :func:`start_sentinel_group`; wait until the Sentinel names
+    one of the replicas as the primary and that replica says so; the new primary."""
+    primary, *replicas, sentinel = servers.nodes
+    primary.proc.kill()
+    primary.proc.wait(timeout=10)
+    promoted: list[Node] = []
+
+    def switched() -> bool:
+        addr = sentinel.cli("sentinel", "get-master-addr-by-name", service).split()
+        new = [r for r in replicas if addr[-1:] == [str(r.port)]]
+        if new and "role:master" in new[0].cli("info", "replication"):
+            promoted[:] = new
+        return bool(promoted)
+
+    _wait("the Sentinel to promote a replica", switched, [*replicas, sentinel], timeout)
+    return promoted[0]
+
+
 # --- failures and topology changes (tests that mutate their own cluster) -------------------------------
 
 
