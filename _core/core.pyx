@@ -552,12 +552,22 @@ cdef class CompiledCore:
         ``unless_present``: leave out those back in the table (a shared store: another
         process may have brought them back). While a batch's queued episode or outcome is
         delivered, only the evictions before it fired (the reference engine's order). While
-        a batch's chunk runs on its own thread (a delivery of that batch calls this),
-        nothing is drained: the next call gets them."""
+        a batch's chunk runs on its own thread (a delivery of that batch calls this), the
+        chunk is finished first if any of those evictions is still to drain."""
         cdef Py_ssize_t i, take
         cdef uint64_t key
-        if not self.ev_on or self.piping:
+        if not self.ev_on:
             return []
+        if self.piping:
+            # The chunk's thread appends to (and may move) the ev_* buffers. Answering [] and
+            # leaving the evictions to the next call is not the same: the caller forgets the
+            # facts of these users *now*, before the report adds facts, as the reference does
+            # after each event. Late, the forget would drop the facts of a user evicted and
+            # back since (or the facts' own LRU would drop someone else first).
+            if (self.ev_limit >= 0 and self.ev_limit <= <int64_t>self.ev_base
+                    and self.pipe_thread == PyThread_get_thread_ident()):
+                return []  # all evicted before this report are drained: the chunk runs on
+            wait_pipe(self)
         if self.gone_n:
             forget_gone(self)  # files the long ids' text in ev_long
         if self.ev_over:
@@ -573,7 +583,11 @@ cdef class CompiledCore:
         for i in range(take):
             key = self.ev_key[i]
             if self.ev_len[i] == UID_LONG:
-                uid = self.ev_long.pop(key, None)
+                # get, not pop: a long id evicted, back and evicted again has one text here
+                # for its two entries. Popped, the second found none and the whole drain
+                # became None ("too many"): the caller's fallback then kept the facts of
+                # every user evicted and back since (the reference drops them). Cleared below.
+                uid = self.ev_long.get(key)
                 if uid is None:
                     out = None
                     continue
