@@ -70,7 +70,7 @@ cdef inline bint own_time(object ts, double* out) except -1:
     cdef double t
     if PyFloat_CheckExact(ts):
         t = PyFloat_AS_DOUBLE(ts)
-    elif ts is True or ts is False or not isinstance(ts, MARK_NUMBERS):
+    elif ts is True or ts is False or not isinstance(ts, _MARK_NUMBERS):
         return False
     else:
         try:
@@ -83,7 +83,7 @@ cdef inline bint own_time(object ts, double* out) except -1:
     return True
 
 
-MARK_NUMBERS = (int, float, np.integer, np.floating)
+_MARK_NUMBERS = (int, float, np.integer, np.floating)
 
 
 def event_marks(uids, kinds, ts, steps, targets, props, double now, bint fingerprints=True):

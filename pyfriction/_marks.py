@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from ._hashing import _mix, key64
+from ._switch import extensions_disabled
 
 __all__ = ["RATE", "admit", "event_marks", "py_admit", "py_event_marks", "py_user_keys", "user_keys"]
 
@@ -166,9 +167,7 @@ def py_admit(uids: Sequence[Any], fps: Sequence[int], seconds: Sequence[float], 
 
 
 def _compiled() -> tuple[Any, Any, Any] | None:
-    from .tracker import compiled_available
-
-    if not compiled_available():
+    if extensions_disabled():
         return None
     try:
         from ._core import admit as compiled_admit

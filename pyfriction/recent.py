@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from ._hashing import key64
+from ._switch import extensions_disabled
 
 __all__ = ["PyRecentIds", "RecentIds", "TaggedIds", "fingerprint"]
 
@@ -94,9 +95,7 @@ class PyRecentIds:
 
 
 def _compiled() -> Any:
-    from .tracker import compiled_available
-
-    if not compiled_available():
+    if extensions_disabled():
         return None
     try:
         from ._core import RecentIds as compiled

@@ -23,6 +23,7 @@ from ._legacy import layout_hash
 from ._reference import ReferenceCore
 from ._rules import Names, Rules
 from ._snapfile import SnapshotError
+from ._switch import extensions_disabled
 from .config import Config, detector_weights, load_config
 from .dispatcher import Callback, Dispatcher, run_callbacks
 from .events import Event
@@ -146,7 +147,7 @@ def _load_compiled() -> Any:
 
 def compiled_available() -> bool:
     """True when the compiled core is importable (and not disabled by the environment)."""
-    if os.environ.get("PYFRICTION_NO_EXTENSIONS", "") not in ("", "0"):
+    if extensions_disabled():
         return False
     try:
         _load_compiled()
