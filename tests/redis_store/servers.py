@@ -19,9 +19,11 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 #: Seconds to wait for a node to answer, and for a cluster to agree (loaded 2-core machines).
 START_TIMEOUT = 30.0
@@ -265,6 +267,12 @@ def sentinel_failover(servers: Servers, service: str = "pfmain", timeout: float 
     return promoted[0]
 
 
+def described(errors: list[BaseException]) -> str:
+    """Errors with their messages and tracebacks (redis-py 8's ``repr`` of an error reply hides
+    its message: ``server:ResponseError``)."""
+    return "\n".join("".join(traceback.format_exception(e)) for e in errors)
+
+
 # --- failures and topology changes (tests that mutate their own cluster) -------------------------------
 
 
@@ -410,8 +418,21 @@ def move_slots(servers: Servers, slots: list[int], to: Node, timeout: float = ST
 
     def client(n: Node) -> redis.Redis:
         if n.port not in clients:
-            clients[n.port] = redis.Redis(port=n.port, socket_timeout=10)
+            clients[n.port] = redis.Redis(port=n.port, socket_timeout=30)
         return clients[n.port]
+
+    def command(n: Node, *args: Any) -> Any:
+        # MIGRATE's own link to the target may time out on a loaded machine (IOERR): its keys
+        # are read again and sent again (REPLACE: a key the target got before the timeout is
+        # overwritten by the source's, the one clients write while the slot is MIGRATING)
+        for attempt in range(5):
+            try:
+                return client(n).execute_command(*args)
+            except redis.ResponseError as exc:
+                if not str(exc).startswith("IOERR") or attempt == 4:
+                    raise RuntimeError(f"{' '.join(map(str, args[:4]))} on port {n.port}: {exc}") from exc
+                time.sleep(0.2)
+        return None
 
     owners = {slot: slot_owner(servers, slot) for slot in slots}
     live_ports = {n.port: n for n in _live(servers)}
@@ -424,15 +445,15 @@ def move_slots(servers: Servers, slots: list[int], to: Node, timeout: float = ST
             if src.port == to.port:
                 continue
             src_id = ids.setdefault(src.port, node_id(src))
-            client(to).execute_command("CLUSTER SETSLOT", slot, "IMPORTING", src_id)
-            client(src).execute_command("CLUSTER SETSLOT", slot, "MIGRATING", to_id)
+            command(to, "CLUSTER SETSLOT", slot, "IMPORTING", src_id)
+            command(src, "CLUSTER SETSLOT", slot, "MIGRATING", to_id)
             while True:
-                keys = client(src).execute_command("CLUSTER GETKEYSINSLOT", slot, 100)
+                keys = command(src, "CLUSTER GETKEYSINSLOT", slot, 100)
                 if not keys:
                     break
-                client(src).execute_command("MIGRATE", "127.0.0.1", to.port, "", 0, 5000, "KEYS", *keys)
+                command(src, "MIGRATE", "127.0.0.1", to.port, "", 0, 10000, "REPLACE", "KEYS", *keys)
             for n in [to, src, *(p for p in primaries if p.port not in (to.port, src.port))]:
-                client(n).execute_command("CLUSTER SETSLOT", slot, "NODE", to_id)
+                command(n, "CLUSTER SETSLOT", slot, "NODE", to_id)
     finally:
         for c in clients.values():
             c.close()

@@ -21,7 +21,7 @@ from redis.crc import key_slot
 from pyfriction import Tracker
 from pyfriction.tracker import compiled_available
 
-from .servers import Servers, add_node, kill_primary, move_slots, restart_node, slot_owner
+from .servers import Servers, add_node, described, kill_primary, move_slots, restart_node, slot_owner
 from .test_redis_engine import _episodes, _record_bytes, _stream
 
 pytestmark = pytest.mark.skipif(not compiled_available(), reason="the compiled core is not built")
@@ -70,7 +70,7 @@ def _run_with(servers: Servers, disturb: Any, prefix: str) -> Tracker:
             if after > 20:
                 break
         assert disturbed.wait(120), "the failover or the slot move did not end"
-        assert not errors, errors
+        assert not errors, described(errors)
         assert seen_host == seen_mem
         for user in {e["user_id"] for e in scored}:
             assert _record_bytes(host, user) == _record_bytes(mem, user), user

@@ -20,7 +20,7 @@ import pytest
 from pyfriction import Tracker
 from pyfriction.tracker import compiled_available
 
-from .servers import Servers, missing, sentinel_failover, start_sentinel_group
+from .servers import Servers, described, missing, sentinel_failover, start_sentinel_group
 from .test_redis_engine import _episodes, _record_bytes, _stream
 
 pytestmark = pytest.mark.skipif(not compiled_available(), reason="the compiled core is not built")
@@ -73,7 +73,7 @@ def test_a_sentinel_failover_mid_stream_loses_nothing(sentinel_group: Servers) -
             if after > 10:
                 break
         assert switched.wait(120), "the Sentinel did not promote the replica"
-        assert not errors, errors
+        assert not errors, described(errors)
         assert after > 10, "the stream ended before the failover did"
         assert seen_host == seen_mem
         for user in {e["user_id"] for e in scored}:
