@@ -435,9 +435,9 @@ def move_slots(servers: Servers, slots: list[int], to: Node, timeout: float = ST
         return None
 
     owners = {slot: slot_owner(servers, slot) for slot in slots}
-    live_ports = {n.port: n for n in _live(servers)}
-    primaries = [live_ports[int(f[1].split("@")[0].rpartition(":")[2])] for f in _cluster_nodes(to)
-                 if "master" in f[2] and "fail" not in f[2]]  # fmt: skip
+    # Each node's own word on its role: another node's gossip view may still list a replica
+    # that just joined as a primary (SETSLOT NODE sent to it fails: "only with masters").
+    primaries = [n for n in _live(servers) if n.cli("role").split("\n", 1)[0].strip() == "master"]
     ids: dict[int, str] = {}
     try:
         for slot in slots:
