@@ -39,13 +39,17 @@ def raise_fd_limit() -> int:
     return int(soft)
 
 
-def listen(host: str, port: int) -> socket.socket:
+def listen(host: str, port: int, reuse_port: bool = False) -> socket.socket:
     """The listening socket, bound before anything else starts (so that a port in use is one
-    clear line, before the state directory is even opened). Raises OSError."""
+    clear line, before the state directory is even opened). ``reuse_port``: with
+    ``SO_REUSEPORT`` where there is one, so that workers can bind sockets of their own to the
+    same address (see :func:`pyfriction_server.workers.own_socket`). Raises OSError."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port and hasattr(socket, "SO_REUSEPORT"):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
     except OSError:
         sock.close()
@@ -62,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"pyfriction-server: {exc}", file=sys.stderr)
         return 2
     try:
-        sock = listen(settings.host, settings.port)
+        sock = listen(settings.host, settings.port, reuse_port=settings.worker_count is not None)
     except OSError as exc:
         reason = os.strerror(exc.errno) if exc.errno else str(exc)
         print(f"pyfriction-server: cannot listen on {settings.host}:{settings.port}: {reason}", file=sys.stderr)
