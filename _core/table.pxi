@@ -135,8 +135,9 @@ cdef inline void index_delete(uint32_t* index, uint32_t mask, uint32_t entry, co
     by backward-shift deletion: the entries after it in its probe run move back, so every
     lookup still finds them, with no tombstones. A record's 64-bit key is the first field of
     each ``stride``-byte record at ``recs``; its home is ``key & mask``. The one deletion
-    routine of the user index (``unlink``) and of ``RecentIds``. The loads and stores are
-    atomic: in a shared store, readers probe the index without the table lock."""
+    routine of the user index (``unlink``), of ``RecentIds`` and of the facts tables
+    (``facts.pxi``). The loads and stores are atomic: in a shared store, readers probe the
+    index without the table lock."""
     cdef uint32_t i = <uint32_t>(<const uint64_t*>(recs + <size_t>(entry - 1) * stride))[0] & mask
     cdef uint32_t j, home, e
     while pf_load32(&index[i]) != entry:

@@ -35,6 +35,7 @@ from typing import Any, Protocol, runtime_checkable
 import msgspec
 
 from ._hashing import key64
+from ._switch import extensions_disabled
 
 __all__ = [
     "GUIDANCE",
@@ -351,6 +352,20 @@ NONE = 0xFFFFFFFF
 _ROW_KEYS_MAX = 4 * MAX_KEYS
 
 
+def compiled_tables() -> bool:
+    """Whether the facts tables use the compiled core's methods (built, not turned off, and
+    of this layout; a core of another layout is a build error, not a fallback)."""
+    if extensions_disabled():
+        return False
+    try:
+        from ._core import FACTS_LAYOUT
+    except ImportError:
+        return False
+    if FACTS_LAYOUT != (_ENTRY.size, INLINE, BLOCK, BLOCK_BODY, NONE):
+        raise RuntimeError("pyfriction._core was built for another facts file layout: rebuild it")
+    return True
+
+
 def facts_path(store_path: str) -> str:
     """The file holding the guidance bookkeeping and insights of the store at ``store_path``."""
     return store_path + ".facts"
@@ -371,7 +386,8 @@ class _Table:
     """One open-addressing hash table of fixed records in the file, with its side blocks."""
 
     def __init__(self, mm: mmap.mmap, number: int, entries: int, index_size: int, blocks: int, off: int,
-                 guide: int) -> None:  # fmt: skip
+                 guide: int, compiled: bool | None = None) -> None:  # fmt: skip
+        """``compiled``: bind the compiled twins (None: where the core is built and not turned off)."""
         self.mm = mm
         self.state_off = _STATE_OFF[number]
         self.entries, self.index_size, self.n_blocks = entries, index_size, blocks
@@ -382,6 +398,19 @@ class _Table:
         self.entry_off = _page_up(off + 4 * index_size)
         self.block_off = _page_up(self.entry_off + self.stride * entries)
         self.end = _page_up(self.block_off + BLOCK * blocks)
+        if mm is not None and (compiled_tables() if compiled is None else compiled):
+            self.bind_compiled()
+
+    def bind_compiled(self) -> None:
+        """Use the compiled twins of the methods every transaction calls (``_core/facts.pxi``,
+        the same bytes and results; ``tests/test_facts_table.py``): these methods here are
+        their specification, and what runs without the core."""
+        from ._core import FactsTable
+
+        k = FactsTable(self.mm, self.index_off, self.index_size, self.entry_off, self.stride, self.guide_size,
+                       self.entries, self.block_off, self.n_blocks)  # fmt: skip
+        self.head, self.find, self.guide, self.body = k.head, k.find, k.guide, k.body  # type: ignore[method-assign]
+        self.checksum, self.write, self.insert, self.delete = k.checksum, k.write, k.insert, k.delete  # type: ignore[method-assign]
 
     # -- header words -----------------------------------------------------------------------------
     def state(self) -> list[int]:
@@ -420,7 +449,12 @@ class _Table:
     def _index_delete(self, key: int) -> None:
         """Remove ``key`` from the index by backward shift (no tombstones)."""
         j = key & self.mask
-        while self.head(self._slot(j) - 1)[0] != key:
+        while True:
+            s = self._slot(j)
+            if s == 0:
+                return  # not indexed
+            if self.head(s - 1)[0] == key:
+                break
             j = (j + 1) & self.mask
         while True:
             self._set_slot(j, 0)
