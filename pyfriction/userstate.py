@@ -34,6 +34,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import msgspec
 
+from ._filelock import lock_exclusive
 from ._hashing import key64
 from ._switch import extensions_disabled
 
@@ -892,7 +893,7 @@ class FileState:
         kernel drops the lock of a process that dies); a holder that died in the middle of a
         change left its pid in ``busy``: the file is checked and rebuilt first."""
         with self.m.lock:
-            fcntl.lockf(self.fd, fcntl.LOCK_EX, 1, 0)
+            lock_exclusive(self.fd)  # tries without waiting first: see _filelock
             try:
                 busy = int.from_bytes(self.mm[_BUSY_OFF : _BUSY_OFF + 4], "little")
                 if busy:

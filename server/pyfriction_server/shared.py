@@ -31,6 +31,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from pyfriction._filelock import lock_exclusive
 from pyfriction.recent import TaggedIds, fingerprint
 
 __all__ = ["Bell", "SharedIds", "Watermark", "Worker"]
@@ -74,7 +75,7 @@ class _Locked:
     @contextmanager
     def _locked(self) -> Iterator[bool]:
         """Hold the lock; yields True when the last holder died mid-change (repair first)."""
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        lock_exclusive(self.fd, whole=True)  # tries without waiting first: see pyfriction._filelock
         try:
             (busy,) = struct.unpack_from("<Q", self.mm, self.busy_at)
             struct.pack_into("<Q", self.mm, self.busy_at, os.getpid())
