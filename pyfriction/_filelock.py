@@ -4,7 +4,7 @@ A process that waits for an ``fcntl``/``flock`` lock is put to sleep by the kern
 long after the holder let go: two processes sharing a ``file://`` store's facts file, each
 holding its lock for one episode's facts at a time, ran at 0.99x the events/s of one (the
 benchmark in ``benchmarks/test_store.py``). Trying first without waiting, yielding the core
-between tries, they run at 1.65x. So :func:`lock_exclusive` tries :data:`SPINS` times, then
+between tries, they run at 1.52-1.65x. So :func:`lock_exclusive` tries :data:`SPINS` times, then
 waits; a holder that died is still released by the kernel, as before.
 """
 
