@@ -33,8 +33,8 @@ One extension, many files (docs/architecture.md lists them): the declarations an
 here, then by concern, each C function taking the core as its first argument: ``spec.pxi``
 (the specification: one kernel per scoring step and per detector, named as the reference's
 functions), ``table.pxi`` (slots, index, recency), ``names.pxi``, ``intake.pxi`` (one event),
-``batch.pxi`` (columnar batches), ``export.pxi``, ``filestore.pxi``, ``recent.pxi``, ``marks.pxi``
-and ``facts.pxi``.
+``batch.pxi`` (columnar batches), ``export.pxi``, ``filestore.pxi``, ``recent.pxi``, ``marks.pxi``,
+``facts.pxi`` and ``guidecodec.pxi``.
 ``consts.pxi`` is generated from ``pyfriction/_constants.py``.
 """
 
@@ -841,3 +841,4 @@ include "filestore.pxi"    # the shared store file
 include "recent.pxi"       # RecentIds (pyfriction.recent)
 include "marks.pxi"        # the Redis store's keys and event marks (pyfriction._marks)
 include "facts.pxi"        # the facts file's tables (pyfriction.userstate._Table)
+include "guidecodec.pxi"   # the facts file's guidance record (pyfriction.guidance._UserCodec)

@@ -38,6 +38,7 @@ from typing import Any
 
 from ._episodes import Episode, Guidance
 from ._hashing import key64
+from ._switch import extensions_disabled
 from .config import GuidanceConfig, GuidanceItem, GuidanceRule
 from .events import MAX_TEXT
 from .userstate import GUIDANCE, MemoryState, StateStore
@@ -255,6 +256,20 @@ _MARKS_S = tuple(struct.Struct(f"<{n}H") for n in range(6))
 _LOCALE_MAX = 15
 
 
+def _codec_compiled() -> bool:
+    """Whether the guidance record uses the compiled core's codec (``_core/guidecodec.pxi``:
+    the same bytes and objects as :class:`_UserCodec`'s methods, its specification)."""
+    if extensions_disabled():
+        return False
+    try:
+        from ._core import GUIDE_LAYOUT
+    except ImportError:
+        return False
+    if GUIDE_LAYOUT != (float(TIME_UNITS), _I32, _HEAD.size, _LOCALE_MAX, _EXPIRED, _DETAILS):
+        raise RuntimeError("pyfriction._core was built for another guidance record: rebuild it")
+    return True
+
+
 class _UserCodec:
     """A user's guidance record as plain data and back (the file store).
 
@@ -270,9 +285,16 @@ class _UserCodec:
     anything the record cannot say. The texts of an item come from this process's catalog.
     """
 
-    def __init__(self, engine: GuidanceEngine) -> None:
+    def __init__(self, engine: GuidanceEngine, compiled: bool | None = None) -> None:
+        """``compiled``: bind the compiled twins of :meth:`pack` and :meth:`unpack` (None:
+        where the core is built and not turned off)."""
         self.engine = engine
         self._index = {item.id: i for i, item in enumerate(engine.config.items) if i < 255}
+        if compiled if compiled is not None else _codec_compiled():
+            from ._core import GuideCodec
+
+            twin = GuideCodec(engine, self._index, _User, _Offer, Guidance)
+            self.pack, self.unpack = twin.pack, twin.unpack  # type: ignore[method-assign]
 
     # -- the plain form (unused by the file store, kept for the Codec protocol) ------------------
     def encode(self, u: _User) -> Any:

@@ -357,8 +357,8 @@ class InsightsCollector:
         return sc
 
     def _totals(self) -> dict[str, Any]:
-        with self._state.transaction() as tx:
-            return dict(self._scalars(tx))
+        with self._state.transaction() as tx:  # a copy: the stores keep changing theirs in place
+            return {k: list(v) if type(v) is list else v for k, v in self._scalars(tx).items()}
 
     @property
     def tickets(self) -> int:

@@ -345,6 +345,7 @@ _SCALARS_OFF = 128
 SCALARS_MAX = HEADER - _SCALARS_OFF
 _BUSY_OFF = _FIXED.size - 8
 _TICK_OFF = _FIXED.size - 4
+_U32 = struct.Struct("<I")
 USER_KIND = 1
 #: Users sampled to pick one to evict (the least recently active of them, as Redis does).
 EVICT_SAMPLE = 16
@@ -736,7 +737,7 @@ class _FileTxn:
     def scalars(self) -> dict[str, Any]:
         """See :meth:`StateTxn.scalars`."""
         if self._scalars is None:
-            self._scalars = self.store.read_scalars()
+            self._scalars = self.store.read_scalars_cached()
         return self._scalars
 
     def sample(self, value: float, seen: int, rng: random.Random) -> None:
@@ -852,6 +853,8 @@ class FileState:
         self._session: _FileTxn | None = None
         self._session_thread = 0
         self._row_keys: dict[tuple[str, Hashable], int] = {}
+        # The scalars this store last wrote, as (bytes, dict): see read_scalars_cached.
+        self._scalars_cache: tuple[bytes, dict[str, Any]] | None = None
         # A file object owns the descriptor: closed with the mapping when nothing uses it.
         file = open(os.open(path, os.O_RDWR | os.O_CREAT, 0o644), "r+b", buffering=0)
         st = os.fstat(file.fileno())
@@ -932,8 +935,12 @@ class FileState:
     def _transaction(self) -> Iterator[_FileTxn]:
         with self.locked():
             txn = _FileTxn(self)
-            yield txn
-            txn.commit()
+            try:
+                yield txn
+                txn.commit()
+            except BaseException:
+                self._scalars_cache = None  # it may hold changes that were not written
+                raise
 
     @contextmanager
     def session(self) -> Iterator[None]:
@@ -961,13 +968,16 @@ class FileState:
             try:
                 yield
                 txn.commit()
+            except BaseException:
+                self._scalars_cache = None  # it may hold changes that were not written
+                raise
             finally:
                 self._session = None
 
     # -- pieces for the transaction -----------------------------------------------------------------
     def _tick(self) -> int:
-        tick = (int.from_bytes(self.mm[_TICK_OFF : _TICK_OFF + 4], "little") + 1) & 0xFFFFFFFF
-        self.mm[_TICK_OFF : _TICK_OFF + 4] = tick.to_bytes(4, "little")
+        tick: int = (_U32.unpack_from(self.mm, _TICK_OFF)[0] + 1) & 0xFFFFFFFF
+        _U32.pack_into(self.mm, _TICK_OFF, tick)
         return tick
 
     def _packed(self, part: int) -> PackedCodec | None:
@@ -1023,7 +1033,7 @@ class FileState:
         for user_id, rec in users.items():
             key = key64(user_id)
             e = t.find(key)
-            if all(v is None for v in rec[0]):
+            if rec[0].count(None) == N_PARTS:  # every part gone: the record goes
                 if e >= 0 and rec[3]:
                     t.delete(e, st)
                 continue
@@ -1095,6 +1105,21 @@ class FileState:
             t.write(e, rk, 0, TABLES.index(table) + 1, body, st)
         t.set_state(st)
 
+    def read_scalars_cached(self) -> dict[str, Any]:
+        """The scalars, for a transaction (lock held): the dict this store last committed
+        when the file still holds exactly the bytes it wrote then (every episode reads them;
+        decoding them was a fifth of the facts file's reads). Any other change, by any
+        process, changes the bytes; a transaction that raises drops the dict (its changes
+        were not written)."""
+        n = int.from_bytes(self.mm[_SCALARS_LEN_OFF : _SCALARS_LEN_OFF + 4], "little")
+        raw = self.mm[_SCALARS_OFF : _SCALARS_OFF + min(n, SCALARS_MAX)]
+        cached = self._scalars_cache
+        if cached is not None and cached[0] == raw:
+            return cached[1]
+        value = self.read_scalars()
+        self._scalars_cache = (raw, value)
+        return value
+
     def read_scalars(self) -> dict[str, Any]:
         n = int.from_bytes(self.mm[_SCALARS_LEN_OFF : _SCALARS_LEN_OFF + 4], "little")
         if not n:
@@ -1106,6 +1131,7 @@ class FileState:
 
     def write_scalars(self, values: dict[str, Any]) -> None:
         body = msgspec.msgpack.encode(values)
+        self._scalars_cache = (body, values)
         if len(body) > SCALARS_MAX:
             raise ValueError("too many scalars for the facts file's header")
         # The length after the body: a crash in between leaves the old length, and a torn

@@ -4,7 +4,10 @@ it was given, to the precision its docstring states, for any user's bookkeeping 
 * traits, offers in order (item, step, target, episode id, expiry), the caps' window, item
   cooldowns and dismissals all come back;
 * the newest offer's time exactly, other times to 1/512 s, the times of an offer's marks
-  (delivered, shown, clicked, dismissed, completed) to the second after the offer.
+  (delivered, shown, clicked, dismissed, completed) to the second after the offer;
+
+for the codec's own methods and for their compiled twins, which give the same bytes and
+objects.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from pyfriction._episodes import Guidance
 from pyfriction._hashing import key64
 from pyfriction.guidance import MAX_OFFERS, TIME_UNITS, _Offer, _User, _UserCodec
 
+from helpers import require_engine
+
 CATALOG = [{"id": "a", "kind": "banner", "title": "A"}, {"id": "b", "kind": "tooltip", "title": "B", "anchor": "#b"}]
 T0 = 1_700_000_000.0
 TICK = 1.0 / TIME_UNITS + 1e-6  # a time's precision in the record (and a float's rounding)
@@ -29,10 +34,18 @@ IDS = ["a", "b", "x", "y", "z"]  # x, y, z: items no longer (or never) in the ca
 
 
 @pytest.fixture(scope="module")
-def codec() -> Any:
+def engine() -> Any:
     t = pyfriction.Tracker({"guidance": {"items": CATALOG, "rules": [{"guidance": "a"}]}})
-    yield _UserCodec(t._guidance)
+    yield t._guidance
     t.close()
+
+
+@pytest.fixture(scope="module", params=["reference", "compiled"])
+def codec(request: pytest.FixtureRequest, engine: Any) -> Any:
+    """The codec, with its own methods (the specification) or the compiled twins."""
+    if request.param == "compiled":
+        require_engine("compiled")
+    return _UserCodec(engine, compiled=request.param == "compiled")
 
 
 times = st.floats(0.0, 10 * 86400.0)  # seconds before the newest offer (within the record's range)
@@ -161,3 +174,18 @@ def canonical(u: _User) -> Any:
     offers = [(o.guidance, o.delivered, o.shown, o.clicked, o.dismissed, o.completed, o.expired)
               for o in u.offers.values()]  # fmt: skip
     return u.traits, offers, list(u.recent), u.given, u.dismissed
+
+
+@settings(max_examples=300, deadline=None)
+@given(spec=users)
+def test_the_compiled_codec_equals_the_reference(engine: Any, spec: dict[str, Any]) -> None:
+    """``_core/guidecodec.pxi`` against ``_UserCodec``'s own methods: the same record and rest,
+    and the same user read back, from either one's record."""
+    require_engine("compiled")
+    ref, comp = _UserCodec(engine, compiled=False), _UserCodec(engine, compiled=True)
+    assert ref.pack.__self__ is ref and type(comp.pack.__self__).__name__ == "GuideCodec"  # twins bound
+    u = build(ref, spec)
+    uid = spec["user_id"]
+    packed = ref.pack(u, uid)
+    assert comp.pack(u, uid) == packed
+    assert canonical(comp.unpack(*packed, uid)) == canonical(ref.unpack(*packed, uid))
