@@ -406,3 +406,35 @@ def test_a_session_is_one_transaction(tmp_path: Path) -> None:
         tx.discard(STRUGGLE, "u")
         tx.user(STRUGGLE, "u", lambda: "fourth")
     assert read(other, "u") == "fourth"
+
+
+def test_scalars_kept_decoded_follow_every_writer(tmp_path: Path) -> None:
+    """A store reuses the scalars it last wrote only while the file holds exactly those bytes:
+    a change by another store (or process), and a transaction that raised after changing them,
+    are seen."""
+    path = str(tmp_path / "s.facts")
+    a, b = FileState(path, 64), FileState(path, 64)
+
+    def add(s: FileState, n: int, fail: bool = False) -> None:
+        with s.transaction() as tx:
+            tx.scalars["n"] = tx.scalars.get("n", 0) + n
+            if fail:
+                raise RuntimeError("boom")
+
+    def n(s: FileState) -> int:
+        with s.transaction() as tx:
+            return int(tx.scalars.get("n", 0))
+
+    add(a, 1)
+    assert n(a) == 1
+    add(b, 2)  # another store on the file
+    assert n(a) == 3
+    with pytest.raises(RuntimeError):
+        add(a, 100, fail=True)  # changed a's dict, then raised: nothing written
+    assert n(a) == 3 and n(b) == 3
+    ctx = mp.get_context("fork")  # a child starts with a copy of a's dict
+    p = ctx.Process(target=add, args=(a, 10))
+    p.start()
+    p.join(JOIN_TIMEOUT)
+    assert p.exitcode == 0
+    assert n(a) == 13 and n(b) == 13
