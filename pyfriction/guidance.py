@@ -38,7 +38,7 @@ from typing import Any
 
 from ._episodes import Episode, Guidance
 from ._hashing import key64
-from ._switch import extensions_disabled
+from ._switch import compiled_twin
 from .config import GuidanceConfig, GuidanceItem, GuidanceRule
 from .events import MAX_TEXT
 from .userstate import GUIDANCE, MemoryState, StateStore
@@ -259,15 +259,7 @@ _LOCALE_MAX = 15
 def _codec_compiled() -> bool:
     """Whether the guidance record uses the compiled core's codec (``_core/guidecodec.pxi``:
     the same bytes and objects as :class:`_UserCodec`'s methods, its specification)."""
-    if extensions_disabled():
-        return False
-    try:
-        from ._core import GUIDE_LAYOUT
-    except ImportError:
-        return False
-    if GUIDE_LAYOUT != (float(TIME_UNITS), _I32, _HEAD.size, _LOCALE_MAX, _EXPIRED, _DETAILS):
-        raise RuntimeError("pyfriction._core was built for another guidance record: rebuild it")
-    return True
+    return compiled_twin("GUIDE_LAYOUT", (float(TIME_UNITS), _I32, _HEAD.size, _LOCALE_MAX, _EXPIRED, _DETAILS))
 
 
 class _UserCodec:

@@ -36,7 +36,7 @@ import msgspec
 
 from ._filelock import lock_exclusive
 from ._hashing import key64
-from ._switch import extensions_disabled
+from ._switch import compiled_twin
 
 __all__ = [
     "GUIDANCE",
@@ -355,17 +355,8 @@ _ROW_KEYS_MAX = 4 * MAX_KEYS
 
 
 def compiled_tables() -> bool:
-    """Whether the facts tables use the compiled core's methods (built, not turned off, and
-    of this layout; a core of another layout is a build error, not a fallback)."""
-    if extensions_disabled():
-        return False
-    try:
-        from ._core import FACTS_LAYOUT
-    except ImportError:
-        return False
-    if FACTS_LAYOUT != (_ENTRY.size, INLINE, BLOCK, BLOCK_BODY, NONE):
-        raise RuntimeError("pyfriction._core was built for another facts file layout: rebuild it")
-    return True
+    """Whether the facts tables use the compiled core's methods (``_core/facts.pxi``)."""
+    return compiled_twin("FACTS_LAYOUT", (_ENTRY.size, INLINE, BLOCK, BLOCK_BODY, NONE))
 
 
 def facts_path(store_path: str) -> str:
@@ -1131,13 +1122,13 @@ class FileState:
 
     def write_scalars(self, values: dict[str, Any]) -> None:
         body = msgspec.msgpack.encode(values)
-        self._scalars_cache = (body, values)
         if len(body) > SCALARS_MAX:
             raise ValueError("too many scalars for the facts file's header")
         # The length after the body: a crash in between leaves the old length, and a torn
         # body fails to decode and is reset by repair.
         self.mm[_SCALARS_OFF : _SCALARS_OFF + len(body)] = body
         self.mm[_SCALARS_LEN_OFF : _SCALARS_LEN_OFF + 4] = len(body).to_bytes(4, "little")
+        self._scalars_cache = (body, values)
 
     # -- reads ----------------------------------------------------------------------------------------
     def count(self, part: int) -> int:

@@ -107,3 +107,21 @@ def test_a_body_longer_than_the_blocks_left_is_refused_alike() -> None:
         assert t.body(e) == b"" and t.guide(e) == bytes(64)
         assert t.write(e, 7, 2, 1, b"y" * 600, s, b"g") is True
     assert states[0] == states[1] and tables[0].mm[:] == tables[1].mm[:]
+
+
+def test_a_core_built_for_another_layout_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A core whose facts-table or guidance-record constants differ from the Python modules' is a
+    build error (rebuild it), never bound, never silently replaced by the reference."""
+    require_engine("compiled")
+    from pyfriction import _core, guidance, userstate
+
+    monkeypatch.delenv("PYFRICTION_NO_EXTENSIONS", raising=False)
+    assert userstate.compiled_tables() and guidance._codec_compiled()
+    monkeypatch.setattr(_core, "FACTS_LAYOUT", (0, 0, 0, 0, 0))
+    monkeypatch.setattr(_core, "GUIDE_LAYOUT", (0.0, 0, 0, 0, 0, 0))
+    with pytest.raises(RuntimeError, match="FACTS_LAYOUT: rebuild it"):
+        userstate.compiled_tables()
+    with pytest.raises(RuntimeError, match="GUIDE_LAYOUT: rebuild it"):
+        guidance._codec_compiled()
+    monkeypatch.setenv("PYFRICTION_NO_EXTENSIONS", "1")
+    assert not userstate.compiled_tables() and not guidance._codec_compiled()
