@@ -40,7 +40,7 @@ cdef struct FState:  # a table's five state words (``st``): free head, allocated
 
 
 cdef class FactsTable:
-    """The hot methods of one ``userstate._Table`` on the same mapping: ``head``, ``find``,
+    """The hot methods of one ``userstate._Table`` on the same mapping: ``key``, ``head``, ``find``,
     ``guide``, ``body``, ``checksum``, ``write``, ``insert`` and ``delete``, each the
     reference method's twin (``tests/test_facts_table.py``). ``st``, the table's state words,
     is the same Python list the reference changes in place."""
@@ -132,6 +132,10 @@ cdef class FactsTable:
         cdef uint16_t length
         memcpy(&length, at + 16, 2)
         return (f_ld64(at), f_ld32(at + 8), f_ld32(at + 12), length, at[18], f_ld32(at + 20))
+
+    def key(self, str text):
+        """``key64`` of a user id or a row's text (the reference's ``_Table.key``)."""
+        return key64(text)
 
     def find(self, uint64_t key):
         """The entry holding ``key``, or -1."""

@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -43,22 +44,50 @@ ROOT = os.path.dirname(HERE)
 HOST = "127.0.0.1"
 KEY = "wk_bench"
 EVENTS_PER_BATCH = 100
+USERS_PER_BATCH = 25
+#: the user population of issue 18's figure
+USERS = 1_000_000
+FILL_LIMIT_S = 300.0
 TARGET_RATE = 200_000
 TARGET_P99_MS = 20.0
 
 LUA = r"""
--- One Segment batch of 100 events per request; @R@ becomes a per-request number so every
--- messageId and user id differs between requests (nothing is deduplicated away).
+-- One Segment batch of 100 events per request. @R@ becomes a per-request number, so every
+-- messageId differs between requests (nothing is deduplicated away); @U@ becomes the request's
+-- number modulo PF_BENCH_GROUPS, so the 25 user ids of a batch come from a fixed population
+-- (PF_BENCH_GROUPS x 25 users) that the requests go round (0: the request's number, new users).
+-- The template is split at its markers once: joining the pieces per request costs wrk a fifth of
+-- what a gsub over the whole body did, and wrk's CPU is CPU the sidecar cannot use on a small
+-- machine.
 local f = io.open(os.getenv("PF_BENCH_BODY"))
 local template = f:read("*a")
 f:close()
 local prefix = os.getenv("PF_BENCH_PREFIX") or "r"
-local n = 0
+local groups = tonumber(os.getenv("PF_BENCH_GROUPS") or "40000")
+local start = tonumber(os.getenv("PF_BENCH_START") or "0")
+local parts, users = {}, {}
+local pos = 1
+while true do
+  local s, e = string.find(template, "@[RU]@", pos)
+  if not s then
+    parts[#parts + 1] = string.sub(template, pos)
+    break
+  end
+  parts[#parts + 1] = string.sub(template, pos, s - 1)
+  parts[#parts + 1] = ""  -- the marker's slot, filled per request
+  users[#parts] = string.sub(template, s + 1, s + 1) == "U"
+  pos = e + 1
+end
+local n = start  -- where the previous run stopped (one wrk thread: -t1)
 local headers = {["Content-Type"] = "application/json", ["X-Write-Key"] = os.getenv("PF_BENCH_KEY")}
 request = function()
   n = n + 1
-  local body = string.gsub(template, "@R@", prefix .. n)
-  return wrk.format("POST", "/v1/batch", headers, body)
+  local r = prefix .. n
+  local u = groups > 0 and ("u" .. (n % groups)) or r
+  for i = 2, #parts, 2 do
+    parts[i] = users[i] and u or r
+  end
+  return wrk.format("POST", "/v1/batch", headers, table.concat(parts))
 end
 """
 
@@ -83,7 +112,7 @@ def batch_template() -> bytes:
         kind, name, props = KINDS[i % len(KINDS)]
         msg: dict[str, Any] = {
             "type": kind,
-            "userId": f"user-@R@-{i // 4}",  # 25 users per batch, 4 events each
+            "userId": f"user-@U@-{i // 4}",  # 25 users per batch, 4 events each
             "messageId": f"@R@-{i}",
             "timestamp": f"2024-05-01T12:00:00.{i:03d}+00:00",
             "context": {"library": {"name": "analytics-python", "version": "2.4.0"}},
@@ -107,7 +136,7 @@ def free_port() -> int:
 
 def get(url: str) -> str:
     with urllib.request.urlopen(url, timeout=10) as r:
-        return r.read().decode()
+        return str(r.read().decode())
 
 
 def metric(text: str, name: str) -> float:
@@ -168,20 +197,54 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
     return user, system
 
 
+_sent = [0]  # requests sent so far: the next run goes on round the population from there
+
+
 def run_wrk(
     url: str, env: dict[str, str], script: str, connections: int, seconds: float, prefix: str
 ) -> dict[str, float]:
     cmd = ["wrk", "-t1", f"-c{connections}", f"-d{int(seconds)}s", "--latency", "--timeout", "5s", "-s", script,
            url + "/v1/batch"]  # fmt: skip
-    out = subprocess.run(cmd, env={**env, "PF_BENCH_PREFIX": prefix}, capture_output=True, text=True,
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    out = subprocess.run(cmd, env={**env, "PF_BENCH_PREFIX": prefix, "PF_BENCH_START": str(_sent[0])},
+                         capture_output=True, text=True,
                          timeout=seconds + 60, check=True).stdout  # fmt: skip
-    return parse_wrk(out)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    res = parse_wrk(out)
+    _sent[0] += int(res["requests"])
+    # wrk shares the machine with the sidecar: the CPU it takes per request bounds what more
+    # workers can gain on a small machine, so it is measured, not guessed
+    res["wrk_cpu_s"] = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return res
+
+
+def fill(url: str, env: dict[str, str], script: str, args: Any) -> None:
+    """Load until every user of the population was seen ``--rounds`` times (so that both runs
+    of ``--workers 1,2`` measure the same steady state: no user created, none evicted)."""
+    if not args.users:
+        return
+    deadline = time.monotonic() + FILL_LIMIT_S
+    need = _sent[0] + args.rounds * (args.users // USERS_PER_BATCH)
+    chunk = 0
+    while _sent[0] < need or metric(get(url + "/metrics"), "pyfriction_users_tracked") < args.users:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the sidecar did not see {args.users:,} users {args.rounds} times in "
+                               f"{FILL_LIMIT_S:g} s")  # fmt: skip
+        chunk += 1
+        run_wrk(url, env, script, args.connections, 5, f"f{chunk}-")
 
 
 def main(argv: Any = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--duration", type=float, default=15.0, help="seconds of measured load (default 15)")
-    ap.add_argument("--warmup", type=float, default=3.0, help="seconds of warm-up load (default 3)")
+    ap.add_argument("--warmup", type=float, default=3.0, help="seconds of warm-up load once the users are all "
+                    "in the sidecar (default 3)")  # fmt: skip
+    ap.add_argument("--users", type=int, default=USERS, help=f"the user population the batches go round, a "
+                    f"multiple of {USERS_PER_BATCH} (default {USERS:,}), loaded before the warm-up; 0: new users "
+                    "in every request")  # fmt: skip
+    ap.add_argument("--rounds", type=int, default=2, help="times each user is seen before the warm-up (default 2: "
+                    "past the first episode of every struggling user, now in its cooldown, as in a steady state; "
+                    "1: the measured run is the burst of second visits, where those episodes fire)")  # fmt: skip
     ap.add_argument("--connections", type=int, default=12, help="concurrent connections (default 12)")
     ap.add_argument("--no-fsync", action="store_true", help="journal without fsync (not the default)")
     ap.add_argument("--memory", action="store_true", help="no journal at all (state_dir = ''; not the default)")
@@ -193,6 +256,10 @@ def main(argv: Any = None) -> int:
     if shutil.which("wrk") is None:
         print("server_load: wrk not found (apt-get install wrk)", file=sys.stderr)
         return 2
+    if args.users < 0 or args.users % USERS_PER_BATCH:
+        ap.error(f"--users: 0 or a positive multiple of {USERS_PER_BATCH}")
+    if args.rounds < 1:
+        ap.error("--rounds: 1 or more")
     runs = [int(w) for w in args.workers.split(",")]
     results = [measure(args, workers) for workers in runs]
     if len(results) > 1:
@@ -239,7 +306,9 @@ def measure(args: Any, workers: int) -> dict[str, Any]:
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError("the sidecar did not start; see " + log.name) from None
                 time.sleep(0.1)
-        wrk_env = {**os.environ, "PF_BENCH_BODY": body_path, "PF_BENCH_KEY": KEY}
+        wrk_env = {**os.environ, "PF_BENCH_BODY": body_path, "PF_BENCH_KEY": KEY,
+                   "PF_BENCH_GROUPS": str(args.users // USERS_PER_BATCH)}  # fmt: skip
+        fill(url, wrk_env, script, args)
         run_wrk(url, wrk_env, script, args.connections, args.warmup, "w")
         before = get(url + "/metrics")
         cpu0 = cpu_seconds(proc.pid)
@@ -275,6 +344,12 @@ def measure(args: Any, workers: int) -> dict[str, Any]:
         "p90_ms": res.get("p90_ms"),
         "p99_ms": res.get("p99_ms"),
         "events_accepted_by_server": int(accepted) if workers == 1 else None,
+        # episodes fired while measured (with workers, /metrics is the answering worker's own)
+        "episodes": int(metric(after, "pyfriction_episodes_total") - metric(before, "pyfriction_episodes_total"))
+        if workers == 1
+        else None,
+        "users": args.users or "new in every request",
+        "rounds_before": args.rounds if args.users else None,
         "journal_fsyncs": int(
             metric(after, "pyfriction_journal_fsyncs_total") - metric(before, "pyfriction_journal_fsyncs_total")
         ),
@@ -289,6 +364,7 @@ def measure(args: Any, workers: int) -> dict[str, Any]:
         "server_user_cpu_s": round(cpu1[0] - cpu0[0], 2),
         "server_system_cpu_s": round(cpu1[1] - cpu0[1], 2),
         "server_cpu_us_per_request": round((cpu1[0] + cpu1[1] - cpu0[0] - cpu0[1]) / max(1.0, res["requests"]) * 1e6),
+        "wrk_cpu_us_per_request": round(res["wrk_cpu_s"] / max(1.0, res["requests"]) * 1e6),
     }
     per_core = figures["server_cpu_us_per_request"]
     figures["events_per_server_cpu_second"] = round(EVENTS_PER_BATCH * 1e6 / per_core) if per_core else None

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pyfriction._hashing import key64
 from pyfriction.userstate import BLOCK, NONE, _pow2, _Table
 
 from helpers import require_engine
@@ -93,6 +94,15 @@ def test_compiled_tables_equal_the_reference(guide: int, steps: list[tuple[Any, 
     for key, e in live:
         assert comp.find(key) == ref.find(key) == e
         assert comp.body(e) == ref.body(e)
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.text(st.characters(exclude_categories=()), max_size=80))
+def test_compiled_keys_equal_the_reference(text: str) -> None:
+    """``key``: the same 64-bit key for any text, surrogates and all (ids are hashed in C
+    when the core is built; the file's entries must be found by either)."""
+    require_engine("compiled")
+    assert table(64, True).key(text) == table(64, False).key(text) == key64(text)
 
 
 def test_a_body_longer_than_the_blocks_left_is_refused_alike() -> None:
