@@ -131,6 +131,8 @@ cdef class CompiledCore:
     cdef Py_ssize_t pend_n, pend_head, pend_cap
     cdef int deferring
     cdef public bint batch_queue  # may a batch queue its episodes? (see begin_batch)
+    # None, or what ``drain`` delivers a queue of several reports inside (see drain)
+    cdef public object deliver_session
     cdef uint32_t known[4096]  # name keys already in ``names`` (direct-mapped; 0: empty)
     cdef StallMemo stall_memo[STALL_MEMO]  # private memory only (see c_stall_limit)
     cdef KeyMemo key_memo[KEY_MEMO]  # see name_key
@@ -192,6 +194,7 @@ cdef class CompiledCore:
         self.pend_n = self.pend_head = self.pend_cap = 0
         self.deferring = 0
         self.batch_queue = True
+        self.deliver_session = None
         self.ev_limit = -1
         memset(self.known, 0, sizeof(self.known))
         memset(self.stall_memo, 0, sizeof(self.stall_memo))

@@ -83,8 +83,19 @@ cdef end_batch(CompiledCore self, bint began):
 
 
 cdef drain(CompiledCore self):
-    """Deliver the queued episodes and outcomes, oldest first. A callback may re-enter
-    ``observe``: what it queues is delivered by this same loop."""
+    """Deliver the queued episodes and outcomes, oldest first, inside one
+    ``deliver_session()`` when the tracker gives one and more than one is queued (a
+    ``file://`` store: one lock and one write of the facts for them all, not one each)."""
+    if self.deliver_session is not None and self.pend_n - self.pend_head > 1:
+        with self.deliver_session():
+            drain_queue(self)
+    else:
+        drain_queue(self)
+
+
+cdef drain_queue(CompiledCore self):
+    """``drain``'s loop. A callback may re-enter ``observe``: what it queues is delivered by
+    this same loop."""
     cdef Pending* p
     cdef int code
     cdef double score, te, stall

@@ -3,6 +3,7 @@
 # this stub, the Protocol and both engines agree.
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 import numpy as np
@@ -50,6 +51,7 @@ class SharedNames:
 class CompiledCore:
     engine: str
     batch_queue: bool
+    deliver_session: Callable[[], AbstractContextManager[None]] | None
     path: str | None
     names_view: SharedNames | None
     pipe_rows: int

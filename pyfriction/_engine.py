@@ -9,6 +9,7 @@ both classes provide every member with the same parameters.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -33,6 +34,9 @@ class Engine(Protocol):
     engine: str
     #: May a batch queue its episodes until it ends? Off while a callback runs inline.
     batch_queue: bool
+    #: None, or a context manager factory a queue of several episodes and outcomes is
+    #: delivered inside (the tracker's ``store.session``: one facts transaction for them all).
+    deliver_session: Callable[[], AbstractContextManager[None]] | None
 
     def observe(self, event: Any) -> float:
         """Score one event (a mapping or ``Event``); raises ``InvalidEvent``."""

@@ -30,6 +30,7 @@ import threading
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
+from contextlib import AbstractContextManager
 from typing import Any
 
 import numpy as np
@@ -163,6 +164,9 @@ class ReferenceCore:
     #: reference reports each one as it fires, which no caller can tell apart from a queue
     #: while no callback runs inline (the only time the switch is on).
     batch_queue = True
+    #: Never used: the reference delivers as it goes, and a ``file://`` store (the one store
+    #: whose sessions matter) needs the compiled core.
+    deliver_session: Callable[[], AbstractContextManager[None]] | None = None
 
     def __init__(self, rules: Rules, capacity: int, idle_ttl: float | None,
                  clock: Callable[[], float], names: Names, on_episode: EpisodeSink,

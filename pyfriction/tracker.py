@@ -227,6 +227,12 @@ class Tracker:
                                            {i.id: (i.kind, i.title) for i in gcfg.items}, self._state)  # fmt: skip
         self._guidance = GuidanceEngine(gcfg, self.config.capacity, self._insights.item, self._state)
         self._core.track_evictions(True)
+        if self._facts is not None:
+            # A batch's queued episodes and outcomes: one facts transaction for them all (one
+            # lock, each user and row read and written once), not one each. Safe because the
+            # queue is on only while no callback runs inline (batch_queue): nothing but the
+            # tracker's own bookkeeping runs inside it.
+            self._core.deliver_session = self._facts.session
         # A store file keeps the facts of an evicted user who is back in the table by the
         # time they are dropped: another process may have brought them back, with new facts.
         self._keep_returned = self._facts is not None or self._redis is not None

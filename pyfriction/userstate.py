@@ -924,8 +924,8 @@ class FileState:
     def transaction(self) -> AbstractContextManager[_FileTxn]:
         """See :meth:`StateStore.transaction`: the changes are written when it exits normally
         (inside a :meth:`session` of this thread: when the session does)."""
-        txn = self._session
-        if txn is not None and self._session_thread == threading.get_ident():
+        txn = self._own_session()
+        if txn is not None:
             # The session's lock is held and its commit writes this block's changes.
             return nullcontext(txn)
         return self._transaction()
@@ -954,8 +954,13 @@ class FileState:
         records cached by the transaction are the live objects those blocks changed), as it
         would have read them back from the file. A tracker opens one per episode, around
         ``select`` and ``InsightsCollector.episode``: the user's record is then read, decoded,
-        encoded and written once instead of once per block, and the scalars likewise."""
-        if self._session is not None and self._session_thread == threading.get_ident():
+        encoded and written once instead of once per block, and the scalars likewise; and the
+        compiled core one around a batch's queue of episodes and outcomes (``drain``), inside
+        which the tracker's per-episode sessions are nested. A nested block that raises is the
+        caller's to handle (the tracker logs it and goes on): the outer session still writes
+        what every block changed when it exits normally. :meth:`forget` and :meth:`user_ids`
+        work inside one too (through its transaction); no other method of the store does."""
+        if self._own_session() is not None:
             yield  # nested: the outer session commits
             return
         with self.locked():
@@ -1217,8 +1222,22 @@ class FileState:
                 at = _ROWS_OFF + 4 * TABLES.index(tb)
                 self.mm[at : at + 4] = bytes(4)
 
+    def _own_session(self) -> _FileTxn | None:
+        """The session this thread holds, if any."""
+        txn = self._session
+        return txn if txn is not None and self._session_thread == threading.get_ident() else None
+
     def forget(self, user_ids: Iterable[str]) -> None:
-        """See :meth:`StateStore.forget`."""
+        """See :meth:`StateStore.forget`. Inside a session of this thread (a batch's episodes,
+        delivered in one): through the session's transaction, so that its commit cannot
+        write back a user it read before."""
+        txn = self._own_session()
+        if txn is not None:
+            for uid in user_ids:
+                rec = txn._record(uid)
+                rec[0] = [None] * N_PARTS  # every part gone: the commit deletes the entry
+                rec[2] = False
+            return
         hash_of = self.users_table.key
         keys = [hash_of(uid) for uid in user_ids]
         if not keys:
@@ -1233,7 +1252,14 @@ class FileState:
             t.set_state(st)
 
     def user_ids(self) -> list[str]:
-        """See :meth:`StateStore.user_ids`."""
+        """See :meth:`StateStore.user_ids` (inside a session of this thread: with the users
+        its transaction holds)."""
+        txn = self._own_session()
+        if txn is not None:  # the lock is this thread's already
+            t = self.users_table
+            found = dict.fromkeys(self._uid_of(t, e) for e in t.live(t.state()))
+            found.update((uid, None) for uid, rec in txn.users.items() if rec[0].count(None) < N_PARTS)
+            return list(found)
         with self.locked():
             t = self.users_table
             return [self._uid_of(t, e) for e in t.live(t.state())]

@@ -315,3 +315,57 @@ def test_a_facts_file_of_version_1_is_refused_with_what_to_do(tmp_path: Path) ->
     path.write_bytes(bytes(header))
     with pytest.raises(StoreError, match=r"version 1, this version reads version 2: move it aside \(or delete it"):
         FileState(str(path), 64)
+
+
+def test_a_batch_delivers_its_episodes_in_one_facts_transaction(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``observe_many`` on a file store: the episodes a batch queues are delivered inside one
+    session (one hold of the facts lock for them all, not one each), and leave the facts the
+    memory store leaves, users evicted in the middle of the batch included."""
+    from pyfriction import userstate
+
+    clock = Clock()
+    file_t = tracker("compiled", f"file://{tmp_path}/f.state", capacity=4, clock=clock)
+    mem_t = tracker("compiled", capacity=4, clock=clock)
+    cols: dict[str, list[Any]] = {"user_id": [], "type": [], "ts": [], "step": [], "target": []}
+
+    def add(user: str, kind: str, ts: float, step: str | None = "billing", target: str | None = "#pay") -> None:
+        for name, value in zip(cols, (user, kind, ts, step, target), strict=True):
+            cols[name].append(value)
+
+    ts = T0
+    # a and b struggle; n0 and n1 only pass by (no episode, no facts); then d's arrival pushes
+    # a, the least recently active, out of the full table, and d's episode forgets a's facts
+    # inside the batch's session (the facts table has room: nothing of its own evicts them).
+    for user, rage in (("a", True), ("b", True), ("n0", False), ("n1", False), ("d", True)):
+        for i in range(3 if rage else 1):
+            add(user, "click", ts + 0.25 * i)
+        if rage:
+            add(user, "success", ts + 1.0, target=None)
+        ts += 10.0
+    locks: list[int] = []
+    real = userstate.lock_exclusive
+
+    def counted(fd: int, whole: bool = False) -> None:
+        locks.append(fd)
+        real(fd, whole)
+
+    try:
+        monkeypatch.setattr(userstate, "lock_exclusive", counted)
+        file_t.observe_many(cols)
+        monkeypatch.undo()
+        mem_t.observe_many(cols)
+        episodes = file_t.stats().episodes
+        assert episodes == mem_t.stats().episodes == 3
+        assert len(locks) == 1  # one lock for the batch's 3 episodes
+        for user in ("a", "b", "n0", "n1", "d"):
+            assert [p is None for p in parts_of(file_t, user)] == [p is None for p in parts_of(mem_t, user)], user
+            assert file_t.pending(user) == mem_t.pending(user), user
+        evicted_everywhere(file_t, "a")
+        assert sorted(file_t._state.user_ids()) == sorted(mem_t._state.user_ids()) == ["b", "d"]
+        got, want = file_t.insights(limit=None), mem_t.insights(limit=None)
+        assert (got.episodes, got.hotspots) == (want.episodes, want.hotspots)
+    finally:
+        file_t.close()
+        mem_t.close()
