@@ -369,3 +369,32 @@ def test_a_batch_delivers_its_episodes_in_one_facts_transaction(
     finally:
         file_t.close()
         mem_t.close()
+
+
+def test_more_evictions_than_the_engine_notes_within_one_batch(tmp_path: Path) -> None:
+    """The same, in one batch on a file store: the episodes that end it are delivered in one
+    session, and the tracker asks the store which users it holds from inside it."""
+    from pyfriction._constants import EVICTED_MAX
+
+    t = tracker("compiled", f"file://{tmp_path}/f.state", capacity=3)
+    try:
+        guided_user(t, "old", T0)
+        n = EVICTED_MAX + 10
+        cols: dict[str, list[Any]] = {
+            "user_id": [f"n{i}" for i in range(n)],
+            "type": ["click"] * n,
+            "ts": [T0 + 10 + i * 1e-3 for i in range(n)],
+            "step": [None] * n,
+            "target": [None] * n,
+        }
+        for k, user in enumerate(("new1", "new2")):  # two episodes at the end of the batch
+            for i in range(3):
+                for name, value in zip(cols, (user, "click", T0 + 100 + k + 0.25 * i, "billing", "#pay"), strict=True):
+                    cols[name].append(value)
+        t.observe_many(cols)
+        assert t.stats().episodes == 3
+        evicted_everywhere(t, "old")
+        for user in ("new1", "new2"):
+            assert parts_of(t, user)[1] is not None, user  # the insight record
+    finally:
+        t.close()
