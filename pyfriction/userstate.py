@@ -137,8 +137,9 @@ class StateStore(Protocol):
 
     def session(self) -> Any:
         """A context manager: the transactions this thread opens inside it may be one (the file
-        store: one lock, each record read and written once; a tracker's work for one episode).
-        Only transactions may be used inside it, no other method of the store."""
+        store: one lock, each record read and written once; a tracker's work for one episode,
+        or for a batch's queue of them). Only transactions, :meth:`forget` and :meth:`user_ids`
+        may be used inside it, no other method of the store."""
         ...
 
     def codec(self, part: int, codec: Codec) -> None:
