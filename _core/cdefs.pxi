@@ -30,6 +30,8 @@ cdef extern from "<unistd.h>" nogil:
 
 cdef extern from "pf_sync.h":
     int pf_lock(uint32_t* lock, uint32_t me) nogil
+    int pf_try_lock(uint32_t* lock, uint32_t me) nogil
+    int pf_lock_patient(uint32_t* lock, uint32_t me, uint32_t budget, int napping) nogil
     void pf_unlock(uint32_t* lock) nogil
     int pf_pid_dead(uint32_t pid) nogil
     uint32_t pf_load32(const uint32_t* p) nogil

@@ -299,9 +299,13 @@ cdef class CompiledCore:
             attach(self)
 
     def sync(self, bint wait=False):
-        """Write the shared store's dirty pages back to the file (``msync``)."""
+        """Write the shared store's dirty pages back to the file (``msync``). Without the GIL:
+        a checkpoint's msync of a million users takes hundreds of milliseconds, and another
+        thread of the process (the sidecar's event loop) must not stand still meanwhile."""
+        cdef int flags = MS_SYNC if wait else MS_ASYNC
         if self.shared and self.map_base != NULL:
-            msync(self.map_base, self.map_len, MS_SYNC if wait else MS_ASYNC)
+            with nogil:
+                msync(self.map_base, self.map_len, flags)
 
     def close(self):
         """Detach from the shared store: counters kept, file clean if we were the last."""
@@ -844,4 +848,5 @@ include "filestore.pxi"    # the shared store file
 include "recent.pxi"       # RecentIds (pyfriction.recent)
 include "marks.pxi"        # the Redis store's keys and event marks (pyfriction._marks)
 include "facts.pxi"        # the facts file's tables (pyfriction.userstate._Table)
+include "pidlock.pxi"      # the facts file's lock (PidLock)
 include "guidecodec.pxi"   # the facts file's guidance record (pyfriction.guidance._UserCodec)

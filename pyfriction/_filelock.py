@@ -6,6 +6,10 @@ holding its lock for one episode's facts at a time, ran at 0.99x the events/s of
 benchmark in ``benchmarks/test_store.py``). Trying first without waiting, yielding the core
 between tries, they run at 1.52-1.65x. So :func:`lock_exclusive` tries :data:`SPINS` times, then
 waits; a holder that died is still released by the kernel, as before.
+
+The facts file has since moved to a pid word in its header (``_core/pidlock.pxi``: one
+compare-and-swap), as have the sidecar's shared files where the core is built; this remains
+their lock where it is not.
 """
 
 from __future__ import annotations

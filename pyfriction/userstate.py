@@ -13,9 +13,10 @@ a transaction (:meth:`StateStore.transaction`) hands out
 :class:`MemoryState` keeps live Python objects (a plain tracker, one process).
 :class:`FileState` keeps them in a memory-mapped file next to a ``file://`` store
 (``PATH.facts``), shared by every process that opens it: every change is made under one
-``fcntl`` lock, which the kernel releases when its holder dies, and a holder that died in the
-middle of a change is detected (the header's ``busy`` word still holds its pid) and the file
-checked and rebuilt from its records, whose checksums reveal one written in part.
+lock, a word of the file's header holding its holder's pid (``_core/pidlock.pxi``: a waiter
+that finds the holder dead takes it over), and a holder that died in the middle of a change is
+detected (the header's ``busy`` word still holds its pid) and the file checked and rebuilt from
+its records, whose checksums reveal one written in part.
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ from typing import Any, Protocol, runtime_checkable
 
 import msgspec
 
-from ._filelock import lock_exclusive
 from ._hashing import key64
 from ._switch import compiled_twin
 
@@ -319,7 +319,9 @@ class MemoryState:
 
 MAGIC = b"PFFACTS\0"
 #: 2: a user's guidance record packed in 64 bytes of the user's entry (1: all msgpack).
-VERSION = 2
+#: 3: the lock is the header's pid word (2: an ``fcntl`` lock, which a process of version 3
+#: would not see: the two must never share a file).
+VERSION = 3
 PAGE = 4096
 HEADER = PAGE
 #: A record: key, activity tick, first block + 1, body length, kind, checksum, then (a user's)
@@ -346,6 +348,8 @@ _SCALARS_OFF = 128
 SCALARS_MAX = HEADER - _SCALARS_OFF
 _BUSY_OFF = _FIXED.size - 8
 _TICK_OFF = _FIXED.size - 4
+#: The lock word (``PidLock``): free header bytes between the fixed fields and the state.
+_LOCK_OFF = _FIXED.size
 _U32 = struct.Struct("<I")
 USER_KIND = 1
 #: Users sampled to pick one to evict (the least recently active of them, as Redis does).
@@ -752,18 +756,82 @@ class _FileTxn:
     # -- commit ------------------------------------------------------------------------------------
     def commit(self) -> None:
         store = self.store
-        store.commit_users(self.users)
-        store.commit_rows(self.rows_)
+        if self.users:  # a transaction that read no user or row writes no table's state back
+            store.commit_users(self.users)
+        if self.rows_:
+            store.commit_rows(self.rows_)
         if self._scalars is not None:
             store.write_scalars(self._scalars)
         for j, value in self._samples:
             struct.pack_into("<d", store.mm, store.reservoir_off + 8 * j, value)
 
 
+class _Held:
+    """:meth:`FileState.locked` (a class, not a generator: the lock is taken once per episode,
+    and a generator's context manager cost more than the lock itself)."""
+
+    __slots__ = ("store", "thread_lock")
+
+    def __init__(self, store: FileState) -> None:
+        self.store = store
+
+    def __enter__(self) -> None:
+        self.thread_lock = self.store._acquire()
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        self.store._release(self.thread_lock, clean=kind is None)
+
+
+class _Transaction:
+    """A transaction of a :class:`FileState` under its lock, committed when the block exits
+    normally; ``session``: the store's session (see :meth:`FileState.session`), which the
+    thread's transactions inside it join (when one is open already, this one is nested in
+    it and does nothing)."""
+
+    __slots__ = ("store", "is_session", "thread_lock", "txn")
+
+    def __init__(self, store: FileState, session: bool) -> None:
+        self.store = store
+        self.is_session = session
+        self.txn: _FileTxn | None = None
+
+    def __enter__(self) -> Any:
+        store = self.store
+        if self.is_session and store._own_session() is not None:
+            return None  # nested: the outer session commits
+        self.thread_lock = store._acquire()
+        txn = self.txn = _FileTxn(store)
+        if not self.is_session:
+            return txn
+        # The thread first: another thread that reads the session set must never pair it
+        # with a thread id of its own (from a session of its that ended).
+        store._session_thread = threading.get_ident()
+        store._session = txn
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        txn = self.txn
+        if txn is None:
+            return
+        store = self.store
+        clean = False
+        try:
+            if kind is None:
+                txn.commit()
+                clean = True
+        finally:
+            if not clean:
+                store._scalars_cache = None  # it may hold changes that were not written
+            if self.is_session:
+                store._session = None
+            store._release(self.thread_lock, clean)
+
+
 class _Mapped:
     """One facts file mapped into this process: shared by every :class:`FileState` of the
-    process on it (an fcntl lock belongs to the process, so its threads need one lock of
-    their own, and closing any descriptor of the file would drop the process's lock)."""
+    process on it. The file's lock word holds a pid, so this process's threads take turns on
+    a lock of their own before they take it (the processes that create and check the file take
+    turns on an ``fcntl`` lock: the word is not there yet)."""
 
     def __init__(self, path: str, file: Any, capacity: int) -> None:
         self.path = path
@@ -806,6 +874,7 @@ class _Mapped:
         elif size < total:
             raise StoreError(f"{self.path}: the facts file is truncated ({size} of {total} bytes); move it aside")
         self.mm = mmap.mmap(self.fd, total)
+        self.word = _lock_word(self.mm, self.path)
         self.capacity = capacity
         self.users_table, self.agg_table, self.reservoir_off, _total = self._layout(self.mm, capacity)
         if fresh:
@@ -813,6 +882,19 @@ class _Mapped:
                              agg.entries, agg.index_size, agg.n_blocks, 0, 0)  # fmt: skip
             for t in (self.users_table, self.agg_table):
                 t.set_state([NONE, 0, 0, NONE, 0])
+
+
+def _lock_word(mm: mmap.mmap, path: str) -> Any:
+    """The facts file's lock (``_core.PidLock`` on the header's lock word)."""
+    from .store import StoreError
+
+    if not compiled_twin("FACTS_LAYOUT", (_ENTRY.size, INLINE, BLOCK, BLOCK_BODY, NONE)):
+        # Not reached through a tracker (a file:// store needs the core already); a lock that
+        # pure Python could take would not exclude the compiled processes on the file.
+        raise StoreError(f"{path}: the facts file needs the compiled core (pyfriction._core)")
+    from ._core import PidLock
+
+    return PidLock(mm, _LOCK_OFF)
 
 
 _mapped: weakref.WeakValueDictionary[tuple[int, int], _Mapped] = weakref.WeakValueDictionary()
@@ -890,22 +972,43 @@ class FileState:
             self.packed = codec if isinstance(codec, PackedCodec) else None
 
     # -- the lock ------------------------------------------------------------------------------------
-    @contextmanager
-    def locked(self) -> Iterator[None]:
-        """This process's threads one at a time, then the processes one at a time (fcntl: the
-        kernel drops the lock of a process that dies); a holder that died in the middle of a
-        change left its pid in ``busy``: the file is checked and rebuilt first."""
-        with self.m.lock:
-            lock_exclusive(self.fd)  # tries without waiting first: see _filelock
+    def locked(self) -> AbstractContextManager[None]:
+        """This process's threads one at a time, then the processes one at a time (the
+        header's pid word: a waiter takes it over from a holder that died); a holder that
+        died in the middle of a change left its pid in ``busy``: the file is checked and
+        rebuilt first."""
+        return _Held(self)
+
+    def _acquire(self) -> threading.Lock:
+        """Take the lock (see :meth:`locked`); returns the thread lock to give to :meth:`_release`
+        (a fork in between gives the child a new one)."""
+        thread_lock = self.m.lock
+        thread_lock.acquire()
+        try:
+            self.m.word.acquire(os.getpid())  # a holder that died is taken over: busy tells
+        except BaseException:
+            thread_lock.release()
+            raise
+        try:
+            if _U32.unpack_from(self.mm, _BUSY_OFF)[0]:
+                self.repair()
+            _U32.pack_into(self.mm, _BUSY_OFF, os.getpid())
+        except BaseException:
+            self._release(thread_lock, clean=False)
+            raise
+        return thread_lock
+
+    def _release(self, thread_lock: threading.Lock, clean: bool) -> None:
+        """Let go of the lock; ``clean``: the change is complete (else ``busy`` keeps this
+        pid, and the next holder checks the file first, as after a crash)."""
+        try:
+            if clean:
+                _U32.pack_into(self.mm, _BUSY_OFF, 0)
+        finally:
             try:
-                busy = int.from_bytes(self.mm[_BUSY_OFF : _BUSY_OFF + 4], "little")
-                if busy:
-                    self.repair()
-                self.mm[_BUSY_OFF : _BUSY_OFF + 4] = os.getpid().to_bytes(4, "little")
-                yield
-                self.mm[_BUSY_OFF : _BUSY_OFF + 4] = bytes(4)
+                self.m.word.release()
             finally:
-                fcntl.lockf(self.fd, fcntl.LOCK_UN, 1, 0)
+                thread_lock.release()
 
     def repair(self) -> None:
         """Rebuild both tables from their records and recount the aggregate rows."""
@@ -929,21 +1032,9 @@ class FileState:
         if txn is not None:
             # The session's lock is held and its commit writes this block's changes.
             return nullcontext(txn)
-        return self._transaction()
+        return _Transaction(self, False)
 
-    @contextmanager
-    def _transaction(self) -> Iterator[_FileTxn]:
-        with self.locked():
-            txn = _FileTxn(self)
-            try:
-                yield txn
-                txn.commit()
-            except BaseException:
-                self._scalars_cache = None  # it may hold changes that were not written
-                raise
-
-    @contextmanager
-    def session(self) -> Iterator[None]:
+    def session(self) -> AbstractContextManager[None]:
         """See :meth:`StateStore.session`: one transaction for every transaction this thread
         opens inside it, under one hold of the lock, written when the session exits normally
         (nothing of it when it raises, as for one transaction).
@@ -961,23 +1052,7 @@ class FileState:
         caller's to handle (the tracker logs it and goes on): the outer session still writes
         what every block changed when it exits normally. :meth:`forget` and :meth:`user_ids`
         work inside one too (through its transaction); no other method of the store does."""
-        if self._own_session() is not None:
-            yield  # nested: the outer session commits
-            return
-        with self.locked():
-            txn = _FileTxn(self)
-            # The thread first: another thread that reads the session set must never pair it
-            # with a thread id of its own (from a session of its that ended).
-            self._session_thread = threading.get_ident()
-            self._session = txn
-            try:
-                yield
-                txn.commit()
-            except BaseException:
-                self._scalars_cache = None  # it may hold changes that were not written
-                raise
-            finally:
-                self._session = None
+        return _Transaction(self, True)
 
     # -- pieces for the transaction -----------------------------------------------------------------
     def _tick(self) -> int:

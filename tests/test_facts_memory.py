@@ -305,15 +305,20 @@ def test_more_evictions_than_the_engine_notes(tmp_path: Path, engine: str, on_fi
         t.close()
 
 
-def test_a_facts_file_of_version_1_is_refused_with_what_to_do(tmp_path: Path) -> None:
+@pytest.mark.parametrize("version", [1, 2])
+def test_a_facts_file_of_an_older_version_is_refused_with_what_to_do(tmp_path: Path, version: int) -> None:
+    """Version 2 files are locked with fcntl by the processes that write them: a process of
+    this version (the header's pid word) must never share one with them."""
     from pyfriction import userstate
     from pyfriction.store import StoreError
 
     path = tmp_path / "old.state.facts"
     header = bytearray(userstate.HEADER)
-    userstate._FIXED.pack_into(header, 0, userstate.MAGIC, 1, 64, 64, 128, 64, 16, 32, 16, 0, 0)
+    userstate._FIXED.pack_into(header, 0, userstate.MAGIC, version, 64, 64, 128, 64, 16, 32, 16, 0, 0)
     path.write_bytes(bytes(header))
-    with pytest.raises(StoreError, match=r"version 1, this version reads version 2: move it aside \(or delete it"):
+    with pytest.raises(
+        StoreError, match=rf"version {version}, this version reads version 3: move it aside \(or delete it"
+    ):
         FileState(str(path), 64)
 
 
@@ -345,14 +350,14 @@ def test_a_batch_delivers_its_episodes_in_one_facts_transaction(
             add(user, "success", ts + 1.0, target=None)
         ts += 10.0
     locks: list[int] = []
-    real = userstate.lock_exclusive
+    real = userstate.FileState._acquire
 
-    def counted(fd: int, whole: bool = False) -> None:
-        locks.append(fd)
-        real(fd, whole)
+    def counted(self: FileState) -> Any:
+        locks.append(self.fd)
+        return real(self)
 
     try:
-        monkeypatch.setattr(userstate, "lock_exclusive", counted)
+        monkeypatch.setattr(userstate.FileState, "_acquire", counted)
         file_t.observe_many(cols)
         monkeypatch.undo()
         mem_t.observe_many(cols)
