@@ -14,7 +14,10 @@ tie them together:
   read by every worker a few times a second, so that a guidance stream held by one worker
   wakes when another worker's episode queues an item for its user.
 
-Every change is made under an ``fcntl`` lock, which the kernel releases when its holder dies;
+Every change is made under a lock word in the file's header holding its holder's pid
+(``pyfriction._core.PidLock``: one compare-and-swap, where ``flock``'s two system calls and
+the Python around them were a cost of every request that only two workers pay; a waiter takes
+it over from a holder that died), or an ``flock`` where the compiled core is not built;
 a holder that died mid-change left its pid in the header's ``busy`` word, and the next holder
 repairs what it may have left half done. The dedupe table's probing runs in the compiled
 core (``pyfriction.recent.TaggedIds``: about 10 µs for a batch of 100 ids, where this module's
@@ -27,9 +30,11 @@ import fcntl
 import mmap
 import os
 import struct
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from pyfriction._filelock import lock_exclusive
 from pyfriction.recent import TaggedIds, fingerprint
@@ -65,27 +70,77 @@ def _map(path: str, size: int, magic: bytes, params: tuple[int, ...]) -> tuple[i
         raise
 
 
+_U64 = struct.Struct("<Q")
+
+
+def _pid_lock(mm: mmap.mmap, offset: int) -> Any:
+    """The compiled lock on the header's word at ``offset``; None where the core is not built
+    (every worker of a sidecar runs the same build: they all take the ``flock`` then)."""
+    if TaggedIds is None:  # the core is not built, or turned off (PYFRICTION_NO_EXTENSIONS)
+        return None
+    from pyfriction._core import PidLock
+
+    return PidLock(mm, offset)
+
+
 class _Locked:
-    """A mapped file whose changes happen under an ``fcntl`` lock with a ``busy`` word."""
+    """A mapped file whose changes happen under a lock (a pid word, else ``flock``) with a
+    ``busy`` word."""
 
     fd: int
     mm: mmap.mmap
     busy_at: int
+    _word: Any = None
+    # The pid word (and flock, per open file) cannot tell this process's threads apart.
+    _threads = threading.Lock()
+
+    def _hold(self) -> bool:
+        """Take the lock; True when the last holder died mid-change (repair first)."""
+        self._threads.acquire()
+        try:
+            if self._word is not None:
+                self._word.acquire(os.getpid())
+            else:
+                lock_exclusive(self.fd, whole=True)  # tries without waiting first: see pyfriction._filelock
+        except BaseException:
+            self._threads.release()
+            raise
+        try:
+            busy: int = _U64.unpack_from(self.mm, self.busy_at)[0]
+            _U64.pack_into(self.mm, self.busy_at, os.getpid())
+        except BaseException:
+            self._let_go(clean=False)
+            raise
+        return busy != 0
+
+    def _let_go(self, clean: bool) -> None:
+        """Release the lock; ``clean``: the change is complete (else ``busy`` stays set)."""
+        try:
+            if clean:
+                _U64.pack_into(self.mm, self.busy_at, 0)
+        finally:
+            try:
+                if self._word is not None:
+                    self._word.release()
+                else:
+                    fcntl.flock(self.fd, fcntl.LOCK_UN)
+            finally:
+                self._threads.release()
 
     @contextmanager
     def _locked(self) -> Iterator[bool]:
         """Hold the lock; yields True when the last holder died mid-change (repair first)."""
-        lock_exclusive(self.fd, whole=True)  # tries without waiting first: see pyfriction._filelock
+        died = self._hold()
+        clean = False
         try:
-            (busy,) = struct.unpack_from("<Q", self.mm, self.busy_at)
-            struct.pack_into("<Q", self.mm, self.busy_at, os.getpid())
-            yield busy != 0
-            struct.pack_into("<Q", self.mm, self.busy_at, 0)
+            yield died
+            clean = True
         finally:
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            self._let_go(clean)
 
     def close(self) -> None:
         if self.fd >= 0:
+            self._word = None  # its view of the mapping first: a mapping with views cannot close
             self.mm.close()
             os.close(self.fd)
             self.fd = -1
@@ -101,9 +156,10 @@ class SharedIds(_Locked):
     entry that no index points wrongly at.
     """
 
-    MAGIC = b"PFIDS001"
-    # header: magic, capacity, slots | generation (its low bit: the current table), count, busy
-    _HEAD = 8 + 8 * 5
+    MAGIC = b"PFIDS002"
+    # header: magic, capacity, slots | generation (its low bit: the current table), count, busy,
+    # lock word (and 4 bytes of padding)
+    _HEAD = 8 + 8 * 6
 
     def __init__(self, path: str, capacity: int, *, compiled: bool | None = None) -> None:
         """``compiled``: probe with the compiled kernel (None: when the core is built)."""
@@ -118,6 +174,8 @@ class SharedIds(_Locked):
         size = self._HEAD + 2 * slots * 16
         self.fd, self.mm = _map(path, size, self.MAGIC, (capacity, slots))
         self.busy_at = 8 + 8 * 4
+        self._threads = threading.Lock()
+        self._word = _pid_lock(self.mm, 8 + 8 * 5)
         view = memoryview(self.mm)
         self._gen_off = [self._HEAD + g * slots * 16 for g in (0, 1)]
         self._fps = [view[self._HEAD + g * slots * 16 : self._HEAD + g * slots * 16 + slots * 8].cast("Q")
@@ -180,11 +238,18 @@ class SharedIds(_Locked):
         dropped = False
         here: set[int] = set()  # an id repeated within the batch is a duplicate after its first row
         kernel = self._kernel
-        with self._locked() as died:
-            if kernel is not None:
+        if kernel is not None:  # the hot path (every request): without a generator around it
+            died = self._hold()
+            clean = False
+            try:
                 if died:
                     kernel.repair()
-                return kernel.filter(ids, tag)  # type: ignore[no-any-return]
+                kept: list[int] | None = kernel.filter(ids, tag)
+                clean = True
+            finally:
+                self._let_go(clean)
+            return kept
+        with self._locked() as died:
             if died:
                 self._repair()
             meta = self._meta
@@ -256,13 +321,15 @@ class Bell(_Locked):
     last position, or None when the reader fell a whole ring behind (wake everyone then).
     """
 
-    MAGIC = b"PFBELL01"
+    MAGIC = b"PFBELL02"
     SIZE = 4096
-    _HEAD = 8 + 8 * 3  # magic, size | count, busy
+    _HEAD = 8 + 8 * 4  # magic, size | count, busy, lock word (and padding)
 
     def __init__(self, path: str) -> None:
         self.fd, self.mm = _map(path, self._HEAD + 8 * self.SIZE, self.MAGIC, (self.SIZE,))
         self.busy_at = 8 + 8 * 2
+        self._threads = threading.Lock()
+        self._word = _pid_lock(self.mm, 8 + 8 * 3)
         view = memoryview(self.mm)
         self._count = view[16:24].cast("Q")
         self._ring = view[self._HEAD :].cast("Q")

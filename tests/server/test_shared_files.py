@@ -4,7 +4,11 @@ the watermark and the guidance bell, checked against a model and across real pro
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
+import signal
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -94,6 +98,35 @@ def test_processes_share_the_memory_and_survive_a_holder_killed_mid_change(tmp_p
     shared.mm[shared.busy_at : shared.busy_at + 8] = (dead.pid or 1).to_bytes(8, "little")
     assert shared.filter(["id5", "new"], tag=100) == [1]
     assert len(shared) == 401
+    shared.close()
+
+
+def _die_holding(path: str, bell: bool) -> None:
+    shared: Any = Bell(path) if bell else SharedIds(path, 1000)
+    shared._hold()  # the lock taken, busy set: killed in the middle of a change
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@pytest.mark.parametrize("bell", [False, True], ids=["ids", "bell"])
+def test_a_holder_killed_with_the_lock_wedges_nobody(tmp_path: Path, bell: bool) -> None:
+    """The lock of the shared files (the header's pid word where the core is built) is taken
+    over from a process killed while holding it, and the file repaired first."""
+    path = str(tmp_path / "shared")
+    shared: Any = Bell(path) if bell else SharedIds(path, 1000)
+    victim = mp.get_context("fork").Process(target=_die_holding, args=(path, bell))
+    victim.start()
+    victim.join(60)
+    assert victim.exitcode == -signal.SIGKILL
+    assert int.from_bytes(shared.mm[shared.busy_at : shared.busy_at + 8], "little") == victim.pid
+    done: list[Any] = []
+    if bell:
+        work = threading.Thread(target=lambda: done.append(shared.ring("alice")), daemon=True)
+    else:
+        work = threading.Thread(target=lambda: done.append(shared.filter(["x", "x"], tag=1)), daemon=True)
+    work.start()
+    work.join(60)  # a wedged lock would never return
+    assert done == [None] if bell else done == [[0]]
+    assert int.from_bytes(shared.mm[shared.busy_at : shared.busy_at + 8], "little") == 0
     shared.close()
 
 
