@@ -288,14 +288,15 @@ class _InsightCodec:
     """A user's insight record as plain data and back (the file store)."""
 
     def encode(self, u: _UserInsight) -> Any:
-        return [u.account, u.first_episode, [list(k) for k in u.since_ticket], [list(k) for k in u.hotspots],
-                list(u.accounts), u.group, u.exposed, u.ticketed, u.guided]  # fmt: skip
+        # The tuples as they are: msgpack writes a tuple as the array a list would be.
+        return [u.account, u.first_episode, u.since_ticket, u.hotspots, u.accounts, u.group, u.exposed, u.ticketed,
+                u.guided]  # fmt: skip
 
     def decode(self, plain: Any) -> _UserInsight:
         u = _UserInsight()
         u.account, u.first_episode, since_ticket, hotspots, accounts, u.group, u.exposed, u.ticketed, u.guided = plain
-        u.since_ticket = tuple(tuple(k) for k in since_ticket)
-        u.hotspots = tuple(tuple(k) for k in hotspots)
+        u.since_ticket = tuple(map(tuple, since_ticket))
+        u.hotspots = tuple(map(tuple, hotspots))
         u.accounts = tuple(accounts)
         return u
 

@@ -341,3 +341,37 @@ def test_invariants(engine: str, stream: list[tuple[str, int, float]], share: fl
         assert all(math.isfinite(x) for x in (ins.since or 0.0, ins.until or 0.0))
     finally:
         t.close()
+
+
+_texts = st.one_of(st.none(), st.text(max_size=12))
+_keys = st.tuples(_texts, _texts)
+
+
+@given(
+    account=_texts,
+    first=st.one_of(st.none(), st.floats(allow_nan=False)),
+    since=st.lists(_keys, max_size=4),
+    spots=st.lists(_keys, max_size=4),
+    accounts=st.lists(st.text(max_size=8), max_size=3),
+    group=st.sampled_from([None, "guided", "holdout"]),
+    exposed=st.floats(allow_nan=False),
+    flags=st.tuples(st.booleans(), st.booleans()),
+)
+def test_a_user_insight_record_round_trips_through_the_file_form(
+    account: Any, first: Any, since: Any, spots: Any, accounts: Any, group: Any, exposed: float, flags: Any
+) -> None:
+    """The file store's codec of a user's insight record: the bytes it stores are those of
+    the plain lists (tuples are encoded as they are), and decoding them gives the record back."""
+    from pyfriction.insights import _InsightCodec, _UserInsight
+
+    u = _UserInsight()
+    u.account, u.first_episode, u.group, u.exposed = account, first, group, exposed
+    u.since_ticket, u.hotspots, u.accounts = tuple(since), tuple(spots), tuple(accounts)
+    u.ticketed, u.guided = flags
+    codec = _InsightCodec()
+    raw = msgspec.msgpack.encode(codec.encode(u))
+    plain = [account, first, [list(k) for k in since], [list(k) for k in spots], list(accounts), group, exposed,
+             *flags]  # fmt: skip
+    assert raw == msgspec.msgpack.encode(plain)
+    back = codec.decode(msgspec.msgpack.decode(raw))
+    assert {s: getattr(back, s) for s in _UserInsight.__slots__} == {s: getattr(u, s) for s in _UserInsight.__slots__}
