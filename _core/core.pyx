@@ -40,7 +40,7 @@ functions), ``table.pxi`` (slots, index, recency), ``names.pxi``, ``intake.pxi``
 
 cimport cython
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
-from libc.stdlib cimport calloc, free, malloc, realloc
+from libc.stdlib cimport calloc, free, malloc, qsort, realloc
 from libc.string cimport memcpy, memmove, memset, memcmp
 from libc.math cimport exp, log, pow, floor, isfinite, INFINITY, NAN
 from cpython.dict cimport PyDict_CheckExact, PyDict_Contains, PyDict_Size, PyDict_Clear, PyDict_SetItem, PyDict_Next
@@ -646,10 +646,10 @@ cdef class CompiledCore:
         """Reference: ``tick``: idle eviction, then decay, stall and rearm for every user,
         least recently active first."""
         cdef uint64_t before
-        cdef uint32_t p, s, end
+        cdef uint32_t s, i, n = 0
         cdef Slot* u
         cdef double te
-        cdef uint64_t key
+        cdef uint64_t* order = NULL
         enter(self)
         try:
             before = self.ctr[C_EPISODES]
@@ -660,24 +660,9 @@ cdef class CompiledCore:
                     evict_idle(self, now)
                 forget_gone(self)
             # The order is taken first: episodes call Python, which may re-enter observe.
-            order = []
-            if self.shared:
-                for s in range(self.meta.n_alloc):
-                    if self.slots[s].key != 0:
-                        order.append((self.slots[s].last_ts, self.slots[s].key))
-                order.sort()
-                order = [k for _, k in order]
-            else:
-                p = self.log_head
-                end = self.log_tail
-                while p < end:
-                    s = self.lru_log[p]
-                    if self.slots[s].lock == p:
-                        order.append(self.slots[s].key)
-                    p += 1
-            for k in order:
-                key = k
-                s = hold(self, key)
+            order = tick_order(self, &n)
+            for i in range(n):
+                s = hold(self, order[i])
                 if s == NONE32:
                     continue
                 u = &self.slots[s]
@@ -689,6 +674,7 @@ cdef class CompiledCore:
                 emit(self, None, None, None, None)
             return self.ctr[C_EPISODES] - before
         finally:
+            free(order)
             leave(self)
 
     # -- snapshots ----------------------------------------------------------------------------

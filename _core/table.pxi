@@ -227,6 +227,64 @@ cdef bint ev_room(CompiledCore self) noexcept nogil:
     return True
 
 
+cdef struct TickKey:  # a user's place in the order of ``tick`` on a shared store
+    double last_ts
+    uint64_t key
+
+
+cdef int tick_key_cmp(const void* a, const void* b) noexcept nogil:
+    # As Python compares the tuples (last_ts, key) the reference sorts (no NaN reaches last_ts).
+    cdef const TickKey* x = <const TickKey*>a
+    cdef const TickKey* y = <const TickKey*>b
+    if x.last_ts != y.last_ts:
+        return -1 if x.last_ts < y.last_ts else 1
+    if x.key != y.key:
+        return -1 if x.key < y.key else 1
+    return 0
+
+
+cdef uint64_t* tick_order(CompiledCore self, uint32_t* n) except NULL:
+    """The keys of every user, least recently active first (``tick``'s order; ``n`` set to
+    their number; free() the array). In C arrays: as a list of Python tuples sorted in
+    Python, the order took most of a tick's 1.4 s at a million users on a shared store, during
+    which the sidecar's worker answered nothing."""
+    cdef uint32_t s, p, count = 0, cap
+    cdef uint64_t* keys
+    cdef TickKey* pairs
+    if self.shared:
+        cap = self.meta.n_alloc
+        pairs = <TickKey*>malloc(sizeof(TickKey) * (cap if cap else 1))
+        if pairs == NULL:
+            raise MemoryError()
+        for s in range(cap):
+            if self.slots[s].key != 0:
+                pairs[count].last_ts = self.slots[s].last_ts
+                pairs[count].key = self.slots[s].key
+                count += 1
+        qsort(pairs, count, sizeof(TickKey), tick_key_cmp)
+        keys = <uint64_t*>malloc(sizeof(uint64_t) * (count if count else 1))
+        if keys == NULL:
+            free(pairs)
+            raise MemoryError()
+        for s in range(count):
+            keys[s] = pairs[s].key
+        free(pairs)
+    else:
+        cap = self.log_tail - self.log_head
+        keys = <uint64_t*>malloc(sizeof(uint64_t) * (cap if cap else 1))
+        if keys == NULL:
+            raise MemoryError()
+        p = self.log_head
+        while p < self.log_tail:
+            s = self.lru_log[p]
+            if self.slots[s].lock == p:
+                keys[count] = self.slots[s].key
+                count += 1
+            p += 1
+    n[0] = count
+    return keys
+
+
 cdef void forget_gone(CompiledCore self) except *:
     """Drop the full text of the long ids evicted since the last call."""
     cdef Py_ssize_t i
