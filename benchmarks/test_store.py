@@ -9,6 +9,7 @@
   episode then also writes the user's guidance record, in the store's facts file or in
   memory. Target (issue 18): file store <= 1.5x the memory store's time per event.
 * ``observe_many()`` (columnar, the whole stream) likewise, for the record.
+* ``tick()`` (every user walked) on each store, in seconds per million users.
 * Throughput of 1 versus 2 processes on one file store, each process feeding its own half of
   the users (columnar batches), timed from a common start to the last process done; the same
   for private memory stores, which shows how far the machine itself scales.
@@ -193,6 +194,37 @@ def test_observe_many_file_vs_memory(benchmark: Any, store_stream: streams.Strea
     SUMMARY.append(f"store observe_many(): file {file_rate / 1e6:6.2f} M events/s, memory {mem_rate / 1e6:6.2f} M events/s"
                    f": file/memory time = {mem_rate / file_rate:.2f}x")  # fmt: skip
     assert mem_rate / file_rate <= MAX_FILE_RATIO
+
+
+TICK_ROUNDS = 5
+#: Sanity floor: a tick on the file store against the memory store (it was 5x before the order was sorted in C).
+MAX_TICK_RATIO = 8.0
+
+
+def test_tick_file_vs_memory(benchmark: Any, warm_pair: dict[str, Any]) -> None:
+    """``tick()`` (stalls, rearm, idle eviction: every user walked, least recently active
+    first; the sidecar's worker 0 runs one every ``tick_interval`` and answers nothing
+    meanwhile), file store against memory store, each a second after the last."""
+
+    def tick(w: Any) -> None:
+        w.horizon += 1.0
+        w.tracker.tick(w.horizon)
+
+    times: dict[str, list[float]] = {name: [] for name in warm_pair}
+    for _ in range(TICK_ROUNDS):
+        for name, w in warm_pair.items():
+            t = time.perf_counter()
+            tick(w)
+            times[name].append(time.perf_counter() - t)
+    benchmark.group = "store: tick (every user)"
+    benchmark.pedantic(tick, args=(warm_pair["file"],), rounds=TICK_ROUNDS, warmup_rounds=0)
+    per_million = {name: harness.median(t) / USERS * 1e6 for name, t in times.items()}
+    ratio = per_million["file"] / per_million["memory"]
+    benchmark.extra_info.update(users=USERS, file_s_per_million_users=round(per_million["file"], 3),
+                                memory_s_per_million_users=round(per_million["memory"], 3))  # fmt: skip
+    SUMMARY.append(f"store tick():         file {per_million['file']:.3f} s, memory {per_million['memory']:.3f} s "
+                   f"per million users (medians of {TICK_ROUNDS}): file/memory = {ratio:.2f}x")  # fmt: skip
+    assert ratio <= MAX_TICK_RATIO
 
 
 # -- 1 versus 2 processes ---------------------------------------------------------------------------
