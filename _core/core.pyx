@@ -34,7 +34,7 @@ here, then by concern, each C function taking the core as its first argument: ``
 (the specification: one kernel per scoring step and per detector, named as the reference's
 functions), ``table.pxi`` (slots, index, recency), ``names.pxi``, ``intake.pxi`` (one event),
 ``batch.pxi`` (columnar batches), ``export.pxi``, ``filestore.pxi``, ``recent.pxi``, ``marks.pxi``,
-``facts.pxi`` and ``guidecodec.pxi``.
+``facts.pxi``, ``guidecodec.pxi`` and ``writeback.pxi`` (paced write-back of the store's files).
 ``consts.pxi`` is generated from ``pyfriction/_constants.py``.
 """
 
@@ -42,6 +42,7 @@ cimport cython
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc, qsort, realloc
 from libc.string cimport memcpy, memmove, memset, memcmp
+from libc.errno cimport errno
 from libc.math cimport exp, log, pow, floor, isfinite, INFINITY, NAN
 from cpython.dict cimport PyDict_CheckExact, PyDict_Contains, PyDict_Size, PyDict_Clear, PyDict_SetItem, PyDict_Next
 from cpython.list cimport PyList_GET_ITEM
@@ -835,4 +836,5 @@ include "recent.pxi"       # RecentIds (pyfriction.recent)
 include "marks.pxi"        # the Redis store's keys and event marks (pyfriction._marks)
 include "facts.pxi"        # the facts file's tables (pyfriction.userstate._Table)
 include "pidlock.pxi"      # the facts file's lock (PidLock)
+include "writeback.pxi"    # one step of the paced write-back of the store's files
 include "guidecodec.pxi"   # the facts file's guidance record (pyfriction.guidance._UserCodec)

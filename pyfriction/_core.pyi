@@ -134,6 +134,10 @@ class PidLock:
     def release(self) -> None: ...
     def holder(self) -> int: ...
 
+WRITE_BACK_RANGED: bool
+
+def write_back(fd: int, offset: int, nbytes: int) -> None: ...
+
 GUIDE_LAYOUT: tuple[float, int, int, int, int, int]
 
 class GuideCodec:

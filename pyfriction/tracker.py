@@ -5,7 +5,6 @@ from __future__ import annotations
 import atexit
 import logging
 import os
-import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Mapping
@@ -32,6 +31,7 @@ from .insights import CalibrationSuggestion, Insights, InsightsCollector, sugges
 from .sinks import SinkStats, WebhookSink
 from .store import StoreError, attach_config, is_redis_store, parse_store
 from .userstate import FileState, MemoryState, StateStore, facts_path
+from .writeback import WriteBack, write_back_files
 
 __all__ = ["LAYOUT_HASH", "Engine", "Tracker", "compiled_available"]
 
@@ -95,48 +95,6 @@ def _flush_at_exit() -> None:
 
 
 atexit.register(_flush_at_exit)
-
-
-class _Syncer:
-    """Writes a shared store back to its file every ``interval`` seconds (msync), so that an
-    OS crash loses at most that much; close() syncs and waits."""
-
-    def __init__(self, core: Any, interval: float) -> None:
-        if not interval > 0:
-            raise ValueError("sync_interval must be positive")
-        self._core = weakref.ref(core)
-        self._interval = interval
-        self._stop = threading.Event()
-        self._start()
-        _syncers.add(self)
-
-    def _start(self) -> None:
-        self._stop = threading.Event()
-        threading.Thread(target=self._run, name="pyfriction-sync", daemon=True).start()
-
-    def _run(self) -> None:
-        stop = self._stop
-        while not stop.wait(self._interval):
-            core = self._core()
-            if core is None:
-                return
-            core.sync(False)
-
-    def stop(self) -> None:
-        self._stop.set()
-
-
-_syncers: weakref.WeakSet[_Syncer] = weakref.WeakSet()
-
-
-def _restart_syncers() -> None:
-    for syncer in list(_syncers):
-        if not syncer._stop.is_set():
-            syncer._start()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_restart_syncers)
 
 
 def _load_compiled() -> Any:
@@ -240,7 +198,7 @@ class Tracker:
             shared: Any = self._core  # a CompiledCore on a store file
             self._names = shared.names_view  # the store's name table, shared
             _shared_cores.add(self._core)
-            self._syncer = _Syncer(self._core, sync_interval)
+            self._syncer = WriteBack(self._core, (self._store_path, facts_path(self._store_path)), sync_interval)
         # The hot path: observe is the engine's own method, with no Python frame in between.
         self.observe = self._core.observe  # type: ignore[method-assign]
         self.observe_many = self._core.observe_many  # type: ignore[method-assign]
@@ -552,18 +510,17 @@ class Tracker:
         return done
 
     def sync(self) -> None:
-        """Write a ``file://`` store and its facts back to disk now, and wait (``msync``);
-        nothing to do for ``memory://``. Call it before dropping what could rebuild the state
-        (a journal's segments, say): the periodic write-back runs every ``sync_interval``."""
+        """Write a ``file://`` store and its facts back to disk now, and wait; nothing to do
+        for ``memory://``. Call it before dropping what could rebuild the state (a journal's
+        segments, say): the periodic write-back runs every ``sync_interval``. Paced as that
+        one is (:mod:`pyfriction.writeback`), so that other processes' writes to the disk and
+        to the store do not stall behind it; it runs without the GIL."""
         if self._redis is not None:
             cast(Any, self._core).sync(True)  # this host's baselines and counters
             return
         if self._store_path is None:
             return
-        shared: Any = self._core
-        shared.sync(True)
-        if self._facts is not None:
-            self._facts.sync()
+        write_back_files((self._store_path, facts_path(self._store_path)))
 
     def close(self, timeout: float | None = None) -> bool:
         """Flush and stop the dispatcher and the sinks. Scoring keeps working; async callbacks

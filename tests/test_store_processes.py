@@ -521,7 +521,7 @@ def test_tracker_created_before_fork_works_in_children(tmp_path: Any) -> None:
     assert tracker.flush(timeout=10)
 
     # Callbacks ran in the process that observed the crossing, on a live dispatcher thread,
-    # next to a restarted sync thread.
+    # next to a restarted write-back thread.
     by_pid = {int(f.stem): f.read_text().splitlines() for f in cb_dir.iterdir()}
     assert set(by_pid) == child_pids | {os.getpid()}
     assert sorted(line.split()[0] for line in by_pid[os.getpid()]) == ["parent-0", "parent-1"]
@@ -530,7 +530,7 @@ def test_tracker_created_before_fork_works_in_children(tmp_path: Any) -> None:
         assert sorted(line.split()[0] for line in lines) == [f"{p.name}-{j}" for j in range(5)]
         for line in lines:
             _user, thread, threads = line.split()
-            assert thread == "pyfriction-dispatcher" and "pyfriction-sync" in threads.split(","), line
+            assert thread == "pyfriction-dispatcher" and "pyfriction-writeback" in threads.split(","), line
     tracker.close()
     after = pyfriction.Tracker(engine="compiled", store=store_uri(path), capacity=1024)
     try:

@@ -1,0 +1,143 @@
+"""Paced write-back of a ``file://`` store's files (the store and its facts file).
+
+A shared store is a memory-mapped file: what the processes write is in the page cache, and
+the kernel writes it to the disk when it decides to (on Linux, pages dirty for 30 s,
+``vm.dirty_expire_centisecs``). ``msync(MS_ASYNC)``, which the periodic write-back called
+before, does nothing on Linux since 2.6.19, so that was the only write-back there was: every
+30 s, the whole store at once. For a million users that is some 600 MB handed to the disk in
+one go; a journal's ``fsync`` queued behind it waited tens of milliseconds, and the writers of
+the store stalled on the pages being cleaned, for as long as a third of a second.
+
+Here a pass walks each file in steps of :data:`STEP` bytes: each step writes that range's
+dirty pages and waits for them (``sync_file_range``, without the GIL, see
+``pyfriction._core.write_back``), then rests as long as the step took (``duty``: the pass
+keeps the disk busy at most half of the time), and ends with an ``fdatasync`` of the file:
+what was dirtied meanwhile, the file's allocation, and the device's cache flushed. So the disk
+gets at most one step at a time, and a pass every ``interval`` seconds keeps the amount left
+for the kernel's own write-back (and for a checkpoint's) small. Clean ranges cost a look-up of
+the page cache each, not a write.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable, Sequence
+from typing import Any
+
+__all__ = ["STEP", "WriteBack", "write_back_files"]
+
+log = logging.getLogger("pyfriction")
+
+#: Bytes written back per step: small enough that a journal's fsync waits for at most one
+#: step of ours, large enough that a pass over a million users' files is a few hundred calls.
+STEP = 1 << 20
+
+
+def _ranged() -> tuple[Callable[[int, int, int], None] | None, bool]:
+    try:
+        from . import _core
+    except ImportError:  # the pure-Python engine: no ranged call, fdatasync per file
+        return None, False
+    return _core.write_back, bool(_core.WRITE_BACK_RANGED)
+
+
+def write_back_files(
+    paths: Sequence[str],
+    *,
+    step: int = STEP,
+    duty: float = 0.5,
+    stop: threading.Event | None = None,
+    clock: Callable[[], float] = time.perf_counter,
+) -> int:
+    """Write the dirty pages of ``paths`` back to the disk one ``step`` at a time, resting
+    after each step so that the disk is busy with them at most ``duty`` of the time, then
+    ``fdatasync`` each file. A missing file is skipped; ``stop`` set ends the pass early
+    (without the final sync of the file in hand). Returns the bytes walked. Raises
+    ``OSError`` (the pages stay dirty: the next pass or the kernel retries them)."""
+    if step <= 0:
+        raise ValueError("step must be positive")
+    if not 0.0 < duty <= 1.0:
+        raise ValueError("duty must be in (0, 1]")
+    rest = (1.0 - duty) / duty
+    step_back, ranged = _ranged()
+    walked = 0
+    for path in paths:
+        try:
+            fd = os.open(path, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
+        except FileNotFoundError:
+            continue
+        try:
+            size = os.fstat(fd).st_size
+            if ranged and step_back is not None:
+                for offset in range(0, size, step):
+                    started = clock()
+                    step_back(fd, offset, step)
+                    spent = clock() - started
+                    walked += min(step, size - offset)
+                    # A clean range takes microseconds: no rest. A step that wrote rests as long
+                    # (times rest), so the journal's fsyncs find the disk free half of the time.
+                    if stop is not None and stop.wait(spent * rest if spent > 1e-4 else 0.0):
+                        return walked
+            else:
+                walked += size
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
+    return walked
+
+
+class WriteBack:
+    """A thread that passes over ``paths`` (:func:`write_back_files`) every ``interval``
+    seconds while ``owner`` lives, so that an OS crash loses about that much of what was
+    written to them; a pass that takes longer delays the next. Restarted in a forked child
+    (a thread does not survive the fork); :meth:`stop` ends it."""
+
+    def __init__(self, owner: Any, paths: Sequence[str], interval: float) -> None:
+        if not interval > 0:
+            raise ValueError("sync_interval must be positive")
+        self._owner = weakref.ref(owner)
+        self.paths = tuple(paths)
+        self.interval = interval
+        self._stop = threading.Event()
+        self._failed = False
+        self._start()
+        _running.add(self)
+
+    def _start(self) -> None:
+        self._stop = threading.Event()
+        threading.Thread(target=self._run, name="pyfriction-writeback", daemon=True).start()
+
+    def _run(self) -> None:
+        stop = self._stop
+        while not stop.wait(self.interval):
+            if self._owner() is None:
+                return
+            try:
+                write_back_files(self.paths, stop=stop)
+            except OSError as exc:  # a disk error: said once, retried every interval
+                if not self._failed:
+                    log.error("write-back of the store failed (retried every %gs): %s", self.interval, exc)
+                self._failed = True
+            else:
+                self._failed = False
+
+    def stop(self) -> None:
+        """End the thread (a pass under way stops at its next step)."""
+        self._stop.set()
+
+
+_running: weakref.WeakSet[WriteBack] = weakref.WeakSet()
+
+
+def _restart_in_child() -> None:
+    for writer in list(_running):
+        if not writer._stop.is_set():
+            writer._start()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_restart_in_child)

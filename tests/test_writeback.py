@@ -1,0 +1,199 @@
+"""Paced write-back of a ``file://`` store's files (:mod:`pyfriction.writeback`).
+
+* A pass writes a file's dirty pages to the disk (``/proc/meminfo``'s ``Dirty`` falls by
+  them; skipped where the file system keeps no dirty pages, tmpfs), and so do
+  ``Tracker.sync()`` and, by itself every ``sync_interval``, a file-store tracker: the
+  periodic ``msync(MS_ASYNC)`` this replaces wrote nothing on Linux.
+* The pacing: steps cover the file, each step that wrote is followed by a rest in proportion
+  to its time (``duty``), clean steps are not; ``stop`` ends a pass; bad arguments, a missing
+  file and a failing disk (logged once, retried) are handled.
+"""
+
+from __future__ import annotations
+
+import logging
+import mmap
+import os
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import pyfriction
+from pyfriction import writeback
+from pyfriction.writeback import STEP, WriteBack, write_back_files
+
+pytestmark = pytest.mark.skipif(not os.path.exists("/proc/meminfo"), reason="needs /proc/meminfo")
+core = pytest.importorskip("pyfriction._core")
+
+MB = 1 << 20
+SIZE = 64 * MB
+
+
+def dirty_mb() -> float:
+    with open("/proc/meminfo") as fh:
+        for line in fh:
+            if line.startswith("Dirty:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no Dirty line")
+
+
+@pytest.fixture
+def dirty_file(tmp_path: Any) -> Iterator[str]:
+    """A 64 MB file whose every page was just written through a shared mapping."""
+    path = str(tmp_path / "mapped.bin")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    os.ftruncate(fd, SIZE)
+    mm = mmap.mmap(fd, SIZE)
+    before = dirty_mb()
+    for offset in range(0, SIZE, mmap.PAGESIZE):
+        mm[offset] = 1
+    if dirty_mb() - before < SIZE / MB / 2:
+        mm.close()
+        os.close(fd)
+        pytest.skip("this file system keeps no dirty pages to write back (tmpfs?)")
+    try:
+        yield path
+    finally:
+        mm.close()
+        os.close(fd)
+
+
+def test_a_pass_writes_the_dirty_pages_back(dirty_file: str) -> None:
+    before = dirty_mb()
+    assert write_back_files([dirty_file], duty=1.0) == SIZE
+    assert before - dirty_mb() >= SIZE / MB / 2
+
+
+def test_a_file_store_is_written_back_every_sync_interval_and_on_sync(tmp_path: Any) -> None:
+    users = 200_000
+
+    def fill(tracker: pyfriction.Tracker, tag: str) -> float:
+        before = dirty_mb()
+        tracker.observe_many([{"user_id": f"{tag}{i}", "type": "click", "target": "#pay"} for i in range(users)])
+        return dirty_mb() - before
+
+    # Explicitly: Tracker.sync()
+    tracker = pyfriction.Tracker(engine="compiled", store=f"file://{tmp_path / 'a.state'}", capacity=users,
+                                 sync_interval=3600)  # fmt: skip
+    try:
+        grown = fill(tracker, "a")
+        if grown < 8:
+            pytest.skip("this file system keeps no dirty pages to write back (tmpfs?)")
+        before = dirty_mb()
+        tracker.sync()
+        assert before - dirty_mb() >= grown / 2
+    finally:
+        tracker.close()
+    # By itself, every sync_interval
+    tracker = pyfriction.Tracker(engine="compiled", store=f"file://{tmp_path / 'b.state'}", capacity=users,
+                                 sync_interval=0.2)  # fmt: skip
+    try:
+        before = dirty_mb()
+        grown = fill(tracker, "b") + before
+        deadline = time.monotonic() + 20
+        while dirty_mb() > before + (grown - before) / 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert dirty_mb() <= before + (grown - before) / 2
+    finally:
+        tracker.close()
+
+
+class Recorder(threading.Event):
+    """A stop event that records the rests asked of it instead of taking them."""
+
+    def __init__(self, stop_after: int | None = None) -> None:
+        super().__init__()
+        self.rests: list[float] = []
+        self.stop_after = stop_after
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.rests.append(timeout or 0.0)
+        if self.stop_after is not None and len(self.rests) >= self.stop_after:
+            self.set()
+        return self.is_set()
+
+
+def fake_steps(monkeypatch: Any, spent: dict[int, float]) -> tuple[list[tuple[int, int]], list[float]]:
+    """write_back steps recorded; the clock advances by spent[offset] (default 0) per step."""
+    calls: list[tuple[int, int]] = []
+    now = [0.0]
+
+    def step(fd: int, offset: int, nbytes: int) -> None:
+        calls.append((offset, nbytes))
+        now[0] += spent.get(offset, 0.0)
+
+    monkeypatch.setattr(writeback, "_ranged", lambda: (step, True))
+    return calls, now
+
+
+def test_steps_cover_the_file_and_rest_in_proportion(tmp_path: Any, monkeypatch: Any) -> None:
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"\0" * (3 * STEP + 10))
+    calls, now = fake_steps(monkeypatch, {STEP: 0.004, 2 * STEP: 0.00001})
+    stop = Recorder()
+    walked = write_back_files([str(path), str(tmp_path / "missing")], stop=stop, duty=0.25,
+                              clock=lambda: now[0])  # fmt: skip
+    assert walked == 3 * STEP + 10
+    assert calls == [(0, STEP), (STEP, STEP), (2 * STEP, STEP), (3 * STEP, STEP)]
+    # duty 0.25: a step that wrote for 4 ms rests 12 ms; clean steps (< 0.1 ms) do not rest
+    assert stop.rests == pytest.approx([0.0, 0.012, 0.0, 0.0])
+
+
+def test_stop_ends_a_pass(tmp_path: Any, monkeypatch: Any) -> None:
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"\0" * (5 * STEP))
+    calls, now = fake_steps(monkeypatch, {})
+    assert write_back_files([str(path)], stop=Recorder(stop_after=2), clock=lambda: now[0]) == 2 * STEP
+    assert len(calls) == 2
+
+
+@pytest.mark.parametrize("kwargs", [{"step": 0}, {"duty": 0.0}, {"duty": 1.5}])
+def test_bad_arguments_are_refused(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        write_back_files([], **kwargs)
+
+
+def test_a_failing_disk_is_logged_once_and_retried(tmp_path: Any, monkeypatch: Any, caplog: Any) -> None:
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"\0" * STEP)
+    tries: list[int] = []
+
+    def broken(fd: int, offset: int, nbytes: int) -> None:
+        tries.append(offset)
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(writeback, "_ranged", lambda: (broken, True))
+
+    class Owner:
+        pass
+
+    owner = Owner()
+    with caplog.at_level(logging.ERROR, logger="pyfriction"):
+        writer = WriteBack(owner, [str(path)], 0.01)
+        try:
+            deadline = time.monotonic() + 10
+            while len(tries) < 3 and time.monotonic() < deadline:
+                time.sleep(0.01)
+        finally:
+            writer.stop()
+    assert len(tries) >= 3
+    failures = [r for r in caplog.records if "write-back of the store failed" in r.getMessage()]
+    assert len(failures) == 1 and "Input/output error" in failures[0].getMessage()
+
+
+def test_the_thread_ends_with_its_owner(tmp_path: Any) -> None:
+    class Owner:
+        pass
+
+    owner = Owner()
+    before = set(threading.enumerate())
+    writer = WriteBack(owner, [str(tmp_path / "missing")], 0.01)
+    (thread,) = set(threading.enumerate()) - before
+    assert thread.name == "pyfriction-writeback"
+    del owner
+    thread.join(10)
+    assert not thread.is_alive()
+    writer.stop()
