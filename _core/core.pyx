@@ -650,7 +650,7 @@ cdef class CompiledCore:
         cdef uint32_t s, i, n = 0
         cdef Slot* u
         cdef double te
-        cdef uint64_t* order = NULL
+        cdef TickKey* order = NULL
         enter(self)
         try:
             before = self.ctr[C_EPISODES]
@@ -663,7 +663,9 @@ cdef class CompiledCore:
             # The order is taken first: episodes call Python, which may re-enter observe.
             order = tick_order(self, &n)
             for i in range(n):
-                s = hold(self, order[i])
+                if i + TICK_PREFETCH < n:  # the slots are in no order in memory: fetch ahead
+                    PF_PREFETCH(&self.slots[order[i + TICK_PREFETCH].slot])
+                s = hold_at(self, order[i].key, order[i].slot)
                 if s == NONE32:
                     continue
                 u = &self.slots[s]

@@ -227,9 +227,14 @@ cdef bint ev_room(CompiledCore self) noexcept nogil:
     return True
 
 
-cdef struct TickKey:  # a user's place in the order of ``tick`` on a shared store
+cdef enum:
+    TICK_PREFETCH = 8  # users ahead whose slot ``tick`` fetches while it checks one
+
+
+cdef struct TickKey:  # a user's place in the order of ``tick``
     double last_ts
     uint64_t key
+    uint32_t slot
 
 
 cdef int tick_key_cmp(const void* a, const void* b) noexcept nogil:
@@ -243,46 +248,51 @@ cdef int tick_key_cmp(const void* a, const void* b) noexcept nogil:
     return 0
 
 
-cdef uint64_t* tick_order(CompiledCore self, uint32_t* n) except NULL:
-    """The keys of every user, least recently active first (``tick``'s order; ``n`` set to
-    their number; free() the array). In C arrays: as a list of Python tuples sorted in
-    Python, the order took most of a tick's 1.4 s at a million users on a shared store, during
-    which the sidecar's worker answered nothing."""
+cdef TickKey* tick_order(CompiledCore self, uint32_t* n) except NULL:
+    """Every user, least recently active first (``tick``'s order), with the slot each was in
+    (``n`` set to their number; free() the array). In C arrays: as a list of Python tuples
+    sorted in Python, the order took most of a tick's 1.4 s at a million users on a shared
+    store, during which the sidecar's worker answered nothing."""
     cdef uint32_t s, p, count = 0, cap
-    cdef uint64_t* keys
-    cdef TickKey* pairs
+    cdef TickKey* order
+    cap = self.meta.n_alloc if self.shared else self.log_tail - self.log_head
+    order = <TickKey*>malloc(sizeof(TickKey) * (cap if cap else 1))
+    if order == NULL:
+        raise MemoryError()
     if self.shared:
-        cap = self.meta.n_alloc
-        pairs = <TickKey*>malloc(sizeof(TickKey) * (cap if cap else 1))
-        if pairs == NULL:
-            raise MemoryError()
         for s in range(cap):
             if self.slots[s].key != 0:
-                pairs[count].last_ts = self.slots[s].last_ts
-                pairs[count].key = self.slots[s].key
+                order[count].last_ts = self.slots[s].last_ts
+                order[count].key = self.slots[s].key
+                order[count].slot = s
                 count += 1
-        qsort(pairs, count, sizeof(TickKey), tick_key_cmp)
-        keys = <uint64_t*>malloc(sizeof(uint64_t) * (count if count else 1))
-        if keys == NULL:
-            free(pairs)
-            raise MemoryError()
-        for s in range(count):
-            keys[s] = pairs[s].key
-        free(pairs)
+        qsort(order, count, sizeof(TickKey), tick_key_cmp)
     else:
-        cap = self.log_tail - self.log_head
-        keys = <uint64_t*>malloc(sizeof(uint64_t) * (cap if cap else 1))
-        if keys == NULL:
-            raise MemoryError()
         p = self.log_head
         while p < self.log_tail:
             s = self.lru_log[p]
             if self.slots[s].lock == p:
-                keys[count] = self.slots[s].key
+                order[count].key = self.slots[s].key
+                order[count].slot = s
                 count += 1
             p += 1
     n[0] = count
-    return keys
+    return order
+
+
+cdef uint32_t hold_at(CompiledCore self, uint64_t key, uint32_t s) noexcept:
+    """:func:`hold` for a user last seen in slot ``s`` (``tick``'s order): that slot when it
+    still holds them, which spares the index probe, a cache miss per user at a million users;
+    else wherever :func:`hold` finds them (moved by another process, or gone: NONE32)."""
+    if s < self.capacity:
+        if self.shared:
+            pf_lock(&self.slots[s].lock, self.pid)
+            if self.slots[s].key == key:
+                return s
+            pf_unlock(&self.slots[s].lock)
+        elif self.slots[s].key == key:
+            return s
+    return hold(self, key)
 
 
 cdef void forget_gone(CompiledCore self) except *:

@@ -804,3 +804,40 @@ def test_tick_evicts_idle_users_as_memory(tmp_path: Any, open_store: Any) -> Non
     assert shared.stats().users == 6 and shared.stats().evictions == 14
     assert {f"u{i}" for i in range(20) if shared.state(f"u{i}")} == {f"u{i}" for i in range(14, 20)}
     mem.close()
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["memory", "file"])
+def test_tick_skips_users_whose_slot_a_callback_gave_away(tmp_path: Any, open_store: Any, shared: bool) -> None:
+    """``tick`` takes its order (and each user's slot) first; an episode's callback that
+    brings new users evicts some of those still to come, and the new users take their slots.
+    Their turn finds another user in the slot: skipped, never checked in their place (the new
+    users are stalled too, so checking them would fire)."""
+    capacity = 24
+    kwargs: dict[str, Any] = {"scoring": {"threshold": 0.45, "rearm": 0.2}, "capacity": capacity}
+    if shared:
+        tracker = open_store(tmp_path / "give.state", **kwargs)
+    else:
+        tracker = pyfriction.Tracker(engine="compiled", **kwargs)
+        tracker.episodes_seen = []  # type: ignore[attr-defined]
+        tracker.on_friction(tracker.episodes_seen.append, sync=True)  # type: ignore[attr-defined]
+    for i in range(4):  # the least recently active: first in the tick's order, stalled on "form"
+        tracker.observe(ev(f"x{i}", "page", T0 + i, "form"))
+    for i in range(20):  # the stall baseline of "form" (60 s), then elsewhere
+        tracker.observe(ev(f"w{i}", "page", T0 + 100 + i, "form"))
+        tracker.observe(ev(f"w{i}", "page", T0 + 110 + i, "next"))
+    newcomers = [f"y{i}" for i in range(12)]
+
+    def bring_newcomers(episode: pyfriction.Episode) -> None:
+        if episode.user_id == "x0":
+            for uid in newcomers:  # on "form" since T0 + 5: stalled at the tick's time too
+                tracker.observe(ev(uid, "page", T0 + 5, "form"))
+
+    tracker.on_friction(bring_newcomers, sync=True)
+    tracker.tick(T0 + 1100)
+    fired = [e.user_id for e in tracker.episodes_seen]  # type: ignore[attr-defined]
+    assert fired[0] == "x0"
+    assert not set(fired) & set(newcomers)
+    assert all(tracker.state(uid) is not None for uid in fired[1:])  # checked: still there
+    assert tracker.stats().users == capacity
+    if not shared:
+        tracker.close()
