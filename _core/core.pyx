@@ -300,9 +300,11 @@ cdef class CompiledCore:
             attach(self)
 
     def sync(self, bint wait=False):
-        """Write the shared store's dirty pages back to the file (``msync``). Without the GIL:
-        a checkpoint's msync of a million users takes hundreds of milliseconds, and another
-        thread of the process (the sidecar's event loop) must not stand still meanwhile."""
+        """Write the shared store's dirty pages back to the file and wait (``msync``,
+        ``MS_SYNC``), without the GIL: a million users take hundreds of milliseconds, and
+        another thread of the process must not stand still meanwhile. ``wait=False`` is
+        ``MS_ASYNC``, which does nothing on Linux: the tracker's periodic and explicit
+        write-backs are :mod:`pyfriction.writeback`'s paced passes, not this."""
         cdef int flags = MS_SYNC if wait else MS_ASYNC
         if self.shared and self.map_base != NULL:
             with nogil:
