@@ -35,6 +35,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import msgspec
 
+from ._filelock import BusyLock
 from ._hashing import key64
 from ._switch import compiled_twin
 
@@ -874,7 +875,7 @@ class _Mapped:
         elif size < total:
             raise StoreError(f"{self.path}: the facts file is truncated ({size} of {total} bytes); move it aside")
         self.mm = mmap.mmap(self.fd, total)
-        self.word = _lock_word(self.mm, self.path)
+        self.busy_lock = BusyLock(self.mm, self.fd, _lock_word(self.mm, self.path), _U32, _BUSY_OFF)
         self.capacity = capacity
         self.users_table, self.agg_table, self.reservoir_off, _total = self._layout(self.mm, capacity)
         if fresh:
@@ -984,32 +985,18 @@ class FileState:
         """Take the lock (see :meth:`locked`); returns the thread lock to give to :meth:`_release`
         (a fork in between gives the child a new one)."""
         thread_lock = self.m.lock
-        thread_lock.acquire()
-        try:
-            self.m.word.acquire(os.getpid())  # a holder that died is taken over: busy tells
-        except BaseException:
-            thread_lock.release()
-            raise
-        try:
-            if _U32.unpack_from(self.mm, _BUSY_OFF)[0]:
+        if self.m.busy_lock.hold(thread_lock):  # a holder died mid-change: check the file first
+            try:
                 self.repair()
-            _U32.pack_into(self.mm, _BUSY_OFF, os.getpid())
-        except BaseException:
-            self._release(thread_lock, clean=False)
-            raise
+            except BaseException:
+                self._release(thread_lock, clean=False)
+                raise
         return thread_lock
 
     def _release(self, thread_lock: threading.Lock, clean: bool) -> None:
         """Let go of the lock; ``clean``: the change is complete (else ``busy`` keeps this
         pid, and the next holder checks the file first, as after a crash)."""
-        try:
-            if clean:
-                _U32.pack_into(self.mm, _BUSY_OFF, 0)
-        finally:
-            try:
-                self.m.word.release()
-            finally:
-                thread_lock.release()
+        self.m.busy_lock.let_go(thread_lock, clean)
 
     def repair(self) -> None:
         """Rebuild both tables from their records and recount the aggregate rows."""

@@ -4,8 +4,8 @@ A shared store is a memory-mapped file: what the processes write is in the page 
 the kernel writes it to the disk when it decides to (on Linux, pages dirty for 30 s,
 ``vm.dirty_expire_centisecs``). ``msync(MS_ASYNC)``, which the periodic write-back called
 before, does nothing on Linux since 2.6.19, so that was the only write-back there was: every
-30 s, the whole store at once. For a million users that is some 600 MB handed to the disk in
-one go; a journal's ``fsync`` queued behind it waited tens of milliseconds, and the writers of
+30 s, whatever of the store was dirty at once. In the sidecar's benchmark (a million users)
+that was some 280 MB handed to the disk in one go; a journal's ``fsync`` queued behind it waited tens of milliseconds, and the writers of
 the store stalled on the pages being cleaned, for as long as a third of a second.
 
 Here a pass walks each file in steps of :data:`STEP` bytes: each step writes that range's
@@ -63,6 +63,8 @@ def write_back_files(
     if not 0.0 < duty <= 1.0:
         raise ValueError("duty must be in (0, 1]")
     rest = (1.0 - duty) / duty
+    if stop is None:  # an explicit pass (Tracker.sync()) rests too: nobody ends it early
+        stop = threading.Event()
     step_back, ranged = _ranged()
     walked = 0
     for path in paths:
@@ -80,7 +82,7 @@ def write_back_files(
                     walked += min(step, size - offset)
                     # A clean range takes microseconds: no rest. A step that wrote rests as long
                     # (times rest), so the journal's fsyncs find the disk free half of the time.
-                    if stop is not None and stop.wait(spent * rest if spent > 1e-4 else 0.0):
+                    if stop.wait(spent * rest if spent > 1e-4 else 0.0):
                         return walked
             else:
                 walked += size

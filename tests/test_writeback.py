@@ -197,3 +197,14 @@ def test_the_thread_ends_with_its_owner(tmp_path: Any) -> None:
     thread.join(10)
     assert not thread.is_alive()
     writer.stop()
+
+
+def test_a_pass_without_a_stop_event_rests_too(tmp_path: Any, monkeypatch: Any) -> None:
+    """Tracker.sync() (a checkpoint) passes no stop event: its steps that wrote rest all the same."""
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"\0" * (2 * STEP))
+    calls, now = fake_steps(monkeypatch, {0: 0.05, STEP: 0.05})
+    started = time.monotonic()
+    assert write_back_files([str(path)], duty=0.5, clock=lambda: now[0]) == 2 * STEP
+    assert time.monotonic() - started >= 0.1  # two rests of 50 ms
+    assert len(calls) == 2

@@ -36,7 +36,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from pyfriction._filelock import lock_exclusive
+from pyfriction._filelock import BusyLock
 from pyfriction.recent import TaggedIds, fingerprint
 
 __all__ = ["Bell", "SharedIds", "Watermark", "Worker"]
@@ -85,47 +85,31 @@ def _pid_lock(mm: mmap.mmap, offset: int) -> Any:
 
 class _Locked:
     """A mapped file whose changes happen under a lock (a pid word, else ``flock``) with a
-    ``busy`` word."""
+    ``busy`` word (:class:`pyfriction._filelock.BusyLock`)."""
 
     fd: int
     mm: mmap.mmap
     busy_at: int
-    _word: Any = None
+    _lock: BusyLock | None = None
     # The pid word (and flock, per open file) cannot tell this process's threads apart.
     _threads = threading.Lock()
 
+    def _lock_with(self, word_at: int, busy_at: int) -> None:
+        """The lock: the header's pid word at ``word_at`` (flock where the core is not built),
+        its busy word at ``busy_at``."""
+        self.busy_at = busy_at
+        self._threads = threading.Lock()
+        self._lock = BusyLock(self.mm, self.fd, _pid_lock(self.mm, word_at), _U64, busy_at)
+
     def _hold(self) -> bool:
         """Take the lock; True when the last holder died mid-change (repair first)."""
-        self._threads.acquire()
-        try:
-            if self._word is not None:
-                self._word.acquire(os.getpid())
-            else:
-                lock_exclusive(self.fd, whole=True)  # tries without waiting first: see pyfriction._filelock
-        except BaseException:
-            self._threads.release()
-            raise
-        try:
-            busy: int = _U64.unpack_from(self.mm, self.busy_at)[0]
-            _U64.pack_into(self.mm, self.busy_at, os.getpid())
-        except BaseException:
-            self._let_go(clean=False)
-            raise
-        return busy != 0
+        assert self._lock is not None, "closed"
+        return self._lock.hold(self._threads) != 0
 
     def _let_go(self, clean: bool) -> None:
         """Release the lock; ``clean``: the change is complete (else ``busy`` stays set)."""
-        try:
-            if clean:
-                _U64.pack_into(self.mm, self.busy_at, 0)
-        finally:
-            try:
-                if self._word is not None:
-                    self._word.release()
-                else:
-                    fcntl.flock(self.fd, fcntl.LOCK_UN)
-            finally:
-                self._threads.release()
+        assert self._lock is not None, "closed"
+        self._lock.let_go(self._threads, clean)
 
     @contextmanager
     def _locked(self) -> Iterator[bool]:
@@ -140,7 +124,7 @@ class _Locked:
 
     def close(self) -> None:
         if self.fd >= 0:
-            self._word = None  # its view of the mapping first: a mapping with views cannot close
+            self._lock = None  # its pid word's view of the mapping first: a mapping with views cannot close
             self.mm.close()
             os.close(self.fd)
             self.fd = -1
@@ -173,9 +157,7 @@ class SharedIds(_Locked):
         self.capacity, self.slots, self.mask = capacity, slots, slots - 1
         size = self._HEAD + 2 * slots * 16
         self.fd, self.mm = _map(path, size, self.MAGIC, (capacity, slots))
-        self.busy_at = 8 + 8 * 4
-        self._threads = threading.Lock()
-        self._word = _pid_lock(self.mm, 8 + 8 * 5)
+        self._lock_with(word_at=8 + 8 * 5, busy_at=8 + 8 * 4)
         view = memoryview(self.mm)
         self._gen_off = [self._HEAD + g * slots * 16 for g in (0, 1)]
         self._fps = [view[self._HEAD + g * slots * 16 : self._HEAD + g * slots * 16 + slots * 8].cast("Q")
@@ -327,9 +309,7 @@ class Bell(_Locked):
 
     def __init__(self, path: str) -> None:
         self.fd, self.mm = _map(path, self._HEAD + 8 * self.SIZE, self.MAGIC, (self.SIZE,))
-        self.busy_at = 8 + 8 * 2
-        self._threads = threading.Lock()
-        self._word = _pid_lock(self.mm, 8 + 8 * 3)
+        self._lock_with(word_at=8 + 8 * 3, busy_at=8 + 8 * 2)
         view = memoryview(self.mm)
         self._count = view[16:24].cast("Q")
         self._ring = view[self._HEAD :].cast("Q")
