@@ -30,6 +30,7 @@ class StoreError(RuntimeError):
 
 cdef open_file(CompiledCore self, str path, bytes config_json):
     import fcntl
+    from pyfriction.diskspace import reserve
     sections, total = store_sections(self.capacity, self.max_steps)
     fingerprint = config_fingerprint(config_json)
     if len(config_json) > CONFIG_SIZE:
@@ -43,7 +44,12 @@ cdef open_file(CompiledCore self, str path, bytes config_json):
         fcntl.flock(f.fileno(), fcntl.LOCK_EX)
         size = os.fstat(f.fileno()).st_size
         if size == 0:
-            os.ftruncate(f.fileno(), total)
+            # Every block now: a block missing when a page is first written through the map
+            # on a full disk is a SIGBUS for the whole host process (pyfriction.diskspace).
+            try:
+                reserve(f.fileno(), total, path)
+            except OSError as exc:
+                raise StoreError(f"cannot create the store: {exc.strerror}") from None
             size = total
             fresh = True
         else:

@@ -38,6 +38,7 @@ import msgspec
 from ._filelock import BusyLock
 from ._hashing import key64
 from ._switch import compiled_twin
+from .diskspace import reserve
 
 __all__ = [
     "GUIDANCE",
@@ -871,7 +872,10 @@ class _Mapped:
             capacity = stored
         users, agg, _r, total = self._layout(None, capacity)
         if fresh:
-            os.ftruncate(self.fd, total)  # sparse: pages cost memory once written
+            try:  # all blocks now, not a SIGBUS on a full disk later (pyfriction.diskspace)
+                reserve(self.fd, total, self.path)
+            except OSError as exc:
+                raise StoreError(f"cannot create the facts file: {exc.strerror}") from None
         elif size < total:
             raise StoreError(f"{self.path}: the facts file is truncated ({size} of {total} bytes); move it aside")
         self.mm = mmap.mmap(self.fd, total)

@@ -3,9 +3,13 @@ a conftest.py of their own, so ``import conftest`` would be ambiguous)."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import math
 import os
+import subprocess
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -160,3 +164,37 @@ def load_module(name: str, path: str) -> Any:
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+# -- a small disk to fill -----------------------------------------------------------------------
+@contextlib.contextmanager
+def tmpfs(path: Any, size: str = "8m") -> Iterator[str]:
+    """A tmpfs of ``size`` mounted at ``path`` (created) for the block: a small disk to fill."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs (the disk-full test) needs root; CI runs as root")
+    os.makedirs(path, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
+    try:
+        yield str(path)
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def fill_disk(path: str) -> int:
+    """Fill the file system of ``path`` with one file; returns how many bytes it took."""
+    written = 0
+    with open(path, "wb", buffering=0) as fh:
+        chunk = b"\xff" * 65536
+        while True:
+            try:
+                written += fh.write(chunk)
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC
+                break
+        for size in (4096, 512, 1):  # the last scraps too
+            while True:
+                try:
+                    written += fh.write(chunk[:size])
+                except OSError:
+                    break
+    return written

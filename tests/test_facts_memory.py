@@ -80,8 +80,9 @@ def parts_of(t: pyfriction.Tracker, user: str) -> list[Any]:
 @pytest.mark.parametrize("n_items", [1, 2, 3])
 def test_the_guidance_record_fits_64_bytes(tmp_path: Path, n_items: int, outcome: str) -> None:
     clock = Clock()
-    t = tracker("compiled", f"file://{tmp_path}/f.state", clock=clock)
-    mem = tracker("compiled", clock=clock)
+    # A small capacity: the store's files take their whole size on disk (pyfriction.diskspace).
+    t = tracker("compiled", f"file://{tmp_path}/f.state", capacity=1_000, clock=clock)
+    mem = tracker("compiled", capacity=1_000, clock=clock)
     user = "someone.with.a.long.id@example.com"
     try:
         for tr in (t, mem):

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pyfriction._filelock import BusyLock
+from pyfriction.diskspace import reserve
 from pyfriction.recent import TaggedIds, fingerprint
 
 __all__ = ["Bell", "SharedIds", "Watermark", "Worker"]
@@ -61,7 +62,7 @@ def _map(path: str, size: int, magic: bytes, params: tuple[int, ...]) -> tuple[i
         current = os.pread(fd, len(head), 0)
         if current != head or os.fstat(fd).st_size != size:
             os.ftruncate(fd, 0)
-            os.ftruncate(fd, size)
+            reserve(fd, size, path)  # all blocks now: a full disk is an error here, not a SIGBUS later
             os.pwrite(fd, head, 0)
         fcntl.flock(fd, fcntl.LOCK_UN)
         return fd, mmap.mmap(fd, size)

@@ -201,9 +201,12 @@ class State:
 
             uri, options = split_options(self.settings.store)
             self.push = RedisPush(redis_client(uri), str(options.get("prefix", "pf")))
-        self.shared_ids = SharedIds(os.path.join(root, IDS_FILE), self.settings.dedupe_size)
-        self.bell = Bell(os.path.join(root, BELL_FILE))
-        self._mark = Watermark(os.path.join(directory, "applied"))
+        try:
+            self.shared_ids = SharedIds(os.path.join(root, IDS_FILE), self.settings.dedupe_size)
+            self.bell = Bell(os.path.join(root, BELL_FILE))
+            self._mark = Watermark(os.path.join(directory, "applied"))
+        except OSError as exc:  # a full disk (their blocks are all taken at creation), permissions
+            raise StateError(f"cannot open the workers' shared files in {root}: {exc.strerror or exc}") from None
         started = time.perf_counter()
         replayed, last = self._replay_after_mark(directory, self._mark)
         self._tag = max(self._mark.value, last, worker.index + 1 << _TAG_BITS)

@@ -9,13 +9,13 @@ skips and says why. The rest runs anywhere.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import os
+import re
 import struct
 import subprocess
+import sys
 import zlib
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 from pyfriction_server.journal import MAGIC, Damage, Journal, read_segment, segments
 
 from .sidecar_util import ADMIN_KEY, WRITE_KEY, ProcessServer, free_port
+from helpers import fill_disk, tmpfs
 
 AUTH = {"X-Write-Key": WRITE_KEY}
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -72,47 +73,15 @@ def _config(tmp_path: Any, text: str = QUIET) -> str:
 
 
 # -- a full disk ------------------------------------------------------------------------------
-@contextlib.contextmanager
-def _tmpfs(path: Any, size: str = "8m") -> Iterator[str]:
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs (the disk-full test) needs root; CI runs as root")
-    os.makedirs(path, exist_ok=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
-    try:
-        yield str(path)
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
-
-
-def _fill(path: str) -> int:
-    """Fill the file system of ``path`` with one file; returns how many bytes it took."""
-    written = 0
-    with open(path, "wb", buffering=0) as fh:
-        chunk = b"\xff" * 65536
-        while True:
-            try:
-                written += fh.write(chunk)
-            except OSError as exc:
-                assert exc.errno == errno.ENOSPC
-                break
-        for size in (4096, 512, 1):  # the last scraps too
-            while True:
-                try:
-                    written += fh.write(chunk[:size])
-                except OSError:
-                    break
-    return written
-
-
 def test_disk_full_then_recovery_loses_nothing_accepted(tmp_path: Any) -> None:
-    with _tmpfs(tmp_path / "disk") as disk:
+    with tmpfs(tmp_path / "disk") as disk:
         state = os.path.join(disk, "state")
         port = free_port()
         server = ProcessServer(state, port=port, config=_config(tmp_path)).start()
         try:
             _send_users(server.url, [f"before-{i}" for i in range(50)])
             filler = os.path.join(disk, "filler")
-            _fill(filler)
+            fill_disk(filler)
             # Leave a few kB: the next write of a large request fails part-way.
             with open(filler, "r+b") as fh:
                 fh.truncate(os.path.getsize(filler) - 8192)
@@ -142,6 +111,21 @@ def test_disk_full_then_recovery_loses_nothing_accepted(tmp_path: Any) -> None:
             assert "journal_damage" not in ready, ready  # the failed write was cut off, not left behind
         finally:
             server.stop()
+
+
+def test_workers_on_a_disk_too_small_for_the_shared_store_refuse_to_start(tmp_path: Any) -> None:
+    # The store and its facts file take every block when created (pyfriction.diskspace): on a
+    # disk without room for them the sidecar stops at start, saying so, rather than a worker
+    # dying of SIGBUS once the disk is full and a page of the store is written for the first time.
+    pytest.importorskip("pyfriction._core")
+    with tmpfs(tmp_path / "disk", "24m") as disk:
+        run = subprocess.run([sys.executable, "-m", "pyfriction_server", "--port", str(free_port()), "--workers", "2",
+                              "--state-dir", os.path.join(disk, "state"), "--write-key", WRITE_KEY],
+                             capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert run.returncode == 1, run.stderr[-2000:]
+        assert "cannot start: cannot open the shared store" in run.stderr
+        assert re.search(r"friction.state needs [0-9,]+ bytes: the disk is full", run.stderr), run.stderr[-2000:]
+        assert os.path.getsize(os.path.join(disk, "state", "friction.state")) == 0
 
 
 # -- a flipped byte ---------------------------------------------------------------------------
