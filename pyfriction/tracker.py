@@ -125,7 +125,10 @@ class Tracker:
     ``store`` is ``"memory://"`` (state private to this process) or
     ``"file:///path/friction.state"``: one memory-mapped file shared by every process that
     opens it (compiled engine only; see :mod:`pyfriction.store`), written back every
-    ``sync_interval`` seconds and on :meth:`close`; or a Redis URI (``redis://host:6379``,
+    ``sync_interval`` seconds and on :meth:`sync` and :meth:`close` (``None``: no periodic
+    write-back, for a host that journals what it scores and calls :meth:`sync` at its own
+    checkpoints, as the sidecar's workers do; the kernel still writes the store back on its
+    own schedule); or a Redis URI (``redis://host:6379``,
     ``redis+cluster://host:7000``, ``redis+sentinel://host:26379/service``) shared by every
     host: see :mod:`pyfriction.redis_engine`, whose options (``prefix``, ``chunk``,
     ``baseline_interval``, ``retry_timeout``, ``replicas``, ``dedupe``, ``rate_cap``...; and
@@ -143,7 +146,7 @@ class Tracker:
         idle_ttl: float | None = None,
         clock: Callable[[], float] | None = None,
         store: str | None = "memory://",
-        sync_interval: float = 1.0,
+        sync_interval: float | None = 1.0,
         store_options: Mapping[str, Any] | None = None,
         **options: Any,
     ) -> None:
@@ -198,7 +201,11 @@ class Tracker:
             shared: Any = self._core  # a CompiledCore on a store file
             self._names = shared.names_view  # the store's name table, shared
             _shared_cores.add(self._core)
-            self._syncer = WriteBack(self._core, (self._store_path, facts_path(self._store_path)), sync_interval)
+            self._syncer = (
+                WriteBack(self._core, (self._store_path, facts_path(self._store_path)), sync_interval)
+                if sync_interval is not None
+                else None
+            )
         # The hot path: observe is the engine's own method, with no Python frame in between.
         self.observe = self._core.observe  # type: ignore[method-assign]
         self.observe_many = self._core.observe_many  # type: ignore[method-assign]
@@ -534,7 +541,8 @@ class Tracker:
             cast(Any, self._core).close()  # the background mode's queue scored, baselines added
             self._redis.close()
         if self._store_path is not None:
-            self._syncer.stop()
+            if self._syncer is not None:
+                self._syncer.stop()
             shared: Any = self._core  # a CompiledCore on a store file
             shared.close()  # msync, and detach from the shared store
         return done

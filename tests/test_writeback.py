@@ -216,3 +216,24 @@ def test_a_pass_without_a_stop_event_rests_too(tmp_path: Any, monkeypatch: Any) 
     assert len(calls) == 2
     (stop,) = made
     assert stop.rests == pytest.approx([0.05, 0.05])
+
+
+@pytest.mark.parametrize("interval", [1.0, None])
+def test_sync_interval_none_starts_no_periodic_write_back(tmp_path: Any, interval: float | None) -> None:
+    """For a host that journals what it scores (the sidecar's workers): no thread, but
+    ``sync()`` and ``close()`` still write the store back."""
+    before = {t for t in threading.enumerate() if t.name == "pyfriction-writeback"}
+    tracker = pyfriction.Tracker(engine="compiled", store=f"file://{tmp_path / 'n.state'}", capacity=1_000,
+                                 sync_interval=interval)  # fmt: skip
+    try:
+        started = {t for t in threading.enumerate() if t.name == "pyfriction-writeback"} - before
+        assert len(started) == (0 if interval is None else 1)
+        tracker.observe({"user_id": "u", "type": "click", "target": "#pay"})
+        tracker.sync()
+    finally:
+        tracker.close()
+    reopened = pyfriction.Tracker(engine="compiled", store=f"file://{tmp_path / 'n.state'}", capacity=1_000)
+    try:
+        assert reopened.stats().users == 1
+    finally:
+        reopened.close()

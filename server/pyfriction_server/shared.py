@@ -10,6 +10,11 @@ tie them together:
   itself (its ids may have been remembered just before the crash, before it was scored).
 * :class:`Watermark` (``journal-K/applied``): the tag of the last record worker K applied to
   the store; replay after a crash starts after it.
+* :class:`Checkpoint` (``journal-K/checkpoint``, not mapped: written whole and fsynced at each
+  checkpoint): the watermark whose records the store on disk holds, and the boot of the
+  machine that wrote it. After a power loss or an OS crash the mapped files on disk are
+  whatever the kernel had written back (the watermark may be ahead of the store), so replay
+  starts from this one instead (at least once, as after a worker's crash).
 * :class:`Bell` (``guidance.bell``): a ring of the users for whom guidance was just queued,
   read by every worker a few times a second, so that a guidance stream held by one worker
   wakes when another worker's episode queues an item for its user.
@@ -27,6 +32,8 @@ pure-Python twin takes about 500 µs); the rest is Python.
 from __future__ import annotations
 
 import fcntl
+import json
+import logging
 import mmap
 import os
 import struct
@@ -37,10 +44,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from pyfriction._filelock import BusyLock
+from pyfriction.directio import replace_atomically
 from pyfriction.diskspace import reserve
 from pyfriction.recent import TaggedIds, fingerprint
 
-__all__ = ["Bell", "SharedIds", "Watermark", "Worker"]
+__all__ = ["Bell", "Checkpoint", "SharedIds", "Watermark", "Worker", "boot_id"]
+
+log = logging.getLogger("pyfriction.server")
 
 
 @dataclass(frozen=True)
@@ -295,6 +305,85 @@ class Watermark:
             self.mm.close()
             os.close(self.fd)
             self.fd = -1
+
+
+#: Where Linux says which boot this is (a new random id at every start of the kernel).
+BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
+
+
+def boot_id(path: str = BOOT_ID_PATH) -> str | None:
+    """This boot of the machine's id, or None where the system does not say (not Linux)."""
+    try:
+        with open(path) as fh:
+            return fh.read().strip() or None
+    except OSError:
+        return None
+
+
+class Checkpoint:
+    """``journal-K/checkpoint``: the watermark ``mark`` such that the store on disk holds every
+    record of journal K tagged up to it, written (whole, fsynced, renamed into place) by the
+    boot ``boot`` of the machine.
+
+    The mapped files (the store, the watermark) are written back by the kernel on its own
+    schedule, in no particular order: after the machine went down, the watermark on disk may
+    be ahead of the store on disk, and replaying after it would skip records the store lost.
+    :meth:`recovery_mark` gives where replay starts: the live watermark while the machine is
+    the same boot (a process crash loses nothing of the page cache), this file's mark after
+    a restart of the machine."""
+
+    NAME = "checkpoint"
+
+    def __init__(self, directory: str) -> None:
+        self.path = os.path.join(directory, self.NAME)
+
+    def read(self) -> tuple[str, int] | None:
+        """``(boot, mark)``; None when there is no checkpoint file. A file that cannot be read
+        is ``("", 0)``: of no boot, so the whole journal is replayed (it was written whole and
+        renamed into place, so only a damaged disk does that)."""
+        try:
+            with open(self.path, "rb") as fh:
+                data = fh.read()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            log.error("journal checkpoint unreadable: replaying the whole journal", extra={"error": str(exc)})
+            return "", 0
+        try:
+            doc = json.loads(data)
+            return str(doc["boot"]), int(doc["mark"])
+        except (ValueError, KeyError, TypeError):
+            log.error("journal checkpoint damaged: replaying the whole journal", extra={"path": self.path})
+            return "", 0
+
+    def write(self, boot: str, mark: int) -> None:
+        """Replace the file, durably (its directory synced too)."""
+        with replace_atomically(self.path) as out:
+            out.write(json.dumps({"boot": boot, "mark": mark}).encode())
+        fd = os.open(os.path.dirname(self.path) or ".", os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def recovery_mark(self, live: int, boot: str) -> int:
+        """Where replay of this journal starts, given the live watermark ``live`` and this
+        boot ``boot``; the file then belongs to this boot (with the same mark).
+
+        * No file: the journal was never cut at a checkpoint, so it holds every record; the
+          live watermark is right (the same boot, or a sidecar of an earlier version), and the
+          file is started at mark 0: a restart of the machine replays the whole journal.
+        * The same boot: the live watermark.
+        * Another boot: the file's mark, at most the live one."""
+        found = self.read()
+        if found is None:
+            self.write(boot, 0)
+            return live
+        was, mark = found
+        if was == boot:
+            return live
+        self.write(boot, mark)
+        return min(live, mark)
 
 
 class Bell(_Locked):

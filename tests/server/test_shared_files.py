@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pyfriction.recent import RecentIds, TaggedIds, fingerprint
-from pyfriction_server.shared import Bell, SharedIds, Watermark
+from pyfriction_server.shared import BOOT_ID_PATH, Bell, Checkpoint, SharedIds, Watermark, boot_id
 
 #: Every table test runs on the compiled kernel and on its pure-Python twin.
 kernels = pytest.mark.parametrize(
@@ -170,3 +170,63 @@ def test_a_file_of_other_parameters_starts_afresh(tmp_path: Path) -> None:
     big = SharedIds(path, 20)  # another capacity: ids of past deliveries are not worth a refusal
     assert big.filter(["a"], tag=2) is None
     big.close()
+
+
+# -- where replay starts after the machine went down --------------------------------------------
+def test_the_boot_id_is_read_from_the_kernel_or_none(tmp_path: Path) -> None:
+    fake = tmp_path / "boot_id"
+    fake.write_text("8c0f2e3a-0000-4000-8000-000000000001\n")
+    assert boot_id(str(fake)) == "8c0f2e3a-0000-4000-8000-000000000001"
+    assert boot_id(str(tmp_path / "missing")) is None
+    if os.path.exists(BOOT_ID_PATH):
+        assert boot_id() == boot_id()  # the same boot reads the same id
+        assert len(boot_id() or "") == 36
+
+
+@given(steps=st.lists(st.tuples(st.sampled_from(["checkpoint", "start", "reboot"]), st.integers(0, 50)), max_size=25))
+@settings(max_examples=150, deadline=None)
+def test_replay_starts_from_the_live_watermark_in_the_same_boot_and_from_the_checkpoint_after_a_reboot(
+    tmp_path_factory: Any, steps: list[tuple[str, int]]
+) -> None:
+    """A model of a worker's life: records applied (the live watermark grows), checkpoints
+    (the store on disk then holds everything up to the mark), starts (a process crash and
+    a restart: replay after the returned mark), reboots (the page cache is lost: the live
+    watermark on disk may be anywhere, the store on disk holds at least the last checkpoint).
+    Replay never starts after a record the store on disk may lack, and in the same boot it
+    starts exactly at the live watermark (nothing counted twice)."""
+    directory = str(tmp_path_factory.mktemp("ckpt"))
+    ckpt = Checkpoint(directory)
+    boot, boots = "boot-0", 0
+    live = durable = 0  # the live watermark; what the store on disk holds for sure
+    assert ckpt.recovery_mark(live, boot) == 0  # the worker's first start
+    for kind, n in steps:
+        live += n  # records applied since the last step
+        if kind == "checkpoint":
+            ckpt.write(boot, live)
+            durable = live
+        elif kind == "start":  # a process crash in this boot: the page cache is intact
+            assert ckpt.recovery_mark(live, boot) == live
+        else:  # the machine restarts: the watermark on disk is anything the kernel wrote
+            boots += 1
+            boot = f"boot-{boots}"
+            live = durable + n if n % 2 else max(0, durable - n)  # ahead of the store, or behind
+            start = ckpt.recovery_mark(live, boot)
+            assert start <= durable
+            assert start <= live
+            live = start  # replay applies what follows; the store on disk keeps what it held
+        assert ckpt.read() is not None and ckpt.read()[0] == boot  # type: ignore[index]
+
+
+def test_a_first_start_and_a_damaged_checkpoint(tmp_path: Path) -> None:
+    ckpt = Checkpoint(str(tmp_path))
+    assert ckpt.read() is None
+    assert ckpt.recovery_mark(40, "boot-a") == 40  # never cut: the live watermark is right...
+    assert ckpt.read() == ("boot-a", 0)  # ...and a reboot from here replays the whole journal
+    assert ckpt.recovery_mark(55, "boot-b") == 0
+    assert ckpt.read() == ("boot-b", 0)
+    ckpt.write("boot-b", 70)
+    assert ckpt.recovery_mark(90, "boot-b") == 90
+    assert ckpt.recovery_mark(90, "boot-c") == 70
+    (tmp_path / Checkpoint.NAME).write_bytes(b"{not json")
+    assert ckpt.read() == ("", 0)  # damaged: of no boot, so replay from the start
+    assert ckpt.recovery_mark(90, "boot-c") == 0

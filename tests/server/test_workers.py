@@ -29,6 +29,7 @@ import psutil
 import pytest
 
 from pyfriction.tracker import compiled_available
+from pyfriction_server import shared
 
 from .sidecar_util import (
     ADMIN_KEY,
@@ -339,4 +340,60 @@ def test_the_default_is_one_worker_per_core_where_it_can_be(tmp_path: Path) -> N
     assert load_settings(["--state-dir", str(single)]).worker_count is None
     with ProcessServer(fresh, config=_config(tmp_path), workers=None) as server:  # no --workers: the default
         assert len(_worker_pids(server)) == cores
+        assert server.stop() == 0
+
+
+def _page_views(url: str, users: list[str], tag: str) -> None:
+    """One page view per user, a few users per request (requests go to either worker)."""
+    with httpx.Client(headers=AUTH, timeout=30) as c:
+        for i in range(0, len(users), 4):
+            events = [{"id": f"{tag}-{u}", "user_id": u, "type": "page", "step": "s0"} for u in users[i : i + 4]]
+            r = c.post(url + "/v1/events", json=events)
+            assert r.status_code == 200 and r.json()["accepted"] == len(events), r.text
+
+
+def _scored(url: str, users: list[str]) -> dict[str, int]:
+    with httpx.Client(headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=30) as c:
+        return {u: (r.json()["events"] if (r := c.get(f"{url}/v1/users/{u}")).status_code == 200 else 0) for u in users}
+
+
+def test_after_a_restart_of_the_machine_each_journal_is_replayed_from_its_last_checkpoint(tmp_path: Path) -> None:
+    """The workers' store is written back at checkpoints, not every second: after a power loss
+    the store and the watermarks on disk are whatever the kernel had written. A checkpoint
+    records its watermark with the boot of the machine; a start in another boot replays each
+    journal from there. Here the page cache survives (only the boot id changes), so what
+    followed the checkpoint is in the store already and counts twice: at least once, never lost."""
+    if shared.boot_id() is None:
+        pytest.skip("the system does not say which boot this is (not Linux)")
+    port = free_port()
+    before, after = [f"before-{i}" for i in range(24)], [f"after-{i}" for i in range(24)]
+    with _server(tmp_path, 2, port) as server:
+        _worker_pids(server)
+        _page_views(server.url, before, "b")
+        assert server.stop() == 0  # a checkpoint of the store at the stop
+    checkpoints = sorted((tmp_path / "state").glob("journal-*/checkpoint"))
+    assert [p.parent.name for p in checkpoints] == ["journal-0", "journal-1"]
+    assert {json.loads(p.read_text())["boot"] for p in checkpoints} == {shared.boot_id()}
+    server = _server(tmp_path, 2, port).start()
+    _page_views(server.url, after, "a")
+    assert server.proc is not None
+    everyone = [server.proc.pid, *_worker_pids(server).values()]
+    for pid in everyone:
+        os.kill(pid, signal.SIGKILL)
+    server.kill()
+    wait_for(lambda: not any(psutil.pid_exists(p) and psutil.Process(p).status() != "zombie" for p in everyone),
+             timeout=60)  # fmt: skip
+    for p in checkpoints:  # the machine restarted: the checkpoints were written by another boot
+        p.write_text(json.dumps({**json.loads(p.read_text()), "boot": "an-earlier-boot"}))
+    server = _server(tmp_path, 2, port).start()
+    try:
+        assert _scored(server.url, before) == dict.fromkeys(before, 1)  # in the checkpoint: not replayed
+        assert _scored(server.url, after) == dict.fromkeys(after, 2)  # after it: replayed onto the store
+        assert {json.loads(p.read_text())["boot"] for p in checkpoints} == {shared.boot_id()}
+    finally:
+        assert server.stop() == 0
+    server = _server(tmp_path, 2, port).start()  # the same boot again: nothing replayed twice
+    try:
+        assert _scored(server.url, after) == dict.fromkeys(after, 2)
+    finally:
         assert server.stop() == 0
