@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from pyfriction.recent import RecentIds, TaggedIds, fingerprint
@@ -230,3 +230,31 @@ def test_a_first_start_and_a_damaged_checkpoint(tmp_path: Path) -> None:
     (tmp_path / Checkpoint.NAME).write_bytes(b"{not json")
     assert ckpt.read() == ("", 0)  # damaged: of no boot, so replay from the start
     assert ckpt.recovery_mark(90, "boot-c") == 0
+
+
+@pytest.mark.skipif(TaggedIds is None, reason="core not built")
+@settings(max_examples=60, deadline=None)
+@example(  # past the inline size, with repeats, a replay (tag 1 again) and switches
+    batches=[([f"id{i % 290}" for i in range(580)] + [None, "id1"], 1), ([f"id{i}" for i in range(300)], 2),
+             ([f"id{i}" for i in range(300)], 1)],
+    capacity=100,
+)  # fmt: skip
+@given(
+    batches=st.lists(st.tuples(st.lists(st.sampled_from([f"id{i}" for i in range(300)] + [None]), max_size=600),
+                               st.integers(1, 4)), max_size=6),
+    capacity=st.integers(1, 400),
+)  # fmt: skip
+def test_the_compiled_table_answers_as_its_python_twin_for_batches_of_any_size(
+    tmp_path_factory: Any, batches: list[tuple[list[str | None], int]], capacity: int
+) -> None:
+    """Batches past the compiled kernel's inline size (256 ids: its repeats then found with a
+    set), repeats within a batch, replays (a tag seen again), generations switching mid-batch."""
+    where = tmp_path_factory.mktemp("twins")
+    compiled, python = (SharedIds(str(where / name), capacity, compiled=c) for name, c in (("c", True), ("p", False)))
+    try:
+        for batch, tag in batches:
+            assert compiled.filter(batch, tag) == python.filter(batch, tag)
+            assert len(compiled) == len(python)
+    finally:
+        compiled.close()
+        python.close()
