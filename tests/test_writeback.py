@@ -226,8 +226,8 @@ def test_sync_interval_none_starts_no_periodic_write_back(tmp_path: Any, interva
     tracker = pyfriction.Tracker(engine="compiled", store=f"file://{tmp_path / 'n.state'}", capacity=1_000,
                                  sync_interval=interval)  # fmt: skip
     try:
-        started = {t for t in threading.enumerate() if t.name == "pyfriction-writeback"} - before
-        assert len(started) == (0 if interval is None else 1)
+        new_threads = {t for t in threading.enumerate() if t.name == "pyfriction-writeback"} - before
+        assert len(new_threads) == (0 if interval is None else 1)
         tracker.observe({"user_id": "u", "type": "click", "target": "#pay"})
         tracker.sync()
     finally:
