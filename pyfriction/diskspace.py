@@ -9,17 +9,24 @@ process is the host application, not only pyfriction. So each file gets all of i
 to hold it is an error at open, where the caller can act on it.
 
 Where the file system has no ``fallocate``, glibc writes a zero into each block instead. That
-is still safe here, because the file is new and nobody has mapped it yet. Copy-on-write file
-systems (btrfs, ZFS) need new blocks even to overwrite, so there this is a check at creation
-and not a guarantee.
+is still safe here, because the file is new and nobody has mapped it yet. A C library that
+reports the missing support instead (musl) gets the sparse file of before, with a warning.
+Copy-on-write file systems (btrfs, ZFS) need new blocks even to overwrite, so there this is a
+check at creation and not a guarantee.
 """
 
 from __future__ import annotations
 
 import errno
+import logging
 import os
 
 __all__ = ["reserve"]
+
+log = logging.getLogger("pyfriction")
+
+#: What a file system without ``fallocate`` answers (where the C library does not emulate it).
+_UNSUPPORTED = (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
 
 
 def reserve(fd: int, size: int, path: str) -> None:
@@ -30,6 +37,11 @@ def reserve(fd: int, size: int, path: str) -> None:
     try:
         os.posix_fallocate(fd, 0, size)
     except OSError as exc:
+        if exc.errno in _UNSUPPORTED:
+            log.warning("%s: the file system cannot allocate blocks ahead (%s); the file is sparse, and a disk "
+                        "that fills up can stop this process (SIGBUS)", path, exc.strerror)  # fmt: skip
+            os.ftruncate(fd, size)
+            return
         os.ftruncate(fd, 0)
         left = _free_bytes(path)
         room = f"; the file system has {left:,} bytes left" if left is not None else ""

@@ -7,6 +7,7 @@ when it is created (:mod:`pyfriction.diskspace`)."""
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import sys
@@ -116,3 +117,35 @@ def test_a_disk_filled_after_the_store_was_made_does_not_kill_the_process(tmp_pa
         )  # fmt: skip
         assert run.returncode == 0, (run.returncode, run.stderr[-2000:])
         assert "filled 20000 users" in run.stdout
+
+
+def test_a_file_system_without_fallocate_gets_a_sparse_file_and_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from pyfriction import diskspace
+
+    def unsupported(fd: int, offset: int, length: int) -> None:
+        raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+
+    monkeypatch.setattr(diskspace.os, "posix_fallocate", unsupported)
+    path = str(tmp_path / "sparse")
+    with open(path, "wb") as fh:
+        diskspace.reserve(fh.fileno(), 4 << 20, path)
+    assert os.path.getsize(path) == 4 << 20
+    assert allocated(path) < 4 << 20
+    assert "cannot allocate blocks ahead" in caplog.text
+
+
+def test_a_full_disk_is_an_error_whatever_the_file_system(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pyfriction import diskspace
+
+    def full(fd: int, offset: int, length: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(diskspace.os, "posix_fallocate", full)
+    path = str(tmp_path / "full")
+    with open(path, "wb") as fh:
+        os.ftruncate(fh.fileno(), 100)
+        with pytest.raises(OSError, match=r"full needs 1,048,576 bytes: the disk is full; the file system has"):
+            diskspace.reserve(fh.fileno(), 1 << 20, path)
+    assert os.path.getsize(path) == 0
