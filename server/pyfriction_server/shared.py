@@ -48,6 +48,8 @@ from pyfriction.directio import replace_atomically
 from pyfriction.diskspace import reserve
 from pyfriction.recent import TaggedIds, fingerprint
 
+from .journal import _fsync_dir
+
 __all__ = ["Bell", "Checkpoint", "SharedIds", "Watermark", "Worker", "boot_id"]
 
 log = logging.getLogger("pyfriction.server")
@@ -360,11 +362,7 @@ class Checkpoint:
         """Replace the file, durably (its directory synced too)."""
         with replace_atomically(self.path) as out:
             out.write(json.dumps({"boot": boot, "mark": mark}).encode())
-        fd = os.open(os.path.dirname(self.path) or ".", os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _fsync_dir(os.path.dirname(self.path) or ".")  # the rename, as the journal's segments
 
     def recovery_mark(self, live: int, boot: str) -> int:
         """Where replay of this journal starts, given the live watermark ``live`` and this
