@@ -20,7 +20,7 @@ import tempfile
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["DirectWriter", "replace_atomically"]
+__all__ = ["BLOCK", "DirectWriter", "replace_atomically", "set_direct", "write_all"]
 
 #: Alignment for offsets and lengths: the largest logical block size in common use.
 BLOCK = 4096
@@ -39,7 +39,7 @@ class DirectWriter:
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
-        self.direct = _set_direct(fd, True)
+        self.direct = set_direct(fd, True)
         # mmap memory is page-aligned, as direct I/O requires of the buffer too.
         self._stage: Any = mmap.mmap(-1, STAGE) if self.direct else None
         self._fill = 0
@@ -49,7 +49,7 @@ class DirectWriter:
         """Append ``data`` (any bytes-like object)."""
         view = memoryview(data).cast("B")
         if self._stage is None:
-            _write_all(self.fd, view)
+            write_all(self.fd, view)
             return
         while len(view):
             n = min(len(view), STAGE - self._fill)
@@ -66,11 +66,11 @@ class DirectWriter:
             if whole:
                 self._drain(whole)
             if self._fill:  # the partial last block: buffered
-                if self.direct and not _set_direct(self.fd, False):
+                if self.direct and not set_direct(self.fd, False):
                     raise OSError(errno.EINVAL, "cannot leave direct I/O for the file's last block")
                 self.direct = False
                 with memoryview(self._stage) as stage:
-                    _write_all(self.fd, stage[: self._fill])
+                    write_all(self.fd, stage[: self._fill])
                 self._fill = 0
             self._stage.close()
             self._stage = None
@@ -88,7 +88,7 @@ class DirectWriter:
                 except OSError as exc:
                     # A device with larger blocks, or a file system that took the flag but
                     # not the write: the failed call wrote nothing, so go on buffered.
-                    if not self.direct or exc.errno != errno.EINVAL or not _set_direct(self.fd, False):
+                    if not self.direct or exc.errno != errno.EINVAL or not set_direct(self.fd, False):
                         raise
                     self.direct = False
         rest = self._fill - n
@@ -122,8 +122,9 @@ def replace_atomically(path: str | os.PathLike[str], prefix: str = ".pyfriction-
         raise
 
 
-def _set_direct(fd: int, on: bool) -> bool:
-    """Turn ``O_DIRECT`` on or off for ``fd``; False where that cannot be done."""
+def set_direct(fd: int, on: bool) -> bool:
+    """Turn ``O_DIRECT`` on or off for ``fd``; False where that cannot be done (no such flag,
+    or a file system that refuses it, as tmpfs does)."""
     if not _O_DIRECT:
         return False
     try:
@@ -134,7 +135,8 @@ def _set_direct(fd: int, on: bool) -> bool:
     return True
 
 
-def _write_all(fd: int, view: memoryview) -> None:
+def write_all(fd: int, view: memoryview) -> None:
+    """Write all of ``view`` at ``fd``'s position (a write may take only part of it)."""
     while len(view):
         n = os.write(fd, view)
         view = view[n:]

@@ -16,11 +16,16 @@ what was dirtied meanwhile, the file's allocation, and the device's cache flushe
 gets at most one step at a time, and a pass every ``interval`` seconds keeps the amount left
 for the kernel's own write-back (and for a checkpoint's) small. Clean ranges cost a look-up of
 the page cache each, not a write.
+
+:func:`copy_file` paces a copy the same way: the sidecar's workers keep their store in memory
+(``live_dir``) and copy it to the disk at each checkpoint (``pyfriction_server.live``).
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import mmap
 import os
 import threading
 import time
@@ -28,7 +33,9 @@ import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
-__all__ = ["STEP", "WriteBack", "write_back_files"]
+from .directio import BLOCK, set_direct, write_all
+
+__all__ = ["STEP", "WriteBack", "copy_file", "write_back_files"]
 
 log = logging.getLogger("pyfriction")
 
@@ -80,9 +87,7 @@ def write_back_files(
                     step_back(fd, offset, step)
                     spent = clock() - started
                     walked += min(step, size - offset)
-                    # A clean range takes microseconds: no rest. A step that wrote rests as long
-                    # (times rest), so the journal's fsyncs find the disk free half of the time.
-                    if stop.wait(spent * rest if spent > 1e-4 else 0.0):
+                    if _rested(spent, rest, stop):
                         return walked
             else:
                 walked += size
@@ -90,6 +95,87 @@ def write_back_files(
         finally:
             os.close(fd)
     return walked
+
+
+def _rested(spent: float, rest: float, stop: threading.Event) -> bool:
+    """Rest after a step that took ``spent`` seconds; True when ``stop`` was set meanwhile.
+    A clean range takes microseconds: no rest. A step that wrote rests as long (times
+    ``rest``), so that the journal's fsyncs find the disk free that share of the time."""
+    return stop.wait(spent * rest if spent > 1e-4 else 0.0)
+
+
+def copy_file(
+    src: str,
+    dst: str,
+    *,
+    step: int = STEP,
+    duty: float = 0.5,
+    stop: threading.Event | None = None,
+    clock: Callable[[], float] = time.perf_counter,
+) -> bool:
+    """Copy ``src`` over ``dst`` (created, or resized to ``src``'s size) one ``step`` at a
+    time, resting as :func:`write_back_files` does, then ``fdatasync`` ``dst``. Returns False
+    when ``stop`` ended the copy early (``dst`` is then part old, part new). Raises ``OSError``.
+
+    ``dst`` is written past the page cache where its file system allows
+    (:mod:`pyfriction.directio`): a copy of a million users' store then takes no memory and
+    leaves the kernel nothing to write back later. Each step is read straight into one
+    page-aligned buffer and written from it, both without the GIL. ``src`` may change
+    meanwhile (the sidecar's workers keep writing to their live store): each step copies its
+    range as it is at that moment."""
+    if step <= 0 or step % BLOCK:
+        raise ValueError(f"step must be a positive multiple of {BLOCK}")
+    if not 0.0 < duty <= 1.0:
+        raise ValueError("duty must be in (0, 1]")
+    rest = (1.0 - duty) / duty
+    if stop is None:
+        stop = threading.Event()
+    sfd = os.open(src, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        info = os.fstat(sfd)
+        size = info.st_size
+        dfd = os.open(dst, os.O_WRONLY | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), info.st_mode & 0o777)
+        try:
+            if os.fstat(dfd).st_size != size:
+                os.ftruncate(dfd, size)
+            direct = set_direct(dfd, True)
+            buf = mmap.mmap(-1, step)  # page-aligned, as direct I/O wants the memory too
+            try:
+                for offset in range(0, size, step):
+                    started = clock()
+                    n = os.preadv(sfd, [buf], offset)
+                    if n <= 0:  # src shrank meanwhile: the rest of dst stays as it was
+                        break
+                    if direct and n % BLOCK:  # the file's last, partial block: buffered
+                        direct = _buffered(dfd)
+                    os.lseek(dfd, offset, os.SEEK_SET)
+                    with memoryview(buf) as view:
+                        try:
+                            write_all(dfd, view[:n])
+                        except OSError as exc:
+                            # A device with larger blocks, or a file system that took the flag
+                            # but not the write: the failed call wrote nothing, go on buffered.
+                            if not direct or exc.errno != errno.EINVAL:
+                                raise
+                            direct = _buffered(dfd)
+                            write_all(dfd, view[:n])
+                    if _rested(clock() - started, rest, stop):
+                        return False
+            finally:
+                buf.close()
+            os.fdatasync(dfd)
+        finally:
+            os.close(dfd)
+    finally:
+        os.close(sfd)
+    return True
+
+
+def _buffered(fd: int) -> bool:
+    """Leave direct I/O for ``fd``; returns False (``direct`` from then on)."""
+    if not set_direct(fd, False):
+        raise OSError(errno.EINVAL, "cannot leave direct I/O for the file's last block")
+    return False
 
 
 class WriteBack:

@@ -17,6 +17,7 @@ import socket
 import sys
 from collections.abc import Sequence
 
+from . import live
 from .app import Server, create_app, server_config
 from .logs import setup_logging
 from .settings import Settings, SettingsError, load_settings
@@ -78,7 +79,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger("pyfriction.server").info(
             "starting workers", extra={"host": settings.host, "port": settings.port, "workers": count,
                                        "open_files": files})  # fmt: skip
-        return supervise(settings, sock, serve, count)
+        try:
+            settings = live.prepare(settings)
+        except (OSError, SettingsError, StateError) as exc:
+            logging.getLogger("pyfriction.server").error("cannot start: %s", exc)
+            sock.close()
+            return 1
+        status = supervise(settings, sock, serve, count)
+        live.release(settings)
+        return status
     return serve(settings, sock, None, files)
 
 

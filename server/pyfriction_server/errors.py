@@ -9,7 +9,11 @@ from __future__ import annotations
 import msgspec
 from starlette.responses import Response
 
-__all__ = ["HTTPError", "error_response"]
+__all__ = ["HTTPError", "StateError", "error_response"]
+
+
+class StateError(RuntimeError):
+    """The state directory cannot be used (locked by another sidecar, damaged snapshot...)."""
 
 
 class HTTPError(Exception):

@@ -161,6 +161,13 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     #: directory not written by a single process; else one process. 1: one process, its state
     #: in memory with snapshots. More than one needs the compiled engine and a state directory.
     workers: Annotated[int, msgspec.Meta(ge=0, le=1024)] = 0
+    #: Workers: a directory in memory (tmpfs) where their shared store, its facts and the dedupe
+    #: memory live while they run, copied to ``state_dir`` at each checkpoint and restored from
+    #: it after a restart of the machine (pyfriction_server.live): on a disk the kernel's own
+    #: write-back of those mapped files stalled both workers for up to a second at a time.
+    #: Without the directory, or without room in it for them: mapped in ``state_dir``, with a
+    #: warning. "": always in ``state_dir``.
+    live_dir: str = "/dev/shm"
     #: Where the users' state lives when several sidecar hosts share it: a Redis URI
     #: (``redis://``, ``redis+cluster://``, ``redis+sentinel://``; see
     #: :mod:`pyfriction.redis_engine`). Empty (the default): on this host, in ``state_dir``.
@@ -247,6 +254,8 @@ FLAGS: list[tuple[str, str, str, str, str, str]] = [
     ("--workers", "workers", "int", "N", "worker processes on one shared store in the state directory (0: one per "
      "core; 1: one process, its state in memory with snapshots)", "0, where the compiled engine is built and the state "
      "directory was not written by one process; else 1"),
+    ("--live-dir", "live_dir", "str", "DIR", "workers: a directory in memory (tmpfs) for their shared store between "
+     "checkpoints ('' keeps it in the state directory)", "/dev/shm, where it has room; else the state directory"),
     ("--store", "store", "str", "URI", "Redis URI of the users' state, shared by several sidecar hosts "
      "(redis://, redis+cluster://, redis+sentinel://)", "none: the state is on this host, in the state directory"),
     ("--log-level", "log_level", "str", "LEVEL", "debug, info, warning, error or critical", "info"),

@@ -50,9 +50,14 @@ from pyfriction.recent import TaggedIds, fingerprint
 
 from .journal import _fsync_dir
 
-__all__ = ["Bell", "Checkpoint", "SharedIds", "Watermark", "Worker", "boot_id"]
+__all__ = ["IDS_FILE", "STORE_FILE", "Bell", "Checkpoint", "SharedIds", "Watermark", "Worker", "boot_id"]
 
 log = logging.getLogger("pyfriction.server")
+
+#: The workers' shared store (its facts file beside it) and dedupe memory, in the state
+#: directory or in memory (:mod:`pyfriction_server.live`).
+STORE_FILE = "friction.state"
+IDS_FILE = "dedupe.ids"
 
 
 @dataclass(frozen=True)

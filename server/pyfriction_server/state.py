@@ -54,21 +54,20 @@ from pyfriction.directio import replace_atomically
 from pyfriction.recent import RecentIds
 from pyfriction.store import StoreError
 
-from .errors import HTTPError
-from .journal import Damage, Journal, _fsync_dir, read_segment, segments
+from . import live as live_files
+from .errors import HTTPError, StateError
+from .journal import Damage, Journal, _fsync_dir, discard, drop_segments, read_segment, segments
 from .metrics import Metrics
 from .push import RedisPush
 from .settings import SINGLE_PROCESS_STATE, Settings
-from .shared import Bell, Checkpoint, SharedIds, Watermark, Worker, boot_id
+from .shared import IDS_FILE, STORE_FILE, Bell, Checkpoint, SharedIds, Watermark, Worker, boot_id
 
 __all__ = ["OUTCOMES", "State", "StateError"]
 
 log = logging.getLogger("pyfriction.server")
 
 STATE_FILE = SINGLE_PROCESS_STATE
-#: Worker mode: the shared store, the shared dedupe memory, the guidance bell.
-STORE_FILE = "friction.state"
-IDS_FILE = "dedupe.ids"
+#: Worker mode: the guidance bell (the shared store and dedupe memory: shared.STORE_FILE, IDS_FILE).
 BELL_FILE = "guidance.bell"
 #: A record's tag: the worker's number above this many bits, its own count below.
 _TAG_BITS = 48
@@ -80,10 +79,6 @@ OUTCOMES = ("shown", "clicked", "dismissed", "completed", "anchor_missing")
 
 _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder().decode
-
-
-class StateError(RuntimeError):
-    """The state directory cannot be used (locked by another sidecar, damaged snapshot...)."""
 
 
 class State:
@@ -105,6 +100,10 @@ class State:
         #: the journal last rotated for a checkpoint (every record before the rotation applied).
         self._boot: str | None = None
         self._rotation_mark = 0
+        self._rotation_time = 0.0
+        #: Worker mode: the directory in memory holding the store and the dedupe memory
+        #: (pyfriction_server.live), or None when they are mapped in the state directory.
+        self._live: str | None = None
         self._tag = 0
         self.journal: Journal | None = None
         self.ready = False
@@ -201,12 +200,17 @@ class State:
                              "or give the workers a new state directory")  # fmt: skip
         os.makedirs(directory, exist_ok=True)
         self._lock(directory)
-        store = self.settings.store or "file://" + os.path.join(root, STORE_FILE)
+        # The store and the dedupe memory: in memory, copied here at checkpoints (live_files),
+        # or mapped here.
+        self._live = live_files.directory(self.settings)
+        home = self._live or root
+        store = self.settings.store or "file://" + os.path.join(home, STORE_FILE)
         # Where the machine says which boot this is, the journals cover a power loss too
-        # (Checkpoint): the store is written back at checkpoints and by the kernel, not every
-        # second (a pass that took 6-8% of two workers' events/s). Elsewhere: every second.
+        # (Checkpoint): a store on disk is written back at checkpoints and by the kernel, not
+        # every second (a pass that took 6-8% of two workers' events/s). Elsewhere: every second.
         self._boot = boot_id()
-        self.tracker = self._new_tracker(config, None, store=store, sync_interval=None if self._boot else 1.0)
+        quiet = self._boot is not None or self._live is not None
+        self.tracker = self._new_tracker(config, None, store=store, sync_interval=None if quiet else 1.0)
         if self.settings.store:  # several hosts: a stream held on one hears of guidance from all
             from pyfriction.redis_engine import split_options  # redis-py: only with a Redis store
             from pyfriction.redis_state import redis_client
@@ -214,7 +218,7 @@ class State:
             uri, options = split_options(self.settings.store)
             self.push = RedisPush(redis_client(uri), str(options.get("prefix", "pf")))
         try:
-            self.shared_ids = SharedIds(os.path.join(root, IDS_FILE), self.settings.dedupe_size)
+            self.shared_ids = SharedIds(os.path.join(home, IDS_FILE), self.settings.dedupe_size)
             self.bell = Bell(os.path.join(root, BELL_FILE))
             self._mark = Watermark(os.path.join(directory, "applied"))
         except OSError as exc:  # a full disk (their blocks are all taken at creation), permissions
@@ -298,8 +302,7 @@ class State:
                 finally:
                     mark.close()
                 replayed += n
-                assert self.tracker is not None
-                self.tracker.sync()  # what they held is in the store, on disk: drop them
+                self._store_to_disk(time.monotonic())  # what they held is in the store, on disk: drop them
                 shutil.rmtree(directory, ignore_errors=True)
                 log.info("journal of a former worker replayed and removed", extra={"journal": entry, "records": n})
             finally:
@@ -636,6 +639,7 @@ class State:
         if self.worker is not None:  # a checkpoint copies nothing: records go on
             assert self._mark is not None
             self._rotation_mark = self._mark.value  # every record of the old segments applied
+            self._rotation_time = time.monotonic()  # a copy of the live files started after it holds them
             return
         # Runs after every record of the old segments was applied and before any of the new
         # one: from here until the state is copied for the snapshot, commits wait (requests
@@ -697,14 +701,22 @@ class State:
         directory = self.directory
         assert directory is not None and self.tracker is not None and self._mark is not None
         mark = self._rotation_mark
-        self.tracker.sync()
+        self._store_to_disk(self._rotation_time)
         self._mark.sync()
         if self._boot is not None:  # the store on disk holds every record up to the rotation
             Checkpoint(directory).write(self._boot, mark)
-        for seq, path in segments(directory):
-            if seq < below:
-                os.unlink(path)
+        drop_segments(directory, below)
         _fsync_dir(directory)
+
+    def _store_to_disk(self, since: float) -> None:
+        """Worker mode: the store on disk holds every record applied before ``since``
+        (``time.monotonic()``): the live files copied (a copy another worker started after
+        ``since`` will do), or the mapped store written back."""
+        assert self.root is not None and self.tracker is not None
+        if self._live is not None:
+            live_files.save(self._live, self.root, since)
+        else:
+            self.tracker.sync()
 
     async def _fork_snapshot(self, seq: int) -> None:
         """Write the snapshot from a forked child, as Redis does: the child sees the state as
@@ -752,13 +764,11 @@ class State:
             out.write(_encode(meta))
         _fsync_dir(directory)
         # The new state is committed: older segments and snapshots are obsolete.
-        for old_seq, path in segments(directory):
-            if old_seq < seq:
-                os.unlink(path)
+        drop_segments(directory, seq)
         for entry in os.listdir(directory):
             if entry.startswith("snapshot-") and entry != name:
                 try:
-                    os.unlink(os.path.join(directory, entry))
+                    discard(os.path.join(directory, entry))
                 except OSError:
                     pass
         self._snapshot_file = name

@@ -119,6 +119,12 @@ class ProcessServer:
                      "--log-level", "warning", *args]  # fmt: skip
         if workers is not None:  # one process unless a test asks for workers (None: the default, one per core)
             self.argv += ["--workers", str(workers)]
+        if "--live-dir" not in args:  # the workers' live files beside the state directory, not in /dev/shm
+            self.live_dir = os.path.join(os.path.dirname(os.path.abspath(state_dir)), "live")
+            os.makedirs(self.live_dir, exist_ok=True)
+            self.argv += ["--live-dir", self.live_dir]
+        else:
+            self.live_dir = args[args.index("--live-dir") + 1]
         if config:
             self.argv += ["--config", config]
         self.env = dict(os.environ)

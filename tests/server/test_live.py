@@ -1,0 +1,209 @@
+"""The workers' shared files in memory (``pyfriction_server.live``), in one process.
+
+* A first start makes the live files (the store, its facts, the dedupe memory) in a directory
+  of ``live_dir`` named for the state directory, and notes it there; their copies in the state
+  directory are whole stores from the start (a restart of the machine before the first
+  checkpoint finds a store, not zeros).
+* Live files of this boot are used as they are (a crash of every process loses nothing); a
+  checkpoint copies them to the state directory, and workers that checkpoint together share
+  one copy.
+* Lost live files (a container restarted with a fresh /dev/shm, a restart of the machine) are
+  restored from the copies and each journal goes back to its last checkpoint.
+* Turned off (or moved), the live files are brought back to the state directory first.
+* No room, or no such directory: the files stay in the state directory, with a warning.
+* At a stop, the live files are freed only when every journal's checkpoint holds all its
+  worker applied.
+
+The same with real worker processes: ``tests/server/test_workers.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+import pyfriction
+from pyfriction_server import live
+from pyfriction_server.settings import Settings
+from pyfriction_server.shared import Checkpoint, Watermark
+
+from helpers import tmpfs
+
+pytest.importorskip("pyfriction._core")
+
+
+def _settings(tmp_path: Path, live_dir: Any = None, **kwargs: Any) -> Settings:
+    live_dir = str(tmp_path / "mem") if live_dir is None else str(live_dir)
+    os.makedirs(tmp_path / "mem", exist_ok=True)
+    return Settings(state_dir=str(tmp_path / "state"), live_dir=live_dir, workers=2, dedupe_size=1_000,
+                    engine_config={"capacity": 1_000}, **kwargs)  # fmt: skip
+
+
+def _score(store: str, user: str, clicks: int = 1) -> None:
+    tracker = pyfriction.Tracker(engine="compiled", capacity=1_000, store="file://" + store, sync_interval=None)
+    try:
+        for i in range(clicks):
+            tracker.observe({"user_id": user, "type": "click", "target": "#pay", "ts": time.time() + i * 0.01})
+    finally:
+        tracker.close()
+
+
+def _events(store: str, user: str) -> int:
+    tracker = pyfriction.Tracker(engine="compiled", capacity=1_000, store="file://" + store, sync_interval=None)
+    try:
+        state = tracker.state(user)
+        return 0 if state is None else int(state.events)
+    finally:
+        tracker.close()
+
+
+def _journal(root: Path, index: int, applied: int, checkpoint: int | None) -> Path:
+    directory = root / f"journal-{index}"
+    directory.mkdir(parents=True, exist_ok=True)
+    mark = Watermark(str(directory / "applied"))
+    mark.set(applied)
+    mark.close()
+    if checkpoint is not None:
+        Checkpoint(str(directory)).write("a-boot", checkpoint)
+    return directory
+
+
+def _applied(directory: Path) -> int:
+    mark = Watermark(str(directory / "applied"))
+    try:
+        return mark.value
+    finally:
+        mark.close()
+
+
+def test_a_first_start_makes_the_live_files_and_notes_them(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    assert live.prepare(settings) == settings
+    where = live.directory(settings)
+    assert where is not None and os.path.dirname(where) == str(tmp_path / "mem")
+    assert {n for n in os.listdir(where) if not n.startswith(".")} == {*live.FILES, live.ORIGIN}
+    for name in live.FILES:  # copies in the state directory from the start: stores, not zeros
+        assert Path(tmp_path, "state", name).read_bytes() == Path(where, name).read_bytes()
+    assert _events(str(tmp_path / "state" / live.FILES[0]), "nobody") == 0
+    assert (tmp_path / "state" / live.NOTE).read_text().strip() == where
+    assert json.loads(Path(where, live.ORIGIN).read_text())["root"] == str(tmp_path / "state")
+    assert live.directory(msgspec.structs.replace(settings, state_dir=str(tmp_path / "other"))) != where
+
+
+def test_the_live_files_of_this_boot_are_used_as_they_are(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    live.prepare(settings)
+    where = live.directory(settings)
+    assert where is not None
+    _score(os.path.join(where, live.FILES[0]), "u", clicks=3)  # then every process died
+    live.prepare(settings)  # the next start
+    assert _events(os.path.join(where, live.FILES[0]), "u") == 3
+
+
+def test_a_checkpoint_copy_holds_what_was_applied_and_is_shared(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    live.prepare(settings)
+    where, root = live.directory(settings), str(tmp_path / "state")
+    assert where is not None
+    _score(os.path.join(where, live.FILES[0]), "u", clicks=2)
+    rotated = time.monotonic()
+    assert live.save(where, root, rotated) is True
+    assert _events(os.path.join(root, live.FILES[0]), "u") == 2
+    for name in live.FILES:  # whole copies
+        assert Path(root, name).read_bytes() == Path(where, name).read_bytes()
+    assert live.save(where, root, rotated) is False  # the other worker rotated before that copy began
+    _score(os.path.join(where, live.FILES[0]), "u")
+    assert live.save(where, root, time.monotonic()) is True  # a rotation after it: copied again
+    assert _events(os.path.join(root, live.FILES[0]), "u") == 3
+
+
+@pytest.mark.parametrize("how", ["fresh /dev/shm", "another boot"])
+def test_lost_live_files_come_back_from_the_copies_and_the_journals_from_their_checkpoints(
+    tmp_path: Path, how: str
+) -> None:
+    settings = _settings(tmp_path)
+    live.prepare(settings)
+    where, root = live.directory(settings), tmp_path / "state"
+    assert where is not None
+    _score(os.path.join(where, live.FILES[0]), "before")
+    live.save(where, str(root), time.monotonic())
+    _score(os.path.join(where, live.FILES[0]), "after")  # applied after the last checkpoint
+    journals = [_journal(root, 0, applied=100, checkpoint=40), _journal(root, 1, applied=7, checkpoint=None)]
+    if how == "fresh /dev/shm":  # a container restarted on the same kernel: the same boot id
+        shutil.rmtree(where)
+    else:
+        origin = Path(where, live.ORIGIN)
+        origin.write_text(json.dumps({**json.loads(origin.read_text()), "boot": "an-earlier-boot"}))
+    assert live.prepare(settings) == settings
+    assert _events(os.path.join(where, live.FILES[0]), "before") == 1  # from the copy
+    assert _events(os.path.join(where, live.FILES[0]), "after") == 0  # its journal replays it
+    assert [_applied(j) for j in journals] == [40, 0]  # never checkpointed: replayed whole
+
+
+def test_a_stop_frees_the_live_files_only_when_every_checkpoint_is_current(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    live.prepare(settings)
+    where, root = live.directory(settings), tmp_path / "state"
+    assert where is not None
+    _journal(root, 0, applied=50, checkpoint=50)
+    behind = _journal(root, 1, applied=9, checkpoint=8)  # its last checkpoint failed
+    assert live.release(settings) is False
+    assert os.path.isdir(where) and (root / live.NOTE).exists()
+    Checkpoint(str(behind)).write("a-boot", 9)
+    assert live.release(settings) is True
+    assert not os.path.exists(where) and not (root / live.NOTE).exists()
+    assert live.prepare(settings) == settings  # the next start copies them in again, rewinding nothing
+    assert _applied(behind) == 9
+
+
+@pytest.mark.parametrize("moved_to", ["", "elsewhere"])
+def test_live_files_turned_off_or_moved_come_back_to_the_state_directory_first(tmp_path: Path, moved_to: str) -> None:
+    settings = _settings(tmp_path)
+    live.prepare(settings)
+    old = live.directory(settings)
+    assert old is not None
+    _score(os.path.join(old, live.FILES[0]), "u", clicks=2)  # newer than any copy (no checkpoint since)
+    journal = _journal(tmp_path / "state", 0, applied=30, checkpoint=10)
+    target = "" if not moved_to else str(tmp_path / moved_to)
+    if target:
+        os.makedirs(target)
+    changed = live.prepare(msgspec.structs.replace(settings, live_dir=target))
+    assert changed.live_dir == target
+    assert not os.path.exists(old)
+    assert _events(str(tmp_path / "state" / live.FILES[0]), "u") == 2
+    assert _applied(journal) == 30  # nothing was lost: nothing to replay again
+    if target:
+        new = live.directory(changed)
+        assert new is not None and _events(os.path.join(new, live.FILES[0]), "u") == 2
+    else:
+        assert not (tmp_path / "state" / live.NOTE).exists()
+
+
+def test_without_the_directory_the_files_stay_in_the_state_directory(tmp_path: Path, caplog: Any) -> None:
+    settings = _settings(tmp_path, live_dir=tmp_path / "no-such-dir")
+    with caplog.at_level(logging.WARNING, logger="pyfriction.server"):
+        assert live.prepare(settings).live_dir == ""
+    assert "stay in the state directory" in caplog.text
+    assert live.directory(msgspec.structs.replace(settings, live_dir="")) is None
+
+
+def test_without_room_the_files_stay_in_the_state_directory(tmp_path: Path, caplog: Any) -> None:
+    with tmpfs(tmp_path / "small", "2m") as small:
+        settings = msgspec.structs.replace(_settings(tmp_path, live_dir=small), engine_config={"capacity": 50_000})
+        with caplog.at_level(logging.WARNING, logger="pyfriction.server"):
+            assert live.prepare(settings).live_dir == ""
+        assert "stay in the state directory" in caplog.text and "bytes" in caplog.text
+        assert os.listdir(small) == []  # nothing half made left to take the memory
+
+
+def test_a_redis_store_keeps_nothing_in_memory(tmp_path: Path) -> None:
+    settings = _settings(tmp_path, store="redis://127.0.0.1:1/0")
+    assert live.directory(settings) is None
