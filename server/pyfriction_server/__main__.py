@@ -80,6 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "starting workers", extra={"host": settings.host, "port": settings.port, "workers": count,
                                        "open_files": files})  # fmt: skip
         try:
+            live.claim(os.path.abspath(settings.state_dir), wait=settings.shutdown_timeout + 30.0)
             settings = live.prepare(settings)
         except (OSError, SettingsError, StateError) as exc:
             logging.getLogger("pyfriction.server").error("cannot start: %s", exc)

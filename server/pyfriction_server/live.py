@@ -18,6 +18,8 @@ Layout:
   belong to, written once they are whole). ``.copy`` serialises the checkpoint copies.
 * ``STATE_DIR/live`` names that directory. While it exists, the files of the same names in
   the state directory are checkpoint copies, older than the live ones.
+* ``STATE_DIR/.lock`` is held by the parent and its workers (:func:`claim`): a second sidecar
+  on the directory waits, then refuses to start, and never touches the live files.
 
 At start (:func:`prepare`, run by the parent before any worker starts):
 
@@ -61,7 +63,7 @@ from .journal import _fsync_dir
 from .settings import Settings
 from .shared import IDS_FILE, STORE_FILE, Checkpoint, SharedIds, Watermark, boot_id
 
-__all__ = ["FILES", "directory", "prepare", "release", "save"]
+__all__ = ["FILES", "claim", "directory", "prepare", "release", "save"]
 
 log = logging.getLogger("pyfriction.server")
 
@@ -82,6 +84,27 @@ def directory(settings: Settings) -> str | None:
     root = os.path.realpath(settings.state_dir)
     tag = hashlib.sha256(root.encode()).hexdigest()[:16]
     return os.path.join(os.path.abspath(settings.live_dir), f"pyfriction-{os.getuid()}-{tag}")
+
+
+def claim(root: str, wait: float = 60.0) -> int:
+    """Lock the state directory ``root`` for this sidecar: the parent and, through the fork,
+    every worker hold it, so that a second sidecar on the directory neither starts nor frees
+    the live files under the first. Waits up to ``wait`` seconds for the workers of a parent
+    that was killed (they drain first); returns the descriptor (kept open: the lock lives as
+    long as the processes do). Raises :class:`StateError`."""
+    os.makedirs(root, exist_ok=True)
+    fd = os.open(os.path.join(root, ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    os.set_inheritable(fd, True)  # the workers hold it too
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except OSError:
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                raise StateError(f"{root} is in use by another pyfriction-server") from None
+            time.sleep(0.1)
 
 
 def prepare(settings: Settings) -> Settings:

@@ -32,6 +32,7 @@ import pytest
 
 import pyfriction
 from pyfriction_server import live
+from pyfriction_server.errors import StateError
 from pyfriction_server.settings import Settings
 from pyfriction_server.shared import Checkpoint, Watermark
 
@@ -207,3 +208,22 @@ def test_without_room_the_files_stay_in_the_state_directory(tmp_path: Path, capl
 def test_a_redis_store_keeps_nothing_in_memory(tmp_path: Path) -> None:
     settings = _settings(tmp_path, store="redis://127.0.0.1:1/0")
     assert live.directory(settings) is None
+
+
+def test_a_second_sidecar_on_the_directory_waits_then_refuses(tmp_path: Path) -> None:
+    """The parent and its workers hold the state directory (the lock goes with the fork), so
+    a second sidecar neither starts nor frees the first one's live files."""
+    root = str(tmp_path / "state")
+    fd = live.claim(root)
+    pid = os.fork()
+    if pid == 0:  # a worker of the first sidecar: its parent's lock, inherited
+        os.close(os.open(os.path.join(root, "worker-up"), os.O_CREAT | os.O_WRONLY))
+        time.sleep(1.0)
+        os._exit(0)
+    os.close(fd)  # the first parent died; its worker lives on
+    while not os.path.exists(os.path.join(root, "worker-up")):
+        time.sleep(0.01)
+    with pytest.raises(StateError, match="in use by another pyfriction-server"):
+        live.claim(root, wait=0.2)
+    assert live.claim(root, wait=30.0) >= 0  # once the worker is gone
+    assert os.waitpid(pid, 0)[1] == 0
