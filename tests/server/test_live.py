@@ -13,6 +13,9 @@
 * No room, or no such directory: the files stay in the state directory, with a warning.
 * At a stop, the live files are freed only when every journal's checkpoint holds all its
   worker applied.
+* A model (hypothesis): records applied, checkpoints, and every way a run ends (all processes
+  killed, live files lost, a restart of the machine, a clean stop), each followed by a start
+  and replay: every user counts exactly their journalled records after each start.
 
 The same with real worker processes: ``tests/server/test_workers.py``.
 """
@@ -29,6 +32,8 @@ from typing import Any
 
 import msgspec
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 import pyfriction
 from pyfriction_server import live
@@ -227,3 +232,74 @@ def test_a_second_sidecar_on_the_directory_waits_then_refuses(tmp_path: Path) ->
         live.claim(root, wait=0.2)
     assert live.claim(root, wait=30.0) >= 0  # once the worker is gone
     assert os.waitpid(pid, 0)[1] == 0
+
+
+# -- a model: every accepted record counted once, whatever happens between starts -------------
+OPS = st.sampled_from(["apply", "apply", "apply", "checkpoint", "crash", "lose", "reboot", "stop"])
+
+
+@settings(max_examples=25, deadline=None)
+@given(ops=st.lists(st.tuples(OPS, st.integers(0, 3)), min_size=1, max_size=14))
+@example(ops=[("apply", 0), ("checkpoint", 0), ("apply", 1), ("lose", 0)])  # after a checkpoint: replayed
+@example(ops=[("apply", 0), ("stop", 0), ("apply", 0), ("reboot", 0), ("apply", 2), ("crash", 0)])
+def test_no_record_is_lost_or_counted_twice_across_starts(tmp_path_factory: Any, ops: Any) -> None:
+    """One worker, sequential: records are journalled, applied to the live store and the
+    watermark moved; checkpoints copy the store and record the watermark; then every way a
+    run can end (every process killed, the live files lost with their container, a restart
+    of the machine, a clean stop) and the next start (``prepare``, the journal's recovery mark,
+    replay after the watermark). A copy made while nothing writes holds exactly the records up
+    to its mark, so each user must count exactly their journalled records after every start."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        boot = ["boot-1"]
+        monkeypatch.setattr(live, "boot_id", lambda: boot[0])
+        _run_model(tmp_path_factory.mktemp("model"), boot, ops)
+
+
+def _run_model(tmp: Path, boot: list[str], ops: Any) -> None:
+    settings_ = _settings(tmp)
+    root = tmp / "state"
+    journal: list[str] = []  # record k (tag k + 1) brought one event of this user
+    state = {"rotated": 0}
+
+    def start() -> str:
+        live.prepare(settings_)
+        where = live.directory(settings_)
+        assert where is not None
+        directory = _journal(root, 0, applied=_applied(root / "journal-0"), checkpoint=None)
+        mark = Watermark(str(directory / "applied"))
+        try:
+            mark.set(Checkpoint(str(directory)).recovery_mark(mark.value, boot[0]))
+            store = os.path.join(where, live.FILES[0])
+            for tag, user in enumerate(journal, 1):  # replay after the watermark
+                if tag > mark.value:
+                    _score(store, user)
+                    mark.set(tag)
+        finally:
+            mark.close()
+        for user in {*journal}:
+            assert _events(store, user) == journal.count(user), (ops, user)
+        return where
+
+    _journal(root, 0, applied=0, checkpoint=None)
+    where = start()
+    for op, user_no in ops:
+        if op == "apply":
+            journal.append(f"u{user_no}")
+            _score(os.path.join(where, live.FILES[0]), f"u{user_no}")
+            _journal(root, 0, applied=len(journal), checkpoint=None)
+        elif op in ("checkpoint", "stop"):
+            state["rotated"] = _applied(root / "journal-0")
+            live.save(where, str(root), time.monotonic())
+            Checkpoint(str(root / "journal-0")).write(boot[0], state["rotated"])
+            if op == "stop":
+                assert live.release(settings_)
+                where = start()
+        elif op == "crash":
+            where = start()
+        elif op == "lose":
+            shutil.rmtree(where)
+            where = start()
+        else:  # reboot: memory gone, a new boot id
+            shutil.rmtree(where)
+            boot[0] = f"boot-{int(boot[0][5:]) + 1}"
+            where = start()
