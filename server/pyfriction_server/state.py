@@ -679,6 +679,10 @@ class State:
             self.metrics.snapshots.inc()
             self.metrics.snapshot_seconds.observe(time.perf_counter() - started)
             log.info("snapshot written", extra={"seq": seq, "seconds": round(time.perf_counter() - started, 3)})
+            try:
+                await asyncio.to_thread(self._drop_obsolete, seq)
+            except OSError as exc:  # the next snapshot drops them
+                log.warning("snapshot written; its older files stay until the next one: %s", exc)
             return True
 
     async def _checkpoint(self) -> bool:
@@ -763,15 +767,23 @@ class State:
         with replace_atomically(os.path.join(directory, STATE_FILE), prefix=".state-") as out:
             out.write(_encode(meta))
         _fsync_dir(directory)
-        # The new state is committed: older segments and snapshots are obsolete.
+        self._snapshot_file = name
+
+    def _drop_obsolete(self, seq: int) -> None:
+        """After snapshot ``seq`` is committed: its older segments and snapshots go, a few MB
+        at a time (:func:`~pyfriction_server.journal.discard`). Done here, not in the forked
+        child, so that the child lives only as long as the writing: while it lives, every
+        page the sidecar writes that the child still shares costs the sidecar a copy."""
+        directory = self.directory
+        assert directory is not None
         drop_segments(directory, seq)
+        name = f"snapshot-{seq:012d}.pf"
         for entry in os.listdir(directory):
             if entry.startswith("snapshot-") and entry != name:
                 try:
                     discard(os.path.join(directory, entry))
                 except OSError:
                     pass
-        self._snapshot_file = name
 
     def needs_snapshot(self) -> bool:
         """True when the current journal segment has grown past ``snapshot_journal_bytes``."""
