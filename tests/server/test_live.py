@@ -26,6 +26,8 @@ import json
 import logging
 import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -216,22 +218,18 @@ def test_a_redis_store_keeps_nothing_in_memory(tmp_path: Path) -> None:
 
 
 def test_a_second_sidecar_on_the_directory_waits_then_refuses(tmp_path: Path) -> None:
-    """The parent and its workers hold the state directory (the lock goes with the fork), so
-    a second sidecar neither starts nor frees the first one's live files."""
+    """The parent and its workers hold the state directory (the lock goes with the descriptor
+    into every worker), so a second sidecar neither starts nor frees the first one's live files."""
     root = str(tmp_path / "state")
     fd = live.claim(root)
-    pid = os.fork()
-    if pid == 0:  # a worker of the first sidecar: its parent's lock, inherited
-        os.close(os.open(os.path.join(root, "worker-up"), os.O_CREAT | os.O_WRONLY))
-        time.sleep(1.0)
-        os._exit(0)
-    os.close(fd)  # the first parent died; its worker lives on
-    while not os.path.exists(os.path.join(root, "worker-up")):
-        time.sleep(0.01)
-    with pytest.raises(StateError, match="in use by another pyfriction-server"):
-        live.claim(root, wait=0.2)
-    assert live.claim(root, wait=30.0) >= 0  # once the worker is gone
-    assert os.waitpid(pid, 0)[1] == 0
+    worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1.0)"], pass_fds=[fd])
+    os.close(fd)  # the first parent died; its worker lives on, holding the lock
+    try:
+        with pytest.raises(StateError, match="in use by another pyfriction-server"):
+            live.claim(root, wait=0.2)
+        assert live.claim(root, wait=30.0) >= 0  # once the worker is gone
+    finally:
+        assert worker.wait(30) == 0
 
 
 # -- a model: every accepted record counted once, whatever happens between starts -------------
