@@ -842,3 +842,4 @@ include "facts.pxi"        # the facts file's tables (pyfriction.userstate._Tabl
 include "pidlock.pxi"      # the facts file's lock (PidLock)
 include "writeback.pxi"    # one step of the paced write-back of the store's files
 include "guidecodec.pxi"   # the facts file's guidance record (pyfriction.guidance._UserCodec)
+include "jsondepth.pxi"    # the sidecar's JSON depth check (pyfriction_server.limits)

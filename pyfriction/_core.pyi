@@ -137,6 +137,7 @@ class PidLock:
 WRITE_BACK_RANGED: bool
 
 def write_back(fd: int, offset: int, nbytes: int) -> None: ...
+def json_too_deep(body: bytes, limit: int) -> bool: ...
 
 GUIDE_LAYOUT: tuple[float, int, int, int, int, int]
 

@@ -30,7 +30,8 @@ MAX_GZIP_MEMBERS = 16
 #: Nesting deeper than this is refused when no depth is given.
 DEFAULT_MAX_DEPTH = 64
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
-_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
+#: A string: from a quote to the next unescaped quote, or to the end of the text.
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*(?:"|\\?\Z)', re.S)
 
 
 def json_depth(body: bytes) -> int:
@@ -43,16 +44,27 @@ def json_depth(body: bytes) -> int:
     return int(np.cumsum(np.where((a == 0x5B) | (a == 0x7B), 1, -1), dtype=np.int64).max())
 
 
+def _reference_too_deep(body: bytes, limit: int) -> bool:
+    """Whether ``body`` nests deeper than ``limit``, brackets inside strings not counted: the
+    specification of the compiled ``pyfriction._core.json_too_deep`` (used where the core is
+    not built). Brackets are counted only once the strings are gone: a closer inside a string
+    would otherwise hide as many levels after it."""
+    return json_depth(_STRING.sub(b'""', body) if b'"' in body else body) > limit
+
+
+try:
+    from pyfriction._core import json_too_deep as _too_deep
+except ImportError:  # the pure-Python engine
+    _too_deep = _reference_too_deep
+
+
 def check_depth(body: bytes, limit: int = DEFAULT_MAX_DEPTH) -> None:
     """Raise 400 when ``body`` (JSON) nests deeper than ``limit``: decoders recurse per level,
     and a body 1,000 deep would otherwise end in a RecursionError."""
     if body.count(b"[") + body.count(b"{") <= limit:
         return  # cannot be that deep (the common case for small bodies; C-speed counts)
-    if json_depth(body) <= limit:
-        return  # brackets inside strings only count more, never less: no need to look closer
-    if b'"' in body and json_depth(_STRING.sub(b'""', body)) <= limit:
-        return
-    raise HTTPError(400, "too_deep", f"JSON nested deeper than {limit} levels")
+    if _too_deep(body, limit):  # one pass in the core (15 us for 100 Segment events)
+        raise HTTPError(400, "too_deep", f"JSON nested deeper than {limit} levels")
 
 
 #: A body declared this many times over the limit is not drained before answering 413.
