@@ -22,7 +22,7 @@ from pyfriction_server.errors import HTTPError
 
 core = pytest.importorskip("pyfriction._core")
 
-TWINS: list[Callable[[bytes, int], bool]] = [limits._reference_too_deep, core.json_too_deep]
+TWINS: list[Callable[[bytes, int], bool]] = [limits._reference_too_deep, limits._counted_too_deep, core.json_too_deep]
 NASTY = st.text(alphabet='[]{}"\\ ,:a', max_size=12)  # strings made of what the scanner looks at
 VALUES = st.recursive(
     st.none() | st.integers() | NASTY,
@@ -59,9 +59,10 @@ def test_both_twins_give_the_depth_of_valid_json(value: Any) -> None:
 @example(body=b'"\\"[[', limit=1)  # an escaped quote: still inside the string
 def test_the_compiled_scanner_answers_as_its_twin_on_any_text(body: bytes, limit: int) -> None:
     assert core.json_too_deep(body, limit) == limits._reference_too_deep(body, limit)
+    assert limits._counted_too_deep(body, limit) == limits._reference_too_deep(body, limit)
 
 
-@pytest.mark.parametrize("too_deep", TWINS, ids=["reference", "compiled"])
+@pytest.mark.parametrize("too_deep", TWINS, ids=["reference", "counted", "compiled"])
 def test_a_closer_inside_a_string_does_not_hide_levels(monkeypatch: Any, too_deep: Any) -> None:
     monkeypatch.setattr(limits, "_too_deep", too_deep)
     body = b'{"a": "' + b"]" * 200 + b'", "b": ' + b"[" * 70 + b"]" * 70 + b"}"
