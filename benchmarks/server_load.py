@@ -329,10 +329,10 @@ def measure(args: Any, runs: list[int], windows: int) -> list[dict[str, Any]]:
     """Start one sidecar per entry of ``runs`` (its --workers), fill each, then measure them in
     ``windows`` windows each, in the order A B B A A B B A ...: the machine's slow and fast phases
     (a shared VM's come and go over minutes) then fall on every sidecar alike, and the ratio
-    does not depend on which one happened to run first. A sidecar is frozen (SIGSTOP) outside
-    its windows: a snapshot or checkpoint it started goes on in its next window, as it would
-    under sustained load, and never takes CPU from another sidecar's window. Print and return
-    the figures."""
+    does not depend on which one happened to run first. A sidecar is frozen (SIGSTOP, then
+    sync) outside its windows: a snapshot or checkpoint it started goes on in its next window,
+    as it would under sustained load, and never takes CPU or the disk from another sidecar's
+    window. Print and return the figures."""
     assets = tempfile.mkdtemp(prefix="pyfriction-bench-")
     body_path = os.path.join(assets, "body.json")
     with open(body_path, "wb") as fh:
@@ -401,8 +401,11 @@ class Sidecar:
                 time.sleep(0.1)
 
     def freeze(self) -> None:
-        """Stop every process of the sidecar (parent, workers, syncers, snapshot children)."""
+        """Stop every process of the sidecar (parent, workers, syncers, snapshot children), and
+        write what it left in the page cache: the kernel would otherwise write a snapshot out
+        during the next sidecar's window, and that one's fsyncs would queue behind it."""
         os.killpg(self.proc.pid, signal.SIGSTOP)
+        os.sync()
 
     def thaw(self) -> None:
         os.killpg(self.proc.pid, signal.SIGCONT)
