@@ -24,9 +24,11 @@ the page cache each, not a write.
 from __future__ import annotations
 
 import errno
+import fcntl
 import logging
 import mmap
 import os
+import struct
 import threading
 import time
 import weakref
@@ -178,10 +180,44 @@ def _buffered(fd: int) -> bool:
     return False
 
 
+#: Next to a store: the start of the last periodic pass over it, by any process.
+TURN_SUFFIX = ".writeback"
+_STAMP = struct.Struct("<d")
+
+
+def _my_turn(path: str, interval: float, clock: Callable[[], float] = time.monotonic) -> bool:
+    """Whether this process should make the periodic pass now: not when another process
+    sharing the store started one less than ``interval`` ago (``path`` holds that start,
+    ``CLOCK_MONOTONIC``, the same clock in every process of the machine; a start from before
+    a reboot, later than now, does not count). Every pass write-protects the pages it cleans,
+    and every process writing to one of them then takes a fault (and the machine a TLB
+    shootdown): with N processes each passing every ``interval``, the store's hot pages
+    would be cleaned N times as often for no more durability. Where the file cannot be
+    opened, the pass is made. The lock is held while the stamp is read and written, not
+    during the pass (a pass over a large store takes seconds)."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+    except OSError:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        now = clock()
+        stamp = os.pread(fd, _STAMP.size, 0)
+        if len(stamp) == _STAMP.size:
+            last = _STAMP.unpack(stamp)[0]
+            if last <= now and now - last < interval:
+                return False
+        os.pwrite(fd, _STAMP.pack(now), 0)
+        return True
+    finally:
+        os.close(fd)  # and the lock with it
+
+
 class WriteBack:
     """A thread that passes over ``paths`` (:func:`write_back_files`) every ``interval``
     seconds while ``owner`` lives, so that an OS crash loses about that much of what was
-    written to them; a pass that takes longer delays the next. Restarted in a forked child
+    written to them; a pass that takes longer delays the next. Of the processes sharing the
+    files, one passes per ``interval`` (:func:`_my_turn`). Restarted in a forked child
     (a thread does not survive the fork); :meth:`stop` ends it."""
 
     def __init__(self, owner: Any, paths: Sequence[str], interval: float) -> None:
@@ -205,7 +241,8 @@ class WriteBack:
             if self._owner() is None:
                 return
             try:
-                write_back_files(self.paths, stop=stop)
+                if _my_turn(self.paths[0] + TURN_SUFFIX, self.interval):
+                    write_back_files(self.paths, stop=stop)
             except OSError as exc:  # a disk error: said once, retried every interval
                 if not self._failed:
                     log.error("write-back of the store failed (retried every %gs): %s", self.interval, exc)

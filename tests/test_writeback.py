@@ -322,3 +322,62 @@ def test_a_copy_of_a_missing_file_is_an_error(tmp_path: Any) -> None:
     with pytest.raises(FileNotFoundError):
         copy_file(str(tmp_path / "none"), str(tmp_path / "dst"))
     assert not (tmp_path / "dst").exists()
+
+
+# -- one periodic pass per interval for every process sharing the store -------------------------
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    interval=st.floats(0.05, 10.0),
+    gaps=st.lists(st.floats(0.0, 20.0), min_size=1, max_size=30),
+)
+def test_a_pass_is_made_only_when_none_started_within_the_interval(
+    tmp_path_factory: Any, interval: float, gaps: list[float]
+) -> None:
+    """Whoever asks (any process, any order): a pass is its turn exactly when the last pass
+    started ``interval`` or more ago, so passes are never closer than ``interval``."""
+    path = str(tmp_path_factory.mktemp("turn") / ("store.state" + writeback.TURN_SUFFIX))
+    now, last = 1000.0, None
+    for gap in gaps:
+        now += gap
+        expected = last is None or now - last >= interval
+        assert writeback._my_turn(path, interval, clock=lambda: now) is expected
+        if expected:
+            last = now
+
+
+def test_a_start_from_before_a_reboot_does_not_hold_the_pass_back(tmp_path: Any) -> None:
+    path = str(tmp_path / ("s.state" + writeback.TURN_SUFFIX))
+    assert writeback._my_turn(path, 1.0, clock=lambda: 5000.0)
+    # after a reboot CLOCK_MONOTONIC starts again near 0: the old stamp is in its future
+    assert writeback._my_turn(path, 1.0, clock=lambda: 12.0)
+    assert not writeback._my_turn(path, 1.0, clock=lambda: 12.5)
+
+
+def test_without_a_turn_file_the_pass_is_made(tmp_path: Any) -> None:
+    assert writeback._my_turn(str(tmp_path / "no-such-dir" / "s.state.writeback"), 1.0)
+
+
+def test_two_writers_of_one_store_pass_once_per_interval_between_them(tmp_path: Any, monkeypatch: Any) -> None:
+    """Two write-back threads on one store (as two processes would have; each opens the turn
+    file itself): together they pass no more often than one would."""
+    path = tmp_path / "s.state"
+    path.write_bytes(b"\0" * STEP)
+    passes: list[float] = []
+    monkeypatch.setattr(writeback, "write_back_files", lambda paths, stop=None: passes.append(time.monotonic()))
+
+    class Owner:
+        pass
+
+    owners = [Owner(), Owner()]
+    interval = 0.05
+    started = time.monotonic()
+    writers = [WriteBack(owner, [str(path)], interval) for owner in owners]
+    time.sleep(1.0)
+    for writer in writers:
+        writer.stop()
+    elapsed = time.monotonic() - started
+    assert passes, "no pass at all"
+    assert len(passes) <= elapsed / interval + 1
+    assert all(b - a >= interval * 0.999 for a, b in zip(passes, passes[1:]))
