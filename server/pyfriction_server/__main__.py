@@ -120,7 +120,7 @@ def serve(settings: Settings, sock: socket.socket, worker: Worker | None, files:
         log.error("cannot start: %s", exc)
         return 1
     except _Stopped:
-        pass
+        return 0  # asked to stop, even before the start was complete: not a failure
     return 0 if server.started else 1
 
 

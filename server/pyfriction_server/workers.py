@@ -139,7 +139,9 @@ def supervise(settings: Settings, sock: socket.socket, serve: Serve, count: int)
         index, started = children.pop(pid)
         code = os.waitstatus_to_exitcode(status)
         if state["stopping"]:
-            if code != 0:
+            # A worker still starting when the stop came dies of the SIGTERM itself (its
+            # handler is not installed yet): stopped as asked, not a failure.
+            if code not in (0, -signal.SIGTERM):
                 state["status"] = 1
             continue
         log.error("worker exited; starting it again", extra={"worker": index, "pid": pid, "status": code})

@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -35,6 +36,7 @@ from pyfriction_server import live, load_settings, shared
 from .sidecar_util import (
     ADMIN_KEY,
     GUIDANCE_CONFIG,
+    ROOT,
     WRITE_KEY,
     Loader,
     ProcessServer,
@@ -457,3 +459,22 @@ def test_after_a_restart_of_the_machine_each_journal_is_replayed_from_its_last_c
         assert _scored(server.url, after) == dict.fromkeys(after, 2)
     finally:
         assert server.stop() == 0
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.01, 0.05])
+def test_a_stop_while_the_workers_start_is_a_clean_stop(tmp_path: Path, delay: float) -> None:
+    """SIGTERM just after the workers are forked, before they are ready: a stop as asked,
+    exit status 0. It was 1 (a worker still starting died of the signal, or was told to stop
+    before uvicorn had started), so an operator's stop during a start read as a failure."""
+    server = ProcessServer(str(tmp_path / "state"), "--log-level", "info", workers=2)
+    with open(server.log_path, "wb") as log:
+        proc = subprocess.Popen(server.argv, env=server.env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    try:
+        wait_for(lambda: b"worker started" in Path(server.log_path).read_bytes(), timeout=60)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0, Path(server.log_path).read_text(errors="replace")[-4000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
