@@ -693,7 +693,16 @@ class State:
             started = time.perf_counter()
             try:
                 seq = await self.journal.rotate()
-                await asyncio.to_thread(self._drop_segments, seq)
+                copy = asyncio.ensure_future(asyncio.to_thread(self._drop_segments, seq))
+                try:
+                    await asyncio.shield(copy)
+                except asyncio.CancelledError:
+                    # Cancelled (the sidecar stopping): the thread goes on all the same, so the
+                    # lock is kept until it is done. Released earlier, the stop's own checkpoint
+                    # ran beside it, and this older one's mark could land after the newer one's:
+                    # the checkpoint then lagged the watermark and the live files were kept.
+                    await copy
+                    raise
             except OSError as exc:
                 log.error("checkpoint failed; the journal keeps everything: %s", exc)
                 return False

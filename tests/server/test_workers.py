@@ -17,12 +17,15 @@ into a failure.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
 import signal
 import subprocess
+import threading
 import time
+import types
 import uuid
 from pathlib import Path
 
@@ -32,6 +35,7 @@ import pytest
 
 from pyfriction.tracker import compiled_available
 from pyfriction_server import live, load_settings, shared
+from pyfriction_server.state import State
 
 from .sidecar_util import (
     ADMIN_KEY,
@@ -478,3 +482,41 @@ def test_a_stop_while_the_workers_start_is_a_clean_stop(tmp_path: Path, delay: f
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
+
+
+def test_a_cancelled_checkpoint_holds_the_lock_until_its_copy_is_done() -> None:
+    """A checkpoint cancelled while its thread copies the store (the periodic task cancelled
+    at a stop) keeps the snapshot lock until that thread is done: the stop's own checkpoint
+    waits for the lock, so the older checkpoint's mark never lands after the newer one's."""
+    gate, copied = threading.Event(), []
+
+    class Journal:
+        async def rotate(self) -> int:
+            return 7
+
+    def drop_segments(seq: int) -> None:
+        gate.wait(30)
+        copied.append(seq)
+
+    async def scenario() -> None:
+        state = object.__new__(State)
+        state._snapshot_lock = asyncio.Lock()
+        state.journal = Journal()
+        state._drop_segments = drop_segments
+        noop = types.SimpleNamespace(inc=lambda *a: None, observe=lambda *a: None)
+        state.metrics = types.SimpleNamespace(snapshots=noop, snapshot_seconds=noop)
+        task = asyncio.create_task(state._checkpoint())
+        for _ in range(300):  # until the copy runs in its thread
+            await asyncio.sleep(0.01)
+            if state._snapshot_lock.locked():
+                break
+        task.cancel()
+        for _ in range(20):
+            await asyncio.sleep(0.01)
+        assert state._snapshot_lock.locked() and not task.done()  # the copy goes on: still held
+        gate.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert copied == [7] and not state._snapshot_lock.locked()
+
+    asyncio.run(scenario())
